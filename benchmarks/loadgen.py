@@ -1,0 +1,577 @@
+"""Load generator for the reactor_mgmt benchmark suite (stdlib only, 3.9+).
+
+Run as a separate process by run.py, one workload per invocation:
+
+    python benchmarks/loadgen.py WORKLOAD --port PORT [options]
+
+It prints exactly one JSON object on stdout: {"ok": true, ...metrics} or
+{"ok": false, "error": "..."}.  Every reply is checked byte for byte against
+the expected stream; a dropped, garbled, reordered or extra reply is a
+failure, never a fast result.  Only 127.0.0.1 is ever contacted.
+
+Workloads:
+  check     protocol probe: LF, CRLF, split lines, a pipelined batch
+  pipeline  one connection, N pipelined `ping`, 64 KiB writes -> req/s
+  echo      one connection, N distinct pipelined `echo I xI` -> req/s
+  rtt       one connection, N sequential round trips -> p50/p99 us
+  fanin     C connections, each R sequential round trips -> req/s, p99
+  idle      C idle (verified) connections -> server RSS growth per
+            connection, then `rtt` on one more connection
+  flood     one connection floods pipelined pings for D seconds (used by
+            flood.py, which times the server's poll() calls)
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import resource
+import selectors
+import socket
+import statistics
+import struct
+import sys
+import time
+
+HOST = "127.0.0.1"  # the only address this suite ever talks to
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+CHUNK = 65536
+STALL = 15.0  # seconds without progress before a workload is FAILED
+
+
+class Failed(Exception):
+    """A server dropped, garbled or stalled a reply."""
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def set_kernel_timeouts(sock, seconds):
+    """SO_RCVTIMEO/SO_SNDTIMEO: a real timeout on a *blocking* socket, so the
+    rtt loop costs one syscall per send/recv (Python-level timeouts add a
+    poll() before every call)."""
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def connect(port, timeout=10.0):
+    s = socket.create_connection((HOST, port), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def pct(sorted_vals, p):
+    if not sorted_vals:
+        return float("nan")
+    k = min(len(sorted_vals) - 1, max(0, int(round(p / 100.0 * (len(sorted_vals) - 1)))))
+    return sorted_vals[k]
+
+
+def describe_mismatch(got, expected, offset):
+    i = 0
+    n = min(len(got), len(expected))
+    while i < n and got[i] == expected[i]:
+        i += 1
+    lo = max(0, i - 20)
+    return "reply stream differs at byte %d: got %r, expected %r" % (
+        offset + i, bytes(got[lo:i + 20]), bytes(expected[lo:i + 20]))
+
+
+def recv_exact_or_fail(sock, n, what):
+    buf = b""
+    while len(buf) < n:
+        try:
+            data = sock.recv(n - len(buf))
+        except socket.timeout:
+            raise Failed("%s: timed out after %r" % (what, buf))
+        if not data:
+            raise Failed("%s: connection closed after %r" % (what, buf))
+        buf += data
+    return buf
+
+
+def assert_no_extra(sock, what, wait=0.02):
+    """After the last expected byte nothing else may arrive."""
+    time.sleep(wait)
+    try:
+        extra = sock.recv(4096, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError as e:
+        raise Failed("%s: error after last reply: %s" % (what, e))
+    if extra:
+        raise Failed("%s: unexpected extra data %r" % (what, extra[:60]))
+
+
+# ---------------------------------------------------------------- check --
+
+def wl_check(port, args):
+    s = connect(port)
+    s.settimeout(10.0)
+    try:
+        cases = [
+            ([b"ping\n"], b"pong\n"),
+            ([b"ping\r\n"], b"pong\n"),
+            ([b"echo a b\n"], b"a b\n"),
+            ([b"echo a b\r\n"], b"a b\n"),
+            ([b"echo 17 x17\n"], b"17 x17\n"),
+            ([b"pi", b"ng\n"], b"pong\n"),
+            ([b"echo hel", b"lo wor", b"ld\r", b"\n"], b"hello world\n"),
+            ([b"ping\nping\r\necho 1 2\nping\n"], b"pong\npong\n1 2\npong\n"),
+        ]
+        for parts, expected in cases:
+            for part in parts:
+                s.sendall(part)
+                time.sleep(0.002)
+            got = recv_exact_or_fail(s, len(expected), "check %r" % (b"".join(parts),))
+            if got != expected:
+                raise Failed("check %r: got %r, expected %r" % (b"".join(parts), got, expected))
+        assert_no_extra(s, "check")
+    finally:
+        s.close()
+    return {"cases": len(cases)}
+
+
+# ------------------------------------------------------------ pipelined --
+
+def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline"):
+    """Send `payload` in `chunk`-byte writes while reading replies on the same
+    single-threaded selector loop; compare the reply stream to `expected`."""
+    s = connect(port)
+    s.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(s, READ | WRITE)
+    pmv = memoryview(payload)
+    total_out = len(payload)
+    total_in = len(expected)
+    rbuf = bytearray(1 << 20)
+    sent = got = 0
+    writing = True
+    try:
+        t0 = time.perf_counter()
+        last = t0
+        while got < total_in:
+            events = sel.select(1.0)
+            now = time.perf_counter()
+            if not events:
+                if now - last > STALL:
+                    raise Failed("%s: stalled: sent %d/%d bytes, received %d/%d bytes"
+                                 % (what, sent, total_out, got, total_in))
+                continue
+            mask = events[0][1]
+            if mask & WRITE and writing:
+                try:
+                    n = s.send(pmv[sent:sent + chunk])
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as e:
+                    raise Failed("%s: send failed after %d bytes: %s" % (what, sent, e))
+                sent += n
+                if n:
+                    last = now
+                if sent >= total_out:
+                    writing = False
+                    sel.modify(s, READ)
+            if mask & READ:
+                try:
+                    n = s.recv_into(rbuf)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    raise Failed("%s: recv failed after %d bytes: %s" % (what, got, e))
+                if n == 0:
+                    raise Failed("%s: server closed the connection after %d/%d reply bytes"
+                                 % (what, got, total_in))
+                if got + n > total_in:
+                    raise Failed("%s: %d bytes more than expected" % (what, got + n - total_in))
+                if rbuf[:n] != expected[got:got + n]:
+                    raise Failed(describe_mismatch(rbuf[:n], expected[got:got + n], got))
+                got += n
+                last = now
+        t1 = time.perf_counter()
+        s.setblocking(True)
+        s.settimeout(5.0)
+        assert_no_extra(s, what)
+    finally:
+        sel.close()
+        s.close()
+    return t1 - t0
+
+
+def wl_pipeline(port, args):
+    n = args.n
+    secs = pipelined(port, b"ping\n" * n, b"pong\n" * n, what="pipeline")
+    return {"requests": n, "seconds": secs, "rps": n / secs}
+
+
+def wl_echo(port, args):
+    n = args.n
+    payload = b"".join(b"echo %d x%d\n" % (i, i) for i in range(n))
+    expected = b"".join(b"%d x%d\n" % (i, i) for i in range(n))
+    secs = pipelined(port, payload, expected, what="echo")
+    return {"requests": n, "seconds": secs, "rps": n / secs}
+
+
+# ------------------------------------------------------------------ rtt --
+
+def rtt_loop(sock, n, warmup=200):
+    """n sequential ping round trips on a blocking socket; latencies in ns."""
+    req = b"ping\n"
+    exp = b"pong\n"
+    buf = bytearray(64)
+    mv = memoryview(buf)
+    lat = []
+    append = lat.append
+    send = sock.send
+    recv_into = sock.recv_into
+    clock = time.perf_counter_ns
+    for i in range(warmup + n):
+        t0 = clock()
+        if send(req) != 5:
+            raise Failed("rtt: short send")
+        got = 0
+        while got < 5:
+            try:
+                k = recv_into(mv[got:])
+            except (BlockingIOError, socket.timeout):
+                raise Failed("rtt: timed out waiting for reply %d" % i)
+            if k == 0:
+                raise Failed("rtt: connection closed at request %d" % i)
+            got += k
+        t1 = clock()
+        if got != 5 or buf[:5] != exp:
+            raise Failed("rtt: request %d got %r, expected %r" % (i, bytes(buf[:got]), exp))
+        if i >= warmup:
+            append(t1 - t0)
+    lat.sort()
+    return {
+        "requests": n,
+        "p50_us": pct(lat, 50) / 1000.0,
+        "p99_us": pct(lat, 99) / 1000.0,
+        "mean_us": statistics.fmean(lat) / 1000.0 if hasattr(statistics, "fmean")
+        else sum(lat) / len(lat) / 1000.0,
+    }
+
+
+def rtt_on_new_connection(port, n):
+    s = connect(port)
+    s.settimeout(None)
+    set_kernel_timeouts(s, 10.0)
+    try:
+        res = rtt_loop(s, n)
+        assert_no_extra(s, "rtt")
+    finally:
+        s.close()
+    return res
+
+
+def wl_rtt(port, args):
+    return rtt_on_new_connection(port, args.n)
+
+
+# ------------------------------------------------------ many connections --
+
+def open_verified(port, count, inflight=100, timeout=120.0):
+    """Open `count` connections, at most `inflight` in progress at a time;
+    each is verified accepted and served by one ping/pong.  Returns the
+    (non-blocking) sockets."""
+    sel = selectors.DefaultSelector()
+    done = []
+    opened = 0
+    pending = 0
+    deadline = time.monotonic() + timeout
+    try:
+        while len(done) < count:
+            while opened < count and pending < inflight:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setblocking(False)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                err = s.connect_ex((HOST, port))
+                if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                    s.close()
+                    raise Failed("connect #%d failed: %s" % (opened, errno.errorcode.get(err, err)))
+                sel.register(s, WRITE, [0, b""])
+                opened += 1
+                pending += 1
+            if time.monotonic() > deadline:
+                raise Failed("only %d/%d connections verified after %.0fs"
+                             % (len(done), count, timeout))
+            for key, mask in sel.select(0.5):
+                s = key.fileobj
+                st = key.data
+                if st[0] == 0:
+                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        raise Failed("connect #%d failed: %s"
+                                     % (len(done), errno.errorcode.get(err, err)))
+                    s.send(b"ping\n")
+                    st[0] = 1
+                    sel.modify(s, READ, st)
+                    continue
+                try:
+                    data = s.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    raise Failed("connection #%d: %s" % (len(done), e))
+                if not data:
+                    raise Failed("server closed connection #%d before its first reply"
+                                 % len(done))
+                st[1] += data
+                if len(st[1]) >= 5:
+                    if st[1] != b"pong\n":
+                        raise Failed("connection #%d: got %r, expected b'pong\\n'"
+                                     % (len(done), st[1]))
+                    sel.unregister(s)
+                    done.append(s)
+                    pending -= 1
+    except BaseException:
+        for key in list(sel.get_map().values()):
+            key.fileobj.close()
+        for s in done:
+            s.close()
+        raise
+    finally:
+        sel.close()
+    return done
+
+
+def wl_fanin(port, args):
+    nconn, rounds = args.conns, args.rounds
+    conns = open_verified(port, nconn)
+    sel = selectors.DefaultSelector()
+    remaining = [rounds] * nconn
+    partial = [b""] * nconn
+    t_sent = [0] * nconn
+    lat = []
+    clock = time.perf_counter_ns
+    try:
+        for i, s in enumerate(conns):
+            sel.register(s, READ, i)
+        t0 = time.perf_counter()
+        for i, s in enumerate(conns):
+            t_sent[i] = clock()
+            s.send(b"ping\n")
+        active = nconn
+        last = time.monotonic()
+        while active:
+            events = sel.select(1.0)
+            if not events:
+                if time.monotonic() - last > STALL:
+                    raise Failed("fanin: stalled with %d connections waiting" % active)
+                continue
+            last = time.monotonic()
+            for key, _mask in events:
+                i = key.data
+                s = key.fileobj
+                try:
+                    data = s.recv(64)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    raise Failed("fanin: connection %d: %s" % (i, e))
+                now = clock()
+                if not data:
+                    raise Failed("fanin: server closed connection %d" % i)
+                buf = partial[i] + data
+                if len(buf) < 5:
+                    if not b"pong\n".startswith(buf):
+                        raise Failed("fanin: connection %d got %r" % (i, buf))
+                    partial[i] = buf
+                    continue
+                if buf != b"pong\n":
+                    raise Failed("fanin: connection %d got %r, expected b'pong\\n'" % (i, buf))
+                partial[i] = b""
+                lat.append(now - t_sent[i])
+                remaining[i] -= 1
+                if remaining[i]:
+                    t_sent[i] = clock()
+                    s.send(b"ping\n")
+                else:
+                    sel.unregister(s)
+                    active -= 1
+        t1 = time.perf_counter()
+    finally:
+        sel.close()
+        for s in conns:
+            s.close()
+    lat.sort()
+    total = nconn * rounds
+    return {"requests": total, "seconds": t1 - t0, "rps": total / (t1 - t0),
+            "p50_us": pct(lat, 50) / 1000.0, "p99_us": pct(lat, 99) / 1000.0}
+
+
+# ----------------------------------------------------------------- idle --
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise Failed("no VmRSS for pid %d" % pid)
+
+
+def stable_rss(pid, interval=0.2, max_wait=5.0):
+    """Read VmRSS until two consecutive readings agree within 16 KiB."""
+    prev = rss_kib(pid)
+    end = time.monotonic() + max_wait
+    while time.monotonic() < end:
+        time.sleep(interval)
+        cur = rss_kib(pid)
+        if abs(cur - prev) <= 16:
+            return cur
+        prev = cur
+    return prev
+
+
+def wl_idle(port, args):
+    pid = args.server_pid
+    if not pid:
+        raise Failed("idle needs --server-pid")
+    # warm the server's code paths (first connection, first replies)
+    w = connect(port)
+    w.settimeout(10.0)
+    for _ in range(20):
+        w.sendall(b"ping\n")
+        if recv_exact_or_fail(w, 5, "idle warm-up") != b"pong\n":
+            raise Failed("idle warm-up: bad reply")
+    w.close()
+    before = stable_rss(pid)
+    t0 = time.perf_counter()
+    conns = open_verified(port, args.conns)
+    t_open = time.perf_counter() - t0
+    try:
+        after = stable_rss(pid)
+        res = {"conns": args.conns, "rss_before_kib": before, "rss_after_kib": after,
+               "bytes_per_conn": (after - before) * 1024.0 / args.conns,
+               "open_seconds": t_open}
+        rtt = rtt_on_new_connection(port, args.n)
+        res.update({"rtt_" + k: v for k, v in rtt.items()})
+        # the idle connections must still be alive and served afterwards
+        for i in (0, len(conns) // 2, len(conns) - 1):
+            s = conns[i]
+            s.setblocking(True)
+            s.settimeout(10.0)
+            s.sendall(b"ping\n")
+            if recv_exact_or_fail(s, 5, "idle connection %d" % i) != b"pong\n":
+                raise Failed("idle connection %d: bad reply" % i)
+    finally:
+        for s in conns:
+            s.close()
+    return res
+
+
+# ---------------------------------------------------------------- flood --
+
+def wl_flood(port, args):
+    """Flood pipelined pings for args.duration seconds (in whole 64 KiB
+    chunks), reading and checking replies concurrently, then wait for the
+    rest of the replies."""
+    per_chunk = CHUNK // 5
+    chunk = b"ping\n" * per_chunk
+    cmv = memoryview(chunk)
+    pongs = b"pong\n" * ((1 << 20) // 5 + 2)
+    s = connect(port)
+    s.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(s, READ | WRITE)
+    rbuf = bytearray(1 << 20)
+    sent = got = off = 0
+    writing = True
+    try:
+        t0 = time.perf_counter()
+        t_end = t0 + args.duration
+        last = t0
+        while writing or got < sent:
+            events = sel.select(1.0)
+            now = time.perf_counter()
+            if not events:
+                if now - last > STALL:
+                    raise Failed("flood: stalled: sent %d, received %d bytes" % (sent, got))
+                continue
+            mask = events[0][1]
+            if mask & WRITE and writing:
+                try:
+                    n = s.send(cmv[off:])
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError as e:
+                    raise Failed("flood: send failed: %s" % e)
+                sent += n
+                off += n
+                if off == len(chunk):
+                    off = 0
+                    if now >= t_end:
+                        writing = False
+                        sel.modify(s, READ)
+                if n:
+                    last = now
+            if mask & READ:
+                try:
+                    n = s.recv_into(rbuf)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    raise Failed("flood: recv failed: %s" % e)
+                if n == 0:
+                    raise Failed("flood: server closed the connection")
+                ph = got % 5
+                if rbuf[:n] != pongs[ph:ph + n]:
+                    raise Failed(describe_mismatch(rbuf[:n], pongs[ph:ph + n], got))
+                got += n
+                if got > sent:
+                    raise Failed("flood: more reply bytes than requests")
+                last = now
+        t1 = time.perf_counter()
+    finally:
+        sel.close()
+        s.close()
+    return {"requests": sent // 5, "seconds": t1 - t0, "rps": sent / 5.0 / (t1 - t0)}
+
+
+WORKLOADS = {
+    "check": wl_check,
+    "pipeline": wl_pipeline,
+    "echo": wl_echo,
+    "rtt": wl_rtt,
+    "fanin": wl_fanin,
+    "idle": wl_idle,
+    "flood": wl_flood,
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("workload", choices=sorted(WORKLOADS))
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--n", type=int, default=10000, help="requests / round trips")
+    p.add_argument("--conns", type=int, default=1000, help="connections (fanin, idle)")
+    p.add_argument("--rounds", type=int, default=20, help="round trips per connection (fanin)")
+    p.add_argument("--server-pid", type=int, default=0, help="server pid (idle: VmRSS)")
+    p.add_argument("--duration", type=float, default=3.0, help="seconds (flood)")
+    args = p.parse_args(argv)
+    raise_nofile()
+    try:
+        res = WORKLOADS[args.workload](args.port, args)
+        res["ok"] = True
+    except Failed as e:
+        res = {"ok": False, "error": str(e)}
+    except OSError as e:
+        res = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+    sys.stdout.write(json.dumps(res) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

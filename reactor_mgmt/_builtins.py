@@ -1,0 +1,234 @@
+# The commands every server has. They are ordinary registered commands, built with the same
+# decorators a host uses, so they double as a worked example of the command layer; the only
+# privilege they have is a Connection parameter, which any handler may declare too.
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
+
+from ._commands import LEVEL_RANK, LEVELS, NO_REPLY, Command, Pending, Stream, Wait, is_stream
+from ._connection import Connection
+from ._errors import CommandError, PermissionDenied
+
+if TYPE_CHECKING:
+    from ._server import Server
+
+log = logging.getLogger("reactor_mgmt")
+
+_MAX_AUTH_FAILURES = 3
+_TAIL_QUEUE = 1000  # records held per slow log subscriber before we count drops instead
+_MIN_WATCH_INTERVAL = 0.1
+
+
+def may_run(conn: Connection, command: Command) -> bool:
+    return (conn.authenticated or command.pre_auth) and command.rank <= conn.level
+
+
+def install_builtins(server: "Server") -> None:
+    add = server.registry.add
+
+    def help(*topic: str, conn: Connection) -> str:
+        """Lists the commands, or explains one: help [COMMAND]."""
+        return server.registry.help(list(topic), lambda command: may_run(conn, command))
+
+    def ping() -> str:
+        """Replies pong: a liveness check."""
+        return "pong"
+
+    def echo(*words: str) -> str:
+        """Replies with the arguments joined by single spaces."""
+        return " ".join(words)
+
+    def quit(conn: Connection) -> Any:
+        """Closes the connection once every reply before it has been sent."""
+        conn.close()
+        return NO_REPLY
+
+    def auth(token: str, conn: Connection) -> str:
+        """Authenticates this connection with the server's token."""
+        if server.check_token(token):
+            conn.authenticated = True
+            return "OK"
+        conn.auth_failures += 1
+        log.warning("failed authentication on connection #%d (%d of %d)", conn.id, conn.auth_failures,
+                    _MAX_AUTH_FAILURES)
+        if conn.auth_failures >= _MAX_AUTH_FAILURES:
+            conn.close()
+            raise PermissionDenied("authentication failed; closing")
+        raise PermissionDenied("authentication failed")
+
+    def level(new_level: Optional[str] = None, conn: Connection = None) -> str:  # type: ignore[assignment]
+        """Shows this connection's access level, or lowers it (it can never be raised).
+
+        The levels, lowest first: user (read-only), operator, admin.
+        """
+        if new_level is None:
+            return LEVELS[conn.level]
+        rank = LEVEL_RANK.get(new_level)
+        if rank is None:
+            raise CommandError(f"usage: level [user|operator|admin] (unknown level {new_level!r})", code="usage")
+        if rank > conn.level:
+            raise PermissionDenied(f"permission denied: cannot raise the level from {LEVELS[conn.level]} to {new_level}")
+        conn.level = rank
+        return LEVELS[rank]
+
+    def stats() -> Dict[str, Any]:
+        """Server counters: connections, commands, errors, bytes and poll() timings."""
+        return server_stats(server)
+
+    def watch(seconds: float, *command: str, conn: Connection) -> Stream:
+        """Re-runs COMMAND every SECONDS seconds until you send any line.
+
+        Example: watch 1 stats
+        """
+        if not command:
+            raise CommandError(f"usage: watch SECONDS COMMAND... (missing COMMAND)", code="usage")
+        if seconds < _MIN_WATCH_INTERVAL:
+            raise CommandError(f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})",
+                               code="usage")
+        target, args = server.registry.resolve(list(command))
+        if not may_run(conn, target):
+            raise PermissionDenied(f"permission denied: '{target.name}' needs {target.level}")
+        if target.name == "watch":
+            raise CommandError("cannot watch watch", code="usage")
+        return Stream(_watch(target, args, seconds, conn), until_input=True)
+
+    add("help", help, pre_auth=True)
+    add("ping", ping, pre_auth=True)
+    add("echo", echo)
+    add("quit", quit, pre_auth=True)
+    add("auth", auth, pre_auth=True, hidden=not server.auth_required)
+    add("level", level)
+    add("stats", stats)
+    add("watch", watch)
+    if server.log_tail_enabled:
+        tail = _LogTail(server)
+
+        def log_tail(level: str = "INFO", conn: Connection = None) -> Stream:  # type: ignore[assignment]
+            """Streams the host's log records until you send any line: log tail [LEVEL].
+
+            Shows what the host's loggers already let through; LEVEL filters further.
+            """
+            number = logging.getLevelName(level.upper())
+            if not isinstance(number, int):
+                raise CommandError(f"usage: log tail [LEVEL] (unknown level {level!r})", code="usage")
+            return Stream(tail.subscribe(conn, number), until_input=True)
+
+        add("log tail", log_tail, level="operator")
+
+
+def _watch(command: Command, args: List[str], seconds: float, conn: Connection) -> Iterator[Any]:
+    due = time.monotonic()
+    while True:
+        now = time.monotonic()
+        if now < due:
+            yield Wait(due)
+            continue
+        result = command.call(args, conn)
+        if isinstance(result, Pending) or is_stream(result):
+            raise CommandError(f"cannot watch '{command.name}': it does not reply at once")
+        yield "" if result is NO_REPLY else result
+        due = max(due + seconds, now)
+
+
+def server_stats(server: "Server") -> Dict[str, Any]:
+    stats = server.stats
+    durations = sorted(stats.durations)
+    if durations:
+        mean = sum(durations) / len(durations)
+        p99 = durations[min(len(durations) - 1, int(len(durations) * 0.99))]
+        peak = durations[-1]
+    else:
+        mean = p99 = peak = 0.0
+    return {
+        "uptime_s": round(time.time() - stats.started, 3),
+        "connections_open": len(server._connections),
+        "connections_total": stats.connections_total,
+        "connections_refused": stats.refused,
+        "commands": stats.commands,
+        "errors": stats.errors,
+        "bytes_in": stats.bytes_in,
+        "bytes_out": stats.bytes_out,
+        "polls": stats.polls,
+        "poll_busy": stats.busy_polls,
+        "poll_window": len(durations),
+        "poll_mean_ms": round(mean * 1000, 4),
+        "poll_p99_ms": round(p99 * 1000, 4),
+        "poll_max_ms": round(peak * 1000, 4),
+    }
+
+
+class _Subscriber:
+    __slots__ = ("conn", "level", "records", "dropped")
+
+    def __init__(self, conn: Connection, level: int) -> None:
+        self.conn = conn
+        self.level = level
+        self.records: Deque[str] = deque()
+        self.dropped = 0
+
+
+class _LogTail(logging.Handler):
+    """One handler on the root logger, fanning records out to bounded per-client queues.
+
+    It is attached only while someone is subscribed. emit() may run on any thread, so it only
+    appends to a deque and asks the server to wake the subscriber; formatting happens here so
+    the record's arguments are not kept alive.
+    """
+
+    def __init__(self, server: "Server") -> None:
+        super().__init__(logging.NOTSET)
+        self.server = server
+        self.subscribers: List[_Subscriber] = []
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def subscribe(self, conn: Connection, level: int) -> Iterator[Any]:
+        subscriber = _Subscriber(conn, level)
+        if not self.subscribers:
+            logging.getLogger().addHandler(self)
+        self.subscribers.append(subscriber)
+        try:
+            while True:
+                records = subscriber.records
+                if records:
+                    yield records.popleft()
+                elif subscriber.dropped:
+                    yield self._take_dropped(subscriber)
+                else:
+                    yield _WAIT_FOR_WAKE
+        finally:
+            self.subscribers.remove(subscriber)
+            if not self.subscribers:
+                logging.getLogger().removeHandler(self)
+
+    @staticmethod
+    def _take_dropped(subscriber: _Subscriber) -> str:
+        count, subscriber.dropped = subscriber.dropped, 0
+        return f"\u2026 {count} records dropped"
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text: Optional[str] = None
+        for subscriber in list(self.subscribers):
+            if record.levelno < subscriber.level:
+                continue
+            if text is None:
+                try:
+                    text = self.format(record)
+                except Exception:
+                    self.handleError(record)
+                    return
+            records = subscriber.records
+            was_empty = not records
+            if len(records) >= _TAIL_QUEUE:
+                subscriber.dropped += 1
+                continue
+            if subscriber.dropped:  # the notice goes where the gap is
+                records.append(self._take_dropped(subscriber))
+            records.append(text)
+            if was_empty:
+                self.server.wake(subscriber.conn)
+
+
+_WAIT_FOR_WAKE = Wait(None)

@@ -1,0 +1,563 @@
+# The command layer: a registry of named handlers whose arguments, usage line and help all come
+# from the Python signature and docstring, the way argparse and click users expect.
+#
+# Work is split by when it happens. Everything that inspects a function (type hints, defaults,
+# the usage string) runs once, at registration, and is stored in a compiled Signature. A call
+# then only walks that compiled form; commands with no parameters, or only `*args: str`, take a
+# fast path that does not build any intermediate structures, because `ping`-like commands are
+# what a monitoring script sends thousands of times.
+from __future__ import annotations
+
+import enum
+import inspect
+import typing
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from ._errors import CommandError, ConfigError, UnknownCommand, UsageError
+
+LEVELS = ("user", "operator", "admin")
+LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
+
+
+def level_rank(level: str) -> int:
+    try:
+        return LEVEL_RANK[level]
+    except KeyError:
+        raise ConfigError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}") from None
+
+
+# ---- replies that are not finished when the handler returns ----
+
+
+class _NoReply:
+    """Returned by a handler that has already written its reply, or wants none (``quit``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+
+NO_REPLY = _NoReply()
+
+
+class Pending:
+    """A reply the host completes on a later tick: ``resolve(value)`` or ``fail(message)``.
+
+    Return one from a handler. Later requests on the same connection wait behind it, so replies
+    stay in request order. If nobody resolves it within ``timeout`` seconds the client gets
+    ``ERR timeout`` (``timeout=None`` takes the server's ``pending_timeout``, 30 s by default;
+    0 waits forever); if the client goes away first, :attr:`cancelled` becomes true and the
+    ``on_cancel`` callbacks run. Resolve it from the thread that calls ``poll()``.
+    """
+
+    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiter", "_cancel_callbacks")
+
+    def __init__(self, timeout: Optional[float] = None) -> None:
+        self.timeout = timeout
+        self.done = False
+        self.value: Any = None
+        self.error: Optional[CommandError] = None
+        self.cancelled = False
+        self._waiter: Optional[Callable[[], None]] = None
+        self._cancel_callbacks: List[Callable[[], None]] = []
+
+    def resolve(self, value: Any = None) -> None:
+        if self.done or self.cancelled:
+            return
+        self.done = True
+        self.value = value
+        if self._waiter is not None:
+            self._waiter()
+
+    def fail(self, error: "str | CommandError") -> None:
+        if self.done or self.cancelled:
+            return
+        self.error = error if isinstance(error, CommandError) else CommandError(str(error))
+        self.done = True
+        if self._waiter is not None:
+            self._waiter()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        self._cancel_callbacks.append(callback)
+
+    def _cancel(self) -> None:
+        if self.done or self.cancelled:
+            return
+        self.cancelled = True
+        for callback in self._cancel_callbacks:
+            callback()
+
+    def _expire(self) -> None:
+        """The timeout passed: the client gets ERR timeout, and the host's work is cancelled."""
+        self._cancel()
+        self.error = CommandError("timeout", code="timeout")
+        self.done = True
+        if self._waiter is not None:
+            self._waiter()
+
+
+class Wait:
+    """Yielded by a stream that has nothing to send yet. ``until`` is a time.monotonic()
+    deadline to try again, or None to sleep until something calls the server's ``wake``."""
+
+    __slots__ = ("until",)
+
+    def __init__(self, until: Optional[float] = None) -> None:
+        self.until = until
+
+
+class Stream:
+    """A reply sent across ticks, one item at a time, only while the client keeps up.
+
+    Any iterator a handler returns is wrapped in one. ``until_input=True`` makes it a
+    subscription: it runs until the client sends any line (which is consumed) or leaves.
+    """
+
+    __slots__ = ("iterator", "until_input", "count")
+
+    def __init__(self, iterable: Any, *, until_input: bool = False) -> None:
+        self.iterator: Iterator = iter(iterable)
+        self.until_input = until_input
+        self.count = 0
+
+    def close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def is_stream(value: Any) -> bool:
+    return isinstance(value, Stream) or (
+        hasattr(value, "__next__") and not isinstance(value, (str, bytes, Sequence))
+    )
+
+
+# ---- argument conversion ----
+
+_TRUE = frozenset(("1", "true", "yes", "on", "y", "t"))
+_FALSE = frozenset(("0", "false", "no", "off", "n", "f"))
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ValueError("expected true/false, yes/no, on/off or 1/0")
+
+
+def _to_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _to_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
+    by_text = {}
+    for choice in choices:
+        if isinstance(choice, enum.Enum):
+            by_text[choice.name.lower()] = choice
+            by_text[str(choice.value).lower()] = choice
+        else:
+            by_text[str(choice).lower()] = choice
+
+    def convert(text: Any) -> Any:
+        if not isinstance(text, str):
+            for choice in choices:
+                if choice == text or (isinstance(choice, enum.Enum) and choice.value == text):
+                    return choice
+            text = str(text)
+        try:
+            return by_text[text.lower()]
+        except KeyError:
+            names = ", ".join(_choice_name(choice) for choice in choices)
+            raise ValueError(f"expected one of: {names}") from None
+
+    return convert
+
+
+def _choice_name(choice: Any) -> str:
+    return choice.name.lower() if isinstance(choice, enum.Enum) else str(choice)
+
+
+class Param:
+    __slots__ = ("name", "metavar", "convert", "default", "required", "flag", "choices", "type_name")
+
+    def __init__(self, parameter: inspect.Parameter, annotation: Any) -> None:
+        self.name = parameter.name
+        self.metavar = parameter.name.upper()
+        self.default = parameter.default
+        self.required = parameter.default is inspect.Parameter.empty
+        self.choices: Optional[List[str]] = None
+        annotation = _unwrap_optional(annotation)
+        self.flag = annotation is bool
+        self.convert, self.type_name = self._converter_for(annotation)
+
+    def _converter_for(self, annotation: Any) -> Tuple[Callable[[Any], Any], str]:
+        if annotation is inspect.Parameter.empty or annotation is str or annotation is Any:
+            return str, "text"
+        if annotation is bool:
+            return _to_bool, "boolean"
+        if annotation is int:
+            return _to_int, "integer"
+        if annotation is float:
+            return _to_float, "number"
+        if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+            members = list(annotation)
+            self.choices = [_choice_name(member) for member in members]
+            return _choice_converter(members), "choice"
+        if typing.get_origin(annotation) is typing.Literal:
+            values = list(typing.get_args(annotation))
+            self.choices = [str(value) for value in values]
+            return _choice_converter(values), "choice"
+        if callable(annotation):
+            return annotation, getattr(annotation, "__name__", "value")
+        raise ConfigError(f"parameter {self.name!r}: unsupported annotation {annotation!r}")
+
+    def convert_value(self, value: Any) -> Any:
+        """Converts one argument, from text or (in a JSON request) from a JSON value."""
+        if not isinstance(value, str):
+            if self.convert is str:
+                return value if value is None else str(value)
+            if self.convert is _to_bool and isinstance(value, bool):
+                return value
+            if self.convert is _to_int and isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if self.convert is _to_float and isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if self.choices is None:
+                value = str(value)
+        try:
+            return self.convert(value)
+        except (ValueError, TypeError) as exc:
+            raise _BadValue(f"bad value for {self.metavar}: {value!r}: {exc}") from None
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    if typing.get_origin(annotation) is typing.Union:
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return annotation
+
+
+class _BadValue(Exception):
+    pass
+
+
+class _Missing:
+    pass
+
+
+class Signature:
+    """What a handler accepts, compiled once from its Python signature."""
+
+    __slots__ = ("positional", "var_positional", "options", "inject", "usage_args", "mode")
+
+    def __init__(self, fn: Callable[..., Any], connection_type: type) -> None:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable string annotations: fall back to the raw ones
+            hints = {}
+        self.positional: List[Param] = []
+        self.var_positional: Optional[Param] = None
+        self.options: Dict[str, Param] = {}
+        self.inject: Optional[str] = None
+        for parameter in inspect.signature(fn).parameters.values():
+            annotation = hints.get(parameter.name, parameter.annotation)
+            if annotation is connection_type or annotation == connection_type.__name__:
+                self.inject = parameter.name
+                continue
+            if parameter.kind is parameter.VAR_KEYWORD:
+                continue
+            param = Param(parameter, annotation)
+            if parameter.kind is parameter.VAR_POSITIONAL:
+                self.var_positional = param
+            elif parameter.kind is parameter.KEYWORD_ONLY:
+                self.options[parameter.name] = param
+            else:
+                self.positional.append(param)
+        self.usage_args = self._usage()
+        # "none" and "raw" let Command.call skip binding entirely (see the module comment).
+        if self.positional or self.options or self.inject is not None:
+            self.mode = "full"
+        elif self.var_positional is None:
+            self.mode = "none"
+        elif self.var_positional.convert is str:
+            self.mode = "raw"
+        else:
+            self.mode = "full"
+
+    def _usage(self) -> str:
+        parts = []
+        for param in self.positional:
+            parts.append(param.metavar if param.required else f"[{param.metavar}]")
+        if self.var_positional is not None:
+            parts.append(f"[{self.var_positional.metavar}...]")
+        for name, param in self.options.items():
+            option = "--" + name.replace("_", "-")
+            text = option if param.flag else f"{option} {param.metavar}"
+            parts.append(text if param.required else f"[{text}]")
+        return " ".join(parts)
+
+    def bind_text(self, words: List[str]) -> Tuple[list, dict]:
+        """Converts the words after the command name into call arguments, or raises _BadValue."""
+        positional: List[str] = []
+        keywords: Dict[str, Any] = {}
+        options = self.options
+        index = 0
+        count = len(words)
+        while index < count:
+            word = words[index]
+            index += 1
+            if word.startswith("--") and options:
+                if word == "--":
+                    positional.extend(words[index:])
+                    break
+                name, has_value, text = word[2:].partition("=")
+                name = name.replace("-", "_")
+                param = options.get(name)
+                if param is None and name.startswith("no_") and name[3:] in options and options[name[3:]].flag:
+                    keywords[name[3:]] = False
+                    continue
+                if param is None:
+                    raise _BadValue(f"unknown option --{name.replace('_', '-')}")
+                if param.flag and not has_value:
+                    keywords[name] = True
+                    continue
+                if not has_value:
+                    if index >= count:
+                        raise _BadValue(f"option --{name.replace('_', '-')} needs a value")
+                    text = words[index]
+                    index += 1
+                keywords[name] = param.convert_value(text)
+            else:
+                positional.append(word)
+        return self._convert_positional(positional), self._check_options(keywords)
+
+    def bind_json(self, args: list, kwargs: dict) -> Tuple[list, dict]:
+        args = list(args)
+        keywords: Dict[str, Any] = {}
+        by_position = {param.name: index for index, param in enumerate(self.positional)}
+        for name, value in kwargs.items():
+            if name in self.options:
+                keywords[name] = self.options[name].convert_value(value)
+            elif name in by_position:
+                index = by_position[name]
+                while len(args) <= index:
+                    args.append(_Missing)
+                if args[index] is not _Missing:
+                    raise _BadValue(f"{self.positional[index].metavar} given twice")
+                args[index] = value
+            else:
+                raise _BadValue(f"unknown argument {name!r}")
+        return self._convert_positional(args), self._check_options(keywords)
+
+    def _convert_positional(self, values: list) -> list:
+        params = self.positional
+        if len(values) > len(params) and self.var_positional is None:
+            raise _BadValue(f"too many arguments (expected at most {len(params)})")
+        converted = []
+        for index, param in enumerate(params):
+            if index >= len(values) or values[index] is _Missing:
+                if param.required:
+                    raise _BadValue(f"missing {param.metavar}")
+                converted.append(param.default)
+            else:
+                converted.append(param.convert_value(values[index]))
+        if self.var_positional is not None:
+            extra = self.var_positional
+            converted.extend(extra.convert_value(value) for value in values[len(params):])
+        return converted
+
+    def _check_options(self, keywords: dict) -> dict:
+        for name, param in self.options.items():
+            if param.required and name not in keywords:
+                raise _BadValue(f"missing --{name.replace('_', '-')}")
+        return keywords
+
+
+class Command:
+    """One registered command. ``name`` may have several words (``show stats``)."""
+
+    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth")
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        help: Optional[str] = None,
+        level: str = "user",
+        hidden: bool = False,
+        connection_type: type,
+        pre_auth: bool = False,
+    ) -> None:
+        words = name.split()
+        if not words:
+            raise ConfigError("a command needs a name")
+        self.name = " ".join(words)
+        self.fn = fn
+        self.level = level
+        self.rank = level_rank(level)
+        self.hidden = hidden
+        self.pre_auth = pre_auth
+        doc = help if help is not None else inspect.getdoc(fn)
+        self.doc = (doc or "").strip()
+        self.summary = self.doc.splitlines()[0] if self.doc else ""
+        self.signature = Signature(fn, connection_type)
+        self.usage = f"{self.name} {self.signature.usage_args}".rstrip()
+
+    def call(self, args: List[str], connection: Any) -> Any:
+        signature = self.signature
+        mode = signature.mode
+        if mode == "none":
+            if args:
+                raise UsageError(f"usage: {self.usage} (takes no arguments)")
+            return self.fn()
+        if mode == "raw":
+            return self.fn(*args)
+        try:
+            positional, keywords = signature.bind_text(args)
+        except _BadValue as exc:
+            raise UsageError(f"usage: {self.usage} ({exc})") from None
+        return self._invoke(positional, keywords, connection)
+
+    def call_json(self, args: list, kwargs: dict, connection: Any) -> Any:
+        try:
+            positional, keywords = self.signature.bind_json(args, kwargs)
+        except _BadValue as exc:
+            raise UsageError(f"usage: {self.usage} ({exc})") from None
+        return self._invoke(positional, keywords, connection)
+
+    def _invoke(self, positional: list, keywords: dict, connection: Any) -> Any:
+        if self.signature.inject is not None:
+            keywords[self.signature.inject] = connection
+        return self.fn(*positional, **keywords)
+
+    def help_text(self) -> str:
+        lines = [f"usage: {self.usage}"]
+        choices = [
+            f"  {param.metavar}: one of {', '.join(param.choices)}"
+            for param in list(self.signature.positional) + list(self.signature.options.values())
+            if param.choices
+        ]
+        lines.extend(choices)
+        if self.doc:
+            lines.append("")
+            lines.append(self.doc)
+        return "\n".join(lines)
+
+
+class Registry:
+    """Commands by name, with multi-word commands grouped under their first word."""
+
+    def __init__(self, connection_type: type) -> None:
+        self._connection_type = connection_type
+        self.commands: Dict[str, Command] = {}
+        self._groups: Dict[str, List[str]] = {}  # first word -> names of its multi-word commands
+        self._longest = 1
+
+    def add(self, name: str, fn: Callable[..., Any], **options: Any) -> Command:
+        command = Command(name, fn, connection_type=self._connection_type, **options)
+        self.commands[command.name] = command
+        words = command.name.split()
+        if len(words) > 1:
+            names = self._groups.setdefault(words[0], [])
+            if command.name not in names:
+                names.append(command.name)
+            self._longest = max(self._longest, len(words))
+        return command
+
+    def remove(self, name: str) -> None:
+        command = self.commands.pop(" ".join(name.split()))
+        words = command.name.split()
+        if len(words) > 1:
+            self._groups[words[0]].remove(command.name)
+            if not self._groups[words[0]]:
+                del self._groups[words[0]]
+
+    def resolve(self, words: List[str]) -> Tuple[Command, List[str]]:
+        """The command named by the first words, and the words left over as its arguments."""
+        first = words[0]
+        if first in self._groups:
+            for size in range(min(self._longest, len(words)), 1, -1):
+                command = self.commands.get(" ".join(words[:size]))
+                if command is not None:
+                    return command, words[size:]
+        command = self.commands.get(first)
+        if command is not None:
+            return command, words[1:]
+        raise self.unknown(words)
+
+    def unknown(self, words: List[str]) -> UnknownCommand:
+        first = words[0]
+        if first in self._groups:
+            if len(words) == 1:
+                return UnknownCommand(f"incomplete command '{first}'; try 'help {first}'")
+            name = " ".join(words[:2])
+            candidates = self._groups[first]
+        else:
+            name = first
+            candidates = list(self.commands) + list(self._groups)
+        import difflib  # lazily: only a mistyped command pays for it
+
+        close = difflib.get_close_matches(name, [c for c in candidates if not self._is_hidden(c)], n=1, cutoff=0.6)
+        if close:
+            return UnknownCommand(f"unknown command '{name}'; did you mean '{close[0]}'?")
+        return UnknownCommand(f"unknown command '{name}' (try 'help')")
+
+    def _is_hidden(self, name: str) -> bool:
+        command = self.commands.get(name)
+        return command is not None and command.hidden
+
+    def visible(self, allowed: Callable[[Command], bool]) -> List[Command]:
+        return sorted(
+            (command for command in self.commands.values() if not command.hidden and allowed(command)),
+            key=lambda command: command.name,
+        )
+
+    def help(self, topic: List[str], allowed: Callable[[Command], bool]) -> str:
+        if not topic:
+            return self._help_index(allowed)
+        name = " ".join(topic)
+        command = self.commands.get(name)
+        if command is not None and allowed(command):
+            return command.help_text()
+        if len(topic) == 1 and topic[0] in self._groups:
+            members = [self.commands[n] for n in self._groups[topic[0]]]
+            members = [m for m in members if allowed(m) and not m.hidden]
+            if members:
+                return self._listing(members, header=f"Subcommands of '{topic[0]}':")
+        if command is not None:
+            raise CommandError(f"no help for '{name}' at this connection's level", code="denied")
+        raise self.unknown(topic)
+
+    def _help_index(self, allowed: Callable[[Command], bool]) -> str:
+        commands = self.visible(allowed)
+        heads: List[str] = []
+        for command in commands:
+            head = command.name.split()[0]
+            if head not in heads:
+                heads.append(head)
+        listing = self._listing(commands, header="Commands: " + " ".join(heads))
+        return listing + "\nType 'help COMMAND' for details."
+
+    @staticmethod
+    def _listing(commands: List[Command], header: str) -> str:
+        width = max(len(command.usage) for command in commands)
+        width = min(width, 36)
+        lines = [header]
+        for command in commands:
+            lines.append(f"  {command.usage:<{width}}  {command.summary}".rstrip())
+        return "\n".join(lines)

@@ -1,0 +1,95 @@
+# Per-connection state. One of these exists for every open client, often thousands of idle ones,
+# so it uses __slots__ and allocates nothing until the client sends its first byte: the decoder
+# and the request queue are created on first read, the output list on first write.
+# The reactor (_server.py) owns all the logic; this class is the state it works on, plus the
+# small public surface a handler may touch (write, close, level, peer).
+from __future__ import annotations
+
+from typing import Any, Optional
+
+
+class Connection:
+    """One client of the management socket, as seen by a handler.
+
+    A handler receives it by declaring a parameter annotated ``Connection``. ``write(text)``
+    queues output behind the replies already queued (so keep to the handler's own turn), and
+    ``close()`` flushes everything queued and then closes.
+    """
+
+    __slots__ = (
+        "server",
+        "sock",
+        "listener",
+        "peer",
+        "decoder",
+        "queue",
+        "out",
+        "out_size",
+        "mask",
+        "waiting",
+        "waiting_id",
+        "level",
+        "authenticated",
+        "auth_failures",
+        "last_active",
+        "eof",
+        "closing",
+        "closed",
+        "paused",
+        "scheduled",
+        "lingering",
+        "id",
+    )
+
+    def __init__(self, server: Any, sock: Any, listener: Any, peer: Any, conn_id: int, now: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.listener = listener
+        self.peer = peer
+        self.id = conn_id
+        self.decoder: Any = None
+        self.queue: Any = None
+        self.out: Optional[list] = None
+        self.out_size = 0
+        self.mask = 0
+        self.waiting: Any = None  # a Pending or Stream that later requests queue behind
+        self.waiting_id: Any = None  # how to frame its reply: the JSON id, or TEXT
+        self.level = listener.rank
+        self.authenticated = not server.auth_required
+        self.auth_failures = 0
+        self.last_active = now
+        self.eof = False  # the peer half-closed: finish the queue, flush, then close
+        self.closing = False  # stop running requests; close once the output is flushed
+        self.closed = False
+        self.paused = False  # output above the high-water mark: no reads, no commands
+        self.scheduled = False  # already in the server's ready queue
+        self.lingering = False  # we shut down writing and are draining the peer
+
+    def write(self, text: "str | bytes") -> None:
+        """Queues text for this client; a missing final newline is added."""
+        if self.closed:
+            return
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        self.server._write(self, data)
+
+    def close(self) -> None:
+        """Closes after everything queued so far has been sent."""
+        if not self.closed:
+            self.closing = True
+            self.server._schedule(self)
+
+    @property
+    def level_name(self) -> str:
+        from ._commands import LEVELS
+
+        return LEVELS[self.level]
+
+    @property
+    def buffered_output(self) -> int:
+        """Bytes queued for this client and not yet accepted by the kernel."""
+        return self.out_size
+
+    def __repr__(self) -> str:
+        return f"<Connection #{self.id} {self.peer!r}{' closed' if self.closed else ''}>"

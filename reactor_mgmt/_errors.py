@@ -1,0 +1,49 @@
+# The exception hierarchy. Everything the library raises derives from ReactorMgmtError, so a
+# host can catch one type. Errors that travel to a client carry a stable `code` string, the
+# same one a JSON reply puts in its "error" object, so text and JSON clients see one vocabulary.
+from __future__ import annotations
+
+
+class ReactorMgmtError(Exception):
+    """Base class of every exception that reactor_mgmt raises."""
+
+
+class ConfigError(ReactorMgmtError, ValueError):
+    """The server was given settings it cannot honour (a bad level, a non-socket path...)."""
+
+
+class CommandError(ReactorMgmtError):
+    """Raise from a handler to reply ``ERR <message>``; the connection carries on."""
+
+    code = "error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class UsageError(CommandError):
+    """The arguments did not fit the command's signature; the handler did not run."""
+
+    code = "usage"
+
+
+class UnknownCommand(CommandError):
+    code = "unknown_command"
+
+
+class PermissionDenied(CommandError):
+    """The connection's level (or missing authentication) does not allow the command."""
+
+    code = "denied"
+
+
+class RemoteError(ReactorMgmtError):
+    """Raised by the client when the server replied with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,343 @@
+# Sans-I/O protocol core: bytes go in, request lines and protocol events come out. Nothing here
+# touches a socket, a clock or a logger, so every edge case (a CR split from its LF, an IAC
+# split across reads, an over-long line) is tested by feeding bytes, as h11 does.
+#
+# The layers, in the order bytes meet them:
+#   TelnetFilter  strips telnet negotiation so `telnet host port` behaves like `nc`;
+#   LineBuffer    splits on LF (CRLF tolerated) and enforces the line cap without ever
+#                 buffering past it;
+#   RequestDecoder glues the two, decodes UTF-8, drops blank lines, and reports problems as
+#                 values in the same ordered list as the lines, so replies stay in order.
+# Each layer has a fast path for the common case (no IAC, whole lines, ASCII) because the
+# reactor feeds every received byte through here.
+from __future__ import annotations
+
+import re
+from typing import List, Union
+
+IAC = 0xFF
+_IAC_BYTE = b"\xff"
+_NUL_BYTE = b"\x00"
+_CTRL_D = b"\x04"
+_NEGOTIATE = frozenset((0xFB, 0xFC, 0xFD, 0xFE))  # WILL WONT DO DONT: one option byte follows
+_SB = 0xFA
+_SE = 0xF0
+_SESSION_ENDERS = frozenset((0xF4, 0xEC))  # IP (what telnet sends for Ctrl-C), EOF
+
+_DATA, _COMMAND, _OPTION, _SUBNEG, _SUBNEG_IAC = range(5)
+
+DEFAULT_MAX_LINE = 16384
+
+
+class TelnetFilter:
+    """Removes telnet commands from a byte stream, keeping state across feeds.
+
+    ``IAC IAC`` becomes a literal 0xFF, option negotiation and ``SB ... SE`` vanish, ``CR NUL``
+    becomes CR (RFC 854), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
+    dropped, since the session is over.
+    """
+
+    __slots__ = ("_state", "_after_cr", "ended")
+
+    def __init__(self) -> None:
+        self._state = _DATA
+        self._after_cr = False
+        self.ended = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self.ended:
+            return b""
+        if self._state == _DATA and _IAC_BYTE not in data and _NUL_BYTE not in data:
+            # Plain text from nc or a script: nothing to rewrite, so no per-byte loop.
+            if data:
+                self._after_cr = data[-1] == 13
+            return data
+        return self._feed_slowly(data)
+
+    def _feed_slowly(self, data: bytes) -> bytes:
+        out = bytearray()
+        state = self._state
+        after_cr = self._after_cr
+        for byte in data:
+            if state == _DATA:
+                if byte == IAC:
+                    state = _COMMAND
+                elif byte == 0 and after_cr:
+                    after_cr = False
+                else:
+                    out.append(byte)
+                    after_cr = byte == 13
+            elif state == _COMMAND:
+                if byte == IAC:
+                    out.append(IAC)
+                    after_cr = False
+                    state = _DATA
+                elif byte in _NEGOTIATE:
+                    state = _OPTION
+                elif byte == _SB:
+                    state = _SUBNEG
+                elif byte in _SESSION_ENDERS:
+                    self.ended = True
+                    break
+                else:  # NOP, AYT, GA...: a two-byte command with nothing to keep
+                    state = _DATA
+            elif state == _OPTION:
+                state = _DATA
+            elif state == _SUBNEG:
+                if byte == IAC:
+                    state = _SUBNEG_IAC
+            else:  # _SUBNEG_IAC: IAC SE closes the block, IAC IAC is an escaped byte inside it
+                state = _DATA if byte == _SE else _SUBNEG
+        self._state = state
+        self._after_cr = after_cr
+        return bytes(out)
+
+
+class _LineTooLongType:
+    """Marker in a LineBuffer's output: a line went over the cap and is being discarded."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "LINE_TOO_LONG"
+
+
+LINE_TOO_LONG = _LineTooLongType()
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, with a hard cap on the length of one line.
+
+    ``feed`` returns the complete lines (without LF or CRLF) and, in their place, the marker
+    ``LINE_TOO_LONG`` once for each line that went over ``max_line`` bytes. An over-long line
+    is reported as soon as the cap is passed, then discarded up to its newline; at most
+    ``max_line + 1`` bytes of an unfinished line are ever held (the +1 is a CR whose LF has
+    not arrived). Bytes are scanned once: a partial line is kept aside and only the new bytes
+    are searched, so feeding N bytes costs O(N) however they are split.
+    """
+
+    __slots__ = ("max_line", "_partial", "_discarding")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        if max_line < 1:
+            raise ValueError("max_line must be at least 1")
+        self.max_line = max_line
+        self._partial = bytearray()
+        self._discarding = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished line held right now (never more than max_line + 1)."""
+        return len(self._partial)
+
+    @property
+    def at_line_start(self) -> bool:
+        return not self._partial and not self._discarding
+
+    def feed(self, data: bytes) -> List[Union[bytes, _LineTooLongType]]:
+        lines: list = data.split(b"\n")
+        tail = lines.pop()
+        if lines:
+            if self._discarding:
+                # The head finishes a line that was already reported as too long.
+                self._discarding = False
+                lines[0] = None
+            elif self._partial:
+                self._partial += lines[0]
+                lines[0] = bytes(self._partial)
+                self._partial = bytearray()
+            if b"\r" in data:
+                lines = [line[:-1] if line and line[-1] == 13 else line for line in lines]
+            if lines[0] is None:
+                del lines[0]
+            limit = self.max_line
+            if lines and max(map(len, lines)) > limit:
+                lines = [LINE_TOO_LONG if len(line) > limit else line for line in lines]
+        if tail and not self._discarding:
+            if len(self._partial) + len(tail) > self.max_line + 1:
+                self._partial = bytearray()
+                self._discarding = True
+                lines.append(LINE_TOO_LONG)
+            else:
+                self._partial += tail
+        return lines
+
+    def feed_eof(self) -> List[Union[bytes, _LineTooLongType]]:
+        """Returns the final line that had no newline, if any."""
+        self._discarding = False
+        if not self._partial:
+            return []
+        line = bytes(self._partial)
+        self._partial = bytearray()
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > self.max_line:  # pragma: no cover - feed() already caught it
+            return [LINE_TOO_LONG]
+        return [line]
+
+
+# ---- events that RequestDecoder emits alongside request lines ----
+
+
+class ProtocolEvent:
+    """Something other than a request line, in its place in the ordered input."""
+
+    __slots__ = ()
+    code = "bad_request"
+    message = ""
+
+
+class LineTooLong(ProtocolEvent):
+    __slots__ = ("limit", "json")
+    code = "too_long"
+
+    def __init__(self, limit: int, json: bool = False) -> None:
+        self.limit = limit
+        self.json = json  # the line began with '{', so the error goes back as JSON
+
+    @property
+    def message(self) -> str:  # type: ignore[override]
+        return f"line too long (limit {self.limit} bytes)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LineTooLong) and other.limit == self.limit
+
+    def __repr__(self) -> str:
+        return f"LineTooLong({self.limit})"
+
+
+class BadEncoding(ProtocolEvent):
+    __slots__ = ()
+    message = "request is not valid UTF-8"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BadEncoding)
+
+    def __repr__(self) -> str:
+        return "BadEncoding()"
+
+
+class EndSession(ProtocolEvent):
+    """The client asked to leave without a command: telnet IP/EOF, or Ctrl-D on an empty line."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EndSession)
+
+    def __repr__(self) -> str:
+        return "EndSession()"
+
+
+END_SESSION = EndSession()
+BAD_ENCODING = BadEncoding()
+
+Item = Union[str, ProtocolEvent]
+
+
+class RequestDecoder:
+    """Bytes in, an ordered list of request lines (``str``) and ProtocolEvents out.
+
+    Lines are decoded as UTF-8 and stripped; blank lines are dropped. After END_SESSION the
+    decoder swallows everything, because the session is over.
+    """
+
+    __slots__ = ("_telnet", "_lines", "ended")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._telnet = TelnetFilter()
+        self._lines = LineBuffer(max_line)
+        self.ended = False
+
+    @property
+    def buffered(self) -> int:
+        return self._lines.buffered
+
+    def feed(self, data: bytes) -> List[Item]:
+        if self.ended:
+            return []
+        data = self._telnet.feed(data)
+        if data[:1] == _CTRL_D and self._lines.at_line_start:
+            self.ended = True
+            return [END_SESSION]
+        items = self._decode(self._lines.feed(data))
+        if self._telnet.ended:
+            self.ended = True
+            items.append(END_SESSION)
+        return items
+
+    def feed_eof(self) -> List[Item]:
+        if self.ended:
+            return []
+        self.ended = True
+        return self._decode(self._lines.feed_eof())
+
+    def _decode(self, raw_lines: list) -> List[Item]:
+        try:
+            # One decode for the whole batch: per-line decoding is the slow path, taken only
+            # when some line is not UTF-8 or is a too-long marker.
+            text = b"\n".join(raw_lines).decode() if LINE_TOO_LONG not in raw_lines else None
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            items: List[Item] = [line.strip() for line in text.split("\n")] if raw_lines else []
+        else:
+            items = [self._decode_one(line) for line in raw_lines]
+        if "" in items:
+            items = [item for item in items if item != ""]
+        if _CTRL_D_STR in items:
+            index = items.index(_CTRL_D_STR)
+            del items[index:]
+            items.append(END_SESSION)
+            self.ended = True
+        return items
+
+    def _decode_one(self, line: object) -> Item:
+        if line is LINE_TOO_LONG:
+            return LineTooLong(self._lines.max_line)
+        try:
+            return line.decode().strip()  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            return BAD_ENCODING
+
+
+_CTRL_D_STR = "\x04"
+
+
+# ---- request parsing ----
+
+_QUOTING = re.compile(r"[\"'\\]")
+
+
+class ParseError(ValueError):
+    """A request line that cannot be split into words (an unbalanced quote)."""
+
+
+def split_words(line: str) -> List[str]:
+    """Splits a request line shell-style: ``kick "Big Bob" 'too loud'`` gives three words."""
+    if _QUOTING.search(line) is None:
+        # Most requests have no quotes; str.split is ~20x faster than shlex.
+        return line.split()
+    import shlex  # lazily: it costs import time and most sessions never quote
+
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise ParseError(f"cannot parse request: {exc}") from None
+
+
+_HTTP_METHODS = frozenset(("GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE"))
+_HTTP_REQUEST_LINE = re.compile(r"^[A-Z]+ \S+ HTTP/\d")
+
+
+def looks_like_http(line: str) -> bool:
+    """True for a line a browser would send: a request line or a ``Host:`` header.
+
+    A web page can make a browser talk to a loopback port; Redis defends by closing on such
+    lines, and so do we. Called only for lines that are not a known command, so it costs
+    nothing on the normal path.
+    """
+    if line[:5].lower() == "host:":
+        return True
+    method, _, _ = line.partition(" ")
+    return method in _HTTP_METHODS and _HTTP_REQUEST_LINE.match(line) is not None

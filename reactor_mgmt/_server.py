@@ -1,0 +1,1162 @@
+# The reactor: a selectors loop that the host drives by calling poll() from its own main loop.
+#
+# It moves bytes between sockets and the sans-I/O core (_protocol) and hands decoded requests to
+# the command layer (_commands); it never parses or renders on its own. The rules that shape it:
+#   * poll(0) on an idle server is one select() plus a clock read: no per-connection work
+#     happens unless the selector, a timer or the ready queue says so;
+#   * work per poll() is bounded: accepts per listener, one recv per connection, K requests per
+#     connection, and an optional time budget; what is left waits in the ready queue;
+#   * a connection reads only when its request queue is empty and its output is below the
+#     high-water mark, so neither buffer can grow without a bound;
+#   * every reply is written in request order; a Pending or Stream reply holds back the
+#     requests behind it rather than letting their output overtake it;
+#   * EVENT_WRITE is registered only while output is pending.
+from __future__ import annotations
+
+import errno
+import heapq
+import logging
+import os
+import selectors
+import socket
+import stat
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+
+from ._commands import LEVELS, NO_REPLY, Command, Pending, Registry, Stream, Wait, is_stream, level_rank
+from ._connection import Connection
+from ._errors import CommandError, ConfigError, PermissionDenied, UsageError
+from ._protocol import (
+    DEFAULT_MAX_LINE,
+    EndSession,
+    LineTooLong,
+    ParseError,
+    ProtocolEvent,
+    RequestDecoder,
+    looks_like_http,
+    split_words,
+)
+from ._render import json_line, render_text, to_jsonable
+
+log = logging.getLogger("reactor_mgmt")
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_monotonic = time.monotonic
+
+TEXT = object()  # waiting_id of a text-mode request: its reply is rendered, not JSON-framed
+
+_DISCONNECT_ERRORS = (ConnectionError, BrokenPipeError, TimeoutError)
+_FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_RECV_SIZE = 65536
+_LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
+_ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
+_POLL_WINDOW = 1024
+
+
+class Listener:
+    """One listening socket, with the maximum level its connections get."""
+
+    __slots__ = ("sock", "address", "path", "rank", "allowed_uids", "check_peer", "accepts", "paused_until")
+
+    def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
+        self.sock = sock
+        self.address = address
+        self.path = path
+        self.rank = rank
+        self.check_peer = False
+        self.allowed_uids: frozenset = frozenset()
+        self.accepts = _ACCEPTS_START  # adapts like Twisted's numberAccepts
+        self.paused_until = 0.0
+
+    @property
+    def level(self) -> str:
+        return LEVELS[self.rank]
+
+
+class Stats:
+    """Counters for the `stats` command; plain attributes so the hot path is cheap."""
+
+    __slots__ = ("started", "connections_total", "commands", "errors", "bytes_in", "bytes_out",
+                 "polls", "busy_polls", "durations", "duration_index", "refused", "http_closed")
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.connections_total = 0
+        self.commands = 0
+        self.errors = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.polls = 0
+        self.busy_polls = 0
+        self.durations: List[float] = []
+        self.duration_index = 0
+        self.refused = 0
+        self.http_closed = 0
+
+    def record_poll(self, seconds: float) -> None:
+        self.busy_polls += 1
+        if len(self.durations) < _POLL_WINDOW:
+            self.durations.append(seconds)
+        else:
+            self.durations[self.duration_index] = seconds
+            self.duration_index = (self.duration_index + 1) % _POLL_WINDOW
+
+
+Address = Union[str, Tuple[str, int]]
+
+
+class Server:
+    """A management socket served from the host's own loop.
+
+    Create it, register commands, and call :meth:`poll` once per iteration of your main loop.
+    Handlers run inside ``poll()`` on the caller's thread. Every limit below has a safe default;
+    see the README's Security section.
+    """
+
+    def __init__(
+        self,
+        host: Optional[str] = "127.0.0.1",
+        port: Optional[int] = 8123,
+        *,
+        unix: Optional[str] = None,
+        level: Optional[str] = None,
+        max_connections: int = 128,
+        idle_timeout: float = 300.0,
+        max_line: int = DEFAULT_MAX_LINE,
+        high_water: int = 1 << 20,
+        low_water: Optional[int] = None,
+        max_output: int = 16 << 20,
+        max_commands_per_tick: int = 64,
+        pending_timeout: float = 30.0,
+        token: Optional[str] = None,
+        token_env: Optional[str] = None,
+        token_file: Optional[str] = None,
+        allow_remote: bool = False,
+        log_tail: bool = False,
+        address_file: Optional[str] = None,
+        builtins: bool = True,
+    ) -> None:
+        if not 0 < high_water <= max_output:
+            raise ConfigError("need 0 < high_water <= max_output")
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.max_line = max_line
+        self.high_water = high_water
+        self.low_water = low_water if low_water is not None else high_water // 4
+        self.max_output = max_output
+        self.max_commands_per_tick = max_commands_per_tick
+        self.pending_timeout = pending_timeout
+        self.allow_remote = allow_remote
+        self.address_file = address_file
+        self._token = _load_token(token, token_env, token_file)
+        self.stats = Stats()
+        self.registry = Registry(Connection)
+        self.fallback: Optional[Callable[[str, List[str], Connection], Any]] = None
+        self.on_error: Optional[Callable[[BaseException], Any]] = None
+        self._selector = selectors.DefaultSelector()
+        self._listeners: List[Listener] = []
+        self._connections: Dict[int, Connection] = {}
+        self._ready: Deque[Connection] = deque()
+        self._timers: List[tuple] = []
+        self._timer_seq = 0
+        self._next_id = 0
+        self._closed = False
+        self._calls: Deque[Callable[[], Any]] = deque()
+        self._waker: Optional[Tuple[socket.socket, socket.socket]] = None
+        self._reserve_fd: Optional[int] = _open_reserve_fd()
+        self._fd_exhausted_logged = False
+        self._http_log_at = 0.0
+        self._http_suppressed = 0
+        self._default_level = level
+        # The thread that calls poll(); wake() from any other thread goes through the waker.
+        self.owner_thread = threading.get_ident()
+        self.log_tail_enabled = log_tail
+        if builtins:
+            from ._builtins import install_builtins
+
+            install_builtins(self)
+        try:
+            if port is not None and host is not None:
+                self.listen_tcp(host, port, level=level)
+            if unix is not None:
+                self.listen_unix(unix, level=level)
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- configuration ----
+
+    @property
+    def auth_required(self) -> bool:
+        return self._token is not None
+
+    def check_token(self, candidate: str) -> bool:
+        import hmac  # lazily: only servers with a token pay its import
+
+        if self._token is None:
+            return True
+        return hmac.compare_digest(candidate.encode(), self._token.encode())
+
+    def command(self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None,
+                level: str = "user", hidden: bool = False, help: Optional[str] = None) -> Any:
+        """Registers a handler; use as ``@server.command`` or ``@server.command(name="show x")``.
+
+        The command name defaults to the function name, with underscores read as spaces, so
+        ``def show_stats()`` answers ``show stats``.
+        """
+
+        def register(function: Callable[..., Any]) -> Callable[..., Any]:
+            command_name = name if name is not None else function.__name__.replace("_", " ")
+            self.add_command(command_name, function, help=help, level=level, hidden=hidden)
+            return function
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def add_command(self, name: str, fn: Callable[..., Any], help: Optional[str] = None, *,
+                    level: str = "user", hidden: bool = False) -> Command:
+        return self.registry.add(name, fn, help=help, level=level, hidden=hidden)
+
+    def remove_command(self, name: str) -> None:
+        self.registry.remove(name)
+
+    def add_commands(self, obj: Any, *, prefix: str = "", level: Optional[str] = None) -> List[Command]:
+        """Registers every public method of ``obj`` (names starting with ``_`` are skipped).
+
+        A method can set its own options with the ``@command_options`` decorator.
+        """
+        added = []
+        for attribute in sorted(dir(obj)):
+            if attribute.startswith("_"):
+                continue
+            method = getattr(obj, attribute)
+            if not callable(method):
+                continue
+            options = dict(getattr(method, "_reactor_mgmt_options", {}))
+            command_name = options.pop("name", attribute.replace("_", " "))
+            if level is not None:
+                options.setdefault("level", level)
+            added.append(self.add_command(f"{prefix} {command_name}".strip(), method, **options))
+        return added
+
+    # ---- listeners ----
+
+    def listen_tcp(self, host: str = "127.0.0.1", port: int = 8123, *, level: Optional[str] = None) -> List[Address]:
+        """Listens on every address ``host`` resolves to; port 0 picks one free port for all."""
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        bound: List[Address] = []
+        for family, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and bound:  # one ephemeral port shared by all addresses of host
+                    sockaddr = (sockaddr[0], bound[0][1]) + tuple(sockaddr[2:])
+                sock.bind(sockaddr)
+                sock.listen(128)
+            except BaseException:
+                sock.close()
+                raise
+            address = sock.getsockname()[:2]
+            self._add_listener(Listener(sock, address, level_rank(level or self._default_level or "operator")))
+            bound.append(address)
+            self._warn_if_remote(address[0])
+        self._write_address_file()
+        return bound
+
+    def listen_unix(self, path: str, *, mode: int = 0o600, group: Union[int, str, None] = None,
+                    level: Optional[str] = None, check_peer: bool = False,
+                    allowed_uids: Sequence[int] = ()) -> str:
+        """Listens on a Unix socket created with ``mode`` (0600 by default).
+
+        A stale socket left by a dead process is replaced; a live one, a symlink or any file
+        that is not a socket is refused. With ``check_peer`` only the same uid, root and
+        ``allowed_uids`` may connect (SO_PEERCRED).
+        """
+        path = os.fspath(path)
+        _clear_unix_path(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o777 & ~mode)  # the socket is born with its mode: no chmod race
+        try:
+            sock.bind(path)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.umask(old_umask)
+        try:
+            if group is not None:
+                gid = group if isinstance(group, int) else _gid_of(group)
+                os.chown(path, -1, gid, follow_symlinks=False)
+            os.chmod(path, mode) if os.stat(path, follow_symlinks=False).st_mode & 0o7777 != mode else None
+        except BaseException:
+            sock.close()
+            os.unlink(path)
+            raise
+        listener = Listener(sock, path, level_rank(level or self._default_level or "admin"), path=path)
+        listener.check_peer = check_peer or bool(allowed_uids)
+        listener.allowed_uids = frozenset(allowed_uids)
+        self._add_listener(listener)
+        self._write_address_file()
+        return path
+
+    def listen_socket(self, sock: socket.socket, *, level: Optional[str] = None) -> Address:
+        """Adopts a socket that is already bound and listening (systemd activation, or a
+        privileged bind made before dropping root)."""
+        try:
+            accepting = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        except OSError as exc:
+            raise ConfigError(f"not a socket: {exc}") from None
+        if not accepting:
+            raise ConfigError("the socket is not listening; call listen() first")
+        address = sock.getsockname()
+        if sock.family == socket.AF_UNIX:
+            default = "admin"
+            address = address if isinstance(address, str) else address.decode(errors="replace")
+        else:
+            default = "operator"
+            address = address[:2]
+            self._warn_if_remote(address[0])
+        self._add_listener(Listener(sock, address, level_rank(level or self._default_level or default)))
+        self._write_address_file()
+        return address
+
+    def listen_fd(self, fd: int, *, level: Optional[str] = None) -> Address:
+        """Adopts a listening descriptor, such as fd 3 from systemd socket activation."""
+        return self.listen_socket(socket.socket(fileno=fd), level=level)
+
+    def _add_listener(self, listener: Listener) -> None:
+        listener.sock.setblocking(False)
+        self._selector.register(listener.sock, _READ, listener)
+        self._listeners.append(listener)
+        log.info("listening on %s", _format_address(listener.address))
+
+    def _warn_if_remote(self, host: str) -> None:
+        if self._token is None and not self.allow_remote and not _is_loopback(host):
+            log.warning("listening on non-loopback address %s without a token: anyone who can reach it "
+                        "can run commands (set token= or allow_remote=True to silence this)", host)
+
+    def _write_address_file(self) -> None:
+        if self.address_file is None:
+            return
+        temporary = f"{self.address_file}.tmp{os.getpid()}"
+        with open(temporary, "w") as handle:
+            handle.write("".join(_format_address(a) + "\n" for a in self.addresses))
+        os.replace(temporary, self.address_file)
+
+    @property
+    def addresses(self) -> List[Address]:
+        """Bound addresses: ``(host, port)`` for TCP, the path for Unix sockets."""
+        return [listener.address for listener in self._listeners]
+
+    @property
+    def port(self) -> Optional[int]:
+        """The first TCP port, handy after binding port 0."""
+        for listener in self._listeners:
+            if isinstance(listener.address, tuple):
+                return listener.address[1]
+        return None
+
+    @property
+    def connections(self) -> List[Connection]:
+        return list(self._connections.values())
+
+    # ---- the tick ----
+
+    def fileno(self) -> int:
+        """A descriptor that becomes readable when the server has socket work (epoll/kqueue).
+
+        Queued work that needs no socket event (the rest of a pipelined batch, timers) does not
+        show here: call poll() at least once per loop iteration, or see :attr:`busy`.
+        """
+        return self._selector.fileno()
+
+    @property
+    def busy(self) -> bool:
+        """True when poll() has work left over that does not wait for a socket event."""
+        return bool(self._ready or self._calls)
+
+    def next_deadline(self) -> Optional[float]:
+        """The time.monotonic() at which the next timer (idle reap, pending timeout) fires."""
+        return self._timers[0][0] if self._timers else None
+
+    def poll(self, timeout: Optional[float] = 0.0, budget: Optional[float] = None) -> int:
+        """Handles ready events and returns how many it handled.
+
+        ``timeout=0`` never blocks; a positive timeout waits at most that long for activity;
+        ``None`` waits until there is some. ``budget`` caps the seconds spent running commands
+        in this call; whatever is left resumes on the next call.
+        """
+        start = _monotonic()
+        if self._ready or self._calls:
+            timeout = 0
+        elif self._timers and timeout != 0:
+            wait = max(0.0, self._timers[0][0] - start)
+            timeout = wait if timeout is None else min(timeout, wait)
+        events = self._selector.select(timeout)
+        stats = self.stats
+        stats.polls += 1
+        if not events and not self._ready and not self._calls and not (self._timers and self._timers[0][0] <= start):
+            return 0
+        handled = len(events)
+        now = _monotonic()
+        for key, mask in events:
+            owner = key.data
+            if owner.__class__ is Connection:
+                if owner.closed:  # closed earlier in this tick; its fd may even be reused
+                    continue
+                if mask & _READ:
+                    self._read(owner, now)
+                if mask & _WRITE and not owner.closed:
+                    self._flush(owner)
+                    self._schedule(owner)
+            elif owner.__class__ is Listener:
+                self._accept(owner, now)
+            else:  # the cross-thread waker
+                self._drain_waker()
+        while self._calls:
+            handled += 1
+            self._calls.popleft()()
+        if self._timers and self._timers[0][0] <= now:
+            handled += self._run_timers(now)
+        handled += self._run_ready(None if budget is None else start + budget)
+        stats.record_poll(_monotonic() - start)
+        return handled
+
+    def serve_forever(self, poll_interval: float = 1.0) -> None:
+        """Runs poll() until close(), for hosts with nothing else to do."""
+        while not self._closed:
+            self.poll(poll_interval)
+
+    def _run_ready(self, stop_at: Optional[float]) -> int:
+        ready = self._ready
+        done = 0
+        for _ in range(len(ready)):  # one pass: a connection rescheduled now waits a tick
+            conn = ready.popleft()
+            conn.scheduled = False
+            if conn.closed:
+                continue
+            done += self._service(conn, stop_at)
+            if stop_at is not None and _monotonic() >= stop_at:
+                break
+        return done
+
+    # ---- per-connection work ----
+
+    def _service(self, conn: Connection, stop_at: Optional[float]) -> int:
+        """Runs queued requests and pumps a stream, within this tick's limits, then flushes."""
+        ran = 0
+        queue = conn.queue
+        limit = self.max_commands_per_tick
+        while not conn.closed:
+            if conn.waiting is not None:
+                if not self._advance_waiting(conn, stop_at):
+                    break
+                continue
+            if not queue or conn.closing:
+                break
+            if conn.out_size >= self.high_water:
+                conn.paused = True
+                break
+            if ran >= limit or (stop_at is not None and ran & 15 == 15 and _monotonic() >= stop_at):
+                self._schedule(conn)  # more next tick
+                break
+            self._execute(conn, queue.popleft())
+            ran += 1
+        if conn.closed:
+            return ran
+        if conn.eof and not queue and conn.waiting is None:
+            conn.closing = True
+        self._flush(conn)
+        if not conn.closed:
+            self._update_interest(conn)
+        return ran
+
+    def _read(self, conn: Connection, now: float) -> None:
+        try:
+            data = conn.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._drop(conn, exc)
+            return
+        conn.last_active = now
+        if conn.closing:  # lingering after our last reply: discard until the peer's EOF
+            if not data:
+                self._close_now(conn)
+            return
+        decoder = conn.decoder
+        if decoder is None:
+            decoder = conn.decoder = RequestDecoder(self.max_line)
+            conn.queue = deque()
+        if data:
+            self.stats.bytes_in += len(data)
+            items = decoder.feed(data)
+        else:
+            conn.eof = True
+            items = decoder.feed_eof()
+        if conn.waiting is not None and conn.waiting.__class__ is Stream and conn.waiting.until_input:
+            if items or conn.eof:
+                self._end_stream(conn)
+                if items and items[0].__class__ is str:
+                    del items[0]  # the line that stopped a subscription is not a request
+        if items:
+            conn.queue.extend(items)
+        self._schedule(conn)
+
+    def _execute(self, conn: Connection, item: Any) -> None:
+        self.stats.commands += 1
+        if item.__class__ is str:
+            if item[0] == "{":
+                self._execute_json(conn, item)
+            else:
+                self._execute_text(conn, item)
+        elif item.__class__ is EndSession:
+            conn.closing = True
+        else:
+            self.stats.errors += 1
+            if isinstance(item, LineTooLong) and item.json:
+                self._write(conn, json_line({"id": None, "ok": False,
+                                             "error": {"code": item.code, "message": item.message}}))
+            else:
+                self._write(conn, f"ERR {item.message}\n".encode())
+
+    def _execute_text(self, conn: Connection, line: str) -> None:
+        try:
+            words = split_words(line)
+            if not words:
+                return
+            command, args = self._resolve(conn, words, line)
+            if command is None:
+                return
+            result = command.call(args, conn)
+        except CommandError as exc:
+            self.stats.errors += 1
+            self._write(conn, f"ERR {exc.message}\n".encode())
+            return
+        except ParseError as exc:
+            self.stats.errors += 1
+            self._write(conn, f"ERR {exc}\n".encode())
+            return
+        except Exception as exc:
+            self._internal_error(conn, exc, TEXT)
+            return
+        self._deliver(conn, result, TEXT)
+
+    def _resolve(self, conn: Connection, words: List[str], line: str) -> Tuple[Optional[Command], List[str]]:
+        registry = self.registry
+        command = registry.commands.get(words[0])
+        if command is not None and words[0] not in registry._groups:
+            args = words[1:]
+        else:
+            try:
+                command, args = registry.resolve(words)
+            except CommandError:
+                if looks_like_http(line):
+                    self._reject_http(conn)
+                    return None, []
+                if self.fallback is not None:
+                    return self._fallback_command(words[0]), words[1:]
+                raise
+        if not conn.authenticated and not command.pre_auth:
+            raise PermissionDenied("authentication required (send 'auth TOKEN')")
+        if command.rank > conn.level:
+            raise PermissionDenied(f"permission denied: '{command.name}' needs {command.level}")
+        return command, args
+
+    def _fallback_command(self, name: str) -> Command:
+        fallback = self.fallback
+        assert fallback is not None
+
+        def run(*args: str, conn: Connection) -> Any:
+            result = fallback(name, list(args), conn)
+            return NO_REPLY if result is None else result
+
+        return Command(name, run, connection_type=Connection, help="")
+
+    def _execute_json(self, conn: Connection, line: str) -> None:
+        import json
+
+        request_id: Any = None
+        try:
+            try:
+                request = json.loads(line)
+            except ValueError as exc:
+                raise CommandError(f"malformed JSON: {exc}", code="bad_request") from None
+            if not isinstance(request, dict):
+                raise CommandError("a JSON request must be an object", code="bad_request")
+            request_id = request.get("id")
+            name = request.get("cmd")
+            args = request.get("args", [])
+            kwargs = request.get("kwargs", {})
+            if not isinstance(name, str) or not name.split():
+                raise CommandError("'cmd' must be a non-empty string", code="bad_request")
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise CommandError("'args' must be a list and 'kwargs' an object", code="bad_request")
+            words = name.split()
+            command, extra = self._resolve(conn, words, name)
+            if command is None:
+                return
+            result = command.call_json(extra + args, kwargs, conn)
+        except CommandError as exc:
+            self.stats.errors += 1
+            self._write_json_error(conn, request_id, exc.code, exc.message)
+            return
+        except Exception as exc:
+            self._internal_error(conn, exc, request_id)
+            return
+        self._deliver(conn, result, request_id)
+
+    def _internal_error(self, conn: Connection, exc: Exception, reply_id: Any) -> None:
+        self.stats.errors += 1
+        log.error("command handler raised on connection #%d", conn.id, exc_info=exc)
+        if self.on_error is not None:
+            try:
+                self.on_error(exc)
+            except Exception:
+                log.exception("on_error callback raised")
+        message = f"internal error ({type(exc).__name__})"
+        if reply_id is TEXT:
+            self._write(conn, f"ERR {message}\n".encode())
+        else:
+            self._write_json_error(conn, reply_id, "internal", message)
+
+    def _write_json_error(self, conn: Connection, reply_id: Any, code: str, message: str) -> None:
+        self._write(conn, json_line({"id": reply_id, "ok": False, "error": {"code": code, "message": message}}))
+
+    def _deliver(self, conn: Connection, result: Any, reply_id: Any) -> None:
+        """Writes a finished result, or parks the connection behind a Pending or Stream."""
+        if result.__class__ is str and reply_id is TEXT:
+            self._write(conn, (result if result.endswith("\n") else result + "\n").encode())
+        elif result is NO_REPLY:
+            if reply_id is not TEXT:
+                self._write(conn, json_line({"id": reply_id, "ok": True, "result": None}))
+        elif isinstance(result, Pending):
+            if result.done:
+                self._finish_pending(conn, result, reply_id)
+                return
+            conn.waiting = result
+            conn.waiting_id = reply_id
+            result._waiter = lambda: self.wake(conn)
+            timeout = self.pending_timeout if result.timeout is None else result.timeout
+            if timeout:
+                self.call_later(timeout, self._expire_pending, conn, result)
+        elif is_stream(result):
+            conn.waiting = result if isinstance(result, Stream) else Stream(result)
+            conn.waiting_id = reply_id
+        elif reply_id is TEXT:
+            self._write(conn, render_text(result).encode())
+        else:
+            self._write(conn, json_line({"id": reply_id, "ok": True, "result": to_jsonable(result)}))
+
+    def _finish_pending(self, conn: Connection, pending: Pending, reply_id: Any) -> None:
+        if pending.error is not None:
+            self.stats.errors += 1
+            if reply_id is TEXT:
+                self._write(conn, f"ERR {pending.error.message}\n".encode())
+            else:
+                self._write_json_error(conn, reply_id, pending.error.code, pending.error.message)
+        else:
+            self._deliver(conn, pending.value, reply_id)
+
+    def _expire_pending(self, conn: Connection, pending: Pending) -> None:
+        if conn.waiting is pending and not pending.done:
+            pending._expire()
+
+    def _advance_waiting(self, conn: Connection, stop_at: Optional[float]) -> bool:
+        """Moves a parked reply along; True when the queue behind it may proceed."""
+        waiting = conn.waiting
+        if waiting.__class__ is not Stream:
+            if not waiting.done:
+                return False
+            conn.waiting = None
+            self._finish_pending(conn, waiting, conn.waiting_id)
+            return conn.waiting is None
+        return self._pump_stream(conn, waiting, stop_at)
+
+    def _pump_stream(self, conn: Connection, stream: Stream, stop_at: Optional[float]) -> bool:
+        reply_id = conn.waiting_id
+        iterator = stream.iterator
+        low_water = self.low_water
+        sent = 0
+        while conn.out_size < low_water:
+            if sent & 63 == 63 and stop_at is not None and _monotonic() >= stop_at:
+                self._schedule(conn)
+                return False
+            try:
+                item = next(iterator)
+            except StopIteration:
+                conn.waiting = None
+                if reply_id is not TEXT:
+                    self._write(conn, json_line({"id": reply_id, "ok": True, "result": None, "items": stream.count}))
+                return True
+            except CommandError as exc:
+                conn.waiting = None
+                self.stats.errors += 1
+                if reply_id is TEXT:
+                    self._write(conn, f"ERR {exc.message}\n".encode())
+                else:
+                    self._write_json_error(conn, reply_id, exc.code, exc.message)
+                return True
+            except Exception as exc:
+                conn.waiting = None
+                self._internal_error(conn, exc, reply_id)
+                return True
+            if item.__class__ is Wait:
+                if item.until is not None:
+                    self.call_later(max(0.0, item.until - _monotonic()), self._schedule, conn)
+                return False
+            stream.count += 1
+            sent += 1
+            if reply_id is TEXT:
+                self._write(conn, render_text(item).encode())
+            else:
+                self._write(conn, json_line({"id": reply_id, "item": to_jsonable(item)}))
+            if conn.closed:
+                return False
+        return False  # resumes when the client has drained below the low-water mark
+
+    def _end_stream(self, conn: Connection) -> None:
+        stream = conn.waiting
+        conn.waiting = None
+        try:
+            stream.close()
+        except Exception:
+            log.exception("closing a stream raised")
+        if conn.waiting_id is not TEXT:
+            self._write(conn, json_line({"id": conn.waiting_id, "ok": True, "result": None, "items": stream.count}))
+
+    # ---- output ----
+
+    def _write(self, conn: Connection, data: bytes) -> None:
+        if conn.closed:
+            return
+        if conn.out is None:
+            conn.out = [data]
+        else:
+            conn.out.append(data)
+        conn.out_size += len(data)
+        if conn.out_size > self.max_output:
+            log.warning("connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
+                        conn.id, _format_address(conn.peer), conn.out_size, self.max_output)
+            self._close_now(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        out = conn.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = conn.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._drop(conn, exc)
+                return
+            self.stats.bytes_out += sent
+            if sent == len(data):
+                conn.out = None
+                conn.out_size = 0
+            else:
+                conn.out = [memoryview(data)[sent:]]
+                conn.out_size = len(data) - sent
+            if conn.paused and conn.out_size < self.low_water:
+                conn.paused = False
+                self._schedule(conn)
+        if conn.closing and conn.out is None:
+            self._finish_close(conn)
+
+    def _update_interest(self, conn: Connection) -> None:
+        want = 0
+        if conn.out is not None:
+            want = _WRITE
+        if (conn.closing and conn.out is None) or (
+            not conn.eof and not conn.paused and not conn.closing
+            and (not conn.queue or (conn.waiting is not None and conn.waiting.__class__ is Stream
+                                    and conn.waiting.until_input))
+        ):
+            want |= _READ
+        if want == conn.mask:
+            return
+        if want == 0:
+            self._selector.unregister(conn.sock)
+        elif conn.mask == 0:
+            self._selector.register(conn.sock, want, conn)
+        else:
+            self._selector.modify(conn.sock, want, conn)
+        conn.mask = want
+
+    def _schedule(self, conn: Connection) -> None:
+        if not conn.scheduled and not conn.closed:
+            conn.scheduled = True
+            self._ready.append(conn)
+
+    # ---- connection lifecycle ----
+
+    def _accept(self, listener: Listener, now: float) -> None:
+        if listener.paused_until:
+            return
+        limit = listener.accepts
+        accepted = 0
+        while accepted < limit:
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._on_fd_exhaustion(listener, exc)
+                    break
+                log.debug("accept failed: %s", exc)
+                continue
+            accepted += 1
+            if self._fd_exhausted_logged:
+                self._fd_exhausted_logged = False
+                log.warning("file descriptors available again; accepting connections")
+            self._admit(listener, sock, peer, now)
+        # Like Twisted: accept more per tick while the backlog keeps us saturated, fewer after.
+        if accepted == limit:
+            listener.accepts = min(limit + _ACCEPTS_STEP, _ACCEPTS_MAX)
+        else:
+            listener.accepts = max(_ACCEPTS_START, accepted)
+
+    def _admit(self, listener: Listener, sock: socket.socket, peer: Any, now: float) -> None:
+        sock.setblocking(False)
+        if len(self._connections) >= self.max_connections:
+            self.stats.refused += 1
+            log.debug("refusing connection from %s: %d connections open", _format_address(peer),
+                      len(self._connections))
+            _send_and_close(sock, b"ERR too many connections\n")
+            return
+        if listener.check_peer and not _peer_allowed(sock, listener.allowed_uids):
+            self.stats.refused += 1
+            log.warning("refusing connection on %s: peer uid not allowed", listener.address)
+            _send_and_close(sock, b"ERR permission denied: peer uid not allowed\n")
+            return
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._next_id += 1
+        conn = Connection(self, sock, listener, peer if peer else listener.address, self._next_id, now)
+        self._connections[sock.fileno()] = conn
+        self._selector.register(sock, _READ, conn)
+        conn.mask = _READ
+        self.stats.connections_total += 1
+        if self.idle_timeout:
+            self.call_later(self.idle_timeout, self._check_idle, conn)
+
+    def _check_idle(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        idle_for = _monotonic() - conn.last_active
+        if idle_for >= self.idle_timeout and conn.waiting is None:
+            log.debug("closing connection #%d: idle for %.0f s", conn.id, idle_for)
+            self._close_now(conn)
+        else:
+            self.call_later(max(self.idle_timeout - idle_for, 0.001), self._check_idle, conn)
+
+    def _on_fd_exhaustion(self, listener: Listener, exc: OSError) -> None:
+        if not self._fd_exhausted_logged:
+            self._fd_exhausted_logged = True
+            log.error("out of file descriptors (%s): shedding new connections until some are free", exc.strerror)
+        # libuv's trick: free the reserve descriptor, accept the waiting connection and close it
+        # at once, so the listener stops reporting readable and we do not spin.
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+            try:
+                sock, _ = listener.sock.accept()
+            except OSError:
+                pass
+            else:
+                _send_and_close(sock, b"ERR server out of file descriptors\n")
+            self._reserve_fd = _open_reserve_fd()
+            if self._reserve_fd is not None:
+                return
+        # No reserve to spend: stop watching the listener for a moment instead (nginx's way).
+        listener.paused_until = _monotonic() + 1.0
+        self._selector.unregister(listener.sock)
+        self.call_later(1.0, self._resume_listener, listener)
+
+    def _resume_listener(self, listener: Listener) -> None:
+        if listener.paused_until and not self._closed:
+            listener.paused_until = 0.0
+            if self._reserve_fd is None:
+                self._reserve_fd = _open_reserve_fd()
+            self._selector.register(listener.sock, _READ, listener)
+
+    def _reject_http(self, conn: Connection) -> None:
+        self.stats.http_closed += 1
+        now = _monotonic()
+        if now >= self._http_log_at:
+            extra = f" ({self._http_suppressed} more since the last report)" if self._http_suppressed else ""
+            log.warning("closing connection #%d from %s: it sent an HTTP request (cross-protocol attack?)%s",
+                        conn.id, _format_address(conn.peer), extra)
+            self._http_log_at = now + 10.0
+            self._http_suppressed = 0
+        else:
+            self._http_suppressed += 1
+        self._close_now(conn)
+
+    def _drop(self, conn: Connection, exc: BaseException) -> None:
+        log.debug("connection #%d dropped: %s", conn.id, exc)
+        self._close_now(conn)
+
+    def _finish_close(self, conn: Connection) -> None:
+        """Our side is done. If the peer already sent EOF we close now; otherwise we shut down
+        writing and drain what it still sends, so a close with unread input does not turn into
+        an RST that could destroy the replies it has not read yet."""
+        if conn.eof or conn.closed:
+            self._close_now(conn)
+            return
+        if conn.lingering:
+            return
+        conn.lingering = True
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close_now(conn)
+            return
+        if conn.waiting is not None:
+            self._cancel_waiting(conn)
+        if conn.queue:
+            conn.queue.clear()
+        self.call_later(_LINGER_SECONDS, self._close_now, conn)
+        self._update_interest(conn)
+
+    def _cancel_waiting(self, conn: Connection) -> None:
+        waiting = conn.waiting
+        conn.waiting = None
+        try:
+            if isinstance(waiting, Pending):
+                waiting._cancel()
+            else:
+                waiting.close()
+        except Exception:
+            log.exception("cancelling a pending reply raised")
+
+    def _close_now(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if conn.waiting is not None:
+            self._cancel_waiting(conn)
+        if conn.mask:
+            try:
+                self._selector.unregister(conn.sock)
+            except (KeyError, ValueError):  # pragma: no cover - defensive
+                pass
+        self._connections.pop(conn.sock.fileno(), None)
+        conn.mask = 0
+        conn.out = None
+        conn.out_size = 0
+        conn.queue = None
+        try:
+            conn.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+    # ---- timers and cross-thread calls ----
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+        """Runs ``callback(*args)`` inside a poll() at least ``delay`` seconds from now."""
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (_monotonic() + delay, self._timer_seq, callback, args))
+
+    def _run_timers(self, now: float) -> int:
+        fired = 0
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, callback, args = heapq.heappop(timers)
+            fired += 1
+            callback(*args)
+        return fired
+
+    def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
+        """Runs ``callback()`` in the next poll(), waking a blocked poll(); safe from any thread."""
+        self._calls.append(callback)
+        waker = self._waker
+        if waker is None:
+            waker = self._make_waker()
+        try:
+            waker[1].send(b"\0")
+        except (BlockingIOError, OSError):  # a full pipe already guarantees a wake-up
+            pass
+
+    def wake(self, conn: Connection) -> None:
+        """Asks the server to service ``conn`` (a stream it is waiting on has news)."""
+        if threading.get_ident() == self.owner_thread:
+            self._schedule(conn)
+        else:
+            self.call_soon_threadsafe(lambda: self._schedule(conn))
+
+    def _make_waker(self) -> Tuple[socket.socket, socket.socket]:
+        with _WAKER_LOCK:
+            if self._waker is None:
+                reader, writer = socket.socketpair()
+                reader.setblocking(False)
+                writer.setblocking(False)
+                self._selector.register(reader, _READ, None)
+                self._waker = (reader, writer)
+        return self._waker
+
+    def _drain_waker(self) -> None:
+        assert self._waker is not None
+        try:
+            while self._waker[0].recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # ---- shutdown ----
+
+    def close(self) -> None:
+        """Closes every connection and listener, and removes Unix socket files."""
+        if self._closed:
+            return
+        self._closed = True
+        for conn in list(self._connections.values()):
+            self._close_now(conn)
+        for listener in self._listeners:
+            try:
+                if not listener.paused_until:
+                    self._selector.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+            listener.sock.close()
+            if listener.path is not None:
+                try:
+                    os.unlink(listener.path)
+                except FileNotFoundError:
+                    pass
+        self._listeners = []
+        if self._waker is not None:
+            for sock in self._waker:
+                sock.close()
+        self._selector.close()
+        if self._reserve_fd is not None:
+            os.close(self._reserve_fd)
+            self._reserve_fd = None
+        if self.address_file is not None:
+            try:
+                os.unlink(self.address_file)
+            except FileNotFoundError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = ", ".join(_format_address(a) for a in self.addresses) or "no listeners"
+        return f"<Server {where} connections={len(self._connections)}>"
+
+
+_WAKER_LOCK = threading.Lock()
+
+
+def command_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Sets registration options (name, level, hidden, help) on a method for add_commands()."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn._reactor_mgmt_options = options  # type: ignore[attr-defined]
+        return fn
+
+    return decorate
+
+
+# ---- helpers ----
+
+
+def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -> Optional[str]:
+    if token is None and env is not None:
+        token = os.environ.get(env) or None
+    if token is None and path is not None:
+        with open(path) as handle:
+            token = handle.read().strip() or None
+    if token is not None and not token.strip():
+        raise ConfigError("the token is empty")
+    return token
+
+
+def _open_reserve_fd() -> Optional[int]:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def _send_and_close(sock: socket.socket, message: bytes) -> None:
+    try:
+        sock.send(message)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+
+
+def _peer_allowed(sock: socket.socket, allowed: frozenset) -> bool:
+    import struct
+
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid == 0 or uid == os.getuid() or uid in allowed
+
+
+def _clear_unix_path(path: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"refusing to use {path}: it is a symlink")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"refusing to replace {path}: it exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: its server died without removing it
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot tell whether {path} is in use: {exc}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"{path} is in use by a running server")
+
+
+def _gid_of(group: str) -> int:
+    import grp
+
+    return grp.getgrnam(group).gr_gid
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)
