@@ -1,0 +1,239 @@
+# The demo daemon: what an embedding looks like in a program with its own fixed-rate loop.
+# The "work" is simulated jobs; the point is the loop shape (tick, then poll with the time left
+# in the frame) and a command set that shows every feature of the command layer.
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import signal
+import sys
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+from ._commands import Pending
+from ._errors import CommandError
+from ._server import Server
+
+log = logging.getLogger("reactor_mgmt.demo")
+
+
+class Priority(enum.Enum):
+    low = 1
+    normal = 2
+    high = 3
+
+
+class Worker:
+    """The simulated application: a queue of jobs processed a few per tick."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.started = time.monotonic()
+        self.ticks = 0
+        self.done = 0
+        self.paused = False
+        self.jobs: List[Dict[str, Any]] = []
+        self.next_job = 1
+        self.waiting: List[tuple] = []  # (tick, Pending) for the deferred command
+        for name in ("backup", "reindex", "thumbnails"):
+            self.add(name, Priority.normal)
+
+    def add(self, name: str, priority: Priority) -> Dict[str, Any]:
+        job = {"id": self.next_job, "name": name, "priority": priority.name, "progress": 0}
+        self.next_job += 1
+        self.jobs.append(job)
+        return job
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if not self.paused:
+            for job in self.jobs[:2]:
+                job["progress"] += 1
+                if job["progress"] >= 100:
+                    self.jobs.remove(job)
+                    self.done += 1
+                    log.info("job %d (%s) finished", job["id"], job["name"])
+        while self.waiting and self.waiting[0][0] <= self.ticks:
+            _, pending = self.waiting.pop(0)
+            pending.resolve(f"tick {self.ticks} reached")
+
+
+def build_server(args: argparse.Namespace, worker: Worker) -> Server:
+    server = Server(
+        args.host,
+        args.port,
+        unix=args.unix,
+        level=args.level,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        max_line=args.max_line,
+        high_water=args.high_water,
+        max_output=args.max_output,
+        token=args.token,
+        token_file=args.token_file,
+        token_env="REACTOR_MGMT_TOKEN",
+        allow_remote=args.allow_remote,
+        log_tail=True,
+        address_file=args.address_file,
+    )
+
+    @server.command
+    def status() -> Dict[str, Any]:
+        """Uptime, tick count and open connections."""
+        return {
+            "uptime_s": round(time.monotonic() - worker.started, 1),
+            "ticks": worker.ticks,
+            "tick_rate_hz": worker.rate,
+            "connections": len(server.connections),
+            "jobs_queued": len(worker.jobs),
+            "jobs_done": worker.done,
+            "paused": worker.paused,
+        }
+
+    @server.command(name="show jobs")
+    def show_jobs() -> List[Dict[str, Any]]:
+        """The job queue, as a table."""
+        return [dict(job) for job in worker.jobs]
+
+    @server.command(name="show job")
+    def show_job(job_id: int) -> Dict[str, Any]:
+        """One job by id."""
+        for job in worker.jobs:
+            if job["id"] == job_id:
+                return job
+        raise CommandError(f"no job {job_id}")
+
+    @server.command(name="job add", level="operator")
+    def job_add(name: str, priority: Priority = Priority.normal) -> Dict[str, Any]:
+        """Queues a job: job add NAME [PRIORITY]."""
+        return worker.add(name, priority)
+
+    @server.command(name="job cancel", level="operator")
+    def job_cancel(job_id: int, *, force: bool = False) -> str:
+        """Cancels a job; --force also cancels one that is more than half done."""
+        for job in worker.jobs:
+            if job["id"] == job_id:
+                if job["progress"] > 50 and not force:
+                    raise CommandError(f"job {job_id} is {job['progress']}% done; use --force")
+                worker.jobs.remove(job)
+                return f"cancelled job {job_id}"
+        raise CommandError(f"no job {job_id}")
+
+    @server.command(name="set rate", level="operator")
+    def set_rate(hz: float) -> str:
+        """Changes the worker's tick rate (1 to 1000 Hz)."""
+        if not 1 <= hz <= 1000:
+            raise CommandError("rate must be between 1 and 1000 Hz")
+        worker.rate = hz
+        return f"rate {hz:g} Hz"
+
+    @server.command(level="operator")
+    def pause() -> str:
+        """Stops job progress (ticks go on)."""
+        worker.paused = True
+        return "paused"
+
+    @server.command(level="operator")
+    def resume() -> str:
+        """Resumes job progress."""
+        worker.paused = False
+        return "resumed"
+
+    @server.command(name="wait ticks")
+    def wait_ticks(count: int = 10, *, timeout: Optional[float] = None) -> Pending:
+        """A deferred reply: answers once COUNT more ticks have run.
+
+        Requests sent after it wait for it, so replies stay in order.
+        """
+        pending = Pending(timeout=timeout)
+        worker.waiting.append((worker.ticks + max(count, 0), pending))
+        worker.waiting.sort(key=lambda entry: entry[0])
+        return pending
+
+    @server.command
+    def count(n: int = 10, *, prefix: str = "line") -> Iterator[str]:
+        """A streaming reply: N numbered lines, sent only as fast as you read them."""
+        return (f"{prefix} {i}" for i in range(1, n + 1))
+
+    @server.command(name="log level", level="admin")
+    def log_level(level: str) -> str:
+        """Sets the demo's log level (DEBUG, INFO, WARNING, ERROR)."""
+        number = logging.getLevelName(level.upper())
+        if not isinstance(number, int):
+            raise CommandError(f"unknown level {level!r}")
+        logging.getLogger().setLevel(number)
+        return f"log level {level.upper()}"
+
+    @server.command(name="crash")
+    def crash() -> None:
+        """Raises an exception, to show that a failing handler hurts nobody."""
+        raise RuntimeError("the crash command always fails")
+
+    return server
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt demo",
+                                     description="A sample daemon with a management socket.")
+    parser.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
+    parser.add_argument("--no-tcp", action="store_true", help="no TCP listener (use with --unix)")
+    parser.add_argument("--unix", metavar="PATH", help="also listen on this Unix socket (mode 0600)")
+    parser.add_argument("--level", choices=["user", "operator", "admin"],
+                        help="maximum level of every listener (default: operator for TCP, admin for Unix)")
+    parser.add_argument("--rate", type=float, default=50.0, help="worker ticks per second (default 50)")
+    parser.add_argument("--max-connections", type=int, default=128)
+    parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 turns it off")
+    parser.add_argument("--max-line", type=int, default=16384, help="bytes per request line")
+    parser.add_argument("--high-water", type=int, default=1 << 20, help="output bytes before a client is paused")
+    parser.add_argument("--max-output", type=int, default=16 << 20, help="output bytes before a client is dropped")
+    parser.add_argument("--token", help="require 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)")
+    parser.add_argument("--token-file", help="read the token from this file")
+    parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host without a token")
+    parser.add_argument("--address-file", help="write the bound addresses here (useful with --port 0)")
+    parser.add_argument("--verbose", "-v", action="store_true", help="also log the worker's progress")
+    args = parser.parse_args(argv)
+    if args.no_tcp:
+        args.port = None
+    return args
+
+
+class _QuietWorker(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name != log.name
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    if not args.verbose:
+        handler.addFilter(_QuietWorker())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    worker = Worker(args.rate)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    try:
+        server = build_server(args, worker)
+    except (OSError, ValueError) as exc:
+        print(f"demo: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    try:
+        next_tick = time.monotonic()
+        while not stopping:
+            now = time.monotonic()
+            if now >= next_tick:
+                worker.tick()
+                next_tick = max(next_tick + 1.0 / worker.rate, now)
+            # Sleep inside poll() until the next tick is due: replies go out at once, and the
+            # worker keeps its rhythm because poll() never waits past the deadline.
+            server.poll(timeout=max(0.0, next_tick - time.monotonic()), budget=0.005)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        root.removeHandler(handler)
+    return 0
