@@ -102,12 +102,16 @@ def recv_exact_or_fail(sock, n, what):
 def assert_no_extra(sock, what, wait=0.02):
     """After the last expected byte nothing else may arrive."""
     time.sleep(wait)
+    saved = sock.gettimeout()
+    sock.setblocking(False)
     try:
-        extra = sock.recv(4096, socket.MSG_DONTWAIT)
+        extra = sock.recv(4096)
     except (BlockingIOError, InterruptedError):
         return
     except OSError as e:
         raise Failed("%s: error after last reply: %s" % (what, e))
+    finally:
+        sock.settimeout(saved)
     if extra:
         raise Failed("%s: unexpected extra data %r" % (what, extra[:60]))
 

@@ -1,0 +1,201 @@
+# Shared test helpers. Tests talk to real servers over real sockets on 127.0.0.1 port 0; the
+# server is driven by the test's own thread calling poll(), exactly as a host would, so there is
+# no background thread to race with. Every socket has a timeout and every wait has a deadline.
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Iterator, List, Optional
+
+import pytest
+
+import reactor_mgmt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IN_CI = bool(os.environ.get("CI"))
+TIMEOUT = 10.0
+
+
+def require_tool(*names: str) -> str:
+    """Path of the first tool found; skip without it, but fail under CI (a missing client is a
+    broken CI image, not an excuse)."""
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    message = f"{' / '.join(names)} is not installed"
+    if IN_CI:
+        pytest.fail(message + " (CI must install it: see .ci/run)")
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+class RawClient:
+    """A blocking test client whose reads keep the server polling, so one thread does both."""
+
+    def __init__(self, server: reactor_mgmt.Server, address=None, family=socket.AF_INET) -> None:
+        self.server = server
+        address = address if address is not None else server.addresses[0]
+        if isinstance(address, str):
+            family = socket.AF_UNIX
+        elif ":" in address[0]:
+            family = socket.AF_INET6
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(address)
+        self.sock.setblocking(False)
+        self.buffer = b""
+        self.eof = False
+        self.pump()  # let the server accept
+
+    def send(self, data: "bytes | str") -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.setblocking(True)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.sendall(data)
+        self.sock.setblocking(False)
+
+    def shutdown(self) -> None:
+        self.sock.shutdown(socket.SHUT_WR)
+
+    def pump(self, rounds: int = 1) -> None:
+        for _ in range(rounds):
+            self.server.poll(0)
+            self._drain()
+
+    def _drain(self) -> None:
+        while not self.eof:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                self.eof = True
+                return
+            if not data:
+                self.eof = True
+                return
+            self.buffer += data
+
+    def wait_for(self, predicate: Callable[[bytes], bool], timeout: float = TIMEOUT) -> bytes:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.buffer):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; received so far: {self.buffer[-2000:]!r}")
+            if self.eof:
+                raise AssertionError(f"connection closed; received: {self.buffer[-2000:]!r}")
+            self.server.poll(0.01)
+            self._drain()
+        return self.buffer
+
+    def lines(self, count: int, timeout: float = TIMEOUT) -> List[str]:
+        """Waits for ``count`` complete lines, returns them and removes them from the buffer."""
+        self.wait_for(lambda buf: buf.count(b"\n") >= count, timeout)
+        parts = self.buffer.split(b"\n")
+        taken, rest = parts[:count], parts[count:]
+        self.buffer = b"\n".join(rest)
+        return [part.decode() for part in taken]
+
+    def request(self, line: str, lines: int = 1) -> List[str]:
+        self.send(line + "\n")
+        return self.lines(lines)
+
+    def read_until_closed(self, timeout: float = TIMEOUT) -> bytes:
+        deadline = time.monotonic() + timeout
+        while not self.eof:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not close; received: {self.buffer[-2000:]!r}")
+            self.server.poll(0.01)
+            self._drain()
+        return self.buffer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[reactor_mgmt.Server]:
+    srv = reactor_mgmt.Server("127.0.0.1", 0)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., reactor_mgmt.Server]]:
+    created: List[reactor_mgmt.Server] = []
+
+    def factory(*args, **kwargs) -> reactor_mgmt.Server:
+        kwargs.setdefault("port", 0)
+        srv = reactor_mgmt.Server(*args, **kwargs)
+        created.append(srv)
+        return srv
+
+    yield factory
+    for srv in created:
+        srv.close()
+
+
+@pytest.fixture
+def client(server) -> Iterator[RawClient]:
+    c = RawClient(server)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """A subprocess (the demo or an example) that announces its address in a file."""
+
+    def __init__(self, args: List[str], address_file: str, env: Optional[dict] = None) -> None:
+        self.address_file = address_file
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+        full_env.pop("REACTOR_MGMT_TOKEN", None)
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=ROOT)
+        deadline = time.monotonic() + TIMEOUT
+        while not (os.path.exists(address_file) and open(address_file).read().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out, err = self.proc.communicate(timeout=5)
+                raise AssertionError(f"daemon did not start: {err.decode()[-2000:]}")
+            time.sleep(0.02)
+        self.address = open(address_file).read().split()[0]
+        host, _, port = self.address.rpartition(":")
+        self.host, self.port = host.strip("[]"), int(port)
+
+    def stop(self) -> "tuple[int, str, str]":
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            out, err = self.proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate(timeout=TIMEOUT)
+        return self.proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def demo(tmp_path) -> Iterator[Daemon]:
+    """The demo daemon on an ephemeral port, in its own process."""
+    address_file = str(tmp_path / "demo.addr")
+    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file], address_file)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
