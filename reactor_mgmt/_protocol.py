@@ -96,13 +96,21 @@ class TelnetFilter:
 class _LineTooLongType:
     """Marker in a LineBuffer's output: a line went over the cap and is being discarded."""
 
-    __slots__ = ()
+    __slots__ = ("json",)
+
+    def __init__(self, json: bool = False) -> None:
+        self.json = json  # the line began with '{', so its error must go back as JSON
 
     def __repr__(self) -> str:
-        return "LINE_TOO_LONG"
+        return "LINE_TOO_LONG_JSON" if self.json else "LINE_TOO_LONG"
 
 
 LINE_TOO_LONG = _LineTooLongType()
+LINE_TOO_LONG_JSON = _LineTooLongType(json=True)
+
+
+def _too_long(head: bytes) -> _LineTooLongType:
+    return LINE_TOO_LONG_JSON if head.lstrip()[:1] == b"{" else LINE_TOO_LONG
 
 
 class LineBuffer:
@@ -146,18 +154,20 @@ class LineBuffer:
                 self._partial += lines[0]
                 lines[0] = bytes(self._partial)
                 self._partial = bytearray()
-            if b"\r" in data:
+            # The CR of a CRLF may have arrived in the previous feed and now ends lines[0].
+            if b"\r" in data or (lines[0] and lines[0][-1] == 13):
                 lines = [line[:-1] if line and line[-1] == 13 else line for line in lines]
             if lines[0] is None:
                 del lines[0]
             limit = self.max_line
             if lines and max(map(len, lines)) > limit:
-                lines = [LINE_TOO_LONG if len(line) > limit else line for line in lines]
+                lines = [_too_long(line[:64]) if len(line) > limit else line for line in lines]
         if tail and not self._discarding:
             if len(self._partial) + len(tail) > self.max_line + 1:
+                marker = _too_long(bytes(self._partial[:64]) + tail[:64])
                 self._partial = bytearray()
                 self._discarding = True
-                lines.append(LINE_TOO_LONG)
+                lines.append(marker)
             else:
                 self._partial += tail
         return lines
@@ -257,11 +267,19 @@ class RequestDecoder:
         if self.ended:
             return []
         data = self._telnet.feed(data)
-        if data[:1] == _CTRL_D and self._lines.at_line_start:
-            self.ended = True
-            return [END_SESSION]
+        if _CTRL_D in data:
+            # Ctrl-D as the first byte of a line ends the session wherever the reads happen to
+            # split the input, so one inside this chunk (after a LF) counts as well.
+            at_start = data[:1] == _CTRL_D and self._lines.at_line_start
+            cut = 0 if at_start else data.find(b"\n\x04") + 1
+            if at_start or cut:
+                items = self._decode(self._lines.feed(data[:cut]))
+                if not self.ended:
+                    self.ended = True
+                    items.append(END_SESSION)
+                return items
         items = self._decode(self._lines.feed(data))
-        if self._telnet.ended:
+        if self._telnet.ended and not self.ended:
             self.ended = True
             items.append(END_SESSION)
         return items
@@ -276,7 +294,8 @@ class RequestDecoder:
         try:
             # One decode for the whole batch: per-line decoding is the slow path, taken only
             # when some line is not UTF-8 or is a too-long marker.
-            text = b"\n".join(raw_lines).decode() if LINE_TOO_LONG not in raw_lines else None
+            text = (b"\n".join(raw_lines).decode()
+                    if LINE_TOO_LONG not in raw_lines and LINE_TOO_LONG_JSON not in raw_lines else None)
         except UnicodeDecodeError:
             text = None
         if text is not None:
@@ -293,8 +312,8 @@ class RequestDecoder:
         return items
 
     def _decode_one(self, line: object) -> Item:
-        if line is LINE_TOO_LONG:
-            return LineTooLong(self._lines.max_line)
+        if line.__class__ is _LineTooLongType:
+            return LineTooLong(self._lines.max_line, json=line.json)  # type: ignore[attr-defined]
         try:
             return line.decode().strip()  # type: ignore[union-attr]
         except UnicodeDecodeError:
@@ -306,7 +325,9 @@ _CTRL_D_STR = "\x04"
 
 # ---- request parsing ----
 
-_QUOTING = re.compile(r"[\"'\\]")
+# Quotes and backslashes need shlex; so does whitespace that str.split() splits on but shlex
+# keeps inside a word (\v, \f, \x1c-\x1f, NBSP...), or the two paths would disagree.
+_QUOTING = re.compile(r"[\"'\\]|[^\S \t\r\n]")
 
 
 class ParseError(ValueError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import heapq
+import inspect
 import logging
 import os
 import selectors
@@ -48,6 +49,9 @@ _WRITE = selectors.EVENT_WRITE
 _monotonic = time.monotonic
 
 TEXT = object()  # waiting_id of a text-mode request: its reply is rendered, not JSON-framed
+# A handler's text may hold lone surrogates (os.listdir() of a non-UTF-8 name); they go out as
+# \udcXX escapes rather than raise UnicodeEncodeError out of poll().
+_UNENCODABLE = "backslashreplace"
 
 _DISCONNECT_ERRORS = (ConnectionError, BrokenPipeError, TimeoutError)
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
@@ -146,7 +150,9 @@ class Server:
         self.idle_timeout = idle_timeout
         self.max_line = max_line
         self.high_water = high_water
-        self.low_water = low_water if low_water is not None else high_water // 4
+        self.low_water = low_water if low_water is not None else max(1, high_water // 4)
+        if not 0 < self.low_water <= high_water:  # low_water 0 would never resume a paused client
+            raise ConfigError("need 0 < low_water <= high_water")
         self.max_output = max_output
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
@@ -158,6 +164,8 @@ class Server:
         self.fallback: Optional[Callable[[str, List[str], Connection], Any]] = None
         self.on_error: Optional[Callable[[BaseException], Any]] = None
         self._selector = selectors.DefaultSelector()
+        self._owners: Dict[int, Any] = {}  # fd -> Connection, Listener or None (the waker)
+        self._select = self._make_select()
         self._listeners: List[Listener] = []
         self._connections: Dict[int, Connection] = {}
         self._ready: Deque[Connection] = deque()
@@ -174,6 +182,9 @@ class Server:
         self._default_level = level
         # The thread that calls poll(); wake() from any other thread goes through the waker.
         self.owner_thread = threading.get_ident()
+        # attach_asyncio()/start_thread() handle: kicked when work is queued outside poll(), and
+        # detached by close() before the selector goes (see _integrations.py).
+        self._integration: Any = None
         self.log_tail_enabled = log_tail
         if builtins:
             from ._builtins import install_builtins
@@ -199,7 +210,8 @@ class Server:
 
         if self._token is None:
             return True
-        return hmac.compare_digest(candidate.encode(), self._token.encode())
+        # surrogatepass: a JSON request can carry a lone surrogate, which must fail, not raise
+        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), self._token.encode())
 
     def command(self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None,
                 level: str = "user", hidden: bool = False, help: Optional[str] = None) -> Any:
@@ -234,8 +246,12 @@ class Server:
         for attribute in sorted(dir(obj)):
             if attribute.startswith("_"):
                 continue
+            # Methods only: reading a property would run its code, and a nested class or a
+            # callable attribute is not a command.
+            if isinstance(inspect.getattr_static(obj, attribute, None), property):
+                continue
             method = getattr(obj, attribute)
-            if not callable(method):
+            if not (inspect.ismethod(method) or inspect.isfunction(method)):
                 continue
             options = dict(getattr(method, "_reactor_mgmt_options", {}))
             command_name = options.pop("name", attribute.replace("_", " "))
@@ -330,11 +346,19 @@ class Server:
 
     def listen_fd(self, fd: int, *, level: Optional[str] = None) -> Address:
         """Adopts a listening descriptor, such as fd 3 from systemd socket activation."""
-        return self.listen_socket(socket.socket(fileno=fd), level=level)
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ConfigError(f"fd {fd} is not a socket: {exc}") from None
+        try:
+            return self.listen_socket(sock, level=level)
+        except BaseException:
+            sock.detach()  # a refused descriptor stays the caller's, and open
+            raise
 
     def _add_listener(self, listener: Listener) -> None:
         listener.sock.setblocking(False)
-        self._selector.register(listener.sock, _READ, listener)
+        self._register(listener.sock, _READ, listener)
         self._listeners.append(listener)
         log.info("listening on %s", _format_address(listener.address))
 
@@ -400,15 +424,16 @@ class Server:
         elif self._timers and timeout != 0:
             wait = max(0.0, self._timers[0][0] - start)
             timeout = wait if timeout is None else min(timeout, wait)
-        events = self._selector.select(timeout)
+        events = self._select(timeout)
         stats = self.stats
         stats.polls += 1
-        if not events and not self._ready and not self._calls and not (self._timers and self._timers[0][0] <= start):
+        if not events and not self._ready and not self._calls and not (
+                # after a blocking select() a timer may have come due while we slept
+                self._timers and self._timers[0][0] <= (start if timeout == 0 else _monotonic())):
             return 0
         handled = len(events)
         now = _monotonic()
-        for key, mask in events:
-            owner = key.data
+        for owner, mask in events:
             if owner.__class__ is Connection:
                 if owner.closed:  # closed earlier in this tick; its fd may even be reused
                     continue
@@ -429,6 +454,55 @@ class Server:
         handled += self._run_ready(None if budget is None else start + budget)
         stats.record_poll(_monotonic() - start)
         return handled
+
+    def _make_select(self) -> Callable[[Optional[float]], List[Tuple[Any, int]]]:
+        """Returns select(timeout) -> [(owner, mask)].
+
+        selectors.EpollSelector.select() spends more time wrapping results in SelectorKeys than
+        epoll_wait() itself takes, and an idle poll(0) is nothing but that call. So on epoll we
+        let the selector do registration (its public API) and call the kernel poller it wraps
+        directly, mapping fds to owners with our own dict. Elsewhere the selector is used as is.
+        """
+        selector = self._selector
+        raw = getattr(selector, "_selector", None)
+        owners = self._owners
+        if isinstance(selector, getattr(selectors, "EpollSelector", ())) and hasattr(raw, "poll"):
+            import math
+            import select
+
+            epoll_wait = raw.poll
+            not_in, not_out = ~select.EPOLLIN, ~select.EPOLLOUT
+
+            def select_epoll(timeout: Optional[float]) -> List[Tuple[Any, int]]:
+                if timeout is None:
+                    timeout = -1
+                elif timeout > 0:  # epoll counts whole ms: round up, or we wake early and spin
+                    timeout = math.ceil(timeout * 1e3) * 1e-3
+                ready = epoll_wait(timeout)
+                if not ready:
+                    return ready
+                # HUP and ERR count as both readable and writable, as in selectors: recv/send
+                # then report the actual error.
+                return [(owners[fd], (_WRITE if event & not_in else 0) | (_READ if event & not_out else 0))
+                        for fd, event in ready]
+
+            return select_epoll
+
+        def select_generic(timeout: Optional[float]) -> List[Tuple[Any, int]]:
+            return [(key.data, mask) for key, mask in selector.select(timeout)]
+
+        return select_generic
+
+    def _register(self, sock: socket.socket, mask: int, owner: Any) -> None:
+        self._selector.register(sock, mask, owner)
+        self._owners[sock.fileno()] = owner
+
+    def _modify(self, sock: socket.socket, mask: int, owner: Any) -> None:
+        self._selector.modify(sock, mask, owner)
+
+    def _unregister(self, sock: socket.socket) -> None:
+        self._selector.unregister(sock)
+        self._owners.pop(sock.fileno(), None)
 
     def serve_forever(self, poll_interval: float = 1.0) -> None:
         """Runs poll() until close(), for hosts with nothing else to do."""
@@ -465,7 +539,9 @@ class Server:
             if conn.out_size >= self.high_water:
                 conn.paused = True
                 break
-            if ran >= limit or (stop_at is not None and ran & 15 == 15 and _monotonic() >= stop_at):
+            # The budget is checked before every command after the first: a clock read is cheap
+            # next to a handler, and checking every 16th overran a 2 ms budget by 16 slow handlers.
+            if ran >= limit or (stop_at is not None and ran and _monotonic() >= stop_at):
                 self._schedule(conn)  # more next tick
                 break
             self._execute(conn, queue.popleft())
@@ -474,6 +550,8 @@ class Server:
             return ran
         if conn.eof and not queue and conn.waiting is None:
             conn.closing = True
+        if conn.out_size >= self.high_water:
+            conn.paused = True  # an empty queue must not let one more read in above high water
         self._flush(conn)
         if not conn.closed:
             self._update_interest(conn)
@@ -539,7 +617,7 @@ class Server:
             result = command.call(args, conn)
         except CommandError as exc:
             self.stats.errors += 1
-            self._write(conn, f"ERR {exc.message}\n".encode())
+            self._write(conn, f"ERR {exc.message}\n".encode("utf-8", _UNENCODABLE))
             return
         except ParseError as exc:
             self.stats.errors += 1
@@ -557,7 +635,7 @@ class Server:
             args = words[1:]
         else:
             try:
-                command, args = registry.resolve(words)
+                command, args = registry.resolve(words, conn)
             except CommandError:
                 if looks_like_http(line):
                     self._reject_http(conn)
@@ -588,23 +666,34 @@ class Server:
         try:
             try:
                 request = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
                 raise CommandError(f"malformed JSON: {exc}", code="bad_request") from None
             if not isinstance(request, dict):
                 raise CommandError("a JSON request must be an object", code="bad_request")
             request_id = request.get("id")
-            name = request.get("cmd")
-            args = request.get("args", [])
-            kwargs = request.get("kwargs", {})
-            if not isinstance(name, str) or not name.split():
-                raise CommandError("'cmd' must be a non-empty string", code="bad_request")
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise CommandError("'args' must be a list and 'kwargs' an object", code="bad_request")
-            words = name.split()
-            command, extra = self._resolve(conn, words, name)
-            if command is None:
-                return
-            result = command.call_json(extra + args, kwargs, conn)
+            argv = request.get("argv")
+            if argv is not None:
+                # Words a client already split like a shell (the CLI's own argv): resolved and
+                # bound exactly as a text line's words, so `--force` is an option, not a value.
+                if not isinstance(argv, list) or not argv or not all(isinstance(w, str) for w in argv):
+                    raise CommandError("'argv' must be a non-empty list of strings", code="bad_request")
+                command, extra = self._resolve(conn, argv, " ".join(argv))
+                if command is None:
+                    return
+                result = command.call(extra, conn)
+            else:
+                name = request.get("cmd")
+                args = request.get("args", [])
+                kwargs = request.get("kwargs", {})
+                if not isinstance(name, str) or not name.split():
+                    raise CommandError("'cmd' must be a non-empty string", code="bad_request")
+                if not isinstance(args, list) or not isinstance(kwargs, dict):
+                    raise CommandError("'args' must be a list and 'kwargs' an object", code="bad_request")
+                words = name.split()
+                command, extra = self._resolve(conn, words, name)
+                if command is None:
+                    return
+                result = command.call_json(extra + args, kwargs, conn)
         except CommandError as exc:
             self.stats.errors += 1
             self._write_json_error(conn, request_id, exc.code, exc.message)
@@ -634,7 +723,7 @@ class Server:
     def _deliver(self, conn: Connection, result: Any, reply_id: Any) -> None:
         """Writes a finished result, or parks the connection behind a Pending or Stream."""
         if result.__class__ is str and reply_id is TEXT:
-            self._write(conn, (result if result.endswith("\n") else result + "\n").encode())
+            self._write(conn, (result if result.endswith("\n") else result + "\n").encode("utf-8", _UNENCODABLE))
         elif result is NO_REPLY:
             if reply_id is not TEXT:
                 self._write(conn, json_line({"id": reply_id, "ok": True, "result": None}))
@@ -646,13 +735,13 @@ class Server:
             conn.waiting_id = reply_id
             result._waiter = lambda: self.wake(conn)
             timeout = self.pending_timeout if result.timeout is None else result.timeout
-            if timeout:
+            if timeout and timeout < float("inf"):  # NaN would break the timer heap's order
                 self.call_later(timeout, self._expire_pending, conn, result)
         elif is_stream(result):
             conn.waiting = result if isinstance(result, Stream) else Stream(result)
             conn.waiting_id = reply_id
         elif reply_id is TEXT:
-            self._write(conn, render_text(result).encode())
+            self._write(conn, render_text(result).encode("utf-8", _UNENCODABLE))
         else:
             self._write(conn, json_line({"id": reply_id, "ok": True, "result": to_jsonable(result)}))
 
@@ -660,7 +749,7 @@ class Server:
         if pending.error is not None:
             self.stats.errors += 1
             if reply_id is TEXT:
-                self._write(conn, f"ERR {pending.error.message}\n".encode())
+                self._write(conn, f"ERR {pending.error.message}\n".encode("utf-8", _UNENCODABLE))
             else:
                 self._write_json_error(conn, reply_id, pending.error.code, pending.error.message)
         else:
@@ -678,7 +767,7 @@ class Server:
                 return False
             conn.waiting = None
             self._finish_pending(conn, waiting, conn.waiting_id)
-            return conn.waiting is None
+            return True  # even if it resolved to a Stream or Pending: the loop moves that along too
         return self._pump_stream(conn, waiting, stop_at)
 
     def _pump_stream(self, conn: Connection, stream: Stream, stop_at: Optional[float]) -> bool:
@@ -701,7 +790,7 @@ class Server:
                 conn.waiting = None
                 self.stats.errors += 1
                 if reply_id is TEXT:
-                    self._write(conn, f"ERR {exc.message}\n".encode())
+                    self._write(conn, f"ERR {exc.message}\n".encode("utf-8", _UNENCODABLE))
                 else:
                     self._write_json_error(conn, reply_id, exc.code, exc.message)
                 return True
@@ -716,7 +805,7 @@ class Server:
             stream.count += 1
             sent += 1
             if reply_id is TEXT:
-                self._write(conn, render_text(item).encode())
+                self._write(conn, render_text(item).encode("utf-8", _UNENCODABLE))
             else:
                 self._write(conn, json_line({"id": reply_id, "item": to_jsonable(item)}))
             if conn.closed:
@@ -769,6 +858,10 @@ class Server:
             if conn.paused and conn.out_size < self.low_water:
                 conn.paused = False
                 self._schedule(conn)
+            elif conn.waiting.__class__ is Stream and len(data) >= self.low_water > conn.out_size:
+                # The stream stopped at the low-water mark and the kernel took it all at once:
+                # no write event will come to resume it, so resume it next tick.
+                self._schedule(conn)
         if conn.closing and conn.out is None:
             self._finish_close(conn)
 
@@ -785,11 +878,11 @@ class Server:
         if want == conn.mask:
             return
         if want == 0:
-            self._selector.unregister(conn.sock)
+            self._unregister(conn.sock)
         elif conn.mask == 0:
-            self._selector.register(conn.sock, want, conn)
+            self._register(conn.sock, want, conn)
         else:
-            self._selector.modify(conn.sock, want, conn)
+            self._modify(conn.sock, want, conn)
         conn.mask = want
 
     def _schedule(self, conn: Connection) -> None:
@@ -844,7 +937,7 @@ class Server:
         self._next_id += 1
         conn = Connection(self, sock, listener, peer if peer else listener.address, self._next_id, now)
         self._connections[sock.fileno()] = conn
-        self._selector.register(sock, _READ, conn)
+        self._register(sock, _READ, conn)
         conn.mask = _READ
         self.stats.connections_total += 1
         if self.idle_timeout:
@@ -880,7 +973,7 @@ class Server:
                 return
         # No reserve to spend: stop watching the listener for a moment instead (nginx's way).
         listener.paused_until = _monotonic() + 1.0
-        self._selector.unregister(listener.sock)
+        self._unregister(listener.sock)
         self.call_later(1.0, self._resume_listener, listener)
 
     def _resume_listener(self, listener: Listener) -> None:
@@ -888,7 +981,7 @@ class Server:
             listener.paused_until = 0.0
             if self._reserve_fd is None:
                 self._reserve_fd = _open_reserve_fd()
-            self._selector.register(listener.sock, _READ, listener)
+            self._register(listener.sock, _READ, listener)
 
     def _reject_http(self, conn: Connection) -> None:
         self.stats.http_closed += 1
@@ -948,7 +1041,7 @@ class Server:
             self._cancel_waiting(conn)
         if conn.mask:
             try:
-                self._selector.unregister(conn.sock)
+                self._unregister(conn.sock)
             except (KeyError, ValueError):  # pragma: no cover - defensive
                 pass
         self._connections.pop(conn.sock.fileno(), None)
@@ -967,6 +1060,8 @@ class Server:
         """Runs ``callback(*args)`` inside a poll() at least ``delay`` seconds from now."""
         self._timer_seq += 1
         heapq.heappush(self._timers, (_monotonic() + delay, self._timer_seq, callback, args))
+        if self._integration is not None:  # an event loop must re-arm for an earlier deadline
+            self._integration.kick()
 
     def _run_timers(self, now: float) -> int:
         fired = 0
@@ -992,6 +1087,8 @@ class Server:
         """Asks the server to service ``conn`` (a stream it is waiting on has news)."""
         if threading.get_ident() == self.owner_thread:
             self._schedule(conn)
+            if self._integration is not None:  # outside poll(), an event loop must be told
+                self._integration.kick()
         else:
             self.call_soon_threadsafe(lambda: self._schedule(conn))
 
@@ -1001,7 +1098,7 @@ class Server:
                 reader, writer = socket.socketpair()
                 reader.setblocking(False)
                 writer.setblocking(False)
-                self._selector.register(reader, _READ, None)
+                self._register(reader, _READ, None)
                 self._waker = (reader, writer)
         return self._waker
 
@@ -1013,19 +1110,49 @@ class Server:
         except (BlockingIOError, InterruptedError):
             pass
 
+    # ---- integrations (_integrations.py) ----
+
+    def attach_asyncio(self, loop: Any = None, *, budget: Optional[float] = None) -> Any:
+        """Serves from an asyncio event loop instead of explicit poll() calls.
+
+        Watches :meth:`fileno` with ``loop.add_reader`` and arms a loop timer at
+        :meth:`next_deadline`; handlers run on the loop's thread, which becomes
+        :attr:`owner_thread`. ``loop`` defaults to the running loop. ``budget`` is passed to
+        each poll(). Returns a handle whose ``detach()`` stops it; close() detaches too.
+        """
+        from ._integrations import attach_asyncio
+
+        return attach_asyncio(self, loop, budget=budget)
+
+    def start_thread(self, name: str = "reactor_mgmt", poll_interval: float = 1.0) -> Any:
+        """Polls in a daemon thread, for hosts with no main loop; returns a handle with
+        ``stop(timeout=None)``. close() stops the thread too.
+
+        Handlers then run on that thread, concurrently with the rest of the program: guard
+        state they share with it by a lock, or hand work over with a queue and answer with a
+        :class:`Pending` that the other thread resolves through ``call_soon_threadsafe(lambda:
+        pending.resolve(value))``. From other threads, call only call_soon_threadsafe() and
+        wake(); everything else belongs to the polling thread while it runs.
+        """
+        from ._integrations import start_thread
+
+        return start_thread(self, name, poll_interval)
+
     # ---- shutdown ----
 
     def close(self) -> None:
         """Closes every connection and listener, and removes Unix socket files."""
         if self._closed:
             return
+        if self._integration is not None:  # before the selector closes under an event loop
+            self._integration.detach()
         self._closed = True
         for conn in list(self._connections.values()):
             self._close_now(conn)
         for listener in self._listeners:
             try:
                 if not listener.paused_until:
-                    self._selector.unregister(listener.sock)
+                    self._unregister(listener.sock)
             except (KeyError, ValueError):
                 pass
             listener.sock.close()
