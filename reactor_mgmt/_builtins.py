@@ -8,7 +8,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
 
-from ._commands import LEVEL_RANK, LEVELS, NO_REPLY, Command, Pending, Stream, Wait, is_stream
+from ._commands import LEVEL_RANK, LEVELS, NO_REPLY, Command, Pending, Stream, Wait, is_stream, may_run
 from ._connection import Connection
 from ._errors import CommandError, PermissionDenied
 
@@ -22,16 +22,17 @@ _TAIL_QUEUE = 1000  # records held per slow log subscriber before we count drops
 _MIN_WATCH_INTERVAL = 0.1
 
 
-def may_run(conn: Connection, command: Command) -> bool:
-    return (conn.authenticated or command.pre_auth) and command.rank <= conn.level
-
-
 def install_builtins(server: "Server") -> None:
     add = server.registry.add
 
     def help(*topic: str, conn: Connection) -> str:
         """Lists the commands, or explains one: help [COMMAND]."""
-        return server.registry.help(list(topic), lambda command: may_run(conn, command))
+        try:
+            return server.registry.help(list(topic), lambda command: may_run(conn, command))
+        except PermissionDenied:
+            if not conn.authenticated:  # the same answer running the command would get
+                raise PermissionDenied("authentication required (send 'auth TOKEN')") from None
+            raise
 
     def ping() -> str:
         """Replies pong: a liveness check."""
@@ -85,10 +86,10 @@ def install_builtins(server: "Server") -> None:
         """
         if not command:
             raise CommandError(f"usage: watch SECONDS COMMAND... (missing COMMAND)", code="usage")
-        if seconds < _MIN_WATCH_INTERVAL:
+        if not _MIN_WATCH_INTERVAL <= seconds < float("inf"):  # NaN too: it would re-run without pause
             raise CommandError(f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})",
                                code="usage")
-        target, args = server.registry.resolve(list(command))
+        target, args = server.registry.resolve(list(command), conn)
         if not may_run(conn, target):
             raise PermissionDenied(f"permission denied: '{target.name}' needs {target.level}")
         if target.name == "watch":
@@ -195,7 +196,9 @@ class _LogTail(logging.Handler):
                 if records:
                     yield records.popleft()
                 elif subscriber.dropped:
-                    yield self._take_dropped(subscriber)
+                    with self.lock:  # emit() may be counting more drops on another thread
+                        notice = self._take_dropped(subscriber)
+                    yield notice
                 else:
                     yield _WAIT_FOR_WAKE
         finally:
@@ -221,7 +224,7 @@ class _LogTail(logging.Handler):
                     return
             records = subscriber.records
             was_empty = not records
-            if len(records) >= _TAIL_QUEUE:
+            if len(records) + (subscriber.dropped > 0) >= _TAIL_QUEUE:  # room for the notice too
                 subscriber.dropped += 1
                 continue
             if subscriber.dropped:  # the notice goes where the gap is

@@ -13,10 +13,16 @@ import inspect
 import typing
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from ._errors import CommandError, ConfigError, UnknownCommand, UsageError
+from ._errors import CommandError, ConfigError, PermissionDenied, UnknownCommand, UsageError
 
 LEVELS = ("user", "operator", "admin")
 LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
+
+
+def may_run(conn: Any, command: "Command") -> bool:
+    """Whether a connection may run (and so see in help) a command: its level and, when the
+    server has a token, authentication, unless the command is one a client needs before it."""
+    return (conn.authenticated or command.pre_auth) and command.rank <= conn.level
 
 
 def level_rank(level: str) -> int:
@@ -220,6 +226,9 @@ class Param:
             values = list(typing.get_args(annotation))
             self.choices = [str(value) for value in values]
             return _choice_converter(values), "choice"
+        if isinstance(annotation, str):
+            raise ConfigError(f"parameter {self.name!r}: cannot resolve the annotation {annotation!r} "
+                              "(is it defined inside a function? move it to module level)")
         if callable(annotation):
             return annotation, getattr(annotation, "__name__", "value")
         raise ConfigError(f"parameter {self.name!r}: unsupported annotation {annotation!r}")
@@ -243,6 +252,27 @@ class Param:
             raise _BadValue(f"bad value for {self.metavar}: {value!r}: {exc}") from None
 
 
+def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:
+        pass
+    # One annotation that cannot be resolved (a class local to a function, under
+    # `from __future__ import annotations`) makes get_type_hints give up on all of them, so
+    # resolve the others one at a time; Param reports the one that failed by name.
+    namespace = getattr(inspect.unwrap(getattr(fn, "__func__", fn)), "__globals__", {})
+    hints: Dict[str, Any] = {}
+    for name, parameter in inspect.signature(fn).parameters.items():
+        annotation = parameter.annotation
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, dict(vars(typing)), dict(namespace))  # noqa: S307
+            except Exception:
+                pass
+        hints[name] = annotation
+    return hints
+
+
 def _unwrap_optional(annotation: Any) -> Any:
     if typing.get_origin(annotation) is typing.Union:
         members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
@@ -262,21 +292,23 @@ class _Missing:
 class Signature:
     """What a handler accepts, compiled once from its Python signature."""
 
-    __slots__ = ("positional", "var_positional", "options", "inject", "usage_args", "mode")
+    __slots__ = ("positional", "var_positional", "options", "inject", "inject_at", "usage_args", "mode")
 
     def __init__(self, fn: Callable[..., Any], connection_type: type) -> None:
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # unresolvable string annotations: fall back to the raw ones
-            hints = {}
+        hints = _type_hints(fn)
         self.positional: List[Param] = []
         self.var_positional: Optional[Param] = None
         self.options: Dict[str, Param] = {}
         self.inject: Optional[str] = None
+        self.inject_at: Optional[int] = None  # where it goes among positional arguments, if there
         for parameter in inspect.signature(fn).parameters.values():
             annotation = hints.get(parameter.name, parameter.annotation)
             if annotation is connection_type or annotation == connection_type.__name__:
                 self.inject = parameter.name
+                if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+                    # def f(conn: Connection, name: str): passing conn by keyword would collide
+                    # with the positional arguments that fill its slot.
+                    self.inject_at = len(self.positional)
                 continue
             if parameter.kind is parameter.VAR_KEYWORD:
                 continue
@@ -315,12 +347,15 @@ class Signature:
         positional: List[str] = []
         keywords: Dict[str, Any] = {}
         options = self.options
+        # Without options a "--x" word is still an option (an unknown one) unless the command
+        # takes free-form *args, whose words may be anything: `watch 1 count --prefix x`.
+        parse_options = bool(options) or self.var_positional is None
         index = 0
         count = len(words)
         while index < count:
             word = words[index]
             index += 1
-            if word.startswith("--") and options:
+            if word.startswith("--") and parse_options:
                 if word == "--":
                     positional.extend(words[index:])
                     break
@@ -441,8 +476,11 @@ class Command:
         return self._invoke(positional, keywords, connection)
 
     def _invoke(self, positional: list, keywords: dict, connection: Any) -> Any:
-        if self.signature.inject is not None:
-            keywords[self.signature.inject] = connection
+        signature = self.signature
+        if signature.inject_at is not None:
+            positional.insert(signature.inject_at, connection)
+        elif signature.inject is not None:
+            keywords[signature.inject] = connection
         return self.fn(*positional, **keywords)
 
     def help_text(self) -> str:
@@ -459,6 +497,21 @@ class Command:
         return "\n".join(lines)
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance where swapping two neighbouring characters also costs 1."""
+    previous2: List[int] = []
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            if i > 1 and j > 1 and char_a == b[j - 2] and a[i - 2] == char_b:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
 class Registry:
     """Commands by name, with multi-word commands grouped under their first word."""
 
@@ -467,8 +520,14 @@ class Registry:
         self.commands: Dict[str, Command] = {}
         self._groups: Dict[str, List[str]] = {}  # first word -> names of its multi-word commands
         self._longest = 1
+        # Request line -> (command, args) for lines the server may run without parsing: no
+        # quotes, and a command whose handler takes the words as they are. Monitoring scripts
+        # repeat the same few lines, so a small cache skips the split, resolve and bind steps.
+        # It is cleared whenever the command set changes, and when full.
+        self.line_cache: Dict[str, Tuple[Command, Tuple[str, ...]]] = {}
 
     def add(self, name: str, fn: Callable[..., Any], **options: Any) -> Command:
+        self.line_cache.clear()
         command = Command(name, fn, connection_type=self._connection_type, **options)
         self.commands[command.name] = command
         words = command.name.split()
@@ -480,6 +539,7 @@ class Registry:
         return command
 
     def remove(self, name: str) -> None:
+        self.line_cache.clear()
         command = self.commands.pop(" ".join(name.split()))
         words = command.name.split()
         if len(words) > 1:
@@ -487,8 +547,12 @@ class Registry:
             if not self._groups[words[0]]:
                 del self._groups[words[0]]
 
-    def resolve(self, words: List[str]) -> Tuple[Command, List[str]]:
-        """The command named by the first words, and the words left over as its arguments."""
+    def resolve(self, words: List[str], conn: Any = None) -> Tuple[Command, List[str]]:
+        """The command named by the first words, and the words left over as its arguments.
+
+        An unknown name raises UnknownCommand; given ``conn``, its "did you mean" suggests only
+        commands that connection may run.
+        """
         first = words[0]
         if first in self._groups:
             for size in range(min(self._longest, len(words)), 1, -1):
@@ -498,11 +562,11 @@ class Registry:
         command = self.commands.get(first)
         if command is not None:
             return command, words[1:]
-        raise self.unknown(words)
+        raise self.unknown(words, None if conn is None else (lambda command: may_run(conn, command)))
 
-    def unknown(self, words: List[str]) -> UnknownCommand:
+    def unknown(self, words: List[str], allowed: Optional[Callable[[Command], bool]] = None) -> UnknownCommand:
         first = words[0]
-        if first in self._groups:
+        if first in self._groups and self._suggestible(first, allowed):
             if len(words) == 1:
                 return UnknownCommand(f"incomplete command '{first}'; try 'help {first}'")
             name = " ".join(words[:2])
@@ -512,14 +576,23 @@ class Registry:
             candidates = list(self.commands) + list(self._groups)
         import difflib  # lazily: only a mistyped command pays for it
 
-        close = difflib.get_close_matches(name, [c for c in candidates if not self._is_hidden(c)], n=1, cutoff=0.6)
+        # Only names the client could use: no hidden commands, and none above its level or
+        # (before auth) none at all that it would be refused, so a guess learns nothing.
+        names = [c for c in candidates if self._suggestible(c, allowed)]
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
         if close:
-            return UnknownCommand(f"unknown command '{name}'; did you mean '{close[0]}'?")
+            # difflib does not see a transposition as one slip ('stauts' scores closer to
+            # 'stats' than to 'status'), so rank its candidates by edit distance, then by length.
+            best = min(close, key=lambda c: (_edit_distance(name, c), abs(len(c) - len(name))))
+            return UnknownCommand(f"unknown command '{name}'; did you mean '{best}'?")
         return UnknownCommand(f"unknown command '{name}' (try 'help')")
 
-    def _is_hidden(self, name: str) -> bool:
+    def _suggestible(self, name: str, allowed: Optional[Callable[[Command], bool]]) -> bool:
         command = self.commands.get(name)
-        return command is not None and command.hidden
+        if command is not None:
+            return not command.hidden and (allowed is None or allowed(command))
+        # The first word of a group: worth suggesting if any of its commands is.
+        return any(self._suggestible(member, allowed) for member in self._groups.get(name, ()))
 
     def visible(self, allowed: Callable[[Command], bool]) -> List[Command]:
         return sorted(
@@ -535,13 +608,13 @@ class Registry:
         if command is not None and allowed(command):
             return command.help_text()
         if len(topic) == 1 and topic[0] in self._groups:
-            members = [self.commands[n] for n in self._groups[topic[0]]]
+            members = [self.commands[n] for n in sorted(self._groups[topic[0]])]
             members = [m for m in members if allowed(m) and not m.hidden]
             if members:
                 return self._listing(members, header=f"Subcommands of '{topic[0]}':")
-        if command is not None:
-            raise CommandError(f"no help for '{name}' at this connection's level", code="denied")
-        raise self.unknown(topic)
+        if command is not None and not command.hidden:
+            raise PermissionDenied(f"no help for '{name}' at this connection's level")
+        raise self.unknown(topic, allowed)
 
     def _help_index(self, allowed: Callable[[Command], bool]) -> str:
         commands = self.visible(allowed)

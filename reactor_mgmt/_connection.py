@@ -78,7 +78,7 @@ class Connection:
         """Closes after everything queued so far has been sent."""
         if not self.closed:
             self.closing = True
-            self.server._schedule(self)
+            self.server.wake(self)  # not _schedule: outside poll() an event loop must hear of it
 
     @property
     def level_name(self) -> str:

@@ -70,6 +70,9 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         max_line=args.max_line,
         high_water=args.high_water,
         max_output=args.max_output,
+        low_water=args.low_water,
+        max_commands_per_tick=args.max_commands_per_tick,
+        pending_timeout=args.pending_timeout,
         token=args.token,
         token_file=args.token_file,
         token_env="REACTOR_MGMT_TOKEN",
@@ -188,6 +191,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--max-line", type=int, default=16384, help="bytes per request line")
     parser.add_argument("--high-water", type=int, default=1 << 20, help="output bytes before a client is paused")
     parser.add_argument("--max-output", type=int, default=16 << 20, help="output bytes before a client is dropped")
+    parser.add_argument("--low-water", type=int, help="output bytes below which a paused client resumes "
+                        "(default: a quarter of --high-water)")
+    parser.add_argument("--max-commands-per-tick", type=int, default=64, help="per connection per poll (default 64)")
+    parser.add_argument("--pending-timeout", type=float, default=30.0,
+                        help="seconds a deferred reply may take; 0 turns it off (default 30)")
     parser.add_argument("--token", help="require 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)")
     parser.add_argument("--token-file", help="read the token from this file")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host without a token")

@@ -181,7 +181,7 @@ class LineBuffer:
         self._partial = bytearray()
         if line.endswith(b"\r"):
             line = line[:-1]
-        if len(line) > self.max_line:  # pragma: no cover - feed() already caught it
+        if len(line) > self.max_line:  # a held max_line + 1 bytes whose last was not a CR
             return [LINE_TOO_LONG]
         return [line]
 

@@ -5,7 +5,10 @@
 from __future__ import annotations
 
 import enum
+import logging
 from typing import Any, Iterable, List, Mapping, Optional
+
+log = logging.getLogger("reactor_mgmt")
 
 
 def render_text(value: Any) -> str:
@@ -14,21 +17,41 @@ def render_text(value: Any) -> str:
         text = value
     elif value is None:
         return "OK\n"
-    elif isinstance(value, str):
-        text = str(value)
-    elif isinstance(value, Mapping):
-        text = _render_mapping(value)
-    elif isinstance(value, (list, tuple)):
-        text = _render_sequence(value)
-    elif isinstance(value, enum.Enum):
-        text = str(value.name)
-    elif isinstance(value, bytes):
-        text = value.decode("utf-8", "replace")
     else:
-        text = str(value)
+        try:
+            text = _render_other(value)
+        except Exception:
+            # The host's object is broken (a __str__ or items() that raises): say so in the
+            # reply rather than raise out of poll() into the host's loop.
+            log.exception("cannot render a %s result", type(value).__name__)
+            text = f"<unprintable {type(value).__name__} object>"
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text if text.endswith("\n") else text + "\n"
+
+
+def _render_other(value: Any) -> str:
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, Mapping):
+        return _render_mapping(value)
+    if isinstance(value, (list, tuple)):
+        return _render_sequence(value)
+    if isinstance(value, enum.Enum):
+        return str(value.name)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _safe_str(value: Any) -> str:
+    # A result whose __str__ raises must not raise out of poll() into the host's loop; this is
+    # how the traceback module prints such objects too.
+    try:
+        return str(value)
+    except Exception:
+        log.exception("cannot convert a %s to text", type(value).__name__)
+        return f"<unprintable {type(value).__name__} object>"
 
 
 def _cell(value: Any) -> str:
@@ -38,13 +61,13 @@ def _cell(value: Any) -> str:
         return str(value.name)
     if isinstance(value, float):
         return f"{value:.6g}"
-    return str(value)
+    return _safe_str(value)
 
 
 def _render_mapping(mapping: Mapping) -> str:
     if not mapping:
         return ""
-    keys = [str(key) for key in mapping]
+    keys = [_cell(key) for key in mapping]
     width = max(map(len, keys)) + 1
     lines = []
     for key, value in zip(keys, mapping.values()):
@@ -72,7 +95,7 @@ def render_table(rows: List[Mapping], columns: Optional[List[str]] = None) -> st
                 if key not in seen:
                     seen.add(key)
                     columns.append(key)
-    cells = [[str(column) for column in columns]]
+    cells = [[_cell(column) for column in columns]]
     cells += [[_cell(row.get(column)).replace("\n", " ") for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "\n".join(
@@ -82,21 +105,49 @@ def render_table(rows: List[Mapping], columns: Optional[List[str]] = None) -> st
 
 def to_jsonable(value: Any) -> Any:
     """A value json.dumps accepts: containers are walked, enums give their value, and anything
-    else unknown gives its str()."""
-    if value is None or isinstance(value, (str, int, float, bool)):
+    else unknown (NaN and infinities included: they are not JSON) gives its str()."""
+    try:
+        return _jsonable(value)
+    except RecursionError:  # a container that holds itself
+        return _safe_str(value)
+    except Exception:  # a broken host object: see render_text
+        log.exception("cannot convert a %s result to JSON", type(value).__name__)
+        return f"<unprintable {type(value).__name__} object>"
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int)):
         return value
+    if isinstance(value, float):
+        return value if value - value == 0.0 else str(value)
     if isinstance(value, enum.Enum):
-        return to_jsonable(value.value)
+        return _jsonable(value.value)
     if isinstance(value, Mapping):
-        return {str(key): to_jsonable(item) for key, item in value.items()}
+        return {_key(key): _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(item) for item in value]
+        return [_jsonable(item) for item in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
-    return str(value)
+    return _safe_str(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    if isinstance(key, enum.Enum):
+        return key.name
+    return _safe_str(key)
 
 
 def json_line(payload: dict) -> bytes:
+    """One JSON reply line. Callers pass results through to_jsonable first; anything that still
+    is not strict JSON (a NaN request id echoed back) is converted here rather than sent."""
     import json  # lazily: most sessions are text-only, and json costs import time
 
-    return (json.dumps(payload, ensure_ascii=False, default=str, separators=(", ", ": ")) + "\n").encode()
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+    except (TypeError, ValueError):
+        text = json.dumps(to_jsonable(payload), ensure_ascii=False, separators=(", ", ": "))
+    # A lone surrogate (a JSON request may carry one) cannot be UTF-8; backslashreplace turns it
+    # into its \uXXXX escape, which is still valid JSON, instead of raising out of poll().
+    return (text + "\n").encode("utf-8", "backslashreplace")

@@ -40,6 +40,7 @@ from ._protocol import (
     looks_like_http,
     split_words,
 )
+from ._protocol import _QUOTING
 from ._render import json_line, render_text, to_jsonable
 
 log = logging.getLogger("reactor_mgmt")
@@ -59,6 +60,7 @@ _RECV_SIZE = 65536
 _LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
 _POLL_WINDOW = 1024
+_LINE_CACHE_SIZE = 512
 
 
 class Listener:
@@ -529,6 +531,9 @@ class Server:
         ran = 0
         queue = conn.queue
         limit = self.max_commands_per_tick
+        high_water = self.high_water
+        line_cache = self.registry.line_cache
+        stats = self.stats
         while not conn.closed:
             if conn.waiting is not None:
                 if not self._advance_waiting(conn, stop_at):
@@ -536,7 +541,7 @@ class Server:
                 continue
             if not queue or conn.closing:
                 break
-            if conn.out_size >= self.high_water:
+            if conn.out_size >= high_water:
                 conn.paused = True
                 break
             # The budget is checked before every command after the first: a clock read is cheap
@@ -544,13 +549,43 @@ class Server:
             if ran >= limit or (stop_at is not None and ran and _monotonic() >= stop_at):
                 self._schedule(conn)  # more next tick
                 break
-            self._execute(conn, queue.popleft())
+            item = queue.popleft()
             ran += 1
+            cached = line_cache.get(item) if item.__class__ is str else None
+            if cached is None:
+                self._execute(conn, item)
+                continue
+            # The fast path, for a line in the registry's line cache (see Registry.line_cache):
+            # what _execute_text would do for it, minus splitting, resolving and binding. A
+            # refusal, an error or a non-str result leaves through the same code as the slow
+            # path; tests pin the two paths to the same bytes.
+            command, args = cached
+            if command.rank > conn.level or not (conn.authenticated or command.pre_auth):
+                self._execute(conn, item)  # the slow path words the refusal
+                continue
+            stats.commands += 1
+            try:
+                result = command.fn(*args)
+            except Exception as exc:
+                self._text_error(conn, exc)
+                continue
+            if result.__class__ is not str or conn.closed:
+                self._deliver(conn, result, TEXT)
+                continue
+            data = result.encode() if result[-1:] == "\n" else (result + "\n").encode()
+            out = conn.out
+            if out is None:
+                conn.out = [data]
+            else:
+                out.append(data)
+            conn.out_size += len(data)
+            if conn.out_size > self.max_output:
+                self._write(conn, b"")  # _write enforces the cap and logs it
         if conn.closed:
             return ran
         if conn.eof and not queue and conn.waiting is None:
             conn.closing = True
-        if conn.out_size >= self.high_water:
+        if conn.out_size >= high_water:
             conn.paused = True  # an empty queue must not let one more read in above high water
         self._flush(conn)
         if not conn.closed:
@@ -614,19 +649,27 @@ class Server:
             command, args = self._resolve(conn, words, line)
             if command is None:
                 return
+            mode = command.signature.mode
+            if (mode == "raw" or (mode == "none" and not args)) and _QUOTING.search(line) is None:
+                cache = self.registry.line_cache
+                if len(cache) >= _LINE_CACHE_SIZE:
+                    cache.clear()
+                cache[line] = (command, tuple(args))
             result = command.call(args, conn)
-        except CommandError as exc:
-            self.stats.errors += 1
-            self._write(conn, f"ERR {exc.message}\n".encode("utf-8", _UNENCODABLE))
-            return
-        except ParseError as exc:
-            self.stats.errors += 1
-            self._write(conn, f"ERR {exc}\n".encode())
-            return
         except Exception as exc:
-            self._internal_error(conn, exc, TEXT)
+            self._text_error(conn, exc)
             return
         self._deliver(conn, result, TEXT)
+
+    def _text_error(self, conn: Connection, exc: Exception) -> None:
+        if isinstance(exc, CommandError):
+            self.stats.errors += 1
+            self._write(conn, f"ERR {exc.message}\n".encode("utf-8", _UNENCODABLE))
+        elif isinstance(exc, ParseError):
+            self.stats.errors += 1
+            self._write(conn, f"ERR {exc}\n".encode())
+        else:
+            self._internal_error(conn, exc, TEXT)
 
     def _resolve(self, conn: Connection, words: List[str], line: str) -> Tuple[Optional[Command], List[str]]:
         registry = self.registry

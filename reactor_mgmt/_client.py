@@ -1,0 +1,607 @@
+# The client side: a blocking Python client for scripts, and a non-blocking fan-out engine that
+# sends one command to many endpoints at once from a single selectors loop (what the CLI uses).
+#
+# Both speak only the JSON request form, because JSON replies have exact boundaries: one line
+# per reply, one line per stream item, and a closing line that says the stream is over. Text
+# replies end with "\n" and nothing else, so a client could never tell a multi-line reply from
+# two replies. One request is in flight per connection at a time, so replies match by id.
+#
+# A host may still write raw text from a handler (conn.write, the start() fallback); such lines
+# are not JSON replies and come through as "text" events rather than being dropped.
+#
+# Abandoning a reply half-way (a timeout, Ctrl-C, leaving a stream early) closes the connection:
+# a plain stream only stops when its client goes away, and a late reply must never be mistaken
+# for the answer to the next request. The Client then reconnects, and re-authenticates, on its
+# next call.
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import selectors
+import socket
+import time
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+from ._errors import ReactorMgmtError, RemoteError
+
+DEFAULT_ADDRESS = "127.0.0.1:8123"
+MAX_REPLY_LINE = 64 << 20  # a reply line longer than this is refused rather than buffered
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Za-z:.%_-]+)\]|(?P<host>[0-9A-Za-z._-]+)):(?P<port>[0-9]+)$")
+_RECV_SIZE = 65536
+_AUTH_ID = 1
+_COMMAND_ID = 2
+
+OK, ERROR, UNREACHABLE = "ok", "error", "unreachable"
+
+AddressLike = Union[str, Tuple[str, int], "Endpoint"]
+
+
+class ConnectionFailed(ReactorMgmtError, ConnectionError):
+    """The server could not be reached, or closed the connection before it replied."""
+
+
+class ClientTimeout(ReactorMgmtError, TimeoutError):
+    """An operation did not finish within the client's timeout."""
+
+
+class ReplyTooLong(ReactorMgmtError):
+    """A reply line exceeded MAX_REPLY_LINE bytes."""
+
+
+# ---- addresses ----
+
+
+class Endpoint:
+    """Where a server listens: TCP ``host:port`` / ``[v6]:port`` / ``(host, port)``, or a Unix
+    socket path (any string with a ``/`` in it, or that is not ``host:port``)."""
+
+    __slots__ = ("label", "host", "port", "path")
+
+    def __init__(self, address: AddressLike) -> None:
+        self.host: Optional[str] = None
+        self.port = 0
+        self.path: Optional[str] = None
+        if isinstance(address, Endpoint):
+            self.label, self.host, self.port, self.path = address.label, address.host, address.port, address.path
+            return
+        if isinstance(address, tuple):
+            host, port = address[0], int(address[1])
+            self._set_tcp(str(host), port)
+            return
+        text = os.fspath(address)
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"bad address {address!r}")
+        match = None if "/" in text else _HOST_PORT.match(text)
+        if match is None:
+            self.path = text
+            self.label = text
+        else:
+            self._set_tcp(match.group("v6") or match.group("host"), int(match.group("port")))
+            self.label = text
+
+    def _set_tcp(self, host: str, port: int) -> None:
+        if not 0 < port < 65536:
+            raise ValueError(f"bad port {port} in address {host}:{port}")
+        self.host = host
+        self.port = port
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def resolve(self) -> List[Tuple[int, Any]]:
+        """(family, sockaddr) pairs to try in turn; raises ConnectionFailed if the name fails."""
+        if self.path is not None:
+            return [(socket.AF_UNIX, self.path)]
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise ConnectionFailed(f"cannot connect to {self.label}: {_reason(exc)}") from None
+        return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endpoint) and other.label == self.label
+
+    def __hash__(self) -> int:
+        return hash(self.label)
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.label!r})"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# ---- the sans-I/O reply side ----
+
+
+class LineReader:
+    """Splits received bytes into decoded lines; a line over ``max_line`` raises ReplyTooLong."""
+
+    __slots__ = ("_partial", "_lines", "max_line")
+
+    def __init__(self, max_line: int = MAX_REPLY_LINE) -> None:
+        self._partial = b""
+        self._lines: Deque[str] = deque()
+        self.max_line = max_line
+
+    def feed(self, data: bytes) -> None:
+        if b"\n" not in data:
+            self._partial += data
+        else:
+            parts = (self._partial + data).split(b"\n")
+            self._partial = parts.pop()
+            self._lines.extend(part.decode("utf-8", "replace") for part in parts)
+        if len(self._partial) > self.max_line:
+            self._partial = b""
+            raise ReplyTooLong(f"a reply line is longer than {self.max_line} bytes")
+
+    def next_line(self) -> Optional[str]:
+        return self._lines.popleft() if self._lines else None
+
+
+def parse_message(line: str) -> Optional[dict]:
+    """The JSON reply or stream item on ``line``, or None when it is raw text from a handler."""
+    if not line.startswith("{"):
+        return None
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(message, dict) and "id" in message and ("ok" in message or "item" in message):
+        return message
+    return None
+
+
+def remote_error(message: dict) -> RemoteError:
+    error = message.get("error")
+    if not isinstance(error, dict):
+        error = {}
+    return RemoteError(str(error.get("code", "error")), str(error.get("message", "")))
+
+
+def request_line(request: dict, request_id: int) -> bytes:
+    payload = dict(request)
+    payload["id"] = request_id
+    return (json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+def _timeout_value(timeout: Optional[float]) -> Optional[float]:
+    if timeout is None or timeout <= 0:
+        return None
+    return float(timeout)
+
+
+# ---- the blocking client ----
+
+
+class Client:
+    """A blocking client for scripts::
+
+        with reactor_mgmt.Client("127.0.0.1:8123", token=...) as client:
+            client.call("job cancel", 3, force=True)
+            for line in client.stream("count", 5):
+                print(line)
+
+    ``addr`` is ``"host:port"``, ``"[v6]:port"``, ``(host, port)`` or a Unix socket path.
+    ``timeout`` bounds every operation: connecting, and the wait for each reply line (None or
+    0 waits forever); when it passes, :class:`ClientTimeout` is raised and the connection is
+    dropped. A dropped connection is re-opened (and re-authenticated) by the next call.
+    """
+
+    def __init__(self, addr: AddressLike = DEFAULT_ADDRESS, timeout: Optional[float] = 5.0,
+                 token: Optional[str] = None) -> None:
+        self.endpoint = Endpoint(addr)
+        self.timeout = _timeout_value(timeout)
+        self.token = token
+        self._sock: Optional[socket.socket] = None
+        self._reader = LineReader()
+        self._next_id = 0
+        self._closed = False
+        self._busy = False
+        self.connect()
+
+    @property
+    def address(self) -> str:
+        return self.endpoint.label
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    def connect(self) -> None:
+        """Opens the connection (and authenticates) unless it is already open."""
+        if self._closed:
+            raise ConnectionFailed(f"the client for {self.address} is closed")
+        if self._sock is not None:
+            return
+        last: Optional[BaseException] = None
+        for family, sockaddr in self.endpoint.resolve():
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(sockaddr)
+            except socket.timeout:
+                sock.close()
+                raise ClientTimeout(f"cannot connect to {self.address}: no answer within {self.timeout:g} s") from None
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._sock = sock
+            self._reader = LineReader()
+            break
+        else:
+            raise ConnectionFailed(f"cannot connect to {self.address}: {_reason(last) if last else 'no address'}")
+        if self.token is not None:
+            try:
+                for _ in self.exchange({"cmd": "auth", "args": [self.token]}):
+                    pass
+            except BaseException:
+                self._drop()
+                raise
+
+    def close(self) -> None:
+        self._closed = True
+        self._drop()
+
+    def _drop(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self._sock else "disconnected")
+        return f"<Client {self.address} {state}>"
+
+    # ---- requests ----
+
+    def call(self, command: str, *args: Any, **kwargs: Any) -> Any:
+        """Runs ``command`` and returns its result; raises RemoteError(code, message) on an
+        error reply. A streaming command's items come back as a list. Text a handler wrote
+        itself (conn.write) is returned when the reply carries no result of its own."""
+        texts: List[str] = []
+        items: List[Any] = []
+        result: Any = None
+        for kind, value in self.exchange(_request(command, args, kwargs)):
+            if kind == "text":
+                texts.append(value)
+            elif kind == "item":
+                items.append(value)
+            elif kind == "end":
+                result = items
+            else:
+                result = value
+        if result is None and texts:
+            return "\n".join(texts)
+        return result
+
+    def stream(self, command: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Yields the items of a streaming command as they arrive (a command that does not
+        stream yields its one result). ``timeout`` applies to the wait for each item. Leaving
+        the loop early closes the connection, which is what stops a stream on the server."""
+        for kind, value in self.exchange(_request(command, args, kwargs)):
+            if kind in ("item", "text") or (kind == "result" and value is not None):
+                yield value
+
+    def exchange(self, request: dict) -> Iterator[Tuple[str, Any]]:
+        """The low-level form: sends one JSON request (without its id) and yields events:
+        ``("text", line)`` and ``("item", value)`` as they arrive, then ``("result", value)`` or,
+        for a stream, ``("end", item_count)``. An error reply raises RemoteError."""
+        if self._busy:
+            raise ReactorMgmtError("one request at a time: finish the previous reply first")
+        self.connect()
+        self._busy = True
+        self._next_id += 1
+        request_id = self._next_id
+        finished = False
+        try:
+            self._send(request_line(request, request_id))
+            last_text = ""
+            while True:
+                line = self._read_line(last_text)
+                message = parse_message(line)
+                if message is None or message["id"] not in (request_id, None):
+                    last_text = line
+                    yield "text", line
+                    continue
+                if "ok" not in message:
+                    yield "item", message.get("item")
+                    continue
+                finished = True
+                self._busy = False
+                if not message.get("ok"):
+                    raise remote_error(message)
+                if "items" in message:
+                    yield "end", message["items"]
+                else:
+                    yield "result", message.get("result")
+                return
+        finally:
+            self._busy = False
+            if not finished:
+                self._drop()
+
+    def _send(self, data: bytes) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.settimeout(self.timeout)
+            self._sock.sendall(data)
+        except socket.timeout:
+            raise ClientTimeout(f"{self.address} did not accept the request within {self.timeout:g} s") from None
+        except OSError as exc:
+            raise ConnectionFailed(f"connection to {self.address} lost: {_reason(exc)}") from None
+
+    def _read_line(self, last_text: str) -> str:
+        sock = self._sock
+        assert sock is not None
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            line = self._reader.next_line()
+            if line is not None:
+                return line
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ClientTimeout(f"no reply from {self.address} within {self.timeout:g} s")
+                sock.settimeout(remaining)
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except socket.timeout:
+                raise ClientTimeout(f"no reply from {self.address} within {self.timeout:g} s") from None
+            except OSError as exc:
+                raise ConnectionFailed(f"connection to {self.address} lost: {_reason(exc)}") from None
+            if not data:
+                raise ConnectionFailed(_closed_message(self.address, last_text))
+            self._reader.feed(data)
+
+
+def _request(command: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> dict:
+    request: Dict[str, Any] = {"cmd": command}
+    if args:
+        request["args"] = list(args)
+    if kwargs:
+        request["kwargs"] = kwargs
+    return request
+
+
+def _closed_message(label: str, last_text: str) -> str:
+    # A server that refuses a connection says why in one ERR line, then closes.
+    if last_text.startswith("ERR "):
+        return f"{label} closed the connection: {last_text[4:]}"
+    return f"{label} closed the connection before replying"
+
+
+# ---- fan-out: one command to many endpoints, one selectors loop ----
+
+EventSink = Callable[[Endpoint, str, Any], None]
+
+
+class _Job:
+    __slots__ = ("endpoint", "candidates", "sock", "connected", "out", "reader", "deadline", "last_text", "failure")
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.candidates: Optional[List[Tuple[int, Any]]] = None
+        self.sock: Optional[socket.socket] = None
+        self.connected = False
+        self.out = b""
+        self.reader = LineReader()
+        self.deadline: Optional[float] = None
+        self.last_text = ""
+        self.failure = ""
+
+
+class FanOut:
+    """Sends one request to every endpoint concurrently and reports what comes back.
+
+    ``on_event(endpoint, kind, value)`` hears, as they arrive: ``text`` and ``item`` lines,
+    then one of ``result`` (value), ``end`` (stream item count), ``error`` (a RemoteError) or
+    ``failed`` (a message: could not connect, timed out, connection lost). :meth:`run`
+    returns each endpoint's outcome, OK, ERROR or UNREACHABLE, in the order given.
+
+    Connecting, sending and reading are all non-blocking in one selectors loop; ``timeout``
+    bounds the connect and then each wait for the next reply line. At most ``max_parallel``
+    connections are open at once; the rest wait their turn (and their clock starts then).
+    Host names are resolved just before connecting, with the blocking resolver.
+    """
+
+    def __init__(self, endpoints: Sequence[AddressLike], request: dict, *, on_event: EventSink,
+                 token: Optional[str] = None, timeout: Optional[float] = 5.0,
+                 max_parallel: Optional[int] = None, after_batch: Optional[Callable[[], None]] = None) -> None:
+        self.endpoints = [Endpoint(address) for address in endpoints]
+        self.on_event = on_event
+        self.timeout = _timeout_value(timeout)
+        self.max_parallel = max(1, max_parallel or len(self.endpoints) or 1)
+        self.after_batch = after_batch
+        self.payload = (request_line({"cmd": "auth", "args": [token]}, _AUTH_ID) if token is not None else b"")
+        self.payload += request_line(request, _COMMAND_ID)
+        self.outcomes: Dict[Endpoint, str] = {}
+        self._selector: Optional[selectors.BaseSelector] = None
+        self._active: Dict[int, _Job] = {}
+
+    def run(self) -> List[str]:
+        waiting: Deque[_Job] = deque(_Job(endpoint) for endpoint in self.endpoints)
+        self._selector = selector = selectors.DefaultSelector()
+        active = self._active
+        try:
+            while waiting or active:
+                while waiting and len(active) < self.max_parallel:
+                    job = waiting.popleft()
+                    if not self._start(job):  # out of descriptors: wait for a free one
+                        waiting.appendleft(job)
+                        if not active:
+                            self._fail(job, "cannot connect: out of file descriptors")
+                            waiting.popleft()
+                        else:
+                            self.max_parallel = max(1, len(active))
+                        break
+                if not active:
+                    continue
+                now = time.monotonic()
+                deadlines = [job.deadline for job in active.values() if job.deadline is not None]
+                wait = max(0.0, min(deadlines) - now) if deadlines else None
+                for key, mask in selector.select(wait):
+                    job = key.data
+                    if job.sock is None:  # finished earlier in this batch
+                        continue
+                    if mask & selectors.EVENT_WRITE:
+                        self._on_writable(job)
+                    elif mask & selectors.EVENT_READ:
+                        self._on_readable(job)
+                now = time.monotonic()
+                for job in [job for job in active.values() if job.deadline is not None and job.deadline <= now]:
+                    if job.connected:
+                        self._fail(job, f"timed out: no reply within {self.timeout:g} s")
+                    else:
+                        self._fail(job, f"cannot connect: no answer within {self.timeout:g} s")
+                if self.after_batch is not None:
+                    self.after_batch()
+        finally:
+            for job in list(active.values()):
+                self._close(job)
+            selector.close()
+            self._selector = None
+        return [self.outcomes.get(endpoint, UNREACHABLE) for endpoint in self.endpoints]
+
+    # ---- per-endpoint steps ----
+
+    def _start(self, job: _Job) -> bool:
+        """Begins connecting to the next address of ``job``; False when out of descriptors."""
+        if job.candidates is None:
+            try:
+                job.candidates = job.endpoint.resolve()
+            except ConnectionFailed as exc:
+                self._fail(job, str(exc).replace(f"cannot connect to {job.endpoint.label}: ", "cannot connect: "))
+                return True
+        while job.candidates:
+            family, sockaddr = job.candidates[0]
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return False
+                raise
+            job.candidates.pop(0)
+            sock.setblocking(False)
+            code = sock.connect_ex(sockaddr)
+            if code in (0, errno.EINPROGRESS):
+                job.sock = sock
+                job.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+                self._active[sock.fileno()] = job
+                assert self._selector is not None
+                self._selector.register(sock, selectors.EVENT_WRITE, job)
+                return True
+            sock.close()
+            job.failure = os.strerror(code)
+        self._fail(job, f"cannot connect: {job.failure or 'no address'}")
+        return True
+
+    def _on_writable(self, job: _Job) -> None:
+        sock = job.sock
+        assert sock is not None and self._selector is not None
+        if not job.connected:
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:  # this address refused; try the endpoint's next one, if any
+                job.failure = os.strerror(code)
+                self._close(job)
+                if not self._start(job):
+                    self._fail(job, "cannot connect: out of file descriptors")
+                return
+            if sock.family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            job.connected = True
+            job.out = self.payload
+            self._touch(job)
+        try:
+            sent = sock.send(job.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(job, f"connection lost: {_reason(exc)}")
+            return
+        job.out = job.out[sent:]
+        if not job.out:
+            self._selector.modify(sock, selectors.EVENT_READ, job)
+
+    def _on_readable(self, job: _Job) -> None:
+        sock = job.sock
+        assert sock is not None
+        try:
+            data = sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(job, f"connection lost: {_reason(exc)}")
+            return
+        if not data:
+            if job.last_text.startswith("ERR "):
+                self._fail(job, f"the server closed the connection: {job.last_text[4:]}")
+            else:
+                self._fail(job, "the server closed the connection before replying")
+            return
+        try:
+            job.reader.feed(data)
+        except ReplyTooLong as exc:
+            self._fail(job, str(exc))
+            return
+        self._touch(job)
+        emit = self.on_event
+        endpoint = job.endpoint
+        while job.sock is not None:
+            line = job.reader.next_line()
+            if line is None:
+                return
+            message = parse_message(line)
+            if message is None or message["id"] not in (_COMMAND_ID, _AUTH_ID, None):
+                job.last_text = line
+                emit(endpoint, "text", line)
+            elif message["id"] == _AUTH_ID:
+                if not message.get("ok"):
+                    self._finish(job, ERROR, "error", remote_error(message))
+            elif "ok" not in message:
+                emit(endpoint, "item", message.get("item"))
+            elif not message.get("ok"):
+                self._finish(job, ERROR, "error", remote_error(message))
+            elif "items" in message:
+                self._finish(job, OK, "end", message["items"])
+            else:
+                self._finish(job, OK, "result", message.get("result"))
+
+    def _touch(self, job: _Job) -> None:
+        if self.timeout is not None:
+            job.deadline = time.monotonic() + self.timeout
+
+    def _finish(self, job: _Job, outcome: str, kind: str, value: Any) -> None:
+        self._close(job)
+        self.outcomes[job.endpoint] = outcome
+        self.on_event(job.endpoint, kind, value)
+
+    def _fail(self, job: _Job, message: str) -> None:
+        self._finish(job, UNREACHABLE, "failed", message)
+
+    def _close(self, job: _Job) -> None:
+        sock, job.sock = job.sock, None
+        if sock is None:
+            return
+        self._active.pop(sock.fileno(), None)
+        if self._selector is not None:
+            try:
+                self._selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+        sock.close()
+        job.connected = False
+        job.out = b""
