@@ -40,7 +40,6 @@ from ._protocol import (
     looks_like_http,
     split_words,
 )
-from ._protocol import _QUOTING
 from ._render import json_line, render_text, to_jsonable
 
 log = logging.getLogger("reactor_mgmt")
@@ -551,14 +550,17 @@ class Server:
                 break
             item = queue.popleft()
             ran += 1
-            cached = line_cache.get(item) if item.__class__ is str else None
+            if item.__class__ is not str:
+                self._execute(conn, item)
+                continue
+            cached = line_cache.get(item) or self._plain_request(item)
             if cached is None:
                 self._execute(conn, item)
                 continue
-            # The fast path, for a line in the registry's line cache (see Registry.line_cache):
-            # what _execute_text would do for it, minus splitting, resolving and binding. A
-            # refusal, an error or a non-str result leaves through the same code as the slow
-            # path; tests pin the two paths to the same bytes.
+            # The fast path, for a plain line (see _plain_request): what _execute_text would do
+            # for it, minus shlex, multi-word resolution and argument binding. A refusal, an
+            # error or a non-str result leaves through the same code as the slow path; tests
+            # pin the two paths to the same bytes.
             command, args = cached
             if command.rank > conn.level or not (conn.authenticated or command.pre_auth):
                 self._execute(conn, item)  # the slow path words the refusal
@@ -649,17 +651,35 @@ class Server:
             command, args = self._resolve(conn, words, line)
             if command is None:
                 return
-            mode = command.signature.mode
-            if (mode == "raw" or (mode == "none" and not args)) and _QUOTING.search(line) is None:
-                cache = self.registry.line_cache
-                if len(cache) >= _LINE_CACHE_SIZE:
-                    cache.clear()
-                cache[line] = (command, tuple(args))
             result = command.call(args, conn)
         except Exception as exc:
             self._text_error(conn, exc)
             return
         self._deliver(conn, result, TEXT)
+
+    def _plain_request(self, line: str) -> Optional[Tuple[Command, Tuple[str, ...]]]:
+        """(command, args) when the fast path in _service may run ``line``, else None.
+
+        That is a line with no quoting and no JSON, naming a one-word command whose handler
+        takes the words as they are (no parameters, or only ``*args: str``). Such a line means
+        the same thing every time, so it also goes into the registry's line cache.
+        """
+        if line[0] == "{" or '"' in line or "'" in line or "\\" in line:
+            return None
+        words = line.split()
+        registry = self.registry
+        command = registry.commands.get(words[0])
+        if command is None or words[0] in registry._groups:
+            return None
+        mode = command.signature.mode
+        if mode != "raw" and (mode != "none" or len(words) > 1):
+            return None
+        entry = (command, tuple(words[1:]))
+        cache = registry.line_cache
+        if len(cache) >= _LINE_CACHE_SIZE:
+            cache.clear()
+        cache[line] = entry
+        return entry
 
     def _text_error(self, conn: Connection, exc: Exception) -> None:
         if isinstance(exc, CommandError):
