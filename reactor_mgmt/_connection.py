@@ -20,7 +20,7 @@ class Connection:
         "server",
         "sock",
         "listener",
-        "peer",
+        "_peer",
         "decoder",
         "queue",
         "out",
@@ -41,11 +41,11 @@ class Connection:
         "id",
     )
 
-    def __init__(self, server: Any, sock: Any, listener: Any, peer: Any, conn_id: int, now: float) -> None:
+    def __init__(self, server: Any, sock: Any, listener: Any, conn_id: int, now: float) -> None:
         self.server = server
         self.sock = sock
         self.listener = listener
-        self.peer = peer
+        self._peer: Any = None  # looked up on first use: most connections never need it
         self.id = conn_id
         self.decoder: Any = None
         self.queue: Any = None
@@ -79,6 +79,16 @@ class Connection:
         if not self.closed:
             self.closing = True
             self.server.wake(self)  # not _schedule: outside poll() an event loop must hear of it
+
+    @property
+    def peer(self) -> Any:
+        """The client's address: ``(host, port)``, or the socket path for a Unix listener."""
+        if self._peer is None:
+            try:
+                self._peer = self.sock.getpeername() or self.listener.address
+            except OSError:
+                return self.listener.address
+        return self._peer
 
     @property
     def level_name(self) -> str:

@@ -171,6 +171,8 @@ class Server:
         self._connections: Dict[int, Connection] = {}
         self._ready: Deque[Connection] = deque()
         self._timers: List[tuple] = []
+        self._idle_heap: List[Tuple[float, int, Connection]] = []
+        self._idle_timer_armed = False
         self._timer_seq = 0
         self._next_id = 0
         self._closed = False
@@ -998,23 +1000,46 @@ class Server:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._next_id += 1
-        conn = Connection(self, sock, listener, peer if peer else listener.address, self._next_id, now)
+        conn = Connection(self, sock, listener, self._next_id, now)
         self._connections[sock.fileno()] = conn
         self._register(sock, _READ, conn)
         conn.mask = _READ
         self.stats.connections_total += 1
         if self.idle_timeout:
-            self.call_later(self.idle_timeout, self._check_idle, conn)
+            self._watch_idle(conn, now + self.idle_timeout)
 
-    def _check_idle(self, conn: Connection) -> None:
-        if conn.closed:
-            return
-        idle_for = _monotonic() - conn.last_active
-        if idle_for >= self.idle_timeout and conn.waiting is None:
-            log.debug("closing connection #%d: idle for %.0f s", conn.id, idle_for)
-            self._close_now(conn)
-        else:
-            self.call_later(max(self.idle_timeout - idle_for, 0.001), self._check_idle, conn)
+    # Idle reaping has a heap of its own, of (deadline, id, connection), and one timer in the
+    # main heap for its earliest entry: a general timer entry per connection (callback, args
+    # tuple) would cost about 150 more bytes per idle connection. A deadline is checked against
+    # last_active only when it comes due, so traffic costs nothing here.
+
+    def _watch_idle(self, conn: Connection, deadline: float) -> None:
+        heapq.heappush(self._idle_heap, (deadline, conn.id, conn))
+        if not self._idle_timer_armed:
+            self._idle_timer_armed = True
+            self.call_later(max(0.0, deadline - _monotonic()), self._reap_idle)
+
+    def _reap_idle(self) -> None:
+        self._idle_timer_armed = False
+        heap = self._idle_heap
+        now = _monotonic()
+        limit = self.idle_timeout
+        while heap and heap[0][0] <= now:
+            conn = heapq.heappop(heap)[2]
+            if conn.closed:
+                continue
+            idle_for = now - conn.last_active
+            if idle_for >= limit and conn.waiting is None:
+                log.debug("closing connection #%d: idle for %.0f s", conn.id, idle_for)
+                self._close_now(conn)
+            else:
+                # Active since (idle_for < limit, so this is in the future), or busy with a long
+                # reply, which is not idleness: look again a full period later.
+                deadline = now + limit if conn.waiting is not None else conn.last_active + limit
+                heapq.heappush(heap, (deadline, conn.id, conn))
+        if heap and not self._idle_timer_armed:
+            self._idle_timer_armed = True
+            self.call_later(max(0.0, heap[0][0] - now), self._reap_idle)
 
     def _on_fd_exhaustion(self, listener: Listener, exc: OSError) -> None:
         if not self._fd_exhausted_logged:
@@ -1108,6 +1133,10 @@ class Server:
             except (KeyError, ValueError):  # pragma: no cover - defensive
                 pass
         self._connections.pop(conn.sock.fileno(), None)
+        heap = self._idle_heap
+        if len(heap) > 2 * len(self._connections) + 64:  # drop closed entries: bounded under churn
+            self._idle_heap = [entry for entry in heap if not entry[2].closed]
+            heapq.heapify(self._idle_heap)
         conn.mask = 0
         conn.out = None
         conn.out_size = 0
