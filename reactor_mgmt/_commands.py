@@ -629,7 +629,7 @@ class Registry:
     @staticmethod
     def _listing(commands: List[Command], header: str) -> str:
         width = max(len(command.usage) for command in commands)
-        width = min(width, 36)
+        width = min(width, 40)
         lines = [header]
         for command in commands:
             lines.append(f"  {command.usage:<{width}}  {command.summary}".rstrip())

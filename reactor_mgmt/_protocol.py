@@ -109,8 +109,10 @@ LINE_TOO_LONG = _LineTooLongType()
 LINE_TOO_LONG_JSON = _LineTooLongType(json=True)
 
 
-def _too_long(head: bytes) -> _LineTooLongType:
-    return LINE_TOO_LONG_JSON if head.lstrip()[:1] == b"{" else LINE_TOO_LONG
+def _too_long(line: bytes, max_line: int) -> _LineTooLongType:
+    # Judge by the first min(64, max_line + 1) bytes: every path that reports an over-long
+    # line has at least that many, so the verdict does not depend on how reads split it.
+    return LINE_TOO_LONG_JSON if line[:min(64, max_line + 1)].lstrip()[:1] == b"{" else LINE_TOO_LONG
 
 
 class LineBuffer:
@@ -161,10 +163,10 @@ class LineBuffer:
                 del lines[0]
             limit = self.max_line
             if lines and max(map(len, lines)) > limit:
-                lines = [_too_long(line[:64]) if len(line) > limit else line for line in lines]
+                lines = [_too_long(line, limit) if len(line) > limit else line for line in lines]
         if tail and not self._discarding:
             if len(self._partial) + len(tail) > self.max_line + 1:
-                marker = _too_long(bytes(self._partial[:64]) + tail[:64])
+                marker = _too_long(bytes(self._partial[:64]) + tail[:64], self.max_line)
                 self._partial = bytearray()
                 self._discarding = True
                 lines.append(marker)
@@ -182,7 +184,7 @@ class LineBuffer:
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self.max_line:  # a held max_line + 1 bytes whose last was not a CR
-            return [LINE_TOO_LONG]
+            return [_too_long(line, self.max_line)]
         return [line]
 
 

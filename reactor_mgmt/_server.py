@@ -427,7 +427,12 @@ class Server:
         elif self._timers and timeout != 0:
             wait = max(0.0, self._timers[0][0] - start)
             timeout = wait if timeout is None else min(timeout, wait)
-        events = self._select(timeout)
+        try:
+            events = self._select(timeout)
+        except (ValueError, OSError):
+            if self._closed:  # a handler closed the server; the host's loop may poll once more
+                return 0
+            raise
         stats = self.stats
         stats.polls += 1
         if not events and not self._ready and not self._calls and not (
@@ -520,7 +525,11 @@ class Server:
             conn.scheduled = False
             if conn.closed:
                 continue
-            done += self._service(conn, stop_at)
+            try:
+                done += self._service(conn, stop_at)
+            except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
+                self._schedule(conn)
+                raise
             if stop_at is not None and _monotonic() >= stop_at:
                 break
         return done
