@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
 
 from ._commands import LEVEL_RANK, LEVELS, NO_REPLY, Command, Pending, Stream, Wait, is_stream, may_run
 from ._connection import Connection
-from ._errors import CommandError, PermissionDenied
+from ._errors import CommandError, PermissionDenied, UsageError
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -47,9 +47,14 @@ def install_builtins(server: "Server") -> None:
         conn.close()
         return NO_REPLY
 
-    def auth(token: str, conn: Connection) -> str:
-        """Authenticates this connection with the server's token."""
-        if server.check_token(token):
+    def auth(*token: str, conn: Connection) -> str:
+        """Authenticates this connection with the server's token: auth TOKEN."""
+        # *token rather than token: str, so that a token starting with "--" (token_urlsafe
+        # makes those) is taken as it is instead of being parsed as an unknown option.
+        if len(token) != 1:
+            raise UsageError(f"usage: auth TOKEN ({'missing TOKEN' if not token else 'one word expected'})")
+        token = token[0]  # type: ignore[assignment]
+        if server.check_token(token):  # type: ignore[arg-type]
             conn.authenticated = True
             return "OK"
         conn.auth_failures += 1

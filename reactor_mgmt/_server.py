@@ -445,7 +445,9 @@ class Server:
             if owner.__class__ is Connection:
                 if owner.closed:  # closed earlier in this tick; its fd may even be reused
                     continue
-                if mask & _READ:
+                # Past the budget, reads wait for the next poll (the event is level-triggered):
+                # decoding one full recv of tiny commands costs milliseconds.
+                if mask & _READ and (budget is None or _monotonic() - start < budget):
                     self._read(owner, now)
                 if mask & _WRITE and not owner.closed:
                     self._flush(owner)
@@ -606,6 +608,10 @@ class Server:
         return ran
 
     def _read(self, conn: Connection, now: float) -> None:
+        if conn.paused or (conn.queue and not (conn.waiting.__class__ is Stream and conn.waiting.until_input)):
+            # Still holding requests (the budget ran out before they ran): reading more would let
+            # the queue grow by a recv per poll. The event fires again once the queue is empty.
+            return
         try:
             data = conn.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):

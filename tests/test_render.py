@@ -1,0 +1,238 @@
+# Rendering of handler results: pure unit tests of _render, then the same rules seen through a
+# real socket, where what matters is that every reply is whole and ends with a newline.
+from __future__ import annotations
+
+import enum
+import json
+import math
+
+import pytest
+
+from reactor_mgmt import CommandError
+from reactor_mgmt._render import json_line, render_table, render_text, to_jsonable
+
+from conftest import RawClient
+
+
+class Color(enum.Enum):
+    red = 1
+    green = "g"
+
+
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+# ---- render_text ----
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("hello", "hello\n"),
+        ("hello\n", "hello\n"),
+        ("", "\n"),
+        (None, "OK\n"),
+        (42, "42\n"),
+        (2.5, "2.5\n"),
+        (True, "True\n"),
+        (False, "False\n"),
+        (Color.red, "red\n"),
+        (b"raw bytes", "raw bytes\n"),
+    ],
+)
+def test_scalars(value, expected):
+    assert render_text(value) == expected
+
+
+def test_str_subclass_is_text():
+    class Name(str):
+        pass
+
+    assert render_text(Name("bob")) == "bob\n"
+
+
+def test_multiline_text_keeps_every_line():
+    text = "one\ntwo\n\nfour"
+    assert render_text(text) == "one\ntwo\n\nfour\n"
+    assert render_text(text).count("\n") == 4
+
+
+def test_carriage_returns_become_newlines():
+    assert render_text("a\r\nb\rc") == "a\nb\nc\n"
+
+
+def test_dict_is_aligned_key_value_lines():
+    assert render_text({"a": 1, "longer": "x", "none": None}) == "a:      1\nlonger: x\nnone:   -\n"
+
+
+def test_dict_multiline_value_is_indented_under_the_value_column():
+    out = render_text({"k": "first\nsecond", "key2": 3})
+    assert out == "k:    first\n      second\nkey2: 3\n"
+
+
+def test_dict_float_and_enum_cells():
+    assert render_text({"rate": 1 / 3, "color": Color.green}) == "rate:  0.333333\ncolor: green\n"
+
+
+def test_empty_containers_still_give_a_newline():
+    assert render_text({}) == "\n"
+    assert render_text([]) == "\n"
+
+
+@pytest.mark.parametrize("value", [["a", "b", 3], ("a", "b", 3)])
+def test_list_and_tuple_one_item_per_line(value):
+    assert render_text(value) == "a\nb\n3\n"
+
+
+def test_list_item_with_newlines_keeps_its_lines():
+    assert render_text(["x\ny", "z\n"]) == "x\ny\nz\n"
+
+
+def test_list_of_dicts_is_a_table_with_header():
+    rows = [{"id": 1, "name": "backup", "done": None}, {"id": 22, "name": "re", "extra": 1.5}]
+    assert render_text(rows) == (
+        "id  name    done  extra\n"
+        "1   backup  -     -\n"
+        "22  re      -     1.5\n"
+    )
+
+
+def test_table_cells_with_newlines_stay_on_their_row():
+    out = render_table([{"a": "x\ny", "b": 1}])
+    assert out.splitlines() == ["a    b", "x y  1"]
+
+
+def test_table_with_explicit_columns():
+    assert render_table([{"a": 1, "b": 2}], columns=["b", "a"]) == "b  a\n2  1"
+
+
+def test_mixed_list_is_not_a_table():
+    assert render_text([{"a": 1}, "plain"]) == "{'a': 1}\nplain\n"
+
+
+def test_unprintable_result_does_not_raise(caplog):
+    assert render_text(Unprintable()) == "<unprintable Unprintable object>\n"
+    assert render_text({"k": Unprintable()}) == "k: <unprintable Unprintable object>\n"
+    assert "Unprintable" in caplog.text
+
+
+def test_every_render_ends_with_newline():
+    for value in ["", "x", "x\n\n", None, 0, {}, [], {"a": "b\n"}, ["a\n"], [{"a": 1}], Color.red, 1e100]:
+        out = render_text(value)
+        assert out.endswith("\n"), value
+        assert not out.endswith("\n\n") or value == "x\n\n", value
+
+
+# ---- JSON ----
+
+
+def test_to_jsonable_walks_containers():
+    value = {"t": (1, 2), "s": frozenset([3]), "e": Color.green, 4: b"by", Color.red: None}
+    assert to_jsonable(value) == {"t": [1, 2], "s": [3], "e": "g", "4": "by", "red": None}
+
+
+def test_to_jsonable_falls_back_to_str():
+    class Thing:
+        def __str__(self) -> str:
+            return "a thing"
+
+    assert to_jsonable([Thing()]) == ["a thing"]
+    assert to_jsonable(Unprintable()) == "<unprintable Unprintable object>"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_floats_are_not_sent_as_bare_nan(value):
+    line = json_line({"id": 1, "ok": True, "result": to_jsonable({"x": value})})
+    parsed = json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in {line!r}"))
+    assert parsed["result"]["x"] == str(value)
+
+
+def test_json_line_is_one_line_even_with_newlines_in_values():
+    line = json_line({"id": None, "ok": True, "result": to_jsonable("a\nb\u2028c")})
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line)["result"] == "a\nb\u2028c"
+
+
+def test_json_line_nan_id_is_converted():
+    line = json_line({"id": math.nan, "ok": True, "result": None})
+    assert json.loads(line, parse_constant=lambda name: pytest.fail(name))["id"] == "nan"
+
+
+def test_to_jsonable_self_referencing_list():
+    loop: list = [1]
+    loop.append(loop)
+    assert to_jsonable(loop) == "[1, [...]]"
+
+
+# ---- through a socket ----
+
+
+@pytest.fixture
+def rendering_server(server):
+    results = {
+        "text": "plain",
+        "none": None,
+        "number": 7,
+        "flag": False,
+        "mapping": {"alpha": 1, "b": "two"},
+        "items": ["x", "y"],
+        "table": [{"name": "a", "n": 1}, {"name": "bbb", "n": 20}],
+        "multi": "l1\nl2\nl3",
+        "broken": Unprintable(),
+        "surrogate": "name-\udcff",
+    }
+    for name, value in results.items():
+        server.add_command(name, lambda value=value: value)
+
+    @server.command
+    def fail() -> None:
+        raise CommandError("it went wrong")
+
+    return server
+
+
+@pytest.mark.parametrize(
+    "command, lines",
+    [
+        ("text", ["plain"]),
+        ("none", ["OK"]),
+        ("number", ["7"]),
+        ("flag", ["False"]),
+        ("mapping", ["alpha: 1", "b:     two"]),
+        ("items", ["x", "y"]),
+        ("table", ["name  n", "a     1", "bbb   20"]),
+        ("multi", ["l1", "l2", "l3"]),
+        ("fail", ["ERR it went wrong"]),
+        ("broken", ["<unprintable Unprintable object>"]),
+        ("surrogate", ["name-\\udcff"]),
+    ],
+)
+def test_rendered_over_the_socket(rendering_server, command, lines):
+    client = RawClient(rendering_server)
+    try:
+        # A ping after each request proves the reply ended with a newline and nothing was lost
+        # or left over: the next line is exactly pong.
+        client.send(f"{command}\nping\n")
+        assert client.lines(len(lines) + 1) == lines + ["pong"]
+        client.pump(3)
+        assert client.buffer == b""
+    finally:
+        client.close()
+
+
+def test_same_values_as_json_over_the_socket(rendering_server):
+    client = RawClient(rendering_server)
+    try:
+        for command, expected in [("none", None), ("number", 7), ("mapping", {"alpha": 1, "b": "two"}),
+                                  ("table", [{"name": "a", "n": 1}, {"name": "bbb", "n": 20}]),
+                                  ("broken", "<unprintable Unprintable object>")]:
+            client.send(json.dumps({"cmd": command, "id": command}) + "\n")
+            (line,) = client.lines(1)
+            assert json.loads(line) == {"id": command, "ok": True, "result": expected}
+        client.send('{"cmd": "fail", "id": 1}\n')
+        assert json.loads(client.lines(1)[0]) == {
+            "id": 1, "ok": False, "error": {"code": "error", "message": "it went wrong"}}
+    finally:
+        client.close()

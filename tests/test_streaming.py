@@ -1,0 +1,636 @@
+# Replies that are not finished when the handler returns: Pending (deferred), streams sent only as
+# fast as the client reads, subscriptions (log tail, watch) that run until the client speaks.
+# The bounds are checked where they live: the server's buffered output is sampled after every
+# poll(), never against the clock, and the log tail's per-subscriber queue is inspected directly.
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import struct
+import time
+from typing import Any, Iterator, List
+
+import pytest
+
+import reactor_mgmt
+from reactor_mgmt import CommandError, Connection, Pending, Stream, Wait
+
+from conftest import TIMEOUT, RawClient
+
+
+def one(client: RawClient, line: str) -> str:
+    (reply,) = client.request(line)
+    return reply
+
+
+def settle(client: RawClient, seconds: float = 0.05) -> None:
+    """Polls for a little while so that anything the server would wrongly send arrives."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.pump()
+        time.sleep(0.005)
+    client.pump()
+
+
+def reset_connection(client: RawClient) -> None:
+    """Closes with RST (SO_LINGER 0): the server cannot mistake it for a half-close."""
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+def server_conn(server: reactor_mgmt.Server) -> Connection:
+    (conn,) = server.connections
+    return conn
+
+
+def small_window_client(server: reactor_mgmt.Server) -> "tuple[socket.socket, Connection]":
+    """A non-blocking client socket and its server-side Connection, both with small kernel
+    buffers, so a client that reads slowly (or not at all) pushes back on the server quickly
+    instead of the kernel soaking up megabytes."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # before connect: a small window
+    sock.settimeout(TIMEOUT)
+    sock.connect(server.addresses[0])
+    deadline = time.monotonic() + TIMEOUT
+    while not server.connections:
+        assert time.monotonic() < deadline
+        server.poll(0.01)
+    conn = server_conn(server)
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    sock.setblocking(False)
+    return sock, conn
+
+
+# ---- Pending ----
+
+
+@pytest.fixture
+def deferred(server):
+    pendings: List[Pending] = []
+
+    @server.command
+    def later(timeout: float = -1.0) -> Pending:
+        pending = Pending(timeout=None if timeout < 0 else timeout)
+        pendings.append(pending)
+        return pending
+
+    server.pendings = pendings  # type: ignore[attr-defined]
+    return server
+
+
+def test_pending_is_answered_on_a_later_tick(deferred):
+    client = RawClient(deferred)
+    client.send("later\n")
+    settle(client)
+    assert client.buffer == b""
+    (pending,) = deferred.pendings
+    assert not pending.done and not pending.cancelled
+    pending.resolve({"answer": 42})
+    assert client.lines(1) == ["answer: 42"]
+    assert one(client, "ping") == "pong"
+
+
+def test_pipelined_commands_wait_behind_a_pending(deferred):
+    client = RawClient(deferred)
+    client.send("later\nping\necho after\nlater\necho last\n")
+    settle(client)
+    assert client.buffer == b""  # the pong is held back, not sent ahead of the deferred reply
+    first = deferred.pendings[0]
+    first.resolve("first")
+    assert client.lines(3) == ["first", "pong", "after"]
+    settle(client)
+    assert client.buffer == b""
+    assert len(deferred.pendings) == 2
+    deferred.pendings[1].fail("second failed")
+    assert client.lines(2) == ["ERR second failed", "last"]
+
+
+def test_pending_in_json(deferred):
+    client = RawClient(deferred)
+    client.send('{"cmd": "later", "id": "a"}\n{"cmd": "later", "id": "b"}\n{"cmd": "ping", "id": "c"}\n')
+    settle(client)
+    deferred.pendings[0].resolve([1, 2])
+    assert json.loads(client.lines(1)[0]) == {"id": "a", "ok": True, "result": [1, 2]}
+    deferred.pendings[1].fail(CommandError("no such job", code="usage"))
+    assert [json.loads(line) for line in client.lines(2)] == [
+        {"id": "b", "ok": False, "error": {"code": "usage", "message": "no such job"}},
+        {"id": "c", "ok": True, "result": "pong"},
+    ]
+
+
+def test_pending_resolved_before_return_replies_at_once(server):
+    @server.command
+    def instant() -> Pending:
+        pending = Pending()
+        pending.resolve("already")
+        return pending
+
+    client = RawClient(server)
+    assert one(client, "instant") == "already"
+
+
+def test_pending_resolved_with_a_stream(deferred):
+    client = RawClient(deferred)
+    client.send("later\nping\n")
+    settle(client)
+    deferred.pendings[0].resolve(iter(["a", "b"]))
+    assert client.lines(3) == ["a", "b", "pong"]
+
+
+def test_pending_timeout_per_pending(deferred):
+    cancelled = []
+    client = RawClient(deferred)
+    client.send("later 0.2\nping\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    deferred.pendings[0].on_cancel(lambda: cancelled.append(True))
+    assert client.lines(2) == ["ERR timeout", "pong"]
+    pending = deferred.pendings[0]
+    assert pending.cancelled and cancelled == [True]
+    pending.resolve("too late")  # the host finishing late is harmless
+    settle(client)
+    assert client.buffer == b""
+
+
+def test_pending_timeout_per_server_and_json_code(make_server):
+    srv = make_server("127.0.0.1", pending_timeout=0.2)
+    srv.add_command("later", lambda: Pending())
+    client = RawClient(srv)
+    client.send('{"cmd": "later", "id": 5}\n')
+    assert json.loads(client.lines(1)[0]) == {"id": 5, "ok": False,
+                                               "error": {"code": "timeout", "message": "timeout"}}
+
+
+def test_pending_timeout_defaults(deferred):
+    assert deferred.pending_timeout == 30.0
+    client = RawClient(deferred)
+    client.send("later\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    # The earliest timer is the 30 s timeout (the idle reaper waits 300 s).
+    remaining = deferred.next_deadline() - time.monotonic()
+    assert 25 < remaining <= 30
+    deferred.pendings[0].resolve()
+    assert client.lines(1) == ["OK"]
+
+
+def test_pending_timeout_zero_waits_forever(deferred):
+    client = RawClient(deferred)
+    client.send("later 0\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    assert deferred.next_deadline() - time.monotonic() > 60  # only the idle reaper is armed
+    deferred.pendings[0].resolve("eventually")
+    assert client.lines(1) == ["eventually"]
+
+
+def test_connection_reset_cancels_the_pending(deferred):
+    cancelled = []
+    client = RawClient(deferred)
+    client.send("later\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    pending = deferred.pendings[0]
+    pending.on_cancel(lambda: cancelled.append("first"))
+    pending.on_cancel(lambda: cancelled.append("second"))
+    reset_connection(client)
+    deadline = time.monotonic() + TIMEOUT
+    while not pending.cancelled and time.monotonic() < deadline:
+        deferred.poll(0.01)
+    assert pending.cancelled and cancelled == ["first", "second"]
+    assert deferred.connections == []
+    pending.resolve("nobody is listening")  # no error, nothing to send
+    deferred.poll(0)
+    assert not pending.done
+
+
+def test_server_close_cancels_the_pending(deferred):
+    client = RawClient(deferred)
+    client.send("later\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    deferred.close()
+    assert deferred.pendings[0].cancelled
+
+
+def test_half_close_still_gets_the_deferred_reply(deferred):
+    # `echo later | nc -N`: EOF from the client is not a reason to give up on its reply.
+    client = RawClient(deferred)
+    client.send("later\nping\n")
+    client.shutdown()
+    settle(client)
+    pending = deferred.pendings[0]
+    assert not pending.cancelled
+    pending.resolve("done")
+    assert client.read_until_closed() == b"done\npong\n"
+
+
+# ---- streams ----
+
+
+def test_stream_lines_then_the_next_command(server):
+    @server.command
+    def count(n: int) -> Iterator[str]:
+        return (f"line {i}" for i in range(1, n + 1))
+
+    client = RawClient(server)
+    client.send("count 3\nping\ncount 0\nping\n")
+    assert client.lines(5) == ["line 1", "line 2", "line 3", "pong", "pong"]
+
+
+def test_stream_items_are_rendered(server):
+    server.add_command("rows", lambda: iter([{"a": 1}, ["x", "y"], None, "multi\nline"]))
+    client = RawClient(server)
+    client.send("rows\nping\n")
+    assert client.lines(7) == ["a: 1", "x", "y", "OK", "multi", "line", "pong"]
+
+
+def test_stream_in_json(server):
+    server.add_command("count", lambda n: (i for i in range(int(n))))
+    client = RawClient(server)
+    client.send('{"cmd": "count", "args": [3], "id": 1}\n{"cmd": "count", "args": [0], "id": 2}\n')
+    assert [json.loads(line) for line in client.lines(5)] == [
+        {"id": 1, "item": 0},
+        {"id": 1, "item": 1},
+        {"id": 1, "item": 2},
+        {"id": 1, "ok": True, "result": None, "items": 3},
+        {"id": 2, "ok": True, "result": None, "items": 0},
+    ]
+
+
+def test_stream_errors_end_it_and_the_connection_carries_on(server, caplog):
+    def failing(kind: str) -> Iterator[str]:
+        yield "partial"
+        if kind == "command":
+            raise CommandError("ran out")
+        raise OSError("disk gone")
+
+    server.add_command("failing", failing)
+    client = RawClient(server)
+    client.send("failing command\nfailing internal\nping\n")
+    assert client.lines(5) == ["partial", "ERR ran out", "partial", "ERR internal error (OSError)", "pong"]
+    client.send('{"cmd": "failing", "args": ["command"], "id": 1}\n')
+    assert [json.loads(line) for line in client.lines(2)] == [
+        {"id": 1, "item": "partial"},
+        {"id": 1, "ok": False, "error": {"code": "error", "message": "ran out"}},
+    ]
+
+
+def test_input_during_a_plain_stream_is_queued_not_a_stop(server):
+    state = {"sent": 0}
+
+    def slow(n: int) -> Iterator[Any]:
+        for i in range(n):
+            state["sent"] += 1
+            yield Wait(time.monotonic() + 0.01)
+            yield f"item {i}"
+
+    server.add_command("slow", slow)
+    client = RawClient(server)
+    client.send("slow 5\n")
+    client.lines(1)
+    client.send("ping\n")
+    assert client.lines(5) == ["item 1", "item 2", "item 3", "item 4", "pong"]
+
+
+def test_stream_wait_for_wake(server):
+    news: List[str] = []
+    conns: List[Connection] = []
+
+    def feed(conn: Connection) -> Stream:
+        conns.append(conn)
+
+        def items() -> Iterator[Any]:
+            while True:
+                if news:
+                    item = news.pop(0)
+                    if item == "end":
+                        return
+                    yield item
+                else:
+                    yield Wait()  # until someone calls server.wake(conn)
+
+        return Stream(items())
+
+    server.add_command("feed", feed)
+    client = RawClient(server)
+    client.send("feed\nping\n")
+    settle(client)
+    assert client.buffer == b""
+    news.append("hello")
+    server.wake(conns[0])
+    assert client.lines(1) == ["hello"]
+    news.append("end")
+    server.wake(conns[0])
+    assert client.lines(1) == ["pong"]
+
+
+def test_client_leaving_closes_the_generator(server):
+    finished = []
+
+    def endless() -> Iterator[str]:
+        try:
+            while True:
+                yield "x" * 1000
+        finally:
+            finished.append(True)
+
+    server.add_command("endless", endless)
+    client = RawClient(server)
+    client.send("endless\n")
+    client.wait_for(lambda buffer: len(buffer) > 10_000)
+    reset_connection(client)
+    deadline = time.monotonic() + TIMEOUT
+    while not finished and time.monotonic() < deadline:
+        server.poll(0.01)
+    assert finished == [True]
+    assert server.connections == []
+
+
+def test_a_million_lines_to_a_slow_client_with_bounded_output(make_server):
+    total = 1_000_000
+    srv = make_server("127.0.0.1", high_water=64 * 1024)  # low water: 16 KiB
+    low_water = srv.low_water
+    item_size = len(b"0000000\n")
+    started = []
+
+    @srv.command
+    def numbers(n: int) -> Iterator[str]:
+        started.append(True)
+        return (f"{i:07d}" for i in range(n))
+
+    sock, conn = small_window_client(srv)
+    sock.sendall(f"numbers {total}\n".encode())
+
+    chunks: List[bytes] = []
+    received = 0
+    expected_bytes = total * item_size
+    highest = 0
+    polls = 0
+    deadline = time.monotonic() + 60
+    while received < expected_bytes:
+        assert time.monotonic() < deadline, f"stalled after {received} bytes"
+        srv.poll(0)
+        polls += 1
+        # The bound, checked after every poll: a stream only adds an item while the output
+        # buffer is below the low-water mark, so it can overshoot by one item at most.
+        assert conn.out_size <= low_water + item_size
+        assert conn.buffered_output == conn.out_size
+        highest = max(highest, conn.out_size)
+        try:
+            data = sock.recv(4096)  # the slow reader: at most 4 KiB per poll
+        except BlockingIOError:
+            continue
+        assert data, "server closed the connection"
+        chunks.append(data)
+        received += len(data)
+    sock.close()
+    assert started
+    # The buffer really filled up, so the bound above was exercised, not trivially met.
+    assert highest >= low_water
+    body = b"".join(chunks)
+    assert len(body) == expected_bytes
+    assert body == "".join(f"{i:07d}\n" for i in range(total)).encode()
+
+
+def test_stream_to_a_fast_client_does_not_stall(make_server):
+    # The kernel can take a whole low-water batch at once, leaving no write event to resume the
+    # stream; it must carry on anyway.
+    srv = make_server("127.0.0.1", high_water=8192)
+    srv.add_command("numbers", lambda n: (str(i) for i in range(int(n))))
+    client = RawClient(srv)
+    client.send("numbers 20000\nping\n")
+    lines = client.lines(20001)
+    assert lines[-1] == "pong" and lines[:-1] == [str(i) for i in range(20000)]
+
+
+# ---- log tail ----
+
+
+@pytest.fixture
+def tail_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("tailtest")
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield logger
+    logger.setLevel(old_level)
+
+
+def tail_handler() -> Any:
+    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "_LogTail"]
+    return handlers[0] if handlers else None
+
+
+def test_log_tail_streams_until_any_line(make_server, tail_logger):
+    srv = make_server("127.0.0.1", log_tail=True)
+    client = RawClient(srv)
+    client.send("log tail\n")
+    client.wait_for(lambda buffer: tail_handler() is not None)
+    tail_logger.info("first %d", 1)
+    tail_logger.debug("not at INFO")
+    tail_logger.warning("second")
+    lines = client.lines(2)
+    assert lines[0].endswith(" INFO tailtest: first 1")
+    assert lines[1].endswith(" WARNING tailtest: second")
+    client.send("stop\n")  # any line stops it, and is not run as a command
+    client.send("ping\n")
+    assert client.lines(1) == ["pong"]
+    assert tail_handler() is None  # unsubscribed: the root handler is gone
+    tail_logger.warning("after")
+    settle(client)
+    assert client.buffer == b""
+
+
+def test_log_tail_level_filter_and_errors(make_server, tail_logger):
+    srv = make_server("127.0.0.1", log_tail=True)
+    client = RawClient(srv)
+    assert one(client, "log tail loud") == "ERR usage: log tail [LEVEL] (unknown level 'loud')"
+    client.send("log tail error\n")
+    client.wait_for(lambda buffer: tail_handler() is not None)
+    tail_logger.warning("filtered out")
+    tail_logger.error("kept")
+    assert client.lines(1)[0].endswith(" ERROR tailtest: kept")
+    client.send("\n")  # a blank line is not a line: it does not stop the subscription
+    tail_logger.critical("still here")
+    assert client.lines(1)[0].endswith(" CRITICAL tailtest: still here")
+    client.send("q\n")
+    client.send("ping\n")
+    assert client.lines(1) == ["pong"]
+
+
+def test_log_tail_needs_operator_and_opt_in(make_server):
+    plain = make_server("127.0.0.1")
+    client = RawClient(plain)
+    assert one(client, "log tail") == "ERR unknown command 'log' (try 'help')"
+    restricted = make_server("127.0.0.1", log_tail=True, level="user")
+    client = RawClient(restricted)
+    assert one(client, "log tail") == "ERR permission denied: 'log tail' needs operator"
+
+
+def test_log_tail_in_json(make_server, tail_logger):
+    srv = make_server("127.0.0.1", log_tail=True)
+    client = RawClient(srv)
+    client.send('{"cmd": "log tail", "args": ["warning"], "id": 4}\n')
+    client.wait_for(lambda buffer: tail_handler() is not None)
+    tail_logger.warning("json record")
+    item = json.loads(client.lines(1)[0])
+    assert item["id"] == 4 and item["item"].endswith("WARNING tailtest: json record")
+    client.send("stop\n")
+    assert json.loads(client.lines(1)[0]) == {"id": 4, "ok": True, "result": None, "items": 1}
+
+
+def test_log_tail_disconnect_unsubscribes(make_server, tail_logger):
+    srv = make_server("127.0.0.1", log_tail=True)
+    client = RawClient(srv)
+    client.send("log tail\n")
+    client.wait_for(lambda buffer: tail_handler() is not None)
+    client.close()
+    deadline = time.monotonic() + TIMEOUT
+    while tail_handler() is not None and time.monotonic() < deadline:
+        srv.poll(0.01)
+    assert tail_handler() is None
+    tail_logger.warning("nobody listens")  # must not raise or queue anything
+    srv.poll(0)
+
+
+def test_log_tail_slow_subscriber_sees_drops(make_server, tail_logger):
+    srv = make_server("127.0.0.1", log_tail=True)
+    client = RawClient(srv)
+    client.send("log tail\n")
+    client.wait_for(lambda buffer: tail_handler() is not None)
+    (subscriber,) = tail_handler().subscribers
+    for i in range(5000):  # the host logs a burst; poll() does not run in between
+        tail_logger.warning("burst %d", i)
+    assert len(subscriber.records) == 1000
+    assert subscriber.dropped == 4000
+    lines = client.lines(1001)
+    assert [line.rsplit(" ", 1)[1] for line in lines[:1000]] == [str(i) for i in range(1000)]
+    assert lines[1000] == "\u2026 4000 records dropped"
+    tail_logger.warning("after the gap")  # once the subscriber caught up, records flow again
+    assert client.lines(1)[0].endswith("tailtest: after the gap")
+    client.send("stop\n")
+    assert one(client, "ping") == "pong"
+
+
+def test_log_tail_drop_notice_goes_where_the_gap_is(make_server, tail_logger):
+    # A subscriber part way through its backlog: the notice is queued ahead of the next record,
+    # not after everything, so the client sees exactly where records went missing.
+    srv = make_server("127.0.0.1", log_tail=True, high_water=4096)
+    client = RawClient(srv)
+    client.send("log tail\n")
+    client.wait_for(lambda buffer: tail_handler() is not None)
+    (subscriber,) = tail_handler().subscribers
+    for i in range(1200):
+        tail_logger.warning("burst %d", i)
+    srv.poll(0)  # moves only a low-water mark's worth of records to the socket
+    assert 0 < len(subscriber.records) < 1000 and subscriber.dropped == 200
+    tail_logger.warning("after the gap")
+    lines = client.lines(1002)
+    assert [line.rsplit(" ", 1)[1] for line in lines[:1000]] == [str(i) for i in range(1000)]
+    assert lines[1000] == "\u2026 200 records dropped"
+    assert lines[1001].endswith("tailtest: after the gap")
+
+
+def test_log_tail_memory_stays_bounded_while_polling(make_server, tail_logger):
+    srv = make_server("127.0.0.1", log_tail=True, high_water=16 * 1024)
+    low_water = srv.low_water
+    sock, conn = small_window_client(srv)
+    sock.sendall(b"log tail\n")
+    deadline = time.monotonic() + TIMEOUT
+    while tail_handler() is None:
+        assert time.monotonic() < deadline
+        srv.poll(0.01)
+    (subscriber,) = tail_handler().subscribers
+    total = 8000
+    longest = 0
+    for i in range(total):
+        tail_logger.warning("flood %05d", i)
+        if i % 40 == 39:
+            srv.poll(0)  # the host keeps polling; the client reads nothing
+            assert len(subscriber.records) <= 1000
+            longest = max(longest, len(subscriber.records))
+            assert conn.out_size <= low_water + 200  # one formatted record at most beyond it
+    assert longest > 900  # the queue did fill, so records were dropped rather than buffered
+    # Now read everything; a final marker, logged once the backlog is gone, ends the test.
+    received = b""
+    while not received.endswith(b"tailtest: END\n"):
+        assert time.monotonic() < deadline + TIMEOUT, received[-500:]
+        if not (subscriber.records or subscriber.dropped or conn.out_size) and b"END" not in received:
+            tail_logger.warning("END")
+        srv.poll(0)
+        try:
+            received += sock.recv(65536)
+        except BlockingIOError:
+            pass
+    sock.close()
+    numbers, dropped = [], 0
+    for line in received.decode().splitlines()[:-1]:
+        if line.startswith("\u2026 "):
+            dropped += int(line.split()[1])
+        else:
+            numbers.append(int(line.rsplit(" ", 1)[1]))
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    assert dropped > 0
+    assert len(numbers) + dropped == total  # every record is either delivered or counted
+
+
+# ---- watch ----
+
+
+@pytest.fixture
+def counted(server):
+    runs = []
+
+    @server.command
+    def tick() -> str:
+        runs.append(time.monotonic())
+        return f"run {len(runs)}"
+
+    server.runs = runs  # type: ignore[attr-defined]
+    return server
+
+
+def test_watch_repeats_until_a_line(counted):
+    client = RawClient(counted)
+    client.send("watch 0.1 tick\n")
+    assert client.lines(3, timeout=TIMEOUT) == ["run 1", "run 2", "run 3"]
+    runs = counted.runs
+    assert runs[2] - runs[0] >= 0.19  # paced by the interval, not run back to back
+    client.send("stop\nping\n")
+    client.wait_for(lambda buffer: buffer.endswith(b"pong\n"))
+    before = len(runs)
+    settle(client, 0.35)  # more than three intervals: a live watch would run again
+    assert len(runs) == before
+    lines = client.buffer.decode().splitlines()
+    client.buffer = b""
+    # Runs already under way when "stop" arrived may still show, but nothing after the pong.
+    assert lines[-1] == "pong"
+    assert all(line.startswith("run ") for line in lines[:-1])
+    assert one(client, "echo next") == "next"
+
+
+def test_watch_in_json(counted):
+    client = RawClient(counted)
+    client.send('{"cmd": "watch", "args": [0.1, "tick"], "id": 2}\n')
+    items = [json.loads(line) for line in client.lines(2)]
+    assert items == [{"id": 2, "item": "run 1"}, {"id": 2, "item": "run 2"}]
+    client.send("stop\n")
+    final = client.wait_for(lambda buffer: b'"ok": true' in buffer).decode().splitlines()[-1]
+    assert json.loads(final)["items"] >= 2
+
+
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        ("watch 0.01 tick", "ERR usage: watch SECONDS COMMAND... (SECONDS must be at least 0.1)"),
+        ("watch 1", "ERR usage: watch SECONDS COMMAND... (missing COMMAND)"),
+        ("watch soon tick", "ERR usage: watch SECONDS [COMMAND...] (bad value for SECONDS: 'soon': expected a number)"),
+        ("watch 1 tikc", "ERR unknown command 'tikc'; did you mean 'tick'?"),
+        ("watch 1 watch 1 tick", "ERR cannot watch watch"),
+        ("watch 1 secret", "ERR permission denied: 'secret' needs admin"),
+        ("watch 0.1 numbers", "ERR cannot watch 'numbers': it does not reply at once"),
+        ("watch 0.1 tick extra", "ERR usage: tick (takes no arguments)"),
+    ],
+)
+def test_watch_errors(counted, line, reply):
+    counted.add_command("secret", lambda: "s", level="admin")
+    counted.add_command("numbers", lambda: iter("abc"))
+    client = RawClient(counted)
+    assert one(client, line) == reply
+    assert one(client, "ping") == "pong"
