@@ -77,9 +77,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_UNREACHABLE
     token = args.token if args.token is not None else (os.environ.get("REACTOR_MGMT_TOKEN") or None)
     runner = _Runner(endpoints, token, args.timeout, args.json)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
-        if args.command:
-            return runner.one_shot(args.command)
+        if command:
+            return runner.one_shot(command)
         if sys.stdin.isatty():
             return _Shell(runner).loop()
         return runner.script(sys.stdin)
@@ -228,8 +229,8 @@ class _Runner:
         self.fanned = len(endpoints) > 1
         self.max_parallel = max(1, _raise_fd_limit(len(endpoints) + _FD_RESERVE) - _FD_RESERVE)
 
-    def one_shot(self, words: List[str], out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
-        printer = _Printer(self.fanned, self.as_json, out or sys.stdout, err or sys.stderr)
+    def one_shot(self, words: List[str]) -> int:
+        printer = _Printer(self.fanned, self.as_json, sys.stdout, sys.stderr)
         engine = FanOut(self.endpoints, {"argv": list(words)}, on_event=printer, token=self.token,
                         timeout=self.timeout, max_parallel=self.max_parallel, after_batch=printer.flush)
         outcomes = engine.run()
@@ -330,7 +331,10 @@ class _Shell:
         if not runner.fanned:
             try:
                 self.client = Client(runner.endpoints[0], timeout=runner.timeout, token=runner.token)
-            except (ConnectionFailed, ClientTimeout, RemoteError) as exc:
+            except RemoteError as exc:  # the token was refused
+                print(f"ERR {exc.message}", file=sys.stderr)
+                return EXIT_ERR
+            except (ConnectionFailed, ClientTimeout) as exc:
                 print(f"reactor-mgmt: {exc}", file=sys.stderr)
                 return EXIT_UNREACHABLE
         self._setup_readline()

@@ -455,7 +455,7 @@ class FanOut:
                 wait = max(0.0, min(deadlines) - now) if deadlines else None
                 for key, mask in selector.select(wait):
                     job = key.data
-                    if job.sock is None:  # finished earlier in this batch
+                    if key.fileobj is not job.sock:  # finished, or moved to its next address
                         continue
                     if mask & selectors.EVENT_WRITE:
                         self._on_writable(job)
@@ -496,7 +496,11 @@ class FanOut:
                 raise
             job.candidates.pop(0)
             sock.setblocking(False)
-            code = sock.connect_ex(sockaddr)
+            try:
+                code = sock.connect_ex(sockaddr)
+                failure = os.strerror(code)
+            except OSError as exc:  # an address connect_ex cannot even try (a too-long path)
+                code, failure = -1, _reason(exc)
             if code in (0, errno.EINPROGRESS):
                 job.sock = sock
                 job.deadline = None if self.timeout is None else time.monotonic() + self.timeout
@@ -505,7 +509,7 @@ class FanOut:
                 self._selector.register(sock, selectors.EVENT_WRITE, job)
                 return True
             sock.close()
-            job.failure = os.strerror(code)
+            job.failure = failure
         self._fail(job, f"cannot connect: {job.failure or 'no address'}")
         return True
 

@@ -97,10 +97,7 @@ class AsyncioHandle:
     def _reschedule(self) -> None:
         if self.detached:
             return
-        server = self.server
-        if server.closed:
-            self.detach()
-            return
+        server = self.server  # not closed: close() detaches first
         if server.busy:
             if self._soon is None:
                 self._soon = self.loop.call_soon(self._tick)

@@ -254,12 +254,15 @@ class RequestDecoder:
     decoder swallows everything, because the session is over.
     """
 
-    __slots__ = ("_telnet", "_lines", "ended")
+    __slots__ = ("_telnet", "_lines", "ended", "keep_blank")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         self._telnet = TelnetFilter()
         self._lines = LineBuffer(max_line)
         self.ended = False
+        # Set while a subscription runs: pressing Enter must stop `log tail`, so a blank line
+        # is delivered (as "") instead of dropped.
+        self.keep_blank = False
 
     @property
     def buffered(self) -> int:
@@ -304,7 +307,7 @@ class RequestDecoder:
             items: List[Item] = [line.strip() for line in text.split("\n")] if raw_lines else []
         else:
             items = [self._decode_one(line) for line in raw_lines]
-        if "" in items:
+        if "" in items and not self.keep_blank:
             items = [item for item in items if item != ""]
         if _CTRL_D_STR in items:
             index = items.index(_CTRL_D_STR)

@@ -634,11 +634,13 @@ class Server:
         else:
             conn.eof = True
             items = decoder.feed_eof()
-        if conn.waiting is not None and conn.waiting.__class__ is Stream and conn.waiting.until_input:
+        if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it
             if items or conn.eof:
                 self._end_stream(conn)
                 if items and items[0].__class__ is str:
                     del items[0]  # the line that stopped a subscription is not a request
+                if "" in items:
+                    items = [item for item in items if item != ""]
         if items:
             conn.queue.extend(items)
         self._schedule(conn)
@@ -848,9 +850,20 @@ class Server:
             conn.waiting = None
             self._finish_pending(conn, waiting, conn.waiting_id)
             return True  # even if it resolved to a Stream or Pending: the loop moves that along too
-        return self._pump_stream(conn, waiting, stop_at)
+        if self._pump_stream(conn, waiting, stop_at):
+            if conn.decoder is not None:
+                conn.decoder.keep_blank = False  # however the stream ended
+            return True
+        return False
 
     def _pump_stream(self, conn: Connection, stream: Stream, stop_at: Optional[float]) -> bool:
+        if stream.until_input:
+            if conn.queue or conn.eof:  # a line pipelined behind the subscription stops it at once
+                self._end_stream(conn)
+                if conn.queue and conn.queue[0].__class__ is str:
+                    conn.queue.popleft()
+                return True
+            conn.decoder.keep_blank = True
         reply_id = conn.waiting_id
         iterator = stream.iterator
         low_water = self.low_water
@@ -895,6 +908,7 @@ class Server:
     def _end_stream(self, conn: Connection) -> None:
         stream = conn.waiting
         conn.waiting = None
+        conn.decoder.keep_blank = False
         try:
             stream.close()
         except Exception:

@@ -446,12 +446,12 @@ def test_log_tail_level_filter_and_errors(make_server, tail_logger):
     tail_logger.warning("filtered out")
     tail_logger.error("kept")
     assert client.lines(1)[0].endswith(" ERROR tailtest: kept")
-    client.send("\n")  # a blank line is not a line: it does not stop the subscription
-    tail_logger.critical("still here")
-    assert client.lines(1)[0].endswith(" CRITICAL tailtest: still here")
-    client.send("q\n")
+    client.send("\n")  # pressing Enter stops it too
     client.send("ping\n")
     assert client.lines(1) == ["pong"]
+    tail_logger.critical("not shown")
+    settle(client)
+    assert client.buffer == b""
 
 
 def test_log_tail_needs_operator_and_opt_in(make_server):
@@ -634,3 +634,43 @@ def test_watch_errors(counted, line, reply):
     client = RawClient(counted)
     assert one(client, line) == reply
     assert one(client, "ping") == "pong"
+
+
+# ---- subscriptions stop on any line, blank or pipelined ----
+
+
+def test_a_blank_line_stops_watch_and_the_next_request_still_runs(server, client):
+    client.send("watch 0.1 ping\n")
+    client.wait_for(lambda buf: buf.count(b"pong\n") >= 2)
+    client.send("\necho done\n")
+    client.wait_for(lambda buf: buf.endswith(b"done\n"))
+    client.buffer = b""
+    assert client.request("ping") == ["pong"]  # nothing left running
+    for _ in range(30):
+        client.pump()
+    assert client.buffer == b""
+
+
+def test_a_line_pipelined_behind_a_subscription_stops_it_at_once(server, client):
+    client.send("watch 0.1 ping\nstop\necho after\n")
+    # `stop` was sent before watch ran even once: it is consumed as the stop signal, and
+    # `echo after` runs as a request.
+    got = client.lines(1)
+    assert got == ["after"]
+    for _ in range(30):
+        client.pump()
+    assert client.buffer == b""
+
+
+def test_a_finished_subscription_does_not_leave_blank_lines_on(server, client):
+    import reactor_mgmt
+
+    @server.command
+    def short():
+        return reactor_mgmt.Stream(iter(["one", "two"]), until_input=True)
+
+    client.send("short\n")
+    assert client.lines(2) == ["one", "two"]
+    client.send("\n\nping\n")
+    assert client.lines(1) == ["pong"]
+    assert server.connections[0].decoder.keep_blank is False

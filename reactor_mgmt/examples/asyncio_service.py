@@ -33,13 +33,14 @@ log = logging.getLogger("asyncio_service")
 
 
 class Job:
-    __slots__ = ("id", "name", "seconds", "state", "waiters")
+    __slots__ = ("id", "name", "seconds", "state", "worker", "waiters")
 
     def __init__(self, job_id: int, name: str, seconds: float) -> None:
         self.id = job_id
         self.name = name
         self.seconds = seconds
         self.state = "queued"
+        self.worker: Optional[int] = None
         self.waiters: List[Pending] = []
 
     def finish(self, state: str) -> None:
@@ -78,6 +79,7 @@ class Service:
             if job.state != "queued":  # cancelled while it waited
                 continue
             job.state = "running"
+            job.worker = number
             try:
                 await asyncio.sleep(job.seconds)
             except asyncio.CancelledError:
@@ -116,7 +118,7 @@ def build_server(args: argparse.Namespace, service: Service) -> Server:
         """Every job and its state, as a table."""
         if not service.jobs:
             return "no jobs"
-        return [{"id": job.id, "name": job.name, "seconds": job.seconds, "state": job.state}
+        return [{"id": job.id, "name": job.name, "seconds": job.seconds, "state": job.state, "worker": job.worker}
                 for job in service.jobs.values()]
 
     @server.command

@@ -1,0 +1,486 @@
+# The runnable examples, each started as a real process (`python -m reactor_mgmt.examples.NAME
+# --port 0 --address-file F`, see conftest.Daemon) and driven by the clients a person would use:
+# OpenBSD nc with -N (send, half-close, read to the end) and the project's own CLI
+# (`python -m reactor_mgmt -c ADDR COMMAND`). Each test checks the loop pattern its example is
+# about (busy work, deadlines, deferred replies...) as well as the commands, and ends with a
+# signal: every example must exit 0 on SIGTERM and on Ctrl-C, so coverage data gets written.
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, Iterator, List
+
+import pytest
+
+from conftest import IN_CI, ROOT, TIMEOUT, Daemon, child_env, require_tool
+
+EXAMPLES = ["select_daemon", "game_loop", "asyncio_service", "tk_app", "sleep_worker", "node_port"]
+
+
+# ---- helpers ----
+
+
+@pytest.fixture
+def launch(tmp_path) -> Iterator[Callable[..., Daemon]]:
+    started: List[Daemon] = []
+
+    def start(name: str, *extra: str, env: "Dict[str, str] | None" = None) -> Daemon:
+        address_file = str(tmp_path / f"{name}-{len(started)}.addr")
+        daemon = Daemon(["-m", f"reactor_mgmt.examples.{name}", "--port", "0", "--address-file", address_file,
+                         *extra], address_file, env=env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+def nc(daemon: Daemon, text: str) -> str:
+    """`printf TEXT | nc -N HOST PORT`: every reply, then the server's close."""
+    tool = require_tool("nc.openbsd", "nc")
+    proc = subprocess.run([tool, "-N", daemon.host, str(daemon.port)], input=text.encode(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
+
+
+def cli(daemon: Daemon, *words: str) -> subprocess.CompletedProcess:
+    """The real client: `python -m reactor_mgmt -c ADDR WORDS...`."""
+    return subprocess.run([sys.executable, "-m", "reactor_mgmt", "-c", daemon.address, *words],
+                          capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=TIMEOUT * 3)
+
+
+def fields(text: str) -> Dict[str, str]:
+    """The aligned `key: value` lines of a dict reply."""
+    result = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            result[key.strip()] = value.strip()
+    return result
+
+
+def table(text: str) -> List[Dict[str, str]]:
+    lines = text.splitlines()
+    header = lines[0].split()
+    return [dict(zip(header, line.split())) for line in lines[1:]]
+
+
+def eventually(probe: Callable[[], str], predicate: Callable[[str], bool], timeout: float = TIMEOUT) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if predicate(value):
+            return value
+        assert time.monotonic() < deadline, f"never happened; last value: {value!r}"
+        time.sleep(0.05)
+
+
+def stop_cleanly(daemon: Daemon, signum: int = signal.SIGTERM, tracebacks: bool = False) -> str:
+    daemon.proc.send_signal(signum)
+    try:
+        _, err_bytes = daemon.proc.communicate(timeout=TIMEOUT)  # not daemon.stop(): no SIGTERM on top
+    except subprocess.TimeoutExpired:
+        daemon.stop()
+        raise AssertionError(f"{signal.Signals(signum).name} did not stop the example")
+    returncode, err = daemon.proc.returncode, err_bytes.decode()
+    assert returncode == 0, err
+    assert tracebacks or "Traceback" not in err, err
+    return err
+
+
+def raw(daemon: Daemon) -> socket.socket:
+    return socket.create_connection((daemon.host, daemon.port), timeout=TIMEOUT)
+
+
+def read_lines(sock: socket.socket, count: int) -> List[str]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+    return data.decode().splitlines()
+
+
+def pipelined_pings(daemon: Daemon, count: int = 300) -> None:
+    """More lines than one poll() serves (64 per connection per tick): the example's loop must
+    notice server.busy and poll again without waiting for a socket event or a timeout."""
+    out = nc(daemon, "ping\n" * count)
+    assert out == "pong\n" * count
+
+
+# ---- every example ----
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_module_docstring_and_options(name, capsys):
+    if name == "tk_app":
+        pytest.importorskip("tkinter", reason="this Python has no tkinter")
+    module = importlib.import_module(f"reactor_mgmt.examples.{name}")
+    assert module.__doc__ and len(module.__doc__.split()) > 40  # explains its pattern
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "--port" in usage and "--address-file" in usage
+
+
+@pytest.mark.parametrize("name", ["asyncio_service", "sleep_worker", "node_port"])
+def test_ctrl_c_exits_0(name, launch):
+    # The other examples get their Ctrl-C in their own tests below.
+    daemon = launch(name)
+    assert nc(daemon, "ping\n") == "pong\n"
+    stop_cleanly(daemon, signal.SIGINT)
+
+
+# ---- select_daemon ----
+
+
+def test_select_daemon(launch):
+    daemon = launch("select_daemon", "--udp-port", "0")
+    status = fields(nc(daemon, "status\n"))
+    udp_port = int(status["udp_port"])
+    assert status["packets"] == "0" and status["interval_s"] == "10"
+    assert nc(daemon, "show counters\n") == "no counters yet\n"
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(b"hits:1\nhits:2\nbytes:512|c\nnot a metric\n", ("127.0.0.1", udp_port))
+    rows = table(eventually(lambda: nc(daemon, "show counters\n"), lambda out: "hits" in out))
+    assert rows == [{"name": "bytes", "current": "512", "last": "-", "total": "512"},
+                    {"name": "hits", "current": "3", "last": "-", "total": "3"}]
+    assert fields(nc(daemon, "status\n"))["bad_lines"] == "1"
+
+    assert nc(daemon, "flush\n") == "flush 1: 2 counters\n"
+    assert table(nc(daemon, "show counters\n"))[1] == {"name": "hits", "current": "0", "last": "3", "total": "3"}
+
+    # The daemon's own deadline: a short interval makes the loop flush by itself.
+    assert nc(daemon, "set interval 0.1\nset interval 0\n") == (
+        "interval 0.1 s\nERR interval must be between 0.1 and 3600 seconds\n")
+    eventually(lambda: nc(daemon, "status\n"), lambda out: int(fields(out)["flushes"]) >= 3)
+    assert nc(daemon, "set interval 60\n") == "interval 60 s\n"
+
+    assert nc(daemon, "reset hits\nreset nope\nreset\nshow counters\n") == (
+        "reset hits\nERR no counter 'nope'\nreset 1 counters\nno counters yet\n")
+
+    proc = cli(daemon, "status")
+    assert proc.returncode == 0, proc.stderr
+    assert fields(proc.stdout)["udp_port"] == str(udp_port)
+    proc = cli(daemon, "reset", "nope")
+    assert (proc.returncode, proc.stderr) == (1, "ERR no counter 'nope'\n")
+
+    pipelined_pings(daemon)
+    assert "select_daemon: stopped" in stop_cleanly(daemon)
+
+
+def test_select_daemon_respects_the_servers_deadlines(launch):
+    # The flush interval is 60 s, so select() would sleep for up to a minute: `watch` ticks only
+    # arrive because the loop never waits past server.next_deadline().
+    daemon = launch("select_daemon", "--udp-port", "0", "--interval", "60")
+    with raw(daemon) as sock:
+        sock.sendall(b"watch 0.1 ping\n")
+        assert read_lines(sock, 3) == ["pong"] * 3
+    stop_cleanly(daemon, signal.SIGINT)
+
+
+# ---- game_loop ----
+
+
+def test_game_loop(launch):
+    daemon = launch("game_loop")
+    status = fields(nc(daemon, "status\n"))
+    assert status["players"] == "1" and status["speed"] == "1" and status["paused"] == "False"
+    frames = int(status["frames"])
+    eventually(lambda: nc(daemon, "status\n"), lambda out: int(fields(out)["frames"]) > frames + 10)
+
+    assert nc(daemon, "spawn alice 10 20\nspawn alice\nspawn bob 200\nspawn bob\n") == (
+        "spawned alice at 10 20\n"
+        "ERR player 'alice' already exists\n"
+        "ERR position must be within 0..100 (got 200 50)\n"
+        "spawned bob at 50 50\n")
+    players = table(nc(daemon, "show players\n"))
+    assert [p["name"] for p in players] == ["alice", "bob", "npc"]
+    assert players[2]["protected"] == "True"
+    # The simulation moves them between two requests.
+    moved = eventually(lambda: nc(daemon, "show players\n"), lambda out: table(out)[0] != players[0])
+    assert table(moved)[0]["name"] == "alice"
+
+    assert nc(daemon, "kick npc\nkick alice cheating\nkick ghost\n") == (
+        "ERR npc is protected; add --force to kick it anyway\n"
+        "kicked alice (cheating)\n"
+        "ERR no player 'ghost'\n")
+
+    out = nc(daemon, "set speed 11\nset speed 0.5\npause\npause\n")
+    lines = out.splitlines()
+    assert lines[:2] == ["ERR speed must be between 0 and 10", "speed 0.5"]
+    assert lines[2].startswith("paused at step ") and lines[3] == "already paused"
+    paused = fields(nc(daemon, "status\n"))
+    later = eventually(lambda: nc(daemon, "status\n"), lambda out: int(fields(out)["frames"]) > int(paused["frames"]))
+    assert fields(later)["steps"] == paused["steps"]  # frames go on, the game does not
+    assert fields(later)["paused"] == "True" and fields(later)["speed"] == "0.5"
+    assert nc(daemon, "resume\nresume\n").splitlines()[1] == "not paused"
+
+    proc = cli(daemon, "kick", "npc", "--force")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "kicked npc (kicked by an operator)\n"
+    proc = cli(daemon, "kick", "bob", "rage quit")
+    assert proc.stdout == "kicked bob (rage quit)\n"
+    assert nc(daemon, "show players\n") == "no players\n"
+    proc = cli(daemon, "spawn", "carol", "1", "2")
+    assert (proc.returncode, proc.stdout) == (0, "spawned carol at 1 2\n")
+
+    pipelined_pings(daemon)
+    stop_cleanly(daemon)
+
+
+def test_game_loop_drops_the_backlog_after_a_stall(launch):
+    daemon = launch("game_loop")
+    assert fields(nc(daemon, "status\n"))["dropped_steps"] == "0"
+    daemon.proc.send_signal(signal.SIGSTOP)
+    time.sleep(0.3)  # 18 frames' worth: more than the loop catches up
+    daemon.proc.send_signal(signal.SIGCONT)
+    assert int(fields(nc(daemon, "status\n"))["dropped_steps"]) > 0
+    stop_cleanly(daemon, signal.SIGINT)
+
+
+def test_game_loop_runs_with_no_arguments_on_port_8123():
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8123))
+        except OSError:
+            pytest.skip("port 8123 is in use on this machine")
+    proc = subprocess.Popen([sys.executable, "-m", "reactor_mgmt.examples.game_loop"], env=child_env(), cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                sock = socket.create_connection(("127.0.0.1", 8123), timeout=TIMEOUT)
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the game loop did not start"
+                time.sleep(0.05)
+        with sock:
+            sock.sendall(b"status\n")
+            assert read_lines(sock, 1)[0].startswith("frames:")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err.decode()
+    assert b"port 8123" in err
+
+
+# ---- asyncio_service ----
+
+
+def test_asyncio_service(launch):
+    daemon = launch("asyncio_service")
+    status = fields(nc(daemon, "status\n"))
+    assert status["workers"] == "2" and status["done"] == "0"
+    assert nc(daemon, "show jobs\n") == "no jobs\n"
+
+    # A deferred reply resolved by a coroutine, and the request behind it waits its turn.
+    assert nc(daemon, "submit backup --seconds 0.2\nwait 1\nshow jobs\n") == (
+        "job 1 queued\n"
+        "job 1 done\n"
+        "id  name    seconds  state  worker\n"
+        "1   backup  0.2      done   1\n")
+    assert nc(daemon, "wait 1\nwait 99\nsubmit x --seconds 5000\ncancel 99\n") == (
+        "job 1 done\nERR no job 99\nERR seconds must be between 0 and 3600\nERR no job 99\n")
+
+    # A job cancelled while queued is skipped by the worker that dequeues it.
+    assert nc(daemon, "submit a --seconds 0.2\nsubmit b --seconds 0.2\nsubmit c --seconds 0\ncancel 4\n"
+                      "wait 2\nwait 3\nsubmit d --seconds 0\nwait 5\n") == (
+        "job 2 queued\njob 3 queued\njob 4 queued\njob 4 cancelled\n"
+        "job 2 done\njob 3 done\njob 5 queued\njob 5 done\n")
+
+    # Two long jobs keep both workers busy; the third waits in the queue and can be cancelled.
+    assert nc(daemon, "submit long1 --seconds 60\nsubmit long2 --seconds 60\nsubmit queued --seconds 0\n") == (
+        "job 6 queued\njob 7 queued\njob 8 queued\n")
+    eventually(lambda: nc(daemon, "status\n"), lambda out: fields(out)["running"] == "2")
+    assert nc(daemon, "cancel 8\ncancel 8\nwait 8\ncancel 6\n") == (
+        "job 8 cancelled\n"
+        "ERR job 8 is cancelled; only queued jobs can be cancelled\n"
+        "ERR job 8 cancelled\n"
+        "ERR job 6 is running; only queued jobs can be cancelled\n")
+
+    # A client waits on the job of worker 2; shrinking the pool cancels it, and the waiting
+    # client hears so at once.
+    victim = next(row["id"] for row in table(nc(daemon, "show jobs\n")) if row["worker"] == "2" and row["state"] == "running")
+    assert victim in ("6", "7")
+    tool = require_tool("nc.openbsd", "nc")
+    waiter = subprocess.Popen([tool, "-N", daemon.host, str(daemon.port)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waiter.stdin.write(f"wait {victim}\n".encode())
+    waiter.stdin.close()
+    time.sleep(0.2)  # let it park behind the Pending
+    assert nc(daemon, "set workers 0\nset workers 1\n") == "ERR workers must be between 1 and 32\n1 workers\n"
+    assert waiter.wait(TIMEOUT) == 0
+    assert waiter.stdout.read() == f"ERR job {victim} cancelled\n".encode()
+    waiter.stdout.close()
+    waiter.stderr.close()
+
+    proc = cli(daemon, "submit", "from-cli", "--seconds", "0")
+    assert (proc.returncode, proc.stdout) == (0, "job 9 queued\n")
+    proc = cli(daemon, "wait", "99")
+    assert (proc.returncode, proc.stderr) == (1, "ERR no job 99\n")
+
+    pipelined_pings(daemon)
+    stop_cleanly(daemon)  # with a job still running: the worker is cancelled, exit is clean
+
+
+# ---- tk_app ----
+
+
+@pytest.fixture(scope="module")
+def display() -> Iterator[str]:
+    """A private X display from Xvfb (-displayfd picks a free number), or a skip with the reason."""
+    try:
+        import tkinter  # noqa: F401
+    except ImportError:
+        message = "this Python has no tkinter (install python3-tk)"
+        if IN_CI:
+            pytest.fail(message + "; CI must install it: see .ci/run")
+        pytest.skip(message)
+    xvfb = require_tool("Xvfb")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+                            pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    os.close(write_end)
+    number = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not number.endswith(b"\n") and time.monotonic() < deadline:
+        ready, _, _ = select.select([read_end], [], [], 0.1)
+        if ready:
+            chunk = os.read(read_end, 16)
+            if not chunk:
+                break
+            number += chunk
+    os.close(read_end)
+    if not number.strip().isdigit():
+        proc.kill()
+        _, err = proc.communicate(timeout=TIMEOUT)
+        message = f"Xvfb did not start: {err.decode(errors='replace')[-500:]}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield f":{number.decode().strip()}"
+    finally:
+        proc.terminate()
+        proc.wait(TIMEOUT)
+
+
+def test_tk_app(launch, display):
+    daemon = launch("tk_app", env={"DISPLAY": display})
+    assert nc(daemon, "click 3\nclick 0\nset text hello from nc\nset title\nset title My App\nstatus\n") == (
+        "3 clicks\n"
+        "ERR TIMES must be between 1 and 1000\n"
+        "OK\n"
+        "ERR usage: set title WORDS...\n"
+        "OK\n"
+        "title:  My App\n"
+        "text:   hello from nc\n"
+        "clicks: 3\n")
+    proc = cli(daemon, "click")
+    assert (proc.returncode, proc.stdout) == (0, "4 clicks\n")
+    pipelined_pings(daemon)
+
+    # `shutdown` closes the window from a handler: the reply still goes out, then a clean exit.
+    assert nc(daemon, "shutdown\n") == "closing the window\n"
+    assert daemon.proc.wait(TIMEOUT) == 0
+
+
+def test_tk_app_signals(launch, display):
+    stop_cleanly(launch("tk_app", env={"DISPLAY": display}), signal.SIGTERM)
+    daemon = launch("tk_app", env={"DISPLAY": display})
+    assert nc(daemon, "ping\n") == "pong\n"
+    stop_cleanly(daemon, signal.SIGINT)
+
+
+def test_tk_app_without_a_display_says_so(tmp_path):
+    pytest.importorskip("tkinter", reason="this Python has no tkinter")
+    env = child_env()
+    env.pop("DISPLAY", None)
+    env.pop("WAYLAND_DISPLAY", None)
+    proc = subprocess.run([sys.executable, "-m", "reactor_mgmt.examples.tk_app", "--port", "0"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("tk_app: cannot open a window:") and "Traceback" not in proc.stderr
+
+
+# ---- sleep_worker ----
+
+
+def test_sleep_worker(launch):
+    daemon = launch("sleep_worker", "--interval", "0.01")
+    assert nc(daemon, "show results\nenqueue\n") == "no results yet\nERR usage: enqueue ITEM...\n"
+    # `wait idle` is a Pending that the worker loop resolves once the queue is empty.
+    assert nc(daemon, "enqueue alpha beta gamma\nwait idle\n") == "3 queued, 3 waiting\nidle after 3 items\n"
+    rows = table(nc(daemon, "show results\n"))
+    assert [row["item"] for row in rows] == ["alpha", "beta", "gamma"]
+    assert rows[0]["sha256"] == hashlib.sha256(b"alpha").hexdigest()[:16]
+    assert [row["item"] for row in table(nc(daemon, "show results 1\n"))] == ["gamma"]
+
+    assert nc(daemon, "pause\nenqueue delta\nwait idle --timeout 0.2\n") == (
+        "paused\n1 queued, 1 waiting\nERR timeout\n")
+    assert fields(nc(daemon, "status\n"))["queued"] == "1"
+    assert nc(daemon, "resume\nwait idle\nwait idle\n") == "resumed\nidle after 4 items\nidle after 4 items\n"
+
+    big = "enqueue " + " ".join(["x"] * 5000) + "\n"
+    out = nc(daemon, "pause\n" + big + big + big + "resume\n")
+    assert out == "paused\n5000 queued, 5000 waiting\n5000 queued, 10000 waiting\nERR the queue is full (10000 items)\nresumed\n"
+
+    assert nc(daemon, "set interval 0\nset interval 0.001\n") == (
+        "ERR interval must be between 0.001 and 10 seconds\ninterval 0.001 s\n")
+    proc = cli(daemon, "status")
+    assert proc.returncode == 0, proc.stderr
+    assert fields(proc.stdout)["interval_s"] == "0.001"
+    pipelined_pings(daemon, 200)
+    stop_cleanly(daemon)
+
+
+# ---- node_port ----
+
+
+def test_node_port(launch):
+    daemon = launch("node_port")
+    status = nc(daemon, "status\n").splitlines()
+    assert [line.split(":")[0] for line in status] == ["uptime", "settings", "connections"]
+    assert status[1:] == ["settings: 0", "connections: 1"]
+
+    assert nc(daemon, "set colour deep blue\nget colour\nset size 3\nget\nget nope\nset lonely\nfrobnicate\n") == (
+        "OK\n"
+        "deep blue\n"
+        "OK\n"
+        "colour=deep blue\nsize=3\nEND\n"
+        "ERR no such key: nope\n"
+        "ERR usage: set KEY VALUE...\n"
+        "ERR unknown command: frobnicate (try 'help')\n")
+    # Built-ins still answer before on_command sees anything.
+    assert nc(daemon, "ping\n") == "pong\n"
+
+    # A throwing on_command: the client gets ERR, on_error logs, and everyone carries on.
+    assert nc(daemon, "incr hits\nincr hits 5\nincr hits many\nget hits\n") == (
+        "1\n6\nERR internal error (ValueError)\n6\n")
+
+    proc = cli(daemon, "get", "colour")
+    assert (proc.returncode, proc.stdout) == (0, "deep blue\n")
+    proc = cli(daemon, "get", "nope")
+    assert (proc.returncode, proc.stderr) == (1, "ERR no such key: nope\n")
+    proc = cli(daemon, "set", "mode", "fast")
+    assert (proc.returncode, proc.stdout) == (0, "OK\n")
+
+    pipelined_pings(daemon)
+    err = stop_cleanly(daemon, tracebacks=True)  # the server logs the ValueError's traceback
+    assert "node_port: mgmt error: ValueError" in err
+    assert err.count("Traceback") == 1
+    assert not os.path.exists(daemon.address_file)  # removed on the way out
