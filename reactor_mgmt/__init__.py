@@ -34,6 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "ClientTimeout",
+    "ConnectionFailed",
     "Command",
     "CommandError",
     "ConfigError",
@@ -73,8 +75,8 @@ def start(
 
 def __getattr__(name: str) -> Any:
     # The client is imported on first use, so hosts that only serve never load it.
-    if name == "Client":
-        from ._client import Client
+    if name in ("Client", "ClientTimeout", "ConnectionFailed"):
+        from . import _client
 
-        return Client
+        return getattr(_client, name)
     raise AttributeError(f"module 'reactor_mgmt' has no attribute {name!r}")

@@ -157,6 +157,59 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_env(extra: Optional[dict] = None) -> dict:
+    """Environment for a child process that runs this checkout's reactor_mgmt."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("REACTOR_MGMT_TOKEN", None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class ServerThread:
+    """One background thread polling several servers, for blocking clients (the Python Client,
+    the CLI in a subprocess) that cannot drive poll() themselves. Register commands first; the
+    handlers then run on this thread. stop() joins it and closes the servers."""
+
+    def __init__(self, *servers: reactor_mgmt.Server) -> None:
+        import selectors
+        import threading
+
+        self.servers = list(servers)
+        self._stopping = False
+        self._selector = selectors.DefaultSelector()
+        for srv in self.servers:
+            self._selector.register(srv.fileno(), selectors.EVENT_READ)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._started = threading.Event()
+        self._thread.start()
+        self._started.wait(TIMEOUT)
+
+    def _run(self) -> None:
+        import threading
+
+        for srv in self.servers:  # Pending.resolve() on this thread must not go via the waker
+            srv.owner_thread = threading.get_ident()
+        self._started.set()
+        while not self._stopping:
+            if not sum(srv.poll(0) for srv in self.servers):
+                self._selector.select(0.01)  # timers do not show on fileno(): keep it short
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._thread.join(TIMEOUT)
+        self._selector.close()
+        for srv in self.servers:
+            srv.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
 class Daemon:
     """A subprocess (the demo or an example) that announces its address in a file."""
 
@@ -195,6 +248,19 @@ def demo(tmp_path) -> Iterator[Daemon]:
     """The demo daemon on an ephemeral port, in its own process."""
     address_file = str(tmp_path / "demo.addr")
     daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file], address_file)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_demo(tmp_path_factory) -> Iterator[Daemon]:
+    """One demo per test module, ticking once a second so its sample jobs stay queued for the
+    whole module (at the default 50 Hz they are done within seconds)."""
+    address_file = str(tmp_path_factory.mktemp("slow_demo") / "demo.addr")
+    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--rate", "1", "--address-file", address_file],
+                    address_file)
     try:
         yield daemon
     finally:

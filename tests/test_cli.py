@@ -1,0 +1,267 @@
+# The reactor-mgmt command line, run as a real process (`python -m reactor_mgmt ...`) against
+# the demo daemon or against servers that a ServerThread polls inside the test process.
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Iterator, List
+
+import pytest
+
+import reactor_mgmt
+from reactor_mgmt import Pending
+from reactor_mgmt._cli import Completer, main, parse_help
+from reactor_mgmt._errors import CommandError
+
+from conftest import ROOT, Daemon, ServerThread, child_env, free_port
+
+
+def run_cli(*args: str, stdin: str = "", env: "dict | None" = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "reactor_mgmt", *args], input=stdin, capture_output=True,
+                          text=True, env=child_env(env), cwd=ROOT, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+# ---- one endpoint, against the demo ----
+
+
+def test_success_prints_the_reply_as_text_and_exits_0(slow_demo):
+    proc = run_cli("-c", slow_demo.address, "status")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("uptime_s:") and any(line.startswith("ticks:") for line in lines)
+    # aligned exactly as the server aligns its text replies
+    assert len({line.index(":") + len(line[line.index(":") + 1:]) - len(line[line.index(":") + 1:].lstrip())
+                for line in lines}) == 1
+    assert proc.stderr == ""
+
+    table = run_cli("-c", slow_demo.address, "show", "jobs")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split() == ["id", "name", "priority", "progress"]
+
+
+def test_err_reply_exits_1(slow_demo):
+    proc = run_cli("-c", slow_demo.address, "job", "cancel", "99")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == "ERR no job 99\n"
+    assert run_cli("-c", slow_demo.address, "nosuch").stderr.startswith("ERR unknown command 'nosuch'")
+
+
+def test_unreachable_exits_2_with_one_line_and_no_traceback():
+    port = free_port()
+    proc = run_cli("-c", f"127.0.0.1:{port}", "status")
+    assert proc.returncode == 2
+    assert proc.stderr == f"127.0.0.1:{port}: cannot connect: Connection refused\n"
+    proc = run_cli("--address-file", "/nonexistent/addr", "status")
+    assert proc.returncode == 2
+    assert_one_line_error(proc)
+    assert "cannot read address file" in proc.stderr
+
+
+def test_words_are_bound_like_a_text_line_options_and_quotes_included(slow_demo):
+    added = run_cli("-c", slow_demo.address, "--json", "job", "add", "big job", "high")
+    assert added.returncode == 0, added.stderr
+    job = json.loads(added.stdout)
+    assert job["name"] == "big job" and job["priority"] == "high"
+    assert run_cli("-c", slow_demo.address, "echo", "two  spaces", "x").stdout == "two  spaces x\n"
+    forced = run_cli("-c", slow_demo.address, "job", "cancel", str(job["id"]), "--force")
+    assert (forced.returncode, forced.stdout) == (0, f"cancelled job {job['id']}\n")
+    bad = run_cli("-c", slow_demo.address, "job", "cancel", "1", "--frobnicate")
+    assert bad.returncode == 1 and "unknown option --frobnicate" in bad.stderr
+
+
+def test_json_prints_the_raw_result(slow_demo):
+    proc = run_cli("-c", slow_demo.address, "--json", "status")
+    assert proc.returncode == 0
+    status = json.loads(proc.stdout)
+    assert isinstance(status["ticks"], int) and status["paused"] is False
+    jobs = json.loads(run_cli("-c", slow_demo.address, "--json", "show", "jobs").stdout)
+    assert [job["name"] for job in jobs][:3] == ["backup", "reindex", "thumbnails"]
+    assert run_cli("-c", slow_demo.address, "--json", "ping").stdout == '"pong"\n'
+
+
+def test_streams_print_every_item(slow_demo):
+    proc = run_cli("-c", slow_demo.address, "count", "5", "--prefix", "row")
+    assert proc.stdout == "".join(f"row {i}\n" for i in range(1, 6))
+    proc = run_cli("-c", slow_demo.address, "--json", "count", "3")
+    assert [json.loads(line) for line in proc.stdout.splitlines()] == ["line 1", "line 2", "line 3"]
+
+
+def test_address_file(slow_demo):
+    proc = run_cli("--address-file", slow_demo.address_file, "ping")
+    assert (proc.returncode, proc.stdout) == (0, "pong\n")
+
+
+def test_token(tmp_path):
+    address_file = str(tmp_path / "demo.addr")
+    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file,
+                     "--token", "s3cret"], address_file)
+    try:
+        assert run_cli("-c", daemon.address, "--token", "s3cret", "ping").returncode == 0
+        proc = run_cli("-c", daemon.address, "--json", "status", env={"REACTOR_MGMT_TOKEN": "s3cret"})
+        assert proc.returncode == 0 and "ticks" in json.loads(proc.stdout)
+        wrong = run_cli("-c", daemon.address, "--token", "nope", "status")
+        assert (wrong.returncode, wrong.stderr) == (1, "ERR authentication failed\n")
+        missing = run_cli("-c", daemon.address, "status")
+        assert missing.returncode == 1 and "authentication required" in missing.stderr
+    finally:
+        daemon.stop()
+
+
+def test_commands_from_a_pipe_run_one_by_one(slow_demo):
+    script = "# a comment\nping\n\necho 'a  b'\njob cancel 99\necho 'unclosed\ncount 2\n"
+    proc = run_cli("-c", slow_demo.address, stdin=script)
+    assert proc.returncode == 1
+    assert proc.stdout == "pong\na  b\nline 1\nline 2\n"
+    assert "ERR no job 99" in proc.stderr and "cannot parse request" in proc.stderr
+
+
+# ---- fan-out, against servers polled in this process ----
+
+
+@pytest.fixture
+def fleet() -> Iterator[List[reactor_mgmt.Server]]:
+    """48 servers that answer `whoami`, one whose `whoami` never answers, in one thread."""
+    servers = []
+    for index in range(49):
+        srv = reactor_mgmt.Server("127.0.0.1", 0)
+        if index == 48:
+            srv.add_command("whoami", lambda: Pending(timeout=0))
+        else:
+            srv.add_command("whoami", lambda index=index: {"name": f"node{index}", "up": True})
+        srv.add_command("fail", lambda index=index: (_ for _ in ()).throw(CommandError("nope"))
+                        if index == 0 else "fine")
+        servers.append(srv)
+    thread = ServerThread(*servers)
+    try:
+        yield servers
+    finally:
+        thread.stop()
+
+
+def test_fan_out_to_50_with_one_dead_and_one_slow(fleet):
+    dead = free_port()
+    addresses = [f"127.0.0.1:{srv.port}" for srv in fleet] + [f"127.0.0.1:{dead}"]
+    args = [word for address in addresses for word in ("-c", address)]
+    proc = run_cli(*args, "--timeout", "1", "whoami")
+    assert proc.returncode == 2
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 48 * 2
+    for index, srv in enumerate(fleet[:48]):
+        assert f"127.0.0.1:{srv.port}: name: node{index}" in lines
+        assert f"127.0.0.1:{srv.port}: up:   True" in lines
+    errors = proc.stderr.splitlines()
+    assert f"127.0.0.1:{dead}: cannot connect: Connection refused" in errors
+    assert f"127.0.0.1:{fleet[48].port}: timed out: no reply within 1 s" in errors
+    assert errors[-1] == "48 ok, 0 errors, 2 unreachable"
+    assert "Traceback" not in proc.stderr
+
+
+def test_fan_out_err_exits_1_and_json_names_the_endpoint(fleet, tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# three of the fleet\n" + "".join(f"127.0.0.1:{srv.port}  # n{i}\n\n"
+                                                         for i, srv in enumerate(fleet[:3])))
+    proc = run_cli("--hosts-file", str(hosts), "fail")
+    assert proc.returncode == 1
+    first = f"127.0.0.1:{fleet[0].port}"
+    assert proc.stderr.splitlines() == [f"{first}: ERR nope", "2 ok, 1 error, 0 unreachable"]
+    assert sorted(proc.stdout.splitlines()) == sorted(f"127.0.0.1:{srv.port}: fine" for srv in fleet[1:3])
+
+    proc = run_cli("--json", "--hosts-file", str(hosts), "-c", first, "whoami")  # duplicates count once
+    assert proc.returncode == 0
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(reply["endpoint"] for reply in replies) == sorted(f"127.0.0.1:{s.port}" for s in fleet[:3])
+    assert {reply["result"]["name"] for reply in replies} == {"node0", "node1", "node2"}
+    assert proc.stderr == "3 ok, 0 errors, 0 unreachable\n"
+
+
+def test_ctrl_c_ends_a_one_shot_stream_quietly(slow_demo):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "reactor_mgmt", "-c", slow_demo.address, "count", "100000000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
+    try:
+        assert proc.stdout.readline() == b"line 1\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert b"Traceback" not in err
+
+
+# ---- in process: the pieces behind the shell ----
+
+
+def test_main_in_process(slow_demo, capsys):
+    assert main(["-c", slow_demo.address, "count", "2"]) == 0
+    assert capsys.readouterr().out == "line 1\nline 2\n"
+
+
+def test_unix_socket_endpoint(tmp_path, capsys):
+    path = str(tmp_path / "mgmt.sock")
+    srv = reactor_mgmt.Server(None, None, unix=path)
+    with ServerThread(srv):
+        assert main(["-c", path, "level"]) == 0
+    assert capsys.readouterr().out == "admin\n"
+
+
+def test_text_a_handler_writes_itself_is_printed_without_an_ok(capsys):
+    srv = reactor_mgmt.Server("127.0.0.1", 0)
+
+    @srv.command
+    def chatty(conn: reactor_mgmt.Connection):
+        conn.write("first\nsecond")
+        return reactor_mgmt.NO_REPLY
+
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        assert main(["-c", address, "chatty"]) == 0
+        assert capsys.readouterr().out == "first\nsecond\n"
+        assert main(["-c", address, "--json", "chatty"]) == 0
+        assert capsys.readouterr().out == '"first"\n"second"\n'
+        assert main(["-c", address, "-c", f"[::1]:{free_port()}", "--json", "chatty"]) == 2
+        captured = capsys.readouterr()
+        assert [json.loads(line) for line in captured.out.splitlines()] == [
+            {"endpoint": address, "text": "first"}, {"endpoint": address, "text": "second"}]
+        assert captured.err.endswith("1 ok, 0 errors, 1 unreachable\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--hosts-file", "{tmp}/comments"], "hosts file {tmp}/comments lists no endpoints"),
+    (["--hosts-file", "{tmp}/missing"], "cannot read hosts file {tmp}/missing: No such file or directory"),
+    (["--address-file", "{tmp}/empty"], "address file {tmp}/empty is empty (is the server running?)"),
+    (["-c", "127.0.0.1:99999"], "bad port 99999 in address 127.0.0.1:99999"),
+])
+def test_bad_endpoint_options_exit_2(tmp_path, capsys, args, message):
+    (tmp_path / "comments").write_text("# nothing here\n\n")
+    (tmp_path / "empty").write_text("\n")
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    assert main(args + ["ping"]) == 2
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", f"reactor-mgmt: {message.format(tmp=tmp_path)}\n")
+
+
+def test_parse_help_and_completion(slow_demo):
+    with reactor_mgmt.Client(slow_demo.address) as client:
+        listing = client.call("help")
+    commands = parse_help(listing)
+    names = [" ".join(words) for words, _ in commands]
+    assert {"show jobs", "show job", "job cancel", "count", "help", "ping"} <= set(names)
+    assert dict((" ".join(w), o) for w, o in commands)["job cancel"] == ["--force"]
+    completer = Completer(commands)
+    assert completer.candidates([], "sh") == ["show "]
+    assert completer.candidates(["show"], "j") == ["job ", "jobs "]
+    assert completer.candidates(["show"], "jobs") == ["jobs "]
+    assert completer.candidates(["help"], "st") == ["stats ", "status "]
+    assert completer.candidates(["job", "cancel", "3"], "--f") == ["--force "]
+    assert completer.candidates(["count"], "--") == ["--prefix "]
+    assert completer.candidates(["nosuch"], "") == []

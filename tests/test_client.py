@@ -1,0 +1,447 @@
+# The Python Client and the pieces the CLI shares with it (addresses, reply framing, FanOut),
+# against real servers that a ServerThread polls while the blocking client waits.
+from __future__ import annotations
+
+import socket
+import time
+from typing import Iterator, List
+
+import pytest
+
+import reactor_mgmt
+from reactor_mgmt import Connection, Pending, RemoteError
+from reactor_mgmt._client import (
+    ERROR,
+    OK,
+    UNREACHABLE,
+    ClientTimeout,
+    ConnectionFailed,
+    Endpoint,
+    FanOut,
+    LineReader,
+    ReplyTooLong,
+    parse_message,
+)
+from reactor_mgmt._errors import CommandError, ReactorMgmtError
+
+from conftest import ServerThread, free_port
+
+
+def _add_commands(srv: reactor_mgmt.Server) -> None:
+    @srv.command
+    def kick(name: str, *, force: bool = False, reason: str = "none") -> dict:
+        "Kicks someone."
+        return {"name": name, "force": force, "reason": reason}
+
+    @srv.command
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @srv.command
+    def count(n: int = 3):
+        return (f"line {i}" for i in range(1, n + 1))
+
+    @srv.command
+    def fail():
+        raise CommandError("it failed")
+
+    @srv.command
+    def crash():
+        raise RuntimeError("boom")
+
+    @srv.command(level="admin")
+    def secret():
+        return "hidden"
+
+    @srv.command
+    def never():
+        return Pending(timeout=0)
+
+    @srv.command
+    def chatty(conn: Connection):
+        conn.write("first")
+        conn.write("second")
+        return reactor_mgmt.NO_REPLY
+
+
+@pytest.fixture
+def served() -> Iterator[reactor_mgmt.Server]:
+    srv = reactor_mgmt.Server("127.0.0.1", 0)
+    _add_commands(srv)
+    with ServerThread(srv):
+        yield srv
+
+
+def test_call_returns_json_results(served):
+    with reactor_mgmt.Client(("127.0.0.1", served.port)) as client:
+        assert client.call("ping") == "pong"
+        assert client.call("add", 2, 3) == 5
+        assert client.call("kick", "bob", force=True) == {"name": "bob", "force": True, "reason": "none"}
+        assert client.call("kick", name="amy", reason="spam")["reason"] == "spam"
+        assert isinstance(client.call("stats"), dict)
+        assert client.connected
+        assert "connected" in repr(client)
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (("nosuch",), "unknown_command", "unknown command 'nosuch'"),
+    (("add", "x", 1), "usage", "usage: add A B"),
+    (("fail",), "error", "it failed"),
+    (("crash",), "internal", "RuntimeError"),
+    (("secret",), "denied", "needs admin"),
+])
+def test_error_replies_raise_remote_error_with_the_code(served, args, code, fragment):
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}") as client:
+        with pytest.raises(RemoteError) as info:
+            client.call(*args)
+        assert info.value.code == code
+        assert fragment in info.value.message
+        assert client.call("ping") == "pong"  # an error reply leaves the connection usable
+
+
+def test_stream_yields_items_as_they_arrive(served):
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}") as client:
+        assert list(client.stream("count", 4)) == ["line 1", "line 2", "line 3", "line 4"]
+        assert client.call("count", 2) == ["line 1", "line 2"]  # call() collects a stream
+        assert list(client.stream("ping")) == ["pong"]  # a plain command streams its result
+
+
+def test_leaving_a_stream_early_drops_the_connection_and_the_next_call_reconnects(served):
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}") as client:
+        stream = client.stream("count", 10_000_000)
+        assert next(stream) == "line 1"
+        with pytest.raises(ReactorMgmtError, match="one request at a time"):
+            client.call("ping")
+        stream.close()
+        assert not client.connected
+        assert client.call("ping") == "pong"
+        assert client.connected
+
+
+def test_text_written_by_a_handler_is_returned(served):
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}") as client:
+        assert client.call("chatty") == "first\nsecond"
+        assert list(client.stream("chatty")) == ["first", "second"]
+
+
+def test_timeout_raises_a_clear_exception_and_the_client_recovers(served):
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}", timeout=0.3) as client:
+        started = time.monotonic()
+        with pytest.raises(ClientTimeout, match=r"no reply from 127\.0\.0\.1:\d+ within 0\.3 s"):
+            client.call("never")
+        assert time.monotonic() - started < 5
+        assert not client.connected
+        assert client.call("ping") == "pong"
+    with pytest.raises(TimeoutError):  # catchable as the builtin too
+        with reactor_mgmt.Client(f"127.0.0.1:{served.port}", timeout=0.2) as client:
+            client.call("never")
+
+
+def test_context_manager_closes_the_client(served):
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}") as client:
+        assert client.call("ping") == "pong"
+    assert not client.connected
+    assert "closed" in repr(client)
+    with pytest.raises(ConnectionFailed, match="closed"):
+        client.call("ping")
+
+
+def test_cannot_connect_is_a_connection_error():
+    port = free_port()
+    with pytest.raises(ConnectionFailed, match=rf"cannot connect to 127\.0\.0\.1:{port}: Connection refused"):
+        reactor_mgmt.Client(f"127.0.0.1:{port}")
+    with pytest.raises(ConnectionError):
+        reactor_mgmt.Client(("127.0.0.1", port))
+    with pytest.raises(ConnectionFailed, match="cannot connect to no.such.host.invalid:1"):
+        reactor_mgmt.Client("no.such.host.invalid:1")
+
+
+def test_token_authenticates_every_connection():
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token="s3cret")
+    _add_commands(srv)
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        with reactor_mgmt.Client(address, token="s3cret") as client:
+            assert client.call("add", 1, 1) == 2
+            assert len(list(client.stream("count", 100))) == 100
+            stream = client.stream("count", 1_000_000)
+            next(stream)
+            stream.close()  # drops the connection; the next call re-authenticates
+            assert client.call("add", 2, 2) == 4
+        with pytest.raises(RemoteError) as info:
+            reactor_mgmt.Client(address, token="wrong")
+        assert info.value.code == "denied"
+        with reactor_mgmt.Client(address) as client:
+            assert client.call("ping") == "pong"  # pre-auth commands still work
+            with pytest.raises(RemoteError, match="authentication required"):
+                client.call("add", 1, 1)
+
+
+def test_unix_socket_and_ipv6_addresses(tmp_path):
+    path = str(tmp_path / "mgmt.sock")
+    srv = reactor_mgmt.Server(None, None, unix=path)
+    servers = [srv]
+    try:
+        v6 = reactor_mgmt.Server("::1", 0)
+        servers.append(v6)
+    except OSError:
+        v6 = None
+    with ServerThread(*servers):
+        with reactor_mgmt.Client(path) as client:
+            assert client.call("level") == "admin"  # Unix listeners default to admin
+        if v6 is not None:
+            with reactor_mgmt.Client(f"[::1]:{v6.port}") as client:
+                assert client.address == f"[::1]:{v6.port}"
+                assert client.call("ping") == "pong"
+
+
+def test_a_refused_connection_reports_the_servers_reason():
+    srv = reactor_mgmt.Server("127.0.0.1", 0, max_connections=1)
+    with ServerThread(srv):
+        with reactor_mgmt.Client(f"127.0.0.1:{srv.port}") as first:
+            assert first.call("ping") == "pong"
+            second = reactor_mgmt.Client(f"127.0.0.1:{srv.port}")
+            with pytest.raises(ConnectionFailed, match="too many connections"):
+                second.call("ping")
+            second.close()
+
+
+# ---- addresses and framing ----
+
+
+@pytest.mark.parametrize("text, label, host, port, path", [
+    ("127.0.0.1:8123", "127.0.0.1:8123", "127.0.0.1", 8123, None),
+    ("localhost:1", "localhost:1", "localhost", 1, None),
+    ("[::1]:9000", "[::1]:9000", "::1", 9000, None),
+    (("::1", 9000), "[::1]:9000", "::1", 9000, None),
+    (("10.0.0.1", "80"), "10.0.0.1:80", "10.0.0.1", 80, None),
+    ("/run/app/mgmt.sock", "/run/app/mgmt.sock", None, 0, "/run/app/mgmt.sock"),
+    ("./a:1", "./a:1", None, 0, "./a:1"),
+    ("mgmt.sock", "mgmt.sock", None, 0, "mgmt.sock"),
+])
+def test_endpoint_parsing(text, label, host, port, path):
+    endpoint = Endpoint(text)
+    assert (endpoint.label, endpoint.host, endpoint.port, endpoint.path) == (label, host, port, path)
+    assert Endpoint(endpoint) == endpoint and hash(Endpoint(endpoint)) == hash(endpoint)
+    assert label in repr(endpoint)
+
+
+@pytest.mark.parametrize("bad", ["host:0", "host:70000", ("h", 0), ""])
+def test_bad_endpoints_are_rejected(bad):
+    with pytest.raises(ValueError):
+        Endpoint(bad)
+
+
+def test_line_reader_splits_and_caps():
+    reader = LineReader(max_line=10)
+    reader.feed(b"ab")
+    assert reader.next_line() is None
+    reader.feed(b"c\nd\xffe\n12")
+    assert [reader.next_line(), reader.next_line(), reader.next_line()] == ["abc", "d\ufffde", None]
+    with pytest.raises(ReplyTooLong):
+        reader.feed(b"x" * 20)
+
+
+def test_parse_message_tells_replies_from_text():
+    assert parse_message('{"id": 1, "ok": true, "result": 3}') == {"id": 1, "ok": True, "result": 3}
+    assert parse_message('{"id": 1, "item": "x"}') == {"id": 1, "item": "x"}
+    for text in ('{"ok": true}', '{"id": 1}', "{not json", "[1]", "plain text", '{"id": 1, "ok"'):
+        assert parse_message(text) is None
+
+
+# ---- the fan-out engine, in process ----
+
+
+def _run(endpoints, request, **options) -> "tuple[List[str], list]":
+    events: list = []
+    outcomes = FanOut(endpoints, request, on_event=lambda e, kind, value: events.append((e.label, kind, value)),
+                      **options).run()
+    return outcomes, events
+
+
+def test_fan_out_reports_each_endpoint(tmp_path):
+    good = reactor_mgmt.Server("127.0.0.1", 0)
+    erring = reactor_mgmt.Server("127.0.0.1", 0)
+    _add_commands(good)
+
+    @erring.command
+    def count(n: int = 3):
+        raise CommandError("no counting here")
+
+    dead = f"127.0.0.1:{free_port()}"
+    missing = str(tmp_path / "nobody.sock")
+    with ServerThread(good, erring):
+        endpoints = [f"127.0.0.1:{good.port}", f"127.0.0.1:{erring.port}", dead, missing]
+        outcomes, events = _run(endpoints, {"argv": ["count", "2"]}, timeout=5)
+    assert outcomes == [OK, ERROR, UNREACHABLE, UNREACHABLE]
+    mine = [(kind, value) for label, kind, value in events if label == endpoints[0]]
+    assert mine == [("item", "line 1"), ("item", "line 2"), ("end", 2)]
+    (_, kind, error), = [event for event in events if event[0] == endpoints[1]]
+    assert kind == "error" and error.code == "error" and error.message == "no counting here"
+    assert (dead, "failed", "cannot connect: Connection refused") in events
+    assert (missing, "failed", "cannot connect: No such file or directory") in events
+    too_long = "/tmp/" + "x" * 200
+    assert _run([too_long], {"argv": ["ping"]})[1] == [(too_long, "failed", "cannot connect: AF_UNIX path too long")]
+    with pytest.raises(ConnectionFailed, match="AF_UNIX path too long"):
+        reactor_mgmt.Client(too_long)
+
+
+def test_fan_out_waits_its_turn_when_parallelism_is_capped():
+    servers = [reactor_mgmt.Server("127.0.0.1", 0) for _ in range(5)]
+    with ServerThread(*servers):
+        batches: List[int] = []
+        endpoints = [f"127.0.0.1:{srv.port}" for srv in servers]
+        outcomes, events = _run(endpoints, {"argv": ["ping"]}, max_parallel=2,
+                                after_batch=lambda: batches.append(1))
+    assert outcomes == [OK] * 5
+    assert sorted(label for label, kind, value in events if value == "pong") == sorted(endpoints)
+    assert batches
+
+
+def test_fan_out_timeout_and_auth():
+    slow = reactor_mgmt.Server("127.0.0.1", 0, token="t")
+    _add_commands(slow)
+    with ServerThread(slow):
+        address = f"127.0.0.1:{slow.port}"
+        outcomes, events = _run([address], {"argv": ["never"]}, token="t", timeout=0.3)
+        assert outcomes == [UNREACHABLE]
+        assert events == [(address, "failed", "timed out: no reply within 0.3 s")]
+        outcomes, events = _run([address], {"argv": ["add", "1", "2"]}, token="wrong")
+        assert outcomes == [ERROR] and events[0][2].code == "denied"
+        outcomes, events = _run([address], {"argv": ["add", "1", "2"]}, token="t")
+        assert outcomes == [OK] and events == [(address, "result", 3)]
+
+
+def test_fan_out_resolve_failure():
+    outcomes, events = _run(["no.such.host.invalid:1"], {"argv": ["ping"]})
+    assert outcomes == [UNREACHABLE]
+    assert events[0][2].startswith("cannot connect: ")
+
+
+def test_fan_out_passes_handler_text_through(served):
+    address = f"127.0.0.1:{served.port}"
+    outcomes, events = _run([address], {"argv": ["chatty"]})
+    assert outcomes == [OK]
+    assert events == [(address, "text", "first"), (address, "text", "second"), (address, "result", None)]
+
+
+# ---- servers that misbehave at the socket level ----
+
+
+@pytest.fixture
+def stuck_address() -> Iterator[str]:
+    """A listener whose backlog is full: new connections hang in the handshake."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    filler = socket.create_connection(listener.getsockname(), timeout=5)
+    try:
+        yield "127.0.0.1:%d" % listener.getsockname()[1]
+    finally:
+        filler.close()
+        listener.close()
+
+
+@pytest.fixture
+def hangup_address() -> Iterator[str]:
+    """A listener that accepts, reads a little and hangs up without a word."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)
+    stopping = []
+
+    def serve() -> None:
+        while not stopping:
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(5)
+            try:
+                conn.recv(100)
+            finally:
+                conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield "127.0.0.1:%d" % listener.getsockname()[1]
+    finally:
+        stopping.append(True)
+        thread.join(5)
+        listener.close()
+
+
+def test_connect_timeout(stuck_address):
+    started = time.monotonic()
+    with pytest.raises(ClientTimeout, match=f"cannot connect to {stuck_address}: no answer within 0.2 s"):
+        reactor_mgmt.Client(stuck_address, timeout=0.2)
+    outcomes, events = _run([stuck_address], {"argv": ["ping"]}, timeout=0.2)
+    assert outcomes == [UNREACHABLE]
+    assert events == [(stuck_address, "failed", "cannot connect: no answer within 0.2 s")]
+    assert time.monotonic() - started < 5
+
+
+def test_a_server_that_hangs_up(hangup_address):
+    client = reactor_mgmt.Client(hangup_address)
+    with pytest.raises(ConnectionFailed, match="closed the connection before replying"):
+        client.call("ping")
+    client.close()
+    outcomes, events = _run([hangup_address], {"argv": ["ping"]})
+    assert outcomes == [UNREACHABLE]
+    assert events == [(hangup_address, "failed", "the server closed the connection before replying")]
+
+
+def test_fan_out_reports_a_refusing_server():
+    srv = reactor_mgmt.Server("127.0.0.1", 0, max_connections=0)
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        outcomes, events = _run([address], {"argv": ["ping"]})
+    assert outcomes == [UNREACHABLE]
+    assert events[-1] == (address, "failed", "the server closed the connection: too many connections")
+
+
+def test_remote_error_tolerates_a_malformed_error():
+    from reactor_mgmt._client import remote_error
+
+    error = remote_error({"id": 1, "ok": False, "error": "oops"})
+    assert (error.code, error.message) == ("error", "")
+    error = remote_error({"id": 1, "ok": False, "error": {"code": "usage", "message": "m"}})
+    assert (error.code, error.message, str(error)) == ("usage", "m", "usage: m")
+
+
+def test_every_address_of_a_name_is_tried_in_turn(served, monkeypatch):
+    # What `localhost` resolving to ::1 and then 127.0.0.1 looks like, with ::1 refusing.
+    dead = ("127.0.0.1", free_port())
+    live = ("127.0.0.1", served.port)
+    monkeypatch.setattr(Endpoint, "resolve", lambda self: [(socket.AF_INET, dead), (socket.AF_INET, live)])
+    with reactor_mgmt.Client("somehost:1") as client:
+        assert client.call("ping") == "pong"
+    assert _run(["somehost:1"], {"argv": ["ping"]}) == ([OK], [("somehost:1", "result", "pong")])
+    monkeypatch.setattr(Endpoint, "resolve", lambda self: [(socket.AF_INET, dead)] * 2)
+    assert _run(["somehost:1"], {"argv": ["ping"]}) == (
+        [UNREACHABLE], [("somehost:1", "failed", "cannot connect: Connection refused")])
+
+
+# ---- the server's {"argv": [...]} request form, which the CLI sends ----
+
+
+def test_argv_requests_bind_like_a_text_line(server, client):
+    import json
+
+    _add_commands(server)
+    replies = client.request('{"argv": ["kick", "big bob", "--force", "--reason=spam"], "id": 7}')
+    assert json.loads(replies[0]) == {"id": 7, "ok": True,
+                                      "result": {"name": "big bob", "force": True, "reason": "spam"}}
+    reply = json.loads(client.request('{"argv": ["kick", "x", "--frob"], "id": 8}')[0])
+    assert reply["error"]["code"] == "usage" and "unknown option --frob" in reply["error"]["message"]
+    for bad in ('[]', '"kick"', '[1]'):
+        reply = json.loads(client.request('{"argv": %s, "id": 9}' % bad)[0])
+        assert reply == {"id": 9, "ok": False, "error": {"code": "bad_request",
+                                                         "message": "'argv' must be a non-empty list of strings"}}
+    client.send('{"argv": ["count", "2"], "id": 10}\n')
+    assert [json.loads(line) for line in client.lines(3)] == [
+        {"id": 10, "item": "line 1"}, {"id": 10, "item": "line 2"}, {"id": 10, "ok": True, "result": None, "items": 2}]
