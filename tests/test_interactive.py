@@ -17,7 +17,7 @@ def spawn(home: str, *args: str, env: "dict | None" = None):
     # TERM=dumb keeps readline from sending escape sequences (bracketed paste) into the output.
     env = child_env({"HOME": str(home), "TERM": "dumb", "INPUTRC": os.devnull, **(env or {})})
     child = pexpect.spawn(sys.executable, ["-m", "reactor_mgmt", *args], env=env, cwd=ROOT,
-                          encoding="utf-8", timeout=TIMEOUT, dimensions=(40, 200))
+                          encoding="utf-8", timeout=3 * TIMEOUT, dimensions=(40, 200))
     return child
 
 
