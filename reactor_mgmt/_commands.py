@@ -425,7 +425,7 @@ class Signature:
 class Command:
     """One registered command. ``name`` may have several words (``show stats``)."""
 
-    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth")
+    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth", "gate")
 
     def __init__(
         self,
@@ -447,6 +447,9 @@ class Command:
         self.rank = level_rank(level)
         self.hidden = hidden
         self.pre_auth = pre_auth
+        # The lowest connection "clearance" that may run it: a connection's level once it has
+        # authenticated, -1 before. One comparison then covers both checks on the fast path.
+        self.gate = -1 if pre_auth else self.rank
         doc = help if help is not None else inspect.getdoc(fn)
         self.doc = (doc or "").strip()
         self.summary = self.doc.splitlines()[0] if self.doc else ""
@@ -524,7 +527,7 @@ class Registry:
         # quotes, and a command whose handler takes the words as they are. Monitoring scripts
         # repeat the same few lines, so a small cache skips the split, resolve and bind steps.
         # It is cleared whenever the command set changes, and when full.
-        self.line_cache: Dict[str, Tuple[Command, Tuple[str, ...]]] = {}
+        self.line_cache: Dict[str, Tuple[Command, Callable[[], Any]]] = {}
 
     def add(self, name: str, fn: Callable[..., Any], **options: Any) -> Command:
         self.line_cache.clear()

@@ -193,7 +193,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--max-output", type=int, default=16 << 20, help="output bytes before a client is dropped")
     parser.add_argument("--low-water", type=int, help="output bytes below which a paused client resumes "
                         "(default: a quarter of --high-water)")
-    parser.add_argument("--max-commands-per-tick", type=int, default=64, help="per connection per poll (default 64)")
+    parser.add_argument("--max-commands-per-tick", type=int, default=256, help="per connection per poll (default 256)")
     parser.add_argument("--pending-timeout", type=float, default=30.0,
                         help="seconds a deferred reply may take; 0 turns it off (default 30)")
     parser.add_argument("--token", help="require 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)")
