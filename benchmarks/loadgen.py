@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import resource
+import select
 import selectors
 import socket
 import statistics
@@ -61,6 +63,38 @@ def set_kernel_timeouts(sock, seconds):
     tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def pin_same_cpu(server_pid):
+    """Pin this process and every thread of the server to one CPU; returns
+    the previous affinities.  Used for the sequential rtt loops: otherwise
+    each round trip pays two cross-CPU wake-ups whose cost (large and
+    bimodal on small VMs) depends on where the scheduler happened to put
+    the two processes, not on the server."""
+    if not server_pid or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = max(os.sched_getaffinity(0))
+    saved = [(0, os.sched_getaffinity(0))]
+    try:
+        tids = [int(t) for t in os.listdir("/proc/%d/task" % server_pid)]
+    except OSError:
+        tids = [server_pid]
+    for tid in tids:
+        try:
+            saved.append((tid, os.sched_getaffinity(tid)))
+            os.sched_setaffinity(tid, {cpu})
+        except OSError:
+            pass
+    os.sched_setaffinity(0, {cpu})
+    return saved
+
+
+def unpin(saved):
+    for tid, cpus in saved or ():
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass
 
 
 def connect(port, timeout=10.0):
@@ -147,9 +181,26 @@ def wl_check(port, args):
 
 # ------------------------------------------------------------ pipelined --
 
-def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline"):
+def line_end(buf, nlines):
+    """Offset just past the nlines-th LF of buf."""
+    pos = -1
+    for _ in range(nlines):
+        pos = buf.index(b"\n", pos + 1)
+    return pos + 1
+
+
+def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds=0.0,
+              window=50000):
     """Send `payload` in `chunk`-byte writes while reading replies on the same
-    single-threaded selector loop; compare the reply stream to `expected`."""
+    single-threaded selector loop; compare the reply stream to `expected`.
+
+    At most `window` requests are outstanding (sent, not yet answered): far
+    more than any server reads at once, but it keeps the kernel buffers from
+    holding seconds of work, so that with max_seconds sending can stop at the
+    next line end once that much time has passed (slow servers) and the run
+    ends soon after; only the replies to the requests sent are then expected.
+    Returns (seconds, requests sent)."""
+    nreq = payload.count(b"\n")
     s = connect(port)
     s.setblocking(False)
     sel = selectors.DefaultSelector()
@@ -159,7 +210,9 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline"):
     total_in = len(expected)
     rbuf = bytearray(1 << 20)
     sent = got = 0
+    sent_lines = got_lines = 0
     writing = True
+    blocked = False  # writing paused by the window
     try:
         t0 = time.perf_counter()
         last = t0
@@ -174,16 +227,26 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline"):
             mask = events[0][1]
             if mask & WRITE and writing:
                 try:
-                    n = s.send(pmv[sent:sent + chunk])
+                    n = s.send(pmv[sent:min(sent + chunk, total_out)])
                 except (BlockingIOError, InterruptedError):
                     n = 0
                 except OSError as e:
                     raise Failed("%s: send failed after %d bytes: %s" % (what, sent, e))
-                sent += n
                 if n:
+                    sent_lines += payload.count(b"\n", sent, sent + n)
                     last = now
+                sent += n
+                if max_seconds and now - t0 > max_seconds and total_out == len(payload) \
+                        and sent < total_out:
+                    # cap: finish the current line, expect replies to the lines sent
+                    total_out = payload.index(b"\n", sent - 1) + 1 if sent else 0
+                    nreq = payload.count(b"\n", 0, total_out)
+                    total_in = line_end(expected, nreq)
                 if sent >= total_out:
                     writing = False
+                    sel.modify(s, READ)
+                elif sent_lines - got_lines > window:
+                    blocked = True
                     sel.modify(s, READ)
             if mask & READ:
                 try:
@@ -200,7 +263,11 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline"):
                 if rbuf[:n] != expected[got:got + n]:
                     raise Failed(describe_mismatch(rbuf[:n], expected[got:got + n], got))
                 got += n
+                got_lines += rbuf.count(b"\n", 0, n)
                 last = now
+                if blocked and sent_lines - got_lines <= window // 2:
+                    blocked = False
+                    sel.modify(s, READ | WRITE)
         t1 = time.perf_counter()
         s.setblocking(True)
         s.settimeout(5.0)
@@ -208,27 +275,29 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline"):
     finally:
         sel.close()
         s.close()
-    return t1 - t0
+    return t1 - t0, nreq
 
 
 def wl_pipeline(port, args):
     n = args.n
-    secs = pipelined(port, b"ping\n" * n, b"pong\n" * n, what="pipeline")
-    return {"requests": n, "seconds": secs, "rps": n / secs}
+    secs, done = pipelined(port, b"ping\n" * n, b"pong\n" * n, what="pipeline",
+                           max_seconds=args.max_seconds)
+    return {"requests": done, "capped": done < n, "seconds": secs, "rps": done / secs}
 
 
 def wl_echo(port, args):
     n = args.n
     payload = b"".join(b"echo %d x%d\n" % (i, i) for i in range(n))
     expected = b"".join(b"%d x%d\n" % (i, i) for i in range(n))
-    secs = pipelined(port, payload, expected, what="echo")
-    return {"requests": n, "seconds": secs, "rps": n / secs}
+    secs, done = pipelined(port, payload, expected, what="echo", max_seconds=args.max_seconds)
+    return {"requests": done, "capped": done < n, "seconds": secs, "rps": done / secs}
 
 
 # ------------------------------------------------------------------ rtt --
 
-def rtt_loop(sock, n, warmup=200):
-    """n sequential ping round trips on a blocking socket; latencies in ns."""
+def rtt_loop(sock, n, warmup=200, max_seconds=0.0):
+    """n sequential ping round trips on a blocking socket; latencies in ns.
+    With max_seconds, stops early (slow servers) and reports what it did."""
     req = b"ping\n"
     exp = b"pong\n"
     buf = bytearray(64)
@@ -238,8 +307,11 @@ def rtt_loop(sock, n, warmup=200):
     send = sock.send
     recv_into = sock.recv_into
     clock = time.perf_counter_ns
+    stop_ns = clock() + int(max_seconds * 1e9) if max_seconds else 0
     for i in range(warmup + n):
         t0 = clock()
+        if stop_ns and t0 > stop_ns and len(lat) >= 100:
+            break
         if send(req) != 5:
             raise Failed("rtt: short send")
         got = 0
@@ -258,7 +330,8 @@ def rtt_loop(sock, n, warmup=200):
             append(t1 - t0)
     lat.sort()
     return {
-        "requests": n,
+        "requests": len(lat),
+        "capped": len(lat) < n,
         "p50_us": pct(lat, 50) / 1000.0,
         "p99_us": pct(lat, 99) / 1000.0,
         "mean_us": statistics.fmean(lat) / 1000.0 if hasattr(statistics, "fmean")
@@ -266,12 +339,12 @@ def rtt_loop(sock, n, warmup=200):
     }
 
 
-def rtt_on_new_connection(port, n):
+def rtt_on_new_connection(port, n, max_seconds=0.0):
     s = connect(port)
     s.settimeout(None)
     set_kernel_timeouts(s, 10.0)
     try:
-        res = rtt_loop(s, n)
+        res = rtt_loop(s, n, max_seconds=max_seconds)
         assert_no_extra(s, "rtt")
     finally:
         s.close()
@@ -279,7 +352,13 @@ def rtt_on_new_connection(port, n):
 
 
 def wl_rtt(port, args):
-    return rtt_on_new_connection(port, args.n)
+    saved = pin_same_cpu(args.server_pid)
+    try:
+        res = rtt_on_new_connection(port, args.n, args.max_seconds)
+    finally:
+        unpin(saved)
+    res["pinned"] = saved is not None
+    return res
 
 
 # ------------------------------------------------------ many connections --
@@ -349,69 +428,123 @@ def open_verified(port, count, inflight=100, timeout=120.0):
     return done
 
 
-def wl_fanin(port, args):
-    nconn, rounds = args.conns, args.rounds
-    conns = open_verified(port, nconn)
-    sel = selectors.DefaultSelector()
+class Poller(object):
+    """epoll where available (lean per-event cost), else poll()."""
+
+    def __init__(self, n):
+        if hasattr(select, "epoll"):
+            self.p = select.epoll(max(n, 1))
+            self.IN = select.EPOLLIN
+            self.scale = 1.0
+        else:
+            self.p = select.poll()
+            self.IN = select.POLLIN
+            self.scale = 1000.0
+
+    def register(self, fd):
+        self.p.register(fd, self.IN)
+
+    def unregister(self, fd):
+        self.p.unregister(fd)
+
+    def poll(self, timeout):
+        return self.p.poll(timeout * self.scale)
+
+    def close(self):
+        if hasattr(self.p, "close"):
+            self.p.close()
+
+
+def fanin_phase(conns, rounds):
+    """Every connection sends one ping, then another after each reply, until
+    `rounds` replies each.  Returns (seconds, sorted latencies in ns)."""
+    nconn = len(conns)
+    poller = Poller(nconn)
+    fd2i = {}
+    recvs = [s.recv for s in conns]
+    sends = [s.send for s in conns]
     remaining = [rounds] * nconn
     partial = [b""] * nconn
     t_sent = [0] * nconn
     lat = []
+    add = lat.append
     clock = time.perf_counter_ns
+    PING = b"ping\n"
+    PONG = b"pong\n"
     try:
         for i, s in enumerate(conns):
-            sel.register(s, READ, i)
+            fd2i[s.fileno()] = i
+            poller.register(s.fileno())
         t0 = time.perf_counter()
-        for i, s in enumerate(conns):
+        for i in range(nconn):
             t_sent[i] = clock()
-            s.send(b"ping\n")
+            sends[i](PING)
         active = nconn
         last = time.monotonic()
         while active:
-            events = sel.select(1.0)
+            events = poller.poll(1.0)
+            now = clock()
             if not events:
                 if time.monotonic() - last > STALL:
                     raise Failed("fanin: stalled with %d connections waiting" % active)
                 continue
             last = time.monotonic()
-            for key, _mask in events:
-                i = key.data
-                s = key.fileobj
+            for fd, _ev in events:
+                i = fd2i[fd]
                 try:
-                    data = s.recv(64)
+                    data = recvs[i](64)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as e:
                     raise Failed("fanin: connection %d: %s" % (i, e))
-                now = clock()
-                if not data:
-                    raise Failed("fanin: server closed connection %d" % i)
-                buf = partial[i] + data
-                if len(buf) < 5:
-                    if not b"pong\n".startswith(buf):
-                        raise Failed("fanin: connection %d got %r" % (i, buf))
-                    partial[i] = buf
-                    continue
-                if buf != b"pong\n":
-                    raise Failed("fanin: connection %d got %r, expected b'pong\\n'" % (i, buf))
-                partial[i] = b""
-                lat.append(now - t_sent[i])
+                if data != PONG:
+                    if not data:
+                        raise Failed("fanin: server closed connection %d" % i)
+                    data = partial[i] + data
+                    if len(data) < 5 and PONG.startswith(data):
+                        partial[i] = data
+                        continue
+                    if data != PONG:
+                        raise Failed("fanin: connection %d got %r, expected b'pong\\n'" % (i, data))
+                    partial[i] = b""
+                add(now - t_sent[i])
                 remaining[i] -= 1
                 if remaining[i]:
                     t_sent[i] = clock()
-                    s.send(b"ping\n")
+                    sends[i](PING)
                 else:
-                    sel.unregister(s)
+                    poller.unregister(fd)
                     active -= 1
         t1 = time.perf_counter()
     finally:
-        sel.close()
+        poller.close()
+    lat.sort()
+    return t1 - t0, lat
+
+
+def wl_fanin(port, args):
+    """args.repeat phases on the same connections; the median phase by
+    req/s is reported (p50/p99 are the medians over phases)."""
+    conns = open_verified(port, args.conns)
+    phases = []
+    try:
+        t_end = time.monotonic() + args.max_seconds if args.max_seconds else None
+        for _ in range(max(1, args.repeat)):
+            if phases and t_end is not None and time.monotonic() > t_end:
+                break  # slow server: fewer phases
+            secs, lat = fanin_phase(conns, args.rounds)
+            phases.append((len(lat) / secs, pct(lat, 50) / 1000.0, pct(lat, 99) / 1000.0, secs))
+        for s in conns[:3]:
+            assert_no_extra(s, "fanin", wait=0)
+    finally:
         for s in conns:
             s.close()
-    lat.sort()
-    total = nconn * rounds
-    return {"requests": total, "seconds": t1 - t0, "rps": total / (t1 - t0),
-            "p50_us": pct(lat, 50) / 1000.0, "p99_us": pct(lat, 99) / 1000.0}
+    return {"requests": args.conns * args.rounds, "phases": len(phases),
+            "want_phases": max(1, args.repeat),
+            "rps": statistics.median(p[0] for p in phases),
+            "p50_us": statistics.median(p[1] for p in phases),
+            "p99_us": statistics.median(p[2] for p in phases),
+            "phase_rps": [round(p[0]) for p in phases]}
 
 
 # ----------------------------------------------------------------- idle --
@@ -458,7 +591,11 @@ def wl_idle(port, args):
         res = {"conns": args.conns, "rss_before_kib": before, "rss_after_kib": after,
                "bytes_per_conn": (after - before) * 1024.0 / args.conns,
                "open_seconds": t_open}
-        rtt = rtt_on_new_connection(port, args.n)
+        saved = pin_same_cpu(pid)
+        try:
+            rtt = rtt_on_new_connection(port, args.n, args.max_seconds)
+        finally:
+            unpin(saved)
         res.update({"rtt_" + k: v for k, v in rtt.items()})
         # the idle connections must still be alive and served afterwards
         for i in (0, len(conns) // 2, len(conns) - 1):
@@ -561,8 +698,12 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=10000, help="requests / round trips")
     p.add_argument("--conns", type=int, default=1000, help="connections (fanin, idle)")
     p.add_argument("--rounds", type=int, default=20, help="round trips per connection (fanin)")
+    p.add_argument("--repeat", type=int, default=3, help="fan-in phases, median reported")
     p.add_argument("--server-pid", type=int, default=0, help="server pid (idle: VmRSS)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds (flood)")
+    p.add_argument("--max-seconds", type=float, default=0.0,
+                   help="cap for slow servers (0: none): pipeline/echo stop sending, rtt/idle "
+                        "stop the round trips, fanin starts no new phase after this long")
     args = p.parse_args(argv)
     raise_nofile()
     try:

@@ -5,13 +5,17 @@
 # the usage string) runs once, at registration, and is stored in a compiled Signature. A call
 # then only walks that compiled form; commands with no parameters, or only `*args: str`, take a
 # fast path that does not build any intermediate structures, because `ping`-like commands are
-# what a monitoring script sends thousands of times.
+# what a monitoring script sends thousands of times. `inspect` is imported inside the functions
+# that use it: it costs several ms of import time and is only needed at registration.
 from __future__ import annotations
 
 import enum
-import inspect
 import typing
+from typing import TYPE_CHECKING
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    import inspect
 
 from ._errors import CommandError, ConfigError, PermissionDenied, UnknownCommand, UsageError
 
@@ -200,6 +204,8 @@ class Param:
     __slots__ = ("name", "metavar", "convert", "default", "required", "flag", "choices", "type_name")
 
     def __init__(self, parameter: inspect.Parameter, annotation: Any) -> None:
+        import inspect
+
         self.name = parameter.name
         self.metavar = parameter.name.upper()
         self.default = parameter.default
@@ -210,6 +216,8 @@ class Param:
         self.convert, self.type_name = self._converter_for(annotation)
 
     def _converter_for(self, annotation: Any) -> Tuple[Callable[[Any], Any], str]:
+        import inspect
+
         if annotation is inspect.Parameter.empty or annotation is str or annotation is Any:
             return str, "text"
         if annotation is bool:
@@ -253,6 +261,8 @@ class Param:
 
 
 def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
+    import inspect
+
     try:
         return typing.get_type_hints(fn)
     except Exception:
@@ -295,6 +305,8 @@ class Signature:
     __slots__ = ("positional", "var_positional", "options", "inject", "inject_at", "usage_args", "mode")
 
     def __init__(self, fn: Callable[..., Any], connection_type: type) -> None:
+        import inspect
+
         hints = _type_hints(fn)
         self.positional: List[Param] = []
         self.var_positional: Optional[Param] = None
@@ -450,6 +462,8 @@ class Command:
         # The lowest connection "clearance" that may run it: a connection's level once it has
         # authenticated, -1 before. One comparison then covers both checks on the fast path.
         self.gate = -1 if pre_auth else self.rank
+        import inspect
+
         doc = help if help is not None else inspect.getdoc(fn)
         self.doc = (doc or "").strip()
         self.summary = self.doc.splitlines()[0] if self.doc else ""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import heapq
-import inspect
 import logging
 import os
 import selectors
@@ -249,6 +248,8 @@ class Server:
 
         A method can set its own options with the ``@command_options`` decorator.
         """
+        import inspect  # lazily: registration only, and it is slow to import
+
         added = []
         for attribute in sorted(dir(obj)):
             if attribute.startswith("_"):
@@ -575,6 +576,8 @@ class Server:
             self._execute(conn, queue.popleft())
         if conn.closed:
             return ran
+        if queue is not None and not queue:
+            conn.queue = None  # an empty deque still holds a 600-byte block: idle clients pay nothing
         if conn.eof and not queue and conn.waiting is None:
             conn.closing = True
         if conn.out_size >= high_water:
@@ -604,7 +607,6 @@ class Server:
         decoder = conn.decoder
         if decoder is None:
             decoder = conn.decoder = RequestDecoder(self.max_line)
-            conn.queue = deque()
         if data:
             self.stats.bytes_in += len(data)
             items = decoder.feed(data)
@@ -619,7 +621,10 @@ class Server:
                 if "" in items:
                     items = [item for item in items if item != ""]
         if items:
-            conn.queue.extend(items)
+            if conn.queue is None:
+                conn.queue = deque(items)
+            else:
+                conn.queue.extend(items)
         self._schedule(conn)
 
     def _execute(self, conn: Connection, item: Any) -> None:

@@ -36,19 +36,3 @@ def announce(port):
     sys.stdout.write("%d\n" % port)
     sys.stdout.flush()
 
-
-def respond(line):
-    """Reply for one request line (bytes, without the LF; CR tolerated).
-
-    ping -> pong, echo a b -> a b (arguments joined by single spaces).
-    Empty lines get no reply.
-    """
-    words = line.split()
-    if not words:
-        return b""
-    cmd = words[0]
-    if cmd == b"ping":
-        return b"pong\n"
-    if cmd == b"echo":
-        return b" ".join(words[1:]) + b"\n"
-    return b"error unknown command\n"

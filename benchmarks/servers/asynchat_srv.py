@@ -49,6 +49,14 @@ class Listener(asyncore.dispatcher):
         self.bind((HOST, port))
         self.listen(BACKLOG)
 
+    def handle_accept(self):
+        # accept a batch per readiness event (asyncore's default takes one)
+        for _ in range(64):
+            pair = self.accept()
+            if pair is None:
+                break
+            self.handle_accepted(*pair)
+
     def handle_accepted(self, sock, addr):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         Handler(sock, self.conn_map)
