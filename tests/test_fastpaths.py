@@ -129,3 +129,28 @@ def test_generic_selectors_path_matches_the_epoll_path(monkeypatch):
         finally:
             server.close()
     assert transcripts[0] == transcripts[1] == ["pong", "hello world", "ERR unknown command 'nope' (try 'help')"]
+
+
+# ---- the batch decoder's no-strip path against the plain definition ----
+
+from hypothesis import given, settings, strategies as st
+
+from reactor_mgmt._protocol import RequestDecoder, _needs_strip
+
+_line_text = st.text(alphabet=st.sampled_from(list("ab {\"'\t\r\x0b\x0c\x1c\x1f\xa0\u2003é")), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_line_text, max_size=20))
+def test_batch_decode_equals_strip_per_line(lines):
+    encoded = [line.replace("\r", "").encode() for line in lines]
+    data = b"".join(line + b"\n" for line in encoded)
+    expected = [line.decode().strip() for line in encoded]
+    expected = [line for line in expected if line]
+    assert RequestDecoder().feed(data) == expected
+
+
+def test_needs_strip_spots_whitespace_at_any_line_end():
+    assert not _needs_strip(b"ping\necho a b\nstatus")
+    for text in (b" ping", b"ping ", b"a\n b", b"a \nb", b"a\tb", b"a\x0bb", b"caf\xc3\xa9", b"a\x1fb"):
+        assert _needs_strip(text), text
