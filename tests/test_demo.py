@@ -1,0 +1,67 @@
+# The demo as a user meets it: its worker really finishes jobs, and `log tail` and a streaming
+# command work from a plain nc session (issue 3's "works from nc").
+from __future__ import annotations
+
+import selectors
+import subprocess
+import time
+
+from conftest import TIMEOUT, require_tool
+
+
+def _nc(demo):
+    nc = require_tool("nc.openbsd")
+    return subprocess.Popen([nc, demo.host, str(demo.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def _read_until(proc, predicate, timeout=TIMEOUT) -> str:
+    """Reads nc's stdout until predicate(text) holds; the deadline keeps the test finite."""
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    text = b""
+    deadline = time.monotonic() + timeout
+    while not predicate(text.decode(errors="replace")):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out; nc printed: {text[-2000:]!r}"
+        if selector.select(remaining):
+            chunk = proc.stdout.read1(65536)
+            assert chunk, f"nc ended early; it printed: {text[-2000:]!r}"
+            text += chunk
+    selector.close()
+    return text.decode()
+
+
+def test_log_tail_from_nc_shows_jobs_finishing_and_a_line_stops_it(demo):
+    control = _nc(demo)
+    tail = _nc(demo)
+    try:
+        control.stdin.write(b"set rate 1000\n")
+        control.stdin.flush()
+        assert _read_until(control, lambda t: "\n" in t) == "rate 1000 Hz\n"
+        tail.stdin.write(b"log tail\n")
+        tail.stdin.flush()
+        # At 1000 Hz a job needs about a second; its completion is logged at INFO.
+        text = _read_until(tail, lambda t: " finished\n" in t)
+        assert " INFO reactor_mgmt.demo: job 1 (backup) finished" in text
+        tail.stdin.write(b"\nping\n")  # Enter stops the subscription; ping then runs
+        tail.stdin.flush()
+        assert _read_until(tail, lambda t: t.endswith("pong\n")).endswith("pong\n")
+        control.stdin.write(b"status\n")
+        control.stdin.flush()
+        status = _read_until(control, lambda t: "paused:" in t)
+        jobs_done = int(status.split("jobs_done:")[1].split()[0])
+        assert jobs_done >= 1
+    finally:
+        for proc in (control, tail):
+            proc.stdin.close()
+            proc.terminate()
+            proc.wait(timeout=TIMEOUT)
+
+
+def test_a_streaming_command_from_nc_sends_every_line(demo):
+    nc = require_tool("nc.openbsd")
+    out = subprocess.run([nc, "-N", demo.host, str(demo.port)], input=b"count 20000\nping\n",
+                         capture_output=True, timeout=TIMEOUT)
+    lines = out.stdout.decode().splitlines()
+    assert lines == [f"line {i}" for i in range(1, 20001)] + ["pong"]
