@@ -590,10 +590,30 @@ def main():
     text = render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, notes)
     print(text)
     if not args.no_write:
+        text += kept_sections(args.output)
         with open(args.output, "w") as f:
             f.write(text)
         log("wrote %s (%.0f s)" % (os.path.relpath(args.output), elapsed))
     return 0
+
+
+# Sections of RESULTS.md that other tools or people write: soak.py's figures and the profile
+# notes on targets not met. A rerun of this suite replaces everything else and keeps these.
+KEPT_SECTIONS = ("## Soak", "## Where the time goes")
+
+
+def kept_sections(path):
+    try:
+        with open(path) as f:
+            old = f.read()
+    except OSError:
+        return ""
+    kept = []
+    for chunk in ("\n" + old).split("\n## ")[1:]:
+        section = "## " + chunk
+        if section.startswith(KEPT_SECTIONS):
+            kept.append(section.rstrip("\n") + "\n")
+    return "".join("\n" + section for section in kept)
 
 
 if __name__ == "__main__":

@@ -201,7 +201,7 @@ def _choice_name(choice: Any) -> str:
 
 
 class Param:
-    __slots__ = ("name", "metavar", "convert", "default", "required", "flag", "choices", "type_name")
+    __slots__ = ("name", "metavar", "convert", "default", "required", "flag", "choices", "type_name", "nullable")
 
     def __init__(self, parameter: inspect.Parameter, annotation: Any) -> None:
         import inspect
@@ -211,7 +211,10 @@ class Param:
         self.default = parameter.default
         self.required = parameter.default is inspect.Parameter.empty
         self.choices: Optional[List[str]] = None
-        annotation = _unwrap_optional(annotation)
+        unwrapped = _unwrap_optional(annotation)
+        # JSON can send null; only an Optional parameter, or one defaulting to None, takes it.
+        self.nullable = unwrapped is not annotation or parameter.default is None
+        annotation = unwrapped
         self.flag = annotation is bool
         self.convert, self.type_name = self._converter_for(annotation)
 
@@ -244,8 +247,12 @@ class Param:
     def convert_value(self, value: Any) -> Any:
         """Converts one argument, from text or (in a JSON request) from a JSON value."""
         if not isinstance(value, str):
+            if value is None:
+                if self.nullable:
+                    return None
+                raise _BadValue(f"bad value for {self.metavar}: null is not allowed")
             if self.convert is str:
-                return value if value is None else str(value)
+                return str(value)
             if self.convert is _to_bool and isinstance(value, bool):
                 return value
             if self.convert is _to_int and isinstance(value, int) and not isinstance(value, bool):

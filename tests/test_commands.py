@@ -814,3 +814,17 @@ def test_demo_status_through_nc_and_jq(demo):
     status = json.loads(out.stdout)
     assert set(status) >= {"uptime_s", "ticks", "connections", "jobs_queued"}
     assert status["connections"] == 1
+
+
+def test_json_null_only_reaches_parameters_that_accept_none(server):
+    @server.command
+    def greet(name: str, title: Optional[str] = None, *rest: str) -> str:
+        return f"{title or ''}{name}{'+' if rest else ''}"
+
+    client = RawClient(server)
+    assert json.loads(client.request('{"cmd":"greet","args":["bob",null],"id":1}')[0])["result"] == "bob"
+    for args in ('[null]', '["bob", "Dr ", null]'):
+        reply = json.loads(client.request('{"cmd":"greet","args":%s,"id":2}' % args)[0])
+        assert reply["error"]["code"] == "usage"
+        assert "null is not allowed" in reply["error"]["message"]
+    client.close()
