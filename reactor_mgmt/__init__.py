@@ -15,7 +15,9 @@
 """
 from __future__ import annotations
 
-from typing import Any, Callable, List, Mapping, Optional
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, List, Mapping, Optional
 
 from ._commands import LEVELS, NO_REPLY, Command, Pending, Stream, Wait
 from ._connection import Connection

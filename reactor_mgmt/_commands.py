@@ -10,9 +10,11 @@
 from __future__ import annotations
 
 import enum
-import typing
-from typing import TYPE_CHECKING
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 if TYPE_CHECKING:
     import inspect
@@ -220,8 +222,9 @@ class Param:
 
     def _converter_for(self, annotation: Any) -> Tuple[Callable[[Any], Any], str]:
         import inspect
+        import typing
 
-        if annotation is inspect.Parameter.empty or annotation is str or annotation is Any:
+        if annotation is inspect.Parameter.empty or annotation is str or annotation is typing.Any:
             return str, "text"
         if annotation is bool:
             return _to_bool, "boolean"
@@ -269,6 +272,7 @@ class Param:
 
 def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
     import inspect
+    import typing
 
     try:
         return typing.get_type_hints(fn)
@@ -291,6 +295,8 @@ def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
 
 
 def _unwrap_optional(annotation: Any) -> Any:
+    import typing
+
     if typing.get_origin(annotation) is typing.Union:
         members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         if len(members) == 1:
@@ -322,7 +328,9 @@ class Signature:
         self.inject_at: Optional[int] = None  # where it goes among positional arguments, if there
         for parameter in inspect.signature(fn).parameters.values():
             annotation = hints.get(parameter.name, parameter.annotation)
-            if annotation is connection_type or annotation == connection_type.__name__:
+            # _unwrap_optional: Python 3.9's get_type_hints turns `conn: Connection = None`
+            # into Optional[Connection].
+            if _unwrap_optional(annotation) is connection_type or annotation == connection_type.__name__:
                 self.inject = parameter.name
                 if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
                     # def f(conn: Connection, name: str): passing conn by keyword would collide

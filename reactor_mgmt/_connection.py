@@ -5,7 +5,9 @@
 # small public surface a handler may touch (write, close, level, peer).
 from __future__ import annotations
 
-from typing import Any, Optional
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 class Connection:

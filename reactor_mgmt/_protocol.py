@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import re
-from typing import List, Union
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import List, Union
 
 IAC = 0xFF
 _IAC_BYTE = b"\xff"
@@ -253,7 +255,8 @@ class EndSession(ProtocolEvent):
 END_SESSION = EndSession()
 BAD_ENCODING = BadEncoding()
 
-Item = Union[str, ProtocolEvent]
+if TYPE_CHECKING:
+    Item = Union[str, ProtocolEvent]
 
 
 class RequestDecoder:

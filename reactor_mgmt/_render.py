@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import enum
-import logging
-from typing import Any, Iterable, List, Mapping, Optional
+from collections.abc import Mapping
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Iterable, List, Optional
 
-log = logging.getLogger("reactor_mgmt")
+from ._log import log
 
 
 def render_text(value: Any) -> str:

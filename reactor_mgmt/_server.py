@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import heapq
-import logging
 import os
 import selectors
 import socket
@@ -25,7 +24,9 @@ import threading
 import time
 from collections import deque
 from functools import partial
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 from ._commands import LEVELS, NO_REPLY, Command, Pending, Registry, Stream, Wait, is_stream, level_rank
 from ._connection import Connection
@@ -40,9 +41,9 @@ from ._protocol import (
     looks_like_http,
     split_words,
 )
+from ._log import log
 from ._render import json_line, render_text, to_jsonable
 
-log = logging.getLogger("reactor_mgmt")
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -114,7 +115,8 @@ class Stats:
             self.duration_index = (self.duration_index + 1) % _POLL_WINDOW
 
 
-Address = Union[str, Tuple[str, int]]
+if TYPE_CHECKING:
+    Address = Union[str, Tuple[str, int]]
 
 
 class Server:
