@@ -90,7 +90,7 @@ class Stats:
     """Counters for the `stats` command; plain attributes so the hot path is cheap."""
 
     __slots__ = ("started", "connections_total", "commands", "errors", "bytes_in", "bytes_out",
-                 "polls", "busy_polls", "durations", "duration_index", "refused", "http_closed")
+                 "busy_polls", "durations", "duration_index", "refused", "http_closed")
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -99,7 +99,6 @@ class Stats:
         self.errors = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self.polls = 0
         self.busy_polls = 0
         self.durations: List[float] = []
         self.duration_index = 0
@@ -171,7 +170,7 @@ class Server:
         self.on_error: Optional[Callable[[BaseException], Any]] = None
         self._selector = selectors.DefaultSelector()
         self._owners: Dict[int, Any] = {}  # fd -> Connection, Listener or None (the waker)
-        self._select = self._make_select()
+        self._select, self._wait_now, self._to_events = self._make_select()
         self._listeners: List[Listener] = []
         self._connections: Dict[int, Connection] = {}
         self._ready: Deque[Connection] = deque()
@@ -428,24 +427,36 @@ class Server:
         ``None`` waits until there is some. ``budget`` caps the seconds spent running commands
         in this call; whatever is left resumes on the next call.
         """
-        start = _monotonic()
-        if self._ready or self._calls:
-            timeout = 0
-        elif self._timers and timeout != 0:
-            wait = max(0.0, self._timers[0][0] - start)
-            timeout = wait if timeout is None else min(timeout, wait)
-        try:
-            events = self._select(timeout)
-        except (ValueError, OSError):
-            if self._closed:  # a handler closed the server; the host's loop may poll once more
+        if timeout == 0 or self._ready or self._calls:
+            # The idle tick, which a host pays on every loop iteration: one non-blocking kernel
+            # call, and a clock read only when a timer is armed.
+            try:
+                ready = self._wait_now(0)
+            except (ValueError, OSError):
+                if self._closed:  # a handler closed the server; the host's loop may poll once more
+                    return 0
+                raise
+            if not ready and not self._ready and not self._calls and not (
+                    self._timers and self._timers[0][0] <= _monotonic()):
                 return 0
-            raise
-        stats = self.stats
-        stats.polls += 1
-        if not events and not self._ready and not self._calls and not (
-                # after a blocking select() a timer may have come due while we slept
-                self._timers and self._timers[0][0] <= (start if timeout == 0 else _monotonic())):
-            return 0
+            start = _monotonic()
+            events = self._to_events(ready) if ready else ready
+            timeout = 0
+        else:
+            start = _monotonic()
+            if self._timers:
+                wait = max(0.0, self._timers[0][0] - start)
+                timeout = wait if timeout is None else min(timeout, wait)
+            try:
+                events = self._select(timeout)
+            except (ValueError, OSError):
+                if self._closed:
+                    return 0
+                raise
+            if not events and not self._ready and not self._calls and not (
+                    # a timer may have come due while we slept
+                    self._timers and self._timers[0][0] <= _monotonic()):
+                return 0
         handled = len(events)
         now = _monotonic()
         for owner, mask in events:
@@ -469,16 +480,18 @@ class Server:
         if self._timers and self._timers[0][0] <= now:
             handled += self._run_timers(now)
         handled += self._run_ready(None if budget is None else start + budget)
-        stats.record_poll(_monotonic() - start)
+        self.stats.record_poll(_monotonic() - start)
         return handled
 
-    def _make_select(self) -> Callable[[Optional[float]], List[Tuple[Any, int]]]:
-        """Returns select(timeout) -> [(owner, mask)].
+    def _make_select(self) -> Tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+        """Returns (select(timeout) -> [(owner, mask)], wait_now(0) -> raw, to_events(raw)).
 
         selectors.EpollSelector.select() spends more time wrapping results in SelectorKeys than
         epoll_wait() itself takes, and an idle poll(0) is nothing but that call. So on epoll we
         let the selector do registration (its public API) and call the kernel poller it wraps
         directly, mapping fds to owners with our own dict. Elsewhere the selector is used as is.
+        wait_now(0) is the raw non-blocking call poll()'s idle path makes, and to_events maps
+        what it returns.
         """
         selector = self._selector
         raw = getattr(selector, "_selector", None)
@@ -490,25 +503,29 @@ class Server:
             epoll_wait = raw.poll
             not_in, not_out = ~select.EPOLLIN, ~select.EPOLLOUT
 
+            def to_events(ready: List[Tuple[int, int]]) -> List[Tuple[Any, int]]:
+                # HUP and ERR count as both readable and writable, as in selectors: recv/send
+                # then report the actual error.
+                return [(owners[fd], (_WRITE if event & not_in else 0) | (_READ if event & not_out else 0))
+                        for fd, event in ready]
+
             def select_epoll(timeout: Optional[float]) -> List[Tuple[Any, int]]:
                 if timeout is None:
                     timeout = -1
                 elif timeout > 0:  # epoll counts whole ms: round up, or we wake early and spin
                     timeout = math.ceil(timeout * 1e3) * 1e-3
                 ready = epoll_wait(timeout)
-                if not ready:
-                    return ready
-                # HUP and ERR count as both readable and writable, as in selectors: recv/send
-                # then report the actual error.
-                return [(owners[fd], (_WRITE if event & not_in else 0) | (_READ if event & not_out else 0))
-                        for fd, event in ready]
+                return to_events(ready) if ready else ready
 
-            return select_epoll
+            return select_epoll, epoll_wait, to_events
+
+        def to_generic(ready: List[Tuple[Any, int]]) -> List[Tuple[Any, int]]:
+            return [(key.data, mask) for key, mask in ready]
 
         def select_generic(timeout: Optional[float]) -> List[Tuple[Any, int]]:
-            return [(key.data, mask) for key, mask in selector.select(timeout)]
+            return to_generic(selector.select(timeout))
 
-        return select_generic
+        return select_generic, selector.select, to_generic
 
     def _register(self, sock: socket.socket, mask: int, owner: Any) -> None:
         self._selector.register(sock, mask, owner)
