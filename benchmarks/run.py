@@ -465,11 +465,15 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
             if f.get("ok"):
                 rows.append((i, f["polls"], "%.0f" % f["p50_us"], "%.0f" % f["p99_us"],
                              "%.0f" % f["max_us"], f["over_1_5ms"], f["over_3ms"],
+                             "%.0f" % f["cpu_p99_us"], "%.0f" % f["cpu_max_us"],
                              fmt_int(f["client_rps"])))
             else:
-                rows.append((i, "FAILED: " + f.get("error", "?"), "", "", "", "", "", ""))
+                rows.append((i, "FAILED: " + f.get("error", "?"), "", "", "", "", "", "", "", ""))
         parts.append(md_table(["run", "polls", "p50 us", "p99 us", "max us", "> 1.5 ms",
-                               "> 3 ms", "served req/s"], rows) + "\n")
+                               "> 3 ms", "CPU p99 us", "CPU max us", "served req/s"], rows) + "\n")
+        parts.append("Durations are wall clock; the CPU columns are the host thread's own CPU time "
+                     "in the same poll() calls, so a wall-clock outlier with a small CPU time was "
+                     "the host being preempted (the flood client shares the 2 cores).\n")
     if imp is not None:
         parts.append("## Import cost\n")
         if imp.get("ok"):

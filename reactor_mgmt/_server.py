@@ -57,9 +57,10 @@ _UNENCODABLE = "backslashreplace"
 _DISCONNECT_ERRORS = (ConnectionError, BrokenPipeError, TimeoutError)
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
-# hostile lines (32K lines of invalid UTF-8) took 34 ms; 16 KiB keeps that under 10 ms, and the
-# extra syscalls cost about 1% of a pipelined flood, whose time goes to decoding anyway.
-_RECV_SIZE = 16384
+# hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined pings took up
+# to 1.4 ms on a loaded 2-core machine, which pushed poll(budget=1 ms) past 3 ms. At 8 KiB the
+# extra syscalls cost a few percent of a pipelined flood, whose time goes to decoding anyway.
+_RECV_SIZE = 8192
 _LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
 _POLL_WINDOW = 1024

@@ -65,3 +65,23 @@ def test_a_streaming_command_from_nc_sends_every_line(demo):
                          capture_output=True, timeout=TIMEOUT)
     lines = out.stdout.decode().splitlines()
     assert lines == [f"line {i}" for i in range(1, 20001)] + ["pong"]
+
+
+def test_demo_logs_one_listening_line_and_exits_0_on_sigterm(demo):
+    code, out, err = demo.stop()  # Daemon.stop sends SIGTERM
+    assert code == 0
+    assert err == f"listening on {demo.address}\n"
+    assert out == ""
+
+
+def test_demo_exits_0_on_ctrl_c(tmp_path):
+    import signal
+
+    from conftest import Daemon
+
+    address_file = str(tmp_path / "demo.addr")
+    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file], address_file)
+    daemon.proc.send_signal(signal.SIGINT)
+    code, out, err = daemon.stop()
+    assert code == 0
+    assert "Traceback" not in err
