@@ -662,7 +662,7 @@ class Server:
                 self._write(conn, json_line({"id": None, "ok": False,
                                              "error": {"code": item.code, "message": item.message}}))
             else:
-                self._write(conn, f"ERR {item.message}\n".encode())
+                self._write(conn, _err_line(item.message))
 
     def _execute_text(self, conn: Connection, line: str) -> None:
         try:
@@ -755,10 +755,10 @@ class Server:
     def _text_error(self, conn: Connection, exc: Exception) -> None:
         if isinstance(exc, CommandError):
             self.stats.errors += 1
-            self._write(conn, f"ERR {exc.message}\n".encode("utf-8", _UNENCODABLE))
+            self._write(conn, _err_line(exc.message))
         elif isinstance(exc, ParseError):
             self.stats.errors += 1
-            self._write(conn, f"ERR {exc}\n".encode())
+            self._write(conn, _err_line(str(exc)))
         else:
             self._internal_error(conn, exc, TEXT)
 
@@ -847,7 +847,7 @@ class Server:
                 log.exception("on_error callback raised")
         message = f"internal error ({type(exc).__name__})"
         if reply_id is TEXT:
-            self._write(conn, f"ERR {message}\n".encode())
+            self._write(conn, _err_line(message))
         else:
             self._write_json_error(conn, reply_id, "internal", message)
 
@@ -883,7 +883,7 @@ class Server:
         if pending.error is not None:
             self.stats.errors += 1
             if reply_id is TEXT:
-                self._write(conn, f"ERR {pending.error.message}\n".encode("utf-8", _UNENCODABLE))
+                self._write(conn, _err_line(pending.error.message))
             else:
                 self._write_json_error(conn, reply_id, pending.error.code, pending.error.message)
         else:
@@ -935,7 +935,7 @@ class Server:
                 conn.waiting = None
                 self.stats.errors += 1
                 if reply_id is TEXT:
-                    self._write(conn, f"ERR {exc.message}\n".encode("utf-8", _UNENCODABLE))
+                    self._write(conn, _err_line(exc.message))
                 else:
                     self._write_json_error(conn, reply_id, exc.code, exc.message)
                 return True
@@ -1377,6 +1377,13 @@ def command_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
 
 
 # ---- helpers ----
+
+
+def _err_line(message: str) -> bytes:
+    """An error reply: always exactly one line, so a client can tell where it ends."""
+    if "\n" in message or "\r" in message:
+        message = " ".join(message.split())
+    return f"ERR {message}\n".encode("utf-8", _UNENCODABLE)
 
 
 def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -> Optional[str]:

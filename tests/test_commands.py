@@ -828,3 +828,13 @@ def test_json_null_only_reaches_parameters_that_accept_none(server):
         assert reply["error"]["code"] == "usage"
         assert "null is not allowed" in reply["error"]["message"]
     client.close()
+
+
+def test_an_error_message_with_newlines_is_still_one_line(server):
+    @server.command
+    def multi():
+        raise CommandError("first line\nsecond line\r\nthird")
+
+    client = RawClient(server)
+    assert client.request("multi\nping", lines=2) == ["ERR first line second line third", "pong"]
+    client.close()
