@@ -1,6 +1,7 @@
 # Per-connection state. One of these exists for every open client, often thousands of idle ones,
 # so it uses __slots__ and allocates nothing until the client sends its first byte: the decoder
-# and the request queue are created on first read, the output list on first write.
+# is created on first read, the request queue whenever requests arrive (and dropped when it
+# empties), the output list on first write.
 # The reactor (_server.py) owns all the logic; this class is the state it works on, plus the
 # small public surface a handler may touch (write, close, level, peer).
 from __future__ import annotations

@@ -6,7 +6,8 @@
 #   TelnetFilter  strips telnet negotiation so `telnet host port` behaves like `nc`;
 #   LineBuffer    splits on LF (CRLF tolerated) and enforces the line cap without ever
 #                 buffering past it;
-#   RequestDecoder glues the two, decodes UTF-8, drops blank lines, and reports problems as
+#   RequestDecoder glues the two, decodes UTF-8, drops blank lines (unless a running
+#                 subscription wants Enter to stop it), and reports problems as
 #                 values in the same ordered list as the lines, so replies stay in order.
 # Each layer has a fast path for the common case (no IAC, whole lines, ASCII) because the
 # reactor feeds every received byte through here.

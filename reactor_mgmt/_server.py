@@ -1,9 +1,11 @@
 # The reactor: a selectors loop that the host drives by calling poll() from its own main loop.
 #
 # It moves bytes between sockets and the sans-I/O core (_protocol) and hands decoded requests to
-# the command layer (_commands); it never parses or renders on its own. The rules that shape it:
-#   * poll(0) on an idle server is one select() plus a clock read: no per-connection work
-#     happens unless the selector, a timer or the ready queue says so;
+# the command layer (_commands). The one place it dispatches by itself is the fast path for plain
+# requests (_run_plain_batch), which tests pin to the general path. The rules that shape it:
+#   * poll(0) on an idle server is one non-blocking kernel call, plus a clock read when a timer
+#     is armed: no per-connection work happens unless the kernel, a timer or the ready queue
+#     says so;
 #   * work per poll() is bounded: accepts per listener, one recv per connection, K requests per
 #     connection, and an optional time budget; what is left waits in the ready queue;
 #   * a connection reads only when its request queue is empty and its output is below the
