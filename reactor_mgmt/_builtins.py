@@ -90,7 +90,7 @@ def install_builtins(server: "Server") -> None:
         Example: watch 1 stats
         """
         if not command:
-            raise CommandError(f"usage: watch SECONDS COMMAND... (missing COMMAND)", code="usage")
+            raise CommandError("usage: watch SECONDS COMMAND... (missing COMMAND)", code="usage")
         if not _MIN_WATCH_INTERVAL <= seconds < float("inf"):  # NaN too: it would re-run without pause
             raise CommandError(f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})",
                                code="usage")

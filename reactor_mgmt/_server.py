@@ -1,8 +1,8 @@
 # The reactor: a selectors loop that the host drives by calling poll() from its own main loop.
 #
-# It moves bytes between sockets and the sans-I/O core (_protocol) and hands decoded requests to
-# the command layer (_commands). The one place it dispatches by itself is the fast path for plain
-# requests (_run_plain_batch), which tests pin to the general path. The rules that shape it:
+# It moves bytes between sockets and the sans-I/O core (_protocol), and hands decoded requests to
+# the dispatcher (_dispatch, mixed into Server), which runs them through the command layer
+# (_commands) and writes the replies back through _write. The rules that shape it:
 #   * poll(0) on an idle server is one non-blocking kernel call, plus a clock read when a timer
 #     is armed: no per-connection work happens unless the kernel, a timer or the ready queue
 #     says so;
@@ -21,42 +21,25 @@ import os
 import selectors
 import socket
 import stat
-import sys
 import threading
 import time
 from collections import deque
-from functools import partial
+
+from ._commands import LEVELS, Command, Pending, Registry, Stream, level_rank
+from ._connection import Connection
+from ._dispatch import Dispatcher
+from ._errors import ConfigError
+from ._log import log
+from ._protocol import DEFAULT_MAX_LINE, RequestDecoder
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
     from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
-
-from ._commands import LEVELS, NO_REPLY, Command, Pending, Registry, Stream, Wait, is_stream, level_rank
-from ._connection import Connection
-from ._errors import CommandError, ConfigError, PermissionDenied, UsageError
-from ._protocol import (
-    DEFAULT_MAX_LINE,
-    EndSession,
-    LineTooLong,
-    ParseError,
-    ProtocolEvent,
-    RequestDecoder,
-    looks_like_http,
-    split_words,
-)
-from ._log import log
-from ._render import json_line, render_text, to_jsonable
-
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _monotonic = time.monotonic
 
-TEXT = object()  # waiting_id of a text-mode request: its reply is rendered, not JSON-framed
-# A handler's text may hold lone surrogates (os.listdir() of a non-UTF-8 name); they go out as
-# \udcXX escapes rather than raise UnicodeEncodeError out of poll().
-_UNENCODABLE = "backslashreplace"
-
-_DISCONNECT_ERRORS = (ConnectionError, BrokenPipeError, TimeoutError)
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
 # hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined pings took up
@@ -66,7 +49,6 @@ _RECV_SIZE = 8192
 _LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
 _POLL_WINDOW = 1024
-_LINE_CACHE_SIZE = 512
 
 
 class Listener:
@@ -121,7 +103,7 @@ if TYPE_CHECKING:
     Address = Union[str, Tuple[str, int]]
 
 
-class Server:
+class Server(Dispatcher):
     """A management socket served from the host's own loop.
 
     Create it, register commands, and call :meth:`poll` once per iteration of your main loop.
@@ -571,8 +553,6 @@ class Server:
         queue = conn.queue
         limit = self.max_commands_per_tick
         high_water = self.high_water
-        line_cache = self.registry.line_cache
-        stats = self.stats
         while not conn.closed:
             if conn.waiting is not None:
                 if not self._advance_waiting(conn, stop_at):
@@ -648,327 +628,6 @@ class Server:
             else:
                 conn.queue.extend(items)
         self._schedule(conn)
-
-    def _execute(self, conn: Connection, item: Any) -> None:
-        self.stats.commands += 1
-        if item.__class__ is str:
-            if item[0] == "{":
-                self._execute_json(conn, item)
-            else:
-                self._execute_text(conn, item)
-        elif item.__class__ is EndSession:
-            conn.closing = True
-        else:
-            self.stats.errors += 1
-            if isinstance(item, LineTooLong) and item.json:
-                self._write(conn, json_line({"id": None, "ok": False,
-                                             "error": {"code": item.code, "message": item.message}}))
-            else:
-                self._write(conn, _err_line(item.message))
-
-    def _execute_text(self, conn: Connection, line: str) -> None:
-        try:
-            words = split_words(line)
-            if not words:
-                return
-            command, args = self._resolve(conn, words, line)
-            if command is None:
-                return
-            result = command.call(args, conn)
-        except Exception as exc:
-            self._text_error(conn, exc)
-            return
-        self._deliver(conn, result, TEXT)
-
-    def _run_plain_batch(self, conn: Connection, queue: Deque[Any], most: int, stop_at: Optional[float]) -> int:
-        """The fast path: runs up to ``most`` plain requests from the head of the queue.
-
-        A plain request (see _plain_request) means the same thing every time, so there is
-        nothing to parse: look up the handler, call it, and collect str replies to write as
-        one chunk. It stops at the first request that is not plain, is refused, or returns
-        something other than a str, and leaves that request to the general path, which words
-        refusals and renders results. tests/test_fastpaths.py pins both paths to the same bytes.
-        """
-        cache_get = self.registry.line_cache.get
-        plain_request = self._plain_request
-        popleft = queue.popleft
-        stats = self.stats
-        clearance = conn.level if conn.authenticated else -1
-        room = self.high_water - conn.out_size
-        replies: List[str] = []
-        append = replies.append
-        done = 0
-        try:
-            for _ in range(min(most, len(queue))):
-                line = popleft()
-                entry = cache_get(line) or plain_request(line)
-                if entry is None or entry[0].gate > clearance or room <= 0 or (
-                        stop_at is not None and done and _monotonic() >= stop_at):
-                    queue.appendleft(line)
-                    break
-                done += 1
-                stats.commands += 1  # before the call: `stats` itself counts
-                result = entry[1]()
-                if result.__class__ is str:
-                    room -= len(result)
-                    append(result if result[-1:] == "\n" else result + "\n")
-                    continue
-                if replies:
-                    self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-                    replies.clear()
-                self._deliver(conn, result, TEXT)
-                if conn.waiting is not None or conn.closing or conn.closed:
-                    break
-                room = self.high_water - conn.out_size
-        except Exception as exc:  # the handler of the request just taken raised
-            if replies:
-                self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-                replies = []
-            self._text_error(conn, exc)
-        if replies:
-            self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-        return done
-
-    def _plain_request(self, line: str) -> Optional[Tuple[Command, Tuple[str, ...]]]:
-        """(command, args) when the fast path in _service may run ``line``, else None.
-
-        That is a line with no quoting and no JSON, naming a one-word command whose handler
-        takes the words as they are (no parameters, or only ``*args: str``). Such a line means
-        the same thing every time, so it also goes into the registry's line cache.
-        """
-        if line.__class__ is not str or line[0] == "{" or '"' in line or "'" in line or "\\" in line:
-            return None
-        words = line.split()
-        registry = self.registry
-        command = registry.commands.get(words[0])
-        if command is None or words[0] in registry._groups:
-            return None
-        mode = command.signature.mode
-        if mode != "raw" and (mode != "none" or len(words) > 1):
-            return None
-        fn = command.fn
-        entry = (command, partial(fn, *words[1:]) if len(words) > 1 else fn)
-        cache = registry.line_cache
-        if len(cache) >= _LINE_CACHE_SIZE:
-            cache.clear()
-        cache[line] = entry
-        return entry
-
-    def _text_error(self, conn: Connection, exc: Exception) -> None:
-        if isinstance(exc, CommandError):
-            self.stats.errors += 1
-            self._write(conn, _err_line(exc.message))
-        elif isinstance(exc, ParseError):
-            self.stats.errors += 1
-            self._write(conn, _err_line(str(exc)))
-        else:
-            self._internal_error(conn, exc, TEXT)
-
-    def _resolve(self, conn: Connection, words: List[str], line: str) -> Tuple[Optional[Command], List[str]]:
-        registry = self.registry
-        command = registry.commands.get(words[0])
-        if command is not None and words[0] not in registry._groups:
-            args = words[1:]
-        else:
-            try:
-                command, args = registry.resolve(words, conn)
-            except CommandError:
-                if looks_like_http(line):
-                    self._reject_http(conn)
-                    return None, []
-                if self.fallback is not None:
-                    return self._fallback_command(words[0]), words[1:]
-                raise
-        if not conn.authenticated and not command.pre_auth:
-            raise PermissionDenied("authentication required (send 'auth TOKEN')")
-        if command.rank > conn.level:
-            raise PermissionDenied(f"permission denied: '{command.name}' needs {command.level}")
-        return command, args
-
-    def _fallback_command(self, name: str) -> Command:
-        fallback = self.fallback
-        assert fallback is not None
-
-        def run(*args: str, conn: Connection) -> Any:
-            result = fallback(name, list(args), conn)
-            return NO_REPLY if result is None else result
-
-        return Command(name, run, connection_type=Connection, help="")
-
-    def _execute_json(self, conn: Connection, line: str) -> None:
-        import json
-
-        request_id: Any = None
-        try:
-            try:
-                request = json.loads(line)
-            except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
-                raise CommandError(f"malformed JSON: {exc}", code="bad_request") from None
-            if not isinstance(request, dict):
-                raise CommandError("a JSON request must be an object", code="bad_request")
-            request_id = request.get("id")
-            argv = request.get("argv")
-            if argv is not None:
-                # Words a client already split like a shell (the CLI's own argv): resolved and
-                # bound exactly as a text line's words, so `--force` is an option, not a value.
-                if not isinstance(argv, list) or not argv or not all(isinstance(w, str) for w in argv):
-                    raise CommandError("'argv' must be a non-empty list of strings", code="bad_request")
-                command, extra = self._resolve(conn, argv, " ".join(argv))
-                if command is None:
-                    return
-                result = command.call(extra, conn)
-            else:
-                name = request.get("cmd")
-                args = request.get("args", [])
-                kwargs = request.get("kwargs", {})
-                if not isinstance(name, str) or not name.split():
-                    raise CommandError("'cmd' must be a non-empty string", code="bad_request")
-                if not isinstance(args, list) or not isinstance(kwargs, dict):
-                    raise CommandError("'args' must be a list and 'kwargs' an object", code="bad_request")
-                words = name.split()
-                command, extra = self._resolve(conn, words, name)
-                if command is None:
-                    return
-                result = command.call_json(extra + args, kwargs, conn)
-        except CommandError as exc:
-            self.stats.errors += 1
-            self._write_json_error(conn, request_id, exc.code, exc.message)
-            return
-        except Exception as exc:
-            self._internal_error(conn, exc, request_id)
-            return
-        self._deliver(conn, result, request_id)
-
-    def _internal_error(self, conn: Connection, exc: Exception, reply_id: Any) -> None:
-        self.stats.errors += 1
-        log.error("command handler raised on connection #%d", conn.id, exc_info=exc)
-        if self.on_error is not None:
-            try:
-                self.on_error(exc)
-            except Exception:
-                log.exception("on_error callback raised")
-        message = f"internal error ({type(exc).__name__})"
-        if reply_id is TEXT:
-            self._write(conn, _err_line(message))
-        else:
-            self._write_json_error(conn, reply_id, "internal", message)
-
-    def _write_json_error(self, conn: Connection, reply_id: Any, code: str, message: str) -> None:
-        self._write(conn, json_line({"id": reply_id, "ok": False, "error": {"code": code, "message": message}}))
-
-    def _deliver(self, conn: Connection, result: Any, reply_id: Any) -> None:
-        """Writes a finished result, or parks the connection behind a Pending or Stream."""
-        if result.__class__ is str and reply_id is TEXT:
-            self._write(conn, (result if result.endswith("\n") else result + "\n").encode("utf-8", _UNENCODABLE))
-        elif result is NO_REPLY:
-            if reply_id is not TEXT:
-                self._write(conn, json_line({"id": reply_id, "ok": True, "result": None}))
-        elif isinstance(result, Pending):
-            if result.done:
-                self._finish_pending(conn, result, reply_id)
-                return
-            conn.waiting = result
-            conn.waiting_id = reply_id
-            result._waiter = lambda: self.wake(conn)
-            timeout = self.pending_timeout if result.timeout is None else result.timeout
-            if timeout and timeout < float("inf"):  # NaN would break the timer heap's order
-                self.call_later(timeout, self._expire_pending, conn, result)
-        elif is_stream(result):
-            conn.waiting = result if isinstance(result, Stream) else Stream(result)
-            conn.waiting_id = reply_id
-        elif reply_id is TEXT:
-            self._write(conn, render_text(result).encode("utf-8", _UNENCODABLE))
-        else:
-            self._write(conn, json_line({"id": reply_id, "ok": True, "result": to_jsonable(result)}))
-
-    def _finish_pending(self, conn: Connection, pending: Pending, reply_id: Any) -> None:
-        if pending.error is not None:
-            self.stats.errors += 1
-            if reply_id is TEXT:
-                self._write(conn, _err_line(pending.error.message))
-            else:
-                self._write_json_error(conn, reply_id, pending.error.code, pending.error.message)
-        else:
-            self._deliver(conn, pending.value, reply_id)
-
-    def _expire_pending(self, conn: Connection, pending: Pending) -> None:
-        if conn.waiting is pending and not pending.done:
-            pending._expire()
-
-    def _advance_waiting(self, conn: Connection, stop_at: Optional[float]) -> bool:
-        """Moves a parked reply along; True when the queue behind it may proceed."""
-        waiting = conn.waiting
-        if waiting.__class__ is not Stream:
-            if not waiting.done:
-                return False
-            conn.waiting = None
-            self._finish_pending(conn, waiting, conn.waiting_id)
-            return True  # even if it resolved to a Stream or Pending: the loop moves that along too
-        if self._pump_stream(conn, waiting, stop_at):
-            if conn.decoder is not None:
-                conn.decoder.keep_blank = False  # however the stream ended
-            return True
-        return False
-
-    def _pump_stream(self, conn: Connection, stream: Stream, stop_at: Optional[float]) -> bool:
-        if stream.until_input:
-            if conn.queue or conn.eof:  # a line pipelined behind the subscription stops it at once
-                self._end_stream(conn)
-                if conn.queue and conn.queue[0].__class__ is str:
-                    conn.queue.popleft()
-                return True
-            conn.decoder.keep_blank = True
-        reply_id = conn.waiting_id
-        iterator = stream.iterator
-        low_water = self.low_water
-        sent = 0
-        while conn.out_size < low_water:
-            if sent & 63 == 63 and stop_at is not None and _monotonic() >= stop_at:
-                self._schedule(conn)
-                return False
-            try:
-                item = next(iterator)
-            except StopIteration:
-                conn.waiting = None
-                if reply_id is not TEXT:
-                    self._write(conn, json_line({"id": reply_id, "ok": True, "result": None, "items": stream.count}))
-                return True
-            except CommandError as exc:
-                conn.waiting = None
-                self.stats.errors += 1
-                if reply_id is TEXT:
-                    self._write(conn, _err_line(exc.message))
-                else:
-                    self._write_json_error(conn, reply_id, exc.code, exc.message)
-                return True
-            except Exception as exc:
-                conn.waiting = None
-                self._internal_error(conn, exc, reply_id)
-                return True
-            if item.__class__ is Wait:
-                if item.until is not None:
-                    self.call_later(max(0.0, item.until - _monotonic()), self._schedule, conn)
-                return False
-            stream.count += 1
-            sent += 1
-            if reply_id is TEXT:
-                self._write(conn, render_text(item).encode("utf-8", _UNENCODABLE))
-            else:
-                self._write(conn, json_line({"id": reply_id, "item": to_jsonable(item)}))
-            if conn.closed:
-                return False
-        return False  # resumes when the client has drained below the low-water mark
-
-    def _end_stream(self, conn: Connection) -> None:
-        stream = conn.waiting
-        conn.waiting = None
-        conn.decoder.keep_blank = False
-        try:
-            stream.close()
-        except Exception:
-            log.exception("closing a stream raised")
-        if conn.waiting_id is not TEXT:
-            self._write(conn, json_line({"id": conn.waiting_id, "ok": True, "result": None, "items": stream.count}))
 
     # ---- output ----
 
@@ -1379,13 +1038,6 @@ def command_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
 
 
 # ---- helpers ----
-
-
-def _err_line(message: str) -> bytes:
-    """An error reply: always exactly one line, so a client can tell where it ends."""
-    if "\n" in message or "\r" in message:
-        message = " ".join(message.split())
-    return f"ERR {message}\n".encode("utf-8", _UNENCODABLE)
 
 
 def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -> Optional[str]:
