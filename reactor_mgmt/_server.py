@@ -590,7 +590,7 @@ class Server(Dispatcher):
         return ran
 
     def _read(self, conn: Connection, now: float) -> None:
-        if conn.paused or (conn.queue and not (conn.waiting.__class__ is Stream and conn.waiting.until_input)):
+        if conn.paused or (conn.queue and not _subscribed(conn)):
             # Still holding requests (the budget ran out before they ran): reading more would let
             # the queue grow by a recv per poll. The event fires again once the queue is empty.
             return
@@ -665,9 +665,9 @@ class Server(Dispatcher):
             if conn.paused and conn.out_size < self.low_water:
                 conn.paused = False
                 self._schedule(conn)
-            elif conn.waiting.__class__ is Stream and len(data) >= self.low_water > conn.out_size:
-                # The stream stopped at the low-water mark and the kernel took it all at once:
-                # no write event will come to resume it, so resume it next tick.
+            elif conn.waiting.__class__ is Stream and conn.out_size < self.low_water:
+                # A stream pauses at the low-water mark; if the kernel took everything, no write
+                # event will come to resume it, so resume it next tick.
                 self._schedule(conn)
         if conn.closing and conn.out is None:
             self._finish_close(conn)
@@ -677,9 +677,7 @@ class Server(Dispatcher):
         if conn.out is not None:
             want = _WRITE
         if (conn.closing and conn.out is None) or (
-            not conn.eof and not conn.paused and not conn.closing
-            and (not conn.queue or (conn.waiting is not None and conn.waiting.__class__ is Stream
-                                    and conn.waiting.until_input))
+            not conn.eof and not conn.paused and not conn.closing and (not conn.queue or _subscribed(conn))
         ):
             want |= _READ
         if want == conn.mask:
@@ -1038,6 +1036,12 @@ def command_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[.
 
 
 # ---- helpers ----
+
+
+def _subscribed(conn: Connection) -> bool:
+    """A subscription (`log tail`, `watch`) is running: input is read to stop it, not queued."""
+    waiting = conn.waiting
+    return waiting.__class__ is Stream and waiting.until_input
 
 
 def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -> Optional[str]:
