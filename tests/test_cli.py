@@ -184,8 +184,14 @@ def test_fan_out_err_exits_1_and_json_names_the_endpoint(fleet, tmp_path):
 def test_ctrl_c_ends_a_one_shot_stream_quietly(slow_demo):
     import signal
 
+    # Not measured by coverage: in one of the first six CI runs this child, traced by subprocess
+    # coverage, did not exit within 30 s of SIGINT, and it could not be reproduced alone. The
+    # unconfirmed suspect is a KeyboardInterrupt landing inside coverage's own bookkeeping, so
+    # the child runs untraced; a hang without coverage would still fail here.
+    env = child_env()
+    env.pop("COVERAGE_PROCESS_START", None)
     proc = subprocess.Popen([sys.executable, "-m", "reactor_mgmt", "-c", slow_demo.address, "count", "100000000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     try:
         assert proc.stdout.readline() == b"line 1\n"
         proc.send_signal(signal.SIGINT)
