@@ -222,8 +222,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     worker = Worker(args.rate)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    stopping: List[int] = []
+    # Ctrl-C and SIGTERM only set a flag, which the loop checks once per iteration: a
+    # KeyboardInterrupt could land anywhere, even half-way through start-up.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stopping.append(number))
     try:
         server = build_server(args, worker)
     except (OSError, ValueError) as exc:
@@ -239,8 +242,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Sleep inside poll() until the next tick is due: replies go out at once, and the
             # worker keeps its rhythm because poll() never waits past the deadline.
             server.poll(timeout=max(0.0, next_tick - time.monotonic()), budget=0.005)
-    except KeyboardInterrupt:
-        pass
     finally:
         server.close()
         root.removeHandler(handler)
