@@ -14,24 +14,38 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from functools import partial
+from itertools import islice, repeat, starmap
+from operator import itemgetter, methodcaller
 
 from ._commands import NO_REPLY, Command, Pending, Stream, Wait, is_stream
 from ._connection import Connection
 from ._errors import CommandError, PermissionDenied
 from ._log import log
-from ._protocol import EndSession, LineTooLong, ParseError, looks_like_http, split_words
+from ._protocol import _QUOTING, EndSession, LineTooLong, ParseError, looks_like_http, needs_shlex, split_words
 from ._render import json_line, render_text, to_jsonable
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Deque, List, Optional, Tuple
+    from typing import Any, Callable, Deque, List, Optional, Tuple
 
 _monotonic = time.monotonic
 
 TEXT = object()  # the reply id of a text-mode request: its reply is rendered, not JSON-framed
 _UNENCODABLE = "backslashreplace"  # lone surrogates from a handler must not raise out of poll()
 _LINE_CACHE_SIZE = 512
+_MIN_RUN = 4  # a shorter run of one command is cheaper line by line than set up as a batch
+_after_first = itemgetter(slice(1, None))  # words[1:], as a callable map() can apply in C
+
+
+class _Ran:
+    """A queued result: the handler already ran, in a batch (see _run_same_command)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
 
 
 def _err_line(message: str) -> bytes:
@@ -45,6 +59,9 @@ class Dispatcher:
     """Runs decoded requests and writes their replies; mixed into Server."""
 
     def _execute(self, conn: Connection, item: Any) -> None:
+        if item.__class__ is _Ran:
+            self._deliver(conn, item.result, TEXT)
+            return
         self.stats.commands += 1
         if item.__class__ is str:
             if item[0] == "{":
@@ -94,7 +111,7 @@ class Dispatcher:
         append = replies.append
         done = 0
         try:
-            for _ in range(min(most, len(queue))):
+            while done < most and queue:
                 line = popleft()
                 entry = cache_get(line) or plain_request(line)
                 if entry is None or entry[0].gate > clearance or room <= 0 or (
@@ -107,6 +124,12 @@ class Dispatcher:
                 if result.__class__ is str:
                     room -= len(result)
                     append(result if result[-1:] == "\n" else result + "\n")
+                    if stop_at is None and len(queue) >= _MIN_RUN and done < most and room > 0:
+                        ran, size = self._run_same_command(conn, queue, entry[0], line, most - done, replies)
+                        done += ran
+                        room -= size
+                        if conn.waiting is not None:
+                            break
                     continue
                 if replies:
                     self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
@@ -115,23 +138,108 @@ class Dispatcher:
                 if conn.waiting is not None or conn.closing or conn.closed:
                     break
                 room = self.high_water - conn.out_size
-        except Exception as exc:  # the handler of the request just taken raised
+        except BaseException as exc:  # a handler raised: keep the replies of the requests before it
             if replies:
                 self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
                 replies = []
+            if not isinstance(exc, Exception):
+                raise
             self._text_error(conn, exc)
         if replies:
             self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
         return done
 
-    def _plain_request(self, line: str) -> Optional[Tuple[Command, Tuple[str, ...]]]:
-        """(command, args) when the fast path in _service may run ``line``, else None.
+    def _run_same_command(self, conn: Connection, queue: Deque[Any], command: Command, line: str,
+                          most: int, replies: List[str]) -> Tuple[int, int]:
+        """Runs the plain requests at the head of the queue that name ``command``, as one batch.
+
+        Called right after ``line`` (a request for ``command``) returned a str. A pipelining
+        client usually sends runs of one command: 10,000 pings, or a script's `echo`s. Finding
+        such a run, splitting its words and calling the handler are then C-level loops (islice,
+        map, starmap), so the per-request cost is little more than the handler itself. That is
+        the difference between this library and a bare selectors loop on pipelined input.
+
+        Semantics are the per-request path's: each request calls the handler once, in order,
+        and gets its own reply, in order; the batch never runs under a poll budget (it cannot
+        read the clock between calls). The one difference: the handler runs for the whole run
+        before any reply is delivered, so if it returns a Pending or Stream in the middle, the
+        requests after it have already run; their results wait in the queue (as _Ran), behind
+        the parked reply. Returns (requests run, characters of reply text added to ``replies``).
+        """
+        name = command.name
+        chunk = list(islice(queue, 0, most))
+        if line == name:  # no arguments: a run of identical lines
+            if chunk.count(name) == len(chunk):
+                count = len(chunk)
+            else:
+                count = list(map(name.__eq__, chunk)).index(False)
+            calls = starmap(command.fn, repeat((), count))
+        else:  # arguments: a raw command (its handler takes *words)
+            flags = list(map(methodcaller("startswith", name + " "), chunk))
+            count = flags.index(False) if False in flags else len(chunk)
+            if count < len(chunk):
+                del chunk[count:]
+            if needs_shlex("\n".join(chunk)):  # some line needs shlex: line by line
+                return 0, 0
+            calls = starmap(command.fn, map(_after_first, map(str.split, chunk)))
+        if count < _MIN_RUN:
+            return 0, 0
+        results: List[Any] = []
+        self.stats.commands += count  # up front, as the per-request path counts before each call
+        try:
+            results.extend(calls)  # keeps the results before a raise
+        except BaseException:
+            self._consume(queue, len(results) + 1)
+            self.stats.commands -= count - len(results) - 1
+            size = self._collect_replies(conn, queue, results, replies)
+            raise
+        self._consume(queue, count)
+        return count, self._collect_replies(conn, queue, results, replies)
+
+    def _collect_replies(self, conn: Connection, queue: Deque[Any], results: List[Any], replies: List[str]) -> int:
+        """Adds a batch's results to ``replies`` in order; returns the characters added."""
+        if not results:
+            return 0
+        first = results[0]
+        if first.__class__ is str and results.count(first) == len(results):
+            text = (first if first[-1:] == "\n" else first + "\n") * len(results)
+        elif set(map(type, results)) == {str}:
+            text = "\n".join(results)
+            if text.count("\n") == len(results) - 1:  # no reply has a newline of its own
+                text += "\n"
+            else:
+                text = "".join([result if result[-1:] == "\n" else result + "\n" for result in results])
+        else:  # a handler changed its mind mid-run: deliver one at a time
+            for index, result in enumerate(results):
+                if result.__class__ is str:
+                    replies.append(result if result[-1:] == "\n" else result + "\n")
+                    continue
+                if replies:
+                    self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
+                    replies.clear()
+                self._deliver(conn, result, TEXT)
+                if conn.waiting is not None:
+                    queue.extendleft(_Ran(later) for later in reversed(results[index + 1:]))
+                    break
+            return 0
+        replies.append(text)
+        return len(text)
+
+    @staticmethod
+    def _consume(queue: Deque[Any], count: int) -> None:
+        if count >= len(queue):
+            queue.clear()
+        else:
+            deque(starmap(queue.popleft, repeat((), count)), 0)
+
+    def _plain_request(self, line: str) -> Optional[Tuple[Command, Callable[[], Any]]]:
+        """(command, call) when the fast path in _run_plain_batch may run ``line``, else None.
 
         That is a line with no quoting and no JSON, naming a one-word command whose handler
         takes the words as they are (no parameters, or only ``*args: str``). Such a line means
         the same thing every time, so it also goes into the registry's line cache.
         """
-        if line.__class__ is not str or line[0] == "{" or '"' in line or "'" in line or "\\" in line:
+        if line.__class__ is not str or line[0] == "{" or _QUOTING.search(line) is not None:
             return None
         words = line.split()
         registry = self.registry

@@ -154,3 +154,198 @@ def test_needs_strip_spots_whitespace_at_any_line_end():
     assert not _needs_strip(b"ping\necho a b\nstatus")
     for text in (b" ping", b"ping ", b"a\n b", b"a \nb", b"a\tb", b"a\x0bb", b"caf\xc3\xa9", b"a\x1fb"):
         assert _needs_strip(text), text
+
+
+# ---- runs of one command (Dispatcher._run_same_command) against one request at a time ----
+
+
+def _count_runs(monkeypatch, server: reactor_mgmt.Server) -> list:
+    """Records how many requests each batched run took, so a test can prove the batch ran."""
+    taken: list = []
+    original = server._run_same_command
+
+    def spy(*args):
+        try:
+            result = original(*args)
+        except Exception:
+            taken.append("raised")
+            raise
+        taken.append(result[0])
+        return result
+
+    monkeypatch.setattr(server, "_run_same_command", spy)
+    return taken
+
+
+def _add_run_commands(server: reactor_mgmt.Server, calls: list) -> None:
+    @server.command
+    def tick():
+        calls.append("tick")
+        return f"tick {len(calls)}"
+
+    @server.command
+    def same():
+        calls.append("same")
+        return "same\n"
+
+    @server.command
+    def lines(*words):
+        calls.append("lines")
+        return "\n".join(words) if words else ""
+
+    @server.command
+    def commandcount():
+        return str(server.stats.commands)
+
+
+def _pipeline(server: reactor_mgmt.Server, requests: list) -> list:
+    client = RawClient(server)
+    client.send("".join(line + "\n" for line in requests) + "ping\n")
+    client.wait_for(lambda buf: buf.endswith(b"pong\n") and buf.count(b"pong\n") >= 1 + requests.count("ping"))
+    client.close()
+    return client.buffer.decode().split("\n")[:-1]
+
+
+@pytest.mark.parametrize("per_tick", [5, 256])
+def test_a_run_gives_exactly_the_replies_of_one_request_at_a_time(make_server, monkeypatch, per_tick):
+    requests = (["ping"] * 40 + ["tick"] * 30 + [f"echo {i} x{i}" for i in range(25)]
+                + ["echo 'quoted words' x", "echo a\x0bb", "echo a  b"] + ["same"] * 12
+                + ["lines a b", "lines", "lines c"] * 5 + ["echo"] * 6 + ["tick"] * 3)
+    transcripts, calls_seen = [], []
+    for batched in (False, True):
+        server = make_server("127.0.0.1", max_commands_per_tick=per_tick)
+        calls: list = []
+        _add_run_commands(server, calls)
+        taken = _count_runs(monkeypatch, server)
+        if not batched:
+            monkeypatch.setattr(server, "_run_same_command", lambda *args: (0, 0))
+        transcripts.append(_pipeline(server, requests))
+        calls_seen.append(calls)
+        if batched:
+            assert max(taken) >= min(per_tick - 1, 29)  # the runs really went through the batch
+    assert transcripts[0] == transcripts[1]
+    assert calls_seen[0] == calls_seen[1]  # every request called its handler once, in order
+    replies = transcripts[1]
+    assert replies[:40] == ["pong"] * 40
+    assert replies[40:70] == [f"tick {n}" for n in range(1, 31)]
+    assert replies[70:95] == [f"{i} x{i}" for i in range(25)]
+    assert replies[95:98] == ["quoted words x", "a\x0bb", "a b"]  # shlex keeps \v inside a word
+    assert replies[98:110] == ["same"] * 12
+
+
+def test_a_handler_that_raises_in_a_run_costs_only_its_own_reply(make_server, monkeypatch):
+    server = make_server("127.0.0.1")
+    calls = []
+
+    @server.command
+    def flaky():
+        calls.append(1)
+        if len(calls) == 10:
+            raise RuntimeError("tenth call")
+        return f"ok {len(calls)}"
+
+    taken = _count_runs(monkeypatch, server)
+    replies = _pipeline(server, ["flaky"] * 30)
+    assert len(calls) == 30
+    assert replies == ([f"ok {n}" for n in range(1, 10)] + ["ERR internal error (RuntimeError)"]
+                       + [f"ok {n}" for n in range(11, 31)] + ["pong"])
+    # The first run raised at its ninth request (after the probe); the rest ran as a new run.
+    assert taken == ["raised", 19]
+    assert server.stats.commands == 31
+
+
+def test_a_handler_that_turns_pending_in_a_run_keeps_replies_in_order(make_server):
+    server = make_server("127.0.0.1")
+    parked = []
+
+    @server.command
+    def job():
+        if len(parked) == 0 and job.calls == 5:
+            job.calls += 1
+            pending = Pending()
+            parked.append(pending)
+            return pending
+        job.calls += 1
+        return f"job {job.calls}"
+
+    job.calls = 0
+    client = RawClient(server)
+    client.send("job\n" * 12 + "ping\n")
+    client.wait_for(lambda buf: buf.count(b"\n") >= 5)
+    client.pump(5)
+    assert client.buffer == b"".join(b"job %d\n" % n for n in range(1, 6))  # the rest waits
+    parked[0].resolve("sixth, resolved")
+    client.wait_for(lambda buf: buf.endswith(b"pong\n"))
+    assert client.buffer.decode().split("\n")[5:-1] == (["sixth, resolved"] + [f"job {n}" for n in range(7, 13)]
+                                                        + ["pong"])
+    client.close()
+
+
+def test_stats_count_every_request_of_a_run_once(make_server):
+    server = make_server("127.0.0.1")
+    _add_run_commands(server, [])
+    before = server.stats.commands
+    replies = _pipeline(server, ["ping"] * 100 + ["commandcount"])
+    assert replies[-2] == str(before + 101)  # 100 pings and commandcount itself
+
+
+# ---- replies held while pipelined requests are still queued (Server._service) ----
+
+
+def test_pipelined_replies_go_out_in_one_send_when_the_queue_drains(make_server):
+    server = make_server("127.0.0.1", max_commands_per_tick=10)
+    client = RawClient(server)
+    client.send("ping\n" * 45)
+    sends = []
+    for _ in range(5):  # 45 requests at 10 a tick: the queue empties on the fifth poll
+        server.poll(0.5 if not sends else 0)
+        try:
+            sends.append(client.sock.recv(65536, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            sends.append(b"")
+    # A loopback send lands in the receiver's buffer before it returns, so an empty recv
+    # right after a poll means that poll sent nothing.
+    assert sends[:4] == [b""] * 4
+    assert sends[4] == b"pong\n" * 45
+    client.close()
+
+
+def test_held_replies_still_go_out_once_they_are_large(make_server):
+    server = make_server("127.0.0.1", max_commands_per_tick=2)
+
+    @server.command
+    def big():
+        return "x" * 40000
+
+    client = RawClient(server)
+    client.send("big\n" * 8)
+    server.poll(0.5)  # two replies, 80 kB: more than is ever held back
+    received = client.sock.recv(200000, socket.MSG_DONTWAIT)
+    assert received.startswith(b"x" * 40000 + b"\n")
+    client.buffer = received
+    client.wait_for(lambda buf: buf.count(b"\n") == 8)
+    client.close()
+
+
+# ---- the decoder's fast path with a line cut across reads ----
+
+_plain_line = st.text(alphabet=st.sampled_from(list("ab x{\"'\t\r")), min_size=0, max_size=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_plain_line, max_size=25), st.lists(st.integers(0, 400), max_size=8))
+def test_plain_reads_cut_anywhere_decode_to_the_stripped_lines(lines, cuts):
+    data = b"".join(line.encode() + b"\n" for line in lines)
+    decoder = RequestDecoder(max_line=64)
+    items, start = [], 0
+    for point in sorted(min(cut, len(data)) for cut in cuts) + [len(data)]:
+        items.extend(decoder.feed(data[start:point]))
+        start = point
+    expected = []
+    for line in data.split(b"\n")[:-1]:
+        text = line[:-1] if line.endswith(b"\r") else line
+        text = text.decode().strip()
+        if text:
+            expected.append(text)
+    assert items == expected
+    assert decoder.buffered == 0
