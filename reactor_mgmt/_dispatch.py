@@ -8,22 +8,24 @@
 # on the per-request path, where an extra attribute hop per request is measurable; they use the
 # reactor only through _write, _schedule, wake, call_later and _close_now.
 #
-# Plain requests take _run_plain_batch, the fast path: a run of one-word, unquoted requests is
-# looked up in the registry's line cache and run in a tight loop. tests/test_fastpaths.py pins
-# it to the general path (_execute), byte for byte.
+# Plain requests take _run_plain_batch, the fast path: unquoted requests for commands that take
+# the words as they are, looked up in the registry's line cache and run in a tight loop; a run of
+# requests for one command (or a Repeat from the decoder) then goes through C-level loops in
+# _run_same_command. tests/test_fastpaths.py pins both to the general path (_execute), byte for
+# byte.
 from __future__ import annotations
 
 import time
 from collections import deque
 from functools import partial
-from itertools import islice, repeat, starmap
-from operator import itemgetter, methodcaller
+from itertools import islice, repeat, starmap, takewhile
+from operator import eq, itemgetter
 
 from ._commands import NO_REPLY, Command, Pending, Stream, Wait, is_stream
 from ._connection import Connection
 from ._errors import CommandError, PermissionDenied
 from ._log import log
-from ._protocol import _QUOTING, EndSession, LineTooLong, ParseError, looks_like_http, needs_shlex, split_words
+from ._protocol import _QUOTING, EndSession, LineTooLong, ParseError, Repeat, looks_like_http, needs_shlex, split_words
 from ._render import json_line, render_text, to_jsonable
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -37,6 +39,7 @@ _UNENCODABLE = "backslashreplace"  # lone surrogates from a handler must not rai
 _LINE_CACHE_SIZE = 512
 _MIN_RUN = 4  # a shorter run of one command is cheaper line by line than set up as a batch
 _after_first = itemgetter(slice(1, None))  # words[1:], as a callable map() can apply in C
+_is_str = partial(type.__instancecheck__, str)  # isinstance(x, str), likewise
 
 
 class _Ran:
@@ -55,6 +58,19 @@ def _err_line(message: str) -> bytes:
     return f"ERR {message}\n".encode("utf-8", _UNENCODABLE)
 
 
+def _drop_stopping_line(items: Any) -> None:
+    """Removes the first item of ``items`` (a list or deque) if it is a line: the line that
+    stopped a subscription is not a request."""
+    first = items[0]
+    if first.__class__ is str:
+        del items[0]
+    elif first.__class__ is Repeat:
+        if first.count > 1:
+            first.count -= 1
+        else:
+            del items[0]
+
+
 class Dispatcher:
     """Runs decoded requests and writes their replies; mixed into Server."""
 
@@ -62,6 +78,11 @@ class Dispatcher:
         if item.__class__ is _Ran:
             self._deliver(conn, item.result, TEXT)
             return
+        if item.__class__ is Repeat:  # run one copy; the rest stays at the head of the queue
+            if item.count > 1:
+                item.count -= 1
+                conn.queue.appendleft(item)
+            item = item.line
         self.stats.commands += 1
         if item.__class__ is str:
             if item[0] == "{":
@@ -113,6 +134,11 @@ class Dispatcher:
         try:
             while done < most and queue:
                 line = popleft()
+                if line.__class__ is Repeat:  # take one copy; a refusal below puts it back in front
+                    if line.count > 1:
+                        line.count -= 1
+                        queue.appendleft(line)
+                    line = line.line
                 entry = cache_get(line) or plain_request(line)
                 if entry is None or entry[0].gate > clearance or room <= 0 or (
                         stop_at is not None and done and _monotonic() >= stop_at):
@@ -124,8 +150,8 @@ class Dispatcher:
                 if result.__class__ is str:
                     room -= len(result)
                     append(result if result[-1:] == "\n" else result + "\n")
-                    if stop_at is None and len(queue) >= _MIN_RUN and done < most and room > 0:
-                        ran, size = self._run_same_command(conn, queue, entry[0], line, most - done, replies)
+                    if stop_at is None and queue and done < most and room > 0:
+                        ran, size = self._run_same_command(conn, queue, entry, line, most - done, replies)
                         done += ran
                         room -= size
                         if conn.waiting is not None:
@@ -149,8 +175,8 @@ class Dispatcher:
             self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
         return done
 
-    def _run_same_command(self, conn: Connection, queue: Deque[Any], command: Command, line: str,
-                          most: int, replies: List[str]) -> Tuple[int, int]:
+    def _run_same_command(self, conn: Connection, queue: Deque[Any], entry: Tuple[Command, Callable[[], Any]],
+                          line: str, most: int, replies: List[str]) -> Tuple[int, int]:
         """Runs the plain requests at the head of the queue that name ``command``, as one batch.
 
         Called right after ``line`` (a request for ``command``) returned a str. A pipelining
@@ -166,16 +192,30 @@ class Dispatcher:
         requests after it have already run; their results wait in the queue (as _Ran), behind
         the parked reply. Returns (requests run, characters of reply text added to ``replies``).
         """
+        command = entry[0]
         name = command.name
+        head = queue[0]
+        if head.__class__ is Repeat:  # the decoder already found the run
+            if head.line != line:
+                return 0, 0
+            count = min(head.count, most)
+            return self._run_calls(conn, queue, starmap(entry[1], repeat((), count)), count, replies)
+        if len(queue) < _MIN_RUN - 1:
+            return 0, 0
         chunk = list(islice(queue, 0, most))
         if line == name:  # no arguments: a run of identical lines
             if chunk.count(name) == len(chunk):
                 count = len(chunk)
-            else:
-                count = list(map(name.__eq__, chunk)).index(False)
+            else:  # operator.eq, not name.__eq__, whose NotImplemented for a non-str is truthy
+                count = list(map(eq, chunk, repeat(name))).index(False)
             calls = starmap(command.fn, repeat((), count))
         else:  # arguments: a raw command (its handler takes *words)
-            flags = list(map(methodcaller("startswith", name + " "), chunk))
+            prefix = name + " "
+            try:
+                flags = list(map(str.startswith, chunk, repeat(prefix)))
+            except TypeError:  # an event (an over-long line, a Repeat) in the chunk: stop before it
+                chunk = list(takewhile(_is_str, chunk))
+                flags = list(map(str.startswith, chunk, repeat(prefix)))
             count = flags.index(False) if False in flags else len(chunk)
             if count < len(chunk):
                 del chunk[count:]
@@ -184,6 +224,11 @@ class Dispatcher:
             calls = starmap(command.fn, map(_after_first, map(str.split, chunk)))
         if count < _MIN_RUN:
             return 0, 0
+        return self._run_calls(conn, queue, calls, count, replies)
+
+    def _run_calls(self, conn: Connection, queue: Deque[Any], calls: Any, count: int,
+                   replies: List[str]) -> Tuple[int, int]:
+        """Makes ``calls`` (one per request at the head of the queue) and takes those requests."""
         results: List[Any] = []
         self.stats.commands += count  # up front, as the per-request path counts before each call
         try:
@@ -191,7 +236,7 @@ class Dispatcher:
         except BaseException:
             self._consume(queue, len(results) + 1)
             self.stats.commands -= count - len(results) - 1
-            size = self._collect_replies(conn, queue, results, replies)
+            self._collect_replies(conn, queue, results, replies)
             raise
         self._consume(queue, count)
         return count, self._collect_replies(conn, queue, results, replies)
@@ -227,7 +272,13 @@ class Dispatcher:
 
     @staticmethod
     def _consume(queue: Deque[Any], count: int) -> None:
-        if count >= len(queue):
+        head = queue[0]
+        if head.__class__ is Repeat:  # a batch never spans more than one Repeat
+            if count >= head.count:
+                queue.popleft()
+            else:
+                head.count -= count
+        elif count >= len(queue):
             queue.clear()
         else:
             deque(starmap(queue.popleft, repeat((), count)), 0)
@@ -417,8 +468,8 @@ class Dispatcher:
         if stream.until_input:
             if conn.queue or conn.eof:  # a line pipelined behind the subscription stops it at once
                 self._end_stream(conn)
-                if conn.queue and conn.queue[0].__class__ is str:
-                    conn.queue.popleft()
+                if conn.queue:
+                    _drop_stopping_line(conn.queue)
                 return True
             conn.decoder.keep_blank = True
         reply_id = conn.waiting_id

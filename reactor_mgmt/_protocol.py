@@ -10,7 +10,8 @@
 #                 subscription wants Enter to stop it), and reports problems as
 #                 values in the same ordered list as the lines, so replies stay in order.
 # Each layer has a fast path for the common case (no IAC, whole lines, ASCII) because the
-# reactor feeds every received byte through here.
+# reactor feeds every received byte through here. A read that is one line repeated (pipelined
+# pings) comes out as a single Repeat item rather than thousands of identical strs.
 from __future__ import annotations
 
 import re
@@ -256,15 +257,48 @@ class EndSession(ProtocolEvent):
 END_SESSION = EndSession()
 BAD_ENCODING = BadEncoding()
 
+class Repeat:
+    """``count`` copies of one request line in a row, queued as one item.
+
+    A pipelining client often sends a whole read of one request (a load test, `yes ping | nc`).
+    Splitting 1,600 identical lines into 1,600 str objects, queueing them and taking them off
+    again was most of what such a read cost; a Repeat costs one object. Consumers treat it as
+    ``count`` requests, in order; ``count`` only goes down, and a Repeat is never empty.
+    """
+
+    __slots__ = ("line", "count")
+
+    def __init__(self, line: str, count: int) -> None:
+        self.line = line
+        self.count = count
+
+    def __repr__(self) -> str:
+        return f"Repeat({self.line!r}, {self.count})"
+
+
+_MIN_REPEAT = 8  # fewer identical lines than this are cheaper as separate strs
+
 if TYPE_CHECKING:
-    Item = Union[str, ProtocolEvent]
+    Item = Union[str, Repeat, ProtocolEvent]
+
+
+def expand(items: List[Item]) -> List[Union[str, ProtocolEvent]]:
+    """``items`` with each Repeat written out as its lines: the decoder's plain meaning."""
+    out: list = []
+    for item in items:
+        if item.__class__ is Repeat:
+            out.extend([item.line] * item.count)  # type: ignore[union-attr]
+        else:
+            out.append(item)
+    return out
 
 
 class RequestDecoder:
     """Bytes in, an ordered list of request lines (``str``) and ProtocolEvents out.
 
     Lines are decoded as UTF-8 and stripped; blank lines are dropped. After END_SESSION the
-    decoder swallows everything, because the session is over.
+    decoder swallows everything, because the session is over. A read that is one line
+    repeated may come out as a Repeat of it (see Repeat; ``expand`` writes it out).
     """
 
     __slots__ = ("_telnet", "_lines", "ended", "keep_blank")
@@ -294,6 +328,14 @@ class RequestDecoder:
             if (len(data) <= lines.max_line and data.isascii()
                     and len(data.translate(None, _NOT_PLAIN)) == len(data)
                     and data[:1] != b" " and b" \n" not in data and b"\n " not in data):
+                end = data.rfind(b"\n") + 1
+                first = data.find(b"\n") + 1
+                if first > 1 and end >= first * _MIN_REPEAT and data.count(data[:first], 0, end) * first == end:
+                    # n non-overlapping copies of the first line fill the n*len bytes of the
+                    # complete lines only if every line is that line.
+                    lines._partial = bytearray(data[end:])
+                    self._telnet._after_cr = False
+                    return [Repeat(data[:first - 1].decode("ascii"), end // first)]
                 items = data.decode("ascii").split("\n")
                 tail = items.pop()
                 lines._partial = bytearray(tail.encode("ascii")) if tail else bytearray()

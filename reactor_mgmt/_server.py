@@ -27,7 +27,7 @@ from collections import deque
 
 from ._commands import LEVELS, Command, Pending, Registry, Stream, level_rank
 from ._connection import Connection
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, _drop_stopping_line
 from ._errors import ConfigError
 from ._log import log
 from ._protocol import DEFAULT_MAX_LINE, RequestDecoder
@@ -625,8 +625,8 @@ class Server(Dispatcher):
         if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it
             if items or conn.eof:
                 self._end_stream(conn)
-                if items and items[0].__class__ is str:
-                    del items[0]  # the line that stopped a subscription is not a request
+                if items:
+                    _drop_stopping_line(items)
                 if "" in items:
                     items = [item for item in items if item != ""]
         if items:

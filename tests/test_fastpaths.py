@@ -135,7 +135,7 @@ def test_generic_selectors_path_matches_the_epoll_path(monkeypatch):
 
 from hypothesis import given, settings, strategies as st
 
-from reactor_mgmt._protocol import RequestDecoder, _needs_strip
+from reactor_mgmt._protocol import Repeat, RequestDecoder, _needs_strip, expand
 
 _line_text = st.text(alphabet=st.sampled_from(list("ab {\"'\t\r\x0b\x0c\x1c\x1f\xa0\u2003é")), max_size=12)
 
@@ -147,7 +147,7 @@ def test_batch_decode_equals_strip_per_line(lines):
     data = b"".join(line + b"\n" for line in encoded)
     expected = [line.decode().strip() for line in encoded]
     expected = [line for line in expected if line]
-    assert RequestDecoder().feed(data) == expected
+    assert expand(RequestDecoder().feed(data)) == expected
 
 
 def test_needs_strip_spots_whitespace_at_any_line_end():
@@ -333,14 +333,20 @@ _plain_line = st.text(alphabet=st.sampled_from(list("ab x{\"'\t\r")), min_size=0
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_plain_line, max_size=25), st.lists(st.integers(0, 400), max_size=8))
-def test_plain_reads_cut_anywhere_decode_to_the_stripped_lines(lines, cuts):
-    data = b"".join(line.encode() + b"\n" for line in lines)
-    decoder = RequestDecoder(max_line=64)
+@given(st.lists(st.tuples(_plain_line, st.sampled_from([1, 1, 1, 2, 8, 30])), max_size=12),
+       st.lists(st.integers(0, 600), max_size=8))
+def test_plain_reads_cut_anywhere_decode_to_the_stripped_lines(runs, cuts):
+    data = b"".join((line.encode() + b"\n") * times for line, times in runs)
+    decoder = RequestDecoder(max_line=600)
     items, start = [], 0
     for point in sorted(min(cut, len(data)) for cut in cuts) + [len(data)]:
         items.extend(decoder.feed(data[start:point]))
         start = point
+    for item in items:
+        assert item.__class__ in (str, Repeat), item
+        if item.__class__ is Repeat:
+            assert item.count >= 8 and item.line and item.line == item.line.strip()
+    items = expand(items)
     expected = []
     for line in data.split(b"\n")[:-1]:
         text = line[:-1] if line.endswith(b"\r") else line
@@ -349,3 +355,50 @@ def test_plain_reads_cut_anywhere_decode_to_the_stripped_lines(lines, cuts):
             expected.append(text)
     assert items == expected
     assert decoder.buffered == 0
+
+
+def test_a_read_of_one_repeated_line_decodes_to_one_repeat():
+    decoder = RequestDecoder()
+    items = decoder.feed(b"ping\n" * 1000 + b"pi")
+    assert len(items) == 1 and items[0].__class__ is Repeat
+    assert (items[0].line, items[0].count) == ("ping", 1000)
+    assert decoder.buffered == 2
+    assert decoder.feed(b"ng\n") == ["ping"]
+    # Not quite one line repeated: ordinary lines.
+    assert decoder.feed(b"ping\n" * 9 + b"pong\n") == ["ping"] * 9 + ["pong"]
+    assert decoder.feed(b"pin\n" + b"ping\n" * 9) == ["pin"] + ["ping"] * 9
+    assert decoder.feed(b"ping\n" * 7) == ["ping"] * 7  # too few to be worth a Repeat
+
+
+@pytest.mark.parametrize("line, reply", [
+    ("info", "answer: 42"),                      # not a str reply: the general path, one by one
+    ('echo "a b"', "a b"),                       # quoted: never the fast path
+    ("nosuch", "ERR unknown command 'nosuch' (try 'help')"),
+    ("secret", "ERR permission denied: 'secret' needs admin"),
+    ("later", "done later"),                     # a resolved Pending
+    ("ping", "pong"),
+])
+def test_a_repeat_means_its_lines_on_every_path(make_server, line, reply):
+    server = make_server("127.0.0.1", level="operator", max_commands_per_tick=7)
+    _add_probe_commands(server)
+    client = RawClient(server)
+    client.send((line + "\n") * 40 + "ping\n")
+    client.wait_for(lambda buf: buf.endswith(b"pong\n") and buf.count(b"\n") >= 41 + 40 * line.startswith("info"))
+    lines = client.buffer.decode().split("\n")[:-1]
+    assert lines[-1] == "pong"
+    got = [text for text in lines[:-1] if not text.startswith("name:")]
+    assert got == [reply] * 40
+    client.close()
+
+
+def test_a_repeat_behind_a_subscription_stops_it_and_the_rest_run(make_server):
+    server = make_server("127.0.0.1")
+    client = RawClient(server)
+    client.send("watch 0.1 ping\n")
+    client.wait_for(lambda buf: b"pong" in buf)
+    client.buffer = b""
+    client.send("ping\n" * 30)
+    client.wait_for(lambda buf: buf.count(b"\n") >= 29)
+    client.pump(3)
+    assert client.buffer == b"pong\n" * 29  # the first ping stopped the watch and took no reply
+    client.close()

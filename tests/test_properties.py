@@ -22,6 +22,7 @@ from reactor_mgmt._protocol import (
     LineTooLong,
     ParseError,
     RequestDecoder,
+    expand,
     TelnetFilter,
     looks_like_http,
     split_words,
@@ -105,13 +106,14 @@ def test_telnet_filter_is_cut_independent_and_never_grows_the_stream(data, draw)
 @given(byte_streams, max_lines, st.data())
 def test_decoder_caps_and_events_whatever_the_cuts(data, max_line, draw):
     whole_decoder = RequestDecoder(max_line)
-    whole = whole_decoder.feed(data) + whole_decoder.feed_eof()
+    whole = expand(whole_decoder.feed(data) + whole_decoder.feed_eof())
     decoder = RequestDecoder(max_line)
     items = []
     for piece in draw.draw(cut_up(data)):
         items.extend(decoder.feed(piece))
         assert decoder.buffered <= max_line + 1
     items.extend(decoder.feed_eof())
+    items = expand(items)
     assert items == whole  # the same lines and events however the reads were cut
     for item in items:
         assert isinstance(item, (str, LineTooLong, BadEncoding, EndSession)), item
