@@ -402,3 +402,15 @@ def test_a_repeat_behind_a_subscription_stops_it_and_the_rest_run(make_server):
     client.pump(3)
     assert client.buffer == b"pong\n" * 29  # the first ping stopped the watch and took no reply
     client.close()
+
+
+def test_a_run_stops_at_an_over_long_line_in_the_queue(make_server):
+    server = make_server("127.0.0.1", max_line=60)
+    client = RawClient(server)
+    client.send("echo a 1\necho a 2\n" * 5 + "echo " + "x" * 100 + "\n" + "echo b\n" * 10)
+    client.wait_for(lambda buf: buf.count(b"\n") >= 21)
+    lines = client.buffer.decode().split("\n")[:-1]
+    assert lines[:10] == ["a 1", "a 2"] * 5
+    assert lines[10].startswith("ERR line too long")
+    assert lines[11:] == ["b"] * 10
+    client.close()
