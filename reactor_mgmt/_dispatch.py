@@ -6,7 +6,8 @@
 #
 # Server inherits these methods (Dispatcher is a mixin, not a separate object) because they are
 # on the per-request path, where an extra attribute hop per request is measurable; they use the
-# reactor only through _write, _schedule, wake, call_later and _close_now.
+# reactor only through _write, _schedule, _drop, wake, call_later and _close_now (and
+# _answer_now, the round-trip fast path, sends on the connection's socket directly).
 #
 # Plain requests take _run_plain_batch, the fast path: unquoted requests for commands that take
 # the words as they are, looked up in the registry's line cache and run in a tight loop; a run of
@@ -174,6 +175,45 @@ class Dispatcher:
         if replies:
             self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
         return done
+
+    def _answer_now(self, conn: Connection, line: Any) -> bool:
+        """The round-trip fast path: answers a request that arrived alone, straight from _read.
+
+        One request per read, with nothing queued or unsent before it, is how a client that
+        waits for each reply talks (and every one of a thousand such clients). Queueing it,
+        scheduling the connection and servicing the queue cost more Python than the request
+        itself, so a line already in the line cache is run here and its reply sent at once. It
+        is the batch path's first step (look up, check the level, call, frame a str reply) with
+        nothing around it; anything else returns False, or hands the result to _deliver and the
+        normal path. tests/test_fastpaths.py pins it to the pipelined path.
+        """
+        entry = self.registry.line_cache.get(line)
+        if entry is None or entry[0].gate > (conn.level if conn.authenticated else -1):
+            return False
+        self.stats.commands += 1
+        try:
+            result = entry[1]()
+        except Exception as exc:
+            self._text_error(conn, exc)
+            self._schedule(conn)
+            return True
+        if result.__class__ is not str:
+            self._deliver(conn, result, TEXT)
+            self._schedule(conn)
+            return True
+        data = (result if result[-1:] == "\n" else result + "\n").encode("utf-8", _UNENCODABLE)
+        try:
+            sent = conn.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:  # the peer is gone, or a handler closed the server
+            self._drop(conn, exc)
+            return True
+        self.stats.bytes_out += sent
+        if sent < len(data):
+            self._write(conn, data[sent:])
+            self._schedule(conn)  # _service flushes the rest and asks for a write event
+        return True
 
     def _run_same_command(self, conn: Connection, queue: Deque[Any], entry: Tuple[Command, Callable[[], Any]],
                           line: str, most: int, replies: List[str]) -> Tuple[int, int]:

@@ -630,6 +630,9 @@ class Server(Dispatcher):
                 if "" in items:
                     items = [item for item in items if item != ""]
         if items:
+            if (len(items) == 1 and conn.queue is None and conn.out is None and conn.waiting is None
+                    and self._answer_now(conn, items[0])):
+                return
             if conn.queue is None:
                 conn.queue = deque(items)
             else:

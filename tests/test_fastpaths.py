@@ -414,3 +414,60 @@ def test_a_run_stops_at_an_over_long_line_in_the_queue(make_server):
     assert lines[10].startswith("ERR line too long")
     assert lines[11:] == ["b"] * 10
     client.close()
+
+
+# ---- the round-trip fast path (Dispatcher._answer_now) against the pipelined path ----
+
+
+def test_one_request_at_a_time_gets_what_a_pipeline_gets(make_server, monkeypatch):
+    server = make_server("127.0.0.1", level="operator")
+    _add_probe_commands(server)
+    answered = []
+    original = server._answer_now
+
+    def spy(conn, line):
+        handled = original(conn, line)
+        answered.append((line, handled))
+        return handled
+
+    monkeypatch.setattr(server, "_answer_now", spy)
+    client = RawClient(server)
+    pipelined = _replies(client, LINES)  # fills the line cache
+    one_by_one = b""
+    for line in LINES + ["ping"]:
+        client.buffer = b""
+        client.send(line + "\n")
+        client.wait_for(lambda buf: buf.count(b"\n") >= (2 if line == "info" else 1))
+        client.pump(2)
+        one_by_one += client.buffer
+    assert one_by_one == pipelined
+    handled = {line for line, done in answered if done}
+    # Everything the line cache knows was answered at once; a refused command was not.
+    assert {"ping", "echo a  b", "boom", "refuse", "later", "shout x y", "info"} <= handled
+    assert ("secret", False) in answered
+    client.close()
+
+
+def test_a_reply_too_big_for_the_socket_is_finished_by_the_reactor(make_server):
+    server = make_server("127.0.0.1")
+
+    @server.command
+    def big():
+        return "y" * 3_000_000
+
+    client = RawClient(server)
+    client.send("big\n")
+    client.wait_for(lambda buf: buf.endswith(b"\n"))
+    assert "big" in server.registry.line_cache
+    client.buffer = b""
+    (conn,) = server.connections
+    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    client.send("big\n")  # answered at once now; the kernel takes only part of 3 MB
+    server.poll(1.0)
+    assert conn.out_size > 0 and conn.queue is None  # sent in part; the rest waits as output
+    client.wait_for(lambda buf: buf.endswith(b"\n"))
+    assert client.buffer == b"y" * 3_000_000 + b"\n"
+    client.buffer = b""
+    assert client.request("ping") == ["pong"]
+    client.close()
