@@ -15,6 +15,9 @@ Workloads:
   echo      one connection, N distinct pipelined `echo I xI` -> req/s
   rtt       one connection, N sequential round trips -> p50/p99 us
   fanin     C connections, each R sequential round trips -> req/s, p99
+  rtt_pair, fanin_pair
+            rtt / fanin against two servers (--port, --port2) in interleaved
+            slices, so both see the same machine -> ratios B/A
   idle      C idle (verified) connections -> server RSS growth per
             connection, then `rtt` on one more connection
   flood     one connection floods pipelined pings for D seconds (used by
@@ -298,6 +301,25 @@ def wl_echo(port, args):
 def rtt_loop(sock, n, warmup=200, max_seconds=0.0):
     """n sequential ping round trips on a blocking socket; latencies in ns.
     With max_seconds, stops early (slow servers) and reports what it did."""
+    lat = rtt_samples(sock, n, warmup, max_seconds)
+    lat.sort()
+    return rtt_stats(lat, n)
+
+
+def rtt_stats(lat, n):
+    """p50/p99/mean of sorted round-trip latencies (ns) as the rtt result."""
+    return {
+        "requests": len(lat),
+        "capped": len(lat) < n,
+        "p50_us": pct(lat, 50) / 1000.0,
+        "p99_us": pct(lat, 99) / 1000.0,
+        "mean_us": statistics.fmean(lat) / 1000.0 if hasattr(statistics, "fmean")
+        else sum(lat) / len(lat) / 1000.0,
+    }
+
+
+def rtt_samples(sock, n, warmup=200, max_seconds=0.0):
+    """The latencies (ns, in order) of n ping round trips after `warmup` more."""
     req = b"ping\n"
     exp = b"pong\n"
     buf = bytearray(64)
@@ -328,15 +350,7 @@ def rtt_loop(sock, n, warmup=200, max_seconds=0.0):
             raise Failed("rtt: request %d got %r, expected %r" % (i, bytes(buf[:got]), exp))
         if i >= warmup:
             append(t1 - t0)
-    lat.sort()
-    return {
-        "requests": len(lat),
-        "capped": len(lat) < n,
-        "p50_us": pct(lat, 50) / 1000.0,
-        "p99_us": pct(lat, 99) / 1000.0,
-        "mean_us": statistics.fmean(lat) / 1000.0 if hasattr(statistics, "fmean")
-        else sum(lat) / len(lat) / 1000.0,
-    }
+    return lat
 
 
 def rtt_on_new_connection(port, n, max_seconds=0.0):
@@ -359,6 +373,69 @@ def wl_rtt(port, args):
         unpin(saved)
     res["pinned"] = saved is not None
     return res
+
+
+def wl_rtt_pair(port, args):
+    """rtt against two servers at once (--port A, --port2 B), in interleaved slices.
+
+    Both servers and this process are pinned to one CPU, and the round trips go in
+    --slices slices per server, in the order A B B A A B ...: on a shared machine whose
+    speed drifts over seconds, both servers then see the same drift, so the ratio of
+    their medians measures the servers rather than the moment each one ran."""
+    if not args.port2:
+        raise Failed("rtt_pair needs --port2")
+    saved = pin_same_cpu(args.server_pid)
+    saved2 = pin_same_cpu(args.server_pid2)
+    socks = []
+    try:
+        for p in (port, args.port2):
+            s = connect(p)
+            s.settimeout(None)
+            set_kernel_timeouts(s, 10.0)
+            socks.append(s)
+        per = max(1, args.n // args.slices)
+        lat = ([], [])
+        for k in (0, 1):
+            rtt_samples(socks[k], 0, warmup=200)
+        for i in range(args.slices):
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                lat[k].extend(rtt_samples(socks[k], per, warmup=10))
+        for s in socks:
+            assert_no_extra(s, "rtt_pair")
+    finally:
+        for s in socks:
+            s.close()
+        unpin(saved2)
+        unpin(saved)
+    a, b = (rtt_stats(sorted(x), per * args.slices) for x in lat)
+    return {"a": a, "b": b, "ratio_p50": b["p50_us"] / a["p50_us"],
+            "pinned": saved is not None}
+
+
+def wl_fanin_pair(port, args):
+    """fan-in against two servers (--port A, --port2 B), phases interleaved A B B A ...
+    (see wl_rtt_pair); each server's median phase, and the ratios B/A."""
+    if not args.port2:
+        raise Failed("fanin_pair needs --port2")
+    pools = [open_verified(port, args.conns)]
+    phases = ([], [])
+    try:
+        pools.append(open_verified(args.port2, args.conns))
+        for i in range(max(1, args.repeat)):
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                secs, lat = fanin_phase(pools[k], args.rounds)
+                phases[k].append((len(lat) / secs, pct(lat, 99) / 1000.0))
+        for pool in pools:
+            for s in pool[:3]:
+                assert_no_extra(s, "fanin_pair", wait=0)
+    finally:
+        for pool in pools:
+            for s in pool:
+                s.close()
+    rps = [statistics.median(p[0] for p in ph) for ph in phases]
+    p99 = [statistics.median(p[1] for p in ph) for ph in phases]
+    return {"a_rps": rps[0], "b_rps": rps[1], "a_p99_us": p99[0], "b_p99_us": p99[1],
+            "ratio_rps": rps[1] / rps[0], "ratio_p99": p99[1] / p99[0], "phases": len(phases[0])}
 
 
 # ------------------------------------------------------ many connections --
@@ -684,7 +761,9 @@ WORKLOADS = {
     "pipeline": wl_pipeline,
     "echo": wl_echo,
     "rtt": wl_rtt,
+    "rtt_pair": wl_rtt_pair,
     "fanin": wl_fanin,
+    "fanin_pair": wl_fanin_pair,
     "idle": wl_idle,
     "flood": wl_flood,
 }
@@ -700,6 +779,9 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=20, help="round trips per connection (fanin)")
     p.add_argument("--repeat", type=int, default=3, help="fan-in phases, median reported")
     p.add_argument("--server-pid", type=int, default=0, help="server pid (idle: VmRSS)")
+    p.add_argument("--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair)")
+    p.add_argument("--server-pid2", type=int, default=0, help="second server's pid (rtt_pair)")
+    p.add_argument("--slices", type=int, default=20, help="slices per server (rtt_pair)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds (flood)")
     p.add_argument("--max-seconds", type=float, default=0.0,
                    help="cap for slow servers (0: none): pipeline/echo stop sending, rtt/idle "
