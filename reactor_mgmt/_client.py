@@ -130,7 +130,7 @@ class LineReader:
         self.max_line = max_line
 
     def feed(self, data: bytes) -> None:
-        if b"\n" not in data:
+        if data.find(b"\n") < 0:
             self._partial += data
         else:
             parts = (self._partial + data).split(b"\n")

@@ -429,9 +429,8 @@ class Server(Dispatcher):
             events = self._to_events(ready) if ready else ready
             timeout = 0
         else:
-            start = _monotonic()
             if self._timers:
-                wait = max(0.0, self._timers[0][0] - start)
+                wait = max(0.0, self._timers[0][0] - _monotonic())
                 timeout = wait if timeout is None else min(timeout, wait)
             try:
                 events = self._select(timeout)
@@ -439,9 +438,10 @@ class Server(Dispatcher):
                 if self._closed:
                     return 0
                 raise
+            start = _monotonic()  # after the wait: a poll's recorded duration is its work
             if not events and not self._ready and not self._calls and not (
                     # a timer may have come due while we slept
-                    self._timers and self._timers[0][0] <= _monotonic()):
+                    self._timers and self._timers[0][0] <= start):
                 return 0
         handled = len(events)
         now = _monotonic()
@@ -465,7 +465,8 @@ class Server(Dispatcher):
             self._calls.popleft()()
         if self._timers and self._timers[0][0] <= now:
             handled += self._run_timers(now)
-        handled += self._run_ready(None if budget is None else start + budget)
+        if self._ready:  # empty when every request was answered straight from _read
+            handled += self._run_ready(None if budget is None else start + budget)
         self.stats.record_poll(_monotonic() - start)
         return handled
 

@@ -471,3 +471,17 @@ def test_a_reply_too_big_for_the_socket_is_finished_by_the_reactor(make_server):
     client.buffer = b""
     assert client.request("ping") == ["pong"]
     client.close()
+
+
+@pytest.mark.parametrize("data", [
+    b"ping\n", b"echo a  b\n", b" ping\n", b"ping \n", b"p\tq\n", b"ping\r\n", b"a\x7fb\n", b"\x1b[A\n",
+    b"x\x00y\n", b"\xff\xfb\x01ping\n", b"caf\xc3\xa9\n", b"\x04\n", b"\n", b" \n", b"x" * 64 + b"\n",
+    b"x" * 65 + b"\n", b'{"cmd": "ping"}\n', b"a\x0bb\n",
+])
+def test_one_line_reads_decode_as_the_same_bytes_cut_in_two(data):
+    """A whole one-line read takes the one-line fast path; the same bytes cut in two cannot."""
+    whole = RequestDecoder(max_line=64)
+    cut = RequestDecoder(max_line=64)
+    items = cut.feed(data[:1]) + cut.feed(data[1:])
+    assert whole.feed(data) == items
+    assert whole.feed(b"ping\n") == cut.feed(b"ping\n")  # and both are left in the same state
