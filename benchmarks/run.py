@@ -44,7 +44,7 @@ PEERS = [
 PEER_WORKLOADS = ["pipeline", "echo", "rtt", "fanin", "idle"]
 WORKLOADS = PEER_WORKLOADS + ["tick", "flood", "import"]
 
-FULL = dict(pipeline=1000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3, cap=6.0,
+FULL = dict(pipeline=3000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3, cap=6.0,
             idle_conns=10000, idle_rtt=20000, tick_ns=[0, 1000, 10000], tick_rounds=15,
             flood_duration=3.0, import_runs=9)
 QUICK = dict(pipeline=100000, echo=20000, rtt=2000, fanin_conns=200, fanin_rounds=20, fanin_repeat=1, cap=2.0,

@@ -39,8 +39,7 @@ TEXT = object()  # the reply id of a text-mode request: its reply is rendered, n
 _UNENCODABLE = "backslashreplace"  # lone surrogates from a handler must not raise out of poll()
 _LINE_CACHE_SIZE = 512
 _MIN_RUN = 4  # a shorter run of one command is cheaper line by line than set up as a batch
-_after_first = itemgetter(slice(1, None))  # words[1:], as a callable map() can apply in C
-_is_str = partial(type.__instancecheck__, str)  # isinstance(x, str), likewise
+_is_str = partial(type.__instancecheck__, str)  # isinstance(x, str), as a callable C can apply
 
 
 class _Ran:
@@ -252,16 +251,19 @@ class Dispatcher:
         else:  # arguments: a raw command (its handler takes *words)
             prefix = name + " "
             try:
-                flags = list(map(str.startswith, chunk, repeat(prefix)))
+                text = "\n".join(chunk)
             except TypeError:  # an event (an over-long line, a Repeat) in the chunk: stop before it
                 chunk = list(takewhile(_is_str, chunk))
-                flags = list(map(str.startswith, chunk, repeat(prefix)))
-            count = flags.index(False) if False in flags else len(chunk)
-            if count < len(chunk):
-                del chunk[count:]
-            if needs_shlex("\n".join(chunk)):  # some line needs shlex: line by line
+                text = "\n".join(chunk)
+            # Lines hold no LF, so "\n" + prefix can only match at the start of a line.
+            if not (text.startswith(prefix) and text.count("\n" + prefix) == len(chunk) - 1):
+                del chunk[list(map(str.startswith, chunk, repeat(prefix))).index(False):]
+                text = "\n".join(chunk)
+            count = len(chunk)
+            if count < _MIN_RUN or needs_shlex(text):  # short, or some line needs shlex: line by line
                 return 0, 0
-            calls = starmap(command.fn, map(_after_first, map(str.split, chunk)))
+            # words[1:] of each line is the split of what follows the prefix.
+            calls = starmap(command.fn, map(str.split, map(itemgetter(slice(len(prefix), None)), chunk)))
         if count < _MIN_RUN:
             return 0, 0
         return self._run_calls(conn, queue, calls, count, replies)

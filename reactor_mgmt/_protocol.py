@@ -351,8 +351,8 @@ class RequestDecoder:
                     lines._partial = bytearray(tail.encode("ascii"))
                 elif lines._partial:
                     lines._partial = bytearray()
-                if "" in items and not self.keep_blank:
-                    items = [item for item in items if item]
+                if (data[:1] == b"\n" or data.find(b"\n\n") >= 0) and not self.keep_blank:
+                    items = [item for item in items if item]  # blank lines are not requests
                 self._telnet._after_cr = False
                 return items
             if lines._partial:
