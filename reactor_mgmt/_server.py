@@ -444,7 +444,7 @@ class Server(Dispatcher):
                     self._timers and self._timers[0][0] <= start):
                 return 0
         handled = len(events)
-        now = _monotonic()
+        now = start
         for owner, mask in events:
             if owner.__class__ is Connection:
                 if owner.closed:  # closed earlier in this tick; its fd may even be reused
