@@ -334,17 +334,17 @@ class RequestDecoder:
             # tail is kept here too, exactly as LineBuffer would keep it.
             if lines._partial:
                 data = bytes(lines._partial) + data  # a local copy: state changes only on success
-            if (len(data) <= lines.max_line and data.isascii()
-                    and len(data.translate(None, _NOT_PLAIN)) == len(data)
-                    and data[:1] != b" " and data.find(b" \n") < 0 and data.find(b"\n ") < 0):
-                end = data.rfind(b"\n") + 1
-                first = data.find(b"\n") + 1 if end >= 2 * _MIN_REPEAT else 0
-                if first > 1 and end >= first * _MIN_REPEAT and data.count(data[:first], 0, end) * first == end:
-                    # n non-overlapping copies of the first line fill the n*len bytes of the
-                    # complete lines only if every line is that line.
-                    lines._partial = bytearray(data[end:])
-                    self._telnet._after_cr = False
-                    return [Repeat(data[:first - 1].decode("ascii"), end // first)]
+            end = data.rfind(b"\n") + 1
+            first = data.find(b"\n") + 1 if end >= 2 * _MIN_REPEAT else 0
+            # n non-overlapping copies of the first line fill the n*len bytes of the complete
+            # lines only if every line is that line; then only that line and the unfinished tail
+            # need the plain checks, not the whole read.
+            if (first > 1 and end >= first * _MIN_REPEAT and data.count(data[:first], 0, end) * first == end
+                    and _is_plain(data[:first] + data[end:], lines.max_line)):
+                lines._partial = bytearray(data[end:])
+                self._telnet._after_cr = False
+                return [Repeat(data[:first - 1].decode("ascii"), end // first)]
+            if _is_plain(data, lines.max_line):
                 items = data.decode("ascii").split("\n")
                 tail = items.pop()
                 if tail:
@@ -418,6 +418,14 @@ class RequestDecoder:
             return line.decode().strip()  # type: ignore[union-attr]
         except UnicodeDecodeError:
             return BAD_ENCODING
+
+
+def _is_plain(data: bytes, max_line: int) -> bool:
+    """Whether ``data`` is lines of ASCII that the telnet filter, the line cap and strip() would
+    all leave as they are: no IAC, NUL, Ctrl-D, CR or other whitespace but space and LF, and no
+    space at either end of a line."""
+    return (len(data) <= max_line and data.isascii() and len(data.translate(None, _NOT_PLAIN)) == len(data)
+            and data[:1] != b" " and data.find(b" \n") < 0 and data.find(b"\n ") < 0)
 
 
 _CTRL_D_STR = "\x04"

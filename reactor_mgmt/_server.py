@@ -450,8 +450,11 @@ class Server(Dispatcher):
                 if owner.closed:  # closed earlier in this tick; its fd may even be reused
                     continue
                 # Past the budget, reads wait for the next poll (the event is level-triggered):
-                # decoding one full recv of tiny commands costs milliseconds.
-                if mask & _READ and (budget is None or _monotonic() - start < budget):
+                # decoding one full recv of tiny commands costs milliseconds. A connection still
+                # working through queued requests is not read either (see _read); that case is
+                # tested here because it is every tick of a pipelined burst.
+                if mask & _READ and (not owner.queue or owner.waiting is not None) and (
+                        budget is None or _monotonic() - start < budget):
                     self._read(owner, now)
                 if mask & _WRITE and not owner.closed:
                     self._flush(owner)
