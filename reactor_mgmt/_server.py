@@ -12,7 +12,10 @@
 #     high-water mark, so neither buffer can grow without a bound;
 #   * every reply is written in request order; a Pending or Stream reply holds back the
 #     requests behind it rather than letting their output overtake it;
-#   * EVENT_WRITE is registered only while output is pending.
+#   * EVENT_WRITE is registered only while output is pending;
+#   * a request that arrives alone is answered straight from the read (_answer_now), and the
+#     replies to a pipelined burst are held (up to 64 KiB) while more of it waits for the next
+#     tick, so a burst costs one send per read rather than one per tick.
 from __future__ import annotations
 
 import errno
