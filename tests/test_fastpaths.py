@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import selectors
 import socket
+from collections import deque
 
 import pytest
 
@@ -210,7 +211,8 @@ def _pipeline(server: reactor_mgmt.Server, requests: list) -> list:
 def test_a_run_gives_exactly_the_replies_of_one_request_at_a_time(make_server, monkeypatch, per_tick):
     requests = (["ping"] * 40 + ["tick"] * 30 + [f"echo {i} x{i}" for i in range(25)]
                 + ["echo 'quoted words' x", "echo a\x0bb", "echo a  b"] + ["same"] * 12
-                + ["lines a b", "lines", "lines c"] * 5 + ["echo"] * 6 + ["tick"] * 3)
+                + ["lines a b", "lines", "lines c"] * 5 + [f"lines {i} x{i}" for i in range(9)]
+                + ["echo"] * 6 + ["tick"] * 3)
     transcripts, calls_seen = [], []
     for batched in (False, True):
         server = make_server("127.0.0.1", max_commands_per_tick=per_tick)
@@ -485,3 +487,15 @@ def test_one_line_reads_decode_as_the_same_bytes_cut_in_two(data):
     items = cut.feed(data[:1]) + cut.feed(data[1:])
     assert whole.feed(data) == items
     assert whole.feed(b"ping\n") == cut.feed(b"ping\n")  # and both are left in the same state
+
+
+def test_the_general_path_runs_one_copy_of_a_repeat(server):
+    client = RawClient(server)
+    (conn,) = server.connections
+    conn.queue = deque()
+    server._execute(conn, Repeat("ping", 3))
+    assert conn.queue[0].__class__ is Repeat and conn.queue[0].count == 2
+    server._flush(conn)
+    client.pump()
+    assert client.buffer == b"pong\n"
+    client.close()
