@@ -997,6 +997,13 @@ class Server(Dispatcher):
             self._integration.detach()
         self._closed = True
         for conn in list(self._connections.values()):
+            if conn.out is not None:
+                # Replies already made (held back during a pipelined burst, or refused by a full
+                # socket) get one non-blocking send: closing between two ticks must not drop them.
+                try:
+                    conn.sock.send(b"".join(conn.out))
+                except OSError:
+                    pass
             self._close_now(conn)
         for listener in self._listeners:
             try:

@@ -499,3 +499,20 @@ def test_the_general_path_runs_one_copy_of_a_repeat(server):
     client.pump()
     assert client.buffer == b"pong\n"
     client.close()
+
+
+def test_closing_the_server_sends_the_replies_it_was_holding(make_server):
+    server = make_server("127.0.0.1", max_commands_per_tick=10)
+    client = RawClient(server)
+    client.send("ping\n" * 45)
+    server.poll(0.5)  # ten ran; their replies wait for the rest of the burst
+    server.close()
+    client.sock.settimeout(5)
+    received = b""
+    while True:
+        data = client.sock.recv(65536)
+        if not data:
+            break
+        received += data
+    assert received == b"pong\n" * 10
+    client.close()
