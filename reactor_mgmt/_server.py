@@ -234,7 +234,8 @@ class Server(Dispatcher):
         self.registry.remove(name)
 
     def add_commands(self, obj: Any, *, prefix: str = "", level: Optional[str] = None) -> List[Command]:
-        """Registers every public method of ``obj`` (names starting with ``_`` are skipped).
+        """Registers every public method of ``obj`` (names starting with ``_`` are skipped); for a
+        module, every public function defined in it.
 
         A method can set its own options with the ``@command_options`` decorator.
         """
@@ -251,6 +252,8 @@ class Server(Dispatcher):
             method = getattr(obj, attribute)
             if not (inspect.ismethod(method) or inspect.isfunction(method)):
                 continue
+            if inspect.ismodule(obj) and getattr(method, "__module__", None) != obj.__name__:
+                continue  # a function the module imported is not one of its commands
             options = dict(getattr(method, "_reactor_mgmt_options", {}))
             command_name = options.pop("name", attribute.replace("_", " "))
             if level is not None:
@@ -1132,7 +1135,10 @@ def _clear_unix_path(path: str) -> None:
 def _gid_of(group: str) -> int:
     import grp
 
-    return grp.getgrnam(group).gr_gid
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"unknown group {group!r} for the Unix socket") from None
 
 
 def _is_loopback(host: str) -> bool:

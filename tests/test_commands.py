@@ -838,3 +838,19 @@ def test_an_error_message_with_newlines_is_still_one_line(server):
     client = RawClient(server)
     assert client.request("multi\nping", lines=2) == ["ERR first line second line third", "pong"]
     client.close()
+
+
+def test_add_commands_of_a_module_skips_what_it_imported(make_server, tmp_path, monkeypatch):
+    (tmp_path / "ops_module_rm.py").write_text(
+        "from os.path import join\n"
+        "from json import dumps as _dumps\n"
+        "def flush_cache():\n"
+        "    return 'flushed'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ops_module_rm
+
+    srv = make_server("127.0.0.1")
+    added = srv.add_commands(ops_module_rm)
+    assert [command.name for command in added] == ["flush cache"]
+    assert "join" not in srv.registry.commands

@@ -934,7 +934,7 @@ def test_unix_socket_group_and_mode(make_server, short_dir, by_name):
 def test_unix_socket_unknown_group_leaves_nothing_behind(make_server, short_dir):
     server = make_server(port=None)
     path = os.path.join(short_dir, "g")
-    with pytest.raises(KeyError):
+    with pytest.raises(reactor_mgmt.ConfigError, match="unknown group 'no-such-group-rmh'"):
         server.listen_unix(path, group="no-such-group-rmh")
     assert not os.path.exists(path) and server.addresses == []
 
