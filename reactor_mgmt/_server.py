@@ -13,9 +13,9 @@
 #   * every reply is written in request order; a Pending or Stream reply holds back the
 #     requests behind it rather than letting their output overtake it;
 #   * EVENT_WRITE is registered only while output is pending;
-#   * a request that arrives alone is answered straight from the read (_answer_now), and the
-#     replies to a pipelined burst are held (up to 64 KiB) while more of it waits for the next
-#     tick, so a burst costs one send per read rather than one per tick.
+#   * a request that arrives alone is answered straight from the read (_answer_now), and,
+#     when poll() has no budget, the replies to a pipelined burst are held (up to 64 KiB) while
+#     more of it waits for the next tick, so a burst costs one send per read, not one per tick.
 from __future__ import annotations
 
 import errno
@@ -595,11 +595,14 @@ class Server(Dispatcher):
             conn.closing = True
         if conn.out_size >= high_water:
             conn.paused = True  # an empty queue must not let one more read in above high water
-        if queue and conn.scheduled and conn.out_size < _HOLD_OUTPUT and conn.waiting is None and not conn.closing:
+        if (queue and conn.scheduled and stop_at is None and conn.out_size < _HOLD_OUTPUT
+                and conn.waiting is None and not conn.closing):
             # Pipelined requests are still queued for the next tick: hold these replies and
             # send them with that tick's, so a read of 1,600 pings costs one send, not seven (a
             # send to loopback does the receiver's TCP work too). The hold lasts until the queue
-            # empties, which one read's worth of requests does within a few ticks.
+            # empties, which one read's worth of requests does within a few back-to-back ticks.
+            # Not under a poll budget: a host that budgets its ticks (a game loop) may be a frame
+            # away from the next one, so its replies go out every tick.
             return ran
         self._flush(conn)
         if not conn.closed:

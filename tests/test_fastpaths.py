@@ -516,3 +516,12 @@ def test_closing_the_server_sends_the_replies_it_was_holding(make_server):
         received += data
     assert received == b"pong\n" * 10
     client.close()
+
+
+def test_under_a_budget_replies_go_out_every_tick(make_server):
+    server = make_server("127.0.0.1", max_commands_per_tick=10)
+    client = RawClient(server)
+    client.send("ping\n" * 45)
+    server.poll(0.5, budget=1.0)
+    assert client.sock.recv(65536, socket.MSG_DONTWAIT) == b"pong\n" * 10
+    client.close()
