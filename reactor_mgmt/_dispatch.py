@@ -51,6 +51,23 @@ class _Ran:
         self.result = result
 
 
+class _Raised:
+    """A batch result that is an exception: its error line takes the request's place in order."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+
+def _take_one_copy(queue: Any, repeated: Repeat) -> str:
+    """For a Repeat just taken off the queue: puts the other copies back, returns the line."""
+    if repeated.count > 1:
+        repeated.count -= 1
+        queue.appendleft(repeated)
+    return repeated.line
+
+
 def _err_line(message: str) -> bytes:
     """An error reply: always exactly one line, so a client can tell where it ends."""
     if "\n" in message or "\r" in message:
@@ -76,13 +93,10 @@ class Dispatcher:
 
     def _execute(self, conn: Connection, item: Any) -> None:
         if item.__class__ is _Ran:
-            self._deliver(conn, item.result, TEXT)
+            self._deliver_ran(conn, item.result)
             return
-        if item.__class__ is Repeat:  # run one copy; the rest stays at the head of the queue
-            if item.count > 1:
-                item.count -= 1
-                conn.queue.appendleft(item)
-            item = item.line
+        if item.__class__ is Repeat:
+            item = _take_one_copy(conn.queue, item)
         self.stats.commands += 1
         if item.__class__ is str:
             if item[0] == "{":
@@ -134,11 +148,8 @@ class Dispatcher:
         try:
             while done < most and queue:
                 line = popleft()
-                if line.__class__ is Repeat:  # take one copy; a refusal below puts it back in front
-                    if line.count > 1:
-                        line.count -= 1
-                        queue.appendleft(line)
-                    line = line.line
+                if line.__class__ is Repeat:  # a refusal below puts the copy back in front
+                    line = _take_one_copy(queue, line)
                 entry = cache_get(line) or plain_request(line)
                 if entry is None or entry[0].gate > clearance or room <= 0 or (
                         stop_at is not None and done and _monotonic() >= stop_at):
@@ -247,6 +258,8 @@ class Dispatcher:
                 count = len(chunk)
             else:  # operator.eq, not name.__eq__, whose NotImplemented for a non-str is truthy
                 count = list(map(eq, chunk, repeat(name))).index(False)
+            if count < _MIN_RUN:
+                return 0, 0
             calls = starmap(command.fn, repeat((), count))
         else:  # arguments: a raw command (its handler takes *words)
             prefix = name + " "
@@ -264,8 +277,6 @@ class Dispatcher:
                 return 0, 0
             # words[1:] of each line is the split of what follows the prefix.
             calls = starmap(command.fn, map(str.split, map(itemgetter(slice(len(prefix), None)), chunk)))
-        if count < _MIN_RUN:
-            return 0, 0
         return self._run_calls(conn, queue, calls, count, replies)
 
     def _run_calls(self, conn: Connection, queue: Deque[Any], calls: Any, count: int,
@@ -275,11 +286,15 @@ class Dispatcher:
         self.stats.commands += count  # up front, as the per-request path counts before each call
         try:
             results.extend(calls)  # keeps the results before a raise
-        except BaseException:
-            self._consume(queue, len(results) + 1)
-            self.stats.commands -= count - len(results) - 1
-            self._collect_replies(conn, queue, results, replies)
-            raise
+        except BaseException as exc:  # the batch ends with the request that raised
+            ran = len(results) + 1
+            self._consume(queue, ran)
+            self.stats.commands -= count - ran
+            if not isinstance(exc, Exception):  # KeyboardInterrupt: keep the replies, then go
+                self._collect_replies(conn, queue, results, replies)
+                raise
+            results.append(_Raised(exc))
+            return ran, self._collect_replies(conn, queue, results, replies)
         self._consume(queue, count)
         return count, self._collect_replies(conn, queue, results, replies)
 
@@ -296,7 +311,7 @@ class Dispatcher:
                 text += "\n"
             else:
                 text = "".join([result if result[-1:] == "\n" else result + "\n" for result in results])
-        else:  # a handler changed its mind mid-run: deliver one at a time
+        else:  # a handler raised or changed its mind mid-run: deliver one at a time
             for index, result in enumerate(results):
                 if result.__class__ is str:
                     replies.append(result if result[-1:] == "\n" else result + "\n")
@@ -304,13 +319,19 @@ class Dispatcher:
                 if replies:
                     self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
                     replies.clear()
-                self._deliver(conn, result, TEXT)
+                self._deliver_ran(conn, result)
                 if conn.waiting is not None:
                     queue.extendleft(_Ran(later) for later in reversed(results[index + 1:]))
                     break
             return 0
         replies.append(text)
         return len(text)
+
+    def _deliver_ran(self, conn: Connection, result: Any) -> None:
+        if result.__class__ is _Raised:
+            self._text_error(conn, result.exc)
+        else:
+            self._deliver(conn, result, TEXT)
 
     @staticmethod
     def _consume(queue: Deque[Any], count: int) -> None:

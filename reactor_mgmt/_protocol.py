@@ -10,9 +10,10 @@
 #                 subscription wants Enter to stop it), and reports problems as
 #                 values in the same ordered list as the lines, so replies stay in order.
 # Each layer has a fast path for the common case (no IAC, whole lines, ASCII) because the
-# reactor feeds every received byte through here. Byte searches use bytes.find, never `in`:
-# `x in data` first tries x as an int and clears the TypeError, which costs ~240 ns a test. A read that is one line repeated (pipelined
-# pings) comes out as a single Repeat item rather than thousands of identical strs.
+# reactor feeds every received byte through here. A read that is one line repeated (pipelined
+# pings) comes out as a single Repeat item rather than thousands of identical strs. Byte searches
+# use bytes.find, never `in`: `x in data` first tries x as an int and clears the TypeError, which
+# costs ~240 ns a test.
 from __future__ import annotations
 
 import re

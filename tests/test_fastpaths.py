@@ -251,36 +251,10 @@ def test_a_handler_that_raises_in_a_run_costs_only_its_own_reply(make_server, mo
     assert len(calls) == 30
     assert replies == ([f"ok {n}" for n in range(1, 10)] + ["ERR internal error (RuntimeError)"]
                        + [f"ok {n}" for n in range(11, 31)] + ["pong"])
-    # The first run raised at its ninth request (after the probe); the rest ran as a new run.
-    assert taken == ["raised", 19]
+    # The first run ended with its ninth request (after the probe), which raised; the rest ran
+    # as a new run after a probe of their own.
+    assert taken == [9, 19]
     assert server.stats.commands == 31
-
-
-def test_a_handler_that_turns_pending_in_a_run_keeps_replies_in_order(make_server):
-    server = make_server("127.0.0.1")
-    parked = []
-
-    @server.command
-    def job():
-        if len(parked) == 0 and job.calls == 5:
-            job.calls += 1
-            pending = Pending()
-            parked.append(pending)
-            return pending
-        job.calls += 1
-        return f"job {job.calls}"
-
-    job.calls = 0
-    client = RawClient(server)
-    client.send("job\n" * 12 + "ping\n")
-    client.wait_for(lambda buf: buf.count(b"\n") >= 5)
-    client.pump(5)
-    assert client.buffer == b"".join(b"job %d\n" % n for n in range(1, 6))  # the rest waits
-    parked[0].resolve("sixth, resolved")
-    client.wait_for(lambda buf: buf.endswith(b"pong\n"))
-    assert client.buffer.decode().split("\n")[5:-1] == (["sixth, resolved"] + [f"job {n}" for n in range(7, 13)]
-                                                        + ["pong"])
-    client.close()
 
 
 def test_stats_count_every_request_of_a_run_once(make_server):
@@ -524,4 +498,31 @@ def test_under_a_budget_replies_go_out_every_tick(make_server):
     client.send("ping\n" * 45)
     server.poll(0.5, budget=1.0)
     assert client.sock.recv(65536, socket.MSG_DONTWAIT) == b"pong\n" * 10
+    client.close()
+
+
+def test_a_run_that_parks_then_raises_keeps_every_reply_in_order(make_server):
+    server = make_server("127.0.0.1")
+    parked = []
+
+    @server.command
+    def job():
+        job.calls += 1
+        if job.calls == 6:
+            parked.append(Pending())
+            return parked[0]
+        if job.calls == 8:
+            raise CommandError("eighth refused")
+        return f"job {job.calls}"
+
+    job.calls = 0
+    client = RawClient(server)
+    client.send("job\n" * 12 + "ping\n")
+    client.wait_for(lambda buf: buf.count(b"\n") >= 5)
+    client.pump(5)
+    assert client.buffer == b"".join(b"job %d\n" % n for n in range(1, 6))  # the error waits too
+    parked[0].resolve("sixth")
+    client.wait_for(lambda buf: buf.endswith(b"pong\n"))
+    assert client.buffer.decode().split("\n")[5:-1] == [
+        "sixth", "job 7", "ERR eighth refused", "job 9", "job 10", "job 11", "job 12", "pong"]
     client.close()
