@@ -457,9 +457,10 @@ class Server(Dispatcher):
                     continue
                 # Past the budget, reads wait for the next poll (the event is level-triggered):
                 # decoding one full recv of tiny commands costs milliseconds. A connection still
-                # working through queued requests is not read either (see _read); that case is
-                # tested here because it is every tick of a pipelined burst.
-                if mask & _READ and (not owner.queue or owner.waiting is not None) and (
+                # holding requests is not read either: reading more would let its queue grow by a
+                # recv per poll (the event fires again once the queue is empty). A running
+                # subscription is the exception, since any input stops it.
+                if mask & _READ and (not owner.queue or _subscribed(owner)) and (
                         budget is None or _monotonic() - start < budget):
                     self._read(owner, now)
                 if mask & _WRITE and not owner.closed:
@@ -610,9 +611,7 @@ class Server(Dispatcher):
         return ran
 
     def _read(self, conn: Connection, now: float) -> None:
-        if conn.paused or (conn.queue and not _subscribed(conn)):
-            # Still holding requests (the budget ran out before they ran): reading more would let
-            # the queue grow by a recv per poll. The event fires again once the queue is empty.
+        if conn.paused:  # above the high-water mark: the reply backlog must drain first
             return
         try:
             data = conn.sock.recv(_RECV_SIZE)
