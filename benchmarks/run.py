@@ -542,9 +542,9 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
         parts.append("## Import cost\n")
         if imp.get("ok"):
             parts.append("`import reactor_mgmt` %.1f ms, `import selectors, socket` %.1f ms "
-                         "(sum of top-level cumulative `-X importtime`, start-up included; median "
-                         "of %d) -> adds **%.1f ms**.\n"
-                         % (imp["target_ms"], imp["base_ms"], imp["runs"], imp["added_ms"]))
+                         "(medians; sum of top-level cumulative `-X importtime`, interpreter start-up imports "
+                         "left out) -> adds **%.1f ms** (median of %d paired differences).\n"
+                         % (imp["target_ms"], imp["base_ms"], imp["added_ms"], imp["runs"]))
         else:
             parts.append("FAILED: %s\n" % imp.get("error"))
     errs = sorted(res.errors.items())
