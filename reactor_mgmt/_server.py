@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
+# poll() reads events in epoll's bits on every platform (see _make_wait): IN and OUT are
+# select.EPOLLIN and EPOLLOUT, spelled as numbers because select has no EPOLL* off Linux. HUP and
+# ERR count as both readable and writable, as in selectors: recv/send then report the error.
+_IN, _OUT = 0x001, 0x004
+_READABLE, _WRITABLE = ~_OUT, ~_IN
 _monotonic = time.monotonic
 
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
@@ -53,6 +58,7 @@ _HOLD_OUTPUT = 65536  # replies held back while more pipelined requests wait (se
 _LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
 _POLL_WINDOW = 1024
+_WAKER = object()  # the owner of the cross-thread waker's socket in Server._owners
 
 
 class Listener:
@@ -79,7 +85,7 @@ class Stats:
     """Counters for the `stats` command; plain attributes so the hot path is cheap."""
 
     __slots__ = ("started", "connections_total", "commands", "errors", "bytes_in", "bytes_out",
-                 "busy_polls", "durations", "duration_index", "refused", "http_closed")
+                 "busy_polls", "durations", "refused", "http_closed")
 
     def __init__(self) -> None:
         self.started = time.time()
@@ -89,18 +95,10 @@ class Stats:
         self.bytes_in = 0
         self.bytes_out = 0
         self.busy_polls = 0
-        self.durations: List[float] = []
-        self.duration_index = 0
+        # The last _POLL_WINDOW busy polls' durations; poll() appends one per busy poll.
+        self.durations: Deque[float] = deque(maxlen=_POLL_WINDOW)
         self.refused = 0
         self.http_closed = 0
-
-    def record_poll(self, seconds: float) -> None:
-        self.busy_polls += 1
-        if len(self.durations) < _POLL_WINDOW:
-            self.durations.append(seconds)
-        else:
-            self.durations[self.duration_index] = seconds
-            self.duration_index = (self.duration_index + 1) % _POLL_WINDOW
 
 
 if TYPE_CHECKING:
@@ -158,8 +156,8 @@ class Server(Dispatcher):
         self.fallback: Optional[Callable[[str, List[str], Connection], Any]] = None
         self.on_error: Optional[Callable[[BaseException], Any]] = None
         self._selector = selectors.DefaultSelector()
-        self._owners: Dict[int, Any] = {}  # fd -> Connection, Listener or None (the waker)
-        self._select, self._wait_now, self._to_events = self._make_select()
+        self._owners: Dict[int, Any] = {}  # fd -> Connection, Listener or _WAKER
+        self._wait = self._make_wait()
         self._listeners: List[Listener] = []
         self._connections: Dict[int, Connection] = {}
         self._ready: Deque[Connection] = deque()
@@ -422,53 +420,44 @@ class Server(Dispatcher):
         if timeout == 0 or self._ready or self._calls:
             # The idle tick, which a host pays on every loop iteration: one non-blocking kernel
             # call, and a clock read only when a timer is armed.
-            try:
-                ready = self._wait_now(0)
-            except (ValueError, OSError):
-                if self._closed:  # a handler closed the server; the host's loop may poll once more
-                    return 0
-                raise
-            if not ready and not self._ready and not self._calls and not (
-                    self._timers and self._timers[0][0] <= _monotonic()):
-                return 0
-            start = _monotonic()
-            events = self._to_events(ready) if ready else ready
             timeout = 0
-        else:
-            if self._timers:
-                wait = max(0.0, self._timers[0][0] - _monotonic())
-                timeout = wait if timeout is None else min(timeout, wait)
-            try:
-                events = self._select(timeout)
-            except (ValueError, OSError):
-                if self._closed:
-                    return 0
-                raise
-            start = _monotonic()  # after the wait: a poll's recorded duration is its work
-            if not events and not self._ready and not self._calls and not (
-                    # a timer may have come due while we slept
-                    self._timers and self._timers[0][0] <= start):
+        elif self._timers:
+            wait = max(0.0, self._timers[0][0] - _monotonic())
+            timeout = wait if timeout is None else min(timeout, wait)
+        try:
+            events = self._wait(timeout)
+        except (ValueError, OSError):
+            if self._closed:  # a handler closed the server; the host's loop may poll once more
                 return 0
+            raise
+        if not events and not self._ready and not self._calls and not (
+                # a timer may have come due, or come due while we slept
+                self._timers and self._timers[0][0] <= _monotonic()):
+            return 0
+        start = now = _monotonic()  # after the wait: a poll's recorded duration is its work
         handled = len(events)
-        now = start
-        for owner, mask in events:
+        owners = self._owners
+        for fd, event in events:
+            # Looked up here, not when the events were read: a handler run for an earlier event
+            # may have closed this connection, and then its fd is gone from owners.
+            owner = owners.get(fd)
             if owner.__class__ is Connection:
-                if owner.closed:  # closed earlier in this tick; its fd may even be reused
+                if owner.closed:
                     continue
                 # Past the budget, reads wait for the next poll (the event is level-triggered):
                 # decoding one full recv of tiny commands costs milliseconds. A connection still
                 # holding requests is not read either: reading more would let its queue grow by a
                 # recv per poll (the event fires again once the queue is empty). A running
                 # subscription is the exception, since any input stops it.
-                if mask & _READ and (not owner.queue or _subscribed(owner)) and (
+                if event & _READABLE and (not owner.queue or _subscribed(owner)) and (
                         budget is None or _monotonic() - start < budget):
                     self._read(owner, now)
-                if mask & _WRITE and not owner.closed:
+                if event & _WRITABLE and not owner.closed:
                     self._flush(owner)
                     self._schedule(owner)
             elif owner.__class__ is Listener:
                 self._accept(owner, now)
-            else:  # the cross-thread waker
+            elif owner is _WAKER:
                 self._drain_waker()
         while self._calls:
             handled += 1
@@ -477,52 +466,32 @@ class Server(Dispatcher):
             handled += self._run_timers(now)
         if self._ready:  # empty when every request was answered straight from _read
             handled += self._run_ready(None if budget is None else start + budget)
-        self.stats.record_poll(_monotonic() - start)
+        stats = self.stats
+        stats.busy_polls += 1
+        stats.durations.append(_monotonic() - start)
         return handled
 
-    def _make_select(self) -> Tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
-        """Returns (select(timeout) -> [(owner, mask)], wait_now(0) -> raw, to_events(raw)).
+    def _make_wait(self) -> Callable[[Optional[float]], List[Tuple[int, int]]]:
+        """Returns wait(timeout) -> [(fd, events)], the kernel call poll() makes, events in
+        epoll's bits (_IN, _OUT).
 
         selectors.EpollSelector.select() spends more time wrapping results in SelectorKeys than
         epoll_wait() itself takes, and an idle poll(0) is nothing but that call. So on epoll we
         let the selector do registration (its public API) and call the kernel poller it wraps
-        directly, mapping fds to owners with our own dict. Elsewhere the selector is used as is.
-        wait_now(0) is the raw non-blocking call poll()'s idle path makes, and to_events maps
-        what it returns.
+        directly: its (fd, events) pairs are what poll() reads, mapped to owners by our own
+        dict. (epoll.poll already rounds a timeout up to whole milliseconds, so it never wakes
+        early and spins.) Elsewhere the selector's results are translated to the same shape.
         """
         selector = self._selector
         raw = getattr(selector, "_selector", None)
-        owners = self._owners
         if isinstance(selector, getattr(selectors, "EpollSelector", ())) and hasattr(raw, "poll"):
-            import math
-            import select
+            return raw.poll
 
-            epoll_wait = raw.poll
-            not_in, not_out = ~select.EPOLLIN, ~select.EPOLLOUT
+        def wait_generic(timeout: Optional[float]) -> List[Tuple[int, int]]:
+            return [(key.fd, (_IN if mask & _READ else 0) | (_OUT if mask & _WRITE else 0))
+                    for key, mask in selector.select(timeout)]
 
-            def to_events(ready: List[Tuple[int, int]]) -> List[Tuple[Any, int]]:
-                # HUP and ERR count as both readable and writable, as in selectors: recv/send
-                # then report the actual error.
-                return [(owners[fd], (_WRITE if event & not_in else 0) | (_READ if event & not_out else 0))
-                        for fd, event in ready]
-
-            def select_epoll(timeout: Optional[float]) -> List[Tuple[Any, int]]:
-                if timeout is None:
-                    timeout = -1
-                elif timeout > 0:  # epoll counts whole ms: round up, or we wake early and spin
-                    timeout = math.ceil(timeout * 1e3) * 1e-3
-                ready = epoll_wait(timeout)
-                return to_events(ready) if ready else ready
-
-            return select_epoll, epoll_wait, to_events
-
-        def to_generic(ready: List[Tuple[Any, int]]) -> List[Tuple[Any, int]]:
-            return [(key.data, mask) for key, mask in ready]
-
-        def select_generic(timeout: Optional[float]) -> List[Tuple[Any, int]]:
-            return to_generic(selector.select(timeout))
-
-        return select_generic, selector.select, to_generic
+        return wait_generic
 
     def _register(self, sock: socket.socket, mask: int, owner: Any) -> None:
         self._selector.register(sock, mask, owner)
@@ -535,8 +504,14 @@ class Server(Dispatcher):
         self._selector.unregister(sock)
         self._owners.pop(sock.fileno(), None)
 
-    def serve_forever(self, poll_interval: float = 1.0) -> None:
-        """Runs poll() until close(), for hosts with nothing else to do."""
+    def serve_forever(self, poll_interval: Optional[float] = None) -> None:
+        """Runs poll() until close(), for hosts with nothing else to do.
+
+        Each poll() waits up to ``poll_interval`` seconds; None (the default) waits for activity
+        or the next timer, since nothing else needs the thread. close() still ends the loop when
+        called from a handler, a signal handler, or another thread through
+        ``call_soon_threadsafe(server.close)``, which wakes the wait.
+        """
         while not self._closed:
             self.poll(poll_interval)
 
@@ -952,7 +927,7 @@ class Server(Dispatcher):
                 reader, writer = socket.socketpair()
                 reader.setblocking(False)
                 writer.setblocking(False)
-                self._register(reader, _READ, None)
+                self._register(reader, _READ, _WAKER)
                 self._waker = (reader, writer)
         return self._waker
 

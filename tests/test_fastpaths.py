@@ -119,7 +119,7 @@ def test_generic_selectors_path_matches_the_epoll_path(monkeypatch):
             monkeypatch.setattr(selectors, "EpollSelector", type("NotEpoll", (), {}), raising=False)
         server = reactor_mgmt.Server("127.0.0.1", 0)
         try:
-            assert (server._select.__name__ == "select_generic") == disable
+            assert (server._wait.__name__ == "wait_generic") == disable
             client = RawClient(server)
             client.send("ping\necho hello world\nnope\n")
             transcripts.append(client.lines(3))

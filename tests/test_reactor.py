@@ -518,7 +518,8 @@ def test_serve_forever_stops_after_close_from_handler(server):
     sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
     try:
         sock.sendall(b"ping\nshutdown\n")
-        watchdog = threading.Timer(TIMEOUT, server.close)  # only if serve_forever hangs
+        # only if serve_forever hangs; a blocked wait wakes only through call_soon_threadsafe
+        watchdog = threading.Timer(TIMEOUT, server.call_soon_threadsafe, (server.close,))
         watchdog.start()
         started = time.monotonic()
         try:
@@ -529,6 +530,62 @@ def test_serve_forever_stops_after_close_from_handler(server):
         assert server.closed
     finally:
         sock.close()
+
+
+def test_serve_forever_blocks_until_activity_and_stops_from_another_thread(server):
+    """The default waits without a timeout; call_soon_threadsafe(close) still ends it."""
+    answers = []
+
+    def drive() -> None:
+        with socket.create_connection(server.addresses[0], timeout=TIMEOUT) as sock:
+            sock.sendall(b"ping\n")
+            answers.append(sock.recv(100))
+        time.sleep(0.3)  # serve_forever is now blocked in its wait, with nothing to do
+        server.call_soon_threadsafe(server.close)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    busy_before = server.stats.busy_polls
+    started = time.monotonic()
+    try:
+        server.serve_forever()
+    finally:
+        driver.join(TIMEOUT)
+    assert answers == [b"pong\n"]
+    assert server.closed
+    assert time.monotonic() - started < TIMEOUT - 1
+    # Blocking waits: a handful of busy polls (accept, read, EOF, the close), not one per tick.
+    assert server.stats.busy_polls - busy_before < 10
+
+
+def test_handler_closing_the_server_with_more_events_in_the_same_poll(server):
+    """A handler run for the first event closes the server: the other connection's event, read
+    in the same batch, belongs to a socket that is gone, and is skipped."""
+    armed = []
+
+    @server.command(name="shutdown")
+    def shutdown() -> str:
+        if not armed:
+            armed.append(True)
+            return "armed"
+        server.close()
+        return "bye"
+
+    clients = [RawClient(server), RawClient(server)]
+    # Run once, the line is cached, so the next ones are answered straight from their reads,
+    # inside the loop over this poll's events.
+    assert clients[0].request("shutdown") == ["armed"] and clients[1].request("ping") == ["pong"]
+    for client in clients:
+        client.send("shutdown\n")
+    time.sleep(0.1)  # both reads ready: one poll sees both events
+    assert server.poll(0) >= 2  # both events, then the handler's reply turn
+    assert server.closed
+    for client in clients:
+        client.sock.settimeout(TIMEOUT)
+        try:
+            assert client.sock.recv(100) == b""  # closed by close()
+        except ConnectionResetError:  # closed with its request unread
+            pass
 
 
 # ---- reactor_mgmt.start ----
