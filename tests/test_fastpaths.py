@@ -463,6 +463,24 @@ def test_one_line_reads_decode_as_the_same_bytes_cut_in_two(data):
     assert whole.feed(b"ping\n") == cut.feed(b"ping\n")  # and both are left in the same state
 
 
+@pytest.mark.parametrize("before", [
+    b"\xff",  # IAC: the next byte is a telnet command
+    b"\xff\xfb",  # IAC WILL: the next byte is the option
+    b"\xff\xfa\x18",  # inside a subnegotiation, until IAC SE
+    b"ping\r",  # a CR whose LF has not arrived
+    b"pi",  # an unfinished line
+    b"x" * 70,  # an over-long line being discarded
+    b"\x04",  # Ctrl-D: the session is over
+])
+def test_a_one_line_read_after_a_read_that_left_state_takes_the_general_path(before):
+    """The one-line path runs only while every layer is at rest. After a read that leaves one
+    mid-sequence, the same one-line read must mean what the general path makes of it."""
+    split = RequestDecoder(max_line=64)
+    joined = RequestDecoder(max_line=64)
+    for after in (b"!ping\n", b"ping\n", b"\xff\xf0ping\n", b"ping\n"):
+        assert split.feed(before) + split.feed(after) == joined.feed(before + after)
+
+
 def test_the_general_path_runs_one_copy_of_a_repeat(server):
     client = RawClient(server)
     (conn,) = server.connections
