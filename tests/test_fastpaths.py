@@ -424,6 +424,53 @@ def test_one_request_at_a_time_gets_what_a_pipeline_gets(make_server, monkeypatc
     client.close()
 
 
+class _SendFails:
+    """Wraps a server-side socket: the next send() raises ``error``, then sends go through."""
+
+    def __init__(self, sock: socket.socket, error: OSError) -> None:
+        self._sock = sock
+        self.error: "OSError | None" = error
+
+    def send(self, data: bytes) -> int:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def test_an_answer_the_socket_refuses_is_sent_by_the_reactor(server):
+    """EAGAIN on the fast path's send: the reply goes to the output buffer, nothing is lost."""
+    client = RawClient(server)
+    assert client.request("ping") == ["pong"]
+    assert "ping" in server.registry.line_cache
+    (conn,) = server.connections
+    wrapper = conn.sock = _SendFails(conn.sock, BlockingIOError())
+    client.send("ping\n")
+    server.poll(1.0)  # answered from the read: the send is refused, the reply kept as output
+    assert wrapper.error is None
+    assert client.lines(1) == ["pong"]
+    assert conn.out is None and client.request("ping") == ["pong"]
+    conn.sock = wrapper._sock
+    client.close()
+
+
+def test_a_peer_gone_at_the_fast_paths_send_is_dropped_alone(server):
+    gone = RawClient(server)
+    other = RawClient(server)
+    assert gone.request("ping") == ["pong"] and other.request("ping") == ["pong"]
+    conn = next(c for c in server.connections if c.sock.getpeername() == gone.sock.getsockname())
+    conn.sock = _SendFails(conn.sock, ConnectionResetError())
+    gone.send("ping\n")
+    server.poll(1.0)
+    assert conn.closed and conn not in server.connections
+    assert other.request("ping") == ["pong"]
+    gone.close()
+    other.close()
+
+
 def test_a_reply_too_big_for_the_socket_is_finished_by_the_reactor(make_server):
     server = make_server("127.0.0.1")
 
