@@ -76,6 +76,9 @@ class Connection:
         if data and not data.endswith(b"\n"):
             data += b"\n"
         self.server._write(self, data)
+        # Outside a handler's turn (the host pushing a notice between polls) nothing else would
+        # flush it: the connection must be serviced on the next poll, and an event loop told.
+        self.server.wake(self)
 
     def close(self) -> None:
         """Closes after everything queued so far has been sent."""

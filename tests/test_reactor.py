@@ -164,6 +164,15 @@ def test_slow_reader_gets_everything_through_partial_sends(make_server):
         sock.close()
 
 
+def test_write_from_the_host_between_polls_goes_out_on_the_next_poll(server, client):
+    assert client.request("ping") == ["pong"]
+    (conn,) = server.connections
+    conn.write("notice: backup finished")  # the host's code, outside any handler
+    server.poll(0)  # one non-blocking poll: no socket event is due, only the ready connection
+    client.sock.settimeout(TIMEOUT)
+    assert client.sock.recv(100) == b"notice: backup finished\n"
+
+
 def test_write_interest_dropped_after_reply_fits_at_once(server, client):
     assert client.request("echo hello") == ["hello"]
     conn = server_conn(server)
