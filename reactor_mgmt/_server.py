@@ -439,11 +439,11 @@ class Server(Dispatcher):
         owners = self._owners
         for fd, event in events:
             # Looked up here, not when the events were read: a handler run for an earlier event
-            # may have closed this connection, and then its fd is gone from owners.
+            # may have closed this connection, and closing removes its fd from owners, so a
+            # closed connection is never found. (Should an accept in this same poll reuse the fd,
+            # the new connection gets the stale event: a non-blocking recv shrugs it off.)
             owner = owners.get(fd)
             if owner.__class__ is Connection:
-                if owner.closed:
-                    continue
                 # Past the budget, reads wait for the next poll (the event is level-triggered):
                 # decoding one full recv of tiny commands costs milliseconds. A connection still
                 # holding requests is not read either: reading more would let its queue grow by a
