@@ -187,7 +187,7 @@ def _nothing() -> None:
 class ThreadHandle:
     """Returned by :meth:`Server.start_thread`; :meth:`stop` ends the polling thread."""
 
-    def __init__(self, server: "Server", name: str, poll_interval: float) -> None:
+    def __init__(self, server: "Server", name: str, poll_interval: Optional[float]) -> None:
         self.server = server
         self.poll_interval = poll_interval
         self._previous_owner = server.owner_thread
@@ -252,7 +252,7 @@ class ThreadHandle:
         return f"<ThreadHandle {self.thread.name!r} {'running' if self.alive else 'stopped'}>"
 
 
-def start_thread(server: "Server", name: str = "reactor_mgmt", poll_interval: float = 1.0) -> ThreadHandle:
+def start_thread(server: "Server", name: str = "reactor_mgmt", poll_interval: Optional[float] = None) -> ThreadHandle:
     """Polls ``server`` in a daemon thread; see :meth:`Server.start_thread`."""
     handle = ThreadHandle(server, name, poll_interval)
     _claim(server, handle)

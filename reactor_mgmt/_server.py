@@ -953,9 +953,11 @@ class Server(Dispatcher):
 
         return attach_asyncio(self, loop, budget=budget)
 
-    def start_thread(self, name: str = "reactor_mgmt", poll_interval: float = 1.0) -> Any:
+    def start_thread(self, name: str = "reactor_mgmt", poll_interval: Optional[float] = None) -> Any:
         """Polls in a daemon thread, for hosts with no main loop; returns a handle with
-        ``stop(timeout=None)``. close() stops the thread too.
+        ``stop(timeout=None)``. close() stops the thread too. Each poll() waits up to
+        ``poll_interval`` seconds; None (the default) waits for activity or the next timer, and
+        stop(), close() and call_soon_threadsafe() wake it.
 
         Handlers then run on that thread, concurrently with the rest of the program: guard
         state they share with it by a lock, or hand work over with a queue and answer with a
