@@ -243,6 +243,14 @@ class Param:
         if isinstance(annotation, str):
             raise ConfigError(f"parameter {self.name!r}: cannot resolve the annotation {annotation!r} "
                               "(is it defined inside a function? move it to module level)")
+        if typing.get_origin(annotation) is not None or annotation in (list, tuple, set, frozenset, dict):
+            # A parameter takes one word of the request. Called on that word as a converter,
+            # List[int] raised on every call and list split the word into letters: refuse it here,
+            # at registration, and name what does take several values.
+            element = typing.get_args(annotation)[:1]
+            hint = f"*{self.name}: {getattr(element[0], '__name__', element[0])}" if element else f"*{self.name}"
+            raise ConfigError(f"parameter {self.name!r}: a parameter takes one word, so {annotation!r} "
+                              f"cannot be its type; for several values, use {hint}")
         if callable(annotation):
             return annotation, getattr(annotation, "__name__", "value")
         raise ConfigError(f"parameter {self.name!r}: unsupported annotation {annotation!r}")

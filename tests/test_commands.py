@@ -223,6 +223,32 @@ def test_bad_registrations_fail_at_registration(server):
         server.add_command("paint", takes_local)
 
 
+def test_a_container_parameter_is_refused_at_registration_with_what_to_use(server, client):
+    """A parameter takes one word: List[int] used to raise on every call, and list split the
+    word into letters. Registration says what takes several values."""
+    def total(ids: List[int]) -> str:
+        return str(sum(ids))
+
+    def letters(names: list) -> str:
+        return repr(names)
+
+    def maybe(ids: Optional[List[int]] = None) -> str:
+        return repr(ids)
+
+    with pytest.raises(ConfigError, match=r"parameter 'ids'.*use \*ids: int"):
+        server.add_command("total", total)
+    with pytest.raises(ConfigError, match=r"parameter 'names'.*use \*names$"):
+        server.add_command("letters", letters)
+    with pytest.raises(ConfigError, match=r"use \*ids: int"):
+        server.add_command("maybe", maybe)
+
+    @server.command(name="total")
+    def total_of(*ids: int) -> str:  # what the message suggests
+        return str(sum(ids))
+
+    assert client.request("total 1 2 3") == ["6"]
+
+
 # ---- multi-word commands ----
 
 
