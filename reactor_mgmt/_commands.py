@@ -552,6 +552,9 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
+_READ_CACHE_SIZE = 512  # entries; cleared when full, as the line cache is
+
+
 class Registry:
     """Commands by name, with multi-word commands grouped under their first word."""
 
@@ -565,9 +568,18 @@ class Registry:
         # repeat the same few lines, so a small cache skips the split, resolve and bind steps.
         # It is cleared whenever the command set changes, and when full.
         self.line_cache: Dict[str, Tuple[Command, Callable[[], Any]]] = {}
+        # The same entries by the exact bytes of a read that was one such line and nothing else
+        # (b"ping\r\n"), so the server can skip decoding a repeated one (see Server._read).
+        self.read_cache: Dict[bytes, Tuple[Command, Callable[[], Any]]] = {}
+
+    def cache_read(self, data: bytes, entry: Tuple[Command, Callable[[], Any]]) -> None:
+        if len(self.read_cache) >= _READ_CACHE_SIZE:
+            self.read_cache.clear()
+        self.read_cache[data] = entry
 
     def add(self, name: str, fn: Callable[..., Any], **options: Any) -> Command:
         self.line_cache.clear()
+        self.read_cache.clear()
         command = Command(name, fn, connection_type=self._connection_type, **options)
         self.commands[command.name] = command
         words = command.name.split()
@@ -580,6 +592,7 @@ class Registry:
 
     def remove(self, name: str) -> None:
         self.line_cache.clear()
+        self.read_cache.clear()
         command = self.commands.pop(" ".join(name.split()))
         words = command.name.split()
         if len(words) > 1:

@@ -13,7 +13,8 @@
 #   * every reply is written in request order; a Pending or Stream reply holds back the
 #     requests behind it rather than letting their output overtake it;
 #   * EVENT_WRITE is registered only while output is pending;
-#   * a request that arrives alone is answered straight from the read (_answer_now), and,
+#   * a request that arrives alone is answered straight from the read (_answer_now), without
+#     decoding it when the same bytes were that same cached request before, and,
 #     when poll() has no budget, the replies to a pipelined burst are held (up to 64 KiB) while
 #     more of it waits for the next tick, so a burst costs one send per read, not one per tick.
 from __future__ import annotations
@@ -58,6 +59,7 @@ _HOLD_OUTPUT = 65536  # replies held back while more pipelined requests wait (se
 _LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
 _POLL_WINDOW = 1024
+_READ_CACHE_KEY_MAX = 256  # longer reads are not looked up: hashing 8 KiB costs more than it saves
 _WAKER = object()  # the owner of the cross-thread waker's socket in Server._owners
 
 
@@ -605,8 +607,19 @@ class Server(Dispatcher):
             decoder = conn.decoder = RequestDecoder(self.max_line)
         if data:
             self.stats.bytes_in += len(data)
+            # A client that waits for each reply sends the same few requests over and over
+            # (`ping`, `status`). While nothing is buffered on either side, feed() is a function
+            # of the read alone, so a read that was one cached request before is that request
+            # again: answered without decoding it. Half the Python of a round trip is the decoder.
+            memo = (decoder._at_rest and conn.queue is None and conn.out is None and conn.waiting is None
+                    and len(data) <= _READ_CACHE_KEY_MAX)
+            if memo:
+                entry = self.registry.read_cache.get(data)
+                if entry is not None and self._answer_now(conn, entry):
+                    return
             items = decoder.feed(data)
         else:
+            memo = False
             conn.eof = True
             items = decoder.feed_eof()
         if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it
@@ -617,9 +630,12 @@ class Server(Dispatcher):
                 if "" in items:
                     items = [item for item in items if item != ""]
         if items:
-            if (len(items) == 1 and conn.queue is None and conn.out is None and conn.waiting is None
-                    and self._answer_now(conn, items[0])):
-                return
+            if len(items) == 1 and conn.queue is None and conn.out is None and conn.waiting is None:
+                entry = self.registry.line_cache.get(items[0])
+                if entry is not None and self._answer_now(conn, entry):
+                    if memo and decoder._at_rest:  # left at rest too: the next such read may skip it
+                        self.registry.cache_read(data, entry)
+                    return
             if conn.queue is None:
                 conn.queue = deque(items)
             else:
