@@ -160,6 +160,7 @@ class Server(Dispatcher):
         self._selector = selectors.DefaultSelector()
         self._owners: Dict[int, Any] = {}  # fd -> Connection, Listener or _WAKER
         self._wait = self._make_wait()
+        self._last_answer: Tuple[Any, bytes] = (None, b"")  # see Dispatcher._answer_now
         self._listeners: List[Listener] = []
         self._connections: Dict[int, Connection] = {}
         self._ready: Deque[Connection] = deque()

@@ -499,6 +499,21 @@ def test_the_read_cache_waits_for_output_written_before(server):
     client.close()
 
 
+def test_answers_at_once_follow_what_the_handler_returns(server):
+    """_answer_now reuses the bytes of the str it answered last only for that same object."""
+    values = iter(["one", "two", "two", "one\n", "three" * 3, "three" * 3])
+
+    @server.command
+    def reading():
+        return next(values)
+
+    client = RawClient(server)
+    replies = [client.request("reading")[0] for _ in range(6)]
+    assert replies == ["one", "two", "two", "one", "threethreethree", "threethreethree"]
+    assert b"reading\n" in server.registry.read_cache
+    client.close()
+
+
 def test_changing_the_commands_clears_the_read_cache(server):
     @server.command
     def hello():
