@@ -151,6 +151,21 @@ def test_batch_decode_equals_strip_per_line(lines):
     assert expand(RequestDecoder().feed(data)) == expected
 
 
+@pytest.mark.parametrize("data, expected, with_blanks", [
+    (b"echo a  b\nping\n", ["echo a  b", "ping"], ["echo a  b", "ping"]),
+    (b"\nping\n\n", ["ping"], ["", "ping", ""]),
+    (b"ping \n ping\n", ["ping", "ping"], ["ping", "ping"]),
+    (b"a\n  \n\nb\n", ["a", "b"], ["a", "", "", "b"]),
+    (b"ping\n" * 20 + b"\n", ["ping"] * 20, ["ping"] * 20 + [""]),
+])
+def test_reads_the_plain_path_declines_still_strip_and_drop_blanks(data, expected, with_blanks):
+    """Blank lines and spaces next to a LF (or doubled) send a read down the general path."""
+    assert expand(RequestDecoder().feed(data)) == expected
+    subscribed = RequestDecoder()
+    subscribed.keep_blank = True  # a running subscription sees Enter as a line
+    assert expand(subscribed.feed(data)) == with_blanks
+
+
 def test_needs_strip_spots_whitespace_at_any_line_end():
     assert not _needs_strip(b"ping\necho a b\nstatus")
     for text in (b" ping", b"ping ", b"a\n b", b"a \nb", b"a\tb", b"a\x0bb", b"caf\xc3\xa9", b"a\x1fb"):
