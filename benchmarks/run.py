@@ -44,10 +44,12 @@ PEERS = [
 PEER_WORKLOADS = ["pipeline", "echo", "rtt", "fanin", "idle"]
 WORKLOADS = PEER_WORKLOADS + ["tick", "flood", "import"]
 
-FULL = dict(pipeline=3000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3, cap=6.0,
+FULL = dict(pipeline=3000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3,
+            fanin_pair_repeat=8, cap=6.0,
             idle_conns=10000, idle_rtt=20000, tick_ns=[0, 1000, 10000], tick_rounds=15,
             flood_duration=3.0, import_runs=9)
-QUICK = dict(pipeline=100000, echo=20000, rtt=2000, fanin_conns=200, fanin_rounds=20, fanin_repeat=1, cap=2.0,
+QUICK = dict(pipeline=100000, echo=20000, rtt=2000, fanin_conns=200, fanin_rounds=20, fanin_repeat=1,
+             fanin_pair_repeat=2, cap=2.0,
              idle_conns=1000, idle_rtt=2000, tick_ns=[0, 1000, 10000], tick_rounds=5,
              flood_duration=1.0, import_runs=3)
 
@@ -265,7 +267,7 @@ def bench_pair(res, peers, workloads, p, run_no):
                 keys = [("ratio_p50", "rtt_pair.ratio_p50")]
             else:
                 out = loadgen("fanin_pair", floor.port, port2=ours.port, conns=p["fanin_conns"],
-                              rounds=p["fanin_rounds"], repeat=max(2, p["fanin_repeat"]))
+                              rounds=p["fanin_rounds"], repeat=p["fanin_pair_repeat"])
                 what = lambda o: "floor %s req/s p99 %.2f ms, reactor_mgmt %s req/s p99 %.2f ms" % (  # noqa: E731
                     fmt_int(o["a_rps"]), o["a_p99_us"] / 1000, fmt_int(o["b_rps"]), o["b_p99_us"] / 1000)
                 keys = [("ratio_rps", "fanin_pair.ratio_rps"), ("ratio_p99", "fanin_pair.ratio_p99")]
@@ -492,11 +494,12 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
     parts.append("## Parameters\n")
     parts.append("runs per measurement: %d (each cell is the median over runs)%s  \n"
                  % (args.runs, " -- QUICK smoke run, not for comparison" if args.quick else ""))
-    parts.append("pipeline %s pings; echo %s; rtt %s round trips; fan-in %s connections x %d round trips (median of %d phases per run); "
-                 "idle %s connections (+ rtt %s); tick at %s idle connections, %d interleaved rounds; "
+    parts.append("pipeline %s pings; echo %s; rtt %s round trips; fan-in %s connections x %d round trips (median of %d phases per run, "
+                 "%d per server side by side); idle %s connections (+ rtt %s); tick at %s idle connections, %d interleaved rounds; "
                  "flood %.0f s; import %d runs.\n" % (
                      fmt_int(p["pipeline"]), fmt_int(p["echo"]), fmt_int(p["rtt"]),
-                     fmt_int(p["fanin_conns"]), p["fanin_rounds"], p["fanin_repeat"], fmt_int(p["idle_conns"]),
+                     fmt_int(p["fanin_conns"]), p["fanin_rounds"], p["fanin_repeat"], p["fanin_pair_repeat"],
+                     fmt_int(p["idle_conns"]),
                      fmt_int(p["idle_rtt"]), ", ".join(fmt_int(n) for n in p["tick_ns"]),
                      p["tick_rounds"], p["flood_duration"], p["import_runs"]))
     trows = targets(res, tick, flood, imp)

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from functools import partial
 from itertools import islice, repeat, starmap, takewhile
-from operator import eq, itemgetter
+from operator import eq
 
 from ._commands import NO_REPLY, Command, Pending, Stream, Wait, is_stream
 from ._connection import Connection
@@ -321,8 +321,8 @@ class Dispatcher:
                 text = "\n".join(results)
             except TypeError:
                 text = None
-            # A CR can only come from a str subclass's text that render_text would rewrite, or a
-            # str that the per-result loop below passes as is: that loop decides, exactly.
+            # A CR is where the paths could part: render_text rewrites one in a str subclass's
+            # text, and a plain str's goes out as it is. The one-by-one path makes that call.
             if text is None or text.find("\r") >= 0:
                 return self._collect_one_by_one(conn, queue, results, replies)
             if text.count("\n") == len(results) - 1:  # no reply has a newline of its own
