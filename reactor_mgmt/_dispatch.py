@@ -38,6 +38,7 @@ _monotonic = time.monotonic
 TEXT = object()  # the reply id of a text-mode request: its reply is rendered, not JSON-framed
 _UNENCODABLE = "backslashreplace"  # lone surrogates from a handler must not raise out of poll()
 _LINE_CACHE_SIZE = 512
+_KEEP_ANSWER_MAX = 256  # bytes: see _answer_now
 _MIN_RUN = 4  # a shorter run of one command is cheaper line by line than set up as a batch
 _is_str = partial(type.__instancecheck__, str)  # isinstance(x, str), as a callable C can apply
 
@@ -213,12 +214,14 @@ class Dispatcher:
             return True
         # Most handlers a client polls return a constant ("pong", "OK"), the same object every
         # time: framing and encoding it again would cost a fifth of the round trip's Python.
+        # Only a short reply is kept, so a big one is not held in memory after it is sent.
         last = self._last_answer
         if result is last[0]:
             data = last[1]
         else:
             data = (result if result[-1:] == "\n" else result + "\n").encode("utf-8", _UNENCODABLE)
-            self._last_answer = (result, data)
+            if len(data) <= _KEEP_ANSWER_MAX:
+                self._last_answer = (result, data)
         try:
             sent = conn.sock.send(data)
         except (BlockingIOError, InterruptedError):

@@ -519,16 +519,18 @@ def test_the_read_cache_waits_for_output_written_before(server):
 
 def test_answers_at_once_follow_what_the_handler_returns(server):
     """_answer_now reuses the bytes of the str it answered last only for that same object."""
-    values = iter(["one", "two", "two", "one\n", "three" * 3, "three" * 3])
+    long = "x" * 1000
+    values = iter(["one", "two", "two", "one\n", "three" * 3, "three" * 3, long, long])
 
     @server.command
     def reading():
         return next(values)
 
     client = RawClient(server)
-    replies = [client.request("reading")[0] for _ in range(6)]
-    assert replies == ["one", "two", "two", "one", "threethreethree", "threethreethree"]
+    replies = [client.request("reading")[0] for _ in range(8)]
+    assert replies == ["one", "two", "two", "one", "threethreethree", "threethreethree", long, long]
     assert b"reading\n" in server.registry.read_cache
+    assert server._last_answer[0] == "three" * 3  # a long reply is not kept after it is sent
     client.close()
 
 
