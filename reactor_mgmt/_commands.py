@@ -552,7 +552,7 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-_READ_CACHE_SIZE = 512  # entries; cleared when full, as the line cache is
+_CACHE_SIZE = 512  # entries in each of the registry's request caches; a full cache is cleared
 
 
 class Registry:
@@ -572,8 +572,13 @@ class Registry:
         # (b"ping\r\n"), so the server can skip decoding a repeated one (see Server._read).
         self.read_cache: Dict[bytes, Tuple[Command, Callable[[], Any]]] = {}
 
+    def cache_line(self, line: str, entry: Tuple[Command, Callable[[], Any]]) -> None:
+        if len(self.line_cache) >= _CACHE_SIZE:
+            self.line_cache.clear()
+        self.line_cache[line] = entry
+
     def cache_read(self, data: bytes, entry: Tuple[Command, Callable[[], Any]]) -> None:
-        if len(self.read_cache) >= _READ_CACHE_SIZE:
+        if len(self.read_cache) >= _CACHE_SIZE:
             self.read_cache.clear()
         self.read_cache[data] = entry
 

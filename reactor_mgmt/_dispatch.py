@@ -37,7 +37,6 @@ _monotonic = time.monotonic
 
 TEXT = object()  # the reply id of a text-mode request: its reply is rendered, not JSON-framed
 _UNENCODABLE = "backslashreplace"  # lone surrogates from a handler must not raise out of poll()
-_LINE_CACHE_SIZE = 512
 _KEEP_ANSWER_MAX = 256  # bytes: see _answer_now
 _MIN_RUN = 4  # a shorter run of one command is cheaper line by line than set up as a batch
 _is_str = partial(type.__instancecheck__, str)  # isinstance(x, str), as a callable C can apply
@@ -389,10 +388,7 @@ class Dispatcher:
             return None
         fn = command.fn
         entry = (command, partial(fn, *words[1:]) if len(words) > 1 else fn)
-        cache = registry.line_cache
-        if len(cache) >= _LINE_CACHE_SIZE:
-            cache.clear()
-        cache[line] = entry
+        registry.cache_line(line, entry)
         return entry
 
     def _text_error(self, conn: Connection, exc: Exception) -> None:

@@ -114,6 +114,14 @@ def test_line_cache_stays_bounded(server, client):
     assert len(server.registry.line_cache) <= 512
 
 
+def test_read_cache_stays_bounded(server, client):
+    for i in range(600):
+        for _ in range(2):  # the second time, the read is cached
+            assert client.request(f"echo {i}") == [str(i)]
+        assert 0 < len(server.registry.read_cache) <= 512
+    assert b"echo 599\n" in server.registry.read_cache
+
+
 def test_generic_selectors_path_matches_the_epoll_path(monkeypatch):
     """With the epoll shortcut disabled, the server runs on the selectors API alone."""
     transcripts = []
