@@ -572,15 +572,13 @@ class Registry:
         # (b"ping\r\n"), so the server can skip decoding a repeated one (see Server._read).
         self.read_cache: Dict[bytes, Tuple[Command, Callable[[], Any]]] = {}
 
-    def cache_line(self, line: str, entry: Tuple[Command, Callable[[], Any]]) -> None:
-        if len(self.line_cache) >= _CACHE_SIZE:
-            self.line_cache.clear()
-        self.line_cache[line] = entry
-
-    def cache_read(self, data: bytes, entry: Tuple[Command, Callable[[], Any]]) -> None:
-        if len(self.read_cache) >= _CACHE_SIZE:
-            self.read_cache.clear()
-        self.read_cache[data] = entry
+    @staticmethod
+    def remember(cache: Dict[Any, Tuple[Command, Callable[[], Any]]], key: Any,
+                 entry: Tuple[Command, Callable[[], Any]]) -> None:
+        """Puts ``entry`` in ``cache`` (line_cache or read_cache), clearing a full one first."""
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        cache[key] = entry
 
     def add(self, name: str, fn: Callable[..., Any], **options: Any) -> Command:
         self.line_cache.clear()

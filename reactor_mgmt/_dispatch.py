@@ -335,8 +335,9 @@ class Dispatcher:
         return len(text)
 
     def _collect_one_by_one(self, conn: Connection, queue: Deque[Any], results: List[Any], replies: List[str]) -> int:
-        """_collect_replies for results that are not all str: a handler raised, or returned
-        something to render or wait for, mid-run. Replies go out one at a time, in order."""
+        """_collect_replies for results that cannot be joined as they are: a handler raised,
+        returned something to render or wait for, or returned text with a CR, mid-run. Replies
+        go out one at a time, in order, each as the per-request path frames it."""
         for index, result in enumerate(results):
             if result.__class__ is str:
                 replies.append(result if result[-1:] == "\n" else result + "\n")
@@ -388,7 +389,7 @@ class Dispatcher:
             return None
         fn = command.fn
         entry = (command, partial(fn, *words[1:]) if len(words) > 1 else fn)
-        registry.cache_line(line, entry)
+        registry.remember(registry.line_cache, line, entry)
         return entry
 
     def _text_error(self, conn: Connection, exc: Exception) -> None:

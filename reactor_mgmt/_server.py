@@ -635,7 +635,7 @@ class Server(Dispatcher):
                 entry = self.registry.line_cache.get(items[0])
                 if entry is not None and self._answer_now(conn, entry):
                     if memo and decoder._at_rest:  # left at rest too: the next such read may skip it
-                        self.registry.cache_read(data, entry)
+                        self.registry.remember(self.registry.read_cache, data, entry)
                     return
             if conn.queue is None:
                 conn.queue = deque(items)
