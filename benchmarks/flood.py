@@ -5,7 +5,8 @@ This process is the host: it creates a reactor_mgmt.Server on 127.0.0.1
 and calls srv.poll(budget=B) in a tight loop, timing every call, while a
 separate `loadgen.py flood` process floods the server for D seconds and
 checks every reply.  Prints one JSON object: p50/p99/max poll() duration
-over the flood window (first to last poll() that handled work).
+over the flood window (first to last poll() that handled work), and the
+host's steal time over the whole loop where /proc/stat counts it.
 
     python benchmarks/flood.py [--duration 3] [--budget 0.001]
 """
@@ -29,6 +30,18 @@ def pct(sorted_vals, p):
     return sorted_vals[k]
 
 
+def host_steal_ms():
+    """Time the hypervisor gave this VM's vCPUs to something else, summed over CPUs (the 8th
+    field of /proc/stat's "cpu" line), or None where there is no such count. A poll() that
+    overlaps it is slow through no work of its own, and the CPU time it reports may include it."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def run(duration, budget):
     sys.path.insert(0, ROOT)
     from reactor_mgmt import Server
@@ -47,6 +60,7 @@ def run(duration, budget):
         poll = srv.poll
         deadline = time.monotonic() + duration + 60
         i = 0
+        steal_before = host_steal_ms()
         while True:
             c0 = cpu_clock()
             t0 = clock()
@@ -59,6 +73,7 @@ def run(duration, budget):
             if not i & 1023:
                 if client.poll() is not None or time.monotonic() > deadline:
                     break
+        steal_after = host_steal_ms()
         out, _ = client.communicate(timeout=30)
         try:
             cres = json.loads(out.decode().strip().splitlines()[-1])
@@ -76,7 +91,8 @@ def run(duration, budget):
                 "over_3ms": sum(1 for v in us if v > 3000),
                 "cpu_p99_us": pct(cpu_us, 99), "cpu_max_us": cpu_us[-1],
                 "client_rps": cres["rps"], "client_requests": cres["requests"],
-                "poll_returned_work": bool(busy)}
+                "poll_returned_work": bool(busy),
+                "steal_ms": None if steal_before is None or steal_after is None else steal_after - steal_before}
     finally:
         if client is not None and client.poll() is None:
             client.kill()
