@@ -362,9 +362,13 @@ def targets(res, tick, flood, imp):
     """[(target, measured, limit, status)]"""
     rows = []
 
-    def add(name, value, limit, ok, vfmt="%.2fx"):
+    def add(name, value, limit, ok, vfmt="%.2fx", sources=()):
+        """sources: the (server, workload) measurements the value comes from. Without a value,
+        the target failed if one of them did (or if it names none), and was not run otherwise:
+        a comparison with a peer left out by --peers is not a failure."""
         if value is None:
-            rows.append((name, "n/a (FAILED or not run)", limit, "FAIL" if ok is None else ok))
+            failed = not sources or any(source in res.errors for source in sources)
+            rows.append((name, "n/a (FAILED)" if failed else "n/a (not run)", limit, "FAIL" if failed else "-"))
         else:
             rows.append((name, vfmt % value, limit, "PASS" if ok(value) else "FAIL"))
 
@@ -375,6 +379,7 @@ def targets(res, tick, flood, imp):
         return ratio(a, b)
 
     R = lambda w, m, peer="reactor_mgmt": res.get(peer, w, w + "." + m)  # noqa: E731
+    against = lambda w, peer: [("reactor_mgmt", w), (peer, w)]  # noqa: E731
     if tick is not None:
         for n in (0, 10000):
             if n in tick:
@@ -382,32 +387,35 @@ def targets(res, tick, flood, imp):
                     "<= 1.25x", lambda v: v <= 1.25)
     if ("reactor_mgmt", "pipeline.rps") in res.values or ("reactor_mgmt", "pipeline") in res.errors:
         add("Pipeline vs asyncio Protocol", ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
-            ">= 1.0x", lambda v: v >= 1.0)
+            ">= 1.0x", lambda v: v >= 1.0, sources=against("pipeline", "asyncio_protocol"))
         add("Pipeline vs floor", ratio(R("pipeline", "rps"), R("pipeline", "rps", "floor")),
-            ">= 1.0x", lambda v: v >= 1.0)
+            ">= 1.0x", lambda v: v >= 1.0, sources=against("pipeline", "floor"))
         add("Pipeline vs asyncio Protocol (stretch)",
             ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
-            ">= 1.5x", lambda v: v >= 1.5)
+            ">= 1.5x", lambda v: v >= 1.5, sources=against("pipeline", "asyncio_protocol"))
     if ("reactor_mgmt", "echo.rps") in res.values or ("reactor_mgmt", "echo") in res.errors:
         add("Echo vs asyncio Protocol", ratio(R("echo", "rps"), R("echo", "rps", "asyncio_protocol")),
-            ">= 1.0x", lambda v: v >= 1.0)
+            ">= 1.0x", lambda v: v >= 1.0, sources=against("echo", "asyncio_protocol"))
     paired = lambda w, m: res.get("reactor_mgmt", w + "_pair", w + "_pair." + m)  # noqa: E731
     if ("reactor_mgmt", "fanin_pair.ratio_rps") in res.values or ("reactor_mgmt", "fanin_pair") in res.errors:
-        add("Fan-in req/s vs floor (side by side)", paired("fanin", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0)
-        add("Fan-in p99 vs floor (side by side)", paired("fanin", "ratio_p99"), "<= 1.2x", lambda v: v <= 1.2)
+        add("Fan-in req/s vs floor (side by side)", paired("fanin", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "fanin_pair")])
+        add("Fan-in p99 vs floor (side by side)", paired("fanin", "ratio_p99"), "<= 1.2x", lambda v: v <= 1.2,
+            sources=[("reactor_mgmt", "fanin_pair")])
     elif ("reactor_mgmt", "fanin.rps") in res.values or ("reactor_mgmt", "fanin") in res.errors:
         add("Fan-in req/s vs floor", ratio(R("fanin", "rps"), R("fanin", "rps", "floor")),
-            ">= 1.0x", lambda v: v >= 1.0)
+            ">= 1.0x", lambda v: v >= 1.0, sources=against("fanin", "floor"))
         add("Fan-in p99 vs floor", ratio(R("fanin", "p99_us"), R("fanin", "p99_us", "floor")),
-            "<= 1.2x", lambda v: v <= 1.2)
+            "<= 1.2x", lambda v: v <= 1.2, sources=against("fanin", "floor"))
     if ("reactor_mgmt", "idle.bytes_per_conn") in res.values or ("reactor_mgmt", "idle") in res.errors:
         add("Idle memory per connection", R("idle", "bytes_per_conn"), "<= 1024 B",
-            lambda v: v <= 1024, "%.0f B")
+            lambda v: v <= 1024, "%.0f B", sources=[("reactor_mgmt", "idle")])
     if ("reactor_mgmt", "rtt_pair.ratio_p50") in res.values or ("reactor_mgmt", "rtt_pair") in res.errors:
-        add("rtt median vs floor (side by side)", paired("rtt", "ratio_p50"), "<= 1.1x", lambda v: v <= 1.1)
+        add("rtt median vs floor (side by side)", paired("rtt", "ratio_p50"), "<= 1.1x", lambda v: v <= 1.1,
+            sources=[("reactor_mgmt", "rtt_pair")])
     elif ("reactor_mgmt", "rtt.p50_us") in res.values or ("reactor_mgmt", "rtt") in res.errors:
         add("rtt median vs floor", ratio(R("rtt", "p50_us"), R("rtt", "p50_us", "floor")),
-            "<= 1.1x", lambda v: v <= 1.1)
+            "<= 1.1x", lambda v: v <= 1.1, sources=against("rtt", "floor"))
     if flood is not None:
         ok = [f for f in flood if f.get("ok")]
         bad = len(ok) != len(flood)

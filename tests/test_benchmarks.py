@@ -1,0 +1,78 @@
+# The benchmark suite keeps working. Nothing here times anything (speed targets live in
+# benchmarks/, never in tests); these runs are tiny, and what they assert is behaviour: the load
+# generator checks every reply byte for byte against real peers, so a short run is also a
+# pipelining check of the server, and benchmarks/where.py reaches into the server's internals,
+# which a refactor could break without anyone noticing until the next full run.
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BENCH = os.path.join(ROOT, "benchmarks")
+
+
+def run_tool(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(BENCH, script), *args], cwd=ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr: {proc.stderr[-2000:]}"
+    return json.loads(lines[-1])
+
+
+def test_where_runs_every_path_and_finds_every_stage() -> None:
+    result = last_json(run_tool("where.py", "--json", "--requests", "3000", "--rounds", "1"))
+    assert result["ok"], result.get("error")  # every path's output matched the expected stream
+    assert set(result["ns"]) == {"reactor_mgmt", "reactor_mgmt_1024", "contract", "asyncio_protocol"}
+    assert all(ns > 0 for ns in result["ns"].values())
+    # Each stage wraps a real method of the shipped path; a renamed one fails the run above, and
+    # one that is no longer called shows up here as missing.
+    assert {"feed", "_run_same_command", "_run_calls", "_consume", "_flush"} <= set(result["stages"])
+    assert result["stages"]["_run_calls"] < result["stages"]["_run_same_command"] < result["stages"]["total"]
+    assert any("echo" in row["function"] for row in result["profile"])
+    assert result["markdown"].startswith("## Profile: echo with the kernel stubbed out")
+
+
+def test_flood_reports_its_polls_and_the_hosts_steal_time() -> None:
+    result = last_json(run_tool("flood.py", "--duration", "0.5"))
+    assert result["ok"], result.get("error")  # the flood client checked every reply
+    assert result["poll_returned_work"] and result["polls"] > 0 and result["client_requests"] > 0
+    assert 0 < result["p50_us"] <= result["p99_us"] <= result["max_us"]
+    assert "steal_ms" in result
+
+
+def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_path) -> None:
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# old\n\n## Targets\n\nstale\n\n## Soak\n\nsoak figures\n\n"
+                      "## Where the time goes\n\nnotes\n")
+    proc = run_tool("run.py", "--quick", "--only", "pipeline,echo,rtt",
+                    "--peers", "floor,asyncio_protocol,reactor_mgmt", "--output", str(report))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = report.read_text()
+    assert "FAILED" not in text, text  # a dropped or garbled reply is reported as FAILED
+    assert "stale" not in text
+    assert text.index("## Soak\n\nsoak figures") < text.index("## Where the time goes\n\nnotes")
+    targets = [line for line in text.splitlines()
+               if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median"))]
+    assert len(targets) == 5
+    assert all(line.rstrip(" |").endswith(("PASS", "FAIL")) for line in targets), targets
+    assert "## Profile: echo with the kernel stubbed out" in text
+    for server in ("floor (selectors loop)", "asyncio Protocol", "reactor_mgmt"):
+        assert f"| {server} |" in text
+
+
+def test_a_target_against_a_peer_left_out_is_not_run_rather_than_failed(tmp_path) -> None:
+    report = tmp_path / "RESULTS.md"
+    proc = run_tool("run.py", "--quick", "--only", "pipeline", "--peers", "floor,reactor_mgmt",
+                    "--output", str(report))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.read_text().splitlines()
+            if line.startswith("| Pipeline vs")}
+    assert rows["Pipeline vs asyncio Protocol"].endswith("| n/a (not run) | >= 1.0x | - |")
+    assert rows["Pipeline vs floor"].rstrip(" |").endswith(("PASS", "FAIL"))
