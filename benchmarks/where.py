@@ -10,10 +10,10 @@ connection whose socket object serves the payload in the reads the server asks f
 swallows the replies, and the peer's real LineProtocol.data_received gets the same payload in
 asyncio's 256 KiB reads with a stub transport. Every variant's output is checked byte for byte.
 The variants alternate, A B C A B C, and each reports its best round, so a noisy second on a
-shared machine does not favour one of them. The "handler contract" row is the least any design
-can do that keeps this library's promise to call a registered Python handler with each request's
-words: decode, split the run on its command, one handler call per request, one join, one encode,
-and none of the checks, queueing or tick of the real path.
+shared machine does not favour one of them. The "handler contract" row is a minimal path that
+keeps this library's promise to call a registered Python handler with each request's words:
+decode, split the run on its command, one handler call per request, one join, one encode, and
+none of the checks, queueing or tick of the real path.
 
 This reaches into the server's internals (the accepted Connection, the socket it reads, the
 kernel wait) to take the kernel out; it is a measuring tool, not an example.
