@@ -10,10 +10,14 @@ connection whose socket object serves the payload in the reads the server asks f
 swallows the replies, and the peer's real LineProtocol.data_received gets the same payload in
 asyncio's 256 KiB reads with a stub transport. Every variant's output is checked byte for byte.
 The variants alternate, A B C A B C, and each reports its best round, so a noisy second on a
-shared machine does not favour one of them. The "handler contract" row is a minimal path that
-keeps this library's promise to call a registered Python handler with each request's words:
-decode, split the run on its command, one handler call per request, one join, one encode, and
-none of the checks, queueing or tick of the real path.
+shared machine does not favour one of them.
+
+The shipped server answers a run of single-spaced echos from its text (the builtin echo's
+reply_to_run), with no Python call per request. Two rows show what a handler the host registers
+costs instead: the same server with echo registered again as a plain Python function, called
+once per request with its words; and the "handler contract" row, a minimal path that keeps that
+promise and nothing else: decode, split the run on its command, one handler call per request,
+one join, one encode, and none of the checks, queueing or tick of the real path.
 
 This reaches into the server's internals (the accepted Connection, the socket it reads, the
 kernel wait) to take the kernel out; it is a measuring tool, not an example.
@@ -65,11 +69,17 @@ class StubSocket(object):
         return self.fd
 
 
-def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256):
-    """A Server with one real accepted connection whose socket and kernel wait are stubbed."""
+def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256, host_echo=False):
+    """A Server with one real accepted connection whose socket and kernel wait are stubbed.
+    With ``host_echo``, echo is registered again as a host's handler would be: a Python
+    function called once per request, with no reply_to_run."""
     sys.path.insert(0, ROOT)
     from reactor_mgmt import Server
     srv = Server(host="127.0.0.1", port=0, idle_timeout=0, max_commands_per_tick=max_commands_per_tick)
+    if host_echo:
+        @srv.command
+        def echo(*words):
+            return " ".join(words)
     client = socket.create_connection(srv.addresses[0][:2], timeout=5)
     client.sendall(b"ping\n")
     deadline = time.monotonic() + 5
@@ -176,8 +186,11 @@ def best_of(runners, rounds):
 STAGES = [
     ("reactor_mgmt._protocol", "RequestDecoder", "feed", "decoding reads into lines (`RequestDecoder.feed`)"),
     ("reactor_mgmt._dispatch", "Dispatcher", "_run_same_command", "runs of one command (`_run_same_command`)"),
+    ("reactor_mgmt._dispatch", "Dispatcher", "_answer_run",
+     "of which taking runs answered from their text (`_answer_run`)"),
     ("reactor_mgmt._dispatch", "Dispatcher", "_run_calls", "of which handler calls and their replies (`_run_calls`)"),
-    ("reactor_mgmt._dispatch", "Dispatcher", "_consume", "of which taking the run off the queue (`_consume`)"),
+    ("reactor_mgmt._dispatch", "Dispatcher", "_consume",
+     "of which taking the run off the queue (`_consume`, inside one of the two rows above)"),
     ("reactor_mgmt._server", "Server", "_flush", "sending (`_flush`, the send itself stubbed)"),
 ]
 
@@ -231,22 +244,27 @@ def measure(n, rounds, top):
     payload, expected = echo_payload(n)
     ours, close = reactor_mgmt_runner(payload, expected)
     ours_1024, close_1024 = reactor_mgmt_runner(payload, expected, max_commands_per_tick=1024)
-    runners = {"reactor_mgmt": ours, "reactor_mgmt_1024": ours_1024,
+    host, close_host = reactor_mgmt_runner(payload, expected, host_echo=True)
+    runners = {"reactor_mgmt": ours, "reactor_mgmt_1024": ours_1024, "host_echo": host,
                "contract": contract_runner(payload, expected), "asyncio_protocol": asyncio_runner(payload, expected)}
     for run in runners.values():  # warm up, and check every output once before timing
         run()
     best = best_of(runners, rounds)
     stages = min((stage_times(ours, n) for _ in range(5)), key=lambda d: d["total"])
+    host_stages = min((stage_times(host, n) for _ in range(5)), key=lambda d: d["total"])
     table = profile_table(ours, n, top)
     close()
     close_1024()
+    close_host()
     return {"ok": True, "requests": n, "rounds": rounds, "python": sys.version.split()[0],
-            "ns": {name: secs / n * 1e9 for name, secs in best.items()}, "stages": stages, "profile": table}
+            "ns": {name: secs / n * 1e9 for name, secs in best.items()}, "stages": stages,
+            "host_stages": host_stages, "profile": table}
 
 
 LABELS = [
     ("reactor_mgmt", "reactor_mgmt `poll()`, as shipped (`max_commands_per_tick=256`)"),
     ("reactor_mgmt_1024", "reactor_mgmt `poll()`, `max_commands_per_tick=1024`"),
+    ("host_echo", "reactor_mgmt `poll()`, echo registered by the host (a Python call per request)"),
     ("contract", "the handler contract alone (no checks, queue or tick)"),
     ("asyncio_protocol", "asyncio Protocol peer, `data_received`"),
 ]
@@ -262,19 +280,19 @@ def render(res, cmd):
              "| path | Python ns per request | vs asyncio Protocol |", "|---|---|---|"]
     for key, label in LABELS:
         lines.append("| %s | %.0f | %.2fx |" % (label, ns[key], ns[key] / base))
-    st = res["stages"]
-    lines += ["", "Stages of the shipped path (inclusive ns per request, timed around calls made once per "
-              "read or tick, best of 5; `_run_same_command` contains the two rows below it):", "",
-              "| stage | ns per request |", "|---|---|"]
+    lines += ["", "Stages (inclusive ns per request, timed around calls made once per read or tick, best of "
+              "5; `_run_same_command` contains the three rows below it), for the shipped server and for "
+              "echo registered by the host:", "",
+              "| stage | shipped | host's echo |", "|---|---|---|"]
+    shipped, hosts = res["stages"], res["host_stages"]
     for _module, _cls, key, label in STAGES:
-        lines.append("| %s | %.0f |" % (label, st.get(key, 0.0)))
-    rest = st["total"] - sum(st.get(key, 0.0) for key in ("feed", "_run_same_command", "_flush"))
-    lines.append("| the rest: `poll()`, `_service`, each tick's first request (`_run_plain_batch`) | %.0f |" % rest)
-    lines.append("| total, in this round | %.0f |" % st["total"])
-    lines += ["", "cProfile of the shipped path, by own time. `list.extend` is the C-level loop that makes "
-              "a run's handler calls (`starmap` over `map(str.split, ...)`), so the per-request "
-              "`str.split` is inside it; profiling inflates each Python call, so the handler's share "
-              "is overstated:", "",
+        lines.append("| %s | %.0f | %.0f |" % (label, shipped.get(key, 0.0), hosts.get(key, 0.0)))
+    rest = [st["total"] - sum(st.get(key, 0.0) for key in ("feed", "_run_same_command", "_flush"))
+            for st in (shipped, hosts)]
+    lines.append("| the rest: `poll()`, `_service`, each tick's first request (`_run_plain_batch`) | %.0f | %.0f |"
+                 % tuple(rest))
+    lines.append("| total, in this round | %.0f | %.0f |" % (shipped["total"], hosts["total"]))
+    lines += ["", "cProfile of the shipped path, by own time (profiling inflates each Python call):", "",
               "| function | calls per request | share of own time |", "|---|---|---|"]
     for row in res["profile"]:
         lines.append("| `%s` | %.3f | %.1f%% |" % (row["function"], row["calls_per_request"], row["share"] * 100))

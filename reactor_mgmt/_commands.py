@@ -460,7 +460,8 @@ class Signature:
 class Command:
     """One registered command. ``name`` may have several words (``show stats``)."""
 
-    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth", "gate")
+    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth", "gate",
+                 "reply_to_run")
 
     def __init__(
         self,
@@ -492,6 +493,12 @@ class Command:
         self.summary = self.doc.splitlines()[0] if self.doc else ""
         self.signature = Signature(fn, connection_type)
         self.usage = f"{self.name} {self.signature.usage_args}".rstrip()
+        # For a handler whose reply is a pure function of its words that C can compute for a
+        # whole run of requests at once (the builtin echo sets it). Dispatcher._run_same_command
+        # calls it with a run's words, one request per line, only when every line is ASCII words
+        # joined by single spaces with nothing to unquote; it returns the replies, one per line,
+        # or None to have the handler called once per request.
+        self.reply_to_run: Optional[Callable[[str], Optional[str]]] = None
 
     def call(self, args: List[str], connection: Any) -> Any:
         signature = self.signature

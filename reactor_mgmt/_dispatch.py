@@ -12,8 +12,9 @@
 # Plain requests take _run_plain_batch, the fast path: unquoted requests for commands that take
 # the words as they are, looked up in the registry's line cache and run in a tight loop; a run of
 # requests for one command (or a Repeat from the decoder) then goes through C-level loops in
-# _run_same_command. tests/test_fastpaths.py pins both to the general path (_execute), byte for
-# byte.
+# _run_same_command, or, for a command with a reply_to_run (the builtin echo), is answered from
+# its text with no call per request. tests/test_fastpaths.py pins all of them to the general
+# path (_execute), byte for byte.
 from __future__ import annotations
 
 import time
@@ -26,7 +27,8 @@ from ._commands import NO_REPLY, Command, Pending, Stream, Wait, is_stream
 from ._connection import Connection
 from ._errors import CommandError, PermissionDenied
 from ._log import log
-from ._protocol import _QUOTING, EndSession, LineTooLong, ParseError, Repeat, looks_like_http, needs_shlex, split_words
+from ._protocol import (_QUOTING, EndSession, LineTooLong, ParseError, Repeat, looks_like_http, needs_shlex,
+                        single_spaced, split_words)
 from ._render import json_line, render_text, to_jsonable
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -250,6 +252,10 @@ class Dispatcher:
         before any reply is delivered, so if it returns a Pending or Stream in the middle, the
         requests after it have already run; their results wait in the queue (as _Ran), behind
         the parked reply. Returns (requests run, characters of reply text added to ``replies``).
+
+        A command's reply_to_run answers a run instead of the calls when every line is
+        single-spaced words: it gives the replies the calls would, and the handler it stands in
+        for is pure, so skipping the calls changes nothing else (stats count each request).
         """
         command = entry[0]
         name = command.name
@@ -286,11 +292,26 @@ class Dispatcher:
                 text = "\n".join(chunk)
                 tails = text[len(prefix):].split("\n" + prefix)
             count = len(chunk)
-            if count < _MIN_RUN or needs_shlex(text):  # short, or some line needs shlex: line by line
+            if count < _MIN_RUN:  # a short run is cheaper line by line
+                return 0, 0
+            if command.reply_to_run is not None and single_spaced(text):
+                answer = command.reply_to_run("\n".join(tails))
+                if answer is not None:
+                    return self._answer_run(queue, count, answer, replies)
+            elif needs_shlex(text):  # some line needs shlex: line by line
                 return 0, 0
             # words[1:] of each line is the split of what follows the prefix.
             calls = starmap(command.fn, map(str.split, tails))
         return self._run_calls(conn, queue, calls, count, replies)
+
+    def _answer_run(self, queue: Deque[Any], count: int, answer: str, replies: List[str]) -> Tuple[int, int]:
+        """Takes a run answered by its command's reply_to_run: what _run_calls does for a run
+        whose handler calls all returned str, without the calls."""
+        self.stats.commands += count
+        self._consume(queue, count)
+        answer += "\n"
+        replies.append(answer)
+        return count, len(answer)
 
     def _run_calls(self, conn: Connection, queue: Deque[Any], calls: Any, count: int,
                    replies: List[str]) -> Tuple[int, int]:

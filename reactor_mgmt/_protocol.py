@@ -491,6 +491,27 @@ def needs_shlex(text: str) -> bool:
     return _QUOTING.search(text) is not None
 
 
+# needs_shlex's bytes, and the whitespace that str.split() splits on besides space and LF.
+_NOT_SINGLE_SPACED_ASCII = _QUOTING_ASCII + b"\t\r"
+
+
+def single_spaced(text: str) -> bool:
+    """Whether every line of ``text`` is words that need no shlex, joined by single spaces:
+    ``split_words(line) == line.split(" ")`` and ``" ".join(line.split()) == line`` for each.
+
+    One translate (space to LF, the other whitespace and the quoting deleted) and one search
+    for two LFs in a row, as _is_plain does for a read. Non-ASCII text answers False (str.split
+    knows Unicode spaces), and so does a blank line: callers then take the per-line path,
+    which is right for any text, only slower.
+    """
+    if not text or not text.isascii():
+        return False
+    data = text.encode("ascii")
+    spaced = data.translate(_SPACE_TO_LF, _NOT_SINGLE_SPACED_ASCII)
+    return (len(spaced) == len(data) and spaced.find(b"\n\n") < 0 and spaced[:1] != b"\n"
+            and spaced[-1:] != b"\n")
+
+
 class ParseError(ValueError):
     """A request line that cannot be split into words (an unbalanced quote)."""
 

@@ -29,13 +29,18 @@ def last_json(proc: subprocess.CompletedProcess) -> dict:
 def test_where_runs_every_path_and_finds_every_stage() -> None:
     result = last_json(run_tool("where.py", "--json", "--requests", "3000", "--rounds", "1"))
     assert result["ok"], result.get("error")  # every path's output matched the expected stream
-    assert set(result["ns"]) == {"reactor_mgmt", "reactor_mgmt_1024", "contract", "asyncio_protocol"}
+    assert set(result["ns"]) == {"reactor_mgmt", "reactor_mgmt_1024", "host_echo", "contract", "asyncio_protocol"}
     assert all(ns > 0 for ns in result["ns"].values())
-    # Each stage wraps a real method of the shipped path; a renamed one fails the run above, and
-    # one that is no longer called shows up here as missing.
-    assert {"feed", "_run_same_command", "_run_calls", "_consume", "_flush"} <= set(result["stages"])
-    assert result["stages"]["_run_calls"] < result["stages"]["_run_same_command"] < result["stages"]["total"]
-    assert any("echo" in row["function"] for row in result["profile"])
+    # Each stage wraps a real method of the server; a renamed one fails the run above, and one
+    # that is no longer called shows up here as missing. The shipped server answers the runs from
+    # their text; the host's echo is called per request.
+    shipped, host = result["stages"], result["host_stages"]
+    assert {"feed", "_run_same_command", "_answer_run", "_consume", "_flush"} <= set(shipped)
+    assert "_run_calls" not in shipped and "_answer_run" not in host
+    assert shipped["_answer_run"] < shipped["_run_same_command"] < shipped["total"]
+    assert {"feed", "_run_same_command", "_run_calls", "_consume", "_flush"} <= set(host)
+    assert host["_run_calls"] < host["_run_same_command"] < host["total"]
+    assert any("reactor_mgmt/_dispatch.py" in row["function"] for row in result["profile"])
     assert result["markdown"].startswith("## Profile: echo with the kernel stubbed out")
 
 

@@ -147,7 +147,7 @@ def test_generic_selectors_path_matches_the_epoll_path(monkeypatch):
 
 from hypothesis import given, settings, strategies as st
 
-from reactor_mgmt._protocol import Repeat, RequestDecoder, _needs_strip, expand
+from reactor_mgmt._protocol import Repeat, RequestDecoder, _needs_strip, expand, single_spaced, split_words
 
 _line_text = st.text(alphabet=st.sampled_from(list("ab {\"'\t\r\x0b\x0c\x1c\x1f\xa0\u2003é")), max_size=12)
 
@@ -181,6 +181,34 @@ def test_needs_strip_spots_whitespace_at_any_line_end():
     assert not _needs_strip(b"ping\necho a b\nstatus")
     for text in (b" ping", b"ping ", b"a\n b", b"a \nb", b"a\tb", b"a\x0bb", b"caf\xc3\xa9", b"a\x1fb"):
         assert _needs_strip(text), text
+
+
+_spaced_text = st.text(alphabet=st.sampled_from(list("ab \"'\\\t\r\x0b\x0c\x1c\x1f\x01\xa0\u2003é")), max_size=10)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_spaced_text, min_size=1, max_size=8))
+def test_single_spaced_text_is_its_words_on_both_parsers(lines):
+    """single_spaced (the gate of Command.reply_to_run) says yes only when each line is its own
+    words joined by single spaces for str.split and for split_words alike."""
+    if single_spaced("\n".join(lines)):
+        for line in lines:
+            assert " ".join(line.split()) == line
+            assert split_words(line) == line.split(" ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.text(alphabet="ab{}1-_.:x/=,", min_size=1, max_size=6), min_size=1, max_size=4),
+                min_size=1, max_size=8))
+def test_single_spaced_says_yes_to_single_spaced_ascii_words(word_lists):
+    assert single_spaced("\n".join(" ".join(words) for words in word_lists))
+
+
+def test_single_spaced_says_no_to_what_needs_a_python_call():
+    assert single_spaced("1 x1\n2 x2")
+    for text in ("", "a  b", " a", "a ", "a\n b", "a \nb", "a\n\nb", "a\tb", "a\rb", "a\x0bb", "caf\xe9",
+                 "'a b'", "a\\b", '"a"', "a\n"):
+        assert not single_spaced(text), repr(text)
 
 
 # ---- runs of one command (Dispatcher._run_same_command) against one request at a time ----
@@ -443,6 +471,70 @@ def test_a_run_stops_at_an_over_long_line_in_the_queue(make_server):
     assert lines[10].startswith("ERR line too long")
     assert lines[11:] == ["b"] * 10
     client.close()
+
+
+def _count_answered_runs(monkeypatch, server: reactor_mgmt.Server) -> list:
+    """Records how many requests each run answered by reply_to_run took."""
+    answered: list = []
+    original = server._answer_run
+
+    def spy(queue, count, answer, replies):
+        answered.append(count)
+        return original(queue, count, answer, replies)
+
+    monkeypatch.setattr(server, "_answer_run", spy)
+    return answered
+
+
+_ECHO_WORDS = ["a  b", "a\tb", "a\x0bb", "caf\xe9 b", "'q w' x", "a\\b", "a\x01b", "x", "1 2 3 4 5", "\u2003a",
+               "{x}", "a\xa0b"]
+
+
+@pytest.mark.parametrize("per_tick", [7, 256])
+def test_echo_runs_answered_without_calls_get_what_each_call_gets(make_server, monkeypatch, per_tick):
+    """The builtin echo answers a run of single-spaced requests from their text (its
+    reply_to_run) instead of calling echo per request; every reply must be echo's own."""
+    # A run is answered from its text only if every line in it is single-spaced (one odd line
+    # sends the whole run to the calls), so pings split the odd lines from the plain runs here.
+    requests = ([f"echo {i} x{i}" for i in range(40)] + ["ping"] + [f"echo {words}" for words in _ECHO_WORDS]
+                + ["ping"] + [f"echo {i}" for i in range(6)] + [f"echo {words}" for words in _ECHO_WORDS[::-1]]
+                + ["echo one"] * 9 + [f"echo w{i} {words}" for i, words in enumerate(_ECHO_WORDS * 2)]
+                + ["echo"] * 5 + ["echo z z"] * 5 + ["ping"])
+    transcripts, answered_seen, counted = [], [], []
+    for answered_as_runs in (False, True):
+        server = make_server("127.0.0.1", max_commands_per_tick=per_tick)
+        if not answered_as_runs:
+            server.registry.commands["echo"].reply_to_run = None
+        answered = _count_answered_runs(monkeypatch, server)
+        before = server.stats.commands
+        transcripts.append(_pipeline(server, requests))
+        answered_seen.append(answered)
+        counted.append(server.stats.commands - before)
+    assert transcripts[0] == transcripts[1]
+    assert counted[0] == counted[1] == len(requests) + 1  # every request counted once (+ the marker)
+    assert answered_seen[0] == []
+    assert max(answered_seen[1]) >= min(per_tick - 1, 30)  # the first run went through reply_to_run
+    replies = transcripts[1]
+    assert replies[:41] == [f"{i} x{i}" for i in range(40)] + ["pong"]
+    assert replies[41:53] == ["a b", "a b", "a\x0bb", "caf\xe9 b", "q w x", "ab", "a\x01b", "x", "1 2 3 4 5",
+                              "\u2003a", "{x}", "a\xa0b"]  # shlex keeps Unicode spaces inside a word
+
+
+def test_a_host_echo_is_called_per_request_not_answered_by_the_builtins_run(make_server, monkeypatch):
+    """reply_to_run belongs to the builtin's Command: registering echo again drops it."""
+    server = make_server("127.0.0.1")
+    calls = []
+
+    @server.command
+    def echo(*words):
+        calls.append(words)
+        return "-".join(words)
+
+    answered = _count_answered_runs(monkeypatch, server)
+    replies = _pipeline(server, [f"echo {i} x{i}" for i in range(50)])
+    assert replies == [f"{i}-x{i}" for i in range(50)] + ["pong"]
+    assert calls == [(str(i), f"x{i}") for i in range(50)]
+    assert answered == []
 
 
 # ---- the round-trip fast path (Dispatcher._answer_now) against the pipelined path ----
