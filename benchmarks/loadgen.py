@@ -15,9 +15,9 @@ Workloads:
   echo      one connection, N distinct pipelined `echo I xI` -> req/s
   rtt       one connection, N sequential round trips -> p50/p99 us
   fanin     C connections, each R sequential round trips -> req/s, p99
-  rtt_pair, fanin_pair
-            rtt / fanin against two servers (--port, --port2) in interleaved
-            slices, so both see the same machine -> ratios B/A
+  rtt_pair, fanin_pair, echo_pair
+            rtt / fanin / echo against two servers (--port, --port2) in
+            interleaved slices or phases, so both see the same machine -> ratios B/A
   idle      C idle (verified) connections -> server RSS growth per
             connection, then `rtt` on one more connection
   flood     one connection floods pipelined pings for D seconds (used by
@@ -288,12 +288,35 @@ def wl_pipeline(port, args):
     return {"requests": done, "capped": done < n, "seconds": secs, "rps": done / secs}
 
 
+def echo_payload(n):
+    return (b"".join(b"echo %d x%d\n" % (i, i) for i in range(n)),
+            b"".join(b"%d x%d\n" % (i, i) for i in range(n)))
+
+
 def wl_echo(port, args):
     n = args.n
-    payload = b"".join(b"echo %d x%d\n" % (i, i) for i in range(n))
-    expected = b"".join(b"%d x%d\n" % (i, i) for i in range(n))
+    payload, expected = echo_payload(n)
     secs, done = pipelined(port, payload, expected, what="echo", max_seconds=args.max_seconds)
     return {"requests": done, "capped": done < n, "seconds": secs, "rps": done / secs}
+
+
+def wl_echo_pair(port, args):
+    """echo against two servers (--port A, --port2 B), --repeat phases each, in the order
+    A B B A A B ...; each phase is the whole echo workload on a new connection. One phase
+    lasts well under a second, so a shared machine's drift moves single phases by tens of
+    percent; the median phase per server, from phases interleaved like this, measures the
+    servers rather than the moment each one ran. Returns the medians and the ratio B/A."""
+    if not args.port2:
+        raise Failed("echo_pair needs --port2")
+    payload, expected = echo_payload(args.n)
+    phases = ([], [])
+    for i in range(max(1, args.repeat)):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            secs, done = pipelined((port, args.port2)[k], payload, expected, what="echo_pair")
+            phases[k].append(done / secs)
+    rps = [statistics.median(ph) for ph in phases]
+    return {"a_rps": rps[0], "b_rps": rps[1], "ratio_rps": rps[1] / rps[0], "phases": len(phases[0]),
+            "a_phases": phases[0], "b_phases": phases[1]}
 
 
 # ------------------------------------------------------------------ rtt --
@@ -760,6 +783,7 @@ WORKLOADS = {
     "check": wl_check,
     "pipeline": wl_pipeline,
     "echo": wl_echo,
+    "echo_pair": wl_echo_pair,
     "rtt": wl_rtt,
     "rtt_pair": wl_rtt_pair,
     "fanin": wl_fanin,
@@ -777,9 +801,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=10000, help="requests / round trips")
     p.add_argument("--conns", type=int, default=1000, help="connections (fanin, idle)")
     p.add_argument("--rounds", type=int, default=20, help="round trips per connection (fanin)")
-    p.add_argument("--repeat", type=int, default=3, help="fan-in phases, median reported")
+    p.add_argument("--repeat", type=int, default=3, help="fan-in / echo_pair phases, median reported")
     p.add_argument("--server-pid", type=int, default=0, help="server pid (idle: VmRSS)")
-    p.add_argument("--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair)")
+    p.add_argument("--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair, echo_pair)")
     p.add_argument("--server-pid2", type=int, default=0, help="second server's pid (rtt_pair)")
     p.add_argument("--slices", type=int, default=20, help="slices per server (rtt_pair)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds (flood)")

@@ -45,11 +45,11 @@ PEER_WORKLOADS = ["pipeline", "echo", "rtt", "fanin", "idle"]
 WORKLOADS = PEER_WORKLOADS + ["tick", "flood", "import"]
 
 FULL = dict(pipeline=3000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3,
-            fanin_pair_repeat=8, cap=6.0,
+            fanin_pair_repeat=8, echo_pair_repeat=8, cap=6.0,
             idle_conns=10000, idle_rtt=20000, tick_ns=[0, 1000, 10000], tick_rounds=15,
             flood_duration=3.0, import_runs=9, where_rounds=15)
 QUICK = dict(pipeline=100000, echo=20000, rtt=2000, fanin_conns=200, fanin_rounds=20, fanin_repeat=1,
-             fanin_pair_repeat=2, cap=2.0,
+             fanin_pair_repeat=2, echo_pair_repeat=2, cap=2.0,
              idle_conns=1000, idle_rtt=2000, tick_ns=[0, 1000, 10000], tick_rounds=5,
              flood_duration=1.0, import_runs=3, where_rounds=3)
 
@@ -287,6 +287,40 @@ def bench_pair(res, peers, workloads, p, run_no):
             srv.stop()
 
 
+def bench_echo_pair(res, peers, workloads, p, run_no):
+    """echo of reactor_mgmt and asyncio Protocol side by side (loadgen's echo_pair): both
+    servers up at once, phases alternating between them, the median phase of each. One echo
+    phase is a fraction of a second, and single phases of one server moved by up to 80% within
+    a full run on this machine. Both first serve a short echo, as bench_pair warms its pair."""
+    names = dict((name, script) for name, script, _label in peers)
+    if "echo" not in workloads or "asyncio_protocol" not in names or "reactor_mgmt" not in names:
+        return
+    servers = []
+    try:
+        for name in ("asyncio_protocol", "reactor_mgmt"):
+            servers.append(ServerProc(names[name]))
+        for srv in servers:
+            warm = loadgen("echo", srv.port, n=20000, max_seconds=p["cap"])
+            if not warm.get("ok"):
+                raise RuntimeError("warm-up echo failed: " + warm.get("error", "?"))
+        theirs, ours = servers
+        t0 = time.monotonic()
+        out = loadgen("echo_pair", theirs.port, port2=ours.port, n=p["echo"], repeat=p["echo_pair_repeat"])
+        if out.get("ok"):
+            res.add("reactor_mgmt", "echo_pair.ratio_rps", out["ratio_rps"])
+            log("  side by side     run %d: echo     asyncio Protocol %s req/s, reactor_mgmt %s req/s -> %.2fx (%.1f s)"
+                % (run_no, fmt_int(out["a_rps"]), fmt_int(out["b_rps"]), out["ratio_rps"], time.monotonic() - t0))
+        else:
+            res.fail("reactor_mgmt", "echo_pair", out.get("error", "failed"))
+            log("  side by side     run %d: echo     FAILED: %s" % (run_no, out.get("error", "?")))
+    except RuntimeError as e:
+        res.fail("reactor_mgmt", "echo_pair", str(e))
+        log("  side by side     run %d: echo     FAILED: %s" % (run_no, e))
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
 def summarize(w, out):
     if w in ("pipeline", "echo"):
         return "%s req/s" % fmt_int(out["rps"])
@@ -393,10 +427,13 @@ def targets(res, tick, flood, imp):
         add("Pipeline vs asyncio Protocol (stretch)",
             ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
             ">= 1.5x", lambda v: v >= 1.5, sources=against("pipeline", "asyncio_protocol"))
-    if ("reactor_mgmt", "echo.rps") in res.values or ("reactor_mgmt", "echo") in res.errors:
+    paired = lambda w, m: res.get("reactor_mgmt", w + "_pair", w + "_pair." + m)  # noqa: E731
+    if ("reactor_mgmt", "echo_pair.ratio_rps") in res.values or ("reactor_mgmt", "echo_pair") in res.errors:
+        add("Echo vs asyncio Protocol (side by side)", paired("echo", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "echo_pair")])
+    elif ("reactor_mgmt", "echo.rps") in res.values or ("reactor_mgmt", "echo") in res.errors:
         add("Echo vs asyncio Protocol", ratio(R("echo", "rps"), R("echo", "rps", "asyncio_protocol")),
             ">= 1.0x", lambda v: v >= 1.0, sources=against("echo", "asyncio_protocol"))
-    paired = lambda w, m: res.get("reactor_mgmt", w + "_pair", w + "_pair." + m)  # noqa: E731
     if ("reactor_mgmt", "fanin_pair.ratio_rps") in res.values or ("reactor_mgmt", "fanin_pair") in res.errors:
         add("Fan-in req/s vs floor (side by side)", paired("fanin", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0,
             sources=[("reactor_mgmt", "fanin_pair")])
@@ -502,10 +539,11 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
     parts.append("## Parameters\n")
     parts.append("runs per measurement: %d (each cell is the median over runs)%s  \n"
                  % (args.runs, " -- QUICK smoke run, not for comparison" if args.quick else ""))
-    parts.append("pipeline %s pings; echo %s; rtt %s round trips; fan-in %s connections x %d round trips (median of %d phases per run, "
+    parts.append("pipeline %s pings; echo %s (median of %d phases per server side by side); rtt %s round trips; "
+                 "fan-in %s connections x %d round trips (median of %d phases per run, "
                  "%d per server side by side); idle %s connections (+ rtt %s); tick at %s idle connections, %d interleaved rounds; "
                  "flood %.0f s; import %d runs.\n" % (
-                     fmt_int(p["pipeline"]), fmt_int(p["echo"]), fmt_int(p["rtt"]),
+                     fmt_int(p["pipeline"]), fmt_int(p["echo"]), p["echo_pair_repeat"], fmt_int(p["rtt"]),
                      fmt_int(p["fanin_conns"]), p["fanin_rounds"], p["fanin_repeat"], p["fanin_pair_repeat"],
                      fmt_int(p["idle_conns"]),
                      fmt_int(p["idle_rtt"]), ", ".join(fmt_int(n) for n in p["tick_ns"]),
@@ -529,6 +567,12 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
                          "phases (fan-in), so both see the same machine. reactor_mgmt / floor per run: "
                          + "; ".join("%s %s" % (m.replace("_pair.", " "), ", ".join("%.2fx" % v for v in vals))
                                      for m, vals in sbs if vals) + ".\n")
+        echo_vals = res.values.get(("reactor_mgmt", "echo_pair.ratio_rps"))
+        if echo_vals:
+            parts.append("\nThe echo target uses side-by-side runs the same way: asyncio Protocol and "
+                         "reactor_mgmt up at once, the load generator alternating whole echo phases between "
+                         "them. reactor_mgmt / asyncio Protocol per run: echo rps %s.\n"
+                         % ", ".join("%.2fx" % v for v in echo_vals))
     if tick:
         h, rows = tick_rows(tick)
         parts.append("## Idle tick cost (ns per call, ratio to bare select(0) at the same count)\n")
@@ -665,6 +709,7 @@ def main():
                 for name, script, _label in order:
                     bench_peer(res, name, script, peer_wl, p, r + 1)
                 bench_pair(res, peers, peer_wl, p, r + 1)
+                bench_echo_pair(res, peers, peer_wl, p, r + 1)
             if flood is not None:
                 out = run_json([PY, os.path.join(HERE, "flood.py"), "--duration",
                                 str(p["flood_duration"])], timeout=p["flood_duration"] + 120)

@@ -39,10 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 ASYNCIO_READ = 262144  # what asyncio's selector transport asks recv() for
 
-
-def echo_payload(n):
-    return (b"".join(b"echo %d x%d\n" % (i, i) for i in range(n)),
-            b"".join(b"%d x%d\n" % (i, i) for i in range(n)))
+sys.path.insert(0, HERE)
+from loadgen import echo_payload  # noqa: E402  (the payload the echo workload sends)
 
 
 class StubSocket(object):

@@ -67,6 +67,9 @@ def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_
                if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median"))]
     assert len(targets) == 5
     assert all(line.rstrip(" |").endswith(("PASS", "FAIL")) for line in targets), targets
+    # echo's target comes from the side-by-side phases, as rtt's does
+    assert any(line.startswith("| Echo vs asyncio Protocol (side by side) |") for line in targets), targets
+    assert "reactor_mgmt / asyncio Protocol per run: echo rps " in text
     assert "## Profile: echo with the kernel stubbed out" in text
     for server in ("floor (selectors loop)", "asyncio Protocol", "reactor_mgmt"):
         assert f"| {server} |" in text
