@@ -237,6 +237,17 @@ def bench_peer(res, peer, script, workloads, p, run_no):
                 srv.stop()
 
 
+def start_warmed(servers, scripts, workload, n, cap):
+    """Starts a side-by-side pair, appending each to ``servers`` (the caller stops them in a
+    finally), and warms each with a short ``workload``."""
+    for script in scripts:
+        servers.append(ServerProc(script))
+    for srv in servers:
+        warm = loadgen(workload, srv.port, n=n, max_seconds=cap)
+        if not warm.get("ok"):
+            raise RuntimeError("warm-up %s failed: %s" % (workload, warm.get("error", "?")))
+
+
 def bench_pair(res, peers, workloads, p, run_no):
     """rtt and fan-in of reactor_mgmt and the floor side by side: both servers up at once and
     the load generator alternating between them (loadgen's rtt_pair, fanin_pair), so a shared
@@ -250,12 +261,7 @@ def bench_pair(res, peers, workloads, p, run_no):
         return
     servers = []
     try:
-        for name in ("floor", "reactor_mgmt"):
-            servers.append(ServerProc(names[name]))
-        for srv in servers:
-            warm = loadgen("pipeline", srv.port, n=100000, max_seconds=p["cap"])
-            if not warm.get("ok"):
-                raise RuntimeError("warm-up pipeline failed: " + warm.get("error", "?"))
+        start_warmed(servers, [names["floor"], names["reactor_mgmt"]], "pipeline", 100000, p["cap"])
         floor, ours = servers
         for w in wanted:
             t0 = time.monotonic()
@@ -297,12 +303,7 @@ def bench_echo_pair(res, peers, workloads, p, run_no):
         return
     servers = []
     try:
-        for name in ("asyncio_protocol", "reactor_mgmt"):
-            servers.append(ServerProc(names[name]))
-        for srv in servers:
-            warm = loadgen("echo", srv.port, n=20000, max_seconds=p["cap"])
-            if not warm.get("ok"):
-                raise RuntimeError("warm-up echo failed: " + warm.get("error", "?"))
+        start_warmed(servers, [names["asyncio_protocol"], names["reactor_mgmt"]], "echo", 20000, p["cap"])
         theirs, ours = servers
         t0 = time.monotonic()
         out = loadgen("echo_pair", theirs.port, port2=ours.port, n=p["echo"], repeat=p["echo_pair_repeat"])
