@@ -70,6 +70,13 @@ def _take_one_copy(queue: Any, repeated: Repeat) -> str:
     return repeated.line
 
 
+def _cut_run(chunk: List[str], prefix: str) -> str:
+    """Cuts ``chunk`` (lines, one of which lacks ``prefix``) before the first line without it;
+    returns the lines left, joined by LF."""
+    del chunk[list(map(str.startswith, chunk, repeat(prefix))).index(False):]
+    return "\n".join(chunk)
+
+
 def _err_line(message: str) -> bytes:
     """An error reply: always exactly one line, so a client can tell where it ends."""
     if "\n" in message or "\r" in message:
@@ -283,22 +290,27 @@ class Dispatcher:
             except TypeError:  # an event (an over-long line, a Repeat) in the chunk: stop before it
                 chunk = list(takewhile(_is_str, chunk))
                 text = "\n".join(chunk)
-            # Lines hold no LF, so "\n" + prefix matches only at the start of a line, and splitting
-            # on it cuts the text into what follows the prefix on each line (one C call, where
-            # slicing each line was ~100 ns a line): one piece per line when every line has it.
+            # Lines hold no LF, so "\n" + prefix matches only at the start of a line.
+            if command.reply_to_run is not None:
+                # The run's words as one text, with no str per line to make: the text is
+                # len(prefix) shorter per line exactly when every line had the prefix.
+                words = text[len(prefix):].replace("\n" + prefix, "\n") if text.startswith(prefix) else ""
+                if len(words) != len(text) - len(chunk) * len(prefix):
+                    text = _cut_run(chunk, prefix)
+                    words = text[len(prefix):].replace("\n" + prefix, "\n")
+                if len(chunk) >= _MIN_RUN and single_spaced(words):
+                    answer = command.reply_to_run(words)
+                    if answer is not None:
+                        return self._answer_run(queue, len(chunk), answer, replies)
+            # Splitting on "\n" + prefix cuts the text into what follows the prefix on each line
+            # (one C call, where slicing each line was ~100 ns a line): one piece per line when
+            # every line has it.
             tails = text[len(prefix):].split("\n" + prefix) if text.startswith(prefix) else ()
             if len(tails) != len(chunk):
-                del chunk[list(map(str.startswith, chunk, repeat(prefix))).index(False):]
-                text = "\n".join(chunk)
+                text = _cut_run(chunk, prefix)
                 tails = text[len(prefix):].split("\n" + prefix)
             count = len(chunk)
-            if count < _MIN_RUN:  # a short run is cheaper line by line
-                return 0, 0
-            if command.reply_to_run is not None and single_spaced(text):
-                answer = command.reply_to_run("\n".join(tails))
-                if answer is not None:
-                    return self._answer_run(queue, count, answer, replies)
-            elif needs_shlex(text):  # some line needs shlex: line by line
+            if count < _MIN_RUN or needs_shlex(text):  # short, or some line needs shlex: line by line
                 return 0, 0
             # words[1:] of each line is the split of what follows the prefix.
             calls = starmap(command.fn, map(str.split, tails))
