@@ -237,6 +237,13 @@ def bench_peer(res, peer, script, workloads, p, run_no):
                 srv.stop()
 
 
+def process_cpu_seconds(pid):
+    """User plus system CPU time of a process so far (/proc/PID/stat, clock ticks)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+
+
 def start_warmed(servers, scripts, workload, n, cap):
     """Starts a side-by-side pair, appending each to ``servers`` (the caller stops them in a
     finally), and warms each with a short ``workload``."""
@@ -272,14 +279,24 @@ def bench_pair(res, peers, workloads, p, run_no):
                     o["a"]["p50_us"], o["b"]["p50_us"], o["ratio_p50"])
                 keys = [("ratio_p50", "rtt_pair.ratio_p50")]
             else:
+                # Both servers serve the same requests here, so the ratio of the CPU time each
+                # spent is the ratio of their CPU per request: what the server costs, which the
+                # req/s ratio shows only through two processes sharing two cores.
+                cpu_before = [process_cpu_seconds(srv.pid) for srv in servers]
                 out = loadgen("fanin_pair", floor.port, port2=ours.port, conns=p["fanin_conns"],
                               rounds=p["fanin_rounds"], repeat=p["fanin_pair_repeat"])
-                what = lambda o: "floor %s req/s p99 %.2f ms, reactor_mgmt %s req/s p99 %.2f ms" % (  # noqa: E731
-                    fmt_int(o["a_rps"]), o["a_p99_us"] / 1000, fmt_int(o["b_rps"]), o["b_p99_us"] / 1000)
-                keys = [("ratio_rps", "fanin_pair.ratio_rps"), ("ratio_p99", "fanin_pair.ratio_p99")]
+                spent = [process_cpu_seconds(srv.pid) - before for srv, before in zip(servers, cpu_before)]
+                if out.get("ok") and spent[0] > 0:
+                    out["cpu_ratio"] = spent[1] / spent[0]
+                what = lambda o: "floor %s req/s p99 %.2f ms, reactor_mgmt %s req/s p99 %.2f ms, CPU %.2fx" % (  # noqa: E731
+                    fmt_int(o["a_rps"]), o["a_p99_us"] / 1000, fmt_int(o["b_rps"]), o["b_p99_us"] / 1000,
+                    o.get("cpu_ratio", float("nan")))
+                keys = [("ratio_rps", "fanin_pair.ratio_rps"), ("ratio_p99", "fanin_pair.ratio_p99"),
+                        ("cpu_ratio", "fanin_pair.cpu_ratio")]
             if out.get("ok"):
                 for key, metric in keys:
-                    res.add("reactor_mgmt", metric, out[key])
+                    if key in out:
+                        res.add("reactor_mgmt", metric, out[key])
                 log("  side by side     run %d: %-8s %s (%.1f s)" % (run_no, w, what(out), time.monotonic() - t0))
             else:
                 res.fail("reactor_mgmt", w + "_pair", out.get("error", "failed"))
@@ -440,6 +457,10 @@ def targets(res, tick, flood, imp):
             sources=[("reactor_mgmt", "fanin_pair")])
         add("Fan-in p99 vs floor (side by side)", paired("fanin", "ratio_p99"), "<= 1.2x", lambda v: v <= 1.2,
             sources=[("reactor_mgmt", "fanin_pair")])
+        cpu = paired("fanin", "cpu_ratio")
+        if cpu is not None:  # evidence for the req/s row, not a target of its own
+            rows.append(("Fan-in server CPU per request vs floor (side by side; not a target)", "%.2fx" % cpu,
+                         "-", "-"))
     elif ("reactor_mgmt", "fanin.rps") in res.values or ("reactor_mgmt", "fanin") in res.errors:
         add("Fan-in req/s vs floor", ratio(R("fanin", "rps"), R("fanin", "rps", "floor")),
             ">= 1.0x", lambda v: v >= 1.0, sources=against("fanin", "floor"))
@@ -561,7 +582,7 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
                      "per held connection; the last column is rtt on one more connection while "
                      "they are held.\n")
         sbs = [(m, res.values.get(("reactor_mgmt", m))) for m in
-               ("rtt_pair.ratio_p50", "fanin_pair.ratio_rps", "fanin_pair.ratio_p99")]
+               ("rtt_pair.ratio_p50", "fanin_pair.ratio_rps", "fanin_pair.ratio_p99", "fanin_pair.cpu_ratio")]
         if any(vals for _m, vals in sbs):
             parts.append("\nThe rtt and fan-in targets use side-by-side runs: the floor and reactor_mgmt "
                          "up at once, the load generator alternating between them in slices (rtt) or "

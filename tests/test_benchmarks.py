@@ -56,7 +56,7 @@ def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_
     report = tmp_path / "RESULTS.md"
     report.write_text("# old\n\n## Targets\n\nstale\n\n## Soak\n\nsoak figures\n\n"
                       "## Where the time goes\n\nnotes\n")
-    proc = run_tool("run.py", "--quick", "--only", "pipeline,echo,rtt",
+    proc = run_tool("run.py", "--quick", "--only", "pipeline,echo,rtt,fanin",
                     "--peers", "floor,asyncio_protocol,reactor_mgmt", "--output", str(report))
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
@@ -64,12 +64,14 @@ def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_
     assert "stale" not in text
     assert text.index("## Soak\n\nsoak figures") < text.index("## Where the time goes\n\nnotes")
     targets = [line for line in text.splitlines()
-               if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median"))]
-    assert len(targets) == 5
+               if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median", "| Fan-in req/s", "| Fan-in p99"))]
+    assert len(targets) == 7
     assert all(line.rstrip(" |").endswith(("PASS", "FAIL")) for line in targets), targets
     # echo's target comes from the side-by-side phases, as rtt's does
     assert any(line.startswith("| Echo vs asyncio Protocol (side by side) |") for line in targets), targets
     assert "reactor_mgmt / asyncio Protocol per run: echo rps " in text
+    # fan-in's side-by-side phases also give each server's CPU per request, as evidence
+    assert "| Fan-in server CPU per request vs floor (side by side; not a target) | " in text
     assert "## Profile: echo with the kernel stubbed out" in text
     for server in ("floor (selectors loop)", "asyncio Protocol", "reactor_mgmt"):
         assert f"| {server} |" in text
