@@ -275,7 +275,7 @@ def render(res, cmd):
              "Written by `%s` (Python %s): %s distinct pipelined `echo I xI` requests, best of %d "
              "interleaved rounds. The module docstring of `benchmarks/where.py` says what each row "
              "runs." % (cmd, res["python"], "{:,}".format(res["requests"]), res["rounds"]), "",
-             "| path | Python ns per request | vs asyncio Protocol |", "|---|---|---|"]
+             "| path | Python ns per request | time vs asyncio Protocol's (lower is faster) |", "|---|---|---|"]
     for key, label in LABELS:
         lines.append("| %s | %.0f | %.2fx |" % (label, ns[key], ns[key] / base))
     lines += ["", "Stages (inclusive ns per request, timed around calls made once per read or tick, best of "
