@@ -41,6 +41,7 @@ class Connection:
         "paused",
         "scheduled",
         "lingering",
+        "cut_off",
         "id",
     )
 
@@ -67,9 +68,15 @@ class Connection:
         self.paused = False  # output above the high-water mark: no reads, no commands
         self.scheduled = False  # already in the server's ready queue
         self.lingering = False  # we shut down writing and are draining the peer
+        self.cut_off = False  # unsent output passed max_output: only the notice saying so goes out
 
     def write(self, text: "str | bytes") -> None:
-        """Queues text for this client; a missing final newline is added."""
+        """Queues text for this client; a missing final newline is added.
+
+        Past the server's ``max_output`` of unsent output the client is cut off: it is told so,
+        and the connection closes. A handler with a lot to say should return a generator (a
+        streaming reply), which only runs while the client keeps up.
+        """
         if self.closed:
             return
         data = text.encode() if isinstance(text, str) else bytes(text)

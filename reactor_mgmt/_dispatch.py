@@ -1,8 +1,9 @@
 # Requests to replies: the layer between the reactor (_server.py), which moves bytes and owns
 # the connections, and the command registry (_commands.py), which knows the handlers. For each
 # decoded request it resolves the command, checks authentication and level, calls the handler,
-# and frames the result as text or JSON; a Pending or Stream result parks the connection until
-# it completes, so replies stay in request order.
+# and frames the result as text or JSON (or as an error, for a reply that would pass max_output);
+# a Pending or Stream result parks the connection until it completes, so replies stay in
+# request order.
 #
 # Server inherits these methods (Dispatcher is a mixin, not a separate object) because they are
 # on the per-request path, where an extra attribute hop per request is measurable; they use the
@@ -168,14 +169,29 @@ class Dispatcher:
                 stats.commands += 1  # before the call: `stats` itself counts
                 result = entry[1]()
                 if result.__class__ is str:
-                    room -= len(result)
-                    append(result if result[-1:] == "\n" else result + "\n")
-                    if stop_at is None and queue and done < most and room > 0:
-                        ran, size = self._run_same_command(conn, queue, entry, line, most - done, replies)
-                        done += ran
-                        room -= size
-                        if conn.waiting is not None:
-                            break
+                    reply = result if result[-1:] == "\n" else result + "\n"
+                    room -= len(reply)
+                    if room > 0:
+                        append(reply)
+                        if stop_at is None and queue and done < most:
+                            # A run's replies are made before any is written, so the run is cut
+                            # to what the room left holds at this reply's size: a run of big
+                            # replies must stop at the high-water mark as the per-request path does.
+                            run_most = room // len(reply)
+                            ran, size = self._run_same_command(conn, queue, entry, line,
+                                                               run_most if run_most < most - done else most - done,
+                                                               replies)
+                            done += ran
+                            room -= size
+                            if conn.waiting is not None:
+                                break
+                        continue
+                    # This reply reaches the high-water mark: it goes out on its own, after the
+                    # replies before it, through _deliver's check against max_output.
+                    if replies:
+                        self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
+                        replies.clear()
+                    self._deliver(conn, result, TEXT)
                     continue
                 if replies:
                     self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
@@ -230,6 +246,8 @@ class Dispatcher:
             data = (result if result[-1:] == "\n" else result + "\n").encode("utf-8", _UNENCODABLE)
             if len(data) <= _KEEP_ANSWER_MAX:
                 self._last_answer = (result, data)
+            elif len(data) > self.max_output:  # nothing is unsent here: the cap is all its room
+                data = self._too_large(conn, len(data), TEXT)
         try:
             sent = conn.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -239,7 +257,7 @@ class Dispatcher:
             return True
         self.stats.bytes_out += sent
         if sent < len(data):
-            self._write(conn, data[sent:])
+            self._write(conn, memoryview(data)[sent:])  # a memoryview: part-sent, as _flush leaves one
             self._schedule(conn)  # _service flushes the rest and asks for a write event
         return True
 
@@ -530,10 +548,11 @@ class Dispatcher:
     def _deliver(self, conn: Connection, result: Any, reply_id: Any) -> None:
         """Writes a finished result, or parks the connection behind a Pending or Stream."""
         if result.__class__ is str and reply_id is TEXT:
-            self._write(conn, (result if result.endswith("\n") else result + "\n").encode("utf-8", _UNENCODABLE))
+            data = (result if result.endswith("\n") else result + "\n").encode("utf-8", _UNENCODABLE)
         elif result is NO_REPLY:
-            if reply_id is not TEXT:
-                self._write(conn, json_line({"id": reply_id, "ok": True, "result": None}))
+            if reply_id is TEXT:
+                return
+            data = json_line({"id": reply_id, "ok": True, "result": None})
         elif isinstance(result, Pending):
             if result.done:
                 self._finish_pending(conn, result, reply_id)
@@ -544,13 +563,36 @@ class Dispatcher:
             timeout = self.pending_timeout if result.timeout is None else result.timeout
             if timeout and timeout < float("inf"):  # NaN would break the timer heap's order
                 self.call_later(timeout, self._expire_pending, conn, result)
+            return
         elif is_stream(result):
             conn.waiting = result if isinstance(result, Stream) else Stream(result)
             conn.waiting_id = reply_id
+            return
         elif reply_id is TEXT:
-            self._write(conn, render_text(result).encode("utf-8", _UNENCODABLE))
+            data = render_text(result).encode("utf-8", _UNENCODABLE)
         else:
-            self._write(conn, json_line({"id": reply_id, "ok": True, "result": to_jsonable(result)}))
+            data = json_line({"id": reply_id, "ok": True, "result": to_jsonable(result)})
+        if conn.out_size + len(data) > self.max_output:
+            data = self._too_large(conn, len(data), reply_id)
+        self._write(conn, data)
+
+    def _too_large(self, conn: Connection, size: int, reply_id: Any) -> bytes:
+        """The error sent in place of a reply that would take the connection's unsent output
+        past max_output. The client learns what happened, and its next request runs as usual;
+        holding the reply would break the cap, and dropping the client would lose the replies
+        before it and say nothing."""
+        self.stats.errors += 1
+        suffix = self._too_large_log.allow(_monotonic())  # the client can repeat it at will
+        if suffix is not None:
+            log.warning("connection #%d: a reply of %d bytes would pass max_output (%d bytes unsent, cap %d): "
+                        "sent an error instead%s", conn.id, size, conn.out_size, self.max_output, suffix)
+        if size > self.max_output:
+            message = f"reply too large ({size} bytes; max_output is {self.max_output})"
+        else:  # it fits alone: the client has not read enough of the replies before it
+            message = f"reply too large ({size} bytes, with {conn.out_size} unsent; max_output is {self.max_output})"
+        if reply_id is TEXT:
+            return _err_line(message)
+        return json_line({"id": reply_id, "ok": False, "error": {"code": "too_large", "message": message}})
 
     def _finish_pending(self, conn: Connection, pending: Pending, reply_id: Any) -> None:
         if pending.error is not None:
@@ -620,12 +662,18 @@ class Dispatcher:
                 if item.until is not None:
                     self.call_later(max(0.0, item.until - _monotonic()), self._schedule, conn)
                 return False
+            if reply_id is TEXT:
+                data = render_text(item).encode("utf-8", _UNENCODABLE)
+            else:
+                data = json_line({"id": reply_id, "item": to_jsonable(item)})
+            if conn.out_size + len(data) > self.max_output:  # the stream ends with the error in its place
+                conn.waiting = None
+                self._close_stream(stream)
+                self._write(conn, self._too_large(conn, len(data), reply_id))
+                return True
             stream.count += 1
             sent += 1
-            if reply_id is TEXT:
-                self._write(conn, render_text(item).encode("utf-8", _UNENCODABLE))
-            else:
-                self._write(conn, json_line({"id": reply_id, "item": to_jsonable(item)}))
+            self._write(conn, data)
             if conn.closed:
                 return False
         return False  # resumes when the client has drained below the low-water mark
@@ -634,9 +682,13 @@ class Dispatcher:
         stream = conn.waiting
         conn.waiting = None
         conn.decoder.keep_blank = False
+        self._close_stream(stream)
+        if conn.waiting_id is not TEXT:
+            self._write(conn, json_line({"id": conn.waiting_id, "ok": True, "result": None, "items": stream.count}))
+
+    @staticmethod
+    def _close_stream(stream: Stream) -> None:
         try:
             stream.close()
         except Exception:
             log.exception("closing a stream raised")
-        if conn.waiting_id is not TEXT:
-            self._write(conn, json_line({"id": conn.waiting_id, "ok": True, "result": None, "items": stream.count}))

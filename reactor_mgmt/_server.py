@@ -9,7 +9,9 @@
 #   * work per poll() is bounded: accepts per listener, one recv per connection, K requests per
 #     connection, and an optional time budget; what is left waits in the ready queue;
 #   * a connection reads only when its request queue is empty and its output is below the
-#     high-water mark, so neither buffer can grow without a bound;
+#     high-water mark, so neither buffer can grow without a bound; a reply that would take the
+#     output past max_output gets an error line in its place (_too_large), and output written
+#     past it any other way cuts the client off with a notice (_cut_off), never a bare EOF;
 #   * every reply is written in request order; a Pending or Stream reply holds back the
 #     requests behind it rather than letting their output overtake it;
 #   * EVENT_WRITE is registered only while output is pending;
@@ -31,9 +33,9 @@ from collections import deque
 
 from ._commands import LEVELS, Command, Pending, Registry, Stream, level_rank
 from ._connection import Connection
-from ._dispatch import Dispatcher, _drop_stopping_line
+from ._dispatch import Dispatcher, _drop_stopping_line, _err_line
 from ._errors import ConfigError
-from ._log import log
+from ._log import Throttle, log
 from ._protocol import DEFAULT_MAX_LINE, RequestDecoder
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -174,8 +176,8 @@ class Server(Dispatcher):
         self._waker: Optional[Tuple[socket.socket, socket.socket]] = None
         self._reserve_fd: Optional[int] = _open_reserve_fd()
         self._fd_exhausted_logged = False
-        self._http_log_at = 0.0
-        self._http_suppressed = 0
+        self._http_log = Throttle()
+        self._too_large_log = Throttle()
         self._default_level = level
         # The thread that calls poll(); wake() from any other thread goes through the waker.
         self.owner_thread = threading.get_ident()
@@ -646,7 +648,7 @@ class Server(Dispatcher):
     # ---- output ----
 
     def _write(self, conn: Connection, data: bytes) -> None:
-        if conn.closed:
+        if conn.closed or conn.cut_off:
             return
         if conn.out is None:
             conn.out = [data]
@@ -654,9 +656,25 @@ class Server(Dispatcher):
             conn.out.append(data)
         conn.out_size += len(data)
         if conn.out_size > self.max_output:
-            log.warning("connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
-                        conn.id, _format_address(conn.peer), conn.out_size, self.max_output)
-            self._close_now(conn)
+            self._cut_off(conn)
+
+    def _cut_off(self, conn: Connection) -> None:
+        """Unsent output passed max_output (a handler's conn.write() outran its client; a reply
+        that would pass it alone gets an error in its place instead, see _too_large). The output
+        not yet begun is dropped at once, so its memory is freed at once, and the client is told
+        why before the connection closes, rather than meeting a bare EOF."""
+        log.warning("connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
+                    conn.id, _format_address(conn.peer), conn.out_size, self.max_output)
+        notice = _err_line(f"output over max_output ({conn.out_size} bytes unsent, cap {self.max_output}): closing")
+        head = conn.out[0]
+        if head.__class__ is memoryview:  # part-sent: the client must get the rest of its line
+            sent = len(head.obj) - len(head)
+            end = head.obj.find(b"\n", sent) + 1 or len(head.obj)
+            notice = bytes(head[:end - sent]) + notice
+        conn.out = [notice]
+        conn.out_size = len(notice)
+        conn.cut_off = True  # later writes, such as the rest of the handler's, are dropped
+        conn.closing = True
 
     def _flush(self, conn: Connection) -> None:
         out = conn.out
@@ -827,15 +845,10 @@ class Server(Dispatcher):
 
     def _reject_http(self, conn: Connection) -> None:
         self.stats.http_closed += 1
-        now = _monotonic()
-        if now >= self._http_log_at:
-            extra = f" ({self._http_suppressed} more since the last report)" if self._http_suppressed else ""
+        suffix = self._http_log.allow(_monotonic())
+        if suffix is not None:
             log.warning("closing connection #%d from %s: it sent an HTTP request (cross-protocol attack?)%s",
-                        conn.id, _format_address(conn.peer), extra)
-            self._http_log_at = now + 10.0
-            self._http_suppressed = 0
-        else:
-            self._http_suppressed += 1
+                        conn.id, _format_address(conn.peer), suffix)
         self._close_now(conn)
 
     def _drop(self, conn: Connection, exc: BaseException) -> None:

@@ -352,26 +352,119 @@ def test_one_big_reply_above_high_water_stops_reading_even_with_an_empty_queue(m
     sock.close()
 
 
-@pytest.mark.parametrize("request_line", [b"blob 70000", b"huge"])  # typed argument / plain fast path
-def test_reply_over_max_output_disconnects_with_a_warning(make_server, caplog, request_line):
+def _huge_server(make_server) -> Server:
     server = _blob_server(make_server, high_water=4096, max_output=65536)
 
     @server.command
     def huge() -> str:
         return "x" * 70000
 
-    sock = raw_connect(server.addresses[0], rcvbuf=4096)
+    @server.command
+    def items():
+        yield "first"
+        yield "x" * 70000
+        yield "never sent"
+
+    return server
+
+
+# A reply over max_output is replaced by an error line on every path that frames a reply: the
+# general one (typed argument), the batch fast path (plain command), a run from the decoder
+# (Repeat), JSON, and a stream's item. The connection carries on: what came before and after arrives.
+@pytest.mark.parametrize(("request_line", "expected"), [
+    (b"blob 70000", [b"ERR reply too large (70001 bytes; max_output is 65536)"]),
+    (b"huge", [b"ERR reply too large (70001 bytes; max_output is 65536)"]),
+    (b"huge\nhuge\nhuge\nhuge\nhuge", [b"ERR reply too large (70001 bytes; max_output is 65536)"] * 5),
+    (b'{"cmd": "huge", "id": 3}', [json.dumps({"id": 3, "ok": False, "error": {
+        "code": "too_large", "message": "reply too large (70036 bytes; max_output is 65536)"}
+    }).encode()]),
+    (b"items", [b"first", b"ERR reply too large (70001 bytes; max_output is 65536)"]),
+])
+def test_reply_over_max_output_is_an_error_line_and_the_connection_carries_on(make_server, caplog, request_line,
+                                                                              expected):
+    server = _huge_server(make_server)
+    sock = raw_connect(server.addresses[0])
     pump_until(server, lambda: len(server.connections) == 1)
     conn = connection_of(server)
     with caplog.at_level(logging.WARNING, LOGGER):
         sock.sendall(b"blob 100\n" + request_line + b"\nping\n")
+        sock.shutdown(socket.SHUT_WR)  # echo ... | nc -N: every reply, then EOF
         data = read_to_eof(server, sock)
-    # Nothing after the over-cap reply runs or arrives (what was queued before it may be lost
-    # too: the connection is dropped at once so its memory is freed at once).
-    assert b"pong" not in data and b"x" * 70000 not in data
-    assert conn.closed and conn.out is None and conn.out_size == 0
-    assert any("unsent output" in m and "65536" in m for m in messages(caplog))
+    assert data.split(b"\n") == [b"x" * 100, *expected, b"pong", b""]
+    assert not conn.cut_off and server.stats.errors == len(expected) - (request_line == b"items")
+    # Logged, but once per 10 s however often a client asks: it could flood the host's log.
+    assert [m for m in messages(caplog) if "would pass max_output" in m and "cap 65536" in m] == [
+        messages(caplog)[0]]
     sock.close()
+
+
+def test_reply_over_max_output_on_the_round_trip_path(make_server):
+    server = _huge_server(make_server)
+    client = RawClient(server)
+    for _ in range(3):  # the second and third are answered straight from the read (_answer_now)
+        client.send(b"huge\n")
+        assert client.lines(1) == ["ERR reply too large (70001 bytes; max_output is 65536)"]
+    client.send(b"ping\n")
+    assert client.lines(1) == ["pong"]
+    assert server.stats.errors == 3
+    client.close()
+
+
+def test_stream_item_over_max_output_closes_the_generator(make_server):
+    server = _huge_server(make_server)
+    closed = []
+
+    @server.command
+    def endless():
+        try:
+            yield "x" * 70000
+            yield "unreachable"
+        finally:
+            closed.append(True)
+
+    client = RawClient(server)
+    client.send(b"endless\nping\n")
+    assert client.lines(2) == ["ERR reply too large (70001 bytes; max_output is 65536)", "pong"]
+    assert closed == [True]
+    client.close()
+
+
+def test_pipelined_big_replies_are_paced_not_cut_off(make_server):
+    # A run of one plain command is made before any of it is written; it must stop at the
+    # high-water mark like the per-request path, or 200 replies of 1 KB pass max_output at once.
+    server = make_server(high_water=4096, max_output=65536)
+
+    @server.command
+    def kilo() -> str:
+        return "k" * 1000
+
+    sock = raw_connect(server.addresses[0])
+    pump_until(server, lambda: len(server.connections) == 1)
+    conn = connection_of(server)
+    sock.sendall(b"kilo\n" * 200 + b"ping\n")
+    sock.shutdown(socket.SHUT_WR)
+    data = read_to_eof(server, sock)
+    assert data.split(b"\n") == [b"k" * 1000] * 200 + [b"pong", b""]
+    assert not conn.cut_off and server.stats.errors == 0
+    sock.close()
+
+
+def test_output_cut_off_keeps_the_part_sent_line_and_says_why(make_server):
+    # Past max_output, the output not yet begun is dropped and a notice takes its place; a reply
+    # the kernel took part of (a memoryview at the head) is finished first, to the end of its line.
+    server = make_server(high_water=4096, max_output=65536)
+    client = RawClient(server)
+    pump_until(server, lambda: len(server.connections) == 1)
+    conn = connection_of(server)
+    conn.out = [memoryview(b"one\ntwo\nthree\n")[6:]]  # "one\ntw" went out
+    conn.out_size = len(conn.out[0])
+    conn.write("y" * 70000)
+    assert conn.cut_off and conn.closing
+    assert conn.out == [b"o\nERR output over max_output (70009 bytes unsent, cap 65536): closing\n"]
+    assert conn.out_size == len(conn.out[0])
+    conn.write("dropped")
+    assert conn.out_size == len(conn.out[0])
+    client.close()
 
 
 def test_client_that_never_reads_cannot_grow_server_memory(make_server, caplog):
@@ -406,10 +499,20 @@ def test_client_that_never_reads_cannot_grow_server_memory(make_server, caplog):
     # The stream only runs while its client drains: its buffer stays near the low-water mark.
     assert peak <= server.low_water + 100
     assert not stream_conn.closed
-    # conn.write past max_output disconnects; later writes are dropped, not buffered.
-    assert spam_conn.closed and spam_conn.out is None
+    # conn.write past max_output cuts the client off: what it had not begun to receive is freed
+    # at once, and later writes are dropped, not buffered; only the notice waits for it.
+    assert spam_conn.cut_off and spam_conn.out_size < 100
     assert max(sizes) <= server.max_output
     assert any("unsent output" in m for m in messages(caplog))
+    # When it reads at last, it gets whole lines, the notice, and EOF.
+    data = read_to_eof(server, spammer)
+    lines = data.split(b"\n")
+    assert lines[-1] == b"" and lines[-2].startswith(b"ERR output over max_output (")
+    assert lines[-2].endswith(b"bytes unsent, cap 65536): closing")
+    assert set(lines[:-2]) <= {b"y" * 999}
+    spammer.shutdown(socket.SHUT_WR)  # the server lingers for our EOF, then closes
+    pump_until(server, lambda: spam_conn.closed)
+    assert spam_conn.out is None
     streamer.close()
     spammer.close()
 
@@ -718,7 +821,7 @@ def test_http_rejections_are_logged_with_rate_limiting(make_server, caplog):
             assert read_to_eof(server, sock) == b""
             sock.close()
         assert sum("HTTP request" in m for m in messages(caplog)) == 1
-        server._http_log_at = 0.0  # as if the quiet period had passed
+        server._http_log.next_at = 0.0  # as if the quiet period had passed
         sock = raw_connect(server.addresses[0])
         sock.sendall(b"GET / HTTP/1.1\r\n")
         assert read_to_eof(server, sock) == b""
