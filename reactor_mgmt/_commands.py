@@ -63,7 +63,7 @@ class Pending:
     ``on_cancel`` callbacks run. Resolve it from the thread that calls ``poll()``.
     """
 
-    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiter", "_cancel_callbacks")
+    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiter", "_cancel_callbacks", "__weakref__")
 
     def __init__(self, timeout: Optional[float] = None) -> None:
         self.timeout = timeout
@@ -140,9 +140,12 @@ class Stream:
 
 
 def is_stream(value: Any) -> bool:
-    return isinstance(value, Stream) or (
-        hasattr(value, "__next__") and not isinstance(value, (str, bytes, Sequence))
-    )
+    if isinstance(value, Stream):
+        return True
+    try:
+        return hasattr(value, "__next__") and not isinstance(value, (str, bytes, Sequence))
+    except Exception:  # a __getattr__ that raises KeyError (a dict-backed record): not an iterator
+        return False
 
 
 # ---- argument conversion ----

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections import deque
 from functools import partial
 from itertools import islice, repeat, starmap, takewhile
@@ -42,6 +43,7 @@ TEXT = object()  # the reply id of a text-mode request: its reply is rendered, n
 _UNENCODABLE = "backslashreplace"  # lone surrogates from a handler must not raise out of poll()
 _KEEP_ANSWER_MAX = 256  # bytes: see _answer_now
 _MIN_RUN = 4  # a shorter run of one command is cheaper line by line than set up as a batch
+_HOLD_ROOM_CHECK = 4096  # a run's replies shorter than this are not checked against the room
 _is_str = partial(type.__instancecheck__, str)  # isinstance(x, str), as a callable C can apply
 
 
@@ -350,6 +352,8 @@ class Dispatcher:
         self.stats.commands += count  # up front, as the per-request path counts before each call
         try:
             results.extend(calls)  # keeps the results before a raise
+            if len(results) < count:  # a handler raised StopIteration, which ends starmap quietly
+                raise StopIteration
         except BaseException as exc:  # the batch ends with the request that raised
             ran = len(results) + 1
             self._consume(queue, ran)
@@ -367,7 +371,9 @@ class Dispatcher:
         if not results:
             return 0
         first = results[0]
-        if first.__class__ is str and results.count(first) == len(results):
+        # count() compares with ==, so an equal str subclass passes too: one with a CR must reach
+        # render_text, so a CR takes the join below, which finds it.
+        if first.__class__ is str and results.count(first) == len(results) and first.find("\r") < 0:
             text = (first if first[-1:] == "\n" else first + "\n") * len(results)
         else:
             try:  # str.join refuses anything but a str, in C: cheaper than checking each type
@@ -382,22 +388,32 @@ class Dispatcher:
                 text += "\n"
             else:
                 text = "".join([result if result[-1:] == "\n" else result + "\n" for result in results])
+        # A run is cut to the room at its first reply's size (see _run_plain_batch); later replies
+        # much bigger than the first could still overrun it. Rare, and then they go one by one.
+        if len(text) >= _HOLD_ROOM_CHECK and len(text) > self.high_water - conn.out_size - sum(map(len, replies)):
+            return self._collect_one_by_one(conn, queue, results, replies)
         replies.append(text)
         return len(text)
 
     def _collect_one_by_one(self, conn: Connection, queue: Deque[Any], results: List[Any], replies: List[str]) -> int:
         """_collect_replies for results that cannot be joined as they are: a handler raised,
         returned something to render or wait for, or returned text with a CR, mid-run. Replies
-        go out one at a time, in order, each as the per-request path frames it."""
+        go out one at a time, in order, each as the per-request path frames it. Once they reach
+        the high-water mark, the rest wait in the queue (as _Ran) for the client to drain, as the
+        per-request path would wait to run them."""
+        room = self.high_water - conn.out_size - sum(map(len, replies))
         for index, result in enumerate(results):
             if result.__class__ is str:
-                replies.append(result if result[-1:] == "\n" else result + "\n")
-                continue
+                reply = result if result[-1:] == "\n" else result + "\n"
+                room -= len(reply)
+                if room > 0:
+                    replies.append(reply)
+                    continue
             if replies:
                 self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
                 replies.clear()
             self._deliver_ran(conn, result)
-            if conn.waiting is not None:
+            if conn.waiting is not None or room <= 0 or conn.out_size >= self.high_water:
                 queue.extendleft(_Ran(later) for later in reversed(results[index + 1:]))
                 break
         return 0
@@ -562,7 +578,9 @@ class Dispatcher:
             result._waiter = lambda: self.wake(conn)
             timeout = self.pending_timeout if result.timeout is None else result.timeout
             if timeout and timeout < float("inf"):  # NaN would break the timer heap's order
-                self.call_later(timeout, self._expire_pending, conn, result)
+                # A weak reference: a Pending resolved long before its timeout must not keep its
+                # value (a big reply) alive in the timer heap until then.
+                self.call_later(timeout, self._expire_pending, conn, weakref.ref(result))
             return
         elif is_stream(result):
             conn.waiting = result if isinstance(result, Stream) else Stream(result)
@@ -604,8 +622,9 @@ class Dispatcher:
         else:
             self._deliver(conn, pending.value, reply_id)
 
-    def _expire_pending(self, conn: Connection, pending: Pending) -> None:
-        if conn.waiting is pending and not pending.done:
+    def _expire_pending(self, conn: Connection, pending_ref: Callable[[], Optional[Pending]]) -> None:
+        pending = pending_ref()
+        if pending is not None and conn.waiting is pending and not pending.done:
             pending._expire()
 
     def _advance_waiting(self, conn: Connection, stop_at: Optional[float]) -> bool:
@@ -658,6 +677,14 @@ class Dispatcher:
                 conn.waiting = None
                 self._internal_error(conn, exc, reply_id)
                 return True
+            except BaseException as exc:  # KeyboardInterrupt: the generator is dead; say so, then go
+                conn.waiting = None
+                message = f"internal error ({type(exc).__name__})"
+                if reply_id is TEXT:
+                    self._write(conn, _err_line(message))
+                else:
+                    self._write_json_error(conn, reply_id, "internal", message)
+                raise
             if item.__class__ is Wait:
                 if item.until is not None:
                     self.call_later(max(0.0, item.until - _monotonic()), self._schedule, conn)

@@ -18,6 +18,7 @@ class CommandError(ReactorMgmtError):
     code = "error"
 
     def __init__(self, message: str, code: str | None = None) -> None:
+        message = str(message)  # `raise CommandError(exc)` is a common slip: its text is meant
         super().__init__(message)
         self.message = message
         if code is not None:

@@ -148,8 +148,21 @@ def json_line(payload: dict) -> bytes:
 
     try:
         text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
-    except (TypeError, ValueError):
-        text = json.dumps(to_jsonable(payload), ensure_ascii=False, separators=(", ", ": "))
+    except (TypeError, ValueError, RecursionError):
+        try:
+            safe = to_jsonable(payload)
+            if safe.__class__ is not dict:  # degraded whole to its str(): no longer a reply object
+                raise ValueError(safe)
+            text = json.dumps(safe, ensure_ascii=False, separators=(", ", ": "))
+        except (TypeError, ValueError, RecursionError):
+            # Parsed but not printable: an int past str()'s digit limit, or nesting that json.loads
+            # took and json.dumps, a few frames deeper, cannot. Any client can send such an id.
+            log.warning("a JSON reply could not be encoded; sent an internal error instead")
+            error = {"code": "internal", "message": "reply cannot be encoded as JSON"}
+            try:  # the request's id when it is the printable part
+                text = json.dumps({"id": payload.get("id"), "ok": False, "error": error}, allow_nan=False)
+            except (TypeError, ValueError, RecursionError):
+                text = json.dumps({"id": None, "ok": False, "error": error})
     # A lone surrogate (a JSON request may carry one) cannot be UTF-8; backslashreplace turns it
     # into its \uXXXX escape, which is still valid JSON, instead of raising out of poll().
     return (text + "\n").encode("utf-8", "backslashreplace")

@@ -60,6 +60,10 @@ _RECV_SIZE = 8192
 _HOLD_OUTPUT = 65536  # replies held back while more pipelined requests wait (see _service)
 _LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
+# epoll_wait takes whole milliseconds in a C int, which a wait of 24.8 days overflows (a 30-day
+# idle_timeout, or `watch 2200000 ping` from any client, made poll() raise); waking once a day
+# to find nothing due costs nothing.
+_LONGEST_WAIT = 86400.0
 _POLL_WINDOW = 1024
 _READ_CACHE_KEY_MAX = 256  # longer reads are not looked up: hashing 8 KiB costs more than it saves
 _WAKER = object()  # the owner of the cross-thread waker's socket in Server._owners
@@ -153,7 +157,7 @@ class Server(Dispatcher):
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
         self.allow_remote = allow_remote
-        self.address_file = address_file
+        self.address_file = None if address_file is None else os.path.abspath(address_file)  # see listen_unix
         self._token = _load_token(token, token_env, token_file)
         self.stats = Stats()
         self.registry = Registry(Connection)
@@ -320,7 +324,8 @@ class Server(Dispatcher):
             sock.close()
             os.unlink(path)
             raise
-        listener = Listener(sock, path, level_rank(level or self._default_level or "admin"), path=path)
+        # The file is removed at close() by its absolute path: the host may chdir meanwhile.
+        listener = Listener(sock, path, level_rank(level or self._default_level or "admin"), path=os.path.abspath(path))
         listener.check_peer = check_peer or bool(allowed_uids)
         listener.allowed_uids = frozenset(allowed_uids)
         self._add_listener(listener)
@@ -426,9 +431,12 @@ class Server(Dispatcher):
             # The idle tick, which a host pays on every loop iteration: one non-blocking kernel
             # call, and a clock read only when a timer is armed.
             timeout = 0
-        elif self._timers:
-            wait = max(0.0, self._timers[0][0] - _monotonic())
-            timeout = wait if timeout is None else min(timeout, wait)
+        else:
+            if self._timers:
+                wait = max(0.0, self._timers[0][0] - _monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
+            if timeout is not None and timeout > _LONGEST_WAIT:
+                timeout = _LONGEST_WAIT
         try:
             events = self._wait(timeout)
         except (ValueError, OSError):
@@ -458,6 +466,7 @@ class Server(Dispatcher):
                         budget is None or _monotonic() - start < budget):
                     self._read(owner, now)
                 if event & _WRITABLE and not owner.closed:
+                    owner.last_active = now  # draining a long reply is not idleness
                     self._flush(owner)
                     self._schedule(owner)
             elif owner.__class__ is Listener:
@@ -744,6 +753,7 @@ class Server(Dispatcher):
                     self._on_fd_exhaustion(listener, exc)
                     break
                 log.debug("accept failed: %s", exc)
+                accepted += 1  # a failure that repeats must not spin inside one tick
                 continue
             accepted += 1
             if self._fd_exhausted_logged:
@@ -801,13 +811,27 @@ class Server(Dispatcher):
             if conn.closed:
                 continue
             idle_for = now - conn.last_active
-            if idle_for >= limit and conn.waiting is None:
+            # Waiting on a Pending or a Stream with nothing unsent is the host's time, not the
+            # client's (a quiet `log tail`). Unsent output that the client has not drained for a
+            # whole period (a write event refreshes last_active) is a stalled client: reaped.
+            busy = conn.waiting is not None and conn.out is None
+            if idle_for >= limit and not busy and conn.out is not None:
+                # Write events are sparse while the kernel holds megabytes: whether the client
+                # drained anything shows in whether the kernel takes more now.
+                unsent = conn.out_size
+                self._flush(conn)
+                if conn.closed:
+                    continue
+                if conn.out_size < unsent:
+                    conn.last_active = now
+                    idle_for = 0.0
+            if idle_for >= limit and not busy:
                 log.debug("closing connection #%d: idle for %.0f s", conn.id, idle_for)
                 self._close_now(conn)
             else:
-                # Active since (idle_for < limit, so this is in the future), or busy with a long
-                # reply, which is not idleness: look again a full period later.
-                deadline = now + limit if conn.waiting is not None else conn.last_active + limit
+                # Active since (idle_for < limit, so this is in the future), or busy: look again
+                # a full period later.
+                deadline = now + limit if busy else conn.last_active + limit
                 heapq.heappush(heap, (deadline, conn.id, conn))
         if heap and not self._idle_timer_armed:
             self._idle_timer_armed = True
@@ -892,8 +916,6 @@ class Server(Dispatcher):
         if conn.closed:
             return
         conn.closed = True
-        if conn.waiting is not None:
-            self._cancel_waiting(conn)
         if conn.mask:
             try:
                 self._unregister(conn.sock)
@@ -912,6 +934,8 @@ class Server(Dispatcher):
             conn.sock.close()
         except OSError:  # pragma: no cover
             pass
+        if conn.waiting is not None:  # last: a host callback that raises must find the connection released
+            self._cancel_waiting(conn)
 
     # ---- timers and cross-thread calls ----
 
@@ -1033,6 +1057,7 @@ class Server(Dispatcher):
         if self._waker is not None:
             for sock in self._waker:
                 sock.close()
+        self._owners.clear()  # a handler may close us mid-poll: its remaining events find no owner
         self._selector.close()
         if self._reserve_fd is not None:
             os.close(self._reserve_fd)

@@ -1,0 +1,308 @@
+# Bugs found by auditing the request path and the reactor, one test each: inputs or handler
+# slips that made poll() raise into the host, replies that were lost or changed on one path
+# only, and connections or memory held after they should have been let go. Real sockets on
+# 127.0.0.1, driven by this thread's poll() calls.
+from __future__ import annotations
+
+import gc
+import json
+import socket
+import threading
+import time
+import weakref
+
+import pytest
+
+from reactor_mgmt import CommandError, Pending, Server
+from reactor_mgmt._render import json_line
+
+from conftest import TIMEOUT, RawClient
+
+
+def _lines_after_half_close(server: Server, payload: bytes):
+    """Sends ``payload``, half-closes, and returns every line before the server's EOF."""
+    client = RawClient(server)
+    client.send(payload)
+    client.shutdown()
+    data = client.read_until_closed()
+    client.close()
+    return data.decode().split("\n")[:-1]
+
+
+# ---- poll() must not raise because of what a client sends or a handler returns ----
+
+
+def test_json_ids_nested_past_what_json_dumps_can_print(server):
+    # json.loads takes a few levels more than json.dumps can print, so an id in that band got a
+    # RecursionError out of poll(). Where the band lies depends on the stack, so json_line is
+    # also fed an id too deep for json.dumps at any stack depth.
+    deep: list = []
+    for _ in range(20000):
+        deep = [deep]
+    assert json.loads(json_line({"id": deep, "ok": True, "result": None})) == {
+        "id": None, "ok": False, "error": {"code": "internal", "message": "reply cannot be encoded as JSON"}}
+    depths = range(960, 1010, 2)
+    payload = b"".join(b'{"cmd": "ping", "id": ' + b"[" * d + b"]" * d + b"}\n" for d in depths)
+    lines = _lines_after_half_close(server, payload + b"ping\n")
+    assert lines[-1] == "pong"
+    replies = [json.loads(line) for line in lines[:-1]]
+    assert len(replies) == len(depths)
+    assert {"internal", "bad_request"} >= {r["error"]["code"] for r in replies if not r["ok"]}
+
+
+def test_json_result_that_cannot_be_printed_is_an_internal_error(server):
+    @server.command
+    def hugeint() -> int:
+        return 10 ** 5000  # past str()'s digit limit on 3.11+; a plain (long) number before
+
+    lines = _lines_after_half_close(server, b'{"cmd": "hugeint", "id": 7}\nping\n')
+    reply = json.loads(lines[0])
+    assert reply["id"] == 7
+    assert reply["ok"] or reply["error"] == {"code": "internal", "message": "reply cannot be encoded as JSON"}
+    assert lines[1] == "pong"
+
+
+def test_command_error_made_from_an_exception(server):
+    @server.command
+    def lookup(name: str) -> str:
+        try:
+            return {"alice": "admin"}[name]
+        except KeyError as exc:
+            raise CommandError(exc)  # a common slip: the message is not a str
+
+    lines = _lines_after_half_close(server, b"lookup bob\nlookup bob\nping\n")
+    assert lines == ["ERR 'bob'", "ERR 'bob'", "pong"]
+
+
+def test_result_whose_getattr_raises_is_rendered(server):
+    class Record:
+        def __init__(self) -> None:
+            self.__dict__["fields"] = {"name": "cfg"}
+
+        def __getattr__(self, name):
+            return self.__dict__["fields"][name]  # KeyError, not AttributeError
+
+        def __str__(self) -> str:
+            return self.name
+
+    @server.command
+    def record(kind: str = "x") -> object:
+        return Record()
+
+    lines = _lines_after_half_close(server, b'record\nrecord x\n{"cmd": "record", "id": 1}\nping\n')
+    assert lines == ["cfg", "cfg", '{"id": 1, "ok": true, "result": "cfg"}', "pong"]
+
+
+# ---- the fast paths must answer what the per-request path answers ----
+
+
+def test_stop_iteration_from_a_handler_mid_run(server):
+    jobs = iter(["job1", "job2", "job3"])
+
+    @server.command
+    def nextjob() -> str:
+        return next(jobs)  # StopIteration once they run out, which ends a C-level loop quietly
+
+    lines = _lines_after_half_close(server, b"nextjob\n" * 8 + b"ping\n")
+    assert lines == ["job1", "job2", "job3"] + ["ERR internal error (StopIteration)"] * 5 + ["pong"]
+
+
+def test_run_whose_later_replies_are_bigger_than_its_first(make_server):
+    # A run is sized by its first reply; bigger ones after it must still pause at the high-water
+    # mark rather than pass max_output together.
+    server = make_server(high_water=4096, max_output=8192)
+    sizes = iter([1] + [1000] * 19)
+
+    @server.command
+    def grow() -> str:
+        return "b" * next(sizes)
+
+    lines = _lines_after_half_close(server, b"grow\n" * 20 + b"ping\n")
+    assert lines == ["b"] + ["b" * 1000] * 19 + ["pong"]
+
+
+def test_str_subclass_with_a_cr_in_a_run_is_rendered_as_alone(server):
+    class Text(str):
+        pass
+
+    calls = []
+
+    @server.command
+    def crlf() -> str:
+        calls.append(1)
+        return Text("a\rb") if len(calls) % 3 == 0 else "a\rb"
+
+    pipelined = _lines_after_half_close(server, b"crlf\n" * 6)
+    # As the per-request path renders them: a subclass's CR becomes a line break, a str's stays.
+    assert pipelined == ["a\rb", "a\rb", "a", "b", "a\rb", "a\rb", "a", "b"]
+
+
+# ---- the reactor: waits, reaping, closing ----
+
+
+def test_timers_weeks_away_do_not_overflow_the_wait(make_server):
+    server = make_server(idle_timeout=30 * 86400.0)  # epoll takes whole ms in a C int: 24.8 days
+    client = RawClient(server)
+    assert client.request("watch 2200000 ping") == ["pong"]  # a 25-day timer from any client
+    client.send(b"\n")
+    server.poll(0.01)
+    client.send(b"ping\n")
+    time.sleep(0.05)
+    assert server.poll(3e6) >= 1  # returns at once: the request is already there
+    assert client.lines(1) == ["pong"]
+    client.close()
+
+
+def test_a_client_draining_a_long_reply_is_not_idle(make_server):
+    server = make_server(idle_timeout=0.3)
+
+    @server.command
+    def big() -> str:
+        return "x" * 6_000_000
+
+    client = RawClient(server)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    client.send(b"big\n")
+    received = 0
+    deadline = time.monotonic() + TIMEOUT
+    while received < 6_000_001 and time.monotonic() < deadline:  # ~3 MB/s: over a second
+        server.poll(0.005)
+        try:
+            chunk = client.sock.recv(20000)
+        except BlockingIOError:
+            continue
+        assert chunk, f"closed after {received} bytes"
+        received += len(chunk)
+        time.sleep(0.005)
+    assert received == 6_000_001
+    client.close()
+
+
+def test_a_stream_whose_client_stopped_reading_is_reaped(make_server):
+    server = make_server(idle_timeout=0.3)
+
+    @server.command
+    def endless():
+        while True:
+            yield "z" * 100
+
+    client = RawClient(server)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.send(b"endless\n")
+    deadline = time.monotonic() + TIMEOUT
+    while server.connections and time.monotonic() < deadline:
+        server.poll(0.02)
+    assert server.connections == []
+    client.close()
+
+
+def test_keyboard_interrupt_from_on_cancel_still_releases_the_connection(server):
+    @server.command
+    def hold() -> Pending:
+        pending = Pending(timeout=0)
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        pending.on_cancel(interrupt)
+        return pending
+
+    client = RawClient(server)
+    client.send(b"hold\n")
+    client.pump(5)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.close()  # an RST: the server closes at once and cancels the Pending
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(100):
+            server.poll(0.01)
+    assert server.connections == []
+    assert server.poll(0) == 0  # nothing left registered to spin on
+
+
+def test_keyboard_interrupt_inside_a_stream_is_not_reported_as_its_end(server):
+    @server.command
+    def items():
+        yield 0
+        raise KeyboardInterrupt
+
+    client = RawClient(server)
+    client.send(b'{"cmd": "items", "id": 1}\n')
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(100):
+            server.poll(0.01)
+    client.pump(5)
+    lines = [json.loads(line) for line in client.buffer.decode().splitlines()]
+    assert lines == [{"id": 1, "item": 0},
+                     {"id": 1, "ok": False, "error": {"code": "internal", "message": "internal error (KeyboardInterrupt)"}}]
+    client.close()
+
+
+def test_a_failing_accept_does_not_spin_inside_one_poll(server):
+    server._listeners[0].sock.shutdown(socket.SHUT_RDWR)  # accept() now fails (EINVAL) every time
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(server.poll(0)), daemon=True)
+    worker.start()
+    worker.join(TIMEOUT)
+    assert outcome, "poll(0) did not return"
+
+
+def test_a_handler_closing_the_server_while_the_waker_is_readable(server):
+    calls = []
+    ran = []
+
+    @server.command
+    def shutdown() -> str:
+        calls.append(1)
+        if len(calls) > 1:
+            server.close()
+        return "bye"
+
+    server.call_soon_threadsafe(lambda: None)
+    server.poll(0)  # the waker exists now, drained
+    client = RawClient(server)
+    assert client.request("shutdown") == ["bye"]
+    client.send(b"shutdown\n")
+    time.sleep(0.05)
+    server.call_soon_threadsafe(lambda: ran.append(True))
+    server.poll(0)  # raised OSError (EBADF) reading the closed waker
+    assert server.closed and ran == [True]
+    client.close()
+
+
+def test_a_relative_unix_path_is_removed_where_it_was_made(make_server, tmp_path, monkeypatch):
+    made, elsewhere = tmp_path / "made", tmp_path / "elsewhere"
+    made.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "mgmt.sock").write_text("not ours")
+    monkeypatch.chdir(made)
+    server = make_server(port=None)
+    server.listen_unix("mgmt.sock")
+    monkeypatch.chdir(elsewhere)  # the host moves on
+    server.close()
+    assert not (made / "mgmt.sock").exists()
+    assert (elsewhere / "mgmt.sock").read_text() == "not ours"
+
+
+def test_a_resolved_pending_is_not_kept_alive_by_its_timeout(server):
+    class Value:
+        def __str__(self) -> str:
+            return "done"
+
+    pending = Pending(timeout=60)
+    value = Value()
+    alive = weakref.ref(value)
+
+    @server.command
+    def later() -> Pending:
+        return pending
+
+    client = RawClient(server)
+    client.send(b"later\n")
+    client.pump(5)
+    pending.resolve(value)
+    assert client.lines(1) == ["done"]
+    del pending, value
+    server._ready.clear()
+    gc.collect()
+    assert alive() is None  # the 60 s timer still queued does not hold it
+    client.close()
