@@ -29,7 +29,7 @@ from ._commands import NO_REPLY, Command, Pending, Stream, Wait, is_stream
 from ._connection import Connection
 from ._errors import CommandError, PermissionDenied
 from ._log import log
-from ._protocol import (_QUOTING, EndSession, LineTooLong, ParseError, Repeat, looks_like_http, needs_shlex,
+from ._protocol import (_QUOTING, EndSession, ParseError, Repeat, looks_like_http, needs_shlex,
                         single_spaced, split_words)
 from ._render import json_line, render_text, to_jsonable
 
@@ -119,7 +119,7 @@ class Dispatcher:
             conn.closing = True
         else:
             self.stats.errors += 1
-            if isinstance(item, LineTooLong) and item.json:
+            if item.json:
                 self._write(conn, json_line({"id": None, "ok": False,
                                              "error": {"code": item.code, "message": item.message}}))
             else:
@@ -158,7 +158,7 @@ class Dispatcher:
         append = replies.append
         done = 0
         try:
-            while done < most and queue:
+            while done < most and queue and not conn.closed:  # a handler may close the server
                 line = popleft()
                 if line.__class__ is Repeat:  # a refusal below puts the copy back in front
                     line = _take_one_copy(queue, line)
@@ -175,7 +175,7 @@ class Dispatcher:
                     room -= len(reply)
                     if room > 0:
                         append(reply)
-                        if stop_at is None and queue and done < most:
+                        if stop_at is None and queue and done < most and not conn.closed:
                             # A run's replies are made before any is written, so the run is cut
                             # to what the room left holds at this reply's size: a run of big
                             # replies must stop at the high-water mark as the per-request path does.

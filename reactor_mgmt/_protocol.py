@@ -29,6 +29,10 @@ _NEGOTIATE = frozenset((0xFB, 0xFC, 0xFD, 0xFE))  # WILL WONT DO DONT: one optio
 _SB = 0xFA
 _SE = 0xF0
 _SESSION_ENDERS = frozenset((0xF4, 0xEC))  # IP (what telnet sends for Ctrl-C), EOF
+# Telnet's commands are 0xEC (EOF, RFC 1184) to 0xFF. 0xFF before any other byte is not telnet
+# but a client sending raw bytes (Latin-1 ÿ): both bytes stay, and the line's UTF-8 check
+# answers `ERR request is not valid UTF-8` rather than the byte after it silently vanishing.
+_FIRST_COMMAND = 0xEC
 
 _DATA, _COMMAND, _OPTION, _SUBNEG, _SUBNEG_IAC = range(5)
 
@@ -40,7 +44,8 @@ class TelnetFilter:
 
     ``IAC IAC`` becomes a literal 0xFF, option negotiation and ``SB ... SE`` vanish, ``CR NUL``
     becomes CR (RFC 854), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
-    dropped, since the session is over.
+    dropped, since the session is over. IAC before a byte that is no telnet command is kept,
+    with that byte, as data.
     """
 
     __slots__ = ("_state", "_after_cr", "ended")
@@ -85,6 +90,11 @@ class TelnetFilter:
                 elif byte in _SESSION_ENDERS:
                     self.ended = True
                     break
+                elif byte < _FIRST_COMMAND:
+                    out.append(IAC)
+                    out.append(byte)
+                    after_cr = byte == 13
+                    state = _DATA
                 else:  # NOP, AYT, GA...: a two-byte command with nothing to keep
                     state = _DATA
             elif state == _OPTION:
@@ -203,6 +213,7 @@ class ProtocolEvent:
     __slots__ = ()
     code = "bad_request"
     message = ""
+    json = False  # whether the line began with '{', so the error goes back as JSON
 
 
 class LineTooLong(ProtocolEvent):
@@ -228,8 +239,11 @@ class LineTooLong(ProtocolEvent):
 
 
 class BadEncoding(ProtocolEvent):
-    __slots__ = ()
+    __slots__ = ("json",)
     message = "request is not valid UTF-8"
+
+    def __init__(self, json: bool = False) -> None:
+        self.json = json
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BadEncoding)
@@ -258,6 +272,7 @@ class EndSession(ProtocolEvent):
 
 END_SESSION = EndSession()
 BAD_ENCODING = BadEncoding()
+BAD_ENCODING_JSON = BadEncoding(json=True)
 
 class Repeat:
     """``count`` copies of one request line in a row, queued as one item.
@@ -431,7 +446,7 @@ class RequestDecoder:
         try:
             return line.decode().strip()  # type: ignore[union-attr]
         except UnicodeDecodeError:
-            return BAD_ENCODING
+            return BAD_ENCODING_JSON if line.lstrip()[:1] == b"{" else BAD_ENCODING  # type: ignore[union-attr]
 
 
 def _is_plain(data: bytes, max_line: int) -> bool:

@@ -34,7 +34,7 @@ from collections import deque
 from ._commands import LEVELS, Command, Pending, Registry, Stream, level_rank
 from ._connection import Connection
 from ._dispatch import Dispatcher, _drop_stopping_line, _err_line
-from ._errors import ConfigError
+from ._errors import ConfigError, ReactorMgmtError
 from ._log import Throttle, log
 from ._protocol import DEFAULT_MAX_LINE, RequestDecoder
 
@@ -181,6 +181,7 @@ class Server(Dispatcher):
         self._reserve_fd: Optional[int] = _open_reserve_fd()
         self._fd_exhausted_logged = False
         self._http_log = Throttle()
+        self._polling = False  # inside poll()'s handling: a nested poll() is refused
         self._too_large_log = Throttle()
         self._default_level = level
         # The thread that calls poll(); wake() from any other thread goes through the waker.
@@ -447,6 +448,17 @@ class Server(Dispatcher):
                 # a timer may have come due, or come due while we slept
                 self._timers and self._timers[0][0] <= _monotonic()):
             return 0
+        if self._polling:
+            # A handler that polls would have the next request read and answered before its own
+            # reply: replies out of order. An idle nested poll above is harmless and allowed.
+            raise ReactorMgmtError("poll() called from inside a command handler or callback")
+        self._polling = True
+        try:
+            return self._handle(events, budget)
+        finally:
+            self._polling = False
+
+    def _handle(self, events: List[Tuple[int, int]], budget: Optional[float]) -> int:
         start = now = _monotonic()  # after the wait: a poll's recorded duration is its work
         handled = len(events)
         owners = self._owners
@@ -873,6 +885,16 @@ class Server(Dispatcher):
         if suffix is not None:
             log.warning("closing connection #%d from %s: it sent an HTTP request (cross-protocol attack?)%s",
                         conn.id, _format_address(conn.peer), suffix)
+        self._send_held_and_close(conn)  # the requests before it were real: their replies go out
+
+    def _send_held_and_close(self, conn: Connection) -> None:
+        if conn.out is not None:
+            # Replies already made (held back during a pipelined burst, or refused by a full
+            # socket) get one non-blocking send: closing between two ticks must not drop them.
+            try:
+                conn.sock.send(b"".join(conn.out))
+            except OSError:
+                pass
         self._close_now(conn)
 
     def _drop(self, conn: Connection, exc: BaseException) -> None:
@@ -1033,14 +1055,7 @@ class Server(Dispatcher):
             self._integration.detach()
         self._closed = True
         for conn in list(self._connections.values()):
-            if conn.out is not None:
-                # Replies already made (held back during a pipelined burst, or refused by a full
-                # socket) get one non-blocking send: closing between two ticks must not drop them.
-                try:
-                    conn.sock.send(b"".join(conn.out))
-                except OSError:
-                    pass
-            self._close_now(conn)
+            self._send_held_and_close(conn)
         for listener in self._listeners:
             try:
                 if not listener.paused_until:

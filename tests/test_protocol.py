@@ -89,6 +89,14 @@ def test_telnet_two_byte_commands_removed():
     assert telnet([b"a" + IAC + NOP + b"b"]) == b"ab"
 
 
+@pytest.mark.parametrize("byte", [b"p", b"\n", b"\r", b"\xeb"])
+def test_telnet_iac_before_a_byte_that_is_no_command_is_data(byte):
+    # Not telnet (commands are 0xEC-0xFF): a raw client's 0xFF stays, with the byte after it,
+    # however the feeds are cut, so the line fails its UTF-8 check instead of losing a byte.
+    assert telnet([b"a" + IAC + byte + b"b"]) == b"a\xff" + byte + b"b"
+    assert telnet([b"a" + IAC, byte + b"b"]) == b"a\xff" + byte + b"b"
+
+
 def test_telnet_cr_nul_becomes_cr():
     assert telnet([b"a\r\x00b"]) == b"a\rb"
 

@@ -13,7 +13,7 @@ import weakref
 
 import pytest
 
-from reactor_mgmt import CommandError, Pending, Server
+from reactor_mgmt import CommandError, Pending, ReactorMgmtError, Server
 from reactor_mgmt._render import json_line
 
 from conftest import TIMEOUT, RawClient
@@ -306,3 +306,59 @@ def test_a_resolved_pending_is_not_kept_alive_by_its_timeout(server):
     gc.collect()
     assert alive() is None  # the 60 s timer still queued does not hold it
     client.close()
+
+
+def test_replies_before_an_http_line_are_sent_before_the_close(server):
+    lines = _lines_after_half_close(server, b"ping\necho hi\nGET / HTTP/1.1\r\nping\n")
+    assert lines == ["pong", "hi"]  # and nothing after the HTTP line runs
+
+
+def test_poll_from_inside_a_handler_is_refused(server):
+    client = RawClient(server)
+
+    @server.command
+    def nested() -> str:
+        client.send(b"ping\n")  # the next request arrives while this one runs
+        time.sleep(0.05)
+        try:
+            server.poll(0)  # would read and answer it first: replies out of order
+        except ReactorMgmtError as exc:
+            return f"refused: {exc}"
+        return "polled"
+
+    client.send(b"nested\n")
+    assert client.lines(2) == ["refused: poll() called from inside a command handler or callback", "pong"]
+    client.close()
+
+
+def test_a_plain_handler_closing_the_server_ends_the_batch(server):
+    counted = []
+
+    @server.command
+    def stop() -> str:
+        server.close()
+        return "bye"
+
+    @server.command
+    def count() -> str:
+        counted.append(1)
+        return "counted"
+
+    client = RawClient(server)
+    client.send(b"stop\n" + b"count\n" * 5)
+    client.read_until_closed()
+    assert counted == []
+    client.close()
+
+
+def test_a_json_line_that_is_not_utf8_gets_a_json_error(server):
+    lines = _lines_after_half_close(server, b'{"cmd": "\x80"}\n{"cmd": "ping", "id": 2}\n')
+    assert [json.loads(line) for line in lines] == [
+        {"id": None, "ok": False, "error": {"code": "bad_request", "message": "request is not valid UTF-8"}},
+        {"id": 2, "ok": True, "result": "pong"}]
+
+
+def test_0xff_that_is_no_telnet_command_is_not_swallowed(server):
+    # Latin-1 ÿ from a raw client: the byte after it used to vanish (IAC + "p" ate the "p").
+    lines = _lines_after_half_close(server, b"echo \xffab\n\xffping\nping\n")
+    assert lines == ["ERR request is not valid UTF-8"] * 2 + ["pong"]
