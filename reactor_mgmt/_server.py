@@ -426,7 +426,8 @@ class Server(Dispatcher):
 
         ``timeout=0`` never blocks; a positive timeout waits at most that long for activity;
         ``None`` waits until there is some. ``budget`` caps the seconds spent running commands
-        in this call; whatever is left resumes on the next call.
+        in this call; whatever is left resumes on the next call. Called from inside a handler,
+        it raises ReactorMgmtError rather than answer later requests before that handler's own.
         """
         if timeout == 0 or self._ready or self._calls:
             # The idle tick, which a host pays on every loop iteration: one non-blocking kernel
