@@ -33,6 +33,11 @@ _SESSION_ENDERS = frozenset((0xF4, 0xEC))  # IP (what telnet sends for Ctrl-C), 
 # but a client sending raw bytes (Latin-1 ÿ): both bytes stay, and the line's UTF-8 check
 # answers `ERR request is not valid UTF-8` rather than the byte after it silently vanishing.
 _FIRST_COMMAND = 0xEC
+# Real subnegotiations are short (a window size, a terminal type). After this many bytes with no
+# IAC SE, the client is not speaking telnet: the filter leaves the block and puts a 0xFF in its
+# place, so that line is answered `ERR request is not valid UTF-8` and the next ones run, where
+# an IAC SB from a raw client had silently swallowed the rest of its session.
+_SUBNEG_MAX = 1024
 
 _DATA, _COMMAND, _OPTION, _SUBNEG, _SUBNEG_IAC = range(5)
 
@@ -45,14 +50,16 @@ class TelnetFilter:
     ``IAC IAC`` becomes a literal 0xFF, option negotiation and ``SB ... SE`` vanish, ``CR NUL``
     becomes CR (RFC 854), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
     dropped, since the session is over. IAC before a byte that is no telnet command is kept,
-    with that byte, as data.
+    with that byte, as data; so is a 0xFF in place of a subnegotiation that runs past
+    _SUBNEG_MAX bytes.
     """
 
-    __slots__ = ("_state", "_after_cr", "ended")
+    __slots__ = ("_state", "_after_cr", "_subneg_bytes", "ended")
 
     def __init__(self) -> None:
         self._state = _DATA
         self._after_cr = False
+        self._subneg_bytes = 0
         self.ended = False
 
     def feed(self, data: bytes) -> bytes:
@@ -69,6 +76,7 @@ class TelnetFilter:
         out = bytearray()
         state = self._state
         after_cr = self._after_cr
+        subneg_bytes = self._subneg_bytes
         for byte in data:
             if state == _DATA:
                 if byte == IAC:
@@ -87,6 +95,7 @@ class TelnetFilter:
                     state = _OPTION
                 elif byte == _SB:
                     state = _SUBNEG
+                    subneg_bytes = 0
                 elif byte in _SESSION_ENDERS:
                     self.ended = True
                     break
@@ -100,12 +109,18 @@ class TelnetFilter:
             elif state == _OPTION:
                 state = _DATA
             elif state == _SUBNEG:
+                subneg_bytes += 1
                 if byte == IAC:
                     state = _SUBNEG_IAC
+                elif subneg_bytes >= _SUBNEG_MAX:
+                    out.append(IAC)
+                    after_cr = False
+                    state = _DATA
             else:  # _SUBNEG_IAC: IAC SE closes the block, IAC IAC is an escaped byte inside it
                 state = _DATA if byte == _SE else _SUBNEG
         self._state = state
         self._after_cr = after_cr
+        self._subneg_bytes = subneg_bytes
         return bytes(out)
 
 

@@ -697,6 +697,10 @@ class Server(Dispatcher):
         conn.out_size = len(notice)
         conn.cut_off = True  # later writes, such as the rest of the handler's, are dropped
         conn.closing = True
+        if conn.waiting is not None:
+            # A stream would otherwise pump on for good: its dropped items never fill the buffer
+            # that paces it. (Called from inside _pump_stream, the closed generator just ends it.)
+            self._cancel_waiting(conn)
 
     def _flush(self, conn: Connection) -> None:
         out = conn.out
@@ -893,7 +897,7 @@ class Server(Dispatcher):
             # Replies already made (held back during a pipelined burst, or refused by a full
             # socket) get one non-blocking send: closing between two ticks must not drop them.
             try:
-                conn.sock.send(b"".join(conn.out))
+                self.stats.bytes_out += conn.sock.send(b"".join(conn.out))
             except OSError:
                 pass
         self._close_now(conn)

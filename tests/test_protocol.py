@@ -97,6 +97,14 @@ def test_telnet_iac_before_a_byte_that_is_no_command_is_data(byte):
     assert telnet([b"a" + IAC, byte + b"b"]) == b"a\xff" + byte + b"b"
 
 
+def test_telnet_subnegotiation_that_never_ends_is_cut_short():
+    # A raw client's IAC SB with no IAC SE swallowed the rest of its session, silently.
+    garbage = b"x" * 1024
+    assert telnet([b"a" + IAC + SB + garbage + b"b\nping\n"]) == b"a\xffb\nping\n"
+    assert telnet([b"a" + IAC + SB + garbage[:500], garbage[500:] + b"b\n"]) == b"a\xffb\n"
+    assert telnet([IAC + SB + garbage[:-1] + IAC + SE + b"ok"]) == b"ok"  # at the limit: still telnet
+
+
 def test_telnet_cr_nul_becomes_cr():
     assert telnet([b"a\r\x00b"]) == b"a\rb"
 

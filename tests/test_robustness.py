@@ -311,6 +311,7 @@ def test_a_resolved_pending_is_not_kept_alive_by_its_timeout(server):
 def test_replies_before_an_http_line_are_sent_before_the_close(server):
     lines = _lines_after_half_close(server, b"ping\necho hi\nGET / HTTP/1.1\r\nping\n")
     assert lines == ["pong", "hi"]  # and nothing after the HTTP line runs
+    assert server.stats.bytes_out == len(b"pong\nhi\n")  # that last send is counted too
 
 
 def test_poll_from_inside_a_handler_is_refused(server):
@@ -362,3 +363,32 @@ def test_0xff_that_is_no_telnet_command_is_not_swallowed(server):
     # Latin-1 ÿ from a raw client: the byte after it used to vanish (IAC + "p" ate the "p").
     lines = _lines_after_half_close(server, b"echo \xffab\n\xffping\nping\n")
     assert lines == ["ERR request is not valid UTF-8"] * 2 + ["pong"]
+
+
+def test_a_stream_cut_off_by_output_pushed_past_max_output_stops(make_server):
+    # The host pushes a notice past max_output while a stream runs: the client is cut off, and
+    # the stream must stop too. Its items were being dropped, so nothing paced it: one poll()
+    # pumped the whole generator (forever, for an endless one).
+    server = make_server(high_water=4096, max_output=65536)
+    pulled = []
+
+    @server.command
+    def counter():
+        try:
+            for number in range(1_000_000):
+                pulled.append(number)
+                yield number
+        finally:
+            pulled.append("closed")
+
+    client = RawClient(server)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.send(b"counter\n")
+    for _ in range(20):
+        server.poll(0.005)
+    conn = server.connections[0]
+    assert conn.waiting is not None and pulled[-1] != "closed"  # paused by its unread output
+    conn.write("y" * 70000)  # the host's notice, past the cap
+    server.poll(0.005)
+    assert pulled[-1] == "closed" and len(pulled) < 10000
+    client.close()
