@@ -68,13 +68,13 @@ class Connection:
         self.paused = False  # output above the high-water mark: no reads, no commands
         self.scheduled = False  # already in the server's ready queue
         self.lingering = False  # we shut down writing and are draining the peer
-        self.cut_off = False  # unsent output passed max_output: only the notice saying so goes out
+        self.cut_off = False  # unsent output passed its cap: only the notice saying so goes out
 
     def write(self, text: "str | bytes") -> None:
         """Queues text for this client; a missing final newline is added.
 
-        Past the server's ``max_output`` of unsent output the client is cut off: it is told so,
-        and the connection closes. A handler with a lot to say should return a generator (a
+        Past the server's ``high_water + max_output`` of unsent output the client is cut off: it
+        is told so, and the connection closes. A handler with a lot to say should return a generator (a
         streaming reply), which only runs while the client keeps up.
         """
         if self.closed:
@@ -82,6 +82,7 @@ class Connection:
         data = text.encode() if isinstance(text, str) else bytes(text)
         if data and not data.endswith(b"\n"):
             data += b"\n"
+        self.server._release_batch(self)
         self.server._write(self, data)
         # Outside a handler's turn (the host pushing a notice between polls) nothing else would
         # flush it: the connection must be serviced on the next poll, and an event loop told.

@@ -190,7 +190,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 turns it off")
     parser.add_argument("--max-line", type=int, default=16384, help="bytes per request line")
     parser.add_argument("--high-water", type=int, default=1 << 20, help="output bytes before a client is paused")
-    parser.add_argument("--max-output", type=int, default=16 << 20, help="unsent output bytes a client may have; a bigger reply gets an error instead")
+    parser.add_argument("--max-output", type=int, default=16 << 20, help="the largest reply; a bigger one gets an error instead")
     parser.add_argument("--low-water", type=int, help="output bytes below which a paused client resumes "
                         "(default: a quarter of --high-water)")
     parser.add_argument("--max-commands-per-tick", type=int, default=256, help="per connection per poll (default 256)")

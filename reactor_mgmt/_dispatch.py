@@ -1,7 +1,7 @@
 # Requests to replies: the layer between the reactor (_server.py), which moves bytes and owns
 # the connections, and the command registry (_commands.py), which knows the handlers. For each
 # decoded request it resolves the command, checks authentication and level, calls the handler,
-# and frames the result as text or JSON (or as an error, for a reply that would pass max_output);
+# and frames the result as text or JSON (or as an error, for a reply larger than max_output);
 # a Pending or Stream result parks the connection until it completes, so replies stay in
 # request order.
 #
@@ -91,7 +91,7 @@ def _drop_stopping_line(items: Any) -> None:
     """Removes the first item of ``items`` (a list or deque) if it is a line: the line that
     stopped a subscription is not a request."""
     first = items[0]
-    if first.__class__ is str:
+    if first.__class__ is str or first.__class__ is _Ran:  # _Ran: a request a run already called
         del items[0]
     elif first.__class__ is Repeat:
         if first.count > 1:
@@ -157,8 +157,12 @@ class Dispatcher:
         replies: List[str] = []
         append = replies.append
         done = 0
+        # Output written to this connection from outside the batch (a handler's conn.write, the
+        # server closing) must land after the replies made so far: see _release_batch.
+        self._batch_conn = conn
+        self._batch_replies = replies
         try:
-            while done < most and queue and not conn.closed:  # a handler may close the server
+            while done < most and queue and not (conn.closed or conn.closing):  # a handler may close
                 line = popleft()
                 if line.__class__ is Repeat:  # a refusal below puts the copy back in front
                     line = _take_one_copy(queue, line)
@@ -175,7 +179,7 @@ class Dispatcher:
                     room -= len(reply)
                     if room > 0:
                         append(reply)
-                        if stop_at is None and queue and done < most and not conn.closed:
+                        if stop_at is None and queue and done < most and not (conn.closed or conn.closing):
                             # A run's replies are made before any is written, so the run is cut
                             # to what the room left holds at this reply's size: a run of big
                             # replies must stop at the high-water mark as the per-request path does.
@@ -209,9 +213,18 @@ class Dispatcher:
             if not isinstance(exc, Exception):
                 raise
             self._text_error(conn, exc)
+        finally:
+            self._batch_conn = None
         if replies:
             self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
         return done
+
+    def _release_batch(self, conn: Connection) -> None:
+        """Writes the replies the running batch has made for ``conn`` so far (it holds them to
+        write as one chunk), so that output from outside the batch keeps request order."""
+        if self._batch_conn is conn and self._batch_replies:
+            self._write(conn, "".join(self._batch_replies).encode("utf-8", _UNENCODABLE))
+            self._batch_replies.clear()
 
     def _answer_now(self, conn: Connection, entry: Tuple[Command, Callable[[], Any]]) -> bool:
         """The round-trip fast path: answers a request that arrived alone, straight from _read.
@@ -246,10 +259,14 @@ class Dispatcher:
             data = last[1]
         else:
             data = (result if result[-1:] == "\n" else result + "\n").encode("utf-8", _UNENCODABLE)
-            if len(data) <= _KEEP_ANSWER_MAX:
-                self._last_answer = (result, data)
-            elif len(data) > self.max_output:  # nothing is unsent here: the cap is all its room
+            if len(data) > self.max_output:  # checked before it is kept: a kept reply was checked
                 data = self._too_large(conn, len(data), TEXT)
+            elif len(data) <= _KEEP_ANSWER_MAX:
+                self._last_answer = (result, data)
+        if conn.out is not None:  # the handler wrote to its own connection: the reply goes after that
+            self._write(conn, data)
+            self._schedule(conn)
+            return True
         try:
             sent = conn.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -590,24 +607,23 @@ class Dispatcher:
             data = render_text(result).encode("utf-8", _UNENCODABLE)
         else:
             data = json_line({"id": reply_id, "ok": True, "result": to_jsonable(result)})
-        if conn.out_size + len(data) > self.max_output:
+        if len(data) > self.max_output:
             data = self._too_large(conn, len(data), reply_id)
         self._write(conn, data)
 
     def _too_large(self, conn: Connection, size: int, reply_id: Any) -> bytes:
-        """The error sent in place of a reply that would take the connection's unsent output
-        past max_output. The client learns what happened, and its next request runs as usual;
-        holding the reply would break the cap, and dropping the client would lose the replies
-        before it and say nothing."""
+        """The error sent in place of a reply larger than max_output. The client learns what
+        happened, and its next request runs as usual; dropping the client instead would lose
+        the replies before it and say nothing. The verdict depends on the reply alone, never
+        on how much the client has yet to read, so the same request always gets the same
+        answer; commands run only below high_water, so unsent output stays under
+        high_water + max_output (the cap _write enforces)."""
         self.stats.errors += 1
         suffix = self._too_large_log.allow(_monotonic())  # the client can repeat it at will
         if suffix is not None:
-            log.warning("connection #%d: a reply of %d bytes would pass max_output (%d bytes unsent, cap %d): "
-                        "sent an error instead%s", conn.id, size, conn.out_size, self.max_output, suffix)
-        if size > self.max_output:
-            message = f"reply too large ({size} bytes; max_output is {self.max_output})"
-        else:  # it fits alone: the client has not read enough of the replies before it
-            message = f"reply too large ({size} bytes, with {conn.out_size} unsent; max_output is {self.max_output})"
+            log.warning("connection #%d: a reply of %d bytes is over max_output (%d): sent an error instead%s",
+                        conn.id, size, self.max_output, suffix)
+        message = f"reply too large ({size} bytes; max_output is {self.max_output})"
         if reply_id is TEXT:
             return _err_line(message)
         return json_line({"id": reply_id, "ok": False, "error": {"code": "too_large", "message": message}})
@@ -693,7 +709,7 @@ class Dispatcher:
                 data = render_text(item).encode("utf-8", _UNENCODABLE)
             else:
                 data = json_line({"id": reply_id, "item": to_jsonable(item)})
-            if conn.out_size + len(data) > self.max_output:  # the stream ends with the error in its place
+            if len(data) > self.max_output:  # the stream ends with the error in its place
                 conn.waiting = None
                 self._close_stream(stream)
                 self._write(conn, self._too_large(conn, len(data), reply_id))

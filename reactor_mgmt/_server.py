@@ -9,9 +9,10 @@
 #   * work per poll() is bounded: accepts per listener, one recv per connection, K requests per
 #     connection, and an optional time budget; what is left waits in the ready queue;
 #   * a connection reads only when its request queue is empty and its output is below the
-#     high-water mark, so neither buffer can grow without a bound; a reply that would take the
-#     output past max_output gets an error line in its place (_too_large), and output written
-#     past it any other way cuts the client off with a notice (_cut_off), never a bare EOF;
+#     high-water mark, so neither buffer can grow without a bound; a reply larger than
+#     max_output gets an error line in its place (_too_large), so unsent output stays under
+#     high_water + max_output, and output written past that any other way cuts the client off
+#     with a notice (_cut_off), never a bare EOF;
 #   * every reply is written in request order; a Pending or Stream reply holds back the
 #     requests behind it rather than letting their output overtake it;
 #   * EVENT_WRITE is registered only while output is pending;
@@ -182,6 +183,8 @@ class Server(Dispatcher):
         self._fd_exhausted_logged = False
         self._http_log = Throttle()
         self._polling = False  # inside poll()'s handling: a nested poll() is refused
+        self._batch_conn: Optional[Connection] = None  # see Dispatcher._release_batch
+        self._batch_replies: List[str] = []
         self._too_large_log = Throttle()
         self._default_level = level
         # The thread that calls poll(); wake() from any other thread goes through the waker.
@@ -677,17 +680,19 @@ class Server(Dispatcher):
         else:
             conn.out.append(data)
         conn.out_size += len(data)
-        if conn.out_size > self.max_output:
+        if conn.out_size > self.max_output + self.high_water:
             self._cut_off(conn)
 
     def _cut_off(self, conn: Connection) -> None:
-        """Unsent output passed max_output (a handler's conn.write() outran its client; a reply
-        that would pass it alone gets an error in its place instead, see _too_large). The output
-        not yet begun is dropped at once, so its memory is freed at once, and the client is told
-        why before the connection closes, rather than meeting a bare EOF."""
+        """Unsent output passed high_water + max_output: a handler's conn.write() outran its
+        client (replies cannot: commands run only below high_water, and a reply larger than
+        max_output gets an error in its place, see _too_large). The output not yet begun is
+        dropped at once, so its memory is freed at once, and the client is told why before the
+        connection closes, rather than meeting a bare EOF."""
+        cap = self.max_output + self.high_water
         log.warning("connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
-                    conn.id, _format_address(conn.peer), conn.out_size, self.max_output)
-        notice = _err_line(f"output over max_output ({conn.out_size} bytes unsent, cap {self.max_output}): closing")
+                    conn.id, _format_address(conn.peer), conn.out_size, cap)
+        notice = _err_line(f"too much unsent output ({conn.out_size} bytes, cap {cap}): closing")
         head = conn.out[0]
         if head.__class__ is memoryview:  # part-sent: the client must get the rest of its line
             sent = len(head.obj) - len(head)
@@ -893,6 +898,7 @@ class Server(Dispatcher):
         self._send_held_and_close(conn)  # the requests before it were real: their replies go out
 
     def _send_held_and_close(self, conn: Connection) -> None:
+        self._release_batch(conn)  # a handler in a batch may be closing the server
         if conn.out is not None:
             # Replies already made (held back during a pipelined burst, or refused by a full
             # socket) get one non-blocking send: closing between two ticks must not drop them.

@@ -392,3 +392,82 @@ def test_a_stream_cut_off_by_output_pushed_past_max_output_stops(make_server):
     server.poll(0.005)
     assert pulled[-1] == "closed" and len(pulled) < 10000
     client.close()
+
+
+# ---- a third round: the fast paths against the general one, under odd limits and handlers ----
+
+
+def test_small_replies_are_checked_against_a_small_max_output_too(make_server):
+    server = make_server(high_water=50, max_output=50)
+
+    @server.command
+    def hundred() -> str:
+        return "x" * 100
+
+    client = RawClient(server)
+    for _ in range(3):  # the later ones are answered straight from the read, with a kept reply
+        assert client.request("hundred") == ["ERR reply too large (101 bytes; max_output is 50)"]
+    assert server.stats.errors == 3
+    client.close()
+
+
+def test_output_a_handler_writes_to_its_own_connection_keeps_request_order(server):
+    def announce(*words: str) -> str:
+        for conn in server.connections:
+            conn.write("notice: " + " ".join(words))
+        return "sent"
+
+    server.add_command("announce", announce)
+    client = RawClient(server)
+    client.send(b"ping\nannounce a\n")  # a batch: pong was still held when the notice came
+    assert client.lines(3) == ["pong", "notice: a", "sent"]
+    for _ in range(2):  # a round trip: the reply used to be sent before the handler's notice
+        client.send(b"announce b\n")
+        assert client.lines(2) == ["notice: b", "sent"]
+    client.close()
+
+
+def test_a_handler_closing_connections_ends_the_batch(server):
+    calls = []
+
+    def kick() -> str:
+        calls.append("kick")
+        for conn in server.connections:
+            conn.close()
+        return "bye"
+
+    def work() -> str:
+        calls.append("work")
+        return "done"
+
+    server.add_command("kick", kick)
+    server.add_command("work", work)
+    client = RawClient(server)
+    client.send(b"kick\n" + b"work\n" * 5)
+    assert client.read_until_closed() == b"bye\n"
+    assert calls == ["kick"] and server.stats.commands == 1
+    client.close()
+
+
+def test_a_plain_handler_closing_the_server_keeps_the_replies_before_it(server):
+    @server.command
+    def shutdown() -> str:
+        server.close()
+        return "bye"
+
+    client = RawClient(server)
+    client.send(b"ping\necho hi\nshutdown\n")
+    assert client.read_until_closed() == b"pong\nhi\n"
+    client.close()
+
+
+@pytest.mark.parametrize(("limits", "reply", "count"), [
+    (dict(high_water=4096, max_output=4096), "r" * 99, 50),  # the error line itself passed the cap
+    (dict(high_water=4096, max_output=8192), "\U0001f600" * 50, 60),  # room counted in characters
+    (dict(high_water=1000, max_output=1000), "\u00e9" * 100, 6),
+])
+def test_pipelined_replies_under_tight_limits_all_arrive(make_server, limits, reply, count):
+    server = make_server(**limits)
+    server.add_command("reply", lambda: reply)
+    lines = _lines_after_half_close(server, b"reply\n" * count)
+    assert lines == [reply] * count and server.stats.errors == 0
