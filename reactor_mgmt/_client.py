@@ -11,8 +11,8 @@
 #
 # Abandoning a reply half-way (a timeout, Ctrl-C, leaving a stream early) closes the connection:
 # a plain stream only stops when its client goes away, and a late reply must never be mistaken
-# for the answer to the next request. The Client then reconnects, and re-authenticates, on its
-# next call.
+# for the answer to the next request. The Client then reconnects on its next call, and
+# re-authenticates and lowers the level again (`level user` must outlive a reconnect).
 from __future__ import annotations
 
 import errno
@@ -170,10 +170,21 @@ def request_line(request: dict, request_id: int) -> bytes:
     return (json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
 
 
+_FOREVER = 1e9  # seconds; longer waits overflow select() and settimeout(), so they mean "none"
+
+
 def _timeout_value(timeout: Optional[float]) -> Optional[float]:
-    if timeout is None or timeout <= 0:
+    if timeout is None or not 0 < timeout < _FOREVER:  # 0 or less, NaN and inf: no timeout
         return None
     return float(timeout)
+
+
+def _level_set_by(request: dict) -> Optional[str]:
+    """The level a `level NAME` request asks for, so a reconnect can restore it."""
+    words = request.get("argv") or [request.get("cmd"), *request.get("args", ())]
+    if len(words) == 2 and words[0] == "level" and isinstance(words[1], str):
+        return words[1]
+    return None
 
 
 # ---- the blocking client ----
@@ -203,6 +214,7 @@ class Client:
         self._next_id = 0
         self._closed = False
         self._busy = False
+        self._level: Optional[str] = None  # what `level NAME` lowered this session to
         self.connect()
 
     @property
@@ -239,9 +251,12 @@ class Client:
             break
         else:
             raise ConnectionFailed(f"cannot connect to {self.address}: {_reason(last) if last else 'no address'}")
-        if self.token is not None:
+        # A reconnect must not undo the session's state: authenticate again, and lower the level
+        # again, since a new connection starts at its listener's level.
+        for request in ([{"cmd": "auth", "args": [self.token]}] if self.token is not None else []) + (
+                [{"cmd": "level", "args": [self._level]}] if self._level is not None else []):
             try:
-                for _ in self.exchange({"cmd": "auth", "args": [self.token]}):
+                for _ in self.exchange(request):
                     pass
             except BaseException:
                 self._drop()
@@ -324,6 +339,9 @@ class Client:
                 self._busy = False
                 if not message.get("ok"):
                     raise remote_error(message)
+                level = _level_set_by(request)
+                if level is not None:
+                    self._level = level
                 if "items" in message:
                     yield "end", message["items"]
                 else:

@@ -680,6 +680,10 @@ class Registry:
                 return self._listing(members, header=f"Subcommands of '{topic[0]}':")
         if command is not None and not command.hidden:
             raise PermissionDenied(f"no help for '{name}' at this connection's level")
+        for words in range(len(topic) - 1, 0, -1):  # `help ping extra`: a command, and more words
+            prefix = self.commands.get(" ".join(topic[:words]))
+            if prefix is not None and allowed(prefix) and not prefix.hidden:
+                raise CommandError(f"usage: help [COMMAND] (try 'help {prefix.name}')", code="usage")
         raise self.unknown(topic, allowed)
 
     def _help_index(self, allowed: Callable[[Command], bool]) -> str:

@@ -176,6 +176,14 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
     return server
 
 
+def _rate(text: str) -> float:
+    """--rate, held to the same 1-1000 Hz as `set rate` (0 divided by zero; NaN spun the loop)."""
+    hz = float(text)
+    if not 1 <= hz <= 1000:
+        raise argparse.ArgumentTypeError("rate must be between 1 and 1000 Hz")
+    return hz
+
+
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m reactor_mgmt demo",
                                      description="A sample daemon with a management socket.")
@@ -185,7 +193,7 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--unix", metavar="PATH", help="also listen on this Unix socket (mode 0600)")
     parser.add_argument("--level", choices=["user", "operator", "admin"],
                         help="maximum level of every listener (default: operator for TCP, admin for Unix)")
-    parser.add_argument("--rate", type=float, default=50.0, help="worker ticks per second (default 50)")
+    parser.add_argument("--rate", type=_rate, default=50.0, help="worker ticks per second, 1 to 1000 (default 50)")
     parser.add_argument("--max-connections", type=int, default=128)
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 turns it off")
     parser.add_argument("--max-line", type=int, default=16384, help="bytes per request line")

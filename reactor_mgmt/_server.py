@@ -276,6 +276,8 @@ class Server(Dispatcher):
 
     def listen_tcp(self, host: str = "127.0.0.1", port: int = 8123, *, level: Optional[str] = None) -> List[Address]:
         """Listens on every address ``host`` resolves to; port 0 picks one free port for all."""
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:  # getaddrinfo wraps 70000 to 4464
+            raise ConfigError(f"port must be an int from 0 to 65535, not {port!r}")
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         bound: List[Address] = []
         for family, kind, proto, _, sockaddr in infos:

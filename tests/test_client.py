@@ -445,3 +445,28 @@ def test_argv_requests_bind_like_a_text_line(server, client):
     client.send('{"argv": ["count", "2"], "id": 10}\n')
     assert [json.loads(line) for line in client.lines(3)] == [
         {"id": 10, "item": "line 1"}, {"id": 10, "item": "line 2"}, {"id": 10, "ok": True, "result": None, "items": 2}]
+
+
+def test_a_reconnect_keeps_the_level_the_session_lowered_to():
+    # Leaving a stream early drops the connection; the next call reconnects. A new connection
+    # starts at its listener's level, so the client lowers it again rather than undo `level user`.
+    srv = reactor_mgmt.Server("127.0.0.1", 0)
+    _add_commands(srv)
+    srv.add_command("restart", lambda: "restarted", level="operator")
+    with ServerThread(srv), reactor_mgmt.Client(("127.0.0.1", srv.port)) as client:
+        assert client.call("restart") == "restarted"
+        assert client.call("level", "user") == "user"
+        for _ in client.stream("count", 1000):
+            break
+        assert not client.connected
+        with pytest.raises(RemoteError, match="needs operator"):
+            client.call("restart")
+        assert client.call("level") == "user"
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), float("nan"), 1e300])
+def test_timeouts_that_mean_no_timeout(served, timeout):
+    # inf and 1e300 overflowed select() and settimeout(); NaN never timed out and spun.
+    with reactor_mgmt.Client(("127.0.0.1", served.port), timeout=timeout) as client:
+        assert client.timeout is None
+        assert client.call("ping") == "pong"

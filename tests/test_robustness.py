@@ -13,7 +13,7 @@ import weakref
 
 import pytest
 
-from reactor_mgmt import CommandError, Pending, ReactorMgmtError, Server
+from reactor_mgmt import CommandError, ConfigError, Pending, ReactorMgmtError, Server
 from reactor_mgmt._render import json_line
 
 from conftest import TIMEOUT, RawClient
@@ -471,3 +471,29 @@ def test_pipelined_replies_under_tight_limits_all_arrive(make_server, limits, re
     server.add_command("reply", lambda: reply)
     lines = _lines_after_half_close(server, b"reply\n" * count)
     assert lines == [reply] * count and server.stats.errors == 0
+
+
+# ---- configuration and help, from an audit of the command layer, client and demo ----
+
+
+@pytest.mark.parametrize("port", [65536, 70000, -1, True, "8123"])
+def test_a_port_out_of_range_is_refused(port):
+    # getaddrinfo wraps ports modulo 65536: 73659 would have bound 8123.
+    with pytest.raises(ConfigError, match="port must be an int from 0 to 65535"):
+        Server("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("rate", ["0", "-1", "nan", "inf", "1001"])
+def test_demo_rate_outside_what_set_rate_allows_is_a_usage_error(rate, capsys):
+    from reactor_mgmt._demo import parse_args
+
+    with pytest.raises(SystemExit) as exc:
+        parse_args(["--port", "0", "--rate", rate])
+    assert exc.value.code == 2 and "rate must be between 1 and 1000 Hz" in capsys.readouterr().err
+
+
+def test_help_with_words_after_a_command_points_at_it(server):
+    client = RawClient(server)
+    assert client.request("help ping extra") == ["ERR usage: help [COMMAND] (try 'help ping')"]
+    assert client.request("help nosuch") == ["ERR unknown command 'nosuch' (try 'help')"]
+    client.close()
