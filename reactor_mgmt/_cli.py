@@ -356,6 +356,8 @@ class _Shell:
                     continue
                 if not words:
                     continue
+                if words[0] == "auth" and self.readline is not None:  # a token stays out of the history file
+                    self.readline.remove_history_item(self.readline.get_current_history_length() - 1)
                 if words in (["quit"], ["exit"]):
                     return EXIT_OK
                 self.run(words)

@@ -77,8 +77,8 @@ class Pending:
     def resolve(self, value: Any = None) -> None:
         if self.done or self.cancelled:
             return
+        self.value = value  # before done: whoever sees done must see the value
         self.done = True
-        self.value = value
         if self._waiter is not None:
             self._waiter()
 
@@ -277,7 +277,7 @@ class Param:
                 value = str(value)
         try:
             return self.convert(value)
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:  # any type's own complaint (Decimal raises InvalidOperation)
             raise _BadValue(f"bad value for {self.metavar}: {value!r}: {exc}") from None
 
 

@@ -181,3 +181,17 @@ def test_token_in_the_shell(tmp_path):
         assert child.exitstatus == 0
     finally:
         daemon.stop()
+
+
+def test_an_auth_line_is_kept_out_of_the_history_file(shell, tmp_path):
+    shell.sendline("ping")
+    shell.expect_exact(shell.prompt)
+    shell.sendline("auth s3cret-token")  # the demo has no token: refused, but typed all the same
+    shell.expect_exact(shell.prompt)
+    shell.sendline("stats")
+    shell.expect_exact(shell.prompt)
+    shell.sendeof()
+    shell.expect(pexpect.EOF)
+    shell.close()
+    history = (tmp_path / ".reactor_mgmt_history").read_text()
+    assert "s3cret-token" not in history and history.splitlines()[:2] == ["ping", "stats"]

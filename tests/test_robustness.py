@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import weakref
+from decimal import Decimal
 
 import pytest
 
@@ -497,3 +498,30 @@ def test_help_with_words_after_a_command_points_at_it(server):
     assert client.request("help ping extra") == ["ERR usage: help [COMMAND] (try 'help ping')"]
     assert client.request("help nosuch") == ["ERR unknown command 'nosuch' (try 'help')"]
     client.close()
+
+
+def test_a_parameter_type_that_raises_its_own_error_is_a_usage_error(server):
+    @server.command
+    def price(amount: Decimal) -> str:
+        return str(amount * 2)
+
+    client = RawClient(server)
+    assert client.request("price 1.25") == ["2.50"]
+    reply = client.request("price lots")[0]
+    assert reply.startswith("ERR usage: price AMOUNT (bad value for AMOUNT: 'lots'"), reply  # was: internal error
+    client.close()
+
+
+def test_a_resolved_pending_shows_its_value_once_it_shows_done():
+    seen = []
+
+    class Watcher(Pending):
+        __slots__ = ()
+
+        def __setattr__(self, name, value):
+            if name == "done" and value:
+                seen.append(self.value)
+            object.__setattr__(self, name, value)
+
+    Watcher().resolve("the value")
+    assert seen == ["the value"]  # another thread seeing done=True must not read value=None
