@@ -50,8 +50,8 @@ class TelnetFilter:
     ``IAC IAC`` becomes a literal 0xFF, option negotiation and ``SB ... SE`` vanish, ``CR NUL``
     becomes CR (RFC 854), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
     dropped, since the session is over. IAC before a byte that is no telnet command is kept,
-    with that byte, as data; so is a 0xFF in place of a subnegotiation that runs past
-    _SUBNEG_MAX bytes.
+    with that byte, as data; so is a 0xFF in place of a subnegotiation that reaches
+    _SUBNEG_MAX bytes without its IAC SE.
     """
 
     __slots__ = ("_state", "_after_cr", "_subneg_bytes", "ended")

@@ -1,16 +1,20 @@
 # Turning a handler's return value into reply bytes, in the two forms a client can ask for.
 # Text is for people at nc/telnet: aligned key/value lines and tables, and it always ends with a
 # newline so replies never run together. JSON is for scripts: exactly one line per reply, and
-# anything json cannot hold degrades to str() instead of failing the command.
+# anything json cannot hold degrades to str() instead of failing the command; a reply that even
+# then cannot be printed becomes an internal error, never an exception out of poll().
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
     from typing import Any, Iterable, List, Optional
 
-from ._log import log
+from ._log import Throttle, log
+
+_unprintable_log = Throttle()  # a client can send an id json.dumps cannot print, at will
 
 
 def render_text(value: Any) -> str:
@@ -157,7 +161,9 @@ def json_line(payload: dict) -> bytes:
         except (TypeError, ValueError, RecursionError):
             # Parsed but not printable: an int past str()'s digit limit, or nesting that json.loads
             # took and json.dumps, a few frames deeper, cannot. Any client can send such an id.
-            log.warning("a JSON reply could not be encoded; sent an internal error instead")
+            suffix = _unprintable_log.allow(time.monotonic())
+            if suffix is not None:
+                log.warning("a JSON reply could not be encoded; sent an internal error instead%s", suffix)
             error = {"code": "internal", "message": "reply cannot be encoded as JSON"}
             try:  # the request's id when it is the printable part
                 text = json.dumps({"id": payload.get("id"), "ok": False, "error": error}, allow_nan=False)
