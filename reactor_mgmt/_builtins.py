@@ -138,6 +138,12 @@ def _watch(command: Command, args: List[str], seconds: float, conn: Connection) 
             continue
         result = command.call(args, conn)
         if isinstance(result, Pending) or is_stream(result):
+            # Nobody will wait for it: cancel the Pending (its on_cancel callbacks run) or close
+            # the generator (its finally runs), as a client that leaves would.
+            if isinstance(result, Pending):
+                result._cancel()
+            elif getattr(result, "close", None) is not None:
+                result.close()
             raise CommandError(f"cannot watch '{command.name}': it does not reply at once")
         yield "" if result is NO_REPLY else result
         due = max(due + seconds, now)

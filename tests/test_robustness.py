@@ -525,3 +525,31 @@ def test_a_resolved_pending_shows_its_value_once_it_shows_done():
 
     Watcher().resolve("the value")
     assert seen == ["the value"]  # another thread seeing done=True must not read value=None
+
+
+def test_watch_lets_go_of_a_reply_it_cannot_watch(server):
+    let_go = []
+
+    @server.command
+    def later() -> Pending:
+        pending = Pending(timeout=0)
+        pending.on_cancel(lambda: let_go.append("cancelled"))
+        return pending
+
+    class Lines:  # an iterator with a close(), like a generator already running
+        def __iter__(self):
+            return self
+
+        def __next__(self) -> str:
+            return "one"
+
+        def close(self) -> None:
+            let_go.append("closed")
+
+    server.add_command("lines", Lines)
+
+    client = RawClient(server)
+    assert client.request("watch 1 later") == ["ERR cannot watch 'later': it does not reply at once"]
+    assert client.request("watch 1 lines") == ["ERR cannot watch 'lines': it does not reply at once"]
+    assert let_go == ["cancelled", "closed"]
+    client.close()
