@@ -80,6 +80,13 @@ def _cut_run(chunk: List[str], prefix: str) -> str:
     return "\n".join(chunk)
 
 
+def _error_reply(reply_id: Any, code: str, message: str) -> bytes:
+    """An error reply framed for its request: an ERR line, or a JSON error with ``code``."""
+    if reply_id is TEXT:
+        return _err_line(message)
+    return json_line({"id": reply_id, "ok": False, "error": {"code": code, "message": message}})
+
+
 def _err_line(message: str) -> bytes:
     """An error reply: always exactly one line, so a client can tell where it ends."""
     if "\n" in message or "\r" in message:
@@ -194,37 +201,35 @@ class Dispatcher:
                         continue
                     # This reply reaches the high-water mark: it goes out on its own, after the
                     # replies before it, through _deliver's check against max_output.
-                    if replies:
-                        self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-                        replies.clear()
+                    self._write_replies(conn, replies)
                     self._deliver(conn, result, TEXT)
                     continue
-                if replies:
-                    self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-                    replies.clear()
+                self._write_replies(conn, replies)
                 self._deliver(conn, result, TEXT)
                 if conn.waiting is not None or conn.closing or conn.closed:
                     break
                 room = self.high_water - conn.out_size
         except BaseException as exc:  # a handler raised: keep the replies of the requests before it
-            if replies:
-                self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-                replies = []
+            self._write_replies(conn, replies)
             if not isinstance(exc, Exception):
                 raise
             self._text_error(conn, exc)
         finally:
             self._batch_conn = None
-        if replies:
-            self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
+        self._write_replies(conn, replies)
         return done
 
     def _release_batch(self, conn: Connection) -> None:
         """Writes the replies the running batch has made for ``conn`` so far (it holds them to
         write as one chunk), so that output from outside the batch keeps request order."""
-        if self._batch_conn is conn and self._batch_replies:
-            self._write(conn, "".join(self._batch_replies).encode("utf-8", _UNENCODABLE))
-            self._batch_replies.clear()
+        if self._batch_conn is conn:
+            self._write_replies(conn, self._batch_replies)
+
+    def _write_replies(self, conn: Connection, replies: List[str]) -> None:
+        """Writes the framed replies held in ``replies`` as one chunk, and empties the list."""
+        if replies:
+            self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
+            replies.clear()
 
     def _answer_now(self, conn: Connection, entry: Tuple[Command, Callable[[], Any]]) -> bool:
         """The round-trip fast path: answers a request that arrived alone, straight from _read.
@@ -426,9 +431,7 @@ class Dispatcher:
                 if room > 0:
                     replies.append(reply)
                     continue
-            if replies:
-                self._write(conn, "".join(replies).encode("utf-8", _UNENCODABLE))
-                replies.clear()
+            self._write_replies(conn, replies)
             self._deliver_ran(conn, result)
             if conn.waiting is not None or room <= 0 or conn.out_size >= self.high_water:
                 queue.extendleft(_Ran(later) for later in reversed(results[index + 1:]))
@@ -554,7 +557,7 @@ class Dispatcher:
                 result = command.call_json(extra + args, kwargs, conn)
         except CommandError as exc:
             self.stats.errors += 1
-            self._write_json_error(conn, request_id, exc.code, exc.message)
+            self._write_error(conn, request_id, exc.code, exc.message)
             return
         except Exception as exc:
             self._internal_error(conn, exc, request_id)
@@ -570,13 +573,10 @@ class Dispatcher:
             except Exception:
                 log.exception("on_error callback raised")
         message = f"internal error ({type(exc).__name__})"
-        if reply_id is TEXT:
-            self._write(conn, _err_line(message))
-        else:
-            self._write_json_error(conn, reply_id, "internal", message)
+        self._write_error(conn, reply_id, "internal", message)
 
-    def _write_json_error(self, conn: Connection, reply_id: Any, code: str, message: str) -> None:
-        self._write(conn, json_line({"id": reply_id, "ok": False, "error": {"code": code, "message": message}}))
+    def _write_error(self, conn: Connection, reply_id: Any, code: str, message: str) -> None:
+        self._write(conn, _error_reply(reply_id, code, message))
 
     def _deliver(self, conn: Connection, result: Any, reply_id: Any) -> None:
         """Writes a finished result, or parks the connection behind a Pending or Stream."""
@@ -624,17 +624,12 @@ class Dispatcher:
             log.warning("connection #%d: a reply of %d bytes is over max_output (%d): sent an error instead%s",
                         conn.id, size, self.max_output, suffix)
         message = f"reply too large ({size} bytes; max_output is {self.max_output})"
-        if reply_id is TEXT:
-            return _err_line(message)
-        return json_line({"id": reply_id, "ok": False, "error": {"code": "too_large", "message": message}})
+        return _error_reply(reply_id, "too_large", message)
 
     def _finish_pending(self, conn: Connection, pending: Pending, reply_id: Any) -> None:
         if pending.error is not None:
             self.stats.errors += 1
-            if reply_id is TEXT:
-                self._write(conn, _err_line(pending.error.message))
-            else:
-                self._write_json_error(conn, reply_id, pending.error.code, pending.error.message)
+            self._write_error(conn, reply_id, pending.error.code, pending.error.message)
         else:
             self._deliver(conn, pending.value, reply_id)
 
@@ -684,10 +679,7 @@ class Dispatcher:
             except CommandError as exc:
                 conn.waiting = None
                 self.stats.errors += 1
-                if reply_id is TEXT:
-                    self._write(conn, _err_line(exc.message))
-                else:
-                    self._write_json_error(conn, reply_id, exc.code, exc.message)
+                self._write_error(conn, reply_id, exc.code, exc.message)
                 return True
             except Exception as exc:
                 conn.waiting = None
@@ -695,11 +687,7 @@ class Dispatcher:
                 return True
             except BaseException as exc:  # KeyboardInterrupt: the generator is dead; say so, then go
                 conn.waiting = None
-                message = f"internal error ({type(exc).__name__})"
-                if reply_id is TEXT:
-                    self._write(conn, _err_line(message))
-                else:
-                    self._write_json_error(conn, reply_id, "internal", message)
+                self._write_error(conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
                 raise
             if item.__class__ is Wait:
                 if item.until is not None:
