@@ -28,6 +28,7 @@ import os
 import selectors
 import socket
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -312,15 +313,12 @@ class Server(Dispatcher):
         path = os.fspath(path)
         _clear_unix_path(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o777 & ~mode)  # the socket is born with its mode: no chmod race
         try:
-            sock.bind(path)
+            _bind_with_mode(sock, path, mode)
             sock.listen(128)
         except BaseException:
             sock.close()
             raise
-        finally:
-            os.umask(old_umask)
         try:
             if group is not None:
                 gid = group if isinstance(group, int) else _gid_of(group)
@@ -1192,6 +1190,29 @@ def _clear_unix_path(path: str) -> None:
     finally:
         probe.close()
     raise ConfigError(f"{path} is in use by a running server")
+
+
+def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:
+    """Binds so that the socket file is born with at most ``mode``: no moment when a wider
+    mode lets another user connect before the chmod.
+
+    On Linux, bind() takes the mode of the unbound socket's inode, which fchmod sets, so the
+    process-wide umask is left alone: a host thread creating files meanwhile keeps its umask.
+    Elsewhere fchmod on a socket fails or is ignored, and the umask does the job instead.
+    """
+    try:
+        os.fchmod(sock.fileno(), mode)
+    except OSError:
+        pass
+    else:
+        if sys.platform.startswith("linux"):
+            sock.bind(path)
+            return
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
 
 
 def _gid_of(group: str) -> int:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import stat
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -289,6 +290,31 @@ def test_unix_socket_mode_0600_and_removed_on_close(short_dir):
     finally:
         server.close()
     assert not os.path.exists(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fchmod sets a socket's bind mode on Linux only")
+def test_unix_socket_is_born_with_its_mode_without_touching_the_umask(short_dir, monkeypatch):
+    # The umask is process-wide: changing it, even briefly, changes the mode of whatever another
+    # host thread creates meanwhile. And a chmod after bind leaves a moment with a wider mode.
+    chmods = []
+
+    def no_umask(mask):
+        raise AssertionError("listen_unix changed the process umask")
+
+    real_chmod = os.chmod
+    monkeypatch.setattr(os, "chmod", lambda *args, **kw: chmods.append(args) or real_chmod(*args, **kw))
+    old_umask = os.umask(0)
+    try:
+        monkeypatch.setattr(os, "umask", no_umask)
+        server = reactor_mgmt.Server(None, None, unix=os.path.join(short_dir, "born.sock"))
+    finally:
+        monkeypatch.undo()
+        os.umask(old_umask)
+    try:
+        assert stat.S_IMODE(os.lstat(server.addresses[0]).st_mode) == 0o600
+        assert chmods == []  # it already had its mode when bind() made it
+    finally:
+        server.close()
 
 
 def test_unix_stale_socket_replaced(short_dir):
