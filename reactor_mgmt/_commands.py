@@ -189,8 +189,10 @@ def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
     def convert(text: Any) -> Any:
         if not isinstance(text, str):
             for choice in choices:
-                if choice == text or (isinstance(choice, enum.Enum) and choice.value == text):
-                    return choice
+                for candidate in (choice, choice.value) if isinstance(choice, enum.Enum) else (choice,):
+                    # True == 1 in Python, but JSON's true is not the number 1, nor 1 true
+                    if candidate == text and isinstance(candidate, bool) is isinstance(text, bool):
+                        return choice
             text = str(text)
         try:
             return by_text[text.lower()]

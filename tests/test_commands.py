@@ -651,6 +651,21 @@ def test_json_arguments(typed):
     assert ask_json(client, {"cmd": "whoami"})["result"] == "level admin"
 
 
+def test_json_true_is_not_the_number_1_for_a_choice(make_server):
+    # In Python True == 1, so JSON true used to pass for Literal[1, 2] or an enum valued 1.
+    srv = make_server("127.0.0.1")
+
+    @srv.command
+    def pick(n: Literal[1, 2], color: Optional[Color] = None, flag: Optional[Literal[True]] = None) -> str:
+        return repr((n, color, flag))
+
+    client = RawClient(srv)
+    assert ask_json(client, {"cmd": "pick", "args": [1, 1, True]})["result"] == "(1, <Color.red: 1>, True)"
+    for args, metavar in (([True], "N"), ([1, True], "COLOR"), ([1, None, 1], "FLAG")):
+        error = ask_json(client, {"cmd": "pick", "args": args})["error"]
+        assert error["code"] == "usage" and f"bad value for {metavar}" in error["message"], (args, error)
+
+
 @pytest.mark.parametrize(
     "request_line, code, message",
     [
