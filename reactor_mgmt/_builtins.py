@@ -24,7 +24,8 @@ _MIN_WATCH_INTERVAL = 0.1
 
 
 def install_builtins(server: "Server") -> None:
-    add = server.registry.add
+    def add(name: str, fn: Any, **options: Any) -> Command:
+        return server.registry.add(name, fn, builtin=True, **options)
 
     def help(*topic: str, conn: Connection) -> str:
         """Lists the commands, or explains one: help [COMMAND]."""

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+    from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     import inspect
@@ -583,6 +583,9 @@ class Registry:
         # The same entries by the exact bytes of a read that was one such line and nothing else
         # (b"ping\r\n"), so the server can skip decoding a repeated one (see Server._read).
         self.read_cache: Dict[bytes, Tuple[Command, Callable[[], Any]]] = {}
+        # Names a registration may take over without replace=True: the builtins, which a host
+        # may not know it is shadowing (its own `stats`, or a faster `echo`).
+        self._builtin_names: Set[str] = set()
 
     @staticmethod
     def remember(cache: Dict[Any, Tuple[Command, Callable[[], Any]]], key: Any,
@@ -592,10 +595,26 @@ class Registry:
             cache.clear()
         cache[key] = entry
 
-    def add(self, name: str, fn: Callable[..., Any], **options: Any) -> Command:
+    def add(self, name: str, fn: Callable[..., Any], *, replace: bool = False, builtin: bool = False,
+            **options: Any) -> Command:
+        """Registers ``fn`` as command ``name``.
+
+        A name the host registered already is refused unless ``replace`` is true: two objects
+        given to add_commands() with a method of the same name would otherwise lose one command
+        without a word. A builtin is replaced without asking.
+        """
+        command = Command(name, fn, connection_type=self._connection_type, **options)
+        existing = self.commands.get(command.name)
+        if existing is not None and not replace and command.name not in self._builtin_names:
+            raise ConfigError(f"command {command.name!r} is already registered (to "
+                              f"{getattr(existing.fn, '__qualname__', existing.fn)!r}); "
+                              "pass replace=True to replace it")
+        if builtin:
+            self._builtin_names.add(command.name)
+        else:
+            self._builtin_names.discard(command.name)
         self.line_cache.clear()
         self.read_cache.clear()
-        command = Command(name, fn, connection_type=self._connection_type, **options)
         self.commands[command.name] = command
         words = command.name.split()
         if len(words) > 1:
@@ -609,6 +628,7 @@ class Registry:
         self.line_cache.clear()
         self.read_cache.clear()
         command = self.commands.pop(" ".join(name.split()))
+        self._builtin_names.discard(command.name)
         words = command.name.split()
         if len(words) > 1:
             self._groups[words[0]].remove(command.name)

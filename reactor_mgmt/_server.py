@@ -222,16 +222,18 @@ class Server(Dispatcher):
         return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), self._token.encode())
 
     def command(self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None,
-                level: str = "user", hidden: bool = False, help: Optional[str] = None) -> Any:
+                level: str = "user", hidden: bool = False, help: Optional[str] = None,
+                replace: bool = False) -> Any:
         """Registers a handler; use as ``@server.command`` or ``@server.command(name="show x")``.
 
         The command name defaults to the function name, with underscores read as spaces, so
-        ``def show_stats()`` answers ``show stats``.
+        ``def show_stats()`` answers ``show stats``. A name already registered by the host raises
+        ConfigError unless ``replace`` is true; a builtin's name is simply taken over.
         """
 
         def register(function: Callable[..., Any]) -> Callable[..., Any]:
             command_name = name if name is not None else function.__name__.replace("_", " ")
-            self.add_command(command_name, function, help=help, level=level, hidden=hidden)
+            self.add_command(command_name, function, help=help, level=level, hidden=hidden, replace=replace)
             return function
 
         if fn is not None:
@@ -239,17 +241,20 @@ class Server(Dispatcher):
         return register
 
     def add_command(self, name: str, fn: Callable[..., Any], help: Optional[str] = None, *,
-                    level: str = "user", hidden: bool = False) -> Command:
-        return self.registry.add(name, fn, help=help, level=level, hidden=hidden)
+                    level: str = "user", hidden: bool = False, replace: bool = False) -> Command:
+        return self.registry.add(name, fn, help=help, level=level, hidden=hidden, replace=replace)
 
     def remove_command(self, name: str) -> None:
         self.registry.remove(name)
 
-    def add_commands(self, obj: Any, *, prefix: str = "", level: Optional[str] = None) -> List[Command]:
+    def add_commands(self, obj: Any, *, prefix: str = "", level: Optional[str] = None,
+                     replace: bool = False) -> List[Command]:
         """Registers every public method of ``obj`` (names starting with ``_`` are skipped); for a
         module, every public function defined in it.
 
-        A method can set its own options with the ``@command_options`` decorator.
+        A method can set its own options with the ``@command_options`` decorator. As with
+        add_command(), a name already registered by the host raises ConfigError unless
+        ``replace`` is true.
         """
         import inspect  # lazily: registration only, and it is slow to import
 
@@ -270,6 +275,8 @@ class Server(Dispatcher):
             command_name = options.pop("name", attribute.replace("_", " "))
             if level is not None:
                 options.setdefault("level", level)
+            if replace:
+                options.setdefault("replace", True)
             added.append(self.add_command(f"{prefix} {command_name}".strip(), method, **options))
         return added
 

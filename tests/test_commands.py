@@ -210,6 +210,44 @@ def test_remove_command(server):
     assert one(client, "show b") == "ERR unknown command 'show' (try 'help')"
 
 
+def test_a_name_registered_twice_is_refused_unless_replace(server):
+    class Players:
+        def show(self) -> str:
+            return "players"
+
+    class Teams:
+        def show(self) -> str:
+            return "teams"
+
+    server.add_commands(Players())
+    with pytest.raises(ConfigError, match=r"command 'show' is already registered \(to '.*Players.show'\); "
+                                          r"pass replace=True"):
+        server.add_commands(Teams())
+    with pytest.raises(ConfigError):
+        server.add_command("  show ", lambda: "spaced")  # the same name once normalised
+    client = RawClient(server)
+    assert one(client, "show") == "players"  # the first registration stands
+
+    server.add_commands(Teams(), replace=True)
+    assert one(client, "show") == "teams"
+    server.command(name="show", replace=True)(lambda: "lambda")
+    assert one(client, "show") == "lambda"
+    server.remove_command("show")
+    server.add_command("show", lambda: "again")  # a removed name is free
+    assert one(client, "show") == "again"
+
+
+def test_a_builtin_is_replaced_without_asking_and_is_then_the_hosts(server):
+    @server.command
+    def stats() -> str:
+        return "mine"
+
+    client = RawClient(server)
+    assert one(client, "stats") == "mine"
+    with pytest.raises(ConfigError, match="'stats' is already registered"):
+        server.add_command("stats", lambda: "again")
+
+
 def test_bad_registrations_fail_at_registration(server):
     with pytest.raises(ConfigError):
         server.add_command("   ", lambda: None)

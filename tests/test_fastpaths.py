@@ -644,7 +644,7 @@ def test_changing_the_commands_clears_the_read_cache(server):
         assert client.request("hello") == ["one"]
     assert b"hello\n" in server.registry.read_cache
 
-    @server.command(name="hello")
+    @server.command(name="hello", replace=True)
     def hello_again():
         return "two"
 
