@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="connect to the first address in FILE, as a server's address_file wrote it")
     parser.add_argument("--token", help="send 'auth TOKEN' first (default: $REACTOR_MGMT_TOKEN)")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="per endpoint: to connect, then to wait for each reply line (default 5; 0: none)")
+                        help="per endpoint: to connect, then to wait for each reply line (default 5; 0: none); "
+                             "a stream's items (log tail, watch) are waited for as long as it runs")
     parser.add_argument("--json", action="store_true",
                         help="print JSON results (one value per line) instead of text")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",

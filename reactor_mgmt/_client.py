@@ -152,7 +152,7 @@ def parse_message(line: str) -> Optional[dict]:
         message = json.loads(line)
     except ValueError:
         return None
-    if isinstance(message, dict) and "id" in message and ("ok" in message or "item" in message):
+    if isinstance(message, dict) and "id" in message and ("ok" in message or "item" in message or "stream" in message):
         return message
     return None
 
@@ -199,15 +199,19 @@ class Client:
                 print(line)
 
     ``addr`` is ``"host:port"``, ``"[v6]:port"``, ``(host, port)`` or a Unix socket path.
-    ``timeout`` bounds every operation: connecting, and the wait for each reply line (None or
-    0 waits forever); when it passes, :class:`ClientTimeout` is raised and the connection is
-    dropped. A dropped connection is re-opened (and re-authenticated) by the next call.
+    ``timeout`` bounds connecting and the wait for each reply line (None or 0 waits forever);
+    when it passes, :class:`ClientTimeout` is raised and the connection is dropped. Once a
+    reply has begun as a stream, the wait for each of its items is bounded by
+    ``stream_timeout`` instead, which by default is no bound: a subscription such as
+    ``log tail`` may be quiet for hours, and the server has already answered. A dropped
+    connection is re-opened (and re-authenticated) by the next call.
     """
 
     def __init__(self, addr: AddressLike = DEFAULT_ADDRESS, timeout: Optional[float] = 5.0,
-                 token: Optional[str] = None) -> None:
+                 token: Optional[str] = None, stream_timeout: Optional[float] = None) -> None:
         self.endpoint = Endpoint(addr)
         self.timeout = _timeout_value(timeout)
+        self.stream_timeout = _timeout_value(stream_timeout)
         self.token = token
         self._sock: Optional[socket.socket] = None
         self._reader = LineReader()
@@ -305,8 +309,9 @@ class Client:
 
     def stream(self, command: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Yields the items of a streaming command as they arrive (a command that does not
-        stream yields its one result). ``timeout`` applies to the wait for each item. Leaving
-        the loop early closes the connection, which is what stops a stream on the server."""
+        stream yields its one result). ``timeout`` applies to the wait for the reply to begin,
+        ``stream_timeout`` to the wait for each item after that. Leaving the loop early closes
+        the connection, which is what stops a stream on the server."""
         for kind, value in self.exchange(_request(command, args, kwargs)):
             if kind in ("item", "text") or (kind == "result" and value is not None):
                 yield value
@@ -314,7 +319,9 @@ class Client:
     def exchange(self, request: dict) -> Iterator[Tuple[str, Any]]:
         """The low-level form: sends one JSON request (without its id) and yields events:
         ``("text", line)`` and ``("item", value)`` as they arrive, then ``("result", value)`` or,
-        for a stream, ``("end", item_count)``. An error reply raises RemoteError."""
+        for a stream, ``("end", item_count)``. An error reply raises RemoteError. The stream's
+        opening line (``{"id": N, "stream": true}``) is not an event: it only switches the
+        wait for each line from ``timeout`` to ``stream_timeout``."""
         if self._busy:
             raise ReactorMgmtError("one request at a time: finish the previous reply first")
         self.connect()
@@ -325,15 +332,19 @@ class Client:
         try:
             self._send(request_line(request, request_id))
             last_text = ""
+            timeout = self.timeout
             while True:
-                line = self._read_line(last_text)
+                line = self._read_line(last_text, timeout)
                 message = parse_message(line)
                 if message is None or message["id"] not in (request_id, None):
                     last_text = line
                     yield "text", line
                     continue
                 if "ok" not in message:
-                    yield "item", message.get("item")
+                    if "item" in message:
+                        yield "item", message["item"]
+                    else:
+                        timeout = self.stream_timeout
                     continue
                 finished = True
                 self._busy = False
@@ -362,10 +373,11 @@ class Client:
         except OSError as exc:
             raise ConnectionFailed(f"connection to {self.address} lost: {_reason(exc)}") from None
 
-    def _read_line(self, last_text: str) -> str:
+    def _read_line(self, last_text: str, timeout: Optional[float]) -> str:
         sock = self._sock
         assert sock is not None
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sock.settimeout(timeout)
         while True:
             line = self._reader.next_line()
             if line is not None:
@@ -373,12 +385,12 @@ class Client:
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise ClientTimeout(f"no reply from {self.address} within {self.timeout:g} s")
+                    raise ClientTimeout(f"no reply from {self.address} within {timeout:g} s")
                 sock.settimeout(remaining)
             try:
                 data = sock.recv(_RECV_SIZE)
             except socket.timeout:
-                raise ClientTimeout(f"no reply from {self.address} within {self.timeout:g} s") from None
+                raise ClientTimeout(f"no reply from {self.address} within {timeout:g} s") from None
             except OSError as exc:
                 raise ConnectionFailed(f"connection to {self.address} lost: {_reason(exc)}") from None
             if not data:
@@ -408,7 +420,8 @@ EventSink = Callable[[Endpoint, str, Any], None]
 
 
 class _Job:
-    __slots__ = ("endpoint", "candidates", "sock", "connected", "out", "reader", "deadline", "last_text", "failure")
+    __slots__ = ("endpoint", "candidates", "sock", "connected", "out", "reader", "deadline", "last_text", "failure",
+                 "streaming")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -420,6 +433,7 @@ class _Job:
         self.deadline: Optional[float] = None
         self.last_text = ""
         self.failure = ""
+        self.streaming = False  # the reply began as a stream: stream_timeout bounds each wait
 
 
 class FanOut:
@@ -431,17 +445,21 @@ class FanOut:
     returns each endpoint's outcome, OK, ERROR or UNREACHABLE, in the order given.
 
     Connecting, sending and reading are all non-blocking in one selectors loop; ``timeout``
-    bounds the connect and then each wait for the next reply line. At most ``max_parallel``
+    bounds the connect and then each wait for the next reply line, and once a reply has begun
+    as a stream, ``stream_timeout`` (by default no bound) bounds each wait instead, as in
+    :class:`Client`. At most ``max_parallel``
     connections are open at once; the rest wait their turn (and their clock starts then).
     Host names are resolved just before connecting, with the blocking resolver.
     """
 
     def __init__(self, endpoints: Sequence[AddressLike], request: dict, *, on_event: EventSink,
                  token: Optional[str] = None, timeout: Optional[float] = 5.0,
-                 max_parallel: Optional[int] = None, after_batch: Optional[Callable[[], None]] = None) -> None:
+                 max_parallel: Optional[int] = None, after_batch: Optional[Callable[[], None]] = None,
+                 stream_timeout: Optional[float] = None) -> None:
         self.endpoints = [Endpoint(address) for address in endpoints]
         self.on_event = on_event
         self.timeout = _timeout_value(timeout)
+        self.stream_timeout = _timeout_value(stream_timeout)
         self.max_parallel = max(1, max_parallel or len(self.endpoints) or 1)
         self.after_batch = after_batch
         self.payload = (request_line({"cmd": "auth", "args": [token]}, _AUTH_ID) if token is not None else b"")
@@ -481,7 +499,9 @@ class FanOut:
                         self._on_readable(job)
                 now = time.monotonic()
                 for job in [job for job in active.values() if job.deadline is not None and job.deadline <= now]:
-                    if job.connected:
+                    if job.streaming:
+                        self._fail(job, f"timed out: no stream item within {self.stream_timeout:g} s")
+                    elif job.connected:
                         self._fail(job, f"timed out: no reply within {self.timeout:g} s")
                     else:
                         self._fail(job, f"cannot connect: no answer within {self.timeout:g} s")
@@ -594,7 +614,11 @@ class FanOut:
                 if not message.get("ok"):
                     self._finish(job, ERROR, "error", remote_error(message))
             elif "ok" not in message:
-                emit(endpoint, "item", message.get("item"))
+                if "item" in message:
+                    emit(endpoint, "item", message["item"])
+                else:
+                    job.streaming = True
+                    self._touch(job)
             elif not message.get("ok"):
                 self._finish(job, ERROR, "error", remote_error(message))
             elif "items" in message:
@@ -603,8 +627,8 @@ class FanOut:
                 self._finish(job, OK, "result", message.get("result"))
 
     def _touch(self, job: _Job) -> None:
-        if self.timeout is not None:
-            job.deadline = time.monotonic() + self.timeout
+        timeout = self.stream_timeout if job.streaming else self.timeout
+        job.deadline = None if timeout is None else time.monotonic() + timeout
 
     def _finish(self, job: _Job, outcome: str, kind: str, value: Any) -> None:
         self._close(job)

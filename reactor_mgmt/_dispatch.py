@@ -602,6 +602,10 @@ class Dispatcher:
         elif is_stream(result):
             conn.waiting = result if isinstance(result, Stream) else Stream(result)
             conn.waiting_id = reply_id
+            if reply_id is not TEXT:
+                # Said at once: a client can then tell a stream that is quiet (a `log tail` of a
+                # quiet log, a `watch 60`) from a server that does not answer.
+                self._write(conn, json_line({"id": reply_id, "stream": True}))
             return
         elif reply_id is TEXT:
             data = render_text(result).encode("utf-8", _UNENCODABLE)

@@ -53,6 +53,16 @@ def test_err_reply_exits_1(slow_demo):
     assert run_cli("-c", slow_demo.address, "nosuch").stderr.startswith("ERR unknown command 'nosuch'")
 
 
+def test_a_stream_is_waited_for_past_the_timeout_until_interrupted(slow_demo):
+    # --timeout bounds the wait for the reply to begin; `watch` and `log tail` then run as long
+    # as the user lets them (they used to die with "timed out" once items were further apart).
+    with pytest.raises(subprocess.TimeoutExpired) as info:
+        run_cli("-c", slow_demo.address, "--timeout", "0.3", "watch", "0.5", "ping", timeout=2.5)
+    out, err = (b.decode() if isinstance(b, bytes) else (b or "") for b in (info.value.stdout, info.value.stderr))
+    assert out.count("pong\n") >= 2 and set(out.splitlines()) == {"pong"}, out
+    assert err == ""
+
+
 def test_unreachable_exits_2_with_one_line_and_no_traceback():
     port = free_port()
     proc = run_cli("-c", f"127.0.0.1:{port}", "status")

@@ -42,6 +42,16 @@ def _add_commands(srv: reactor_mgmt.Server) -> None:
         return (f"line {i}" for i in range(1, n + 1))
 
     @srv.command
+    def slow(n: int, gap: float):
+        """n items, gap seconds apart (the first at once), like a quiet `log tail` or `watch`."""
+        for i in range(1, n + 1):
+            if i > 1:
+                due = time.monotonic() + gap
+                while time.monotonic() < due:
+                    yield reactor_mgmt.Wait(due)
+            yield f"item {i}"
+
+    @srv.command
     def fail():
         raise CommandError("it failed")
 
@@ -135,6 +145,35 @@ def test_timeout_raises_a_clear_exception_and_the_client_recovers(served):
     with pytest.raises(TimeoutError):  # catchable as the builtin too
         with reactor_mgmt.Client(f"127.0.0.1:{served.port}", timeout=0.2) as client:
             client.call("never")
+
+
+def test_a_stream_slower_than_the_timeout_is_not_a_timeout(served):
+    # `timeout` covers the wait for the reply to begin; a stream's items come at the server's
+    # pace (a quiet `log tail`, a `watch 60`), and stream_timeout (none by default) covers those.
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}", timeout=0.3) as client:
+        assert list(client.stream("slow", 3, 0.6)) == ["item 1", "item 2", "item 3"]
+        assert client.call("slow", 2, 0.5) == ["item 1", "item 2"]
+        with pytest.raises(ClientTimeout, match="within 0.3 s"):
+            client.call("never")  # the reply itself still has to begin within the timeout
+    with reactor_mgmt.Client(f"127.0.0.1:{served.port}", timeout=5, stream_timeout=0.3) as client:
+        stream = client.stream("slow", 3, 2.0)
+        assert next(stream) == "item 1"
+        started = time.monotonic()
+        with pytest.raises(ClientTimeout, match="within 0.3 s"):
+            next(stream)
+        assert time.monotonic() - started < 1.5
+        assert not client.connected and client.call("ping") == "pong"
+
+
+def test_fan_out_waits_for_a_stream_as_long_as_it_runs(served):
+    address = f"127.0.0.1:{served.port}"
+    outcomes, events = _run([address], {"argv": ["slow", "3", "0.5"]}, timeout=0.3)
+    assert outcomes == [OK]
+    assert events == [(address, "item", "item 1"), (address, "item", "item 2"), (address, "item", "item 3"),
+                      (address, "end", 3)]
+    outcomes, events = _run([address], {"argv": ["slow", "3", "2"]}, timeout=5, stream_timeout=0.3)
+    assert outcomes == [UNREACHABLE]
+    assert events == [(address, "item", "item 1"), (address, "failed", "timed out: no stream item within 0.3 s")]
 
 
 def test_context_manager_closes_the_client(served):
@@ -443,8 +482,8 @@ def test_argv_requests_bind_like_a_text_line(server, client):
         assert reply == {"id": 9, "ok": False, "error": {"code": "bad_request",
                                                          "message": "'argv' must be a non-empty list of strings"}}
     client.send('{"argv": ["count", "2"], "id": 10}\n')
-    assert [json.loads(line) for line in client.lines(3)] == [
-        {"id": 10, "item": "line 1"}, {"id": 10, "item": "line 2"}, {"id": 10, "ok": True, "result": None, "items": 2}]
+    assert [json.loads(line) for line in client.lines(4)] == [
+        {"id": 10, "stream": True}, {"id": 10, "item": "line 1"}, {"id": 10, "item": "line 2"}, {"id": 10, "ok": True, "result": None, "items": 2}]
 
 
 def test_a_reconnect_keeps_the_level_the_session_lowered_to():

@@ -233,7 +233,7 @@ def test_keyboard_interrupt_inside_a_stream_is_not_reported_as_its_end(server):
             server.poll(0.01)
     client.pump(5)
     lines = [json.loads(line) for line in client.buffer.decode().splitlines()]
-    assert lines == [{"id": 1, "item": 0},
+    assert lines == [{"id": 1, "stream": True}, {"id": 1, "item": 0},
                      {"id": 1, "ok": False, "error": {"code": "internal", "message": "internal error (KeyboardInterrupt)"}}]
     client.close()
 

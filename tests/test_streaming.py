@@ -245,11 +245,13 @@ def test_stream_in_json(server):
     server.add_command("count", lambda n: (i for i in range(int(n))))
     client = RawClient(server)
     client.send('{"cmd": "count", "args": [3], "id": 1}\n{"cmd": "count", "args": [0], "id": 2}\n')
-    assert [json.loads(line) for line in client.lines(5)] == [
+    assert [json.loads(line) for line in client.lines(7)] == [
+        {"id": 1, "stream": True},  # said before the first item, so a client can tell a quiet stream
         {"id": 1, "item": 0},
         {"id": 1, "item": 1},
         {"id": 1, "item": 2},
         {"id": 1, "ok": True, "result": None, "items": 3},
+        {"id": 2, "stream": True},
         {"id": 2, "ok": True, "result": None, "items": 0},
     ]
 
@@ -266,7 +268,8 @@ def test_stream_errors_end_it_and_the_connection_carries_on(server, caplog):
     client.send("failing command\nfailing internal\nping\n")
     assert client.lines(5) == ["partial", "ERR ran out", "partial", "ERR internal error (OSError)", "pong"]
     client.send('{"cmd": "failing", "args": ["command"], "id": 1}\n')
-    assert [json.loads(line) for line in client.lines(2)] == [
+    assert [json.loads(line) for line in client.lines(3)] == [
+        {"id": 1, "stream": True},
         {"id": 1, "item": "partial"},
         {"id": 1, "ok": False, "error": {"code": "error", "message": "ran out"}},
     ]
@@ -468,6 +471,7 @@ def test_log_tail_in_json(make_server, tail_logger):
     client = RawClient(srv)
     client.send('{"cmd": "log tail", "args": ["warning"], "id": 4}\n')
     client.wait_for(lambda buffer: tail_handler() is not None)
+    assert json.loads(client.lines(1)[0]) == {"id": 4, "stream": True}  # before any record
     tail_logger.warning("json record")
     item = json.loads(client.lines(1)[0])
     assert item["id"] == 4 and item["item"].endswith("WARNING tailtest: json record")
@@ -608,8 +612,8 @@ def test_watch_repeats_until_a_line(counted):
 def test_watch_in_json(counted):
     client = RawClient(counted)
     client.send('{"cmd": "watch", "args": [0.1, "tick"], "id": 2}\n')
-    items = [json.loads(line) for line in client.lines(2)]
-    assert items == [{"id": 2, "item": "run 1"}, {"id": 2, "item": "run 2"}]
+    items = [json.loads(line) for line in client.lines(3)]
+    assert items == [{"id": 2, "stream": True}, {"id": 2, "item": "run 1"}, {"id": 2, "item": "run 2"}]
     client.send("stop\n")
     final = client.wait_for(lambda buffer: b'"ok": true' in buffer).decode().splitlines()[-1]
     assert json.loads(final)["items"] >= 2
