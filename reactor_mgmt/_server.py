@@ -35,14 +35,14 @@ from collections import deque
 
 from ._commands import LEVELS, Command, Pending, Registry, Stream, level_rank
 from ._connection import Connection
-from ._dispatch import Dispatcher, _drop_stopping_line, _err_line
+from ._dispatch import TEXT, Dispatcher, _drop_stopping_line, _err_line, _error_reply
 from ._errors import ConfigError, ReactorMgmtError
 from ._log import Throttle, log
 from ._protocol import DEFAULT_MAX_LINE, RequestDecoder
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -184,6 +184,9 @@ class Server(Dispatcher):
         self._fd_exhausted_logged = False
         self._http_log = Throttle()
         self._polling = False  # inside poll()'s handling: a nested poll() is refused
+        # Set when a handler or callback closes the server: poll() finishes the close on its way
+        # out. Holds the connections owed a shutdown notice (requests queued or a reply waiting).
+        self._close_owed: Optional[Set[Connection]] = None
         self._batch_conn: Optional[Connection] = None  # see Dispatcher._release_batch
         self._batch_replies: List[str] = []
         self._too_large_log = Throttle()
@@ -468,6 +471,10 @@ class Server(Dispatcher):
             return self._handle(events, budget)
         finally:
             self._polling = False
+            if self._close_owed is not None:  # a handler or callback closed the server
+                if self._integration is not None:  # our own thread or loop: detach() won't wait
+                    self._integration.detach()
+                self._tear_down()
 
     def _handle(self, events: List[Tuple[int, int]], budget: Optional[float]) -> int:
         start = now = _monotonic()  # after the wait: a poll's recorded duration is its work
@@ -558,7 +565,7 @@ class Server(Dispatcher):
         for _ in range(len(ready)):  # one pass: a connection rescheduled now waits a tick
             conn = ready.popleft()
             conn.scheduled = False
-            if conn.closed:
+            if conn.closed or self._closed:  # closed by a handler: nothing more runs
                 continue
             try:
                 done += self._service(conn, stop_at)
@@ -1066,13 +1073,43 @@ class Server(Dispatcher):
     # ---- shutdown ----
 
     def close(self) -> None:
-        """Closes every connection and listener, and removes Unix socket files."""
+        """Closes every connection and listener, and removes Unix socket files.
+
+        A client with requests still queued, or waiting for a deferred or streaming reply,
+        gets ``ERR server shutting down`` (JSON code ``shutdown``) first. Called from a handler
+        (a ``shutdown`` command) or a callback, it takes effect when that poll() returns: the
+        handler's own reply, and the replies before it, are sent; nothing else runs.
+        """
         if self._closed:
+            return
+        if self._polling and threading.get_ident() == self.owner_thread:
+            self._closed = True
+            self._close_owed = self._owed_a_notice()
+            # Later events find no owner, and queued requests are dropped (each client owed one
+            # is told, at the tear-down); the handler that called us returns into its batch,
+            # which stops at the empty queue.
+            self._owners.clear()
+            for conn in self._close_owed:
+                if conn.queue:
+                    conn.queue.clear()
             return
         if self._integration is not None:  # before the selector closes under an event loop
             self._integration.detach()
         self._closed = True
+        self._close_owed = self._owed_a_notice()
+        self._tear_down()
+
+    def _owed_a_notice(self) -> Set[Connection]:
+        return {conn for conn in self._connections.values()
+                if (conn.queue or conn.waiting is not None) and not (conn.closing or conn.cut_off)}
+
+    def _tear_down(self) -> None:
+        owed, self._close_owed = self._close_owed or set(), None
         for conn in list(self._connections.values()):
+            if conn in owed and not conn.closed:
+                self._release_batch(conn)  # the replies before the notice
+                reply_id = conn.waiting_id if conn.waiting is not None else TEXT
+                self._write(conn, _error_reply(reply_id, "shutdown", "server shutting down"))
             self._send_held_and_close(conn)
         for listener in self._listeners:
             try:

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 import pytest
 
+import reactor_mgmt
 from reactor_mgmt import CommandError, ConfigError, Pending, ReactorMgmtError, Server
 from reactor_mgmt._render import json_line
 
@@ -457,8 +458,10 @@ def test_a_plain_handler_closing_the_server_keeps_the_replies_before_it(server):
         return "bye"
 
     client = RawClient(server)
-    client.send(b"ping\necho hi\nshutdown\n")
-    assert client.read_until_closed() == b"pong\nhi\n"
+    client.send(b"ping\necho hi\nshutdown\nping\n")
+    # close() takes effect as that poll() returns: the handler's own reply goes out too, and
+    # the request behind it, which never runs, is answered by the shutdown notice
+    assert client.read_until_closed() == b"pong\nhi\nbye\nERR server shutting down\n"
     client.close()
 
 
@@ -552,4 +555,55 @@ def test_watch_lets_go_of_a_reply_it_cannot_watch(server):
     assert client.request("watch 1 later") == ["ERR cannot watch 'later': it does not reply at once"]
     assert client.request("watch 1 lines") == ["ERR cannot watch 'lines': it does not reply at once"]
     assert let_go == ["cancelled", "closed"]
+    client.close()
+
+
+# ---- closing the server: every client owed a reply is told ----
+
+
+def test_close_tells_clients_owed_a_reply_and_no_one_else(server):
+    cancelled = []
+
+    @server.command
+    def later() -> Pending:
+        pending = Pending(timeout=0)
+        pending.on_cancel(lambda: cancelled.append(True))
+        return pending
+
+    @server.command
+    def forever():
+        while True:
+            yield reactor_mgmt.Wait(None)
+
+    waiting_json, waiting_text, streaming, idle = (RawClient(server) for _ in range(4))
+    waiting_json.send(b'{"cmd": "later", "id": 7}\nping\n')
+    waiting_text.send(b"later\n")
+    streaming.send(b"forever\n")
+    assert idle.request("ping") == ["pong"]
+    for _ in range(20):
+        server.poll(0.01)
+    server.close()
+    assert [json.loads(line) for line in waiting_json.read_until_closed().splitlines()] == [
+        {"id": 7, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}]
+    assert waiting_text.read_until_closed() == b"ERR server shutting down\n"
+    assert streaming.read_until_closed() == b"ERR server shutting down\n"
+    idle.buffer = b""
+    assert idle.read_until_closed() == b""  # owed nothing: a plain EOF
+    assert cancelled == [True, True]  # the host's deferred work hears of it too
+    for client in (waiting_json, waiting_text, streaming, idle):
+        client.close()
+
+
+def test_close_from_a_callback_finishes_as_its_poll_returns(make_server):
+    # call_soon_threadsafe(server.close) is the documented way to close from another thread; the
+    # close runs inside poll(), which then runs no more requests and tears down on its way out.
+    server = make_server("127.0.0.1", max_commands_per_tick=10)
+    client = RawClient(server)
+    client.send(b"ping\n" * 45)
+    server.poll(0.5)  # ten ran; their replies wait for the rest of the burst
+    server.call_soon_threadsafe(server.close)
+    server.poll(0)
+    assert server.closed and server.stats.commands == 10
+    assert client.read_until_closed() == b"pong\n" * 10 + b"ERR server shutting down\n"
+    assert server.poll(0) == 0
     client.close()
