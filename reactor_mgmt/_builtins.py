@@ -177,13 +177,14 @@ def server_stats(server: "Server") -> Dict[str, Any]:
 
 
 class _Subscriber:
-    __slots__ = ("conn", "level", "records", "dropped")
+    __slots__ = ("conn", "level", "records", "dropped", "parked")
 
     def __init__(self, conn: Connection, level: int) -> None:
         self.conn = conn
         self.level = level
         self.records: Deque[str] = deque()
         self.dropped = 0
+        self.parked = False  # waiting for emit() to wake it; set and cleared under the lock
 
 
 class _LogTail(logging.Handler):
@@ -215,6 +216,13 @@ class _LogTail(logging.Handler):
                         notice = self._take_dropped(subscriber)
                     yield notice
                 else:
+                    # Checked again under emit()'s lock: a record appended on another thread
+                    # between the check above and parking would otherwise find us not parked,
+                    # send no wake, and every later one would see a non-empty queue.
+                    with self.lock:
+                        if records or subscriber.dropped:
+                            continue
+                        subscriber.parked = True
                     yield _WAIT_FOR_WAKE
         finally:
             self.subscribers.remove(subscriber)
@@ -238,14 +246,14 @@ class _LogTail(logging.Handler):
                     self.handleError(record)
                     return
             records = subscriber.records
-            was_empty = not records
             if len(records) + (subscriber.dropped > 0) >= _TAIL_QUEUE:  # room for the notice too
                 subscriber.dropped += 1
                 continue
             if subscriber.dropped:  # the notice goes where the gap is
                 records.append(self._take_dropped(subscriber))
             records.append(text)
-            if was_empty:
+            if subscriber.parked:  # emit() runs under self.lock, as the parking does
+                subscriber.parked = False
                 self.server.wake(subscriber.conn)
 
 

@@ -150,8 +150,11 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         Requests sent after it wait for it, so replies stay in order.
         """
         pending = Pending(timeout=timeout)
-        worker.waiting.append((worker.ticks + max(count, 0), pending))
-        worker.waiting.sort(key=lambda entry: entry[0])
+        entry = (worker.ticks + max(count, 0), pending)
+        worker.waiting.append(entry)
+        worker.waiting.sort(key=lambda waiting: waiting[0])
+        # Timed out, or its client left: forget it, or any client could grow the list for ever.
+        pending.on_cancel(lambda: worker.waiting.remove(entry))
         return pending
 
     @server.command

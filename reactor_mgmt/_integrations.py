@@ -65,10 +65,10 @@ class AsyncioHandle:
         """Runs on the loop's thread, or on the thread that is about to run the loop."""
         if self.detached:
             return
+        self._fd = self.server.fileno()
+        self.loop.add_reader(self._fd, self._tick)  # may raise (a closed loop): claim nothing yet
         self._thread = threading.get_ident()
         self.server.owner_thread = self._thread
-        self._fd = self.server.fileno()
-        self.loop.add_reader(self._fd, self._tick)
         self._installed = True
         # One poll straight away: work may have been queued before we were attached.
         self._soon = self.loop.call_soon(self._tick)
@@ -117,10 +117,17 @@ class AsyncioHandle:
         """Called by the server when work was queued outside poll(): poll again soon."""
         if self._in_poll or self._soon is not None or self.detached or not self._installed:
             return
-        if threading.get_ident() == self._thread:
-            self._soon = self.loop.call_soon(self._tick)
-        else:
-            self.loop.call_soon_threadsafe(self.kick)
+        if self.loop.is_closed():
+            # asyncio.run() has returned and the host has not closed the server yet: nobody
+            # serves it now, and conn.write(), call_later() or a log line must not raise for that.
+            return
+        try:
+            if threading.get_ident() == self._thread:
+                self._soon = self.loop.call_soon(self._tick)
+            else:
+                self.loop.call_soon_threadsafe(self.kick)
+        except RuntimeError:  # closed by another thread since the check
+            pass
 
     def detach(self) -> None:
         """Stops serving from the loop. Idempotent; server.close() calls it first.
@@ -174,7 +181,12 @@ def attach_asyncio(server: "Server", loop: Optional["asyncio.AbstractEventLoop"]
     handle = AsyncioHandle(server, loop, budget)
     _claim(server, handle)
     if running is loop or not loop.is_running():
-        handle._install()
+        try:
+            handle._install()
+        except BaseException:  # the server stays free for another loop or a thread
+            handle.detached = True
+            server._integration = None
+            raise
     else:  # the loop runs on another thread: add_reader is not thread-safe, so let it install us
         loop.call_soon_threadsafe(handle._install)
     return handle
@@ -196,6 +208,9 @@ class ThreadHandle:
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _start(self) -> None:
+        # The waker exists before the thread blocks: made later, by stop() on another thread, a
+        # poll()- or select()-based selector already waiting would never see it.
+        self.server._make_waker()
         self.thread.start()
         self._running.wait()  # owner_thread is the new thread's before anyone can call wake()
 
@@ -203,16 +218,32 @@ class ThreadHandle:
         server = self.server
         server.owner_thread = threading.get_ident()
         self._running.set()
-        while not self._stopping and not server.closed:
-            try:
-                server.poll(self.poll_interval)
-            except Exception:
-                if self._stopping or server.closed:
-                    break
-                # A timer or call_soon_threadsafe callback raised; handlers cannot get here
-                # (poll() turns their exceptions into ERR replies). It has been consumed, so
-                # carrying on cannot spin.
-                log.exception("a callback raised in the %s thread; carrying on", self.thread.name)
+        try:
+            while not self._stopping and not server.closed:
+                try:
+                    server.poll(self.poll_interval)
+                except Exception:
+                    if self._stopping or server.closed:
+                        break
+                    # A timer or call_soon_threadsafe callback raised: it has been consumed, so
+                    # carrying on cannot spin.
+                    log.exception("a callback raised in the %s thread; carrying on", self.thread.name)
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt from a handler (a `shutdown` that calls sys.exit)
+            # ends only this thread, not the process. Say so, and close the server, so its
+            # clients get EOF instead of a server that accepts and never answers.
+            log.critical("the %s thread ended on %s; closing the server", self.thread.name,
+                         type(exc).__name__, exc_info=True)
+            self._stopping = True
+            self._release()
+            server.close()
+        finally:
+            self._release()  # stop() from a handler: the server is free once this thread is gone
+
+    def _release(self) -> None:
+        if self.server._integration is self:
+            self.server._integration = None
+            self.server.owner_thread = self._previous_owner
 
     @property
     def alive(self) -> bool:
@@ -232,9 +263,7 @@ class ThreadHandle:
         self.thread.join(timeout)
         if self.thread.is_alive():
             return False
-        if self.server._integration is self:
-            self.server._integration = None
-            self.server.owner_thread = self._previous_owner
+        self._release()
         return True
 
     def detach(self) -> None:

@@ -52,6 +52,7 @@ _WRITE = selectors.EVENT_WRITE
 _IN, _OUT = 0x001, 0x004
 _READABLE, _WRITABLE = ~_OUT, ~_IN
 _monotonic = time.monotonic
+_get_ident = threading.get_ident
 
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
@@ -183,7 +184,9 @@ class Server(Dispatcher):
         self._reserve_fd: Optional[int] = _open_reserve_fd()
         self._fd_exhausted_logged = False
         self._http_log = Throttle()
-        self._polling = False  # inside poll()'s handling: a nested poll() is refused
+        # The thread inside poll()'s handling, or 0: a nested poll() is refused, and a close()
+        # from that thread (a handler's) is finished when the poll() returns.
+        self._polling = 0
         # Set when a handler or callback closes the server: poll() finishes the close on its way
         # out. Holds the connections owed a shutdown notice (requests queued or a reply waiting).
         self._close_owed: Optional[Set[Connection]] = None
@@ -466,11 +469,11 @@ class Server(Dispatcher):
             # A handler that polls would have the next request read and answered before its own
             # reply: replies out of order. An idle nested poll above is harmless and allowed.
             raise ReactorMgmtError("poll() called from inside a command handler or callback")
-        self._polling = True
+        self._polling = _get_ident()
         try:
             return self._handle(events, budget)
         finally:
-            self._polling = False
+            self._polling = 0
             if self._close_owed is not None:  # a handler or callback closed the server
                 if self._integration is not None:  # our own thread or loop: detach() won't wait
                     self._integration.detach()
@@ -1064,7 +1067,9 @@ class Server(Dispatcher):
         state they share with it by a lock, or hand work over with a queue and answer with a
         :class:`Pending` that the other thread resolves through ``call_soon_threadsafe(lambda:
         pending.resolve(value))``. From other threads, call only call_soon_threadsafe() and
-        wake(); everything else belongs to the polling thread while it runs.
+        wake(); everything else belongs to the polling thread while it runs. A handler that
+        raises SystemExit or KeyboardInterrupt ends only that thread: it is logged, and the
+        server is closed.
         """
         from ._integrations import start_thread
 
@@ -1082,7 +1087,7 @@ class Server(Dispatcher):
         """
         if self._closed:
             return
-        if self._polling and threading.get_ident() == self.owner_thread:
+        if self._polling == threading.get_ident():
             self._closed = True
             self._close_owed = self._owed_a_notice()
             # Later events find no owner, and queued requests are dropped (each client owed one

@@ -484,3 +484,56 @@ def test_node_port(launch):
     assert "node_port: mgmt error: ValueError" in err
     assert err.count("Traceback") == 1
     assert not os.path.exists(daemon.address_file)  # removed on the way out
+
+
+# ---- deferred replies the host keeps a list of: forgotten when cancelled ----
+
+
+def _abandon_waits(server, line: bytes, count: int) -> None:
+    """``count`` deferred requests that time out, and ``count`` whose clients leave first (a
+    FIN may be a half-close, so those are held until their timeout too)."""
+    from conftest import RawClient
+
+    leavers = [RawClient(server) for _ in range(count)]
+    for client in leavers:
+        client.send(line.rstrip(b"\n") + b" --timeout 0.3\n")
+    for _ in range(5):
+        server.poll(0.01)
+    for client in leavers:
+        client.close()
+    stayer = RawClient(server)
+    for _ in range(count):
+        stayer.send(line.rstrip(b"\n") + b" --timeout 0.01\n")
+    assert stayer.lines(count) == ["ERR timeout"] * count
+    stayer.close()
+    deadline = time.monotonic() + 0.6
+    while time.monotonic() < deadline:
+        server.poll(0.01)
+
+
+def _demo_waits():
+    from reactor_mgmt import _demo
+
+    worker = _demo.Worker(50.0)
+    return _demo.build_server(_demo.parse_args(["--port", "0"]), worker), b"wait ticks 100000000\n", worker.waiting
+
+
+def _sleep_worker_waits():
+    from reactor_mgmt.examples import sleep_worker
+
+    worker = sleep_worker.Worker(0.05)
+    worker.queue.append("never done")
+    worker.paused = True
+    server = sleep_worker.build_server(sleep_worker.parse_args(["--port", "0"]), worker)
+    return server, b"wait idle\n", worker.idle_waiters
+
+
+@pytest.mark.parametrize("build", [_demo_waits, _sleep_worker_waits])
+def test_deferred_waits_that_time_out_or_lose_their_client_are_forgotten(build):
+    # Any client could otherwise grow these host lists without bound, one abandoned wait at a time.
+    server, line, waiters = build()
+    try:
+        _abandon_waits(server, line, 5)
+        assert waiters == []
+    finally:
+        server.close()

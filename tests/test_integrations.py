@@ -156,20 +156,32 @@ def test_asyncio_pending_resolved_by_a_coroutine_is_delivered(make_server):
     run(main())
 
 
-def test_asyncio_connection_closed_by_a_coroutine(make_server):
-    server = make_server(idle_timeout=0)
-    conns = []
+def _add_hold(server: reactor_mgmt.Server) -> List[reactor_mgmt.Connection]:
+    """Adds `hold`, which answers "held" and hands its connection to the test."""
+    conns: List[reactor_mgmt.Connection] = []
 
     @server.command
     def hold(conn: reactor_mgmt.Connection) -> str:
         conns.append(conn)
         return "held"
 
+    return conns
+
+
+async def _attach_and_hold(server: reactor_mgmt.Server):
+    server.attach_asyncio()
+    reader, writer = await open_client(server)
+    writer.write(b"hold\n")
+    assert await read_lines(reader, 1) == ["held"]
+    return reader, writer
+
+
+def test_asyncio_connection_closed_by_a_coroutine(make_server):
+    server = make_server(idle_timeout=0)
+    conns = _add_hold(server)
+
     async def main():
-        server.attach_asyncio()
-        reader, writer = await open_client(server)
-        writer.write(b"hold\n")
-        assert await read_lines(reader, 1) == ["held"]
+        reader, writer = await _attach_and_hold(server)
         conns[0].close()  # outside any poll(): Connection.close() must wake the loop
         assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
         writer.close()
@@ -314,6 +326,33 @@ def test_asyncio_close_after_the_loop_is_gone(make_server):
     handle = run(main())  # asyncio.run() closed its loop; the server is still attached to it
     server.close()
     assert handle.detached and server._integration is None
+
+
+def test_asyncio_work_queued_after_the_loop_is_gone_does_not_raise(make_server):
+    # Between asyncio.run() returning and server.close(), the host may still log (into a
+    # `log tail`), write to a connection or arm a timer: nobody serves the server, but those
+    # calls used to raise RuntimeError("Event loop is closed") into the host's own code.
+    server = make_server(idle_timeout=0)
+    conns = _add_hold(server)
+
+    async def main():
+        _, writer = await _attach_and_hold(server)
+        writer.close()
+
+    run(main())
+    server.call_later(1, lambda: None)
+    conns[0].write("after the loop")
+    server.close()
+
+
+def test_asyncio_attach_that_fails_leaves_the_server_free(make_server):
+    server = make_server()
+    dead = asyncio.new_event_loop()
+    dead.close()
+    with pytest.raises(RuntimeError):
+        server.attach_asyncio(dead)
+    assert server._integration is None
+    server.start_thread().stop(TIMEOUT)  # free for a thread, or another loop
 
 
 def test_asyncio_server_closed_by_a_handler_detaches(make_server):
@@ -551,8 +590,88 @@ def test_thread_stopped_from_its_own_handler(make_server):
     handle.thread.join(TIMEOUT)
     assert not handle.alive
     assert results == [False]  # it cannot join itself; it only asked
+    # Once the thread is gone the server is free again, as after a stop() from outside.
+    assert server._integration is None and server.owner_thread == threading.get_ident()
+    server.start_thread().stop(TIMEOUT)
     client.close()
-    server.close()  # detach() finds the thread gone and does not warn
+    server.close()
+
+
+def test_thread_handler_raising_system_exit_closes_the_server_and_says_so(make_server, caplog):
+    # sys.exit() in a handler ends only the polling thread. It used to die silently, leaving a
+    # server that accepts connections and never answers them.
+    server = make_server(idle_timeout=0)
+
+    @server.command
+    def shutdown() -> str:
+        raise SystemExit(0)
+
+    with caplog.at_level(logging.CRITICAL, logger="reactor_mgmt"):
+        handle = server.start_thread()
+        client = blocking_client(server)
+        client.sendall(b"ping\nshutdown\n")
+        assert recv_lines(client, 2) == ["pong"]  # then EOF, not silence
+        handle.thread.join(TIMEOUT)
+    assert not handle.alive and server.closed and server._integration is None
+    assert any("thread ended on SystemExit; closing the server" in r.getMessage() for r in caplog.records)
+    client.close()
+
+
+@pytest.mark.parametrize("selector", ["PollSelector", "SelectSelector"])
+def test_thread_stop_wakes_a_blocked_poll_with_any_selector(make_server, monkeypatch, selector):
+    # The waker is made before the thread blocks: made later by stop(), a poll()/select()
+    # selector already waiting never saw it, and stop() waited out its timeout.
+    import selectors
+
+    monkeypatch.setattr(selectors, "DefaultSelector", getattr(selectors, selector))
+    server = make_server(idle_timeout=0)
+    handle = server.start_thread()
+    time.sleep(0.1)  # let it block
+    started = time.monotonic()
+    assert handle.stop(3)
+    assert time.monotonic() - started < 2
+
+
+def test_thread_log_tail_never_misses_a_wake_from_another_thread(make_server):
+    # emit() on the host's thread and the subscriber draining on the polling thread: a record
+    # appended just as the subscriber found the queue empty and parked was left without a
+    # wake, and so was every record after it. A deque whose len() (called by emit() between
+    # its checks and its append) pauses on the host's thread opens that window every time.
+    import collections
+
+    host = threading.get_ident()
+
+    class SlowLen(collections.deque):
+        def __bool__(self) -> bool:
+            return super().__len__() > 0
+
+        def __len__(self) -> int:
+            if threading.get_ident() == host:
+                time.sleep(0.05)
+            return super().__len__()
+
+    logger = logging.getLogger("tailrace")
+    logger.setLevel(logging.INFO)
+    server = make_server(idle_timeout=0, log_tail=True)
+    handle = server.start_thread()
+    client = blocking_client(server)
+    try:
+        client.sendall(b"log tail\n")
+        deadline = time.monotonic() + TIMEOUT
+        tail = None
+        while tail is None or not tail.subscribers:
+            assert time.monotonic() < deadline
+            tail = next((h for h in logging.getLogger().handlers if type(h).__name__ == "_LogTail"), None)
+            time.sleep(0.01)
+        subscriber = tail.subscribers[0]
+        subscriber.records = SlowLen(subscriber.records)
+        logger.info("record-A")
+        logger.info("record-B")
+        lines = recv_lines(client, 2)
+        assert [line.split()[-1] for line in lines] == ["record-A", "record-B"]
+    finally:
+        client.close()
+        handle.stop(TIMEOUT)
 
 
 def test_thread_stop_timeout_and_close_warning(make_server, caplog, monkeypatch):

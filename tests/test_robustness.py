@@ -607,3 +607,26 @@ def test_close_from_a_callback_finishes_as_its_poll_returns(make_server):
     assert client.read_until_closed() == b"pong\n" * 10 + b"ERR server shutting down\n"
     assert server.poll(0) == 0
     client.close()
+
+
+def test_a_shutdown_handler_under_serve_forever_on_another_thread_gets_its_reply_out(server):
+    # serve_forever() may run on a thread other than the one that made the server; close()
+    # from a handler is still recognised as coming from inside poll().
+    @server.command
+    def shutdown() -> str:
+        server.close()
+        return "bye"
+
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    sock.sendall(b"ping\nshutdown\n")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    received = b""
+    while True:
+        chunk = sock.recv(100)
+        if not chunk:
+            break
+        received += chunk
+    thread.join(TIMEOUT)
+    assert not thread.is_alive() and received == b"pong\nbye\n"
+    sock.close()

@@ -133,6 +133,8 @@ def build_server(args: argparse.Namespace, service: Service) -> Server:
             raise CommandError(f"job {job_id} cancelled")
         pending = Pending(timeout=timeout)
         job.waiters.append(pending)
+        # Timed out, or its client left: forget it, or any client could grow the list for ever.
+        pending.on_cancel(lambda: job.waiters.remove(pending))
         return pending
 
     @server.command(level="operator")

@@ -88,6 +88,8 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
             return f"idle after {worker.processed} items"
         pending = Pending(timeout=timeout)
         worker.idle_waiters.append(pending)
+        # Timed out, or its client left: forget it, or any client could grow the list for ever.
+        pending.on_cancel(lambda: worker.idle_waiters.remove(pending))
         return pending
 
     @server.command(level="operator")
