@@ -87,6 +87,20 @@ def _error_reply(reply_id: Any, code: str, message: str) -> bytes:
     return json_line({"id": reply_id, "ok": False, "error": {"code": code, "message": message}})
 
 
+def _reply_id_of(item: Any) -> Any:
+    """How the reply to a queued request is framed: TEXT, or its JSON id (None if unreadable)."""
+    line = item.line if item.__class__ is Repeat else item
+    if line.__class__ is not str or line[:1] != "{":
+        return TEXT
+    import json
+
+    try:
+        request = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return request.get("id") if isinstance(request, dict) else None
+
+
 def _err_line(message: str) -> bytes:
     """An error reply: always exactly one line, so a client can tell where it ends."""
     if "\n" in message or "\r" in message:

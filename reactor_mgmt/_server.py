@@ -35,14 +35,14 @@ from collections import deque
 
 from ._commands import LEVELS, Command, Pending, Registry, Stream, level_rank
 from ._connection import Connection
-from ._dispatch import TEXT, Dispatcher, _drop_stopping_line, _err_line, _error_reply
+from ._dispatch import Dispatcher, _drop_stopping_line, _err_line, _error_reply, _reply_id_of
 from ._errors import ConfigError, ReactorMgmtError
 from ._log import Throttle, log
 from ._protocol import DEFAULT_MAX_LINE, RequestDecoder
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+    from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -188,8 +188,9 @@ class Server(Dispatcher):
         # from that thread (a handler's) is finished when the poll() returns.
         self._polling = 0
         # Set when a handler or callback closes the server: poll() finishes the close on its way
-        # out. Holds the connections owed a shutdown notice (requests queued or a reply waiting).
-        self._close_owed: Optional[Set[Connection]] = None
+        # out. Maps each connection owed a shutdown notice (requests queued or a reply waiting)
+        # to the notice's reply id.
+        self._close_owed: Optional[Dict[Connection, Any]] = None
         self._batch_conn: Optional[Connection] = None  # see Dispatcher._release_batch
         self._batch_replies: List[str] = []
         self._too_large_log = Throttle()
@@ -1006,14 +1007,17 @@ class Server(Dispatcher):
         return fired
 
     def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
-        """Runs ``callback()`` in the next poll(), waking a blocked poll(); safe from any thread."""
+        """Runs ``callback()`` in the next poll(), waking a blocked poll(); safe from any thread.
+        After close() it does nothing, as no poll() will run it."""
+        if self._closed:
+            return
         self._calls.append(callback)
-        waker = self._waker
+        waker = self._waker or self._make_waker()
         if waker is None:
-            waker = self._make_waker()
+            return
         try:
             waker[1].send(b"\0")
-        except (BlockingIOError, OSError):  # a full pipe already guarantees a wake-up
+        except OSError:  # a full pipe already guarantees a wake-up; a closed one, a closed server
             pass
 
     def wake(self, conn: Connection) -> None:
@@ -1025,9 +1029,11 @@ class Server(Dispatcher):
         else:
             self.call_soon_threadsafe(lambda: self._schedule(conn))
 
-    def _make_waker(self) -> Tuple[socket.socket, socket.socket]:
+    def _make_waker(self) -> Optional[Tuple[socket.socket, socket.socket]]:
         with _WAKER_LOCK:
             if self._waker is None:
+                if self._closed:  # another thread closed us since the caller looked
+                    return None
                 reader, writer = socket.socketpair()
                 reader.setblocking(False)
                 writer.setblocking(False)
@@ -1104,17 +1110,23 @@ class Server(Dispatcher):
         self._close_owed = self._owed_a_notice()
         self._tear_down()
 
-    def _owed_a_notice(self) -> Set[Connection]:
-        return {conn for conn in self._connections.values()
-                if (conn.queue or conn.waiting is not None) and not (conn.closing or conn.cut_off)}
+    def _owed_a_notice(self) -> Dict[Connection, Any]:
+        owed = {}
+        for conn in self._connections.values():
+            if conn.closing or conn.cut_off:
+                continue
+            if conn.waiting is not None:
+                owed[conn] = conn.waiting_id
+            elif conn.queue:
+                owed[conn] = _reply_id_of(conn.queue[0])
+        return owed
 
     def _tear_down(self) -> None:
-        owed, self._close_owed = self._close_owed or set(), None
+        owed, self._close_owed = self._close_owed or {}, None
         for conn in list(self._connections.values()):
             if conn in owed and not conn.closed:
                 self._release_batch(conn)  # the replies before the notice
-                reply_id = conn.waiting_id if conn.waiting is not None else TEXT
-                self._write(conn, _error_reply(reply_id, "shutdown", "server shutting down"))
+                self._write(conn, _error_reply(owed[conn], "shutdown", "server shutting down"))
             self._send_held_and_close(conn)
         for listener in self._listeners:
             try:

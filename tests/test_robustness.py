@@ -577,6 +577,8 @@ def test_close_tells_clients_owed_a_reply_and_no_one_else(server):
 
     waiting_json, waiting_text, streaming, idle = (RawClient(server) for _ in range(4))
     waiting_json.send(b'{"cmd": "later", "id": 7}\nping\n')
+    queued_json = RawClient(server)
+    queued_json.send(b'{"cmd": "later"}\n{"cmd": "ping", "id": 8}\n')
     waiting_text.send(b"later\n")
     streaming.send(b"forever\n")
     assert idle.request("ping") == ["pong"]
@@ -586,12 +588,36 @@ def test_close_tells_clients_owed_a_reply_and_no_one_else(server):
     assert [json.loads(line) for line in waiting_json.read_until_closed().splitlines()] == [
         {"id": 7, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}]
     assert waiting_text.read_until_closed() == b"ERR server shutting down\n"
+    # its waiting request has no id; the notice is not sent twice for the JSON request behind it
+    assert [json.loads(line) for line in queued_json.read_until_closed().splitlines()] == [
+        {"id": None, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}]
     assert streaming.read_until_closed() == b"ERR server shutting down\n"
     idle.buffer = b""
     assert idle.read_until_closed() == b""  # owed nothing: a plain EOF
-    assert cancelled == [True, True]  # the host's deferred work hears of it too
-    for client in (waiting_json, waiting_text, streaming, idle):
+    assert cancelled == [True, True, True]  # the host's deferred work hears of it too
+    for client in (waiting_json, queued_json, waiting_text, streaming, idle):
         client.close()
+
+
+def test_a_json_request_still_queued_at_close_gets_a_json_notice(server):
+    # A handler closes the server in the tick where another client's JSON request has been
+    # read but not run: that client is told in JSON, with its request's id.
+    @server.command
+    def shutdown() -> str:
+        server.close()
+        return "bye"
+
+    closer, other = RawClient(server), RawClient(server)
+    closer.send(b"shutdown\n")
+    other.send(b'{"cmd": "echo", "args": ["x"], "id": 5}\n')
+    time.sleep(0.1)
+    server.poll(0.05)  # both read in one tick; the shutdown, sent first, runs first
+    assert server.closed
+    assert closer.read_until_closed() == b"bye\n"
+    assert json.loads(other.read_until_closed()) == {
+        "id": 5, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}
+    other.close()
+    closer.close()
 
 
 def test_close_from_a_callback_finishes_as_its_poll_returns(make_server):
@@ -630,3 +656,17 @@ def test_a_shutdown_handler_under_serve_forever_on_another_thread_gets_its_reply
     thread.join(TIMEOUT)
     assert not thread.is_alive() and received == b"pong\nbye\n"
     sock.close()
+
+
+@pytest.mark.parametrize("waker_first", [True, False])
+def test_call_soon_threadsafe_after_close_does_nothing(make_server, waker_first):
+    # A worker thread handing a result back just after shutdown: it used to raise ValueError
+    # if no waker had been made yet, and to be ignored if one had.
+    server = make_server("127.0.0.1")
+    if waker_first:
+        server.call_soon_threadsafe(lambda: None)
+        server.poll(0)
+    server.close()
+    ran = []
+    server.call_soon_threadsafe(lambda: ran.append(1))  # must not raise, and runs nowhere
+    assert server.poll(0) == 0 and ran == []
