@@ -54,6 +54,7 @@ _READABLE, _WRITABLE = ~_OUT, ~_IN
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 
+_EPHEMERAL_TRIES = 8  # port 0 on a host with several addresses: fresh ports to try for all of them
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
 # hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined pings took up
@@ -75,12 +76,14 @@ _WAKER = object()  # the owner of the cross-thread waker's socket in Server._own
 class Listener:
     """One listening socket, with the maximum level its connections get."""
 
-    __slots__ = ("sock", "address", "path", "rank", "allowed_uids", "check_peer", "accepts", "paused_until")
+    __slots__ = ("sock", "address", "path", "file_id", "rank", "allowed_uids", "check_peer", "accepts",
+                 "paused_until")
 
     def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
         self.sock = sock
         self.address = address
         self.path = path
+        self.file_id = _file_id(path) if path is not None else None  # what close() may remove
         self.rank = rank
         self.check_peer = False
         self.allowed_uids: frozenset = frozenset()
@@ -205,6 +208,10 @@ class Server(Dispatcher):
             from ._builtins import install_builtins
 
             install_builtins(self)
+        # Written once every listener asked for here is up: a second copy of a daemon that fails
+        # on its Unix socket must not first replace the running copy's address file.
+        self._address_file_id: Optional[Tuple[int, int]] = None
+        self._writes_address_file = False
         try:
             if port is not None and host is not None:
                 self.listen_tcp(host, port, level=level)
@@ -213,6 +220,9 @@ class Server(Dispatcher):
         except BaseException:
             self.close()
             raise
+        self._writes_address_file = True
+        if self._listeners:
+            self._write_address_file()
 
     # ---- configuration ----
 
@@ -294,20 +304,32 @@ class Server(Dispatcher):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:  # getaddrinfo wraps 70000 to 4464
             raise ConfigError(f"port must be an int from 0 to 65535, not {port!r}")
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        bound: List[Address] = []
-        for family, kind, proto, _, sockaddr in infos:
-            sock = socket.socket(family, kind, proto)
+        # All or nothing: the sockets are bound first and registered only once every address
+        # of host is. Port 0 picks its port on the first address; should another program hold
+        # that port on a later address (::1), the whole set is tried again on a new one.
+        for attempt in range(1 if port else _EPHEMERAL_TRIES):
+            socks: List[socket.socket] = []
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                if port == 0 and bound:  # one ephemeral port shared by all addresses of host
-                    sockaddr = (sockaddr[0], bound[0][1]) + tuple(sockaddr[2:])
-                sock.bind(sockaddr)
-                sock.listen(128)
-            except BaseException:
-                sock.close()
+                for family, kind, proto, _, sockaddr in infos:
+                    sock = socket.socket(family, kind, proto)
+                    socks.append(sock)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    if port == 0 and len(socks) > 1:  # one ephemeral port shared by all addresses
+                        sockaddr = (sockaddr[0], socks[0].getsockname()[1]) + tuple(sockaddr[2:])
+                    sock.bind(sockaddr)
+                    sock.listen(128)
+            except BaseException as exc:
+                for sock in socks:
+                    sock.close()
+                if (isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and len(socks) > 1
+                        and attempt + 1 < (1 if port else _EPHEMERAL_TRIES)):
+                    continue
                 raise
+            break
+        bound: List[Address] = []
+        for sock in socks:
             address = sock.getsockname()[:2]
             self._add_listener(Listener(sock, address, level_rank(level or self._default_level or "operator")))
             bound.append(address)
@@ -395,12 +417,13 @@ class Server(Dispatcher):
                         "can run commands (set token= or allow_remote=True to silence this)", host)
 
     def _write_address_file(self) -> None:
-        if self.address_file is None:
+        if self.address_file is None or not self._writes_address_file:
             return
         temporary = f"{self.address_file}.tmp{os.getpid()}"
         with open(temporary, "w") as handle:
             handle.write("".join(_format_address(a) + "\n" for a in self.addresses))
         os.replace(temporary, self.address_file)
+        self._address_file_id = _file_id(self.address_file)
 
     @property
     def addresses(self) -> List[Address]:
@@ -1136,10 +1159,7 @@ class Server(Dispatcher):
                 pass
             listener.sock.close()
             if listener.path is not None:
-                try:
-                    os.unlink(listener.path)
-                except FileNotFoundError:
-                    pass
+                _unlink_if_ours(listener.path, listener.file_id)
         self._listeners = []
         if self._waker is not None:
             for sock in self._waker:
@@ -1150,10 +1170,7 @@ class Server(Dispatcher):
             os.close(self._reserve_fd)
             self._reserve_fd = None
         if self.address_file is not None:
-            try:
-                os.unlink(self.address_file)
-            except FileNotFoundError:
-                pass
+            _unlink_if_ours(self.address_file, self._address_file_id)
 
     @property
     def closed(self) -> bool:
@@ -1251,6 +1268,24 @@ def _clear_unix_path(path: str) -> None:
     finally:
         probe.close()
     raise ConfigError(f"{path} is in use by a running server")
+
+
+def _file_id(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _unlink_if_ours(path: str, file_id: Optional[Tuple[int, int]]) -> None:
+    """Removes ``path`` only while it is still the file we made: another server (a restart
+    that overlapped us) may have put its own there since."""
+    if file_id is not None and _file_id(path) == file_id:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:

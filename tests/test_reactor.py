@@ -4,6 +4,7 @@
 # EVENT_WRITE only while needed, quiet drops, isolated handler failures, safe Unix sockets.
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -268,6 +269,29 @@ def test_poll_after_a_handler_closed_the_server_returns_zero(server):
     client.close()
 
 
+@pytest.mark.parametrize("port", ["free", 0])
+def test_listen_tcp_binds_every_address_of_the_host_or_none(make_server, monkeypatch, port):
+    # A host with two addresses whose second cannot be bound (here the same address twice;
+    # in life ::1 with the port taken): the call used to raise yet leave the first listening,
+    # unlisted in the address file. Port 0 tries fresh ports first, then gives up the same way.
+    server = make_server("127.0.0.1")
+    before = list(server.addresses)
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real("127.0.0.1", *a, **k) * 2)
+    if port == "free":
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+    with pytest.raises(OSError) as info:
+        server.listen_tcp("dualhost", port)
+    assert info.value.errno == errno.EADDRINUSE
+    assert server.addresses == before
+    if port:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
+
+
 # ---- Unix sockets ----
 
 
@@ -315,6 +339,34 @@ def test_unix_socket_is_born_with_its_mode_without_touching_the_umask(short_dir,
         assert chmods == []  # it already had its mode when bind() made it
     finally:
         server.close()
+
+
+def test_close_removes_only_files_that_are_still_its_own(short_dir):
+    # An overlapping restart: the new server takes over the socket path and the address file
+    # while the old one is still shutting down. The old one's close() used to delete both.
+    path, address_file = os.path.join(short_dir, "app.sock"), os.path.join(short_dir, "app.addr")
+    old = reactor_mgmt.Server(None, None, unix=path, address_file=address_file)
+    os.unlink(path)  # the new one replaces a socket it may take for stale
+    new = reactor_mgmt.Server("127.0.0.1", 0, unix=path, address_file=address_file)
+    try:
+        old.close()
+        assert os.path.exists(path) and os.path.exists(address_file)
+        client = RawClient(new, path)
+        assert client.request("ping") == ["pong"]
+        client.close()
+    finally:
+        new.close()
+    assert not os.path.exists(path) and not os.path.exists(address_file)
+
+
+def test_a_copy_that_cannot_start_leaves_the_running_copys_address_file(short_dir):
+    path, address_file = os.path.join(short_dir, "app.sock"), os.path.join(short_dir, "app.addr")
+    with reactor_mgmt.Server("127.0.0.1", 0, unix=path, address_file=address_file) as running:
+        written = open(address_file).read()
+        assert written.splitlines() == [f"127.0.0.1:{running.port}", path]
+        with pytest.raises(reactor_mgmt.ConfigError, match="in use"):
+            reactor_mgmt.Server("127.0.0.1", 0, unix=path, address_file=address_file)
+        assert open(address_file).read() == written
 
 
 def test_unix_stale_socket_replaced(short_dir):
