@@ -54,6 +54,7 @@ _READABLE, _WRITABLE = ~_OUT, ~_IN
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
 
+_LINGER_ZERO = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: close() resets
 _EPHEMERAL_TRIES = 8  # port 0 on a host with several addresses: fresh ports to try for all of them
 _FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
@@ -194,6 +195,7 @@ class Server(Dispatcher):
         # out. Maps each connection owed a shutdown notice (requests queued or a reply waiting)
         # to the notice's reply id.
         self._close_owed: Optional[Dict[Connection, Any]] = None
+        self._close_grace = 0.0
         self._batch_conn: Optional[Connection] = None  # see Dispatcher._release_batch
         self._batch_replies: List[str] = []
         self._too_large_log = Throttle()
@@ -890,6 +892,7 @@ class Server(Dispatcher):
                     idle_for = 0.0
             if idle_for >= limit and not busy:
                 log.debug("closing connection #%d: idle for %.0f s", conn.id, idle_for)
+                _hang_up(conn.sock, conn.out is not None)  # a stalled reply ends in a reset, not EOF
                 self._close_now(conn)
             else:
                 # Active since (idle_for < limit, so this is in the future), or busy: look again
@@ -940,14 +943,54 @@ class Server(Dispatcher):
 
     def _send_held_and_close(self, conn: Connection) -> None:
         self._release_batch(conn)  # a handler in a batch may be closing the server
+        unsent = False
         if conn.out is not None:
             # Replies already made (held back during a pipelined burst, or refused by a full
             # socket) get one non-blocking send: closing between two ticks must not drop them.
+            data = b"".join(conn.out)
             try:
-                self.stats.bytes_out += conn.sock.send(b"".join(conn.out))
+                sent = conn.sock.send(data)
             except OSError:
-                pass
+                sent = 0
+            self.stats.bytes_out += sent
+            unsent = sent < len(data)
+            if unsent:
+                log.warning("connection #%d: closing with %d bytes of replies unsent", conn.id, len(data) - sent)
+        _hang_up(conn.sock, unsent)
         self._close_now(conn)
+
+    def _send_for(self, seconds: float) -> None:
+        """close(grace): sends what clients have not taken yet, for at most ``seconds``."""
+        deadline = _monotonic() + seconds
+        selector = selectors.DefaultSelector()  # ours also holds listeners and readers
+        try:
+            for conn in self._connections.values():
+                self._release_batch(conn)
+                if conn.out is not None:
+                    selector.register(conn.sock, _WRITE, conn)
+            while selector.get_map():
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    return
+                for key, _ in selector.select(remaining):
+                    conn = key.data
+                    data = b"".join(conn.out)
+                    try:
+                        sent = conn.sock.send(data)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:  # the client is gone: nothing more can reach it
+                        sent = len(data)
+                    else:
+                        self.stats.bytes_out += sent
+                    if sent < len(data):
+                        conn.out = [memoryview(data)[sent:]]
+                        continue
+                    conn.out = None
+                    conn.out_size = 0
+                    selector.unregister(conn.sock)
+        finally:
+            selector.close()
 
     def _drop(self, conn: Connection, exc: BaseException) -> None:
         log.debug("connection #%d dropped: %s", conn.id, exc)
@@ -1106,16 +1149,22 @@ class Server(Dispatcher):
 
     # ---- shutdown ----
 
-    def close(self) -> None:
+    def close(self, grace: float = 0.0) -> None:
         """Closes every connection and listener, and removes Unix socket files.
 
         A client with requests still queued, or waiting for a deferred or streaming reply,
         gets ``ERR server shutting down`` (JSON code ``shutdown``) first. Called from a handler
         (a ``shutdown`` command) or a callback, it takes effect when that poll() returns: the
         handler's own reply, and the replies before it, are sent; nothing else runs.
+
+        Output a client has not taken yet gets ``grace`` seconds to go (0 by default, so
+        close() never waits). Whatever is still unsent then is dropped with a TCP reset, so
+        the client sees an error rather than a reply that looks whole but was cut short; every
+        other connection ends with a plain EOF.
         """
         if self._closed:
             return
+        self._close_grace = grace
         if self._polling == threading.get_ident():
             self._closed = True
             self._close_owed = self._owed_a_notice()
@@ -1150,6 +1199,9 @@ class Server(Dispatcher):
             if conn in owed and not conn.closed:
                 self._release_batch(conn)  # the replies before the notice
                 self._write(conn, _error_reply(owed[conn], "shutdown", "server shutting down"))
+        if self._close_grace > 0:
+            self._send_for(self._close_grace)
+        for conn in list(self._connections.values()):
             self._send_held_and_close(conn)
         for listener in self._listeners:
             try:
@@ -1228,12 +1280,41 @@ def _open_reserve_fd() -> Optional[int]:
 
 
 def _send_and_close(sock: socket.socket, message: bytes) -> None:
+    """Refuses a connection just accepted: its one line, then EOF."""
+    sock.setblocking(False)
     try:
         sock.send(message)
-        sock.shutdown(socket.SHUT_WR)
     except OSError:
         pass
+    _hang_up(sock, False)
     sock.close()
+
+
+_DISCARD_AT_CLOSE = 1 << 20  # bytes of unread input read and dropped before a final close
+
+
+def _hang_up(sock: socket.socket, unsent: bool) -> None:
+    """Readies a non-blocking socket for its final close().
+
+    Closing a socket with unread input makes the kernel send a reset, and a reset can destroy
+    replies the client has not read yet (a pipelining client that reads slowly, or a refused
+    one that sent its request before reading our line). So after a FIN, the input waiting now
+    is read and dropped. With output still unsent it is the other way round: a FIN would make
+    a reply cut short look whole, so the close becomes a reset on purpose.
+    """
+    try:
+        if unsent:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            return
+        sock.shutdown(socket.SHUT_WR)
+        budget = _DISCARD_AT_CLOSE
+        while budget > 0:
+            data = sock.recv(65536)
+            if not data:
+                return
+            budget -= len(data)
+    except OSError:  # nothing waiting (EAGAIN), or the peer is gone already
+        pass
 
 
 def _peer_allowed(sock: socket.socket, allowed: frozenset) -> bool:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import threading
 import time
 import weakref
 from decimal import Decimal
+from typing import Optional, Tuple
 
 import pytest
 
@@ -670,3 +672,87 @@ def test_call_soon_threadsafe_after_close_does_nothing(make_server, waker_first)
     ran = []
     server.call_soon_threadsafe(lambda: ran.append(1))  # must not raise, and runs nowhere
     assert server.poll(0) == 0 and ran == []
+
+
+def _read_to_end(sock: socket.socket) -> Tuple[bytes, Optional[BaseException]]:
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data, None
+            data += chunk
+    except OSError as exc:
+        return data, exc
+
+
+def test_close_with_input_still_unread_ends_in_eof_not_a_reset(make_server):
+    # A client that pipelines more than the server has read: closing with that input unread
+    # made the kernel send a reset, which destroyed replies the client had not read yet.
+    server = make_server("127.0.0.1", max_commands_per_tick=10)
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    sock.sendall(b"ping\n" * 3000)
+    for _ in range(3):
+        server.poll(0.05)
+    server.close()
+    data, error = _read_to_end(sock)
+    assert error is None
+    lines = data.decode().splitlines()
+    assert lines == ["pong"] * server.stats.commands + ["ERR server shutting down"]
+    sock.close()
+
+
+def test_close_never_passes_off_a_cut_reply_as_whole_and_grace_lets_it_finish(make_server):
+    big = "x" * 100 + "\n"
+
+    def setup():
+        server = make_server("127.0.0.1")
+        server.add_command("dump", lambda: big * 60_000)  # 6 MB, more than the kernel buffers
+        sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(b"dump\n")
+        deadline = time.monotonic() + TIMEOUT
+        while not server.connections or server.connections[0].out is None:
+            assert time.monotonic() < deadline
+            server.poll(0.01)
+        return server, sock
+
+    server, sock = setup()
+    server.close()  # no grace: what is unsent is dropped, and the client must be able to tell
+    data, error = _read_to_end(sock)
+    assert isinstance(error, ConnectionResetError) and len(data) < len(big) * 60_000
+    sock.close()
+
+    server, sock = setup()
+    reader = threading.Thread(target=lambda: received.append(_read_to_end(sock)))
+    received: list = []
+    reader.start()
+    server.close(grace=TIMEOUT)
+    reader.join(TIMEOUT)
+    assert received == [((big * 60_000).encode(), None)]
+    sock.close()
+
+
+def test_a_refused_unix_client_that_already_sent_gets_the_reason_then_eof(make_server):
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="rmr-", dir="/tmp")
+    path = os.path.join(directory, "s")
+    server = make_server(port=None, unix=path, max_connections=1)
+    try:
+        first = socket.socket(socket.AF_UNIX)
+        first.settimeout(TIMEOUT)
+        first.connect(path)
+        server.poll(0.05)
+        refused = socket.socket(socket.AF_UNIX)
+        refused.settimeout(TIMEOUT)
+        refused.connect(path)
+        refused.sendall(b"ping\n")  # before the server even accepts it
+        time.sleep(0.05)
+        server.poll(0.05)
+        assert _read_to_end(refused) == (b"ERR too many connections\n", None)
+        first.close()
+        refused.close()
+    finally:
+        server.close()
+        os.rmdir(directory)
