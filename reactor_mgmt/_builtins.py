@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
 
 from ._commands import LEVEL_RANK, LEVELS, NO_REPLY, Command, Pending, Stream, Wait, is_stream, may_run
 from ._connection import Connection
-from ._errors import CommandError, PermissionDenied, UsageError
+from ._errors import CommandError, PermissionDenied, UnknownCommand, UsageError
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -96,7 +96,13 @@ def install_builtins(server: "Server") -> None:
         if not _MIN_WATCH_INTERVAL <= seconds < float("inf"):  # NaN too: it would re-run without pause
             raise CommandError(f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})",
                                code="usage")
-        target, args = server.registry.resolve(list(command), conn)
+        try:
+            target, args = server.registry.resolve(list(command), conn)
+        except UnknownCommand:
+            if server.fallback is None:
+                raise
+            # start()'s hosts answer every command through their fallback: watch it the same way
+            target, args = server._fallback_command(command[0]), list(command[1:])
         if not may_run(conn, target):
             raise PermissionDenied(f"permission denied: '{target.name}' needs {target.level}")
         if target.name == "watch":

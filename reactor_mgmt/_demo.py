@@ -254,6 +254,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             # worker keeps its rhythm because poll() never waits past the deadline.
             server.poll(timeout=max(0.0, next_tick - time.monotonic()), budget=0.005)
     finally:
-        server.close()
+        server.close(grace=1.0)  # a client still reading a long reply gets a second to take it
         root.removeHandler(handler)
     return 0

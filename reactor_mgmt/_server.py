@@ -16,6 +16,9 @@
 #   * every reply is written in request order; a Pending or Stream reply holds back the
 #     requests behind it rather than letting their output overtake it;
 #   * EVENT_WRITE is registered only while output is pending;
+#   * a final close sends a FIN and drops the input still waiting, since closing over unread
+#     input resets the connection and can destroy replies the client has not read; with output
+#     still unsent it resets on purpose, so a cut reply never looks whole (_hang_up);
 #   * a request that arrives alone is answered straight from the read (_answer_now), without
 #     decoding it when the same bytes were that same cached request before, and,
 #     when poll() has no budget, the replies to a pipelined burst are held (up to 64 KiB) while
@@ -349,6 +352,9 @@ class Server(Dispatcher):
         ``allowed_uids`` may connect (SO_PEERCRED).
         """
         path = os.fspath(path)
+        if path.startswith("\0"):
+            raise ConfigError("abstract Unix sockets are not supported: with no file there is no mode, so "
+                              "any local user could connect; use a path in a directory only you can reach")
         _clear_unix_path(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

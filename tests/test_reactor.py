@@ -369,6 +369,13 @@ def test_a_copy_that_cannot_start_leaves_the_running_copys_address_file(short_di
         assert open(address_file).read() == written
 
 
+def test_an_abstract_unix_socket_is_refused_with_the_reason(make_server):
+    server = make_server(port=None)
+    with pytest.raises(reactor_mgmt.ConfigError, match="abstract Unix sockets are not supported: .*any local user"):
+        server.listen_unix("\0reactor-mgmt-test")
+    assert server.addresses == []
+
+
 def test_unix_stale_socket_replaced(short_dir):
     path = os.path.join(short_dir, "stale.sock")
     dead = socket.socket(socket.AF_UNIX)
@@ -703,6 +710,27 @@ def test_start_with_on_command_and_on_error():
         assert client.request("ping") == ["pong"]  # built-ins still answer first
         assert calls == [("deploy", ["web", "blue green"]), ("value", []), ("fail", [])]
         assert len(errors) == 1 and isinstance(errors[0], ValueError)
+        client.close()
+    finally:
+        server.close()
+
+
+def test_start_commands_can_be_watched():
+    # Every command of a start() host goes through its on_command: `watch` reaches it too (it
+    # answered "unknown command" for commands that otherwise work).
+    counts = {"n": 0}
+
+    def on_command(cmd, args, conn):
+        counts["n"] += 1
+        return f"{cmd} {counts['n']}"
+
+    server = reactor_mgmt.start({"mgmt_port": 0}, on_command)
+    try:
+        client = RawClient(server)
+        client.send("watch 0.1 status\n")
+        assert client.lines(2) == ["status 1", "status 2"]
+        client.send("\n")
+        assert client.request("ping") == ["pong"]
         client.close()
     finally:
         server.close()
