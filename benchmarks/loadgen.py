@@ -15,8 +15,8 @@ Workloads:
   echo      one connection, N distinct pipelined `echo I xI` -> req/s
   rtt       one connection, N sequential round trips -> p50/p99 us
   fanin     C connections, each R sequential round trips -> req/s, p99
-  rtt_pair, fanin_pair, echo_pair
-            rtt / fanin / echo against two servers (--port, --port2) in
+  rtt_pair, fanin_pair, echo_pair, pipeline_pair
+            rtt / fanin / echo / pipeline against two servers (--port, --port2) in
             interleaved slices or phases, so both see the same machine -> ratios B/A
   idle      C idle (verified) connections -> server RSS growth per
             connection, then `rtt` on one more connection
@@ -300,23 +300,35 @@ def wl_echo(port, args):
     return {"requests": done, "capped": done < n, "seconds": secs, "rps": done / secs}
 
 
-def wl_echo_pair(port, args):
-    """echo against two servers (--port A, --port2 B), --repeat phases each, in the order
-    A B B A A B ...; each phase is the whole echo workload on a new connection. One phase
-    lasts well under a second, so a shared machine's drift moves single phases by tens of
-    percent; the median phase per server, from phases interleaved like this, measures the
-    servers rather than the moment each one ran. Returns the medians and the ratio B/A."""
-    if not args.port2:
-        raise Failed("echo_pair needs --port2")
-    payload, expected = echo_payload(args.n)
+def phase_pair(ports, payload, expected, repeat, what):
+    """One pipelined workload against two servers, ``repeat`` phases each, in the order
+    A B B A A B ...; each phase is the whole workload on a new connection. One phase lasts
+    well under a second, so a shared machine's drift moves single phases by tens of percent;
+    the median phase per server, from phases interleaved like this, measures the servers
+    rather than the moment each one ran. Returns the medians and the ratio B/A."""
     phases = ([], [])
-    for i in range(max(1, args.repeat)):
+    for i in range(max(1, repeat)):
         for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-            secs, done = pipelined((port, args.port2)[k], payload, expected, what="echo_pair")
+            secs, done = pipelined(ports[k], payload, expected, what=what)
             phases[k].append(done / secs)
     rps = [statistics.median(ph) for ph in phases]
     return {"a_rps": rps[0], "b_rps": rps[1], "ratio_rps": rps[1] / rps[0], "phases": len(phases[0]),
             "a_phases": phases[0], "b_phases": phases[1]}
+
+
+def wl_echo_pair(port, args):
+    """echo against two servers (--port A, --port2 B): see phase_pair."""
+    if not args.port2:
+        raise Failed("echo_pair needs --port2")
+    payload, expected = echo_payload(args.n)
+    return phase_pair((port, args.port2), payload, expected, args.repeat, "echo_pair")
+
+
+def wl_pipeline_pair(port, args):
+    """pipeline against two servers (--port A, --port2 B): see phase_pair."""
+    if not args.port2:
+        raise Failed("pipeline_pair needs --port2")
+    return phase_pair((port, args.port2), b"ping\n" * args.n, b"pong\n" * args.n, args.repeat, "pipeline_pair")
 
 
 # ------------------------------------------------------------------ rtt --
@@ -784,6 +796,7 @@ WORKLOADS = {
     "pipeline": wl_pipeline,
     "echo": wl_echo,
     "echo_pair": wl_echo_pair,
+    "pipeline_pair": wl_pipeline_pair,
     "rtt": wl_rtt,
     "rtt_pair": wl_rtt_pair,
     "fanin": wl_fanin,
@@ -801,9 +814,9 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=10000, help="requests / round trips")
     p.add_argument("--conns", type=int, default=1000, help="connections (fanin, idle)")
     p.add_argument("--rounds", type=int, default=20, help="round trips per connection (fanin)")
-    p.add_argument("--repeat", type=int, default=3, help="fan-in / echo_pair phases, median reported")
+    p.add_argument("--repeat", type=int, default=3, help="fan-in / echo_pair / pipeline_pair phases, median reported")
     p.add_argument("--server-pid", type=int, default=0, help="server pid (idle: VmRSS)")
-    p.add_argument("--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair, echo_pair)")
+    p.add_argument("--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair, echo_pair, pipeline_pair)")
     p.add_argument("--server-pid2", type=int, default=0, help="second server's pid (rtt_pair)")
     p.add_argument("--slices", type=int, default=20, help="slices per server (rtt_pair)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds (flood)")

@@ -45,11 +45,11 @@ PEER_WORKLOADS = ["pipeline", "echo", "rtt", "fanin", "idle"]
 WORKLOADS = PEER_WORKLOADS + ["tick", "flood", "import"]
 
 FULL = dict(pipeline=3000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3,
-            fanin_pair_repeat=8, echo_pair_repeat=8, cap=6.0,
+            fanin_pair_repeat=8, echo_pair_repeat=8, pipeline_pair_repeat=6, cap=6.0,
             idle_conns=10000, idle_rtt=20000, tick_ns=[0, 1000, 10000], tick_rounds=15,
             flood_duration=3.0, import_runs=9, where_rounds=15)
 QUICK = dict(pipeline=100000, echo=20000, rtt=2000, fanin_conns=200, fanin_rounds=20, fanin_repeat=1,
-             fanin_pair_repeat=2, echo_pair_repeat=2, cap=2.0,
+             fanin_pair_repeat=2, echo_pair_repeat=2, pipeline_pair_repeat=2, cap=2.0,
              idle_conns=1000, idle_rtt=2000, tick_ns=[0, 1000, 10000], tick_rounds=5,
              flood_duration=1.0, import_runs=3, where_rounds=3)
 
@@ -310,33 +310,45 @@ def bench_pair(res, peers, workloads, p, run_no):
             srv.stop()
 
 
-def bench_echo_pair(res, peers, workloads, p, run_no):
-    """echo of reactor_mgmt and asyncio Protocol side by side (loadgen's echo_pair): both
-    servers up at once, phases alternating between them, the median phase of each. One echo
-    phase is a fraction of a second, and single phases of one server moved by up to 80% within
-    a full run on this machine. Both first serve a short echo, as bench_pair warms its pair."""
+# (workload, peer, the metric it records): the pipelined workloads compared side by side
+PHASE_PAIRS = [("echo", "asyncio_protocol", "echo_pair"),
+               ("pipeline", "asyncio_protocol", "pipeline_pair"),
+               ("pipeline", "floor", "pipeline_floor_pair")]
+
+
+def bench_phase_pairs(res, peers, workloads, p, run_no):
+    """echo and pipeline of reactor_mgmt side by side with a peer (loadgen's echo_pair and
+    pipeline_pair): both servers up at once, phases alternating between them, the median phase
+    of each. One phase is a fraction of a second, and single phases of one server moved by up
+    to 80% within a full run on this machine (asyncio Protocol's pipeline, measured alone, went
+    from 4.2M to 5.3M req/s between full runs 23 and 24). Both first serve a short run of the
+    workload, as bench_pair warms its pair."""
     names = dict((name, script) for name, script, _label in peers)
-    if "echo" not in workloads or "asyncio_protocol" not in names or "reactor_mgmt" not in names:
-        return
-    servers = []
-    try:
-        start_warmed(servers, [names["asyncio_protocol"], names["reactor_mgmt"]], "echo", 20000, p["cap"])
-        theirs, ours = servers
-        t0 = time.monotonic()
-        out = loadgen("echo_pair", theirs.port, port2=ours.port, n=p["echo"], repeat=p["echo_pair_repeat"])
-        if out.get("ok"):
-            res.add("reactor_mgmt", "echo_pair.ratio_rps", out["ratio_rps"])
-            log("  side by side     run %d: echo     asyncio Protocol %s req/s, reactor_mgmt %s req/s -> %.2fx (%.1f s)"
-                % (run_no, fmt_int(out["a_rps"]), fmt_int(out["b_rps"]), out["ratio_rps"], time.monotonic() - t0))
-        else:
-            res.fail("reactor_mgmt", "echo_pair", out.get("error", "failed"))
-            log("  side by side     run %d: echo     FAILED: %s" % (run_no, out.get("error", "?")))
-    except RuntimeError as e:
-        res.fail("reactor_mgmt", "echo_pair", str(e))
-        log("  side by side     run %d: echo     FAILED: %s" % (run_no, e))
-    finally:
-        for srv in servers:
-            srv.stop()
+    for workload, peer, metric in PHASE_PAIRS:
+        if workload not in workloads or peer not in names or "reactor_mgmt" not in names:
+            continue
+        label = dict((name, lab) for name, _script, lab in peers)[peer]
+        servers = []
+        try:
+            start_warmed(servers, [names[peer], names["reactor_mgmt"]], workload, 20000, p["cap"])
+            theirs, ours = servers
+            t0 = time.monotonic()
+            out = loadgen(workload + "_pair", theirs.port, port2=ours.port, n=p[workload],
+                          repeat=p[workload + "_pair_repeat"])
+            if out.get("ok"):
+                res.add("reactor_mgmt", metric + ".ratio_rps", out["ratio_rps"])
+                log("  side by side     run %d: %-8s %s %s req/s, reactor_mgmt %s req/s -> %.2fx (%.1f s)"
+                    % (run_no, workload, label, fmt_int(out["a_rps"]), fmt_int(out["b_rps"]), out["ratio_rps"],
+                       time.monotonic() - t0))
+            else:
+                res.fail("reactor_mgmt", metric, out.get("error", "failed"))
+                log("  side by side     run %d: %-8s FAILED: %s" % (run_no, workload, out.get("error", "?")))
+        except RuntimeError as e:
+            res.fail("reactor_mgmt", metric, str(e))
+            log("  side by side     run %d: %-8s FAILED: %s" % (run_no, workload, e))
+        finally:
+            for srv in servers:
+                srv.stop()
 
 
 def summarize(w, out):
@@ -437,7 +449,21 @@ def targets(res, tick, flood, imp):
             if n in tick:
                 add("Idle tick poll(0) vs bare select(0), %s conns" % fmt_int(n), tick_ratio(n),
                     "<= 1.25x", lambda v: v <= 1.25)
-    if ("reactor_mgmt", "pipeline.rps") in res.values or ("reactor_mgmt", "pipeline") in res.errors:
+    paired = lambda w, m: res.get("reactor_mgmt", w + "_pair", w + "_pair." + m)  # noqa: E731
+    measured = lambda metric: (("reactor_mgmt", metric + ".ratio_rps") in res.values  # noqa: E731
+                               or ("reactor_mgmt", metric) in res.errors)
+    if measured("pipeline_pair") or measured("pipeline_floor_pair"):
+        # Side by side, as echo, rtt and fan-in: measured one after the other, one server's
+        # pipeline moved by a quarter between full runs.
+        vs_asyncio = paired("pipeline", "ratio_rps")
+        vs_floor = res.get("reactor_mgmt", "pipeline_floor_pair", "pipeline_floor_pair.ratio_rps")
+        add("Pipeline vs asyncio Protocol (side by side)", vs_asyncio, ">= 1.0x", lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "pipeline_pair")])
+        add("Pipeline vs floor (side by side)", vs_floor, ">= 1.0x", lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "pipeline_floor_pair")])
+        add("Pipeline vs asyncio Protocol (stretch, side by side)", vs_asyncio, ">= 1.5x", lambda v: v >= 1.5,
+            sources=[("reactor_mgmt", "pipeline_pair")])
+    elif ("reactor_mgmt", "pipeline.rps") in res.values or ("reactor_mgmt", "pipeline") in res.errors:
         add("Pipeline vs asyncio Protocol", ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
             ">= 1.0x", lambda v: v >= 1.0, sources=against("pipeline", "asyncio_protocol"))
         add("Pipeline vs floor", ratio(R("pipeline", "rps"), R("pipeline", "rps", "floor")),
@@ -445,7 +471,6 @@ def targets(res, tick, flood, imp):
         add("Pipeline vs asyncio Protocol (stretch)",
             ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
             ">= 1.5x", lambda v: v >= 1.5, sources=against("pipeline", "asyncio_protocol"))
-    paired = lambda w, m: res.get("reactor_mgmt", w + "_pair", w + "_pair." + m)  # noqa: E731
     if ("reactor_mgmt", "echo_pair.ratio_rps") in res.values or ("reactor_mgmt", "echo_pair") in res.errors:
         add("Echo vs asyncio Protocol (side by side)", paired("echo", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0,
             sources=[("reactor_mgmt", "echo_pair")])
@@ -561,11 +586,13 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
     parts.append("## Parameters\n")
     parts.append("runs per measurement: %d (each cell is the median over runs)%s  \n"
                  % (args.runs, " -- QUICK smoke run, not for comparison" if args.quick else ""))
-    parts.append("pipeline %s pings; echo %s (median of %d phases per server side by side); rtt %s round trips; "
+    parts.append("pipeline %s pings (median of %d phases per server side by side); echo %s (median of %d phases "
+                 "per server side by side); rtt %s round trips; "
                  "fan-in %s connections x %d round trips (median of %d phases per run, "
                  "%d per server side by side); idle %s connections (+ rtt %s); tick at %s idle connections, %d interleaved rounds; "
                  "flood %.0f s; import %d runs.\n" % (
-                     fmt_int(p["pipeline"]), fmt_int(p["echo"]), p["echo_pair_repeat"], fmt_int(p["rtt"]),
+                     fmt_int(p["pipeline"]), p["pipeline_pair_repeat"], fmt_int(p["echo"]), p["echo_pair_repeat"],
+                     fmt_int(p["rtt"]),
                      fmt_int(p["fanin_conns"]), p["fanin_rounds"], p["fanin_repeat"], p["fanin_pair_repeat"],
                      fmt_int(p["idle_conns"]),
                      fmt_int(p["idle_rtt"]), ", ".join(fmt_int(n) for n in p["tick_ns"]),
@@ -589,12 +616,15 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
                          "phases (fan-in), so both see the same machine. reactor_mgmt / floor per run: "
                          + "; ".join("%s %s" % (m.replace("_pair.", " "), ", ".join("%.2fx" % v for v in vals))
                                      for m, vals in sbs if vals) + ".\n")
-        echo_vals = res.values.get(("reactor_mgmt", "echo_pair.ratio_rps"))
-        if echo_vals:
-            parts.append("\nThe echo target uses side-by-side runs the same way: asyncio Protocol and "
-                         "reactor_mgmt up at once, the load generator alternating whole echo phases between "
-                         "them. reactor_mgmt / asyncio Protocol per run: echo rps %s.\n"
-                         % ", ".join("%.2fx" % v for v in echo_vals))
+        phase_vals = [(what, res.values.get(("reactor_mgmt", metric + ".ratio_rps"))) for what, metric in (
+            ("echo vs asyncio Protocol", "echo_pair"), ("pipeline vs asyncio Protocol", "pipeline_pair"),
+            ("pipeline vs floor", "pipeline_floor_pair"))]
+        if any(vals for _what, vals in phase_vals):
+            parts.append("\nThe echo and pipeline targets use side-by-side runs the same way: the peer and "
+                         "reactor_mgmt up at once, the load generator alternating whole phases between them "
+                         "(the pipeline and echo columns above are each server measured alone). reactor_mgmt / "
+                         "peer per run: " + "; ".join("%s %s" % (what, ", ".join("%.2fx" % v for v in vals))
+                                                      for what, vals in phase_vals if vals) + ".\n")
     if tick:
         h, rows = tick_rows(tick)
         parts.append("## Idle tick cost (ns per call, ratio to bare select(0) at the same count)\n")
@@ -731,7 +761,7 @@ def main():
                 for name, script, _label in order:
                     bench_peer(res, name, script, peer_wl, p, r + 1)
                 bench_pair(res, peers, peer_wl, p, r + 1)
-                bench_echo_pair(res, peers, peer_wl, p, r + 1)
+                bench_phase_pairs(res, peers, peer_wl, p, r + 1)
             if flood is not None:
                 out = run_json([PY, os.path.join(HERE, "flood.py"), "--duration",
                                 str(p["flood_duration"])], timeout=p["flood_duration"] + 120)

@@ -67,9 +67,11 @@ def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_
                if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median", "| Fan-in req/s", "| Fan-in p99"))]
     assert len(targets) == 7
     assert all(line.rstrip(" |").endswith(("PASS", "FAIL")) for line in targets), targets
-    # echo's target comes from the side-by-side phases, as rtt's does
-    assert any(line.startswith("| Echo vs asyncio Protocol (side by side) |") for line in targets), targets
-    assert "reactor_mgmt / asyncio Protocol per run: echo rps " in text
+    # echo's and pipeline's targets come from side-by-side phases, as rtt's and fan-in's do
+    for name in ("Echo vs asyncio Protocol", "Pipeline vs asyncio Protocol", "Pipeline vs floor"):
+        assert any(line.startswith(f"| {name} (side by side) |") for line in targets), targets
+    assert "reactor_mgmt / peer per run: echo vs asyncio Protocol " in text
+    assert "; pipeline vs asyncio Protocol " in text and "; pipeline vs floor " in text
     # fan-in's side-by-side phases also give each server's CPU per request, as evidence
     assert "| Fan-in server CPU per request vs floor (side by side; not a target) | " in text
     assert "## Profile: echo with the kernel stubbed out" in text
@@ -84,5 +86,5 @@ def test_a_target_against_a_peer_left_out_is_not_run_rather_than_failed(tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in report.read_text().splitlines()
             if line.startswith("| Pipeline vs")}
-    assert rows["Pipeline vs asyncio Protocol"].endswith("| n/a (not run) | >= 1.0x | - |")
-    assert rows["Pipeline vs floor"].rstrip(" |").endswith(("PASS", "FAIL"))
+    assert rows["Pipeline vs asyncio Protocol (side by side)"].endswith("| n/a (not run) | >= 1.0x | - |")
+    assert rows["Pipeline vs floor (side by side)"].rstrip(" |").endswith(("PASS", "FAIL"))
