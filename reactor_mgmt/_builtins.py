@@ -1,7 +1,8 @@
 # The commands every server has. They are ordinary registered commands, built with the same
 # decorators a host uses, so they double as a worked example of the command layer; the only
 # privilege they have is a Connection parameter, which any handler may declare too, and echo's
-# reply_to_run (see Command), which lets a pipelined run of echos skip a Python call apiece.
+# reply_to_run and ping's same_reply (see Command), which let a pipelined run of echos or pings
+# skip a Python call apiece.
 from __future__ import annotations
 
 import logging
@@ -110,7 +111,9 @@ def install_builtins(server: "Server") -> None:
         return Stream(_watch(target, args, seconds, conn), until_input=True)
 
     add("help", help, pre_auth=True)
-    add("ping", ping, pre_auth=True)
+    # A load balancer's health check or `yes ping | nc` pipelines runs of ping: its reply never
+    # changes, so a run is answered with one "pong" per request and no call per request.
+    add("ping", ping, pre_auth=True).same_reply = "pong"
     # A script or a load test pipelines runs of echo. Given single-spaced words (see Command),
     # echo's replies are those words as they are, so a whole run is answered without a Python
     # call per request; any other run still calls echo once per request.

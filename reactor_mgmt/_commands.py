@@ -466,7 +466,7 @@ class Command:
     """One registered command. ``name`` may have several words (``show stats``)."""
 
     __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth", "gate",
-                 "reply_to_run")
+                 "reply_to_run", "same_reply")
 
     def __init__(
         self,
@@ -504,6 +504,9 @@ class Command:
         # joined by single spaces with nothing to unquote; it returns the replies, one per line,
         # or None to have the handler called once per request.
         self.reply_to_run: Optional[Callable[[str], Optional[str]]] = None
+        # For a handler that takes no arguments, does nothing else, and always returns this same
+        # str (the builtin ping): a run of it is answered with one copy per request, no calls.
+        self.same_reply: Optional[str] = None
 
     def call(self, args: List[str], connection: Any) -> Any:
         signature = self.signature

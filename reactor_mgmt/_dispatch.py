@@ -13,8 +13,8 @@
 # Plain requests take _run_plain_batch, the fast path: unquoted requests for commands that take
 # the words as they are, looked up in the registry's line cache and run in a tight loop; a run of
 # requests for one command (or a Repeat from the decoder) then goes through C-level loops in
-# _run_same_command, or, for a command with a reply_to_run (the builtin echo), is answered from
-# its text with no call per request. tests/test_fastpaths.py pins all of them to the general
+# _run_same_command, or, for a command with a reply_to_run (the builtin echo) or a same_reply
+# (the builtin ping), is answered from its text with no call per request. tests/test_fastpaths.py pins all of them to the general
 # path (_execute), byte for byte.
 from __future__ import annotations
 
@@ -318,7 +318,8 @@ class Dispatcher:
 
         A command's reply_to_run answers a run instead of the calls when every line is
         single-spaced words: it gives the replies the calls would, and the handler it stands in
-        for is pure, so skipping the calls changes nothing else (stats count each request).
+        for is pure, so skipping the calls changes nothing else (stats count each request). A
+        command's same_reply answers a run of it without arguments the same way.
         """
         command = entry[0]
         name = command.name
@@ -327,6 +328,8 @@ class Dispatcher:
             if head.line != line:
                 return 0, 0
             count = min(head.count, most)
+            if command.same_reply is not None and line == name:
+                return self._answer_run(queue, count, "\n".join(repeat(command.same_reply, count)), replies)
             return self._run_calls(conn, queue, starmap(entry[1], repeat((), count)), count, replies)
         if len(queue) < _MIN_RUN - 1:
             return 0, 0
@@ -338,6 +341,8 @@ class Dispatcher:
                 count = list(map(eq, chunk, repeat(name))).index(False)
             if count < _MIN_RUN:
                 return 0, 0
+            if command.same_reply is not None:
+                return self._answer_run(queue, count, "\n".join(repeat(command.same_reply, count)), replies)
             calls = starmap(command.fn, repeat((), count))
         else:  # arguments: a raw command (its handler takes *words)
             prefix = name + " "
@@ -373,8 +378,8 @@ class Dispatcher:
         return self._run_calls(conn, queue, calls, count, replies)
 
     def _answer_run(self, queue: Deque[Any], count: int, answer: str, replies: List[str]) -> Tuple[int, int]:
-        """Takes a run answered by its command's reply_to_run: what _run_calls does for a run
-        whose handler calls all returned str, without the calls."""
+        """Takes a run answered by its command's reply_to_run or same_reply: what _run_calls does
+        for a run whose handler calls all returned str, without the calls."""
         self.stats.commands += count
         self._consume(queue, count)
         answer += "\n"

@@ -537,6 +537,35 @@ def test_a_host_echo_is_called_per_request_not_answered_by_the_builtins_run(make
     assert answered == []
 
 
+@pytest.mark.parametrize("as_repeat", [True, False])
+def test_a_run_of_pings_is_answered_without_calls_and_a_host_ping_is_called(make_server, monkeypatch, as_repeat):
+    # The builtin ping's same_reply answers a run of it with one pong per request and no call
+    # per request, whether the decoder made the run one Repeat (a read of nothing but pings) or
+    # a run of identical lines; stats still count every request. A ping the host registers is
+    # called once per request, as before.
+    requests = ["ping"] * 300 if as_repeat else ["echo a"] + ["ping"] * 300
+    expected = (["pong"] * 301) if as_repeat else (["a"] + ["pong"] * 301)
+    server = make_server("127.0.0.1")
+    answered = _count_answered_runs(monkeypatch, server)
+    calls = []
+    monkeypatch.setattr(server.registry.commands["ping"], "fn", lambda: calls.append(1) or "pong")
+    assert _pipeline(server, requests) == expected
+    assert sum(answered) >= 250 and len(calls) <= 301 - sum(answered)
+    assert server.stats.commands == len(requests) + 1
+
+    host = make_server("127.0.0.1")
+    host_calls = []
+
+    @host.command
+    def ping() -> str:
+        host_calls.append(1)
+        return "pong"
+
+    answered = _count_answered_runs(monkeypatch, host)
+    assert _pipeline(host, requests) == expected
+    assert answered == [] and len(host_calls) == 301
+
+
 # ---- the round-trip fast path (Dispatcher._answer_now) against the pipelined path ----
 
 
