@@ -371,7 +371,31 @@ class Client:
         except socket.timeout:
             raise ClientTimeout(f"{self.address} did not accept the request within {self.timeout:g} s") from None
         except OSError as exc:
+            # A server that refuses a connection says why in one line and closes, perhaps before
+            # we sent (a Unix socket then fails the send): the line is still there to read.
+            said = self._said_before_closing()
+            if said.startswith("ERR "):
+                raise ConnectionFailed(_closed_message(self.address, said)) from None
             raise ConnectionFailed(f"connection to {self.address} lost: {_reason(exc)}") from None
+
+    def _said_before_closing(self) -> str:
+        """The last line the server sent, read without waiting, or ""."""
+        assert self._sock is not None
+        last = ""
+        try:
+            self._sock.setblocking(False)
+            while True:
+                data = self._sock.recv(_RECV_SIZE)
+                if not data:
+                    break
+                self._reader.feed(data)
+        except (OSError, ReplyTooLong):
+            pass
+        while True:
+            line = self._reader.next_line()
+            if line is None:
+                return last
+            last = line
 
     def _read_line(self, last_text: str, timeout: Optional[float]) -> str:
         sock = self._sock
@@ -421,7 +445,7 @@ EventSink = Callable[[Endpoint, str, Any], None]
 
 class _Job:
     __slots__ = ("endpoint", "candidates", "sock", "connected", "out", "reader", "deadline", "last_text", "failure",
-                 "streaming")
+                 "streaming", "send_error")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -434,6 +458,7 @@ class _Job:
         self.last_text = ""
         self.failure = ""
         self.streaming = False  # the reply began as a stream: stream_timeout bounds each wait
+        self.send_error = ""  # our request could not be sent: said if the server says nothing
 
 
 class FanOut:
@@ -572,7 +597,11 @@ class FanOut:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self._fail(job, f"connection lost: {_reason(exc)}")
+            # A refusing server may have closed before our request went (a Unix socket then
+            # fails the send): read the reason it sent, reported at the EOF that follows.
+            job.out = b""
+            job.send_error = f"connection lost: {_reason(exc)}"
+            self._selector.modify(sock, selectors.EVENT_READ, job)
             return
         job.out = job.out[sent:]
         if not job.out:
@@ -592,7 +621,7 @@ class FanOut:
             if job.last_text.startswith("ERR "):
                 self._fail(job, f"the server closed the connection: {job.last_text[4:]}")
             else:
-                self._fail(job, "the server closed the connection before replying")
+                self._fail(job, job.send_error or "the server closed the connection before replying")
             return
         try:
             job.reader.feed(data)

@@ -2,6 +2,7 @@
 # against real servers that a ServerThread polls while the blocking client waits.
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Iterator, List
@@ -24,7 +25,7 @@ from reactor_mgmt._client import (
 )
 from reactor_mgmt._errors import CommandError, ReactorMgmtError
 
-from conftest import ServerThread, free_port
+from conftest import TIMEOUT, ServerThread, free_port
 
 
 def _add_commands(srv: reactor_mgmt.Server) -> None:
@@ -509,3 +510,27 @@ def test_timeouts_that_mean_no_timeout(served, timeout):
     with reactor_mgmt.Client(("127.0.0.1", served.port), timeout=timeout) as client:
         assert client.timeout is None
         assert client.call("ping") == "pong"
+
+
+def test_a_refusal_before_the_request_went_still_reports_the_servers_reason(tmp_path):
+    # A Unix-socket server that refuses a connection (here: max_connections) says why and
+    # closes, perhaps before the client sends; the send then fails with EPIPE, and the client
+    # used to report "Broken pipe" with the reason sitting unread in its buffer.
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="rmc-", dir="/tmp")
+    path = os.path.join(directory, "s")
+    server = reactor_mgmt.Server(None, None, unix=path, max_connections=1)
+    try:
+        holder = reactor_mgmt.Client(path, timeout=TIMEOUT)
+        server.poll(0.05)
+        refused = reactor_mgmt.Client(path, timeout=TIMEOUT)  # connected; nothing sent yet
+        for _ in range(5):
+            server.poll(0.02)  # accepts it, says why, closes
+        with pytest.raises(ConnectionFailed, match="closed the connection: too many connections"):
+            refused.call("ping")
+        refused.close()
+        holder.close()
+    finally:
+        server.close()
+        os.rmdir(directory)
