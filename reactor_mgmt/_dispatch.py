@@ -328,6 +328,8 @@ class Dispatcher:
             if head.line != line:
                 return 0, 0
             count = min(head.count, most)
+            if count < 1:  # no room under high water (see _run_plain_batch)
+                return 0, 0
             if command.same_reply is not None and line == name:
                 return self._answer_run(queue, count, "\n".join(repeat(command.same_reply, count)), replies)
             return self._run_calls(conn, queue, starmap(entry[1], repeat((), count)), count, replies)
@@ -465,6 +467,8 @@ class Dispatcher:
 
     @staticmethod
     def _consume(queue: Deque[Any], count: int) -> None:
+        if not queue:  # a handler in the run closed the server, which dropped what was queued
+            return
         head = queue[0]
         if head.__class__ is Repeat:  # a batch never spans more than one Repeat
             if count >= head.count:

@@ -538,10 +538,10 @@ class Server(Dispatcher):
                 self._accept(owner, now)
             elif owner is _WAKER:
                 self._drain_waker()
-        while self._calls:
+        while self._calls and not self._closed:  # a callback may close the server: then nothing runs
             handled += 1
             self._calls.popleft()()
-        if self._timers and self._timers[0][0] <= now:
+        if self._timers and self._timers[0][0] <= now and not self._closed:
             handled += self._run_timers(now)
         if self._ready:  # empty when every request was answered straight from _read
             handled += self._run_ready(None if budget is None else start + budget)
@@ -619,7 +619,7 @@ class Server(Dispatcher):
         queue = conn.queue
         limit = self.max_commands_per_tick
         high_water = self.high_water
-        while not conn.closed:
+        while not conn.closed and not self._closed:  # a handler may close the server: then stop
             if conn.waiting is not None:
                 if not self._advance_waiting(conn, stop_at):
                     break
@@ -642,7 +642,7 @@ class Server(Dispatcher):
                 continue
             ran += 1
             self._execute(conn, queue.popleft())
-        if conn.closed:
+        if conn.closed or self._closed:  # closed by a handler: the tear-down sends the rest
             return ran
         if queue is not None and not queue:
             conn.queue = None  # an empty deque still holds a 600-byte block: idle clients pay nothing
@@ -1080,7 +1080,8 @@ class Server(Dispatcher):
 
     def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
         """Runs ``callback()`` in the next poll(), waking a blocked poll(); safe from any thread.
-        After close() it does nothing, as no poll() will run it."""
+        After close() it does nothing, as no poll() will run it; callbacks still queued when close()
+        is called never run either."""
         if self._closed:
             return
         self._calls.append(callback)
@@ -1161,7 +1162,9 @@ class Server(Dispatcher):
         A client with requests still queued, or waiting for a deferred or streaming reply,
         gets ``ERR server shutting down`` (JSON code ``shutdown``) first. Called from a handler
         (a ``shutdown`` command) or a callback, it takes effect when that poll() returns: the
-        handler's own reply, and the replies before it, are sent; nothing else runs.
+        handler's own reply, and the replies before it, are sent; nothing else runs, except the
+        remaining calls of a pipelined run of that same command, which are made in one C-level
+        loop (their replies are sent too). A Pending already resolved is sent, not replaced.
 
         Output a client has not taken yet gets ``grace`` seconds to go (0 by default, so
         close() never waits). Whatever is still unsent then is dropped with a TCP reset, so
@@ -1176,11 +1179,11 @@ class Server(Dispatcher):
             self._close_owed = self._owed_a_notice()
             # Later events find no owner, and queued requests are dropped (each client owed one
             # is told, at the tear-down); the handler that called us returns into its batch,
-            # which stops at the empty queue.
+            # which stops at the empty queue. (A C-level run of one command cannot stop: its
+            # remaining calls are made, and their replies sent.)
             self._owners.clear()
             for conn in self._close_owed:
-                if conn.queue:
-                    conn.queue.clear()
+                conn.queue.clear()
             return
         if self._integration is not None:  # before the selector closes under an event loop
             self._integration.detach()
@@ -1189,21 +1192,25 @@ class Server(Dispatcher):
         self._tear_down()
 
     def _owed_a_notice(self) -> Dict[Connection, Any]:
-        owed = {}
-        for conn in self._connections.values():
-            if conn.closing or conn.cut_off:
-                continue
-            if conn.waiting is not None:
-                owed[conn] = conn.waiting_id
-            elif conn.queue:
-                owed[conn] = _reply_id_of(conn.queue[0])
-        return owed
+        """The connections with requests queued, by the reply id of the first of them."""
+        return {conn: _reply_id_of(conn.queue[0]) for conn in self._connections.values()
+                if conn.queue and not (conn.closing or conn.cut_off)}
 
     def _tear_down(self) -> None:
         owed, self._close_owed = self._close_owed or {}, None
         for conn in list(self._connections.values()):
-            if conn in owed and not conn.closed:
-                self._release_batch(conn)  # the replies before the notice
+            if conn.closed or conn.closing or conn.cut_off:
+                continue
+            self._release_batch(conn)  # the replies before the notice
+            waiting = conn.waiting
+            if isinstance(waiting, Pending) and waiting.done:  # answered, and not yet sent
+                conn.waiting = None
+                self._finish_pending(conn, waiting, conn.waiting_id)
+            # Looked at now, not at close(): a handler that closed us may then have returned
+            # a Pending or a stream.
+            if conn.waiting is not None:
+                self._write(conn, _error_reply(conn.waiting_id, "shutdown", "server shutting down"))
+            elif conn in owed:
                 self._write(conn, _error_reply(owed[conn], "shutdown", "server shutting down"))
         if self._close_grace > 0:
             self._send_for(self._close_grace)

@@ -269,7 +269,7 @@ def test_a_handler_closing_the_server_while_the_waker_is_readable(server):
     time.sleep(0.05)
     server.call_soon_threadsafe(lambda: ran.append(True))
     server.poll(0)  # raised OSError (EBADF) reading the closed waker
-    assert server.closed and ran == [True]
+    assert server.closed and ran == []  # once closed, nothing more runs: not even queued callbacks
     client.close()
 
 
@@ -756,3 +756,73 @@ def test_a_refused_unix_client_that_already_sent_gets_the_reason_then_eof(make_s
     finally:
         server.close()
         os.rmdir(directory)
+
+
+def test_a_handler_closing_the_server_inside_a_run_loses_no_reply(server):
+    # A C-level run of one command cannot stop half-way: the run's calls are all made, and all
+    # their replies sent, then the notice. It used to raise IndexError taking the emptied queue.
+    calls = []
+
+    @server.command
+    def tick() -> str:
+        calls.append(server.closed)
+        if len(calls) == 3:
+            server.close()
+        return f"ok {len(calls)}"
+
+    client = RawClient(server)
+    client.send(b"tick\n" * 10 + b"ping\n")
+    lines = client.read_until_closed().decode().splitlines()
+    assert lines == [f"ok {i}" for i in range(1, 11)] + ["ERR server shutting down"]
+    client.close()
+
+
+@pytest.mark.parametrize("reply", ["pending", "stream"])
+@pytest.mark.parametrize("request_line, notice", [
+    (b"shutdown\n", ["ERR server shutting down"]),
+    (b'{"cmd": "shutdown", "id": 7}\n',
+     ['{"id": 7, "ok": false, "error": {"code": "shutdown", "message": "server shutting down"}}']),
+])
+def test_a_handler_that_closes_then_returns_a_pending_or_stream_still_gets_a_notice(server, reply, request_line, notice):
+    @server.command
+    def shutdown():
+        server.close()
+        if reply == "pending":
+            return Pending(timeout=0)
+        return iter(range(10 ** 9))
+
+    client = RawClient(server)
+    client.send(request_line)
+    lines = client.read_until_closed().decode().splitlines()
+    if reply == "stream" and request_line.startswith(b"{"):
+        notice = ['{"id": 7, "stream": true}'] + notice
+    assert lines == notice  # no item pumped after the close
+    client.close()
+
+
+def test_a_pending_answered_but_not_yet_sent_at_close_is_sent(server):
+    pendings = []
+    server.add_command("later", lambda: pendings.append(Pending(timeout=0)) or pendings[-1])
+    client = RawClient(server)
+    client.send(b"later\n")
+    for _ in range(5):
+        server.poll(0.01)
+    pendings[0].resolve("the answer")  # the host answered; no poll() has sent it yet
+    server.close()
+    assert client.read_until_closed() == b"the answer\n"
+    client.close()
+
+
+def test_nothing_runs_in_the_poll_after_a_callback_closes_the_server(server):
+    ran = []
+    server.call_soon_threadsafe(server.close)
+    server.call_soon_threadsafe(lambda: ran.append("callback"))
+    server.call_later(0, lambda: ran.append("timer"))
+    server.poll(0)
+    assert server.closed and ran == []
+
+
+def test_a_run_of_pings_cut_to_no_room_sends_no_blank_line(make_server):
+    server = make_server("127.0.0.1", high_water=8)
+    lines = _lines_after_half_close(server, b"ping\n" * 10)
+    assert lines == ["pong"] * 10
