@@ -14,8 +14,8 @@
 # the words as they are, looked up in the registry's line cache and run in a tight loop; a run of
 # requests for one command (or a Repeat from the decoder) then goes through C-level loops in
 # _run_same_command, or, for a command with a reply_to_run (the builtin echo) or a same_reply
-# (the builtin ping), is answered from its text with no call per request. tests/test_fastpaths.py pins all of them to the general
-# path (_execute), byte for byte.
+# (the builtin ping), is answered from its text with no call per request.
+# tests/test_fastpaths.py pins all of them to the general path (_execute), byte for byte.
 from __future__ import annotations
 
 import time
