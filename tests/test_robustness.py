@@ -453,11 +453,18 @@ def test_a_handler_closing_connections_ends_the_batch(server):
     client.close()
 
 
-def test_a_plain_handler_closing_the_server_keeps_the_replies_before_it(server):
-    @server.command
+def _add_shutdown(server: Server) -> None:
+    """A `shutdown` command that closes the server from inside its handler, then replies."""
+
     def shutdown() -> str:
         server.close()
         return "bye"
+
+    server.add_command("shutdown", shutdown)
+
+
+def test_a_plain_handler_closing_the_server_keeps_the_replies_before_it(server):
+    _add_shutdown(server)
 
     client = RawClient(server)
     client.send(b"ping\necho hi\nshutdown\nping\n")
@@ -604,10 +611,7 @@ def test_close_tells_clients_owed_a_reply_and_no_one_else(server):
 def test_a_json_request_still_queued_at_close_gets_a_json_notice(server):
     # A handler closes the server in the tick where another client's JSON request has been
     # read but not run: that client is told in JSON, with its request's id.
-    @server.command
-    def shutdown() -> str:
-        server.close()
-        return "bye"
+    _add_shutdown(server)
 
     closer, other = RawClient(server), RawClient(server)
     closer.send(b"shutdown\n")
@@ -640,10 +644,7 @@ def test_close_from_a_callback_finishes_as_its_poll_returns(make_server):
 def test_a_shutdown_handler_under_serve_forever_on_another_thread_gets_its_reply_out(server):
     # serve_forever() may run on a thread other than the one that made the server; close()
     # from a handler is still recognised as coming from inside poll().
-    @server.command
-    def shutdown() -> str:
-        server.close()
-        return "bye"
+    _add_shutdown(server)
 
     sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
     sock.sendall(b"ping\nshutdown\n")
