@@ -88,3 +88,72 @@ def test_a_target_against_a_peer_left_out_is_not_run_rather_than_failed(tmp_path
             if line.startswith("| Pipeline vs")}
     assert rows["Pipeline vs asyncio Protocol (side by side)"].endswith("| n/a (not run) | >= 1.0x | - |")
     assert rows["Pipeline vs floor (side by side)"].rstrip(" |").endswith(("PASS", "FAIL"))
+
+
+REALISTIC_CELLS = ("churn32_json", "rtt_json", "pipe_echo", "host")
+
+
+def test_a_quick_realistic_run_checks_every_reply(tmp_path) -> None:
+    # benchmarks/realistic.py: one-shot JSON connections, JSON round trips, distinct pipelined
+    # echoes and the 60 Hz host under a flood, against the floor and reactor_mgmt's host loop.
+    raw, report = tmp_path / "realistic.json", tmp_path / "REALISTIC.md"
+    proc = run_tool("realistic.py", "--quick", "--only", ",".join(REALISTIC_CELLS),
+                    "--peers", "floor,reactor_mgmt", "--json", str(raw), "--output", str(report),
+                    timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = json.loads(raw.read_text())
+    assert set(runs) == {f"{w}/{p}" for w in REALISTIC_CELLS for p in ("floor", "reactor_mgmt")}
+    for key, rounds in runs.items():
+        assert rounds and all(r["ok"] for r in rounds), (key, rounds)  # every reply checked out
+    for peer in ("floor", "reactor_mgmt"):
+        assert runs[f"churn32_json/{peer}"][0]["conns"] > 0
+        assert runs[f"churn32_json/{peer}"][0]["server_cpu_s"] > 0
+        assert runs[f"rtt_json/{peer}"][0]["round_trips"] > 0
+        assert runs[f"pipe_echo/{peer}"][0]["requests"] > 0
+        host = runs[f"host/{peer}"][0]
+        assert host["conns"] > 0 and host["pipe_requests"] > 0 and host["frames"] > 0
+        assert host["late_p99_ms"] is not None
+    text = report.read_text()
+    assert "## Failures" not in text, text
+    assert not [line for line in text.splitlines() if line.startswith("|") and "FAILED" in line], text
+    assert "| 60 Hz host under a flood: frames late, p99 | " in text
+    assert "| one-shot, 32 clients, JSON: conn/s vs floor | " in text
+
+
+def test_the_realistic_load_generator_fails_a_wrong_reply() -> None:
+    # A server whose `status` is one space off: the run must fail, not report a rate.
+    import socket
+    import threading
+
+    lsock = socket.create_server(("127.0.0.1", 0))
+    lsock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while not data.endswith(b"\n"):
+                    more = conn.recv(100)
+                    if not more:
+                        break
+                    data += more
+                conn.sendall(b"service:  reactor-bench\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        proc = run_tool("realistic_load.py", "churn", "--port", str(lsock.getsockname()[1]),
+                        "--conc", "1", "--duration", "0.2", timeout=60)
+    finally:
+        stop.set()
+        thread.join(5)
+        lsock.close()
+    result = last_json(proc)
+    assert proc.returncode == 1 and not result["ok"]
+    assert "wrong reply" in result["error"], result

@@ -5,15 +5,62 @@ Honest and minimal but reasonable: non-blocking sockets, one read of up to
 ping/echo, replies for one read joined into one write, output buffered when
 the socket is full (with EVENT_WRITE), reading paused above 1 MiB of
 unsent output.
+
+For benchmarks/realistic.py it also answers ``status`` (a dict of 8 fields
+rendered as aligned ``key: value`` lines) and JSON requests
+(``{"id": N, "cmd": "status"}`` -> ``{"id": N, "ok": true, "result": {...}}``),
+and with ``--host`` runs inside a 60 Hz host loop (``--work-ms`` of busy work
+per frame) whose I/O tick is ``select(timeout=time left in the frame)``.
 """
+import json
 import selectors
 import socket
+import time
 
-from _common import BACKLOG, HOST, MAX_LINE, announce, parse_args, raise_nofile
+from _common import (BACKLOG, HOST, MAX_LINE, HostFrames, announce, parse_args,
+                     raise_nofile)
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 HIGH_WATER = 1 << 20
+
+
+class State(object):
+    """The host's state that ``status`` reports."""
+    service = "reactor-bench"
+    version = "2.3.1"
+    state = "running"
+    workers = 4
+    queued = 17
+    processed = 1048576
+    failed = 3
+    load = 0.75
+
+
+def status():
+    st = State
+    return {"service": st.service, "version": st.version, "state": st.state,
+            "workers": st.workers, "queued": st.queued, "processed": st.processed,
+            "failed": st.failed, "load": st.load}
+
+
+def render_text(d):
+    """A flat dict as aligned ``key: value`` lines."""
+    width = max(len(k) for k in d) + 1
+    return "".join("%-*s %s\n" % (width, k + ":", v) for k, v in d.items()).encode()
+
+
+def json_reply(line):
+    try:
+        req = json.loads(line)
+        cmd = req.get("cmd")
+    except (ValueError, AttributeError):
+        return b'{"id": null, "ok": false, "error": {"code": "bad_request"}}\n'
+    if cmd == "status":
+        reply = {"id": req.get("id"), "ok": True, "result": status()}
+    else:
+        reply = {"id": req.get("id"), "ok": False, "error": {"code": "unknown_command"}}
+    return (json.dumps(reply, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
 
 
 class Conn(object):
@@ -27,7 +74,7 @@ class Conn(object):
 
 
 def main():
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, host_loop=True)
     raise_nofile()
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -36,6 +83,8 @@ def main():
     lsock.setblocking(False)
     sel = selectors.DefaultSelector()
     sel.register(lsock, READ, None)
+    # --host: the frames' signal handlers are in place before the port goes out
+    frames = HostFrames(args.hz, args.work_ms) if args.host else None
     announce(lsock.getsockname()[1])
 
     def close(c):
@@ -95,6 +144,10 @@ def main():
                 append(b"pong\n")
             elif cmd == b"echo":
                 append(b" ".join(words[1:]) + b"\n")
+            elif cmd == b"status":
+                append(render_text(status()))
+            elif cmd[:1] == b"{":
+                append(json_reply(line))
             else:
                 append(b"error unknown command\n")
         if out:
@@ -114,8 +167,8 @@ def main():
         elif len(c.outbuf) <= HIGH_WATER:
             set_mask(c, READ | WRITE)
 
-    while True:
-        for key, mask in sel.select():
+    def handle(events):
+        for key, mask in events:
             c = key.data
             if c is None:
                 for _ in range(64):
@@ -136,6 +189,23 @@ def main():
                     continue
             if mask & READ and c.mask & READ:
                 on_read(c)
+
+    if not args.host:
+        while True:
+            handle(sel.select())
+    # The host loop: frames on a fixed schedule, the rest of each frame waiting in select().
+    frames.next_due = frames.clock() + frames.step
+    clock = frames.clock
+    thread_time = time.thread_time
+    select = sel.select
+    while True:
+        now = clock()
+        if now >= frames.next_due:
+            frames.run_frame(now)
+        left = frames.next_due - clock()
+        c0 = thread_time()
+        handle(select(left if left > 0 else 0))
+        frames.io_cpu += thread_time() - c0
 
 
 if __name__ == "__main__":
