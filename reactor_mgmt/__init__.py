@@ -19,8 +19,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs import tim
 if TYPE_CHECKING:
     from typing import Any, Callable, List, Mapping, Optional
 
-from ._commands import LEVELS, NO_REPLY, Command, Pending, Stream, Wait
-from ._connection import Connection
+from ._commands import LEVELS, Command, command_options
 from ._errors import (
     CommandError,
     ConfigError,
@@ -30,7 +29,9 @@ from ._errors import (
     UnknownCommand,
     UsageError,
 )
-from ._server import Server, command_options
+from ._replies import NO_REPLY, Pending, Stream, Wait
+from ._server import Server
+from ._session import Connection
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,9 @@
 # The commands every server has. They are ordinary registered commands, built with the same
-# decorators a host uses, so they double as a worked example of the command layer; the only
-# privilege they have is a Connection parameter, which any handler may declare too, and echo's
-# reply_to_run and ping's same_reply (see Command), which let a pipelined run of echos or pings
-# skip a Python call apiece.
+# registry a host uses, so they double as a worked example of the command layer; the only
+# privilege they have is a Connection parameter, which any handler may declare too. They see
+# the server only through its public surface (registry, check_token, auth_required, stats,
+# connections, wake, log_tail_enabled), and the dispatcher only for its fallback, which `watch`
+# runs as `start()`'s hosts answer every command.
 from __future__ import annotations
 
 import logging
@@ -10,11 +11,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
 
-from ._commands import LEVEL_RANK, LEVELS, NO_REPLY, Command, Pending, Stream, Wait, is_stream, may_run
-from ._connection import Connection
+from ._commands import LEVEL_RANK, LEVELS, Command, check_permission, may_run
 from ._errors import CommandError, PermissionDenied, UnknownCommand, UsageError
+from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, is_stream
+from ._session import Connection
 
 if TYPE_CHECKING:
+    from ._dispatch import Dispatcher
     from ._server import Server
 
 log = logging.getLogger("reactor_mgmt")
@@ -24,7 +27,7 @@ _TAIL_QUEUE = 1000  # records held per slow log subscriber before we count drops
 _MIN_WATCH_INTERVAL = 0.1
 
 
-def install_builtins(server: "Server") -> None:
+def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
     def add(name: str, fn: Any, **options: Any) -> Command:
         return server.registry.add(name, fn, builtin=True, **options)
 
@@ -100,24 +103,18 @@ def install_builtins(server: "Server") -> None:
         try:
             target, args = server.registry.resolve(list(command), conn)
         except UnknownCommand:
-            if server.fallback is None:
+            if dispatcher.fallback is None:
                 raise
             # start()'s hosts answer every command through their fallback: watch it the same way
-            target, args = server._fallback_command(command[0]), list(command[1:])
-        if not may_run(conn, target):
-            raise PermissionDenied(f"permission denied: '{target.name}' needs {target.level}")
+            target, args = dispatcher.fallback_command(command[0]), list(command[1:])
+        check_permission(conn, target)
         if target.name == "watch":
             raise CommandError("cannot watch watch", code="usage")
         return Stream(_watch(target, args, seconds, conn), until_input=True)
 
     add("help", help, pre_auth=True)
-    # A load balancer's health check or `yes ping | nc` pipelines runs of ping: its reply never
-    # changes, so a run is answered with one "pong" per request and no call per request.
-    add("ping", ping, pre_auth=True).same_reply = "pong"
-    # A script or a load test pipelines runs of echo. Given single-spaced words (see Command),
-    # echo's replies are those words as they are, so a whole run is answered without a Python
-    # call per request; any other run still calls echo once per request.
-    add("echo", echo).reply_to_run = str
+    add("ping", ping, pre_auth=True)
+    add("echo", echo)
     add("quit", quit, pre_auth=True)
     add("auth", auth, pre_auth=True, hidden=not server.auth_required)
     add("level", level)
@@ -151,7 +148,7 @@ def _watch(command: Command, args: List[str], seconds: float, conn: Connection) 
             # Nobody will wait for it: cancel the Pending (its on_cancel callbacks run) or close
             # the generator (its finally runs), as a client that leaves would.
             if isinstance(result, Pending):
-                result._cancel()
+                cancel(result)
             elif getattr(result, "close", None) is not None:
                 result.close()
             raise CommandError(f"cannot watch '{command.name}': it does not reply at once")
@@ -170,7 +167,7 @@ def server_stats(server: "Server") -> Dict[str, Any]:
         mean = p99 = peak = 0.0
     return {
         "uptime_s": round(time.time() - stats.started, 3),
-        "connections_open": len(server._connections),
+        "connections_open": len(server.connections),
         "connections_total": stats.connections_total,
         "connections_refused": stats.refused,
         "commands": stats.commands,

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
+from . import _wire
 from ._errors import ReactorMgmtError, RemoteError
 
 DEFAULT_ADDRESS = "127.0.0.1:8123"
@@ -144,24 +145,23 @@ class LineReader:
         return self._lines.popleft() if self._lines else None
 
 
+# Which reply lines are JSON frames, and of what kind, is _wire.read_frame's business alone.
+
+
 def parse_message(line: str) -> Optional[dict]:
     """The JSON reply or stream item on ``line``, or None when it is raw text from a handler."""
-    if not line.startswith("{"):
-        return None
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    if isinstance(message, dict) and "id" in message and ("ok" in message or "item" in message or "stream" in message):
-        return message
-    return None
+    return json.loads(line) if _wire.read_frame(line) is not None else None
+
+
+def _remote_error(error: dict) -> RemoteError:
+    """The exception for an ERROR frame's value (see _wire.read_frame)."""
+    return RemoteError(str(error.get("code", "error")), str(error.get("message", "")))
 
 
 def remote_error(message: dict) -> RemoteError:
-    error = message.get("error")
-    if not isinstance(error, dict):
-        error = {}
-    return RemoteError(str(error.get("code", "error")), str(error.get("message", "")))
+    """The exception for a decoded error reply."""
+    frame = _wire.frame_of(message)
+    return _remote_error(frame[2] if frame is not None and frame[0] == _wire.ERROR else {})
 
 
 def request_line(request: dict, request_id: int) -> bytes:
@@ -335,28 +335,26 @@ class Client:
             timeout = self.timeout
             while True:
                 line = self._read_line(last_text, timeout)
-                message = parse_message(line)
-                if message is None or message["id"] not in (request_id, None):
+                frame = _wire.read_frame(line)
+                if frame is None or frame[1] not in (request_id, None):
                     last_text = line
                     yield "text", line
                     continue
-                if "ok" not in message:
-                    if "item" in message:
-                        yield "item", message["item"]
-                    else:
-                        timeout = self.stream_timeout
+                kind, _, value = frame
+                if kind == _wire.ITEM:
+                    yield "item", value
+                    continue
+                if kind == _wire.OPEN:
+                    timeout = self.stream_timeout
                     continue
                 finished = True
                 self._busy = False
-                if not message.get("ok"):
-                    raise remote_error(message)
+                if kind == _wire.ERROR:
+                    raise _remote_error(value)
                 level = _level_set_by(request)
                 if level is not None:
                     self._level = level
-                if "items" in message:
-                    yield "end", message["items"]
-                else:
-                    yield "result", message.get("result")
+                yield ("end" if kind == _wire.END else "result"), value
                 return
         finally:
             self._busy = False
@@ -374,7 +372,7 @@ class Client:
             # A server that refuses a connection says why in one line and closes, perhaps before
             # we sent (a Unix socket then fails the send): the line is still there to read.
             said = self._said_before_closing()
-            if said.startswith("ERR "):
+            if _wire.read_err_line(said) is not None:
                 raise ConnectionFailed(_closed_message(self.address, said)) from None
             raise ConnectionFailed(f"connection to {self.address} lost: {_reason(exc)}") from None
 
@@ -433,8 +431,9 @@ def _request(command: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> dict:
 
 def _closed_message(label: str, last_text: str) -> str:
     # A server that refuses a connection says why in one ERR line, then closes.
-    if last_text.startswith("ERR "):
-        return f"{label} closed the connection: {last_text[4:]}"
+    reason = _wire.read_err_line(last_text)
+    if reason is not None:
+        return f"{label} closed the connection: {reason}"
     return f"{label} closed the connection before replying"
 
 
@@ -618,8 +617,9 @@ class FanOut:
             self._fail(job, f"connection lost: {_reason(exc)}")
             return
         if not data:
-            if job.last_text.startswith("ERR "):
-                self._fail(job, f"the server closed the connection: {job.last_text[4:]}")
+            reason = _wire.read_err_line(job.last_text)
+            if reason is not None:
+                self._fail(job, f"the server closed the connection: {reason}")
             else:
                 self._fail(job, job.send_error or "the server closed the connection before replying")
             return
@@ -635,25 +635,27 @@ class FanOut:
             line = job.reader.next_line()
             if line is None:
                 return
-            message = parse_message(line)
-            if message is None or message["id"] not in (_COMMAND_ID, _AUTH_ID, None):
+            frame = _wire.read_frame(line)
+            if frame is None or frame[1] not in (_COMMAND_ID, _AUTH_ID, None):
                 job.last_text = line
                 emit(endpoint, "text", line)
-            elif message["id"] == _AUTH_ID:
-                if not message.get("ok"):
-                    self._finish(job, ERROR, "error", remote_error(message))
-            elif "ok" not in message:
-                if "item" in message:
-                    emit(endpoint, "item", message["item"])
-                else:
-                    job.streaming = True
-                    self._touch(job)
-            elif not message.get("ok"):
-                self._finish(job, ERROR, "error", remote_error(message))
-            elif "items" in message:
-                self._finish(job, OK, "end", message["items"])
+                continue
+            kind, frame_id, value = frame
+            if frame_id == _AUTH_ID:
+                # Only a success answers the token: anything else for it fails the endpoint.
+                if kind not in (_wire.RESULT, _wire.END):
+                    self._finish(job, ERROR, "error", _remote_error(value if kind == _wire.ERROR else {}))
+            elif kind == _wire.ITEM:
+                emit(endpoint, "item", value)
+            elif kind == _wire.OPEN:
+                job.streaming = True
+                self._touch(job)
+            elif kind == _wire.ERROR:
+                self._finish(job, ERROR, "error", _remote_error(value))
+            elif kind == _wire.END:
+                self._finish(job, OK, "end", value)
             else:
-                self._finish(job, OK, "result", message.get("result"))
+                self._finish(job, OK, "result", value)
 
     def _touch(self, job: _Job) -> None:
         timeout = self.stream_timeout if job.streaming else self.timeout

@@ -1,12 +1,14 @@
 # The command layer: a registry of named handlers whose arguments, usage line and help all come
-# from the Python signature and docstring, the way argparse and click users expect.
+# from the Python signature and docstring, the way argparse and click users expect, and the one
+# permission check (check_permission) that every request form goes through.
 #
 # Work is split by when it happens. Everything that inspects a function (type hints, defaults,
 # the usage string) runs once, at registration, and is stored in a compiled Signature. A call
-# then only walks that compiled form; commands with no parameters, or only `*args: str`, take a
-# fast path that does not build any intermediate structures, because `ping`-like commands are
-# what a monitoring script sends thousands of times. `inspect` is imported inside the functions
-# that use it: it costs several ms of import time and is only needed at registration.
+# then only walks that compiled form; commands with no parameters, or only `*args: str`, skip
+# binding altogether. Turning a text line into (command, words) is cached per line in the
+# registry (Registry.parse): monitoring scripts send the same few lines over and over.
+# `inspect` is imported inside the functions that use it: it costs several ms of import time
+# and is only needed at registration. Pure code: no sockets, clocks or loggers.
 from __future__ import annotations
 
 import enum
@@ -14,12 +16,13 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     import inspect
 
 from ._errors import CommandError, ConfigError, PermissionDenied, UnknownCommand, UsageError
+from ._protocol import needs_quoting, split_words
 
 LEVELS = ("user", "operator", "admin")
 LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
@@ -31,121 +34,24 @@ def may_run(conn: Any, command: "Command") -> bool:
     return (conn.authenticated or command.pre_auth) and command.rank <= conn.level
 
 
+def check_permission(conn: Any, command: "Command") -> None:
+    """The one permission check: every request form (a text line, a quoted line, JSON with
+    cmd or argv, a watched command) calls this before the handler runs, and raises
+    PermissionDenied with the reason when ``conn`` may not run ``command``.
+
+    ``conn`` needs ``authenticated`` and ``level`` (a rank). Authentication is checked first:
+    before it, a client learns nothing about levels."""
+    if not conn.authenticated and not command.pre_auth:
+        raise PermissionDenied("authentication required (send 'auth TOKEN')")
+    if command.rank > conn.level:
+        raise PermissionDenied(f"permission denied: '{command.name}' needs {command.level}")
+
+
 def level_rank(level: str) -> int:
     try:
         return LEVEL_RANK[level]
     except KeyError:
         raise ConfigError(f"unknown level {level!r}; expected one of {', '.join(LEVELS)}") from None
-
-
-# ---- replies that are not finished when the handler returns ----
-
-
-class _NoReply:
-    """Returned by a handler that has already written its reply, or wants none (``quit``)."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NO_REPLY"
-
-
-NO_REPLY = _NoReply()
-
-
-class Pending:
-    """A reply the host completes on a later tick: ``resolve(value)`` or ``fail(message)``.
-
-    Return one from a handler. Later requests on the same connection wait behind it, so replies
-    stay in request order. If nobody resolves it within ``timeout`` seconds the client gets
-    ``ERR timeout`` (``timeout=None`` takes the server's ``pending_timeout``, 30 s by default;
-    0 waits forever); if the client goes away first, :attr:`cancelled` becomes true and the
-    ``on_cancel`` callbacks run. Resolve it from the thread that calls ``poll()``.
-    """
-
-    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiter", "_cancel_callbacks", "__weakref__")
-
-    def __init__(self, timeout: Optional[float] = None) -> None:
-        self.timeout = timeout
-        self.done = False
-        self.value: Any = None
-        self.error: Optional[CommandError] = None
-        self.cancelled = False
-        self._waiter: Optional[Callable[[], None]] = None
-        self._cancel_callbacks: List[Callable[[], None]] = []
-
-    def resolve(self, value: Any = None) -> None:
-        if self.done or self.cancelled:
-            return
-        self.value = value  # before done: whoever sees done must see the value
-        self.done = True
-        if self._waiter is not None:
-            self._waiter()
-
-    def fail(self, error: "str | CommandError") -> None:
-        if self.done or self.cancelled:
-            return
-        self.error = error if isinstance(error, CommandError) else CommandError(str(error))
-        self.done = True
-        if self._waiter is not None:
-            self._waiter()
-
-    def on_cancel(self, callback: Callable[[], None]) -> None:
-        self._cancel_callbacks.append(callback)
-
-    def _cancel(self) -> None:
-        if self.done or self.cancelled:
-            return
-        self.cancelled = True
-        for callback in self._cancel_callbacks:
-            callback()
-
-    def _expire(self) -> None:
-        """The timeout passed: the client gets ERR timeout, and the host's work is cancelled."""
-        self._cancel()
-        self.error = CommandError("timeout", code="timeout")
-        self.done = True
-        if self._waiter is not None:
-            self._waiter()
-
-
-class Wait:
-    """Yielded by a stream that has nothing to send yet. ``until`` is a time.monotonic()
-    deadline to try again, or None to sleep until something calls the server's ``wake``."""
-
-    __slots__ = ("until",)
-
-    def __init__(self, until: Optional[float] = None) -> None:
-        self.until = until
-
-
-class Stream:
-    """A reply sent across ticks, one item at a time, only while the client keeps up.
-
-    Any iterator a handler returns is wrapped in one. ``until_input=True`` makes it a
-    subscription: it runs until the client sends any line (which is consumed) or leaves.
-    """
-
-    __slots__ = ("iterator", "until_input", "count")
-
-    def __init__(self, iterable: Any, *, until_input: bool = False) -> None:
-        self.iterator: Iterator = iter(iterable)
-        self.until_input = until_input
-        self.count = 0
-
-    def close(self) -> None:
-        close = getattr(self.iterator, "close", None)
-        if close is not None:
-            close()
-
-
-def is_stream(value: Any) -> bool:
-    if isinstance(value, Stream):
-        return True
-    try:
-        return hasattr(value, "__next__") and not isinstance(value, (str, bytes, Sequence))
-    except Exception:  # a __getattr__ that raises KeyError (a dict-backed record): not an iterator
-        return False
 
 
 # ---- argument conversion ----
@@ -465,8 +371,7 @@ class Signature:
 class Command:
     """One registered command. ``name`` may have several words (``show stats``)."""
 
-    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth", "gate",
-                 "reply_to_run", "same_reply")
+    __slots__ = ("name", "fn", "level", "rank", "hidden", "summary", "doc", "signature", "usage", "pre_auth")
 
     def __init__(
         self,
@@ -488,9 +393,6 @@ class Command:
         self.rank = level_rank(level)
         self.hidden = hidden
         self.pre_auth = pre_auth
-        # The lowest connection "clearance" that may run it: a connection's level once it has
-        # authenticated, -1 before. One comparison then covers both checks on the fast path.
-        self.gate = -1 if pre_auth else self.rank
         import inspect
 
         doc = help if help is not None else inspect.getdoc(fn)
@@ -498,15 +400,6 @@ class Command:
         self.summary = self.doc.splitlines()[0] if self.doc else ""
         self.signature = Signature(fn, connection_type)
         self.usage = f"{self.name} {self.signature.usage_args}".rstrip()
-        # For a handler whose reply is a pure function of its words that C can compute for a
-        # whole run of requests at once (the builtin echo sets it). Dispatcher._run_same_command
-        # calls it with a run's words, one request per line, only when every line is ASCII words
-        # joined by single spaces with nothing to unquote; it returns the replies, one per line,
-        # or None to have the handler called once per request.
-        self.reply_to_run: Optional[Callable[[str], Optional[str]]] = None
-        # For a handler that takes no arguments, does nothing else, and always returns this same
-        # str (the builtin ping): a run of it is answered with one copy per request, no calls.
-        self.same_reply: Optional[str] = None
 
     def call(self, args: List[str], connection: Any) -> Any:
         signature = self.signature
@@ -567,7 +460,7 @@ def _edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
-_CACHE_SIZE = 512  # entries in each of the registry's request caches; a full cache is cleared
+_CACHE_SIZE = 512  # entries in the registry's line cache; a full cache is cleared
 
 
 class Registry:
@@ -578,25 +471,14 @@ class Registry:
         self.commands: Dict[str, Command] = {}
         self._groups: Dict[str, List[str]] = {}  # first word -> names of its multi-word commands
         self._longest = 1
-        # Request line -> (command, args) for lines the server may run without parsing: no
-        # quotes, and a command whose handler takes the words as they are. Monitoring scripts
-        # repeat the same few lines, so a small cache skips the split, resolve and bind steps.
-        # It is cleared whenever the command set changes, and when full.
-        self.line_cache: Dict[str, Tuple[Command, Callable[[], Any]]] = {}
-        # The same entries by the exact bytes of a read that was one such line and nothing else
-        # (b"ping\r\n"), so the server can skip decoding a repeated one (see Server._read).
-        self.read_cache: Dict[bytes, Tuple[Command, Callable[[], Any]]] = {}
+        # Request line -> (command, argument words), for the lines parse() splits with
+        # str.split (no quoting): monitoring scripts repeat the same few lines, so this skips the
+        # split and the lookup. Cleared whenever the command set changes, and when full. The
+        # server's caches=False switch turns it off, to run the suite on the uncached path.
+        self.line_cache: Optional[Dict[str, Tuple[Command, Tuple[str, ...]]]] = {}
         # Names a registration may take over without replace=True: the builtins, which a host
         # may not know it is shadowing (its own `stats`, or a faster `echo`).
         self._builtin_names: Set[str] = set()
-
-    @staticmethod
-    def remember(cache: Dict[Any, Tuple[Command, Callable[[], Any]]], key: Any,
-                 entry: Tuple[Command, Callable[[], Any]]) -> None:
-        """Puts ``entry`` in ``cache`` (line_cache or read_cache), clearing a full one first."""
-        if len(cache) >= _CACHE_SIZE:
-            cache.clear()
-        cache[key] = entry
 
     def add(self, name: str, fn: Callable[..., Any], *, replace: bool = False, builtin: bool = False,
             **options: Any) -> Command:
@@ -616,8 +498,8 @@ class Registry:
             self._builtin_names.add(command.name)
         else:
             self._builtin_names.discard(command.name)
-        self.line_cache.clear()
-        self.read_cache.clear()
+        if self.line_cache is not None:
+            self.line_cache.clear()
         self.commands[command.name] = command
         words = command.name.split()
         if len(words) > 1:
@@ -628,8 +510,8 @@ class Registry:
         return command
 
     def remove(self, name: str) -> None:
-        self.line_cache.clear()
-        self.read_cache.clear()
+        if self.line_cache is not None:
+            self.line_cache.clear()
         command = self.commands.pop(" ".join(name.split()))
         self._builtin_names.discard(command.name)
         words = command.name.split()
@@ -637,6 +519,25 @@ class Registry:
             self._groups[words[0]].remove(command.name)
             if not self._groups[words[0]]:
                 del self._groups[words[0]]
+
+    def parse(self, line: str, conn: Any = None) -> Tuple[Optional[Command], List[str]]:
+        """The command a text request line names, and its argument words; (None, []) for a
+        line with no words. Raises ParseError for an unbalanced quote and UnknownCommand (its
+        suggestions limited to what ``conn`` may run) for a name nobody registered."""
+        cache = self.line_cache
+        if cache is not None:
+            entry = cache.get(line)
+            if entry is not None:
+                return entry[0], list(entry[1])
+        words = split_words(line)
+        if not words:
+            return None, []
+        command, args = self.resolve(words, conn)
+        if cache is not None and not needs_quoting(line):  # the same line always means the same words
+            if len(cache) >= _CACHE_SIZE:
+                cache.clear()
+            cache[line] = (command, tuple(args))
+        return command, args
 
     def resolve(self, words: List[str], conn: Any = None) -> Tuple[Command, List[str]]:
         """The command named by the first words, and the words left over as its arguments.
@@ -729,3 +630,45 @@ class Registry:
         for command in commands:
             lines.append(f"  {command.usage:<{width}}  {command.summary}".rstrip())
         return "\n".join(lines)
+
+
+_OPTIONS_ATTRIBUTE = "_reactor_mgmt_options"
+
+
+def command_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Sets registration options (name, level, hidden, help) on a method for add_commands()."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _OPTIONS_ATTRIBUTE, options)
+        return fn
+
+    return decorate
+
+
+def methods_as_commands(obj: Any, *, level: Optional[str] = None,
+                        replace: bool = False) -> List[Tuple[str, Callable[..., Any], Dict[str, Any]]]:
+    """(name, method, options) for every public method of ``obj`` (for a module, every public
+    function defined in it), with the options ``@command_options`` set on it."""
+    import inspect  # lazily: registration only, and it is slow to import
+
+    found = []
+    for attribute in sorted(dir(obj)):
+        if attribute.startswith("_"):
+            continue
+        # Methods only: reading a property would run its code, and a nested class or a
+        # callable attribute is not a command.
+        if isinstance(inspect.getattr_static(obj, attribute, None), property):
+            continue
+        method = getattr(obj, attribute)
+        if not (inspect.ismethod(method) or inspect.isfunction(method)):
+            continue
+        if inspect.ismodule(obj) and getattr(method, "__module__", None) != obj.__name__:
+            continue  # a function the module imported is not one of its commands
+        options = dict(getattr(method, _OPTIONS_ATTRIBUTE, {}))
+        name = options.pop("name", attribute.replace("_", " "))
+        if level is not None:
+            options.setdefault("level", level)
+        if replace:
+            options.setdefault("replace", True)
+        found.append((name, method, options))
+    return found

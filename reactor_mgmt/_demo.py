@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional
 
-from ._commands import Pending
+from ._replies import Pending
 from ._errors import CommandError
 from ._server import Server
 

@@ -13,7 +13,7 @@
 #   * start_thread: a daemon thread that only polls. Handlers then run on that thread, which is
 #     the one thing this library otherwise never does; the docstring spells out the locking.
 #
-# Each adapter registers itself as server._integration, so server.close() detaches it before
+# Each adapter registers itself as server.integration, so server.close() detaches it before
 # the selector closes: an event loop still watching a closed descriptor keeps a stale
 # registration that breaks the next add_reader of a descriptor reusing its number.
 from __future__ import annotations
@@ -39,9 +39,9 @@ _CLOSE_JOIN_TIMEOUT = 10.0  # how long close() waits for the polling thread to f
 def _claim(server: "Server", integration: Any) -> None:
     if server.closed:
         raise ConfigError("the server is closed")
-    if server._integration is not None:
-        raise ConfigError(f"the server is already driven by {server._integration!r}; detach it first")
-    server._integration = integration
+    if server.integration is not None:
+        raise ConfigError(f"the server is already driven by {server.integration!r}; detach it first")
+    server.integration = integration
 
 
 class AsyncioHandle:
@@ -137,8 +137,8 @@ class AsyncioHandle:
         if self.detached:
             return
         self.detached = True
-        if self.server._integration is self:
-            self.server._integration = None
+        if self.server.integration is self:
+            self.server.integration = None
         self.server.owner_thread = self._previous_owner
         if self._on_loop_thread():
             self._remove()
@@ -185,7 +185,7 @@ def attach_asyncio(server: "Server", loop: Optional["asyncio.AbstractEventLoop"]
             handle._install()
         except BaseException:  # the server stays free for another loop or a thread
             handle.detached = True
-            server._integration = None
+            server.integration = None
             raise
     else:  # the loop runs on another thread: add_reader is not thread-safe, so let it install us
         loop.call_soon_threadsafe(handle._install)
@@ -210,7 +210,7 @@ class ThreadHandle:
     def _start(self) -> None:
         # The waker exists before the thread blocks: made later, by stop() on another thread, a
         # poll()- or select()-based selector already waiting would never see it.
-        self.server._make_waker()
+        self.server.ensure_waker()
         self.thread.start()
         self._running.wait()  # owner_thread is the new thread's before anyone can call wake()
 
@@ -241,8 +241,8 @@ class ThreadHandle:
             self._release()  # stop() from a handler: the server is free once this thread is gone
 
     def _release(self) -> None:
-        if self.server._integration is self:
-            self.server._integration = None
+        if self.server.integration is self:
+            self.server.integration = None
             self.server.owner_thread = self._previous_owner
 
     @property
@@ -288,6 +288,6 @@ def start_thread(server: "Server", name: str = "reactor_mgmt", poll_interval: Op
     try:
         handle._start()
     except BaseException:
-        server._integration = None
+        server.integration = None
         raise
     return handle

@@ -1,7 +1,7 @@
 # The library's logger, looked up on first use. Importing `logging` costs about a third of the
 # import-time budget, and `import reactor_mgmt` should not pay it: the first log call (at the
 # latest the "listening on" line when a listener opens) imports it. Log calls are on rare paths,
-# so the lookup per call does not matter.
+# so the lookup per call does not matter. format_address spells an address for those lines.
 # Throttle is for the records a client can cause at will (an HTTP probe, a reply over the output
 # cap): one per interval, with a count of the rest, so no client can flood the host's log.
 from __future__ import annotations
@@ -42,3 +42,11 @@ class Throttle:
         self.next_at = now + self.interval
         self.suppressed = 0
         return suffix
+
+
+def format_address(address: Any) -> str:
+    """``host:port`` (``[v6]:port``) for a TCP address, the path for a Unix socket."""
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address)

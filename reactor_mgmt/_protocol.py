@@ -10,10 +10,11 @@
 #                 subscription wants Enter to stop it), and reports problems as
 #                 values in the same ordered list as the lines, so replies stay in order.
 # Each layer has a fast path for the common case (no IAC, whole lines, ASCII) because the
-# reactor feeds every received byte through here. A read that is one line repeated (pipelined
-# pings) comes out as a single Repeat item rather than thousands of identical strs. Byte searches
-# use bytes.find, never `in`: `x in data` first tries x as an int and clears the TypeError, which
-# costs ~240 ns a test.
+# reactor feeds every received byte through here; the property tests pin each fast path to the
+# general one. Byte searches use bytes.find, never `in`: `x in data` first tries x as an int and
+# clears the TypeError, which costs ~240 ns a test.
+# Word splitting (split_words) and the HTTP sniff (looks_like_http) live here too: they are the
+# rest of turning a line into a request, and are just as pure.
 from __future__ import annotations
 
 import re
@@ -249,8 +250,6 @@ class LineTooLong(ProtocolEvent):
     def __repr__(self) -> str:
         return f"LineTooLong({self.limit})"
 
-    def __hash__(self) -> int:  # hashable, so the server's request cache can be probed with any item
-        return hash(type(self))
 
 
 class BadEncoding(ProtocolEvent):
@@ -266,8 +265,6 @@ class BadEncoding(ProtocolEvent):
     def __repr__(self) -> str:
         return "BadEncoding()"
 
-    def __hash__(self) -> int:  # hashable, so the server's request cache can be probed with any item
-        return hash(type(self))
 
 
 class EndSession(ProtocolEvent):
@@ -281,56 +278,21 @@ class EndSession(ProtocolEvent):
     def __repr__(self) -> str:
         return "EndSession()"
 
-    def __hash__(self) -> int:  # hashable, so the server's request cache can be probed with any item
-        return hash(type(self))
 
 
 END_SESSION = EndSession()
 BAD_ENCODING = BadEncoding()
 BAD_ENCODING_JSON = BadEncoding(json=True)
 
-class Repeat:
-    """``count`` copies of one request line in a row, queued as one item.
-
-    A pipelining client often sends a whole read of one request (a load test, `yes ping | nc`).
-    Splitting 1,600 identical lines into 1,600 str objects, queueing them and taking them off
-    again was most of what such a read cost; a Repeat costs one object. Consumers treat it as
-    ``count`` requests, in order; ``count`` only goes down, and a Repeat is never empty.
-    """
-
-    __slots__ = ("line", "count")
-
-    def __init__(self, line: str, count: int) -> None:
-        self.line = line
-        self.count = count
-
-    def __repr__(self) -> str:
-        return f"Repeat({self.line!r}, {self.count})"
-
-
-_MIN_REPEAT = 8  # fewer identical lines than this are cheaper as separate strs
-
 if TYPE_CHECKING:
-    Item = Union[str, Repeat, ProtocolEvent]
-
-
-def expand(items: List[Item]) -> List[Union[str, ProtocolEvent]]:
-    """``items`` with each Repeat written out as its lines: the decoder's plain meaning."""
-    out: list = []
-    for item in items:
-        if item.__class__ is Repeat:
-            out.extend([item.line] * item.count)  # type: ignore[union-attr]
-        else:
-            out.append(item)
-    return out
+    Item = Union[str, ProtocolEvent]
 
 
 class RequestDecoder:
     """Bytes in, an ordered list of request lines (``str``) and ProtocolEvents out.
 
     Lines are decoded as UTF-8 and stripped; blank lines are dropped. After END_SESSION the
-    decoder swallows everything, because the session is over. A read that is one line
-    repeated may come out as a Repeat of it (see Repeat; ``expand`` writes it out).
+    decoder swallows everything, because the session is over.
     """
 
     __slots__ = ("_telnet", "_lines", "ended", "keep_blank", "_at_rest", "_max_line")
@@ -375,20 +337,10 @@ class RequestDecoder:
             # the line cap or strip() to do. A few C-level scans of the whole read replace three
             # layers of per-feed work; the property tests pin this to the general path below.
             # A read usually ends mid-line (8 KiB is not a multiple of a line), so the unfinished
-            # tail is kept here too, exactly as LineBuffer would keep it.
+            # tail is kept here too, exactly as LineBuffer would keep it. This serves a script
+            # pipelining distinct requests (`printf 'a\nb\n' | nc`); test_properties pins it.
             if lines._partial:
                 data = bytes(lines._partial) + data  # a local copy: state changes only on success
-            end = data.rfind(b"\n") + 1
-            first = data.find(b"\n") + 1 if end >= 2 * _MIN_REPEAT else 0
-            # n non-overlapping copies of the first line fill the n*len bytes of the complete
-            # lines only if every line is that line; then only that line and the unfinished tail
-            # need the plain checks, not the whole read.
-            if (first > 1 and end >= first * _MIN_REPEAT and data.startswith(data[:first], first)
-                    and data.count(data[:first], 0, end) * first == end
-                    and _is_plain(data[:first] + data[end:], lines.max_line)):
-                lines._partial = bytearray(data[end:])
-                self._telnet._after_cr = False
-                return [Repeat(data[:first - 1].decode("ascii"), end // first)]
             if _is_plain(data, lines.max_line):
                 items = data.decode("ascii").split("\n")
                 tail = items.pop()
@@ -506,44 +458,13 @@ def _needs_strip(joined: bytes) -> bool:
 _QUOTING = re.compile(r"[\"'\\]|[^\S \t\r\n]")
 
 
-_QUOTING_ASCII = b"\"'\\\x0b\x0c\x1c\x1d\x1e\x1f"  # what _QUOTING finds in ASCII text
-
-
-def needs_shlex(text: str) -> bool:
-    """Whether any line of ``text`` needs split_words' shlex path: _QUOTING, for many lines.
-
-    The regex alternation costs about 13 ns a character; for the ASCII text scripts send, a
-    bytes.translate that deletes the same characters costs about 1.
-    """
-    if text.isascii():
-        data = text.encode("ascii")
-        return len(data.translate(None, _QUOTING_ASCII)) != len(data)
-    return _QUOTING.search(text) is not None
-
-
-# needs_shlex's bytes, and the whitespace that str.split() splits on besides space and LF.
-_NOT_SINGLE_SPACED_ASCII = _QUOTING_ASCII + b"\t\r"
-
-
-def single_spaced(text: str) -> bool:
-    """Whether every line of ``text`` is words that need no shlex, joined by single spaces:
-    ``split_words(line) == line.split(" ")`` and ``" ".join(line.split()) == line`` for each.
-
-    One translate (space to LF, the other whitespace and the quoting deleted) and one search
-    for two LFs in a row, as _is_plain does for a read. Non-ASCII text answers False (str.split
-    knows Unicode spaces), and so does a blank line: callers then take the per-line path,
-    which is right for any text, only slower.
-    """
-    if not text or not text.isascii():
-        return False
-    data = text.encode("ascii")
-    spaced = data.translate(_SPACE_TO_LF, _NOT_SINGLE_SPACED_ASCII)
-    return (len(spaced) == len(data) and spaced.find(b"\n\n") < 0 and spaced[:1] != b"\n"
-            and spaced[-1:] != b"\n")
-
-
 class ParseError(ValueError):
     """A request line that cannot be split into words (an unbalanced quote)."""
+
+
+def needs_quoting(line: str) -> bool:
+    """Whether split_words takes the shlex path for ``line`` (quotes, backslashes, odd spaces)."""
+    return _QUOTING.search(line) is not None
 
 
 def split_words(line: str) -> List[str]:

@@ -285,7 +285,7 @@ def _blob_server(make_server, **limits) -> Server:
 def _shrink_send_buffer(conn) -> None:
     # Loopback send buffers hold megabytes; shrink this one so the server's own buffering, not
     # the kernel's, is what the test observes.
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conn.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
 
 
 def _read_lines(server: Server, sock: socket.socket, count: int) -> List[bytes]:
@@ -314,9 +314,9 @@ def test_above_high_water_commands_wait_and_input_is_not_read(make_server):
     peak = 0
     for _ in range(300):
         server.poll(0)
-        peak = max(peak, conn.out_size)
-    assert conn.paused
-    assert not conn.mask & selectors.EVENT_READ
+        peak = max(peak, conn.transport.out_size)
+    assert conn.transport.paused
+    assert not conn.transport.mask & selectors.EVENT_READ
     ran = server.stats.commands
     assert 4 <= ran < 2000  # it ran until the mark, then stopped
     assert peak <= server.high_water + 1001  # one reply past the mark at most
@@ -342,7 +342,7 @@ def test_one_big_reply_above_high_water_stops_reading_even_with_an_empty_queue(m
     pump_until(server, lambda: server.stats.commands == 1)
     for _ in range(20):
         server.poll(0)
-    assert conn.paused and not conn.queue
+    assert conn.transport.paused and not conn.queue
     bytes_in = server.stats.bytes_in
     sock.sendall(b"ping\n")
     for _ in range(50):
@@ -391,7 +391,7 @@ def test_reply_over_max_output_is_an_error_line_and_the_connection_carries_on(ma
         sock.shutdown(socket.SHUT_WR)  # echo ... | nc -N: every reply, then EOF
         data = read_to_eof(server, sock)
     assert data.split(b"\n") == [b"x" * 100, *expected, b"pong", b""]
-    assert not conn.cut_off and server.stats.errors == len(expected) - (request_line == b"items")
+    assert not conn.transport.cut_off and server.stats.errors == len(expected) - (request_line == b"items")
     # Logged, but once per 10 s however often a client asks: it could flood the host's log.
     assert [m for m in messages(caplog) if "is over max_output (65536)" in m] == [
         messages(caplog)[0]]
@@ -445,7 +445,7 @@ def test_pipelined_big_replies_are_paced_not_cut_off(make_server):
     sock.shutdown(socket.SHUT_WR)
     data = read_to_eof(server, sock)
     assert data.split(b"\n") == [b"k" * 1000] * 200 + [b"pong", b""]
-    assert not conn.cut_off and server.stats.errors == 0
+    assert not conn.transport.cut_off and server.stats.errors == 0
     sock.close()
 
 
@@ -456,14 +456,14 @@ def test_output_cut_off_keeps_the_part_sent_line_and_says_why(make_server):
     client = RawClient(server)
     pump_until(server, lambda: len(server.connections) == 1)
     conn = connection_of(server)
-    conn.out = [memoryview(b"one\ntwo\nthree\n")[6:]]  # "one\ntw" went out
-    conn.out_size = len(conn.out[0])
+    conn.transport.out = [memoryview(b"one\ntwo\nthree\n")[6:]]  # "one\ntw" went out
+    conn.transport.out_size = len(conn.transport.out[0])
     conn.write("y" * 70000)
-    assert conn.cut_off and conn.closing
-    assert conn.out == [b"o\nERR too much unsent output (70009 bytes, cap 69632): closing\n"]
-    assert conn.out_size == len(conn.out[0])
+    assert conn.transport.cut_off and conn.closing
+    assert conn.transport.out == [b"o\nERR too much unsent output (70009 bytes, cap 69632): closing\n"]
+    assert conn.transport.out_size == len(conn.transport.out[0])
     conn.write("dropped")
-    assert conn.out_size == len(conn.out[0])
+    assert conn.transport.out_size == len(conn.transport.out[0])
     client.close()
 
 
@@ -495,13 +495,13 @@ def test_client_that_never_reads_cannot_grow_server_memory(make_server, caplog):
         peak = 0
         for _ in range(500):
             server.poll(0)
-            peak = max(peak, stream_conn.out_size)
+            peak = max(peak, stream_conn.transport.out_size)
     # The stream only runs while its client drains: its buffer stays near the low-water mark.
     assert peak <= server.low_water + 100
     assert not stream_conn.closed
     # conn.write past max_output cuts the client off: what it had not begun to receive is freed
     # at once, and later writes are dropped, not buffered; only the notice waits for it.
-    assert spam_conn.cut_off and spam_conn.out_size < 100
+    assert spam_conn.transport.cut_off and spam_conn.transport.out_size < 100
     assert max(sizes) <= server.max_output + server.high_water
     assert any("unsent output" in m for m in messages(caplog))
     # When it reads at last, it gets whole lines, the notice, and EOF.
@@ -512,7 +512,7 @@ def test_client_that_never_reads_cannot_grow_server_memory(make_server, caplog):
     assert set(lines[:-2]) <= {b"y" * 999}
     spammer.shutdown(socket.SHUT_WR)  # the server lingers for our EOF, then closes
     pump_until(server, lambda: spam_conn.closed)
-    assert spam_conn.out is None
+    assert spam_conn.transport.out is None
     streamer.close()
     spammer.close()
 
@@ -522,7 +522,7 @@ def test_client_that_never_reads_cannot_grow_server_memory(make_server, caplog):
 
 def test_accepts_per_poll_are_bounded_and_adapt(make_server):
     server = make_server()
-    listener = server._listeners[0]
+    listener = server._listening.listeners[0]
     start = listener.accepts
     socks = [raw_connect(server.addresses[0]) for _ in range(start + 24)]
     server.poll(0)
@@ -546,7 +546,7 @@ def test_one_recv_per_connection_per_poll(make_server):
     client.send(b"ping\n" * 60000)  # 300 KB, more than one recv
     time.sleep(0.05)
     server.poll(0)
-    assert 0 < server.stats.bytes_in - before <= reactor_mgmt._server._RECV_SIZE  # one recv
+    assert 0 < server.stats.bytes_in - before <= reactor_mgmt._transport.RECV_SIZE  # one recv
     assert client.lines(60000, timeout=30) == ["pong"] * 60000
     client.close()
 
@@ -649,8 +649,8 @@ _EMFILE_CHILD = textwrap.dedent(r"""
     resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
     server = reactor_mgmt.Server("127.0.0.1", 0, idle_timeout=0)
     if mode == "pause":  # no reserve descriptor to spend: the listener must pause instead
-        os.close(server._reserve_fd)
-        server._reserve_fd = None
+        os.close(server._listening.acceptor.reserve_fd)
+        server._listening.acceptor.reserve_fd = None
     hog = []
     try:
         while True:
@@ -745,7 +745,7 @@ def test_demo_command_line_sets_every_limit():
         assert (server.high_water, server.low_water, server.max_output) == (5000, 1000, 9000)
         assert (server.max_commands_per_tick, server.pending_timeout) == (3, 4.0)
         assert server.allow_remote and server.auth_required and server.check_token("sesame")
-        assert [listener.level for listener in server._listeners] == ["user"]
+        assert [listener.level for listener in server._listening.listeners] == ["user"]
     finally:
         server.close()
     defaults = _demo.parse_args([])
@@ -821,7 +821,7 @@ def test_http_rejections_are_logged_with_rate_limiting(make_server, caplog):
             assert read_to_eof(server, sock) == b""
             sock.close()
         assert sum("HTTP request" in m for m in messages(caplog)) == 1
-        server._http_log.next_at = 0.0  # as if the quiet period had passed
+        server._dispatcher._http_log.next_at = 0.0  # as if the quiet period had passed
         sock = raw_connect(server.addresses[0])
         sock.sendall(b"GET / HTTP/1.1\r\n")
         assert read_to_eof(server, sock) == b""
@@ -1004,7 +1004,7 @@ def test_unix_listener_defaults_to_admin_and_level_overrides(make_server, short_
     assert user_client.request("reload") == ["ERR permission denied: 'reload' needs operator"]
     user_client.close()
     everyone = _levels_server(make_server, unix=os.path.join(short_dir, "all.sock"), level="user")
-    assert [listener.level for listener in everyone._listeners] == ["user", "user"]
+    assert [listener.level for listener in everyone._listening.listeners] == ["user", "user"]
     with pytest.raises(ConfigError):
         make_server(level="root")
 
@@ -1260,7 +1260,7 @@ def test_reset_while_writing_drops_only_that_connection(make_server):
     pump_until(server, lambda: len(server.connections) == 2)
     _shrink_send_buffer(connection_of(server))
     victim.sendall(b"blob 500000\n")
-    pump_until(server, lambda: any(c.out_size for c in server.connections))
+    pump_until(server, lambda: any(c.transport.out_size for c in server.connections))
     _reset(victim)
     pump_until(server, lambda: len(server.connections) == 1)
     assert client.request("ping") == ["pong"]
@@ -1271,7 +1271,7 @@ def test_accept_errors_other_than_fd_exhaustion_are_skipped(make_server, caplog)
     import errno
 
     server = make_server()
-    listener = server._listeners[0]
+    listener = server._listening.listeners[0]
 
     class Aborting:
         calls = 0
@@ -1285,7 +1285,7 @@ def test_accept_errors_other_than_fd_exhaustion_are_skipped(make_server, caplog)
     real, listener.sock = listener.sock, Aborting()
     try:
         with caplog.at_level(logging.DEBUG, LOGGER):
-            server._accept(listener, time.monotonic())
+            server._listening.acceptor.accept(listener, time.monotonic())
     finally:
         listener.sock = real
     assert Aborting.calls == 2  # the failure was skipped and accepting went on

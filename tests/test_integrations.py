@@ -325,7 +325,7 @@ def test_asyncio_close_after_the_loop_is_gone(make_server):
 
     handle = run(main())  # asyncio.run() closed its loop; the server is still attached to it
     server.close()
-    assert handle.detached and server._integration is None
+    assert handle.detached and server.integration is None
 
 
 def test_asyncio_work_queued_after_the_loop_is_gone_does_not_raise(make_server):
@@ -351,7 +351,7 @@ def test_asyncio_attach_that_fails_leaves_the_server_free(make_server):
     dead.close()
     with pytest.raises(RuntimeError):
         server.attach_asyncio(dead)
-    assert server._integration is None
+    assert server.integration is None
     server.start_thread().stop(TIMEOUT)  # free for a thread, or another loop
 
 
@@ -591,7 +591,7 @@ def test_thread_stopped_from_its_own_handler(make_server):
     assert not handle.alive
     assert results == [False]  # it cannot join itself; it only asked
     # Once the thread is gone the server is free again, as after a stop() from outside.
-    assert server._integration is None and server.owner_thread == threading.get_ident()
+    assert server.integration is None and server.owner_thread == threading.get_ident()
     server.start_thread().stop(TIMEOUT)
     client.close()
     server.close()
@@ -612,7 +612,7 @@ def test_thread_handler_raising_system_exit_closes_the_server_and_says_so(make_s
         client.sendall(b"ping\nshutdown\n")
         assert recv_lines(client, 2) == ["pong"]  # then EOF, not silence
         handle.thread.join(TIMEOUT)
-    assert not handle.alive and server.closed and server._integration is None
+    assert not handle.alive and server.closed and server.integration is None
     assert any("thread ended on SystemExit; closing the server" in r.getMessage() for r in caplog.records)
     client.close()
 

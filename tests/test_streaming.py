@@ -57,7 +57,7 @@ def small_window_client(server: reactor_mgmt.Server) -> "tuple[socket.socket, Co
         assert time.monotonic() < deadline
         server.poll(0.01)
     conn = server_conn(server)
-    conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    conn.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     sock.setblocking(False)
     return sock, conn
 
@@ -373,9 +373,9 @@ def test_a_million_lines_to_a_slow_client_with_bounded_output(make_server):
         polls += 1
         # The bound, checked after every poll: a stream only adds an item while the output
         # buffer is below the low-water mark, so it can overshoot by one item at most.
-        assert conn.out_size <= low_water + item_size
-        assert conn.buffered_output == conn.out_size
-        highest = max(highest, conn.out_size)
+        assert conn.transport.out_size <= low_water + item_size
+        assert conn.buffered_output == conn.transport.out_size
+        highest = max(highest, conn.transport.out_size)
         try:
             data = sock.recv(4096)  # the slow reader: at most 4 KiB per poll
         except BlockingIOError:
@@ -549,13 +549,13 @@ def test_log_tail_memory_stays_bounded_while_polling(make_server, tail_logger):
             srv.poll(0)  # the host keeps polling; the client reads nothing
             assert len(subscriber.records) <= 1000
             longest = max(longest, len(subscriber.records))
-            assert conn.out_size <= low_water + 200  # one formatted record at most beyond it
+            assert conn.transport.out_size <= low_water + 200  # one formatted record at most beyond it
     assert longest > 900  # the queue did fill, so records were dropped rather than buffered
     # Now read everything; a final marker, logged once the backlog is gone, ends the test.
     received = b""
     while not received.endswith(b"tailtest: END\n"):
         assert time.monotonic() < deadline + TIMEOUT, received[-500:]
-        if not (subscriber.records or subscriber.dropped or conn.out_size) and b"END" not in received:
+        if not (subscriber.records or subscriber.dropped or conn.transport.out_size) and b"END" not in received:
             tail_logger.warning("END")
         srv.poll(0)
         try:

@@ -1,0 +1,419 @@
+# Listening sockets: binding them (TCP on every address of a host, or none; Unix sockets born
+# with their mode; adopted descriptors), the hygiene of the files they leave (a stale socket is
+# replaced, a live one, a symlink or any other file refused; nothing removed that another
+# server has put there since), peer credentials, the address file, and the accept loop.
+#
+# The Acceptor accepts for every listener of a server, a bounded and adaptive number per tick
+# (like Twisted: more while the backlog keeps it saturated, fewer after), and survives
+# descriptor exhaustion without spinning (libuv's reserve descriptor, then nginx's pause).
+# What to do with an accepted socket (admission, a session) is the server's: it is the
+# ``admit`` callback. Listeners holds one server's set of them, with its address file.
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import stat
+import sys
+
+from ._commands import LEVELS, level_rank
+from ._errors import ConfigError
+from ._log import format_address, log
+from ._transport import refuse
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+
+    Address = Union[str, Tuple[str, int]]
+
+_READ = selectors.EVENT_READ
+_EPHEMERAL_TRIES = 8  # port 0 on a host with several addresses: fresh ports to try for all of them
+_FD_EXHAUSTED = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+_ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
+
+
+class Listener:
+    """One listening socket, with the maximum level its connections get."""
+
+    __slots__ = ("sock", "address", "path", "file_id", "rank", "allowed_uids", "check_peer", "accepts",
+                 "paused_until", "acceptor")
+
+    def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
+        self.sock = sock
+        self.address = address
+        self.path = path
+        self.file_id = file_id(path) if path is not None else None  # what close() may remove
+        self.rank = rank
+        self.check_peer = False
+        self.allowed_uids: frozenset = frozenset()
+        self.accepts = _ACCEPTS_START  # adapts like Twisted's numberAccepts
+        self.paused_until = 0.0
+        self.acceptor: Optional[Acceptor] = None
+
+    @property
+    def level(self) -> str:
+        return LEVELS[self.rank]
+
+    def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
+        assert self.acceptor is not None
+        self.acceptor.accept(self, now)
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path is not None:
+            unlink_if_ours(self.path, self.file_id)
+
+
+class Acceptor:
+    """Accepts connections on a server's listeners and hands each to ``admit``."""
+
+    def __init__(self, loop: Any, admit: Callable[[Listener, socket.socket, Any, float], None]) -> None:
+        self.loop = loop
+        self.admit = admit
+        self.reserve_fd: Optional[int] = _open_reserve_fd()
+        self.exhausted_logged = False
+
+    def add(self, listener: Listener) -> None:
+        listener.sock.setblocking(False)
+        listener.acceptor = self
+        self.loop.register(listener.sock, _READ, listener)
+        log.info("listening on %s", format_address(listener.address))
+
+    def remove(self, listener: Listener) -> None:
+        if not listener.paused_until:
+            try:
+                self.loop.unregister(listener.sock)
+            except (KeyError, ValueError):
+                pass
+        listener.close()
+
+    def accept(self, listener: Listener, now: float) -> None:
+        if listener.paused_until:
+            return
+        limit = listener.accepts
+        accepted = 0
+        while accepted < limit:
+            try:
+                sock, peer = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _FD_EXHAUSTED:
+                    self._on_fd_exhaustion(listener, exc)
+                    break
+                log.debug("accept failed: %s", exc)
+                accepted += 1  # a failure that repeats must not spin inside one tick
+                continue
+            accepted += 1
+            if self.exhausted_logged:
+                self.exhausted_logged = False
+                log.warning("file descriptors available again; accepting connections")
+            self.admit(listener, sock, peer, now)
+        if accepted == limit:
+            listener.accepts = min(limit + _ACCEPTS_STEP, _ACCEPTS_MAX)
+        else:
+            listener.accepts = max(_ACCEPTS_START, accepted)
+
+    def _on_fd_exhaustion(self, listener: Listener, exc: OSError) -> None:
+        if not self.exhausted_logged:
+            self.exhausted_logged = True
+            log.error("out of file descriptors (%s): shedding new connections until some are free", exc.strerror)
+        # libuv's trick: free the reserve descriptor, accept the waiting connection and close it
+        # at once, so the listener stops reporting readable and we do not spin.
+        if self.reserve_fd is not None:
+            os.close(self.reserve_fd)
+            self.reserve_fd = None
+            try:
+                sock, _ = listener.sock.accept()
+            except OSError:
+                pass
+            else:
+                refuse(sock, b"ERR server out of file descriptors\n")
+            self.reserve_fd = _open_reserve_fd()
+            if self.reserve_fd is not None:
+                return
+        # No reserve to spend: stop watching the listener for a moment instead (nginx's way).
+        listener.paused_until = self.loop.clock() + 1.0
+        self.loop.unregister(listener.sock)
+        self.loop.call_later(1.0, self._resume, listener)
+
+    def _resume(self, listener: Listener) -> None:
+        if listener.paused_until and not self.loop.stopped:
+            listener.paused_until = 0.0
+            if self.reserve_fd is None:
+                self.reserve_fd = _open_reserve_fd()
+            self.loop.register(listener.sock, _READ, listener)
+
+    def close(self) -> None:
+        if self.reserve_fd is not None:
+            os.close(self.reserve_fd)
+            self.reserve_fd = None
+
+
+class Listeners:
+    """A server's listening sockets, their accept loop and its address file.
+
+    With ``warn_remote`` (no token, and remote access not allowed explicitly), a non-loopback
+    address is logged as a warning. The address file (one address per line) is rewritten whenever a
+    listener is added, once ``writing`` is on: the server turns it on when its constructor's
+    listeners are all up, so a second copy that fails to start leaves the running copy's file.
+    """
+
+    def __init__(self, loop: Any, admit: Callable[[Listener, socket.socket, Any, float], None],
+                 address_file: Optional[str], warn_remote: bool) -> None:
+        self.acceptor = Acceptor(loop, admit)
+        self.listeners: List[Listener] = []
+        self.address_file = address_file
+        self.address_file_id: Optional[Tuple[int, int]] = None
+        self.writing = False
+        self.warn_remote = warn_remote
+
+    def tcp(self, host: str, port: int, level: Optional[str]) -> List[Address]:
+        bound: List[Address] = []
+        for sock in bind_tcp(host, port):
+            address = sock.getsockname()[:2]
+            self._add(Listener(sock, address, level_rank(level or "operator")))
+            bound.append(address)
+            self.warn_if_remote(address[0])
+        self.write_address_file()
+        return bound
+
+    def unix(self, path: str, mode: int, group: Union[int, str, None], level: Optional[str], check_peer: bool,
+             allowed_uids: Sequence[int]) -> str:
+        sock = bind_unix(path, mode, group)
+        # The file is removed at close() by its absolute path: the host may chdir meanwhile.
+        listener = Listener(sock, path, level_rank(level or "admin"), path=os.path.abspath(path))
+        listener.check_peer = check_peer or bool(allowed_uids)
+        listener.allowed_uids = frozenset(allowed_uids)
+        self._add(listener)
+        self.write_address_file()
+        return path
+
+    def adopt(self, sock: socket.socket, level: Optional[str]) -> Address:
+        address, default = adopted_address(sock)
+        if isinstance(address, tuple):
+            self.warn_if_remote(address[0])
+        self._add(Listener(sock, address, level_rank(level or default)))
+        self.write_address_file()
+        return address
+
+    def adopt_fd(self, fd: int, level: Optional[str]) -> Address:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ConfigError(f"fd {fd} is not a socket: {exc}") from None
+        try:
+            return self.adopt(sock, level)
+        except BaseException:
+            sock.detach()  # a refused descriptor stays the caller's, and open
+            raise
+
+    def warn_if_remote(self, host: str) -> None:
+        if self.warn_remote and not is_loopback(host):
+            log.warning("listening on non-loopback address %s without a token: anyone who can reach it "
+                        "can run commands (set token= or allow_remote=True to silence this)", host)
+
+    def _add(self, listener: Listener) -> None:
+        self.acceptor.add(listener)
+        self.listeners.append(listener)
+
+    def addresses(self) -> List[Address]:
+        return [listener.address for listener in self.listeners]
+
+    def write_address_file(self) -> None:
+        if self.address_file is not None and self.writing:
+            self.address_file_id = write_address_file(self.address_file, self.addresses())
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            self.acceptor.remove(listener)
+        self.listeners = []
+        self.acceptor.close()
+        if self.address_file is not None:
+            unlink_if_ours(self.address_file, self.address_file_id)
+
+
+# ---- binding ----
+
+
+def bind_tcp(host: str, port: int) -> List[socket.socket]:
+    """Listening sockets for every address ``host`` resolves to; port 0 picks one free port
+    for all of them. All or nothing: should another program hold the picked port on a later
+    address (::1), the whole set is tried again on a new one."""
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:  # getaddrinfo wraps 70000 to 4464
+        raise ConfigError(f"port must be an int from 0 to 65535, not {port!r}")
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    tries = 1 if port else _EPHEMERAL_TRIES
+    for attempt in range(tries):
+        socks: List[socket.socket] = []
+        try:
+            for family, kind, proto, _, sockaddr in infos:
+                sock = socket.socket(family, kind, proto)
+                socks.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if port == 0 and len(socks) > 1:  # one ephemeral port shared by all addresses
+                    sockaddr = (sockaddr[0], socks[0].getsockname()[1]) + tuple(sockaddr[2:])
+                sock.bind(sockaddr)
+                sock.listen(128)
+        except BaseException as exc:
+            for sock in socks:
+                sock.close()
+            if (isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and len(socks) > 1
+                    and attempt + 1 < tries):
+                continue
+            raise
+        return socks
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def bind_unix(path: str, mode: int, group: Union[int, str, None]) -> socket.socket:
+    """A listening Unix socket at ``path``, its file born with at most ``mode``."""
+    if path.startswith("\0"):
+        raise ConfigError("abstract Unix sockets are not supported: with no file there is no mode, so "
+                          "any local user could connect; use a path in a directory only you can reach")
+    _clear_unix_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        _bind_with_mode(sock, path, mode)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if group is not None:
+            gid = group if isinstance(group, int) else _gid_of(group)
+            os.chown(path, -1, gid, follow_symlinks=False)
+        if os.stat(path, follow_symlinks=False).st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        os.unlink(path)
+        raise
+    return sock
+
+
+def adopted_address(sock: socket.socket) -> Tuple[Address, str]:
+    """The address of a socket handed to us already listening, and its default level."""
+    try:
+        accepting = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:
+        raise ConfigError(f"not a socket: {exc}") from None
+    if not accepting:
+        raise ConfigError("the socket is not listening; call listen() first")
+    address = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return (address if isinstance(address, str) else address.decode(errors="replace")), "admin"
+    return address[:2], "operator"
+
+
+def peer_allowed(sock: socket.socket, allowed: frozenset) -> bool:
+    import struct
+
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
+    _, uid, _ = struct.unpack("3i", credentials)
+    return uid == 0 or uid == os.getuid() or uid in allowed
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def write_address_file(path: str, addresses: List[Any]) -> Optional[Tuple[int, int]]:
+    """Writes one address per line, atomically; returns the file's identity (see unlink_if_ours)."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as handle:
+        handle.write("".join(format_address(a) + "\n" for a in addresses))
+    os.replace(temporary, path)
+    return file_id(path)
+
+
+def file_id(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def unlink_if_ours(path: str, identity: Optional[Tuple[int, int]]) -> None:
+    """Removes ``path`` only while it is still the file we made: another server (a restart
+    that overlapped us) may have put its own there since."""
+    if identity is not None and file_id(path) == identity:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def _open_reserve_fd() -> Optional[int]:
+    try:
+        return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+
+
+def _clear_unix_path(path: str) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        raise ConfigError(f"refusing to use {path}: it is a symlink")
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"refusing to replace {path}: it exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)  # stale: its server died without removing it
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot tell whether {path} is in use: {exc}") from None
+    finally:
+        probe.close()
+    raise ConfigError(f"{path} is in use by a running server")
+
+
+def _bind_with_mode(sock: socket.socket, path: str, mode: int) -> None:
+    """Binds so that the socket file is born with at most ``mode``: no moment when a wider
+    mode lets another user connect before the chmod.
+
+    On Linux, bind() takes the mode of the unbound socket's inode, which fchmod sets, so the
+    process-wide umask is left alone: a host thread creating files meanwhile keeps its umask.
+    Elsewhere fchmod on a socket fails or is ignored, and the umask does the job instead.
+    """
+    try:
+        os.fchmod(sock.fileno(), mode)
+    except OSError:
+        pass
+    else:
+        if sys.platform.startswith("linux"):
+            sock.bind(path)
+            return
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+
+
+def _gid_of(group: str) -> int:
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"unknown group {group!r} for the Unix socket") from None

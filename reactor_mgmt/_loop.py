@@ -1,0 +1,288 @@
+# The loop: what one poll() does, with no knowledge of commands. It owns the selector and the
+# map from descriptors to the objects that handle their events (transports, listeners, the
+# waker: each has handle_event(event, now, stop_at)), the ready queue of sessions with work
+# left over, the timers, the calls queued from other threads, and the idle reaper.
+#
+# The rules that shape it:
+#   * poll(0) on an idle server is one non-blocking kernel call, plus a clock read when a timer
+#     is armed: no per-connection work happens unless the kernel, a timer or the ready queue
+#     says so;
+#   * work per poll() is bounded: accepts per listener, one recv per connection, K requests per
+#     connection, and an optional time budget; what is left waits in the ready queue;
+#   * an event's owner is looked up when it is handled, not when the events were read: a
+#     handler run for an earlier event may have closed it (cpython#75114).
+from __future__ import annotations
+
+import heapq
+import selectors
+import threading
+import time
+from collections import deque
+
+from ._log import log
+from ._transport import Waker, hang_up
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+_IN, _OUT = 0x001, 0x004  # epoll's bits, which poll() reads on every platform (see make_wait)
+# epoll_wait takes whole milliseconds in a C int, which a wait of 24.8 days overflows (a 30-day
+# idle_timeout, or `watch 2200000 ping` from any client, made poll() raise); waking once a day
+# to find nothing due costs nothing.
+LONGEST_WAIT = 86400.0
+_WAKER_LOCK = threading.Lock()
+monotonic = time.monotonic
+
+
+class Loop:
+    """The reactor state of one server: selector, owners, ready queue, timers and waker."""
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+        self.clock = monotonic
+        self.selector = selectors.DefaultSelector()
+        self.owners: Dict[int, Any] = {}  # fd -> Transport, Listener or Waker
+        self.wait = make_wait(self.selector)
+        self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
+        self.ready: Deque[Any] = deque()
+        self.timers: List[tuple] = []
+        self._timer_seq = 0
+        self.calls: Deque[Callable[[], Any]] = deque()
+        self.waker: Optional[Waker] = None
+        self.stopped = False  # the server closed: nothing more runs
+        # attach_asyncio()/start_thread() handle: kicked when work is queued outside poll()
+        self.integration: Any = None
+        self.reaper: Optional[IdleReaper] = None
+
+    # ---- the selector ----
+
+    def register(self, sock: Any, mask: int, owner: Any) -> None:
+        self.selector.register(sock, mask, owner)
+        self.owners[sock.fileno()] = owner
+
+    def modify(self, sock: Any, mask: int, owner: Any) -> None:
+        self.selector.modify(sock, mask, owner)
+
+    def unregister(self, sock: Any) -> None:
+        self.selector.unregister(sock)
+        self.owners.pop(sock.fileno(), None)
+
+    def forget(self, transport: Any) -> None:
+        """A transport closed: its session is no longer one of our connections."""
+        self.connections.pop(transport.sock.fileno(), None)
+        if self.reaper is not None:
+            self.reaper.prune(len(self.connections))
+
+    # ---- one tick ----
+
+    def timeout_for(self, timeout: Optional[float]) -> Optional[float]:
+        """How long poll(timeout) may wait: 0 with work queued, else no later than the first timer."""
+        if timeout == 0 or self.ready or self.calls:
+            # The idle tick, which a host pays on every loop iteration: one non-blocking kernel
+            # call, and a clock read only when a timer is armed.
+            return 0
+        if self.timers:
+            wait = max(0.0, self.timers[0][0] - monotonic())
+            timeout = wait if timeout is None else min(timeout, wait)
+        if timeout is not None and timeout > LONGEST_WAIT:
+            timeout = LONGEST_WAIT
+        return timeout
+
+    def wait_for_work(self, timeout: Optional[float]) -> Optional[List[Tuple[int, int]]]:
+        """Waits as poll(timeout) may; the events, or None when there is nothing to do."""
+        try:
+            events = self.wait(self.timeout_for(timeout))
+        except (ValueError, OSError):
+            if self.stopped:  # a handler closed the server; the host's loop may poll once more
+                return None
+            raise
+        if events or self.ready or self.calls or (
+                # a timer may have come due, or come due while we slept
+                self.timers and self.timers[0][0] <= monotonic()):
+            return events
+        return None
+
+    def handle(self, events: List[Tuple[int, int]], budget: Optional[float]) -> int:
+        start = now = monotonic()  # after the wait: a poll's recorded duration is its work
+        stop_at = None if budget is None else start + budget
+        handled = len(events)
+        owners = self.owners
+        for fd, event in events:
+            owner = owners.get(fd)
+            if owner is not None:
+                owner.handle_event(event, now, stop_at)
+        while self.calls and not self.stopped:  # a callback may close the server: then nothing runs
+            handled += 1
+            self.calls.popleft()()
+        if self.timers and self.timers[0][0] <= now and not self.stopped:
+            handled += self.run_timers(now)
+        if self.ready:
+            handled += self.run_ready(stop_at)
+        stats = self.stats
+        stats.busy_polls += 1
+        stats.durations.append(monotonic() - start)
+        return handled
+
+    def run_ready(self, stop_at: Optional[float]) -> int:
+        ready = self.ready
+        done = 0
+        for _ in range(len(ready)):  # one pass: a connection rescheduled now waits a tick
+            conn = ready.popleft()
+            conn.scheduled = False
+            if conn.closed or self.stopped:  # closed by a handler: nothing more runs
+                continue
+            try:
+                done += conn.service(stop_at)
+            except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
+                self.schedule(conn)
+                raise
+            if stop_at is not None and monotonic() >= stop_at:
+                break
+        return done
+
+    def wake(self, conn: Any, on_owner_thread: bool) -> None:
+        """Services ``conn`` in the next poll(), from the polling thread or any other."""
+        if on_owner_thread:
+            self.schedule(conn)
+            if self.integration is not None:  # outside poll(), an event loop must be told
+                self.integration.kick()
+        else:
+            self.call_soon_threadsafe(lambda: self.schedule(conn))
+
+    def schedule(self, conn: Any) -> None:
+        if not conn.scheduled and not conn.closed:
+            conn.scheduled = True
+            self.ready.append(conn)
+
+    # ---- timers and cross-thread calls ----
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self.timers, (monotonic() + delay, self._timer_seq, callback, args))
+        if self.integration is not None:  # an event loop must re-arm for an earlier deadline
+            self.integration.kick()
+
+    def run_timers(self, now: float) -> int:
+        fired = 0
+        timers = self.timers
+        while timers and timers[0][0] <= now:
+            _, _, callback, args = heapq.heappop(timers)
+            fired += 1
+            callback(*args)
+        return fired
+
+    def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
+        if self.stopped:
+            return
+        self.calls.append(callback)
+        waker = self.waker or self.make_waker()
+        if waker is not None:
+            waker.wake()
+
+    def make_waker(self) -> Optional[Waker]:
+        with _WAKER_LOCK:
+            if self.waker is None:
+                if self.stopped:  # another thread closed us since the caller looked
+                    return None
+                waker = Waker()
+                self.register(waker.reader, _READ, waker)
+                self.waker = waker
+        return self.waker
+
+    def close(self) -> None:
+        if self.waker is not None:
+            self.waker.close()
+        self.owners.clear()  # a handler may close us mid-poll: its remaining events find no owner
+        self.selector.close()
+
+
+def make_wait(selector: selectors.BaseSelector) -> Callable[[Optional[float]], List[Tuple[int, int]]]:
+    """Returns wait(timeout) -> [(fd, events)], the kernel call poll() makes, events in
+    epoll's bits (_IN, _OUT).
+
+    selectors.EpollSelector.select() spends more time wrapping results in SelectorKeys than
+    epoll_wait() itself takes, and an idle poll(0) is nothing but that call. So on epoll we
+    let the selector do registration (its public API) and call the kernel poller it wraps
+    directly: its (fd, events) pairs are what poll() reads, mapped to owners by our own
+    dict. (epoll.poll already rounds a timeout up to whole milliseconds, so it never wakes
+    early and spins.) Elsewhere the selector's results are translated to the same shape.
+    """
+    raw = getattr(selector, "_selector", None)  # the stdlib's documented-in-source epoll object
+    if isinstance(selector, getattr(selectors, "EpollSelector", ())) and hasattr(raw, "poll"):
+        return raw.poll  # type: ignore[union-attr, no-any-return]
+
+    def wait_generic(timeout: Optional[float]) -> List[Tuple[int, int]]:
+        return [(key.fd, (_IN if mask & _READ else 0) | (_OUT if mask & _WRITE else 0))
+                for key, mask in selector.select(timeout)]
+
+    return wait_generic
+
+
+class IdleReaper:
+    """Closes connections idle for ``idle_timeout`` seconds.
+
+    It has a heap of its own, of (deadline, id, transport), and one timer in the loop's heap
+    for its earliest entry: a general timer entry per connection (callback, args tuple) would
+    cost about 150 more bytes per idle connection. A deadline is checked against last_active
+    only when it comes due, so traffic costs nothing here.
+    """
+
+    def __init__(self, loop: Loop, idle_timeout: float) -> None:
+        self.loop = loop
+        self.idle_timeout = idle_timeout
+        self.heap: List[Tuple[float, int, Any]] = []
+        self.armed = False
+
+    def watch(self, conn_id: int, transport: Any, deadline: float) -> None:
+        heapq.heappush(self.heap, (deadline, conn_id, transport))
+        if not self.armed:
+            self.armed = True
+            self.loop.call_later(max(0.0, deadline - monotonic()), self.reap)
+
+    def prune(self, open_connections: int) -> None:
+        heap = self.heap
+        if len(heap) > 2 * open_connections + 64:  # drop closed entries: bounded under churn
+            self.heap = [entry for entry in heap if not entry[2].closed]
+            heapq.heapify(self.heap)
+
+    def reap(self) -> None:
+        self.armed = False
+        heap = self.heap
+        now = monotonic()
+        limit = self.idle_timeout
+        while heap and heap[0][0] <= now:
+            _, conn_id, transport = heapq.heappop(heap)
+            if transport.closed:
+                continue
+            idle_for = now - transport.last_active
+            # Waiting on a Pending or a Stream with nothing unsent is the host's time, not the
+            # client's (a quiet `log tail`). Unsent output that the client has not drained for a
+            # whole period (a write event refreshes last_active) is a stalled client: reaped.
+            busy = transport.conn.waiting is not None and transport.out is None
+            if idle_for >= limit and not busy and transport.out is not None:
+                # Write events are sparse while the kernel holds megabytes: whether the client
+                # drained anything shows in whether the kernel takes more now.
+                unsent = transport.out_size
+                transport.flush()
+                if transport.closed:
+                    continue
+                if transport.out_size < unsent:
+                    transport.last_active = now
+                    idle_for = 0.0
+            if idle_for >= limit and not busy:
+                log.debug("closing connection #%d: idle for %.0f s", conn_id, idle_for)
+                transport.reset()  # a stalled reply ends in a reset, not an EOF
+            else:
+                # Active since (idle_for < limit, so this is in the future), or busy: look again
+                # a full period later.
+                deadline = now + limit if busy else transport.last_active + limit
+                heapq.heappush(heap, (deadline, conn_id, transport))
+        if heap and not self.armed:
+            self.armed = True
+            self.loop.call_later(max(0.0, heap[0][0] - now), self.reap)
+
+
+__all__ = ["Loop", "IdleReaper", "make_wait", "hang_up"]

@@ -1,0 +1,143 @@
+# The kinds of reply a handler can return that are not finished when it returns: NO_REPLY, a
+# Pending the host resolves on a later tick, and a Stream sent an item at a time (with Wait
+# for "nothing yet"). Pure data and callbacks: no socket, clock or logger, so the session and
+# dispatcher that drive them can be tested without either.
+#
+# The dispatcher drives a Pending through the module functions at the bottom (watch,
+# cancel, expire) rather than its private attributes, so the Pending's state changes stay here.
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ._errors import CommandError
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator, List, Optional
+
+
+class _NoReply:
+    """Returned by a handler that has already written its reply, or wants none (``quit``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+
+NO_REPLY = _NoReply()
+
+
+class Pending:
+    """A reply the host completes on a later tick: ``resolve(value)`` or ``fail(message)``.
+
+    Return one from a handler. Later requests on the same connection wait behind it, so replies
+    stay in request order. If nobody resolves it within ``timeout`` seconds the client gets
+    ``ERR timeout`` (``timeout=None`` takes the server's ``pending_timeout``, 30 s by default;
+    0 waits forever); if the client goes away first, :attr:`cancelled` becomes true and the
+    ``on_cancel`` callbacks run. Resolve it from the thread that calls ``poll()``.
+    """
+
+    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiter", "_cancel_callbacks", "__weakref__")
+
+    def __init__(self, timeout: Optional[float] = None) -> None:
+        self.timeout = timeout
+        self.done = False
+        self.value: Any = None
+        self.error: Optional[CommandError] = None
+        self.cancelled = False
+        self._waiter: Optional[Callable[[], None]] = None
+        self._cancel_callbacks: List[Callable[[], None]] = []
+
+    def resolve(self, value: Any = None) -> None:
+        if self.done or self.cancelled:
+            return
+        self.value = value  # before done: whoever sees done must see the value
+        self.done = True
+        self._notify()
+
+    def fail(self, error: "str | CommandError") -> None:
+        if self.done or self.cancelled:
+            return
+        self.error = error if isinstance(error, CommandError) else CommandError(str(error))
+        self.done = True
+        self._notify()
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        self._cancel_callbacks.append(callback)
+
+    def _notify(self) -> None:
+        waiter, self._waiter = self._waiter, None  # once: and the waiter (a closure) is let go
+        if waiter is not None:
+            waiter()
+
+    def _cancel(self) -> None:
+        if self.done or self.cancelled:
+            return
+        self.cancelled = True
+        self._waiter = None
+        callbacks, self._cancel_callbacks = self._cancel_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def _expire(self) -> None:
+        """The timeout passed: the client gets ERR timeout, and the host's work is cancelled."""
+        waiter = self._waiter
+        self._cancel()
+        self.error = CommandError("timeout", code="timeout")
+        self.done = True
+        if waiter is not None:
+            waiter()
+
+
+def watch(pending: Pending, waiter: Callable[[], None]) -> None:
+    """Calls ``waiter()`` once, when ``pending`` is resolved, failed or expires."""
+    pending._waiter = waiter
+
+
+def cancel(pending: Pending) -> None:
+    """The client went away (or nobody will wait for it): run its on_cancel callbacks."""
+    pending._cancel()
+
+
+def expire(pending: Pending) -> None:
+    pending._expire()
+
+
+class Wait:
+    """Yielded by a stream that has nothing to send yet. ``until`` is a time.monotonic()
+    deadline to try again, or None to sleep until something calls the server's ``wake``."""
+
+    __slots__ = ("until",)
+
+    def __init__(self, until: Optional[float] = None) -> None:
+        self.until = until
+
+
+class Stream:
+    """A reply sent across ticks, one item at a time, only while the client keeps up.
+
+    Any iterator a handler returns is wrapped in one. ``until_input=True`` makes it a
+    subscription: it runs until the client sends any line (which is consumed) or leaves.
+    """
+
+    __slots__ = ("iterator", "until_input", "count")
+
+    def __init__(self, iterable: Any, *, until_input: bool = False) -> None:
+        self.iterator: Iterator = iter(iterable)
+        self.until_input = until_input
+        self.count = 0
+
+    def close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def is_stream(value: Any) -> bool:
+    if isinstance(value, Stream):
+        return True
+    try:
+        return hasattr(value, "__next__") and not isinstance(value, (str, bytes, Sequence))
+    except Exception:  # a __getattr__ that raises KeyError (a dict-backed record): not an iterator
+        return False

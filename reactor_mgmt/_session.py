@@ -1,0 +1,246 @@
+# One client's session: the state between its bytes and its replies, with no socket in it.
+#
+# Bytes come in through data_received()/eof_received() (from the transport, or from a test),
+# go through the connection's RequestDecoder, and queue as requests; service() runs them, in
+# order and within this tick's limits, through the dispatcher, whose replies go to the
+# transport's write(). A Pending or Stream reply parks the session (``waiting``) and the
+# requests behind it wait, so replies stay in request order. The clock comes from the
+# dispatcher and the output from the transport, both given, so a test drives a session with a
+# fake transport (a list of writes) and a fake clock, as h11's tests drive a Connection.
+#
+# Requests read in a poll run in that same poll, after every ready socket has been read (so a
+# handler that closes the server finds every request read in its tick, and each is told), and
+# their replies are sent at the end of the session's turn, at once, with no wait for a write
+# event ("try to send now", as asyncio's write() tries).
+# One object exists for every open client, often thousands of idle ones, so it uses __slots__
+# and allocates nothing until the client sends its first byte.
+from __future__ import annotations
+
+from collections import deque
+
+from ._protocol import RequestDecoder
+from ._replies import Pending, Stream
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Deque, Optional
+
+
+class Connection:
+    """One client of the management socket, as seen by a handler.
+
+    A handler receives it by declaring a parameter annotated ``Connection``. ``write(text)``
+    queues output behind the replies already queued (so keep to the handler's own turn), and
+    ``close()`` flushes everything queued and then closes. ``level`` is its access level (a
+    rank into LEVELS; ``level_name`` spells it), ``authenticated`` whether it has passed
+    ``auth``, ``peer`` its address and ``id`` its number on this server.
+    """
+
+    __slots__ = (
+        "server",
+        "dispatcher",
+        "transport",
+        "listener",
+        "_peer",
+        "decoder",
+        "queue",
+        "waiting",
+        "waiting_id",
+        "level",
+        "authenticated",
+        "auth_failures",
+        "eof",
+        "scheduled",
+        "id",
+        "__weakref__",  # a Pending's waiter and timeout hold the session weakly (see _dispatch)
+    )
+
+    def __init__(self, server: Any, dispatcher: Any, transport: Any, listener: Any, conn_id: int,
+                 level: int, authenticated: bool) -> None:
+        self.server = server  # what wake() goes through; and the server a handler may inspect
+        self.dispatcher = dispatcher
+        self.transport = transport
+        self.listener = listener
+        self._peer: Any = None  # looked up on first use: most connections never need it
+        self.id = conn_id
+        self.decoder: Optional[RequestDecoder] = None
+        self.queue: Optional[Deque[Any]] = None
+        self.waiting: Any = None  # a Pending or Stream that later requests queue behind
+        self.waiting_id: Any = None  # how to frame its reply: the JSON id, or TEXT
+        self.level = level
+        self.authenticated = authenticated
+        self.auth_failures = 0
+        self.eof = False  # the peer half-closed: finish the queue, flush, then close
+        self.scheduled = False  # already in the loop's ready queue
+
+    # ---- the public surface a handler uses ----
+
+    def write(self, text: "str | bytes") -> None:
+        """Queues text for this client; a missing final newline is added.
+
+        Past the server's ``high_water + max_output`` of unsent output the client is cut off: it
+        is told so, and the connection closes. A handler with a lot to say should return a generator (a
+        streaming reply), which only runs while the client keeps up.
+        """
+        if self.transport.closed:
+            return
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        self.transport.write(data)
+        # Outside a handler's turn (the host pushing a notice between polls) nothing else would
+        # flush it: the connection must be serviced on the next poll, and an event loop told.
+        self.server.wake(self)
+
+    def close(self) -> None:
+        """Closes after everything queued so far has been sent."""
+        if not self.transport.closed:
+            self.transport.close()
+            self.server.wake(self)  # outside poll() an event loop must hear of it
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.closed
+
+    @property
+    def closing(self) -> bool:
+        """No more requests run: the connection closes once its output is sent."""
+        return self.transport.closing
+
+    @property
+    def peer(self) -> Any:
+        """The client's address: ``(host, port)``, or the socket path for a Unix listener."""
+        if self._peer is None:
+            try:
+                self._peer = self.transport.sock.getpeername() or self.listener.address
+            except OSError:
+                return self.listener.address
+        return self._peer
+
+    @property
+    def level_name(self) -> str:
+        from ._commands import LEVELS
+
+        return LEVELS[self.level]
+
+    @property
+    def buffered_output(self) -> int:
+        """Bytes queued for this client and not yet accepted by the kernel."""
+        return self.transport.out_size
+
+    def __repr__(self) -> str:
+        return f"<Connection #{self.id} {self.peer!r}{' closed' if self.closed else ''}>"
+
+    # ---- input, from the transport ----
+
+    def wants_input(self) -> bool:
+        """Whether reading now can be useful: with requests still queued, reading more would let
+        the queue grow by a read per tick, so it waits; a running subscription is the
+        exception, since any input stops it."""
+        return not self.queue or self.subscribed()
+
+    def subscribed(self) -> bool:
+        """A subscription (`log tail`, `watch`) is running: input stops it, and is not queued."""
+        waiting = self.waiting
+        return waiting.__class__ is Stream and waiting.until_input
+
+    def streaming(self) -> bool:
+        return self.waiting.__class__ is Stream
+
+    def data_received(self, data: bytes) -> None:
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
+        self._take(decoder.feed(data))
+
+    def eof_received(self) -> None:
+        self.eof = True
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
+        self._take(decoder.feed_eof())
+
+    def _take(self, items: list) -> None:
+        decoder = self.decoder
+        assert decoder is not None
+        if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it
+            if items or self.eof:
+                self.dispatcher.end_stream(self)
+                if items:
+                    del items[0]  # the line that stopped it is not a request
+                if "" in items:
+                    items = [item for item in items if item != ""]
+        if items:
+            if self.queue is None:
+                self.queue = deque(items)
+            else:
+                self.queue.extend(items)
+        # Run in this same poll, once every ready socket has been read: the loop's ready queue
+        # runs sessions in the order they became ready, a tick's worth each.
+        self.dispatcher.schedule(self)
+
+    # ---- running requests ----
+
+    def service(self, stop_at: Optional[float] = None) -> int:
+        """Runs queued requests and pumps a waiting reply, within this tick's limits, then
+        flushes; returns the number of requests run. What is left waits for the next tick."""
+        transport = self.transport
+        dispatcher = self.dispatcher
+        ran = 0
+        queue = self.queue
+        limit = dispatcher.max_commands_per_tick
+        high_water = transport.limits.high_water
+        clock = dispatcher.clock
+        while not transport.closed and not dispatcher.stopped:  # a handler may close either
+            if self.waiting is not None:
+                if not dispatcher.advance(self, stop_at):
+                    break
+                continue
+            if not queue or transport.closing:
+                break
+            if transport.out_size >= high_water:
+                transport.paused = True
+                break
+            # The budget is checked before every request after the first: a clock read is cheap
+            # next to a handler, and checking every 16th overran a 2 ms budget by 16 slow handlers.
+            if ran >= limit or (stop_at is not None and ran and clock() >= stop_at):
+                dispatcher.schedule(self)  # more next tick
+                break
+            ran += 1
+            dispatcher.execute(self, queue.popleft())
+        if transport.closed or dispatcher.stopped:  # closed by a handler: the tear-down sends the rest
+            return ran
+        if queue is not None and not queue:
+            self.queue = None  # an empty deque still holds a 600-byte block: idle clients pay nothing
+        if self.eof and not self.queue and self.waiting is None:
+            transport.closing = True
+        if transport.out_size >= high_water:
+            transport.paused = True  # an empty queue must not let one more read in above high water
+        transport.flush()
+        if not transport.closed:
+            transport.update_interest()
+        return ran
+
+    # ---- ending ----
+
+    def cancel_waiting(self) -> None:
+        """Drops the reply this session waits on: a Pending is cancelled (its on_cancel
+        callbacks run), a Stream's generator closed (its finally runs)."""
+        if self.waiting is not None:
+            self.dispatcher.cancel_waiting(self)
+
+    def stop(self) -> None:
+        """Our last reply is out (a graceful close): nothing more will run."""
+        self.cancel_waiting()
+        if self.queue:
+            self.queue.clear()
+
+    def connection_lost(self) -> None:
+        self.queue = None
+        self.cancel_waiting()
+
+
+def waiting_for_value(conn: Connection) -> bool:
+    """Whether ``conn`` waits on a Pending already resolved (its reply made, not yet sent)."""
+    waiting = conn.waiting
+    return isinstance(waiting, Pending) and waiting.done

@@ -1,0 +1,386 @@
+# The transport: the one place where the server's bytes meet a socket. Every send the server
+# makes goes through _send_some() below: replies (Transport.flush), a refusal at accept
+# (refuse), the last words at close (Transport.send_and_close, drain) and the cross-thread
+# waker's byte. Like asyncio's selector transports, a Transport owns its socket, its output
+# buffer and its flow control, and hands what it reads to its protocol, the session
+# (_session.Connection), which it knows only as an object with data_received(),
+# eof_received() and service().
+#
+# The rules it keeps:
+#   * output is written to a buffer during a turn and sent at the end of it, at once, without
+#     waiting for a write event ("try to send now", as in asyncio's write()); EVENT_WRITE is
+#     registered only while output is left over;
+#   * above high_water of unsent output the session is paused (no reads, no commands) until
+#     the client drains below low_water; output past high_water + max_output cuts the client
+#     off with a notice, never a bare EOF (cut_off);
+#   * a graceful close sends what is queued, shuts down writing and drains the peer for a
+#     while (linger), so closing over unread input does not reset replies away; a final close
+#     with output still unsent resets on purpose, so a cut reply never looks whole (hang_up).
+from __future__ import annotations
+
+import selectors
+import socket
+
+from ._errors import ConfigError
+from ._log import format_address, log
+from ._wire import err_line
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, List, Optional
+
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
+# poll() reads events in epoll's bits on every platform (see _loop): HUP and ERR count as both
+# readable and writable, as in selectors, so recv/send then report the error.
+_IN, _OUT = 0x001, 0x004
+_READABLE, _WRITABLE = ~_OUT, ~_IN
+# One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
+# hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined requests took
+# up to 1.4 ms on a loaded 2-core machine, which pushed poll(budget=1 ms) past 3 ms.
+RECV_SIZE = 8192
+LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
+_LINGER_ZERO = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: close() resets
+_DISCARD_AT_CLOSE = 1 << 20  # bytes of unread input read and dropped before a final close
+
+
+def _send_some(sock: Any, data: Any) -> int:
+    """The server's only send: as much of ``data`` as the kernel takes now, without blocking.
+    Raises OSError when the peer is gone; a full socket is 0 bytes taken."""
+    try:
+        return sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        return 0
+
+
+class Limits:
+    """The output limits every transport of one server shares (one object, not one per
+    connection)."""
+
+    __slots__ = ("high_water", "low_water", "max_output", "stats")
+
+    def __init__(self, high_water: int, low_water: Optional[int], max_output: int, stats: Any) -> None:
+        if not 0 < high_water <= max_output:
+            raise ConfigError("need 0 < high_water <= max_output")
+        if low_water is None:
+            low_water = max(1, high_water // 4)
+        if not 0 < low_water <= high_water:  # low_water 0 would never resume a paused client
+            raise ConfigError("need 0 < low_water <= high_water")
+        self.high_water = high_water
+        self.low_water = low_water
+        self.max_output = max_output
+        self.stats = stats  # counts bytes_in and bytes_out
+
+
+class Transport:
+    """One client socket: reads into the session, buffers and sends its output.
+
+    ``loop`` is the server's _loop.Loop (register, modify, unregister, call_later, schedule,
+    forget); ``conn`` the session. ``out`` is None or a list of byte chunks not yet sent (the
+    first may be a memoryview of a part-sent chunk); ``mask`` the selector interest.
+    """
+
+    __slots__ = ("sock", "conn", "loop", "limits", "out", "out_size", "mask", "closing", "closed", "paused",
+                 "lingering", "cut_off", "last_active")
+
+    def __init__(self, sock: socket.socket, loop: Any, limits: Limits, now: float) -> None:
+        self.sock = sock
+        self.conn: Any = None
+        self.loop = loop
+        self.limits = limits
+        self.out: Optional[List[Any]] = None
+        self.out_size = 0
+        self.mask = 0
+        self.closing = False  # no more requests; close once the output is flushed
+        self.closed = False
+        self.paused = False  # output above the high-water mark: no reads, no commands
+        self.lingering = False  # we shut down writing and are draining the peer
+        self.cut_off = False  # unsent output passed its cap: only the notice saying so goes out
+        self.last_active = now
+
+    # ---- events from the loop ----
+
+    def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
+        if event & _READABLE and self.conn.wants_input() and (stop_at is None or self.loop.clock() < stop_at):
+            # Past the budget, reads wait for the next poll (the event is level-triggered): decoding
+            # one full recv of tiny commands costs milliseconds.
+            self.read(now)
+        if event & _WRITABLE and not self.closed:
+            self.last_active = now  # draining a long reply is not idleness
+            self.flush()
+            self.loop.schedule(self.conn)
+
+    def read(self, now: float) -> None:
+        if self.paused:  # above the high-water mark: the reply backlog must drain first
+            return
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.abort(exc)
+            return
+        self.last_active = now
+        if self.closing:  # lingering after our last reply: discard until the peer's EOF
+            if not data:
+                self.close_now()
+            return
+        if data:
+            self.limits.stats.bytes_in += len(data)
+            self.conn.data_received(data)
+        else:
+            self.conn.eof_received()
+
+    # ---- output ----
+
+    def write(self, data: bytes) -> None:
+        """Queues ``data``; it goes out at the end of this turn (flush), or on a write event."""
+        if self.closed or self.cut_off:
+            return
+        if self.out is None:
+            self.out = [data]
+        else:
+            self.out.append(data)
+        self.out_size += len(data)
+        limits = self.limits
+        if self.out_size > limits.max_output + limits.high_water:
+            self.cut_off_output()
+
+    def cut_off_output(self) -> None:
+        """Unsent output passed high_water + max_output: a handler's conn.write() outran its
+        client (replies cannot: commands run only below high_water, and a reply larger than
+        max_output gets an error in its place). The output not yet begun is dropped at once, so
+        its memory is freed at once, and the client is told why before the connection closes,
+        rather than meeting a bare EOF."""
+        limits = self.limits
+        cap = limits.max_output + limits.high_water
+        log.warning("connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
+                    self.conn.id, format_address(self.conn.peer), self.out_size, cap)
+        notice = err_line(f"too much unsent output ({self.out_size} bytes, cap {cap}): closing")
+        assert self.out is not None
+        head = self.out[0]
+        if head.__class__ is memoryview:  # part-sent: the client must get the rest of its line
+            sent = len(head.obj) - len(head)
+            end = head.obj.find(b"\n", sent) + 1 or len(head.obj)
+            notice = bytes(head[:end - sent]) + notice
+        self.out = [notice]
+        self.out_size = len(notice)
+        self.cut_off = True  # later writes, such as the rest of the handler's, are dropped
+        self.closing = True
+        # A stream would otherwise pump on for good: its dropped items never fill the buffer
+        # that paces it.
+        self.conn.cancel_waiting()
+
+    def flush(self) -> None:
+        """Sends what is queued, as much as the kernel takes now; resumes a paused session
+        below low_water; finishes a graceful close once everything is out."""
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            try:
+                sent = _send_some(self.sock, data)
+            except OSError as exc:
+                self.abort(exc)
+                return
+            limits = self.limits
+            limits.stats.bytes_out += sent
+            if sent == len(data):
+                self.out = None
+                self.out_size = 0
+            else:
+                self.out = [memoryview(data)[sent:]]
+                self.out_size = len(data) - sent
+            if self.out_size < limits.low_water:
+                if self.paused:
+                    self.paused = False
+                    self.loop.schedule(self.conn)
+                elif self.conn.streaming():
+                    # A stream pauses at the low-water mark; if the kernel took everything, no
+                    # write event will come to resume it, so resume it next tick.
+                    self.loop.schedule(self.conn)
+        if self.closing and self.out is None:
+            self.finish_close()
+
+    def update_interest(self) -> None:
+        """Asks the selector for exactly what this connection can use now."""
+        want = _WRITE if self.out is not None else 0
+        if (self.closing and self.out is None) or (not self.closing and not self.paused and not self.conn.eof
+                                                          and self.conn.wants_input()):
+            want |= _READ
+        if want == self.mask:
+            return
+        loop = self.loop
+        if want == 0:
+            loop.unregister(self.sock)
+        elif self.mask == 0:
+            loop.register(self.sock, want, self)
+        else:
+            loop.modify(self.sock, want, self)
+        self.mask = want
+
+    # ---- closing ----
+
+    def close(self) -> None:
+        """Closes once everything queued so far has been sent."""
+        if not self.closed:
+            self.closing = True
+
+    def finish_close(self) -> None:
+        """Our side is done. If the peer already sent EOF we close now; otherwise we shut down
+        writing and drain what it still sends, so a close with unread input does not turn into
+        an RST that could destroy the replies it has not read yet."""
+        if self.closed or self.conn.eof:
+            self.close_now()
+            return
+        if self.lingering:
+            return
+        self.lingering = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close_now()
+            return
+        self.conn.stop()
+        self.loop.call_later(LINGER_SECONDS, self.close_now)
+        self.update_interest()
+
+    def send_and_close(self) -> None:
+        """Closes now, giving what is queued one non-blocking send: closing between two ticks
+        (an HTTP probe after real requests, the server's close) must not drop replies made."""
+        unsent = False
+        if self.out is not None:
+            data = b"".join(self.out)
+            try:
+                sent = _send_some(self.sock, data)
+            except OSError:
+                sent = 0
+            self.limits.stats.bytes_out += sent
+            unsent = sent < len(data)
+            if unsent:
+                log.warning("connection #%d: closing with %d bytes of replies unsent", self.conn.id, len(data) - sent)
+        hang_up(self.sock, unsent)
+        self.close_now()
+
+    def abort(self, exc: BaseException) -> None:
+        log.debug("connection #%d dropped: %s", self.conn.id, exc)
+        self.close_now()
+
+    def reset(self) -> None:
+        """Closes now; with output still unsent, by a reset rather than an EOF."""
+        hang_up(self.sock, self.out is not None)
+        self.close_now()
+
+    def close_now(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.mask:
+            try:
+                self.loop.unregister(self.sock)
+            except (KeyError, ValueError):  # pragma: no cover - defensive
+                pass
+        self.mask = 0
+        self.out = None
+        self.out_size = 0
+        self.loop.forget(self)
+        try:
+            self.sock.close()
+        except OSError:  # pragma: no cover
+            pass
+        self.conn.connection_lost()  # last: a host callback that raises finds the connection released
+
+
+def drain(transports: List[Transport], seconds: float) -> None:
+    """close(grace): sends what clients have not taken yet, for at most ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    selector = selectors.DefaultSelector()  # the server's also holds listeners and readers
+    try:
+        for transport in transports:
+            if transport.out is not None:
+                selector.register(transport.sock, _WRITE, transport)
+        while selector.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for key, _ in selector.select(remaining):
+                transport = key.data
+                data = b"".join(transport.out)
+                try:
+                    sent = _send_some(transport.sock, data)
+                except OSError:  # the client is gone: nothing more can reach it
+                    sent = len(data)
+                else:
+                    transport.limits.stats.bytes_out += sent
+                if sent < len(data):
+                    transport.out = [memoryview(data)[sent:]]
+                    continue
+                transport.out = None
+                transport.out_size = 0
+                selector.unregister(transport.sock)
+    finally:
+        selector.close()
+
+
+def refuse(sock: socket.socket, message: bytes) -> None:
+    """Refuses a connection just accepted: its one line, then EOF."""
+    sock.setblocking(False)
+    try:
+        _send_some(sock, message)
+    except OSError:
+        pass
+    hang_up(sock, False)
+    sock.close()
+
+
+def hang_up(sock: socket.socket, unsent: bool) -> None:
+    """Readies a non-blocking socket for its final close().
+
+    Closing a socket with unread input makes the kernel send a reset, and a reset can destroy
+    replies the client has not read yet (a pipelining client that reads slowly, or a refused
+    one that sent its request before reading our line). So after a FIN, the input waiting now
+    is read and dropped. With output still unsent it is the other way round: a FIN would make
+    a reply cut short look whole, so the close becomes a reset on purpose.
+    """
+    try:
+        if unsent:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+            return
+        sock.shutdown(socket.SHUT_WR)
+        budget = _DISCARD_AT_CLOSE
+        while budget > 0:
+            data = sock.recv(65536)
+            if not data:
+                return
+            budget -= len(data)
+    except OSError:  # nothing waiting (EAGAIN), or the peer is gone already
+        pass
+
+
+class Waker:
+    """A socketpair whose read end the loop watches: another thread's wake() sends a byte."""
+
+    __slots__ = ("reader", "writer")
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+
+    def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def wake(self) -> None:
+        try:
+            _send_some(self.writer, b"\0")
+        except OSError:  # a full pipe already guarantees a wake-up; a closed one, a closed server
+            pass
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
