@@ -311,8 +311,8 @@ class Dispatcher:
         if stream.until_input:
             if conn.queue or conn.eof:  # a line pipelined behind the subscription stops it at once
                 self.end_stream(conn)
-                if conn.queue:
-                    conn.queue.popleft()  # the line that stopped it is not a request
+                if conn.queue and conn.queue[0].__class__ is str:
+                    conn.queue.popleft()  # the line that stopped it is not a request; an event still counts
                 return True
             assert conn.decoder is not None
             conn.decoder.keep_blank = True

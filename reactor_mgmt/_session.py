@@ -111,10 +111,10 @@ class Connection:
     def peer(self) -> Any:
         """The client's address: ``(host, port)``, or the socket path for a Unix listener."""
         if self._peer is None:
-            try:
-                self._peer = self.transport.sock.getpeername() or self.listener.address
-            except OSError:
+            peer = self.transport.peername()
+            if peer is None:  # the socket is gone already: not worth keeping
                 return self.listener.address
+            self._peer = peer or self.listener.address
         return self._peer
 
     @property
@@ -166,8 +166,8 @@ class Connection:
         if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it
             if items or self.eof:
                 self.dispatcher.end_stream(self)
-                if items:
-                    del items[0]  # the line that stopped it is not a request
+                if items and items[0].__class__ is str:
+                    del items[0]  # the line that stopped it is not a request; an event still counts
                 if "" in items:
                     items = [item for item in items if item != ""]
         if items:

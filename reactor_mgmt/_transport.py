@@ -131,6 +131,13 @@ class Transport:
         else:
             self.conn.eof_received()
 
+    def peername(self) -> Any:
+        """The peer's address as the socket reports it, or None when the socket cannot say."""
+        try:
+            return self.sock.getpeername()
+        except OSError:
+            return None
+
     # ---- output ----
 
     def write(self, data: bytes) -> None:

@@ -96,6 +96,9 @@ class FakeTransport:
     def out_size(self) -> int:
         return sum(map(len, self.out))
 
+    def peername(self) -> Any:
+        return ("192.0.2.9", 9)
+
     def write(self, data: bytes) -> None:
         if self.closed or self.cut_off:
             return
@@ -659,12 +662,6 @@ def test_eof_stops_a_subscription_and_closes(make):
     assert s.streams_closed == 1 and s.transport.closed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a telnet IP / Ctrl-D that stops a subscription is dropped as if it were the stopping line: "
-    "Connection._take does `del items[0]` and Dispatcher._pump_stream `conn.queue.popleft()` "
-    "whatever the item is (before the split, _drop_stopping_line removed only a str), so the "
-    "EndSession never runs, the session does not close, and its decoder (ended) swallows all "
-    "later input"))
 @pytest.mark.parametrize("reads", [[b"tail\n", b"\xff\xf4"], [b"tail\n", b"\x04"], [b"tail\n\x04"]],
                          ids=["IP-next-read", "ctrl-d-next-read", "ctrl-d-same-read"])
 def test_ending_the_session_during_a_subscription_closes_it(make, reads):
@@ -792,16 +789,19 @@ def test_a_handler_closing_its_connection(make):
 
 
 class SocketlessTransport(FakeTransport):
-    pass
+    """A transport that cannot tell the peer's address (its socket is gone)."""
+
+    @staticmethod
+    def peername() -> Any:
+        return None
 
 
 class PeerTransport(FakeTransport):
-    """A transport that answers the one question the session puts to a socket (Connection.peer)."""
+    """A transport that answers the one question the session asks about the peer (Connection.peer)."""
 
-    class sock:  # noqa: N801 - stands for the attribute the session reads
-        @staticmethod
-        def getpeername() -> Any:
-            return ("192.0.2.1", 4242)
+    @staticmethod
+    def peername() -> Any:
+        return ("192.0.2.1", 4242)
 
 
 def test_an_http_request_closes_after_the_replies_before_it(make):
@@ -812,11 +812,6 @@ def test_an_http_request_closes_after_the_replies_before_it(make):
     assert s.transport.closed and s.stats.http_closed == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Connection.peer reads transport.sock.getpeername(): the session reaches past its "
-    "transport to a socket, so a transport with no `sock` (a sans-I/O one) turns the HTTP "
-    "probe's log line into an AttributeError, answered `ERR internal error (AttributeError)` "
-    "and the connection stays open"))
 def test_an_http_request_closes_with_a_transport_that_has_no_socket(make):
     s = make(transport_type=SocketlessTransport)
     s.feed(b"ping\nGET / HTTP/1.1\r\nping\n")
