@@ -529,11 +529,12 @@ class Registry:
             entry = cache.get(line)
             if entry is not None:
                 return entry[0], list(entry[1])
-        words = split_words(line)
+        plain = not needs_quoting(line)  # then the same line always means the same words
+        words = line.split() if plain else split_words(line)
         if not words:
             return None, []
         command, args = self.resolve(words, conn)
-        if cache is not None and not needs_quoting(line):  # the same line always means the same words
+        if cache is not None and plain:
             if len(cache) >= _CACHE_SIZE:
                 cache.clear()
             cache[line] = (command, tuple(args))

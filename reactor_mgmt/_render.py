@@ -3,6 +3,10 @@
 # newline so replies never run together. JSON is for scripts: exactly one line per reply, and
 # anything json cannot hold degrades to str() instead of failing the command; a reply that even
 # then cannot be printed becomes an internal error, never an exception out of poll().
+#
+# A dict of plain values (str, int, float, bool, None) is what most commands return (`status`),
+# so both forms test for exactly those types first (by class, not isinstance: no MRO walk) and
+# take the general path for anything else; tests/test_render.py pins both paths to one output.
 from __future__ import annotations
 
 import enum
@@ -61,6 +65,14 @@ def _safe_str(value: Any) -> str:
 
 
 def _cell(value: Any) -> str:
+    cls = value.__class__
+    if cls is str:
+        return value
+    if cls is int or cls is bool:
+        try:
+            return str(value)
+        except ValueError:  # an int past str()'s digit limit
+            return _safe_str(value)
     if value is None:
         return "-"
     if isinstance(value, enum.Enum):
@@ -73,15 +85,14 @@ def _cell(value: Any) -> str:
 def _render_mapping(mapping: Mapping) -> str:
     if not mapping:
         return ""
-    keys = [_cell(key) for key in mapping]
-    width = max(map(len, keys)) + 1
-    lines = []
-    for key, value in zip(keys, mapping.values()):
-        text = _cell(value)
-        if "\n" in text:  # keep continuation lines under the value column
-            text = text.replace("\n", "\n" + " " * (width + 1))
-        lines.append(f"{key + ':':<{width}} {text}")
-    return "\n".join(lines)
+    keys = [key + ":" if key.__class__ is str else _cell(key) + ":" for key in mapping]
+    values = [_cell(value) for value in mapping.values()]
+    width = max(map(len, keys))
+    text = "\n".join([key.ljust(width) + " " + value for key, value in zip(keys, values)])
+    if text.count("\n") >= len(keys):  # a value has lines of its own: keep them under the value column
+        indent = "\n" + " " * (width + 1)
+        text = "\n".join([key.ljust(width) + " " + value.replace("\n", indent) for key, value in zip(keys, values)])
+    return text
 
 
 def _render_sequence(items: Iterable) -> str:
@@ -121,7 +132,20 @@ def to_jsonable(value: Any) -> Any:
         return f"<unprintable {type(value).__name__} object>"
 
 
+_PLAIN_JSON = frozenset((str, int, bool, type(None)))
+
+
 def _jsonable(value: Any) -> Any:
+    cls = value.__class__
+    if cls in _PLAIN_JSON:
+        return value
+    if cls is dict:
+        for key, item in value.items():  # a flat dict of plain values is already JSON
+            kind = item.__class__
+            if key.__class__ is not str or not (kind in _PLAIN_JSON or (kind is float and item - item == 0.0)):
+                break
+        else:
+            return value
     if value is None or isinstance(value, (str, int)):
         return value
     if isinstance(value, float):
@@ -145,13 +169,22 @@ def _key(key: Any) -> str:
     return _safe_str(key)
 
 
+_encode: Any = None
+
+
 def json_line(payload: dict) -> bytes:
     """One JSON reply line. Callers pass results through to_jsonable first; anything that still
     is not strict JSON (a NaN request id echoed back) is converted here rather than sent."""
-    import json  # lazily: most sessions are text-only, and json costs import time
+    global _encode
+    if _encode is None:
+        import json  # lazily: most sessions are text-only, and json costs import time
+
+        # One encoder, made once: json.dumps() with options builds a new one per call.
+        _encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(", ", ": ")).encode
+    import json
 
     try:
-        text = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(", ", ": "))
+        text = _encode(payload)
     except (TypeError, ValueError, RecursionError):
         try:
             safe = to_jsonable(payload)

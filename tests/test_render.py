@@ -236,3 +236,38 @@ def test_same_values_as_json_over_the_socket(rendering_server):
             "id": 1, "ok": False, "error": {"code": "error", "message": "it went wrong"}}
     finally:
         client.close()
+
+
+# ---- the flat-dict fast paths, pinned to the general path ----
+# render_text and to_jsonable test for a dict of plain values (what `status` returns) by exact
+# class first; a Mapping that is not a dict, and values of subclasses, take the general path.
+# Both must give the same bytes.
+
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+_FLAT = [
+    {"service": "reactor-bench", "workers": 4, "load": 0.75, "ok": True, "none": None},
+    {"a": "x\ny", "bb": None, 3: True, "big": 10 ** 30, "neg": -1.5e-9},
+    {"nan": float("nan"), "inf": float("inf"), "multi": "one\ntwo\nthree"},
+    {},
+]
+
+
+@pytest.mark.parametrize("value", _FLAT)
+def test_the_flat_dict_fast_path_renders_as_the_general_path(value):
+    import types
+
+    general = types.MappingProxyType(value)  # a Mapping, not a dict: the general path
+    assert render_text(value) == render_text(general)
+    assert to_jsonable(value) == to_jsonable(dict(general.items())) == to_jsonable(general)
+    subclassed = {(_Str(k) if isinstance(k, str) else k): (_Int(v) if type(v) is int else v)
+                  for k, v in value.items()}
+    assert render_text(subclassed) == render_text(value)
+    assert json_line({"id": 1, "result": to_jsonable(subclassed)}) == json_line({"id": 1, "result": to_jsonable(value)})
