@@ -118,9 +118,48 @@ class RawClient:
         self.sock.close()
 
 
+# ---- every transcript test, with the caches on and off ----
+#
+# The registry's line cache (Registry.parse) is the one cache left in the library; the private
+# switch Server(_caches=False) turns it off. Every test that gets its server from the `server`
+# or `make_server` fixture (or from `client`, which uses `server`) runs twice: as
+# test_x[cached] and as test_x[uncached]. The same assertions on both runs pin the cached path
+# to the general one, byte for byte. A test that builds reactor_mgmt.Server(...) itself runs
+# once, with the caches on.
+#
+# Modules that run once: those that drive subprocesses (the demo, the examples, the CLI, real
+# clients, the benchmarks) or measure memory rather than replies, where a second run costs
+# seconds and compares nothing; and test_caches, whose tests build both kinds of server
+# themselves and compare them.
+_SINGLE_RUN_MODULES = frozenset({
+    "test_benchmarks.py", "test_caches.py", "test_cli.py", "test_demo.py", "test_examples.py",
+    "test_interactive.py", "test_memory_cycles.py", "test_real_clients.py",
+})
+# What the hook applies; test_caches uses it by hand on the tests of its own that run both ways.
+CACHE_MODES = pytest.mark.parametrize("caches", [True, False], ids=["cached", "uncached"], indirect=True)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "caches" not in metafunc.fixturenames:
+        return
+    if os.path.basename(metafunc.module.__file__) in _SINGLE_RUN_MODULES:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):  # a test that chose for itself
+        names = marker.args[0]
+        if "caches" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return
+    metafunc.parametrize("caches", [True, False], ids=["cached", "uncached"], indirect=True)  # as CACHE_MODES
+
+
 @pytest.fixture
-def server() -> Iterator[reactor_mgmt.Server]:
-    srv = reactor_mgmt.Server("127.0.0.1", 0)
+def caches(request) -> bool:
+    """Whether this run's fixture servers have their caches on (see pytest_generate_tests)."""
+    return getattr(request, "param", True)
+
+
+@pytest.fixture
+def server(caches: bool) -> Iterator[reactor_mgmt.Server]:
+    srv = reactor_mgmt.Server("127.0.0.1", 0, _caches=caches)
     try:
         yield srv
     finally:
@@ -128,11 +167,12 @@ def server() -> Iterator[reactor_mgmt.Server]:
 
 
 @pytest.fixture
-def make_server() -> Iterator[Callable[..., reactor_mgmt.Server]]:
+def make_server(caches: bool) -> Iterator[Callable[..., reactor_mgmt.Server]]:
     created: List[reactor_mgmt.Server] = []
 
     def factory(*args, **kwargs) -> reactor_mgmt.Server:
         kwargs.setdefault("port", 0)
+        kwargs.setdefault("_caches", caches)
         srv = reactor_mgmt.Server(*args, **kwargs)
         created.append(srv)
         return srv
