@@ -17,8 +17,24 @@ from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, is_stream
 from ._session import Connection
 
 if TYPE_CHECKING:
-    from ._dispatch import Dispatcher
-    from ._server import Server
+    from typing import Protocol
+
+    from ._commands import Registry
+    from ._dispatch import Dispatcher, Stats
+
+    class Server(Protocol):
+        """What the builtins use of the server: its public surface, nothing private."""
+
+        registry: Registry
+        stats: Stats
+        log_tail_enabled: bool
+
+        @property
+        def auth_required(self) -> bool: ...
+        @property
+        def connections(self) -> List[Connection]: ...
+        def check_token(self, candidate: str) -> bool: ...
+        def wake(self, conn: Connection) -> None: ...
 
 log = logging.getLogger("reactor_mgmt")
 
