@@ -19,7 +19,7 @@ from ._errors import CommandError
 from ._log import Throttle, format_address, log
 from ._protocol import EndSession, ParseError, looks_like_http, split_words
 from ._render import render_text, to_jsonable
-from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, expire, is_stream, watch
+from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, expire, is_stream, waiter_of, watch
 from ._wire import (TEXT, UNENCODABLE, end_frame, err_line, error_reply, item_frame, ok_frame, reply_id_of,
                     stream_open_frame, text_reply)
 
@@ -60,11 +60,13 @@ class Dispatcher:
 
     def __init__(self, registry: Any, stats: Stats, *, clock: Callable[[], float],
                  call_later: Callable[..., Any], wake: Callable[[Any], None], schedule: Callable[[Any], None],
-                 max_line: int, max_output: int, max_commands_per_tick: int, pending_timeout: float) -> None:
+                 max_line: int, max_output: int, max_commands_per_tick: int, pending_timeout: float,
+                 cancel_timer: Optional[Callable[[Any], None]] = None) -> None:
         self.registry = registry
         self.stats = stats
         self.clock = clock
         self.call_later = call_later
+        self.cancel_timer = cancel_timer or _no_timer
         self.wake = wake
         self.schedule = schedule
         self.max_line = max_line
@@ -220,12 +222,14 @@ class Dispatcher:
                 return
             conn.waiting = result
             conn.waiting_id = reply_id
-            watch(result, _Waker(self.wake, conn))
+            waker = _Waker(self, conn)
+            watch(result, waker)
             timeout = self.pending_timeout if result.timeout is None else result.timeout
             if timeout and timeout < float("inf"):  # NaN would break the timer heap's order
-                # Weak references: a Pending resolved, or a client gone, long before its timeout
-                # must not keep its value (a big reply) or the connection alive in the timer heap.
-                self.call_later(timeout, _expire_if_waiting, weakref.ref(conn), weakref.ref(result))
+                # Weak references, and the timer cancelled once the Pending is answered or its
+                # client gone: neither its value (a big reply) nor the connection may stay alive
+                # in the timer heap until the timeout (the demo's `wait ... --timeout 3600`).
+                waker.timer = self.call_later(timeout, _expire_if_waiting, weakref.ref(conn), weakref.ref(result))
             return
         elif is_stream(result):
             conn.waiting = result if isinstance(result, Stream) else Stream(result)
@@ -345,8 +349,9 @@ class Dispatcher:
                 transport.write(error_reply(reply_id, "internal", f"internal error ({type(exc).__name__})"))
                 raise
             if item.__class__ is Wait:
-                if item.until is not None:
-                    self.call_later(max(0.0, item.until - self.clock()), self.schedule, conn)
+                if item.until is not None:  # weakly: a client that leaves is not kept till then
+                    self.call_later(max(0.0, item.until - self.clock()), _schedule_if_open, self.schedule,
+                                    weakref.ref(conn))
                 return False
             if reply_id is TEXT:
                 data = render_text(item).encode("utf-8", UNENCODABLE)
@@ -379,6 +384,9 @@ class Dispatcher:
         conn.waiting = None
         try:
             if isinstance(waiting, Pending):
+                waker = waiter_of(waiting)
+                if waker.__class__ is _Waker:
+                    self.cancel_timer(waker.timer)
                 cancel(waiting)
             else:
                 waiting.close()
@@ -387,20 +395,34 @@ class Dispatcher:
 
 
 class _Waker:
-    """A Pending's waiter: services the session that waits on it. A small object rather than
-    a closure, holding the session weakly: a Pending the host keeps (in a list of waiters)
-    must not keep a connection that went away alive."""
+    """A Pending's waiter: services the session that waits on it, and cancels the Pending's
+    timeout timer. A small object rather than a closure, holding the session weakly: a Pending
+    the host keeps (in a list of waiters) must not keep a connection that went away alive."""
 
-    __slots__ = ("wake", "conn")
+    __slots__ = ("dispatcher", "conn", "timer")
 
-    def __init__(self, wake: Callable[[Any], None], conn: Connection) -> None:
-        self.wake = wake
+    def __init__(self, dispatcher: Dispatcher, conn: Connection) -> None:
+        self.dispatcher = dispatcher
         self.conn = weakref.ref(conn)
+        self.timer: Any = None
 
     def __call__(self) -> None:
+        dispatcher = self.dispatcher
+        dispatcher.cancel_timer(self.timer)
+        self.timer = None
         conn = self.conn()
         if conn is not None:
-            self.wake(conn)
+            dispatcher.wake(conn)
+
+
+def _no_timer(timer: Any) -> None:
+    pass
+
+
+def _schedule_if_open(schedule: Callable[[Any], None], conn_ref: Callable[[], Any]) -> None:
+    conn = conn_ref()
+    if conn is not None:
+        schedule(conn)
 
 
 def _expire_if_waiting(conn_ref: Callable[[], Any], pending_ref: Callable[[], Optional[Pending]]) -> None:

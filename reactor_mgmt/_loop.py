@@ -48,8 +48,9 @@ class Loop:
         self.wait = make_wait(self.selector)
         self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
         self.ready: Deque[Any] = deque()
-        self.timers: List[tuple] = []
+        self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
+        self._cancelled = 0  # cancelled entries still in the timer heap
         self.calls: Deque[Callable[[], Any]] = deque()
         self.waker: Optional[Waker] = None
         self.stopped = False  # the server closed: nothing more runs
@@ -159,17 +160,40 @@ class Loop:
 
     # ---- timers and cross-thread calls ----
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> List[Any]:
+        """Schedules ``callback(*args)``; returns the timer, for cancel_timer()."""
         self._timer_seq += 1
-        heapq.heappush(self.timers, (monotonic() + delay, self._timer_seq, callback, args))
+        timer = [monotonic() + delay, self._timer_seq, callback, args]
+        heapq.heappush(self.timers, timer)
         if self.integration is not None:  # an event loop must re-arm for an earlier deadline
             self.integration.kick()
+        return timer
+
+    def cancel_timer(self, timer: Optional[List[Any]]) -> None:
+        """Forgets a timer that is no longer needed (a Pending answered long before its timeout).
+
+        Its entry stays in the heap, inert, until it comes due or the heap is rebuilt: as in
+        asyncio, the heap is rebuilt once cancelled entries are more than half of it, so a
+        client that makes many deferred requests with long timeouts cannot pile them up."""
+        if timer is None or timer[2] is None:
+            return
+        timer[2] = timer[3] = None  # and lets go of what the callback held
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self.timers):
+            self.timers = [entry for entry in self.timers if entry[2] is not None]
+            heapq.heapify(self.timers)
+            self._cancelled = 0
 
     def run_timers(self, now: float) -> int:
         fired = 0
         timers = self.timers
         while timers and timers[0][0] <= now:
-            _, _, callback, args = heapq.heappop(timers)
+            timer = heapq.heappop(timers)
+            _, _, callback, args = timer
+            if callback is None:  # cancelled
+                self._cancelled -= 1
+                continue
+            timer[2] = timer[3] = None  # fired: a cancel_timer() from now on does nothing
             fired += 1
             callback(*args)
         return fired

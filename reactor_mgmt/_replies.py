@@ -95,6 +95,11 @@ def watch(pending: Pending, waiter: Callable[[], None]) -> None:
     pending._waiter = waiter
 
 
+def waiter_of(pending: Pending) -> Any:
+    """The waiter ``watch`` set and nobody has called yet, or None."""
+    return pending._waiter
+
+
 def cancel(pending: Pending) -> None:
     """The client went away (or nobody will wait for it): run its on_cancel callbacks."""
     pending._cancel()

@@ -87,7 +87,7 @@ class Server:
         self._dispatcher = Dispatcher(self.registry, self.stats, clock=loop.clock, call_later=loop.call_later,
                                       wake=self.wake, schedule=loop.schedule, max_line=max_line,
                                       max_output=max_output, max_commands_per_tick=max_commands_per_tick,
-                                      pending_timeout=pending_timeout)
+                                      pending_timeout=pending_timeout, cancel_timer=loop.cancel_timer)
         self._listening = Listeners(loop, self._admit, self.address_file, warn_remote=not (self._token or allow_remote))
         self._reaper = loop.reaper = IdleReaper(loop, idle_timeout) if idle_timeout else None
         self._next_id = 0
