@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 
 from ._commands import Command, check_permission
-from ._errors import CommandError
+from ._errors import CommandError, PermissionDenied
 from ._log import Throttle, format_address, log
 from ._protocol import EndSession, ParseError, looks_like_http, split_words
 from ._render import render_text, to_jsonable
@@ -76,6 +76,12 @@ class Dispatcher:
         self.fallback: Optional[Callable[[str, List[str], Any], Any]] = None
         self.on_error: Optional[Callable[[BaseException], Any]] = None
         self.stopped = False  # the server is closing: no more requests run
+        # observer(conn, request, outcome, seconds) after every request, when set: request is
+        # (command, args, kwargs or None) once the command is known, else None; outcome is
+        # "ok", "error" or "denied". See _execute_observed.
+        self.observer: Optional[Callable[[Any, Any, str, float], None]] = None
+        self.request: Any = None
+        self.outcome = "ok"
         self._http_log = Throttle()
         self._too_large_log = Throttle()
 
@@ -83,15 +89,42 @@ class Dispatcher:
 
     def execute(self, conn: Connection, item: Any) -> None:
         self.stats.commands += 1
-        if item.__class__ is str:
+        if self.observer is not None:
+            self._execute_observed(conn, item)
+        elif item.__class__ is str:
             if item[0] == "{":
                 self._execute_json(conn, item)
             else:
                 self._execute_text(conn, item)
-        elif item.__class__ is EndSession:
+        else:
+            self._execute_event(conn, item)
+
+    def _execute_observed(self, conn: Connection, item: Any) -> None:
+        """execute(), timed, and reported to the observer with what ran and how it ended.
+        Only a server with an observer (the operator toolkit's slow log, audit, clients) reads
+        the clock per request."""
+        observer = self.observer
+        assert observer is not None
+        self.request = None
+        self.outcome = "ok"
+        start = self.clock()
+        try:
+            if item.__class__ is str:
+                if item[0] == "{":
+                    self._execute_json(conn, item)
+                else:
+                    self._execute_text(conn, item)
+            else:
+                self._execute_event(conn, item)
+        finally:
+            observer(conn, self.request, self.outcome, self.clock() - start)
+
+    def _execute_event(self, conn: Connection, item: Any) -> None:
+        if item.__class__ is EndSession:
             conn.transport.closing = True
         else:  # a protocol event: a line too long, or not UTF-8
             self.stats.errors += 1
+            self.outcome = "error"
             conn.transport.write(error_reply(None if item.json else TEXT, item.code, item.message))
 
     def _execute_text(self, conn: Connection, line: str) -> None:
@@ -102,10 +135,12 @@ class Dispatcher:
                 command, args = self._unknown(conn, split_words(line), line, exc)
             if command is None:
                 return
+            self.request = (command, args, None)
             check_permission(conn, command)
             result = command.call(args, conn)
         except (CommandError, ParseError) as exc:
             self.stats.errors += 1
+            self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
             conn.transport.write(err_line(str(exc) if isinstance(exc, ParseError) else exc.message))
             return
         except Exception as exc:
@@ -134,6 +169,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, argv, " ".join(argv))
                 if command is None:
                     return
+                self.request = (command, extra, None)
                 check_permission(conn, command)
                 result = command.call(extra, conn)
             else:
@@ -147,10 +183,12 @@ class Dispatcher:
                 command, extra = self._resolve(conn, name.split(), name)
                 if command is None:
                     return
+                self.request = (command, extra + args, kwargs)
                 check_permission(conn, command)
                 result = command.call_json(extra + args, kwargs, conn)
         except CommandError as exc:
             self.stats.errors += 1
+            self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
             conn.transport.write(error_reply(request_id, exc.code, exc.message))
             return
         except Exception as exc:
@@ -198,6 +236,7 @@ class Dispatcher:
 
     def _internal_error(self, conn: Connection, exc: Exception, reply_id: Any) -> None:
         self.stats.errors += 1
+        self.outcome = "error"
         log.error("command handler raised on connection #%d", conn.id, exc_info=exc)
         if self.on_error is not None:
             try:

@@ -57,6 +57,9 @@ class Loop:
         # attach_asyncio()/start_thread() handle: kicked when work is queued outside poll()
         self.integration: Any = None
         self.reaper: Optional[IdleReaper] = None
+        # poll()'s own watcher (the operator toolkit's poll-gap and stall watchdog), or None:
+        # entered() as poll() starts, handling() once it has work, exited() as it returns.
+        self.watch: Any = None
 
     # ---- the selector ----
 

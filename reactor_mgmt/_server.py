@@ -279,18 +279,27 @@ class Server:
         it raises ReactorMgmtError rather than answer later requests before that handler's own.
         """
         loop = self._loop
+        watch = loop.watch
+        if watch is not None:
+            watch.entered()
         events = loop.wait_for_work(timeout)
         if events is None:
+            if watch is not None:
+                watch.exited()
             return 0
         if self._polling:
             # A handler that polls would have the next request read and answered before its own
             # reply: replies out of order. An idle nested poll above is harmless and allowed.
             raise ReactorMgmtError("poll() called from inside a command handler or callback")
         self._polling = _get_ident()
+        if watch is not None:
+            watch.handling()
         try:
             return loop.handle(events, budget)
         finally:
             self._polling = 0
+            if watch is not None:
+                watch.exited()
             if self._close_owed is not None:  # a handler or callback closed the server
                 if loop.integration is not None:  # our own thread or loop: detach() won't wait
                     loop.integration.detach()

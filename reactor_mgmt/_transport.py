@@ -81,7 +81,7 @@ class Transport:
     """
 
     __slots__ = ("sock", "conn", "loop", "limits", "out", "out_size", "mask", "closing", "closed", "paused",
-                 "lingering", "cut_off", "last_active")
+                 "lingering", "cut_off", "last_active", "opened", "bytes_in", "bytes_out")
 
     def __init__(self, sock: socket.socket, loop: Any, limits: Limits, now: float) -> None:
         self.sock = sock
@@ -97,6 +97,9 @@ class Transport:
         self.lingering = False  # we shut down writing and are draining the peer
         self.cut_off = False  # unsent output passed its cap: only the notice saying so goes out
         self.last_active = now
+        self.opened = now
+        self.bytes_in = 0  # for `clients`; small ints are shared, so an idle client pays no object
+        self.bytes_out = 0
 
     # ---- events from the loop ----
 
@@ -121,11 +124,15 @@ class Transport:
             self.abort(exc)
             return
         self.last_active = now
+        self.opened = now
+        self.bytes_in = 0  # for `clients`; small ints are shared, so an idle client pays no object
+        self.bytes_out = 0
         if self.closing:  # lingering after our last reply: discard until the peer's EOF
             if not data:
                 self.close_now()
             return
         if data:
+            self.bytes_in += len(data)
             self.limits.stats.bytes_in += len(data)
             self.conn.data_received(data)
         else:
@@ -191,6 +198,7 @@ class Transport:
                 return
             limits = self.limits
             limits.stats.bytes_out += sent
+            self.bytes_out += sent
             if sent == len(data):
                 self.out = None
                 self.out_size = 0
