@@ -12,15 +12,15 @@ asyncio's 256 KiB reads with a stub transport. Every variant's output is checked
 The variants alternate, A B C A B C, and each reports its best round, so a noisy second on a
 shared machine does not favour one of them.
 
-The shipped server answers a run of single-spaced echos from its text (the builtin echo's
-reply_to_run), with no Python call per request. Two rows show what a handler the host registers
-costs instead: the same server with echo registered again as a plain Python function, called
-once per request with its words; and the "handler contract" row, a minimal path that keeps that
+Every request takes the server's one general path: parse (the registry's line cache misses, as
+every echo is distinct), the permission check, one handler call, framing, a write to the
+transport. Two more rows: the same server with echo registered again by the host (the same
+path, a different function), and the "handler contract" row, a minimal path that keeps the
 promise and nothing else: decode, split the run on its command, one handler call per request,
 one join, one encode, and none of the checks, queueing or tick of the real path.
 
-This reaches into the server's internals (the accepted Connection, the socket it reads, the
-kernel wait) to take the kernel out; it is a measuring tool, not an example.
+This reaches into the server's internals (the accepted connection's transport socket, the
+loop's kernel wait) to take the kernel out; it is a measuring tool, not an example.
 """
 from __future__ import annotations
 
@@ -69,8 +69,7 @@ class StubSocket(object):
 
 def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256, host_echo=False):
     """A Server with one real accepted connection whose socket and kernel wait are stubbed.
-    With ``host_echo``, echo is registered again as a host's handler would be: a Python
-    function called once per request, with no reply_to_run."""
+    With ``host_echo``, echo is registered again as a host's handler would be."""
     sys.path.insert(0, ROOT)
     from reactor_mgmt import Server
     srv = Server(host="127.0.0.1", port=0, idle_timeout=0, max_commands_per_tick=max_commands_per_tick)
@@ -84,7 +83,7 @@ def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256, host_echo=
     conn = None
     while conn is None and time.monotonic() < deadline:
         srv.poll(0.01)
-        conn = next((o for o in srv._owners.values() if type(o).__name__ == "Connection"), None)
+        conn = srv.connections[0] if srv.connections else None
     if conn is None:
         raise RuntimeError("the server did not accept the connection")
     reply = b""
@@ -96,15 +95,16 @@ def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256, host_echo=
             pass
     if reply != b"pong\n":
         raise RuntimeError("the server did not answer a ping: %r" % reply)
-    real_sock = conn.sock
+    transport = conn.transport
+    real_sock = transport.sock
     fd = real_sock.fileno()
     events = [(fd, 0x001)]  # EPOLLIN: poll() reads events in epoll's bits everywhere
-    srv._wait = lambda timeout=None: events
+    srv._loop.wait = lambda timeout=None: events
 
     def run():
-        stub = conn.sock = StubSocket(payload, fd)
+        stub = transport.sock = StubSocket(payload, fd)
         polls = 0
-        while stub.pos < len(payload) or conn.queue or conn.out:
+        while stub.pos < len(payload) or conn.queue or transport.out:
             srv.poll(0)
             polls += 1
             if polls > len(payload):  # every poll reads or runs something, or this never ends
@@ -113,7 +113,7 @@ def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256, host_echo=
             raise AssertionError("reactor_mgmt's replies differ from the expected stream")
 
     def close():
-        conn.sock = real_sock
+        transport.sock = real_sock
         client.close()
         srv.close()
 
@@ -180,16 +180,12 @@ def best_of(runners, rounds):
 
 # Stages of the shipped path: each runs once per read or per tick, never per request, so timing
 # them with a wrapper costs a few ns per request. Times are inclusive; a nested stage is part of
-# the one that calls it (the handler calls are inside the run of one command).
+# the one that calls it (sending is inside the session's turn).
 STAGES = [
     ("reactor_mgmt._protocol", "RequestDecoder", "feed", "decoding reads into lines (`RequestDecoder.feed`)"),
-    ("reactor_mgmt._dispatch", "Dispatcher", "_run_same_command", "runs of one command (`_run_same_command`)"),
-    ("reactor_mgmt._dispatch", "Dispatcher", "_answer_run",
-     "of which taking runs answered from their text (`_answer_run`)"),
-    ("reactor_mgmt._dispatch", "Dispatcher", "_run_calls", "of which handler calls and their replies (`_run_calls`)"),
-    ("reactor_mgmt._dispatch", "Dispatcher", "_consume",
-     "of which taking the run off the queue (`_consume`, inside one of the two rows above)"),
-    ("reactor_mgmt._server", "Server", "_flush", "sending (`_flush`, the send itself stubbed)"),
+    ("reactor_mgmt._session", "Connection", "service",
+     "running the queued requests, one general path each (`Connection.service`)"),
+    ("reactor_mgmt._transport", "Transport", "flush", "of which sending (`Transport.flush`, the send itself stubbed)"),
 ]
 
 
@@ -262,7 +258,7 @@ def measure(n, rounds, top):
 LABELS = [
     ("reactor_mgmt", "reactor_mgmt `poll()`, as shipped (`max_commands_per_tick=256`)"),
     ("reactor_mgmt_1024", "reactor_mgmt `poll()`, `max_commands_per_tick=1024`"),
-    ("host_echo", "reactor_mgmt `poll()`, echo registered by the host (a Python call per request)"),
+    ("host_echo", "reactor_mgmt `poll()`, echo registered again by the host"),
     ("contract", "the handler contract alone (no checks, queue or tick)"),
     ("asyncio_protocol", "asyncio Protocol peer, `data_received`"),
 ]
@@ -279,16 +275,14 @@ def render(res, cmd):
     for key, label in LABELS:
         lines.append("| %s | %.0f | %.2fx |" % (label, ns[key], ns[key] / base))
     lines += ["", "Stages (inclusive ns per request, timed around calls made once per read or tick, best of "
-              "5; `_run_same_command` contains the three rows below it), for the shipped server and for "
+              "5; `Connection.service` contains the row below it), for the shipped server and for "
               "echo registered by the host:", "",
               "| stage | shipped | host's echo |", "|---|---|---|"]
     shipped, hosts = res["stages"], res["host_stages"]
     for _module, _cls, key, label in STAGES:
         lines.append("| %s | %.0f | %.0f |" % (label, shipped.get(key, 0.0), hosts.get(key, 0.0)))
-    rest = [st["total"] - sum(st.get(key, 0.0) for key in ("feed", "_run_same_command", "_flush"))
-            for st in (shipped, hosts)]
-    lines.append("| the rest: `poll()`, `_service`, each tick's first request (`_run_plain_batch`) | %.0f | %.0f |"
-                 % tuple(rest))
+    rest = [st["total"] - sum(st.get(key, 0.0) for key in ("feed", "service")) for st in (shipped, hosts)]
+    lines.append("| the rest: `poll()`, the read, the ready queue | %.0f | %.0f |" % tuple(rest))
     lines.append("| total, in this round | %.0f | %.0f |" % (shipped["total"], hosts["total"]))
     lines += ["", "cProfile of the shipped path, by own time (profiling inflates each Python call):", "",
               "| function | calls per request | share of own time |", "|---|---|---|"]

@@ -529,11 +529,15 @@ class Registry:
             entry = cache.get(line)
             if entry is not None:
                 return entry[0], list(entry[1])
-        plain = not needs_quoting(line)  # then the same line always means the same words
+        plain = needs_quoting(line) is None  # then the same line always means the same words
         words = line.split() if plain else split_words(line)
         if not words:
             return None, []
-        command, args = self.resolve(words, conn)
+        command = None if words[0] in self._groups else self.commands.get(words[0])
+        if command is not None:  # a one-word command, found without resolve()'s search
+            args = words[1:]
+        else:
+            command, args = self.resolve(words, conn)
         if cache is not None and plain:
             if len(cache) >= _CACHE_SIZE:
                 cache.clear()

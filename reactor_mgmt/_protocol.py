@@ -462,9 +462,9 @@ class ParseError(ValueError):
     """A request line that cannot be split into words (an unbalanced quote)."""
 
 
-def needs_quoting(line: str) -> bool:
-    """Whether split_words takes the shlex path for ``line`` (quotes, backslashes, odd spaces)."""
-    return _QUOTING.search(line) is not None
+# Whether split_words takes the shlex path for a line (quotes, backslashes, odd spaces): a match
+# (truthy) or None. The regex's own method, with no Python call around it: every request pays it.
+needs_quoting = _QUOTING.search
 
 
 def split_words(line: str) -> List[str]:
