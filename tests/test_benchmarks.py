@@ -32,14 +32,10 @@ def test_where_runs_every_path_and_finds_every_stage() -> None:
     assert set(result["ns"]) == {"reactor_mgmt", "reactor_mgmt_1024", "host_echo", "contract", "asyncio_protocol"}
     assert all(ns > 0 for ns in result["ns"].values())
     # Each stage wraps a real method of the server; a renamed one fails the run above, and one
-    # that is no longer called shows up here as missing. The shipped server answers the runs from
-    # their text; the host's echo is called per request.
-    shipped, host = result["stages"], result["host_stages"]
-    assert {"feed", "_run_same_command", "_answer_run", "_consume", "_flush"} <= set(shipped)
-    assert "_run_calls" not in shipped and "_answer_run" not in host
-    assert shipped["_answer_run"] < shipped["_run_same_command"] < shipped["total"]
-    assert {"feed", "_run_same_command", "_run_calls", "_consume", "_flush"} <= set(host)
-    assert host["_run_calls"] < host["_run_same_command"] < host["total"]
+    # that is no longer called shows up here as missing. Sending is inside the session's turn.
+    for stages in (result["stages"], result["host_stages"]):
+        assert {"feed", "service", "flush"} <= set(stages)
+        assert stages["flush"] < stages["service"] < stages["total"]
     assert any("reactor_mgmt/_dispatch.py" in row["function"] for row in result["profile"])
     assert result["markdown"].startswith("## Profile: echo with the kernel stubbed out")
 
