@@ -20,7 +20,7 @@ import time
 from collections import deque
 
 from ._log import log
-from ._transport import Waker, hang_up
+from ._transport import Waker
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
@@ -311,5 +311,3 @@ class IdleReaper:
             self.armed = True
             self.loop.call_later(max(0.0, heap[0][0] - now), self.reap)
 
-
-__all__ = ["Loop", "IdleReaper", "make_wait", "hang_up"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 
 from ._protocol import RequestDecoder
-from ._replies import Pending, Stream
+from ._replies import Stream
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
@@ -238,9 +238,3 @@ class Connection:
     def connection_lost(self) -> None:
         self.queue = None
         self.cancel_waiting()
-
-
-def waiting_for_value(conn: Connection) -> bool:
-    """Whether ``conn`` waits on a Pending already resolved (its reply made, not yet sent)."""
-    waiting = conn.waiting
-    return isinstance(waiting, Pending) and waiting.done
