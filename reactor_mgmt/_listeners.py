@@ -24,7 +24,7 @@ from ._transport import refuse
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
     Address = Union[str, Tuple[str, int]]
 
@@ -38,7 +38,7 @@ class Listener:
     """One listening socket, with the maximum level its connections get."""
 
     __slots__ = ("sock", "address", "path", "file_id", "rank", "allowed_uids", "check_peer", "accepts",
-                 "paused_until", "acceptor")
+                 "paused_until", "acceptor", "tls", "cert_levels")
 
     def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
         self.sock = sock
@@ -51,6 +51,8 @@ class Listener:
         self.accepts = _ACCEPTS_START  # adapts like Twisted's numberAccepts
         self.paused_until = 0.0
         self.acceptor: Optional[Acceptor] = None
+        self.tls: Any = None  # an ssl.SSLContext: connections start with a TLS handshake (_tls)
+        self.cert_levels: Optional[Dict[str, int]] = None  # client certificate name -> level rank
 
     @property
     def level(self) -> str:
@@ -170,19 +172,27 @@ class Listeners:
         self.writing = False
         self.warn_remote = warn_remote
 
-    def tcp(self, host: str, port: int, level: Optional[str]) -> List[Address]:
+    def tcp(self, host: str, port: int, level: Optional[str], tls: Any = None,
+            cert_levels: Optional[Dict[str, Sequence[str]]] = None, backlog: Optional[int] = None) -> List[Address]:
+        ranks = None
+        if cert_levels:
+            ranks = {name: level_rank(name_level) for name_level, names in cert_levels.items() for name in names}
+            if tls is None:
+                raise ConfigError("cert_levels needs tls: client certificates come with a TLS handshake")
         bound: List[Address] = []
-        for sock in bind_tcp(host, port):
+        for sock in bind_tcp(host, port, backlog):
             address = sock.getsockname()[:2]
-            self._add(Listener(sock, address, level_rank(level or "operator")))
+            listener = Listener(sock, address, level_rank(level or "operator"))
+            listener.tls, listener.cert_levels = tls, ranks
+            self._add(listener)
             bound.append(address)
             self.warn_if_remote(address[0])
         self.write_address_file()
         return bound
 
     def unix(self, path: str, mode: int, group: Union[int, str, None], level: Optional[str], check_peer: bool,
-             allowed_uids: Sequence[int]) -> str:
-        sock = bind_unix(path, mode, group)
+             allowed_uids: Sequence[int], backlog: Optional[int] = None) -> str:
+        sock = bind_unix(path, mode, group, backlog)
         # The file is removed at close() by its absolute path: the host may chdir meanwhile.
         listener = Listener(sock, path, level_rank(level or "admin"), path=os.path.abspath(path))
         listener.check_peer = check_peer or bool(allowed_uids)
@@ -238,7 +248,7 @@ class Listeners:
 # ---- binding ----
 
 
-def bind_tcp(host: str, port: int) -> List[socket.socket]:
+def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket.socket]:
     """Listening sockets for every address ``host`` resolves to; port 0 picks one free port
     for all of them. All or nothing: should another program hold the picked port on a later
     address (::1), the whole set is tried again on a new one."""
@@ -258,7 +268,7 @@ def bind_tcp(host: str, port: int) -> List[socket.socket]:
                 if port == 0 and len(socks) > 1:  # one ephemeral port shared by all addresses
                     sockaddr = (sockaddr[0], socks[0].getsockname()[1]) + tuple(sockaddr[2:])
                 sock.bind(sockaddr)
-                sock.listen(128)
+                sock.listen(socket.SOMAXCONN if backlog is None else backlog)
         except BaseException as exc:
             for sock in socks:
                 sock.close()
@@ -270,7 +280,7 @@ def bind_tcp(host: str, port: int) -> List[socket.socket]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def bind_unix(path: str, mode: int, group: Union[int, str, None]) -> socket.socket:
+def bind_unix(path: str, mode: int, group: Union[int, str, None], backlog: Optional[int] = None) -> socket.socket:
     """A listening Unix socket at ``path``, its file born with at most ``mode``."""
     if path.startswith("\0"):
         raise ConfigError("abstract Unix sockets are not supported: with no file there is no mode, so "
@@ -279,7 +289,9 @@ def bind_unix(path: str, mode: int, group: Union[int, str, None]) -> socket.sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         _bind_with_mode(sock, path, mode)
-        sock.listen(128)
+        # The system's maximum, not 128: a Unix connect does not queue and retry as TCP's does,
+        # so a burst of scripts (a fleet fan-out) past the backlog fails with EAGAIN.
+        sock.listen(socket.SOMAXCONN if backlog is None else backlog)
     except BaseException:
         sock.close()
         raise

@@ -67,11 +67,16 @@ class Server:
         log_tail: bool = False,
         address_file: Optional[str] = None,
         builtins: bool = True,
+        tls: Any = None,
+        cert_levels: Optional[Dict[str, Sequence[str]]] = None,
+        backlog: Optional[int] = None,
+        tls_handshake_timeout: float = 10.0,
         _caches: bool = True,
     ) -> None:
         self.stats = Stats(time.time())
         self._limits = Limits(high_water, low_water, max_output, self.stats)  # checks them
         self.max_connections = max_connections
+        self.tls_handshake_timeout = tls_handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_line = max_line
         self.high_water, self.low_water, self.max_output = high_water, self._limits.low_water, max_output
@@ -108,9 +113,9 @@ class Server:
             install_builtins(self, self._dispatcher)
         try:
             if port is not None and host is not None:
-                self.listen_tcp(host, port, level=level)
+                self.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
             if unix is not None:
-                self.listen_unix(unix, level=level)
+                self.listen_unix(unix, level=level, backlog=backlog)
         except BaseException:
             self.close()
             raise
@@ -180,13 +185,19 @@ class Server:
 
     # ---- listeners (see _listeners.Listeners) ----
 
-    def listen_tcp(self, host: str = "127.0.0.1", port: int = 8123, *, level: Optional[str] = None) -> List[Address]:
-        """Listens on every address ``host`` resolves to; port 0 picks one free port for all."""
-        return self._listening.tcp(host, port, level or self._default_level)
+    def listen_tcp(self, host: str = "127.0.0.1", port: int = 8123, *, level: Optional[str] = None, tls: Any = None,
+                   cert_levels: Optional[Dict[str, Sequence[str]]] = None, backlog: Optional[int] = None) -> List[Address]:
+        """Listens on every address ``host`` resolves to; port 0 picks one free port for all.
+
+        With ``tls`` (an ``ssl.SSLContext``) every connection starts with a TLS handshake; with
+        mutual TLS, ``cert_levels`` (``{"admin": ["alice", ...]}``) gives a client certificate
+        whose commonName or subjectAltName is listed that level. ``backlog`` defaults to the
+        system's maximum."""
+        return self._listening.tcp(host, port, level or self._default_level, tls, cert_levels, backlog)
 
     def listen_unix(self, path: str, *, mode: int = 0o600, group: Union[int, str, None] = None,
                     level: Optional[str] = None, check_peer: bool = False,
-                    allowed_uids: Sequence[int] = ()) -> str:
+                    allowed_uids: Sequence[int] = (), backlog: Optional[int] = None) -> str:
         """Listens on a Unix socket created with ``mode`` (0600 by default).
 
         A stale socket left by a dead process is replaced; a live one, a symlink or any file
@@ -194,7 +205,7 @@ class Server:
         ``allowed_uids`` may connect (SO_PEERCRED).
         """
         return self._listening.unix(os.fspath(path), mode, group, level or self._default_level, check_peer,
-                                    allowed_uids)
+                                    allowed_uids, backlog)
 
     def listen_socket(self, sock: socket.socket, *, level: Optional[str] = None) -> Address:
         """Adopts a socket that is already bound and listening (systemd activation, or a
@@ -241,7 +252,13 @@ class Server:
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._next_id += 1
-        transport = Transport(sock, loop, self._limits, now)
+        if listener.tls is None:
+            transport = Transport(sock, loop, self._limits, now)
+        else:
+            from ._tls import TlsTransport, wrap  # lazily: a plaintext server never imports ssl
+
+            sock = wrap(sock, listener.tls)
+            transport = TlsTransport(sock, loop, self._limits, now, listener.cert_levels, self.tls_handshake_timeout)
         conn = transport.conn = Connection(self, self._dispatcher, transport, listener, self._next_id,
                                            listener.rank, self._token is None)
         loop.connections[sock.fileno()] = conn

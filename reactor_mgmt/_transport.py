@@ -44,12 +44,22 @@ _LINGER_ZERO = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: c
 _DISCARD_AT_CLOSE = 1 << 20  # bytes of unread input read and dropped before a final close
 
 
+# What a non-blocking call raises for "not now": a TLS socket adds its want-read/want-write
+# errors (see allow_would_block), so a plaintext server never imports ssl.
+_WOULD_BLOCK: tuple = (BlockingIOError, InterruptedError)
+
+
+def allow_would_block(*exception_types: type) -> None:
+    global _WOULD_BLOCK
+    _WOULD_BLOCK = tuple(dict.fromkeys(_WOULD_BLOCK + exception_types))
+
+
 def _send_some(sock: Any, data: Any) -> int:
     """The server's only send: as much of ``data`` as the kernel takes now, without blocking.
     Raises OSError when the peer is gone; a full socket is 0 bytes taken."""
     try:
         return sock.send(data)
-    except (BlockingIOError, InterruptedError):
+    except _WOULD_BLOCK:
         return 0
 
 
@@ -117,11 +127,11 @@ class Transport:
         if self.paused:  # above the high-water mark: the reply backlog must drain first
             return
         try:
-            data = self.sock.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
+            data = self.receive()
         except OSError as exc:
             self.abort(exc)
+            return
+        if data is None:
             return
         self.last_active = now
         self.opened = now
@@ -137,6 +147,13 @@ class Transport:
             self.conn.data_received(data)
         else:
             self.conn.eof_received()
+
+    def receive(self) -> Optional[bytes]:
+        """One read: the bytes, b"" at EOF, None when there is nothing to read yet."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except _WOULD_BLOCK:
+            return None
 
     def peername(self) -> Any:
         """The peer's address as the socket reports it, or None when the socket cannot say."""

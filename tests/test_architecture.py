@@ -41,6 +41,7 @@ LAYERS: Dict[str, int] = {
     "reactor_mgmt._dispatch": 2,
     # 3 shell: sockets and the selectors loop
     "reactor_mgmt._transport": 3,
+    "reactor_mgmt._tls": 3,
     "reactor_mgmt._listeners": 3,
     "reactor_mgmt._loop": 3,
     # 4 services

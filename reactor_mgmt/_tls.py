@@ -1,0 +1,147 @@
+# TLS for the transport, imported only by a server with a TLS listener (ssl costs ~10 ms of
+# import time that a plaintext server must not pay).
+#
+# A TlsTransport is a Transport whose socket is an ssl.SSLSocket made with
+# do_handshake_on_connect=False. The handshake is driven by poll(): each readable or writable
+# event takes one non-blocking do_handshake() step, and SSLWantRead/WriteError become the
+# selector interest; a step is not taken once the poll's budget is spent (the event comes again
+# next poll). A deadline (default 10 s) closes a client that never finishes, so stalled
+# handshakes cannot hold the connection slots. Plaintext, an HTTP request or an untrusted
+# client certificate fails the handshake: the connection is closed, and nothing runs.
+#
+# After the handshake, reads and sends are the Transport's own (sends through its one send site);
+# records already decrypted sit in SSLSocket.pending() and raise no event, so a read drains
+# them, and whatever a tick cannot take is read again on the next poll through the loop's calls.
+from __future__ import annotations
+
+import ssl
+
+from ._log import Throttle, format_address, log
+from ._transport import RECV_SIZE, Transport, allow_would_block
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Dict, Optional
+
+allow_would_block(ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+_IN, _OUT = 0x001, 0x004
+_READ, _WRITE = 1, 2  # selectors.EVENT_READ, EVENT_WRITE
+_DRAIN_MAX = 4 * RECV_SIZE  # decrypted bytes taken in one read before the rest waits a poll
+HANDSHAKE_TIMEOUT = 10.0
+_refusals = Throttle()  # a client can fail handshakes at will: one log record per interval
+
+
+class TlsTransport(Transport):
+    """A Transport over TLS: the handshake first, then the Transport's reads and sends."""
+
+    __slots__ = ("handshaking", "handshake_timer", "cert_levels", "read_queued")
+
+    def __init__(self, sock: ssl.SSLSocket, loop: Any, limits: Any, now: float,
+                 cert_levels: Optional[Dict[str, int]], timeout: float = HANDSHAKE_TIMEOUT) -> None:
+        super().__init__(sock, loop, limits, now)
+        self.handshaking = True
+        self.cert_levels = cert_levels
+        self.read_queued = False
+        self.handshake_timer: Any = loop.call_later(timeout, self._handshake_expired)
+
+    def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
+        if not self.handshaking:
+            Transport.handle_event(self, event, now, stop_at)
+        elif stop_at is None or self.loop.clock() < stop_at:  # past the budget: next poll
+            self._handshake_step(now)
+
+    def _handshake_step(self, now: float) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._want(_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(_WRITE)
+            return
+        except OSError as exc:  # ssl.SSLError included: plaintext, HTTP, an untrusted certificate
+            self._refuse(f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+            return
+        self.handshaking = False
+        self.loop.cancel_timer(self.handshake_timer)
+        self.handshake_timer = None
+        self.last_active = now
+        if self.cert_levels:
+            self.conn.level = level_of_certificate(self.sock.getpeercert(), self.cert_levels, self.conn.level)
+        self.update_interest()
+
+    def _want(self, mask: int) -> None:
+        if mask == self.mask:
+            return
+        if self.mask == 0:
+            self.loop.register(self.sock, mask, self)
+        else:
+            self.loop.modify(self.sock, mask, self)
+        self.mask = mask
+
+    def _handshake_expired(self) -> None:
+        self.handshake_timer = None
+        if self.handshaking and not self.closed:
+            self._refuse("TLS handshake not finished in time")
+
+    def _refuse(self, reason: str) -> None:
+        suffix = _refusals.allow(self.loop.clock())
+        if suffix is not None:
+            log.warning("closing connection #%d from %s: %s%s", self.conn.id, format_address(self.conn.peer),
+                        reason, suffix)
+        self.cut_off = True  # nothing more is written: the peer speaks no TLS we can answer
+        self.out = None
+        self.out_size = 0
+        self.close_now()
+
+    def update_interest(self) -> None:
+        if self.closed:
+            return
+        if self.handshaking:  # just accepted: the ClientHello comes first
+            if self.mask == 0:
+                self._want(_READ)
+            return
+        Transport.update_interest(self)
+        if self.mask & _READ and not self.read_queued and self.sock.pending():
+            # Decrypted bytes are waiting, and no event will say so: read them next poll.
+            self.read_queued = True
+            self.loop.calls.append(self._read_pending)
+
+    def _read_pending(self) -> None:
+        self.read_queued = False
+        if not self.closed:
+            self.handle_event(_IN, self.loop.clock(), None)
+
+    def receive(self) -> Optional[bytes]:
+        sock = self.sock
+        try:
+            data = sock.recv(RECV_SIZE)
+            while sock.pending() and len(data) < _DRAIN_MAX:  # records already decrypted
+                data += sock.recv(RECV_SIZE)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return None
+        except ssl.SSLZeroReturnError:  # the peer's close_notify: an EOF
+            return b""
+        return data
+
+    def close_now(self) -> None:
+        if self.handshake_timer is not None:
+            self.loop.cancel_timer(self.handshake_timer)
+            self.handshake_timer = None
+        Transport.close_now(self)
+
+
+def level_of_certificate(cert: Any, cert_levels: Dict[str, int], default: int) -> int:
+    """The highest level any name of a client certificate (its subject's commonName, or a
+    subjectAltName: DNS, email or IP) has in ``cert_levels``; ``default`` for none."""
+    names = []
+    for rdn in (cert or {}).get("subject", ()):
+        names.extend(value for key, value in rdn if key == "commonName")
+    names.extend(value for _, value in (cert or {}).get("subjectAltName", ()))
+    levels = [cert_levels[name] for name in names if name in cert_levels]
+    return max(levels) if levels else default
+
+
+def wrap(sock: Any, context: ssl.SSLContext) -> ssl.SSLSocket:
+    return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)

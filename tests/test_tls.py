@@ -1,0 +1,267 @@
+# TLS listeners, driven by real clients nobody here wrote (openssl s_client, ncat --ssl, socat)
+# and by hostile raw sockets: the handshake runs inside poll() without blocking it, a client that
+# never finishes it is closed at the deadline, plaintext or garbage on a TLS port runs nothing,
+# and client certificates map to levels. Certificates are made at run time with `openssl req`.
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+
+import pytest
+
+import reactor_mgmt
+
+from conftest import TIMEOUT, require_tool
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run([require_tool("openssl"), *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A CA, a server certificate for 127.0.0.1 signed by it, a client certificate 'alice'
+    signed by it, and a client certificate 'mallory' signed by a CA nobody trusts."""
+    d = tmp_path_factory.mktemp("pki")
+    p = {name: str(d / name) for name in (
+        "ca.pem", "ca.key", "srv.pem", "srv.key", "srv.csr", "alice.pem", "alice.key", "alice.csr",
+        "evil_ca.pem", "evil_ca.key", "mallory.pem", "mallory.key", "mallory.csr", "ext.cnf")}
+    with open(p["ext.cnf"], "w") as handle:
+        handle.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for ca, key, cn in (("ca.pem", "ca.key", "test CA"), ("evil_ca.pem", "evil_ca.key", "evil CA")):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={cn}",
+                 "-keyout", p[key], "-out", p[ca])
+    for name, ca, ca_key, ext in (("srv", "ca.pem", "ca.key", True), ("alice", "ca.pem", "ca.key", False),
+                                  ("mallory", "evil_ca.pem", "evil_ca.key", False)):
+        cn = "localhost" if name == "srv" else name
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", p[f"{name}.key"],
+                 "-out", p[f"{name}.csr"])
+        _openssl("x509", "-req", "-in", p[f"{name}.csr"], "-CA", p[ca], "-CAkey", p[ca_key], "-CAcreateserial",
+                 "-days", "2", "-out", p[f"{name}.pem"], *(["-extfile", p["ext.cnf"]] if ext else []))
+    return p
+
+
+def _server_context(pki, client_ca: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki["srv.pem"], pki["srv.key"])
+    if client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(pki["ca.pem"])
+    return ctx
+
+
+def _serve_while(server, proc: subprocess.Popen, data: bytes = b"") -> bytes:
+    """Polls the server while a client process runs; returns its stdout."""
+    if data:
+        proc.stdin.write(data)
+        proc.stdin.flush()
+    deadline = time.monotonic() + TIMEOUT
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the client did not finish"
+        server.poll(0.01)
+    return proc.stdout.read()
+
+
+def _client(argv, stdin=subprocess.PIPE) -> subprocess.Popen:
+    return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _tls_connect(server, ctx: ssl.SSLContext) -> ssl.SSLSocket:
+    raw = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    raw.setblocking(False)
+    sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            sock.do_handshake()
+            break
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            assert time.monotonic() < deadline
+            server.poll(0.01)
+    return sock
+
+
+def _request(server, sock, line: bytes) -> bytes:
+    sock.sendall(line)
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not data.endswith(b"\n"):
+        assert time.monotonic() < deadline, data
+        server.poll(0.01)
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _closed_by_server(server, sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        server.poll(0.01)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except (BlockingIOError, ssl.SSLWantReadError):
+            continue
+        except OSError:  # a reset, or a TLS alert turned error
+            return True
+    return False
+
+
+def _client_context(pki, cert: str = "") -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+    if cert:
+        ctx.load_cert_chain(pki[f"{cert}.pem"], pki[f"{cert}.key"])
+    return ctx
+
+
+def test_openssl_s_client_gets_pong(make_server, pki):
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    proc = _client([require_tool("openssl"), "s_client", "-quiet", "-connect", f"127.0.0.1:{server.port}",
+                    "-CAfile", pki["ca.pem"]])
+    proc.stdin.write(b"ping\nquit\n")
+    proc.stdin.flush()
+    assert _serve_while(server, proc).splitlines()[-1] == b"pong"
+
+
+def test_ncat_ssl_gets_pong(make_server, pki):
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    proc = _client([require_tool("ncat"), "--ssl", "127.0.0.1", str(server.port)])
+    proc.stdin.write(b"ping\n")
+    proc.stdin.close()
+    assert _serve_while(server, proc) == b"pong\n"
+
+
+def test_socat_verifies_the_server_and_fails_with_the_wrong_ca(make_server, pki):
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    socat = require_tool("socat")
+    good = _client([socat, "-", f"OPENSSL:127.0.0.1:{server.port},cafile={pki['ca.pem']}"])
+    good.stdin.write(b"echo over tls\n")
+    good.stdin.close()
+    assert _serve_while(server, good) == b"over tls\n" and good.returncode == 0
+    bad = _client([socat, "-", f"OPENSSL:127.0.0.1:{server.port},cafile={pki['evil_ca.pem']}"])
+    bad.stdin.write(b"echo over tls\n")
+    bad.stdin.close()
+    assert _serve_while(server, bad) == b"" and bad.returncode != 0
+
+
+def test_client_certificates_map_to_levels_and_an_untrusted_one_is_refused(make_server, pki):
+    server = make_server("127.0.0.1", level="user", tls=_server_context(pki, client_ca=True),
+                         cert_levels={"admin": ["alice"]})
+    alice = _tls_connect(server, _client_context(pki, "alice"))
+    assert _request(server, alice, b"level\n") == b"admin\n"
+    alice.close()
+    # a client with no certificate, or one from a CA the server does not trust, is refused
+    for cert in ("", "mallory"):
+        raw = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+        ctx = ssl.create_default_context(cafile=pki["ca.pem"])
+        if cert:
+            ctx.load_cert_chain(pki["mallory.pem"], pki["mallory.key"])
+        raw.setblocking(False)
+        sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+        refused = False
+        deadline = time.monotonic() + TIMEOUT
+        while not refused and time.monotonic() < deadline:
+            server.poll(0.01)
+            try:
+                sock.do_handshake()
+                sock.sendall(b"ping\n")
+                refused = sock.recv(100) == b""  # TLS 1.3: the refusal shows after the handshake
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+            except (ssl.SSLError, OSError):
+                refused = True
+        assert refused, cert
+        sock.close()
+    assert [c for c in server.connections if not c.closed] == []
+
+
+def test_cert_levels_without_tls_is_a_config_error(make_server):
+    with pytest.raises(reactor_mgmt.ConfigError, match="cert_levels needs tls"):
+        make_server("127.0.0.1", cert_levels={"admin": ["alice"]})
+
+
+@pytest.mark.parametrize("garbage", [b"ping\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello" * 50],
+                         ids=["plaintext", "http", "not-a-client-hello"])
+def test_plaintext_http_or_garbage_on_a_tls_port_is_closed_and_runs_nothing(make_server, pki, garbage):
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    ran = []
+    server.add_command("touch", lambda: ran.append(1) or "touched")
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    sock.sendall(garbage + b"touch\n")
+    assert _closed_by_server(server, sock)
+    assert ran == [] and server.connections == []
+    sock.close()
+
+
+def test_a_stalled_handshake_is_closed_at_the_deadline_and_does_not_block_poll(make_server, pki):
+    server = make_server("127.0.0.1", tls=_server_context(pki), tls_handshake_timeout=0.3)
+    stalled = [socket.create_connection(server.addresses[0], timeout=TIMEOUT) for _ in range(5)]
+    stalled[0].sendall(b"\x16\x03\x01")  # slowloris: the first bytes of a ClientHello, then nothing
+    started = time.monotonic()
+    longest = 0.0
+    while server.connections or time.monotonic() - started < 0.1:
+        assert time.monotonic() - started < TIMEOUT
+        t0 = time.monotonic()
+        server.poll(0)
+        longest = max(longest, time.monotonic() - t0)
+        time.sleep(0.005)
+    assert 0.25 <= time.monotonic() - started < 3
+    assert longest < 0.05  # no poll waited on a handshake
+    ok = _tls_connect(server, _client_context(pki))  # and the server still serves
+    assert _request(server, ok, b"ping\n") == b"pong\n"
+    for sock in stalled:
+        sock.close()
+    ok.close()
+
+
+def test_a_large_pipelined_batch_over_tls_is_answered_in_full(make_server, pki):
+    # Records decrypted but not yet read raise no event: the server must drain SSLSocket.pending().
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    sock = _tls_connect(server, _client_context(pki))
+    lines = b"".join(b"echo %d\n" % i for i in range(5000))
+    sock.setblocking(True)
+    sock.settimeout(TIMEOUT)
+    sock.sendall(lines)
+    sock.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while data.count(b"\n") < 5000:
+        assert time.monotonic() < deadline, data.count(b"\n")
+        server.poll(0.01, budget=0.002)
+        try:
+            data += sock.recv(1 << 20)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass
+    assert data == b"".join(b"%d\n" % i for i in range(5000))
+    sock.close()
+
+
+def test_a_client_that_half_closes_mid_record_is_dropped_alone(make_server, pki):
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    victim = _tls_connect(server, _client_context(pki))
+    # Cut a record: after the handshake, a TLS record header that promises more than follows,
+    # then a FIN.
+    plain = socket.socket(fileno=victim.detach())
+    plain.sendall(b"\x17\x03\x03\x40\x00" + b"x" * 100)
+    plain.shutdown(socket.SHUT_WR)
+    assert _closed_by_server(server, plain)
+    plain.close()
+    other = _tls_connect(server, _client_context(pki))
+    assert _request(server, other, b"ping\n") == b"pong\n"
+    other.close()
+
+
+def test_the_plaintext_server_never_imports_ssl():
+    code = ("import sys, reactor_mgmt; s = reactor_mgmt.Server('127.0.0.1', 0); s.poll(0); s.close(); "
+            "print('ssl' in sys.modules)")
+    out = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, timeout=60,
+                         env=__import__("conftest").child_env())
+    assert out.stdout.strip() == b"False", out.stderr
