@@ -236,6 +236,14 @@ class Listeners:
         if self.address_file is not None and self.writing:
             self.address_file_id = write_address_file(self.address_file, self.addresses())
 
+    def abandon(self) -> None:
+        """In a forked child: closes this process's copies of the listening sockets, and
+        removes no file: the socket file and the address file are the parent's."""
+        for listener in self.listeners:
+            listener.sock.close()
+        self.listeners = []
+        self.acceptor.close()
+
     def close(self) -> None:
         for listener in self.listeners:
             self.acceptor.remove(listener)

@@ -225,6 +225,26 @@ class Loop:
         self.owners.clear()  # a handler may close us mid-poll: its remaining events find no owner
         self.selector.close()
 
+    def abandon(self, reason: str) -> None:
+        """In a forked child: closes this process's copies of every descriptor (the epoll fd,
+        the waker, the clients' sockets) and sends nothing. The parent holds the same sockets:
+        a shutdown() or a reset here would end its connections too. poll() then raises."""
+        self.stopped = True
+        for conn in list(self.connections.values()):
+            conn.transport.sock.close()  # a plain close: the parent's copy keeps the connection
+        self.connections.clear()
+        self.ready.clear()
+        self.calls.clear()
+        self.timers = []
+        self.close()
+
+        def wait(timeout: Optional[float]) -> List[Tuple[int, int]]:
+            from ._errors import ReactorMgmtError
+
+            raise ReactorMgmtError(reason)
+
+        self.wait = wait
+
 
 def make_wait(selector: selectors.BaseSelector) -> Callable[[Optional[float]], List[Tuple[int, int]]]:
     """Returns wait(timeout) -> [(fd, events)], the kernel call poll() makes, events in

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 
 from ._builtins import install_builtins
 from ._commands import Command, Registry, methods_as_commands
@@ -26,6 +27,7 @@ from ._log import format_address, log
 from ._loop import IdleReaper, Loop
 from ._protocol import DEFAULT_MAX_LINE
 from ._session import Connection
+from ._toolkit import ToolkitMethods
 from ._transport import Limits, Transport, drain, refuse
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 _get_ident = threading.get_ident
 
 
-class Server:
+class Server(ToolkitMethods):
     """A management socket served from the host's own loop.
 
     Create it, register commands, and call :meth:`poll` once per iteration of your main loop.
@@ -71,6 +73,7 @@ class Server:
         cert_levels: Optional[Dict[str, Sequence[str]]] = None,
         backlog: Optional[int] = None,
         tls_handshake_timeout: float = 10.0,
+        toolkit: bool = False,
         _caches: bool = True,
     ) -> None:
         self.stats = Stats(time.time())
@@ -97,6 +100,8 @@ class Server:
         self._reaper = loop.reaper = IdleReaper(loop, idle_timeout) if idle_timeout else None
         self._next_id = 0
         self._closed = False
+        self._pid = os.getpid()  # a forked child abandons the server (see _abandon)
+        _SERVERS.add(self)
         # The thread inside poll()'s handling, or 0: a nested poll() is refused, and a close()
         # from that thread (a handler's) is finished when the poll() returns.
         self._polling = 0
@@ -111,6 +116,8 @@ class Server:
         self.log_tail_enabled = log_tail
         if builtins:
             install_builtins(self, self._dispatcher)
+        if toolkit:  # the operator tools: add_toolkit(), setting() (inherited from _toolkit.ToolkitMethods)
+            self.add_toolkit()
         try:
             if port is not None and host is not None:
                 self.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
@@ -407,6 +414,9 @@ class Server:
         """
         if self._closed:
             return
+        if os.getpid() != self._pid:  # a forked child, even one the fork hook missed
+            self._abandon()
+            return
         self._close_grace = grace
         loop = self._loop
         if self._polling == _get_ident():
@@ -422,6 +432,16 @@ class Server:
             loop.integration.detach()
         self._stop()
         self._tear_down()
+
+    def _abandon(self) -> None:
+        """In a forked child: this process's copies of the descriptors are closed, nothing is
+        sent, shut down or unlinked (the parent still serves on them), and poll() raises."""
+        if self._closed:
+            return
+        self._closed = self._dispatcher.stopped = True
+        self._loop.abandon(f"this server belongs to process {self._pid}; in this forked process "
+                           f"({os.getpid()}) it is closed: create a Server of its own here")
+        self._listening.abandon()
 
     def _stop(self) -> None:
         self._closed = self._loop.stopped = self._dispatcher.stopped = True
@@ -451,6 +471,18 @@ class Server:
     def __repr__(self) -> str:
         where = ", ".join(format_address(a) for a in self.addresses) or "no listeners"
         return f"<Server {where} connections={len(self._loop.connections)}>"
+
+
+_SERVERS: Any = weakref.WeakSet()  # every live Server, for the fork hook
+
+
+def _abandon_after_fork() -> None:
+    for server in list(_SERVERS):
+        server._abandon()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX: a child must not touch its parent's server
+    os.register_at_fork(after_in_child=_abandon_after_fork)
 
 
 def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -> Optional[str]:

@@ -1,0 +1,125 @@
+# Fork safety (issue 19): a child inherits the server's epoll descriptor, listening sockets and
+# client connections. Whatever the child does with the server (close() from a cleanup routine,
+# `with server:`), the parent must keep serving: its connections, its Unix socket file and its
+# TCP listener. The child's copies are closed at the fork, and its poll() says why it cannot run.
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+import reactor_mgmt
+
+from conftest import TIMEOUT, RawClient, child_env, free_port
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _wait_child(pid: int) -> int:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode") else status >> 8
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    raise AssertionError("the child did not exit")
+
+
+def test_a_child_closing_the_server_leaves_the_parent_serving(tmp_path):
+    path = str(tmp_path / "mgmt.sock")
+    server = reactor_mgmt.Server("127.0.0.1", 0, unix=path)
+    try:
+        before = RawClient(server)  # a connection the parent opened before the fork
+        assert before.request("ping") == ["pong"]
+        pid = os.fork()
+        if pid == 0:  # the child: what a cleanup routine or `with server:` does
+            code = 0
+            try:
+                with server:
+                    pass
+                server.close()
+                try:
+                    server.poll(0)
+                    code = 3  # poll() must refuse
+                except reactor_mgmt.ReactorMgmtError as exc:
+                    code = 0 if "forked" in str(exc) else 4
+            except BaseException:
+                code = 5
+            os._exit(code)
+        assert _wait_child(pid) == 0
+        assert before.request("ping") == ["pong"]  # the parent's reply still arrives
+        assert os.path.exists(path)  # the child did not unlink the parent's socket file
+        unix_client = RawClient(server, path)
+        assert unix_client.request("ping") == ["pong"]
+        tcp_client = RawClient(server)  # the TCP listener still accepts
+        assert tcp_client.request("echo still here") == ["still here"]
+        for client in (before, unix_client, tcp_client):
+            client.close()
+    finally:
+        server.close()
+    assert not os.path.exists(path)
+
+
+def _pool_host(port: int, ready, stop) -> None:
+    server = reactor_mgmt.Server("127.0.0.1", port)
+    pool = multiprocessing.get_context("fork").Pool(2)
+    pool.apply(os.getpid)  # the workers exist
+    ready.set()
+    stop.wait(TIMEOUT)
+    server.close()
+    os._exit(0)  # the host exits; its pool's workers live on for a moment, as orphans do
+
+
+def test_a_forked_pool_does_not_keep_the_port_bound():
+    port = free_port()
+    ctx = multiprocessing.get_context("fork")
+    ready, stop = ctx.Event(), ctx.Event()
+    host = ctx.Process(target=_pool_host, args=(port, ready, stop))
+    host.start()
+    try:
+        assert ready.wait(TIMEOUT)
+        ss = shutil.which("ss")
+        if ss:  # only the host owns the listening socket while its workers live
+            out = subprocess.run([ss, "-ltnpH", f"sport = :{port}"], capture_output=True, text=True,
+                                 timeout=TIMEOUT).stdout
+            pids = {int(part.split("=")[1].rstrip(",)")) for part in out.split() for part in part.split(",")
+                    if part.startswith("pid=")}
+            assert pids == {host.pid}, out
+        stop.set()
+        host.join(TIMEOUT)
+        # A new host binds the same port at once, however long the old host's workers live.
+        again = reactor_mgmt.Server("127.0.0.1", port)
+        client = RawClient(again)
+        assert client.request("ping") == ["pong"]
+        client.close()
+        again.close()
+    finally:
+        stop.set()
+        host.join(TIMEOUT)
+        if host.is_alive():
+            host.kill()
+
+
+def test_a_child_process_poll_explains_itself():
+    code = (
+        "import os, sys, reactor_mgmt\n"
+        "s = reactor_mgmt.Server('127.0.0.1', 0)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    try:\n"
+        "        s.poll(0)\n"
+        "    except reactor_mgmt.ReactorMgmtError as exc:\n"
+        "        print(exc, flush=True)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "s.close()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
+    assert "belongs to process" in out.stdout and "forked process" in out.stdout, (out.stdout, out.stderr)
