@@ -2,7 +2,7 @@
 command in text and JSON, distinct pipelined ``echo``, and a 60 Hz host loop under a flood.
 
     python benchmarks/realistic.py                          # full run, 5 rounds (~7 min on 2 cores)
-    python benchmarks/realistic.py --quick                  # smoke run, 1 short round (~40 s)
+    python benchmarks/realistic.py --quick                  # smoke run, 1 short round (~35 s)
     python benchmarks/realistic.py --reactor-path /tmp/bench-base --output benchmarks/RESULTS-x.md
     python benchmarks/realistic.py --profile                # cProfile of reactor_mgmt on churn/pipe
 
@@ -86,11 +86,16 @@ LABELS = {
     "pipe_echo": "distinct `echo N` pipelined", "host": "60 Hz host under a flood",
 }
 WORKLOADS = list(CELLS) + ["host"]
+SLICE_S = 0.125  # paired runs alternate the two servers in slices this long
 
-FULL = dict(rounds=5, churn_s=1.2, rtt_count=5000, rtt_s=0.8, pipe_s=0.8, host_idle_s=0.5,
-            host_flood_s=2.5, srcs=32)
-QUICK = dict(rounds=1, churn_s=0.4, rtt_count=1000, rtt_s=0.3, pipe_s=0.3, host_idle_s=0.3,
-             host_flood_s=0.6, srcs=32)
+# retries/quiet_pct: a measurement during which other processes used more than quiet_pct of a
+# CPU is taken again (up to `retries` more times, while the run stays within max_minutes), and
+# the attempt with the least interference is kept. A failed attempt is never retried.
+# churn_s, rtt_s, pipe_s: each server's share of a paired run (the floor gets as much).
+FULL = dict(rounds=5, churn_s=0.5, rtt_count=3000, rtt_s=0.3, pipe_s=0.4, host_idle_s=0.5,
+            host_flood_s=2.0, srcs=32, retries=2, quiet_pct=40.0, max_minutes=7.5)
+QUICK = dict(rounds=1, churn_s=0.25, rtt_count=1000, rtt_s=0.25, pipe_s=0.25, host_idle_s=0.3,
+             host_flood_s=0.6, srcs=32, retries=0, quiet_pct=40.0, max_minutes=1.0)
 
 
 def log(msg):
@@ -245,9 +250,12 @@ def steal_s():
 
 # ------------------------------------------------------------- measuring --
 
-def measure_cell(srv, cell, p, cpus_all):
+def measure_pair(srvs, cell, p, cpus_all):
+    """Drives one or two servers with one load generator; with two, in alternating slices
+    (A B B A ...) of the same run, so both see the same moments of a shared machine. Returns
+    one result dict per server."""
     args, family = CELLS[cell]
-    args = args + ["--port", str(srv.port)]
+    args = args + ["--port", ",".join(str(srv.port) for srv in srvs), "--slice", str(SLICE_S)]
     if family == "churn":
         args += ["--duration", str(p["churn_s"]), "--srcs", str(p["srcs"])]
     elif family == "rtt":
@@ -256,34 +264,47 @@ def measure_cell(srv, cell, p, cpus_all):
         args += ["--duration", str(p["pipe_s"])]
     pin = None
     if family == "rtt" and len(cpus_all) > 1:
-        # Both ends on one CPU: the software path of both sides plus two context switches,
+        # All on one CPU: the software path of both sides plus two context switches,
         # not the cross-CPU wake-up latency of a small VM (large and erratic here).
         pin = {max(cpus_all)}
-        srv.pin(pin)
-    c0 = srv.cpu_s()
+        for srv in srvs:
+            srv.pin(pin)
+    c0 = [srv.cpu_s() for srv in srvs]
     b0 = busy_s()
     w0 = time.monotonic()
     try:
-        out = run_load(args, timeout=60, cpus=pin)
+        out = run_load(args, timeout=90, cpus=pin)
     finally:
         if pin:
-            srv.pin(cpus_all)
-    cpu = srv.cpu_s() - c0
+            for srv in srvs:
+                srv.pin(cpus_all)
+    cpus = [srv.cpu_s() - c for srv, c in zip(srvs, c0)]
     b1 = busy_s()
     wall = time.monotonic() - w0
-    if not srv.alive():
-        return {"ok": False, "error": "server died: %s" % srv.stderr_tail()}
-    if out.get("ok"):
-        if family == "churn":
-            out["server_cpu_us_per_conn"] = cpu / out["conns"] * 1e6 if out["conns"] else None
-            out["server_cpu_pct"] = 100.0 * cpu / out["elapsed_s"]
-            out["client_cpu_pct"] = 100.0 * out["client_cpu_s"] / out["client_wall_s"]
-        out["server_cpu_s"] = cpu
-        if b0 is not None and b1 is not None:
-            # CPU that neither this server nor the load generator used: other processes on a
-            # shared machine, the other servers' idle ticks, steal. Noise, reported as such.
-            out["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0 - cpu - out["client_cpu_s"]) / wall)
-    return out
+    results = []
+    for i, srv in enumerate(srvs):
+        if not srv.alive():
+            results.append({"ok": False, "error": "server died: %s" % srv.stderr_tail()})
+        elif not out.get("ok"):
+            failed = out.get("failed_port")
+            if failed is None or failed == srv.port:
+                results.append({"ok": False, "error": out.get("error", "failed")})
+            else:  # the other server failed: this one has no figures from this run
+                results.append({"ok": None, "error": "not measured: its partner failed"})
+        else:
+            r = dict(out["per_port"][i])
+            r.update(ok=True, server_cpu_s=cpus[i], client_cpu_s=out["client_cpu_s"],
+                     client_wall_s=out["client_wall_s"])
+            if family == "churn":
+                r["server_cpu_us_per_conn"] = cpus[i] / r["conns"] * 1e6 if r["conns"] else None
+                r["server_cpu_pct"] = 100.0 * cpus[i] / r["elapsed_s"] if r["elapsed_s"] else None
+                r["client_cpu_pct"] = 100.0 * out["client_cpu_s"] / out["client_wall_s"]
+            if b0 is not None and b1 is not None:
+                # CPU that neither these servers nor the load generator used: other processes on
+                # a shared machine, the other servers' idle ticks, steal. Noise, reported as such.
+                r["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0 - sum(cpus) - out["client_cpu_s"]) / wall)
+            results.append(r)
+    return results
 
 
 def measure_host(name, env, p, steal):
@@ -305,10 +326,12 @@ def measure_host(name, env, p, steal):
         if lr.readline(20) != "start":
             return {"ok": False, "error": "flood did not start: %s" % load.stderr.read(2000)}
         s0 = steal()
+        b0 = busy_s()
         srv.proc.send_signal(signal.SIGUSR1)
         line = lr.readline(p["host_flood_s"] + 30)
         srv.proc.send_signal(signal.SIGUSR2)
         s1 = steal()
+        b1 = busy_s()
         flood = json.loads(srv.out.readline(10) or "null")
         if line != "stop":
             return {"ok": False, "error": "flood did not stop: %r" % line}
@@ -331,6 +354,9 @@ def measure_host(name, env, p, steal):
                                  else 100.0 * flood["io_cpu_s"] / wall),
                    work_cpu_pct=100.0 * flood["work_cpu_s"] / wall,
                    steal_ms=None if s0 is None or s1 is None else (s1 - s0) * 1e3)
+        if b0 is not None and b1 is not None:  # as in measure_pair; the client's CPU pro rata
+            client = out["client_cpu_s"] * min(1.0, wall / out["client_wall_s"])
+            out["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0 - flood["cpu_s"] - client) / wall)
         return out
     finally:
         if load is not None and load.poll() is None:
@@ -350,35 +376,74 @@ def med(vals):
 
 
 class Results(object):
-    def __init__(self):
-        self.runs = {}  # (workload, peer) -> [per-round result dicts]
+    """runs[(w, peer)]: the peer's result per round (the floor's: one per pair it was in).
+    Each peer is paired with a base, the floor, except that reactor_mgmt's no-budget loop and
+    serve_forever() are paired with reactor_mgmt's budgeted loop, so that the budget target is
+    a direct comparison: partner[(w, peer)] holds the base's result from the same paired run,
+    base[(w, peer)] names it. The host workload is not paired: its rounds are compared."""
 
-    def add(self, w, peer, out):
+    def __init__(self):
+        self.runs = {}
+        self.partner = {}
+        self.base = {}
+
+    def add(self, w, peer, out, partner_out=None, base="floor"):
         self.runs.setdefault((w, peer), []).append(out)
+        if partner_out is not None:
+            self.partner.setdefault((w, peer), []).append(partner_out)
+            self.base[(w, peer)] = base
 
     def error(self, w, peer):
         for out in self.runs.get((w, peer), []):
-            if not out.get("ok"):
+            if out.get("ok") is False:
                 return out.get("error", "failed")
-        return None if (w, peer) in self.runs else "not run"
+        if not [out for out in self.runs.get((w, peer), []) if out.get("ok")]:
+            return "not run"
+        return None
 
     def value(self, w, peer, metric):
         if self.error(w, peer):
             return None
-        return med([out.get(metric) for out in self.runs[(w, peer)]])
+        return med([out.get(metric) for out in self.runs[(w, peer)] if out.get("ok")])
+
+    @staticmethod
+    def _ratios(mine, theirs, metric, invert):
+        rs = []
+        for a, b in zip(mine, theirs):
+            x, y = a.get(metric), b.get(metric)
+            if not (a.get("ok") and b.get("ok")) or x is None or y is None or (x if invert else y) == 0:
+                rs.append(None)
+            else:
+                rs.append(y / x if invert else x / y)
+        return rs
+
+    def _vs_floor(self, w, peer, metric, invert):
+        """Per round: peer/floor (floor/peer with invert); through reactor_mgmt's ratio to its
+        floor for the peers paired with reactor_mgmt."""
+        if peer == "floor":
+            return [1.0] * len(self.runs.get((w, RM), self.runs[(w, peer)]))
+        base = self.base.get((w, peer), "floor")
+        partners = self.partner.get((w, peer)) or self.runs.get((w, "floor"), [])
+        rs = self._ratios(self.runs[(w, peer)], partners, metric, invert)
+        if base != "floor":
+            rs = [x * y if x is not None and y is not None else None
+                  for x, y in zip(rs, self._vs_floor(w, base, metric, invert))]
+        return rs
 
     def ratio(self, w, peer, metric, base="floor", invert=False):
-        """Median over rounds of peer/base (base/peer with invert), each round's pair measured
-        in the same round."""
+        """Median over rounds of the per-round ratio peer/base (base/peer with invert): from
+        the same paired run where peer was paired with base, else through the floor."""
         if self.error(w, peer) or self.error(w, base):
             return None
-        rs = []
-        for a, b in zip(self.runs[(w, peer)], self.runs[(w, base)]):
-            x, y = a.get(metric), b.get(metric)
-            if x is None or y is None or (y if not invert else x) == 0:
-                continue
-            rs.append(y / x if invert else x / y)
-        return med(rs)
+        if base == "floor":
+            return med(self._vs_floor(w, peer, metric, invert))
+        if self.base.get((w, peer)) == base:
+            return med(self._ratios(self.runs[(w, peer)], self.partner[(w, peer)], metric, invert))
+        if (w, peer) not in self.partner and (w, base) not in self.partner:  # host: by round
+            return med(self._ratios(self.runs[(w, peer)], self.runs[(w, base)], metric, invert))
+        mine = self._vs_floor(w, peer, metric, invert)
+        theirs = self._vs_floor(w, base, metric, invert)
+        return med([a / b if a is not None and b else None for a, b in zip(mine, theirs)])
 
 
 def fmt(v, spec="%.1f"):
@@ -470,18 +535,28 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
     L.append("- machine: %s CPUs, %s; %s; %s" % (info["nproc"], info["cpu"], info["kernel"], info["python"]))
     L.append("- reactor_mgmt: `%s`" % info["reactor"])
     L.append("- peers: %s" % ", ".join("%s = %s" % (SHORT[x], PEERS[x][0]) for x in peers))
-    L.append("- rounds: %d (servers interleaved, rotated each round); cells are medians over rounds, "
-             "ratios (in parentheses) the median of per-round ratios against the floor. "
-             "FAILED = a wrong, missing or late reply in some round." % p["rounds"])
+    L.append("- rounds: %d. In each round every server is driven together with the floor by one load "
+             "generator, in alternating slices of %.3f s (floor X X floor ...; who goes first alternates), "
+             "so that both see the same moments of this shared machine; the order of the servers "
+             "rotates each round. reactor_mgmt's no-budget loop and serve_forever() are paired with "
+             "reactor_mgmt's budgeted loop instead, so the budget targets compare the two directly "
+             "(their ratios to the floor go through reactor_mgmt's). Cells are medians over rounds "
+             "(the floor's: over all its pairs); ratios (in parentheses) are the median of the "
+             "per-round ratios. The host workload runs one server at a time. FAILED = a wrong, "
+             "missing or late reply in some round." % (p["rounds"], SLICE_S))
     if info.get("steal_s") is not None:
         L.append("- host steal time over the run (both CPUs): %.1f s" % info["steal_s"])
-    other = sorted(out["other_cpu_pct"] for outs in res.runs.values() for out in outs
-                   if out.get("other_cpu_pct") is not None)
+    outs = [out for outs in res.runs.values() for out in outs]
+    other = sorted(out["other_cpu_pct"] for out in outs if out.get("other_cpu_pct") is not None)
     if other:
         L.append("- CPU used by neither the server under test nor the load generator during a "
-                 "measurement (other processes on this shared machine, steal; %% of one CPU): "
-                 "median %.0f%%, p90 %.0f%%, max %.0f%%" % (
-                     other[len(other) // 2], other[int(0.9 * (len(other) - 1))], other[-1]))
+                 "measurement (other processes on this shared machine, steal; %% of one CPU), over "
+                 "the measurements kept: median %.0f%%, p90 %.0f%%, max %.0f%%. A measurement with "
+                 "more than %.0f%% was taken again, up to %d more times while the run stayed within "
+                 "%g minutes, and the quietest attempt kept: %d of %d measurements were retried." % (
+                     other[len(other) // 2], other[int(0.9 * (len(other) - 1))], other[-1],
+                     p["quiet_pct"], p["retries"], p["max_minutes"],
+                     sum(1 for out in outs if out.get("attempts", 1) > 1), len(outs)))
     for n in notes:
         L.append("- " + n)
     L.append("")
@@ -493,9 +568,12 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
     L.append("")
     L.append("Each connection: connect (from one of %d loopback source addresses), send one `status` "
              "(text) or `{\"id\": N, \"cmd\": \"status\"}` line, `shutdown(SHUT_WR)`, read to EOF, "
-             "check the bytes. Latency is connect to EOF. Server CPU is `/proc/PID/stat` "
-             "utime+stime over the run; *server CPU %%* near 100 with client CPU below it shows "
-             "the server is the bottleneck." % p["srcs"])
+             "check the bytes; %.1f s per server and round. Latency is connect to EOF. Server CPU is "
+             "`/proc/PID/stat` utime+stime over the paired run, per connection and as %% of the time "
+             "its slices lasted; client CPU is the load generator's over the whole paired run. "
+             "With 32 clients, a server near 100%% while the client has room is the bottleneck; "
+             "when it is well below, other processes on this machine had the CPU (see the header)." % (
+                 p["srcs"], p["churn_s"]))
     L.append("")
     rows = []
     for w in ("churn1_text", "churn1_json", "churn32_text", "churn32_json"):
@@ -518,8 +596,8 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
     L.append("Round trips: one connection, sequential requests (after 200 warm-up), the load "
              "generator and the server pinned to one CPU (the software path of both sides, not the "
              "cross-CPU wake-up latency of a small VM); us. JSON requests carry distinct ids. "
-             "Pipelines: one connection, requests sent in blocks while replies are read and "
-             "checked (at most 4 MiB of replies owed), for %.1f s; requests/s. `echo N` requests "
+             "Pipelines: a connection per slice, requests sent in blocks while replies are read and "
+             "checked (at most 256 KiB of replies owed), %.1f s per server; requests/s. `echo N` requests "
              "are all different (N = 10000000, 10000001, ...)." % p["pipe_s"])
     L.append("")
     rows = []
@@ -587,7 +665,7 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
             L.append("`serve_forever()` is within 10% of `poll(timeout=time_left, budget=0.002)` "
                      "on every workload.")
         L.append("")
-    errs = [(w, x, res.error(w, x)) for (w, x) in sorted(res.runs) if res.error(w, x)]
+    errs = [(w, x, res.error(w, x)) for (w, x) in sorted(res.runs) if res.error(w, x) not in (None, "not run")]
     if errs:
         L.append("## Failures")
         L.append("")
@@ -682,7 +760,7 @@ def profile(args, env):
         srv = Server(RM, env, extra=["--profile", path])
         try:
             probe(srv.port)
-            r = measure_cell(srv, cell, load_p, cpus)
+            r = measure_pair([srv], cell, load_p, cpus)[0]
         finally:
             srv.stop()
         st = pstats.Stats(path)
@@ -704,7 +782,7 @@ def profile(args, env):
             rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-p", str(srv.pid), "-o", data],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.3)
-            r = measure_cell(srv, cell, load_p, cpus)
+            r = measure_pair([srv], cell, load_p, cpus)[0]
         finally:
             if rec is not None:
                 rec.send_signal(signal.SIGINT)
@@ -794,27 +872,70 @@ def main(argv=None):
                         res.add(w, name, {"ok": False, "error": "start/probe: %s" % e})
                     if srv is not None:
                         srv.stop()
+        def base_of(name):
+            return RM if name in (RM_NOBUDGET, RM_FOREVER) and RM in servers else "floor"
+
+        def attempt(w, name, floor_first):
+            """[result]: the host workload, one server alone; or [base's, name's] results:
+            the base (the floor, or reactor_mgmt) and name driven in alternating slices of one run."""
+            if w == "host":
+                try:
+                    return [measure_host(name, env, p, steal_s)]
+                except (RuntimeError, OSError, ValueError) as e:
+                    return [{"ok": False, "error": "%s: %s" % (type(e).__name__, e)}]
+            pair = [servers[base_of(name)], servers[name]]
+            got = measure_pair(pair if floor_first else pair[::-1], w, p, cpus_all)
+            return got if floor_first else got[::-1]
+
+        def quiet(outs):
+            return max(out.get("other_cpu_pct") or 0.0 for out in outs)
+
+        plan = []
         for rnd in range(p["rounds"]):
             for w in workloads:
-                order = [x for x in peers if w != "host" or PEERS[x][3]]
+                if w == "host":
+                    order = [x for x in peers if PEERS[x][3]]
+                elif "floor" in servers:
+                    order = [x for x in peers if x in servers and x != "floor"]
+                else:
+                    order = []
                 k = rnd % len(order) if order else 0
-                order = order[k:] + order[:k]
-                for name in order:
-                    if w == "host":
-                        try:
-                            out = measure_host(name, env, p, steal_s)
-                        except (RuntimeError, OSError, ValueError) as e:
-                            out = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
-                    elif name in servers:
-                        srv = servers[name]
-                        if not srv.alive():
-                            out = {"ok": False, "error": "server died: %s" % srv.stderr_tail()}
-                        else:
-                            out = measure_cell(srv, w, p, cpus_all)
-                    else:
-                        continue
-                    res.add(w, name, out)
-                    log("round %d %-13s %-17s %s" % (rnd + 1, w, SHORT[name], summary(w, out)))
+                plan += [(rnd, w, name, (rnd + j) % 2 == 0) for j, name in enumerate(order[k:] + order[:k])]
+        budget = p["max_minutes"] * 60.0
+        spent = {}  # workload -> seconds per attempt
+        for i, (rnd, w, name, floor_first) in enumerate(plan):
+            t0 = time.monotonic()
+            outs = attempt(w, name, floor_first)
+            spent.setdefault(w, []).append(time.monotonic() - t0)
+            tries = 1
+            while (all(out.get("ok") for out in outs) and quiet(outs) > p["quiet_pct"]
+                   and tries <= p["retries"]):
+                left = sum(med(spent.get(x) or [max(map(med, spent.values()))]) for _, x, _, _ in plan[i:])
+                if time.monotonic() - t_start + left > budget:
+                    break
+                t0 = time.monotonic()
+                alt = attempt(w, name, floor_first)
+                spent[w].append(time.monotonic() - t0)
+                tries += 1
+                if not all(out.get("ok") for out in alt):
+                    outs = alt  # a failure is never retried away
+                    break
+                if quiet(alt) < quiet(outs):
+                    outs = alt
+            for out in outs:
+                out["attempts"] = tries
+            if w == "host":
+                res.add(w, name, outs[0])
+            else:
+                base = base_of(name)
+                if base == "floor":
+                    res.add(w, "floor", outs[0])
+                res.add(w, name, outs[1], partner_out=outs[0], base=base)
+            again = "" if tries == 1 else " (best of %d)" % tries
+            if w != "host":
+                log("round %d %-13s %-17s %s%s" % (rnd + 1, w, "(%s)" % SHORT[base_of(name)],
+                                                   summary(w, outs[0]), again))
+            log("round %d %-13s %-17s %s%s" % (rnd + 1, w, SHORT[name], summary(w, outs[-1]), again))
     finally:
         for srv in servers.values():
             srv.stop()
@@ -829,11 +950,13 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"%s/%s" % k: v for k, v in res.runs.items()}, f, indent=1)
-    failed = any(res.error(w, x) for (w, x) in res.runs)
+    failed = any(res.error(w, x) not in (None, "not run") for (w, x) in res.runs)
     return 1 if failed else 0
 
 
 def summary(w, out):
+    if out.get("ok") is None:
+        return out.get("error", "")
     if not out.get("ok"):
         return "FAILED: %s" % out.get("error", "")[:200]
     if w == "host":

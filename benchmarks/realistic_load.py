@@ -64,6 +64,9 @@ class Failed(Exception):
     pass
 
 
+CURRENT = {"port": None}  # the port being driven, named in a failure (two-port runs)
+
+
 def pct(sorted_vals, q):
     if not sorted_vals:
         return None
@@ -209,11 +212,11 @@ class Pipe(object):
     """One connection sending blocks of pipelined requests while reading and checking the
     replies; at most ``window`` bytes of replies outstanding."""
 
-    def __init__(self, ep, handlers, port, kind, window=4 << 20, block=None):
+    def __init__(self, ep, handlers, port, kind, window=4 << 20, block=None, gen=None):
         self.ep = ep
         self.kind = kind
         self.window = window
-        self.blocks = blocks(kind, block)
+        self.blocks = gen if gen is not None else blocks(kind, block)
         s = socket.create_connection((HOST, port), timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
@@ -351,36 +354,72 @@ def run_loop(ep, handlers, progress, until_done):
 
 
 # ---- the workloads ----
+#
+# churn, rtt and pipe take one port or two. With two (``--port A,B``), the servers are driven in
+# turn, in slices of ``--slice`` seconds ordered A B B A A B B A ..., each getting ``--duration``
+# seconds in all: both then see the same minutes of a shared, noisy machine, and their ratio is
+# taken from the same time. The result has one entry per port under "per_port".
+
+def slice_order(nports, duration, slice_s):
+    """Port indexes, one per slice: A B B A A B ... (A alone for one port)."""
+    n = max(1, int(round(duration / slice_s)))
+    if nports == 1:
+        return [0] * n
+    pattern = [0, 1, 1, 0]
+    return [pattern[i % 4] for i in range(2 * n)]
+
 
 def do_churn(a):
-    ep = select.epoll()
-    handlers = {}
-    ch = Churn(ep, handlers, a.port, a.conc, a.kind, a.srcs)
-    t0 = time.perf_counter()
-    deadline = t0 + a.duration
-    ch.fill()
+    ports = a.ports
+    acc = [{"conns": 0, "elapsed_s": 0.0, "lat": array.array("d")} for _ in ports]
+    started = 0  # JSON ids stay distinct across slices
+    for k in slice_order(len(ports), a.duration, a.slice):
+        CURRENT["port"] = ports[k]
+        ep = select.epoll()
+        handlers = {}
+        ch = Churn(ep, handlers, ports[k], a.conc, a.kind, a.srcs)
+        ch.started = started
+        t0 = time.perf_counter()
+        ch.last_done = t0
+        deadline = t0 + min(a.slice, a.duration)
+        ch.fill()
 
-    def done():
-        if not ch.stopping and time.perf_counter() >= deadline:
-            ch.stopping = True
-        return ch.stopping and not ch.conns
+        def done():
+            if not ch.stopping and time.perf_counter() >= deadline:
+                ch.stopping = True
+            return ch.stopping and not ch.conns
 
-    run_loop(ep, handlers, lambda: ch.last_done, done)
-    elapsed = ch.last_done - t0
-    out = ch.result()
-    out.update(elapsed_s=elapsed, conn_s=ch.done / elapsed)
-    return out
+        run_loop(ep, handlers, lambda: ch.last_done, done)
+        ep.close()
+        started = ch.started
+        acc[k]["conns"] += ch.done
+        acc[k]["elapsed_s"] += ch.last_done - t0
+        acc[k]["lat"].extend(ch.lat)
+    out = []
+    for x in acc:
+        lat = sorted(x.pop("lat"))
+        x.update(p50_us=_us(pct(lat, 0.50)), p99_us=_us(pct(lat, 0.99)),
+                 conn_s=x["conns"] / x["elapsed_s"] if x["elapsed_s"] > 0 else None)
+        out.append(x)
+    return {"per_port": out}
 
 
 def do_rtt(a):
-    s = socket.create_connection((HOST, a.port), timeout=5)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conns = []
+    for port in a.ports:
+        CURRENT["port"] = port
+        s = socket.create_connection((HOST, port), timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conns.append(s)
     clock = time.perf_counter_ns
-    lat = array.array("q")
-    warm = 200
-    deadline = time.perf_counter() + a.duration
-    i = 0
-    for i in range(warm + a.count):
+    lats = [array.array("q") for _ in conns]
+    seq = [0] * len(conns)
+
+    def one(k):
+        CURRENT["port"] = a.ports[k]
+        s = conns[k]
+        i = seq[k]
+        seq[k] += 1
         if a.kind == "json":
             req, exp = json_request(i), json_expected(i)
         else:
@@ -396,32 +435,56 @@ def do_rtt(a):
         t1 = clock()
         if got != exp:
             raise Failed("wrong reply to request %d: %r" % (i, got[:300]))
-        if i >= warm:
-            lat.append(t1 - t0)
-            if not i & 63 and time.perf_counter() > deadline:
+        return t1 - t0
+
+    for k in range(len(conns)):  # warm-up
+        for _ in range(200):
+            one(k)
+    order = slice_order(len(conns), a.duration, a.slice)
+    per_slice = max(1, a.count // max(1, order.count(0)))
+    for k in order:
+        deadline = time.perf_counter() + min(a.slice, a.duration)
+        lat = lats[k]
+        for j in range(per_slice):
+            lat.append(one(k))
+            if not j & 63 and time.perf_counter() > deadline:
                 break
-    s.shutdown(socket.SHUT_WR)
-    if s.recv(65536) != b"":
-        raise Failed("bytes after the last reply")
-    s.close()
-    v = sorted(lat)
-    return {"round_trips": len(v), "median_us": pct(v, 0.5) / 1e3, "p99_us": pct(v, 0.99) / 1e3}
+    out = []
+    for port, s, lat in zip(a.ports, conns, lats):
+        CURRENT["port"] = port
+        s.shutdown(socket.SHUT_WR)
+        if s.recv(65536) != b"":
+            raise Failed("bytes after the last reply")
+        s.close()
+        v = sorted(lat)
+        out.append({"round_trips": len(v), "median_us": pct(v, 0.5) / 1e3, "p99_us": pct(v, 0.99) / 1e3})
+    return {"per_port": out}
 
 
 def do_pipe(a):
-    ep = select.epoll()
-    handlers = {}
-    p = Pipe(ep, handlers, a.port, a.kind)
-    deadline = time.perf_counter() + a.duration
+    gens = [blocks(a.kind, 512 if a.kind == "status" else None) for _ in a.ports]
+    acc = [{"requests": 0, "elapsed_s": 0.0} for _ in a.ports]
+    for k in slice_order(len(a.ports), a.duration, a.slice):
+        CURRENT["port"] = a.ports[k]
+        ep = select.epoll()
+        handlers = {}
+        p = Pipe(ep, handlers, a.ports[k], a.kind, window=a.window or (256 << 10), gen=gens[k])
+        deadline = time.perf_counter() + min(a.slice, a.duration)
 
-    def done():
-        if not p.stopping and time.perf_counter() >= deadline:
-            p.stop()
-        return p.finished
+        def done():
+            if not p.stopping and time.perf_counter() >= deadline:
+                p.stop()
+            return p.finished
 
-    run_loop(ep, handlers, lambda: p.last_progress, done)
-    p.sock.close()
-    return p.result()
+        run_loop(ep, handlers, lambda: p.last_progress, done)
+        p.sock.close()
+        ep.close()
+        r = p.result()
+        acc[k]["requests"] += r["requests"]
+        acc[k]["elapsed_s"] += r["elapsed_s"]
+    for x in acc:
+        x["req_s"] = x["requests"] / x["elapsed_s"] if x["elapsed_s"] > 0 else None
+    return {"per_port": acc}
 
 
 def do_flood(a):
@@ -429,8 +492,9 @@ def do_flood(a):
     bytes of replies owed, i.e. ~420 requests at the default 64 KiB), for --duration s."""
     ep = select.epoll()
     handlers = {}
-    pipe = Pipe(ep, handlers, a.port, "status", window=a.window,
-                block=max(1, a.window // 4 // len(STATUS_TEXT)))
+    window = a.window or (64 << 10)
+    pipe = Pipe(ep, handlers, a.port, "status", window=window,
+                block=max(1, window // 4 // len(STATUS_TEXT)))
     ch = Churn(ep, handlers, a.port, a.conc, "text", a.srcs)
     sys.stdout.write("start\n")
     sys.stdout.flush()
@@ -460,22 +524,29 @@ def do_flood(a):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("workload", choices=["churn", "rtt", "pipe", "flood"])
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", required=True, help="a port; churn, rtt and pipe also take A,B")
     ap.add_argument("--kind", default="text", help="text|json (churn, rtt); status|json|echo (pipe)")
     ap.add_argument("--conc", type=int, default=32)
     ap.add_argument("--duration", type=float, default=1.5)
-    ap.add_argument("--count", type=int, default=5000)
+    ap.add_argument("--count", type=int, default=5000, help="rtt: round trips per port at most")
+    ap.add_argument("--slice", type=float, default=0.125, help="seconds per slice with two ports")
     ap.add_argument("--srcs", type=int, default=32, help="loopback source addresses (churn, flood)")
-    ap.add_argument("--window", type=int, default=64 << 10, help="flood: reply bytes owed to the pipeliner")
+    ap.add_argument("--window", type=int, default=None,
+                    help="reply bytes owed at most (pipe: 256 KiB; flood: 64 KiB)")
     a = ap.parse_args(argv)
+    a.ports = [int(x) for x in a.port.split(",")]
+    a.port = a.ports[0]
+    if len(a.ports) > 2 or (len(a.ports) > 1 and a.workload == "flood"):
+        ap.error("--port: one port, or two for churn, rtt and pipe")
     fn = {"churn": do_churn, "rtt": do_rtt, "pipe": do_pipe, "flood": do_flood}[a.workload]
+    CURRENT["port"] = a.port
     c0 = time.process_time()
     w0 = time.perf_counter()
     try:
         out = fn(a)
         out["ok"] = True
     except (Failed, OSError, ValueError) as e:
-        out = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+        out = {"ok": False, "error": "%s: %s" % (type(e).__name__, e), "failed_port": CURRENT["port"]}
     wall = time.perf_counter() - w0
     out["client_cpu_s"] = time.process_time() - c0
     out["client_wall_s"] = wall
