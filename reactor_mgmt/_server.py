@@ -73,6 +73,7 @@ class Server(ToolkitMethods):
         cert_levels: Optional[Dict[str, Sequence[str]]] = None,
         backlog: Optional[int] = None,
         tls_handshake_timeout: float = 10.0,
+        after_fork: str = "close",
         toolkit: bool = False,
         _caches: bool = True,
     ) -> None:
@@ -86,18 +87,19 @@ class Server(ToolkitMethods):
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
         self.allow_remote = allow_remote
-        self.address_file = None if address_file is None else os.path.abspath(address_file)  # see listen_unix
+        if after_fork not in ("close", "relisten"):
+            raise ConfigError(f"after_fork must be 'close' or 'relisten', not {after_fork!r}")
+        # With after_fork="relisten", a forked child listens again as the constructor did, with
+        # "{pid}" in unix= and address_file= replaced by its own pid.
+        self._relisten = (host, port, unix, level, tls, cert_levels, backlog, address_file) if after_fork == "relisten" else None
         self._token = _load_token(token, token_env, token_file)
         self.registry = Registry(Connection)
         if not _caches:  # the suite runs the uncached path too (tests/conftest.py)
             self.registry.line_cache = None
-        self._loop = loop = Loop(self.stats)
-        self._dispatcher = Dispatcher(self.registry, self.stats, clock=loop.clock, call_later=loop.call_later,
-                                      wake=self.wake, schedule=loop.schedule, max_line=max_line,
-                                      max_output=max_output, max_commands_per_tick=max_commands_per_tick,
-                                      pending_timeout=pending_timeout, cancel_timer=loop.cancel_timer)
-        self._listening = Listeners(loop, self._admit, self.address_file, warn_remote=not (self._token or allow_remote))
-        self._reaper = loop.reaper = IdleReaper(loop, idle_timeout) if idle_timeout else None
+        self._dispatcher = Dispatcher(self.registry, self.stats, clock=time.monotonic, call_later=_unset, wake=self.wake,
+                                      schedule=_unset, max_line=max_line, max_output=max_output,
+                                      max_commands_per_tick=max_commands_per_tick, pending_timeout=pending_timeout)
+        self._start_io(address_file)
         self._next_id = 0
         self._closed = False
         self._pid = os.getpid()  # a forked child abandons the server (see _abandon)
@@ -119,13 +121,30 @@ class Server(ToolkitMethods):
         if toolkit:  # the operator tools: add_toolkit(), setting() (inherited from _toolkit.ToolkitMethods)
             self.add_toolkit()
         try:
-            if port is not None and host is not None:
-                self.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
-            if unix is not None:
-                self.listen_unix(unix, level=level, backlog=backlog)
+            self._listen_as_asked(host, port, unix, level, tls, cert_levels, backlog)
         except BaseException:
             self.close()
             raise
+
+    def _start_io(self, address_file: Optional[str]) -> None:
+        """The loop, the listeners and the reaper, wired to the dispatcher: at construction, and
+        again in a forked child that relistens."""
+        if address_file is not None:
+            address_file = os.path.abspath(address_file.replace("{pid}", str(os.getpid())))  # see listen_unix
+        self.address_file = address_file
+        self._loop = loop = Loop(self.stats)
+        dispatcher = self._dispatcher
+        dispatcher.clock, dispatcher.call_later, dispatcher.schedule = loop.clock, loop.call_later, loop.schedule
+        dispatcher.cancel_timer, dispatcher.stopped = loop.cancel_timer, False
+        self._listening = Listeners(loop, self._admit, address_file, warn_remote=not (self._token or self.allow_remote))
+        self._reaper = loop.reaper = IdleReaper(loop, self.idle_timeout) if self.idle_timeout else None
+
+    def _listen_as_asked(self, host: Optional[str], port: Optional[int], unix: Optional[str], level: Optional[str],
+                         tls: Any, cert_levels: Any, backlog: Optional[int]) -> None:
+        if port is not None and host is not None:
+            self.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
+        if unix is not None:
+            self.listen_unix(unix.replace("{pid}", str(os.getpid())), level=level, backlog=backlog)
         # Written once every listener asked for here is up: a second copy of a daemon that fails
         # on its Unix socket must not first replace the running copy's address file.
         self._listening.writing = True
@@ -442,6 +461,17 @@ class Server(ToolkitMethods):
         self._loop.abandon(f"this server belongs to process {self._pid}; in this forked process "
                            f"({os.getpid()}) it is closed: create a Server of its own here")
         self._listening.abandon()
+        if self._relisten is not None:  # the child gets a management socket of its own
+            host, port, unix, level, tls, cert_levels, backlog, address_file = self._relisten
+            self._pid = os.getpid()
+            try:
+                self._start_io(address_file)
+                self._listen_as_asked(host, port, unix, level, tls, cert_levels, backlog)
+            except Exception:  # a fixed port is the parent's: relisten wants port=0 or unix="...{pid}..."
+                log.exception("after_fork='relisten': the forked child could not listen; its server stays closed")
+                self._listening.close()
+                return
+            self._closed = False
 
     def _stop(self) -> None:
         self._closed = self._loop.stopped = self._dispatcher.stopped = True
@@ -474,6 +504,10 @@ class Server(ToolkitMethods):
 
 
 _SERVERS: Any = weakref.WeakSet()  # every live Server, for the fork hook
+
+
+def _unset(*args: Any) -> Any:  # the dispatcher's loop callables, until _start_io sets them
+    raise AssertionError("no loop yet")
 
 
 def _abandon_after_fork() -> None:

@@ -123,3 +123,40 @@ def test_a_child_process_poll_explains_itself():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=child_env())
     assert "belongs to process" in out.stdout and "forked process" in out.stdout, (out.stdout, out.stderr)
+
+
+def test_after_fork_relisten_gives_the_child_a_socket_of_its_own(tmp_path):
+    template = str(tmp_path / "mgmt.{pid}.addr")
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten", address_file=template)
+    try:
+        assert os.path.exists(template.replace("{pid}", str(os.getpid())))
+        pid = os.fork()
+        if pid == 0:  # the child serves its own socket for a while
+            code = 0
+            try:
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and not os.path.exists(str(tmp_path / "done")):
+                    server.poll(0.02)
+                server.close()
+            except BaseException:
+                code = 7
+            os._exit(code)
+        child_file = template.replace("{pid}", str(pid))
+        deadline = time.monotonic() + TIMEOUT
+        while not os.path.exists(child_file):
+            assert time.monotonic() < deadline, "the child wrote no address file"
+            server.poll(0.01)
+        host, _, port = open(child_file).read().split()[0].rpartition(":")
+        assert int(port) != server.port  # a socket of its own, not the parent's
+        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+            sock.sendall(b"ping\n")
+            assert sock.recv(100) == b"pong\n"
+        parent = RawClient(server)  # and the parent still serves its own
+        assert parent.request("ping") == ["pong"]
+        parent.close()
+        open(str(tmp_path / "done"), "w").close()
+        assert _wait_child(pid) == 0
+        assert not os.path.exists(child_file)  # the child removed its own file, not the parent's
+        assert os.path.exists(template.replace("{pid}", str(os.getpid())))
+    finally:
+        server.close()
