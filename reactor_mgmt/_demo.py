@@ -1,6 +1,7 @@
 # The demo daemon: what an embedding looks like in a program with its own fixed-rate loop.
 # The "work" is simulated jobs; the point is the loop shape (tick, then poll with the time left
-# in the frame) and a command set that shows every feature of the command layer.
+# in the frame) and a command set that shows every feature of the command layer. It turns the
+# operator toolkit on, and declares its tick rate and job parallelism as settings for `config set`.
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ class Worker:
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
+        self.parallel = 2  # jobs that progress at once
         self.started = time.monotonic()
         self.ticks = 0
         self.done = 0
@@ -48,7 +50,7 @@ class Worker:
     def tick(self) -> None:
         self.ticks += 1
         if not self.paused and self.ticks % 10 == 0:  # a job takes 1,000 ticks: 20 s at 50 Hz
-            for job in self.jobs[:2]:
+            for job in self.jobs[:self.parallel]:
                 job["progress"] += 1
                 if job["progress"] >= 100:
                     self.jobs.remove(job)
@@ -79,7 +81,12 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         allow_remote=args.allow_remote,
         log_tail=True,
         address_file=args.address_file,
+        toolkit=True,  # show threads, gc, tracemalloc, log level, config get/set/diff
     )
+    # What `config set` may change (operator level), and one setting shown but never changed.
+    server.setting("tick_hz", worker, "rate", check=_check_rate, help="worker ticks per second, 1 to 1000")
+    server.setting("parallel", worker, "parallel", check=_check_parallel, help="jobs that progress at once, 1 to 10")
+    server.setting("idle_timeout", server, "idle_timeout", read_only=True, help="seconds before an idle client is closed")
 
     @server.command
     def status() -> Dict[str, Any]:
@@ -123,14 +130,6 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
                 return f"cancelled job {job_id}"
         raise CommandError(f"no job {job_id}")
 
-    @server.command(name="set rate", level="operator")
-    def set_rate(hz: float) -> str:
-        """Changes the worker's tick rate (1 to 1000 Hz)."""
-        if not 1 <= hz <= 1000:
-            raise CommandError("rate must be between 1 and 1000 Hz")
-        worker.rate = hz
-        return f"rate {hz:g} Hz"
-
     @server.command(level="operator")
     def pause() -> str:
         """Stops job progress (ticks go on)."""
@@ -162,15 +161,6 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         """A streaming reply: N numbered lines, sent only as fast as you read them."""
         return (f"{prefix} {i}" for i in range(1, n + 1))
 
-    @server.command(name="log level", level="admin")
-    def log_level(level: str) -> str:
-        """Sets the demo's log level (DEBUG, INFO, WARNING, ERROR)."""
-        number = logging.getLevelName(level.upper())
-        if not isinstance(number, int):
-            raise CommandError(f"unknown level {level!r}")
-        logging.getLogger().setLevel(number)
-        return f"log level {level.upper()}"
-
     @server.command(name="crash")
     def crash() -> None:
         """Raises an exception, to show that a failing handler hurts nobody."""
@@ -179,11 +169,23 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
     return server
 
 
-def _rate(text: str) -> float:
-    """--rate, held to the same 1-1000 Hz as `set rate` (0 divided by zero; NaN spun the loop)."""
-    hz = float(text)
+def _check_rate(hz: float) -> None:
+    """The tick rate's bounds, for --rate and `config set tick_hz` (0 divided by zero; NaN spun the loop)."""
     if not 1 <= hz <= 1000:
-        raise argparse.ArgumentTypeError("rate must be between 1 and 1000 Hz")
+        raise ValueError("rate must be between 1 and 1000 Hz")
+
+
+def _check_parallel(jobs: int) -> None:
+    if not 1 <= jobs <= 10:
+        raise ValueError("parallel must be between 1 and 10")
+
+
+def _rate(text: str) -> float:
+    hz = float(text)
+    try:
+        _check_rate(hz)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return hz
 
 

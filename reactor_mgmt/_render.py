@@ -7,6 +7,8 @@
 # A dict of plain values (str, int, float, bool, None) is what most commands return (`status`),
 # so both forms test for exactly those types first (by class, not isinstance: no MRO walk) and
 # take the general path for anything else; tests/test_render.py pins both paths to one output.
+# A Report carries one form for each: for results whose readable text is not what the renderer
+# would make of their data (a stack dump); it is tested last, so no other result pays for it.
 from __future__ import annotations
 
 import enum
@@ -14,11 +16,26 @@ import time
 from collections.abc import Mapping
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Iterable, List, Optional
+    from typing import Any, Iterable, List, Optional, Sequence
 
 from ._log import Throttle, log
 
 _unprintable_log = Throttle()  # a client can send an id json.dumps cannot print, at will
+
+
+class Report:
+    """A result with a form of its own for each kind of request: ``text`` (its str()) for a text
+    request, ``data`` (rendered as any result is) for a JSON one. For results whose readable
+    text is not the table or key: value lines the data would give, such as a stack dump."""
+
+    __slots__ = ("text", "data")
+
+    def __init__(self, text: str, data: Any) -> None:
+        self.text = text
+        self.data = data
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def render_text(value: Any) -> str:
@@ -102,7 +119,7 @@ def _render_sequence(items: Iterable) -> str:
     return "\n".join(_cell(item).rstrip("\n") for item in items)
 
 
-def render_table(rows: List[Mapping], columns: Optional[List[str]] = None) -> str:
+def render_table(rows: Sequence[Mapping], columns: Optional[List[str]] = None) -> str:
     """An aligned table with a header row; columns default to the union of keys, in order."""
     if columns is None:
         columns = []
@@ -158,6 +175,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(item) for item in value]
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
+    if isinstance(value, Report):  # last: no other result pays for the check
+        return _jsonable(value.data)
     return _safe_str(value)
 
 

@@ -47,6 +47,9 @@ LAYERS: Dict[str, int] = {
     # 4 services
     "reactor_mgmt._builtins": 4,
     "reactor_mgmt._integrations": 4,
+    "reactor_mgmt._discovery": 4,
+    "reactor_mgmt._activity": 4,
+    "reactor_mgmt._toolkit": 4,
     # 5 facade
     "reactor_mgmt._server": 5,
     # 6 top
@@ -77,6 +80,7 @@ MAX_CLASS_LINES = 420  # "about 400": the Server façade, mostly the docstrings 
 # Rule 6: private names of the standard library that the package may use on other objects.
 STDLIB_PRIVATE_NAMES = {
     "_getframe",  # sys._getframe
+    "_current_frames",  # sys._current_frames (`show threads`)
     "_exit",  # os._exit
     "_replace",  # namedtuple
     "_asdict",  # namedtuple

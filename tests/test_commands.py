@@ -868,7 +868,7 @@ def test_demo_commands(demo):
         listing = ask("help", b"Type 'help COMMAND'")
         heads = listing[0].split()
         assert heads[0] == "Commands:"
-        assert {"count", "job", "show", "status", "wait", "set", "help"} <= set(heads)
+        assert {"count", "job", "show", "status", "wait", "config", "log", "help"} <= set(heads)
         assert any(line.split()[:2] == ["status", "Uptime,"] for line in listing)
         details = ask("help job cancel", b"--force also")
         assert details[0] == "usage: job cancel JOB_ID [--force]"

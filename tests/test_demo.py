@@ -36,9 +36,9 @@ def test_log_tail_from_nc_shows_jobs_finishing_and_a_line_stops_it(demo):
     control = _nc(demo)
     tail = _nc(demo)
     try:
-        control.stdin.write(b"set rate 1000\n")
+        control.stdin.write(b"config set tick_hz 1000\n")
         control.stdin.flush()
-        assert _read_until(control, lambda t: "\n" in t) == "rate 1000 Hz\n"
+        assert _read_until(control, lambda t: "\n" in t) == "tick_hz: 50.0 -> 1000.0\n"
         tail.stdin.write(b"log tail\n")
         tail.stdin.flush()
         # At 1000 Hz a job needs about a second; its completion is logged at INFO.
