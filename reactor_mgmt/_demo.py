@@ -81,6 +81,8 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         allow_remote=args.allow_remote,
         log_tail=True,
         address_file=args.address_file,
+        tls=_tls_context(args),
+        cert_levels={"admin": args.tls_admin} if args.tls_admin else None,
         toolkit=True,  # show threads, gc, tracemalloc, log level, config get/set/diff
     )
     # What `config set` may change (operator level), and one setting shown but never changed.
@@ -213,11 +215,32 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     parser.add_argument("--token-file", help="read the token from this file")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host without a token")
     parser.add_argument("--address-file", help="write the bound addresses here (useful with --port 0)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TCP over TLS with this certificate (chain)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
+    parser.add_argument("--tls-client-ca", metavar="PEM",
+                        help="mutual TLS: require client certificates signed by this CA")
+    parser.add_argument("--tls-admin", metavar="NAME", action="append",
+                        help="a client certificate name (CN or SAN) that gets admin; repeatable")
     parser.add_argument("--verbose", "-v", action="store_true", help="also log the worker's progress")
     args = parser.parse_args(argv)
+    if (args.tls_key or args.tls_client_ca or args.tls_admin) and not args.tls_cert:
+        parser.error("--tls-key, --tls-client-ca and --tls-admin need --tls-cert")
     if args.no_tcp:
         args.port = None
     return args
+
+
+def _tls_context(args: argparse.Namespace) -> Any:
+    if not args.tls_cert:
+        return None
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(args.tls_client_ca)
+    return context
 
 
 class _QuietWorker(logging.Filter):

@@ -265,3 +265,24 @@ def test_the_plaintext_server_never_imports_ssl():
     out = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, timeout=60,
                          env=__import__("conftest").child_env())
     assert out.stdout.strip() == b"False", out.stderr
+
+
+def test_the_demo_serves_mutual_tls_with_its_flags(tmp_path, pki):
+    from conftest import Daemon
+
+    address_file = str(tmp_path / "demo.addr")
+    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file, "--level", "user",
+                     "--tls-cert", pki["srv.pem"], "--tls-key", pki["srv.key"], "--tls-client-ca", pki["ca.pem"],
+                     "--tls-admin", "alice"], address_file)
+    try:
+        socat = require_tool("socat")
+        for cert, expected in (("alice", b"admin\n"), ("mallory", b"")):
+            key = pki[f"{cert}.key"]
+            proc = subprocess.run(
+                [socat, "-", f"OPENSSL:127.0.0.1:{daemon.port},cafile={pki['ca.pem']},cert={pki[cert + '.pem']},"
+                             f"key={key}"],
+                input=b"level\n", capture_output=True, timeout=TIMEOUT)
+            assert proc.stdout == expected, (cert, proc.stderr[-500:])
+    finally:
+        code, _, err = daemon.stop()
+    assert "TLS handshake failed" in err  # mallory's refusal is logged
