@@ -19,6 +19,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
 
+from . import __version__
 from ._client import (
     DEFAULT_ADDRESS,
     ERROR,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "a stream's items (log tail, watch) are waited for as long as it runs")
     parser.add_argument("--json", action="store_true",
                         help="print JSON results (one value per line) instead of text")
+    parser.add_argument("--version", action="version", version=f"reactor-mgmt {__version__}")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
                         help="the command and its arguments, as you would type them at the prompt")
     return parser

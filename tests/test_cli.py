@@ -281,3 +281,9 @@ def test_parse_help_and_completion(slow_demo):
     assert completer.candidates(["job", "cancel", "3"], "--f") == ["--force "]
     assert completer.candidates(["count"], "--") == ["--prefix "]
     assert completer.candidates(["nosuch"], "") == []
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    for argv in (["--version"], ["-c", "127.0.0.1:1", "--version"]):
+        proc = run_cli(*argv)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"reactor-mgmt {reactor_mgmt.__version__}\n", "")
