@@ -12,6 +12,7 @@
 # own. close() from a handler or callback takes effect as that poll() returns (see close).
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -27,7 +28,6 @@ from ._log import format_address, log
 from ._loop import IdleReaper, Loop
 from ._protocol import DEFAULT_MAX_LINE
 from ._session import Connection
-from ._toolkit import ToolkitMethods
 from ._transport import Limits, Transport, drain, refuse
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 _get_ident = threading.get_ident
 
 
-class Server(ToolkitMethods):
+class Server:
     """A management socket served from the host's own loop.
 
     Create it, register commands, and call :meth:`poll` once per iteration of your main loop.
@@ -99,7 +99,10 @@ class Server(ToolkitMethods):
         self._dispatcher = Dispatcher(self.registry, self.stats, clock=time.monotonic, call_later=_unset, wake=self.wake,
                                       schedule=_unset, max_line=max_line, max_output=max_output,
                                       max_commands_per_tick=max_commands_per_tick, pending_timeout=pending_timeout)
-        self._start_io(address_file)
+        self._loop: Loop  # these three are made by _start_io, here and in a relistening child
+        self._listening: Listeners
+        self._reaper: Optional[IdleReaper]
+        _start_io(self, address_file)
         self._next_id = 0
         self._closed = False
         self._pid = os.getpid()  # a forked child abandons the server (see _abandon)
@@ -118,38 +121,14 @@ class Server(ToolkitMethods):
         self.log_tail_enabled = log_tail
         if builtins:
             install_builtins(self, self._dispatcher)
-        if toolkit:  # the operator tools: add_toolkit(), setting() (inherited from _toolkit.ToolkitMethods)
+        self._toolkit: Any = None  # the operator tools (_toolkit.Toolkit), made on first use
+        if toolkit:
             self.add_toolkit()
         try:
-            self._listen_as_asked(host, port, unix, level, tls, cert_levels, backlog)
+            _listen_as_asked(self, host, port, unix, level, tls, cert_levels, backlog)
         except BaseException:
             self.close()
             raise
-
-    def _start_io(self, address_file: Optional[str]) -> None:
-        """The loop, the listeners and the reaper, wired to the dispatcher: at construction, and
-        again in a forked child that relistens."""
-        if address_file is not None:
-            address_file = os.path.abspath(address_file.replace("{pid}", str(os.getpid())))  # see listen_unix
-        self.address_file = address_file
-        self._loop = loop = Loop(self.stats)
-        dispatcher = self._dispatcher
-        dispatcher.clock, dispatcher.call_later, dispatcher.schedule = loop.clock, loop.call_later, loop.schedule
-        dispatcher.cancel_timer, dispatcher.stopped = loop.cancel_timer, False
-        self._listening = Listeners(loop, self._admit, address_file, warn_remote=not (self._token or self.allow_remote))
-        self._reaper = loop.reaper = IdleReaper(loop, self.idle_timeout) if self.idle_timeout else None
-
-    def _listen_as_asked(self, host: Optional[str], port: Optional[int], unix: Optional[str], level: Optional[str],
-                         tls: Any, cert_levels: Any, backlog: Optional[int]) -> None:
-        if port is not None and host is not None:
-            self.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
-        if unix is not None:
-            self.listen_unix(unix.replace("{pid}", str(os.getpid())), level=level, backlog=backlog)
-        # Written once every listener asked for here is up: a second copy of a daemon that fails
-        # on its Unix socket must not first replace the running copy's address file.
-        self._listening.writing = True
-        if self._listening.listeners:
-            self._listening.write_address_file()
 
     # ---- configuration ----
 
@@ -209,6 +188,31 @@ class Server(ToolkitMethods):
         return [self.add_command(f"{prefix} {name}".strip(), method, **options)
                 for name, method, options in methods_as_commands(obj, level=level, replace=replace)]
 
+    # ---- the operator toolkit (see _toolkit and the README's "Built-in operator tools") ----
+
+    def add_toolkit(self, *parts: str) -> None:
+        """Installs the operator tools: all, or the named parts ("threads", "gc",
+        "tracemalloc", "log", "config"). Installing a part twice does nothing."""
+        self._tools().install(*parts)
+
+    def setting(self, name: str, obj: Any, attr: str, **options: Any) -> Any:
+        """Declares ``obj.attr`` as the setting ``name`` of ``config get/set/diff`` (installing
+        them if needed). Options: ``type``, ``level`` ("operator"), ``check(value)``,
+        ``read_only``, ``help``, ``secret``; see the README."""
+        options["kind"] = options.pop("type", None)
+        return self._tools().settings.declare(name, obj, attr, **options)
+
+    def settings_from(self, obj: Any, *, prefix: str = "", level: str = "operator") -> List[Any]:
+        """Declares every field of a dataclass instance as a setting named ``prefix + field``."""
+        return self._tools().settings.declare_dataclass(obj, prefix, level)
+
+    def _tools(self) -> Any:
+        if self._toolkit is None:
+            from ._toolkit import Toolkit
+
+            self._toolkit = Toolkit(self)
+        return self._toolkit
+
     # ---- listeners (see _listeners.Listeners) ----
 
     def listen_tcp(self, host: str = "127.0.0.1", port: int = 8123, *, level: Optional[str] = None, tls: Any = None,
@@ -260,38 +264,6 @@ class Server(ToolkitMethods):
         return list(self._loop.connections.values())
 
     # ---- admission ----
-
-    def _admit(self, listener: Listener, sock: socket.socket, peer: Any, now: float) -> None:
-        sock.setblocking(False)
-        loop = self._loop
-        if len(loop.connections) >= self.max_connections:
-            self.stats.refused += 1
-            log.debug("refusing connection from %s: %d connections open", format_address(peer),
-                      len(loop.connections))
-            refuse(sock, b"ERR too many connections\n")
-            return
-        if listener.check_peer and not peer_allowed(sock, listener.allowed_uids):
-            self.stats.refused += 1
-            log.warning("refusing connection on %s: peer uid not allowed", listener.address)
-            refuse(sock, b"ERR permission denied: peer uid not allowed\n")
-            return
-        if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._next_id += 1
-        if listener.tls is None:
-            transport = Transport(sock, loop, self._limits, now)
-        else:
-            from ._tls import TlsTransport, wrap  # lazily: a plaintext server never imports ssl
-
-            sock = wrap(sock, listener.tls)
-            transport = TlsTransport(sock, loop, self._limits, now, listener.cert_levels, self.tls_handshake_timeout)
-        conn = transport.conn = Connection(self, self._dispatcher, transport, listener, self._next_id,
-                                           listener.rank, self._token is None)
-        loop.connections[sock.fileno()] = conn
-        transport.update_interest()
-        self.stats.connections_total += 1
-        if self._reaper is not None:
-            self._reaper.watch(conn.id, transport, now + self.idle_timeout)
 
     # ---- the tick ----
 
@@ -434,7 +406,7 @@ class Server(ToolkitMethods):
         if self._closed:
             return
         if os.getpid() != self._pid:  # a forked child, even one the fork hook missed
-            self._abandon()
+            _abandon(self)
             return
         self._close_grace = grace
         loop = self._loop
@@ -451,27 +423,6 @@ class Server(ToolkitMethods):
             loop.integration.detach()
         self._stop()
         self._tear_down()
-
-    def _abandon(self) -> None:
-        """In a forked child: this process's copies of the descriptors are closed, nothing is
-        sent, shut down or unlinked (the parent still serves on them), and poll() raises."""
-        if self._closed:
-            return
-        self._closed = self._dispatcher.stopped = True
-        self._loop.abandon(f"this server belongs to process {self._pid}; in this forked process "
-                           f"({os.getpid()}) it is closed: create a Server of its own here")
-        self._listening.abandon()
-        if self._relisten is not None:  # the child gets a management socket of its own
-            host, port, unix, level, tls, cert_levels, backlog, address_file = self._relisten
-            self._pid = os.getpid()
-            try:
-                self._start_io(address_file)
-                self._listen_as_asked(host, port, unix, level, tls, cert_levels, backlog)
-            except Exception:  # a fixed port is the parent's: relisten wants port=0 or unix="...{pid}..."
-                log.exception("after_fork='relisten': the forked child could not listen; its server stays closed")
-                self._listening.close()
-                return
-            self._closed = False
 
     def _stop(self) -> None:
         self._closed = self._loop.stopped = self._dispatcher.stopped = True
@@ -503,6 +454,92 @@ class Server(ToolkitMethods):
         return f"<Server {where} connections={len(self._loop.connections)}>"
 
 
+# ---- the parts of Server's work kept out of the class: admission, building the I/O, and a fork ----
+
+
+def _admit(server: "Server", listener: Listener, sock: socket.socket, peer: Any, now: float) -> None:
+    sock.setblocking(False)
+    loop = server._loop
+    if len(loop.connections) >= server.max_connections:
+        server.stats.refused += 1
+        log.debug("refusing connection from %s: %d connections open", format_address(peer),
+                  len(loop.connections))
+        refuse(sock, b"ERR too many connections\n")
+        return
+    if listener.check_peer and not peer_allowed(sock, listener.allowed_uids):
+        server.stats.refused += 1
+        log.warning("refusing connection on %s: peer uid not allowed", listener.address)
+        refuse(sock, b"ERR permission denied: peer uid not allowed\n")
+        return
+    if sock.family != socket.AF_UNIX:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server._next_id += 1
+    if listener.tls is None:
+        transport = Transport(sock, loop, server._limits, now)
+    else:
+        from ._tls import TlsTransport, wrap  # lazily: a plaintext server never imports ssl
+
+        sock = wrap(sock, listener.tls)
+        transport = TlsTransport(sock, loop, server._limits, now, listener.cert_levels, server.tls_handshake_timeout)
+    conn = transport.conn = Connection(server, server._dispatcher, transport, listener, server._next_id,
+                                       listener.rank, server._token is None)
+    loop.connections[sock.fileno()] = conn
+    transport.update_interest()
+    server.stats.connections_total += 1
+    if server._reaper is not None:
+        server._reaper.watch(conn.id, transport, now + server.idle_timeout)
+
+
+def _start_io(server: "Server", address_file: Optional[str]) -> None:
+    """The loop, the listeners and the reaper, wired to the dispatcher: at construction, and
+    again in a forked child that relistens."""
+    if address_file is not None:
+        address_file = os.path.abspath(address_file.replace("{pid}", str(os.getpid())))  # see listen_unix
+    server.address_file = address_file
+    server._loop = loop = Loop(server.stats)
+    dispatcher = server._dispatcher
+    dispatcher.clock, dispatcher.call_later, dispatcher.schedule = loop.clock, loop.call_later, loop.schedule
+    dispatcher.cancel_timer, dispatcher.stopped = loop.cancel_timer, False
+    server._listening = Listeners(loop, functools.partial(_admit, server), address_file,
+                                  warn_remote=not (server._token or server.allow_remote))
+    server._reaper = loop.reaper = IdleReaper(loop, server.idle_timeout) if server.idle_timeout else None
+
+
+def _listen_as_asked(server: "Server", host: Optional[str], port: Optional[int], unix: Optional[str], level: Optional[str],
+                     tls: Any, cert_levels: Any, backlog: Optional[int]) -> None:
+    if port is not None and host is not None:
+        server.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
+    if unix is not None:
+        server.listen_unix(unix.replace("{pid}", str(os.getpid())), level=level, backlog=backlog)
+    # Written once every listener asked for here is up: a second copy of a daemon that fails
+    # on its Unix socket must not first replace the running copy's address file.
+    server._listening.writing = True
+    if server._listening.listeners:
+        server._listening.write_address_file()
+
+
+def _abandon(server: "Server") -> None:
+    """In a forked child: this process's copies of the descriptors are closed, nothing is
+    sent, shut down or unlinked (the parent still serves on them), and poll() raises."""
+    if server._closed:
+        return
+    server._closed = server._dispatcher.stopped = True
+    server._loop.abandon(f"this server belongs to process {server._pid}; in this forked process "
+                         f"({os.getpid()}) it is closed: create a Server of its own here")
+    server._listening.abandon()
+    if server._relisten is not None:  # the child gets a management socket of its own
+        host, port, unix, level, tls, cert_levels, backlog, address_file = server._relisten
+        server._pid = os.getpid()
+        try:
+            _start_io(server, address_file)
+            _listen_as_asked(server, host, port, unix, level, tls, cert_levels, backlog)
+        except Exception:  # a fixed port is the parent's: relisten wants port=0 or unix="...{pid}..."
+            log.exception("after_fork='relisten': the forked child could not listen; its server stays closed")
+            server._listening.close()
+            return
+        server._closed = False
+
+
 _SERVERS: Any = weakref.WeakSet()  # every live Server, for the fork hook
 
 
@@ -512,7 +549,7 @@ def _unset(*args: Any) -> Any:  # the dispatcher's loop callables, until _start_
 
 def _abandon_after_fork() -> None:
     for server in list(_SERVERS):
-        server._abandon()
+        _abandon(server)
 
 
 if hasattr(os, "register_at_fork"):  # POSIX: a child must not touch its parent's server

@@ -12,8 +12,8 @@
 # if the logger still has the level the command set, so a revert never clobbers a change made
 # after it (pelican#2896). `config set` converts values with the command layer's Param, so its
 # errors read as a command's do, and checks every pair before it changes any (Redis's multi
-# CONFIG SET). ToolkitMethods holds the Server methods that reach all this; Server inherits
-# them, so the façade's class keeps to its own job.
+# CONFIG SET). Server's add_toolkit(), setting() and settings_from() delegate to a Toolkit
+# that the server makes on first use, so a server without the toolkit never imports this.
 from __future__ import annotations
 
 import os
@@ -50,44 +50,6 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG", "NOTSET")
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _SERVER_FILE = os.path.join(_PACKAGE_DIR, "_server.py")
 _builtin_type = type  # setting() has a parameter named type
-
-
-class ToolkitMethods:
-    """The Server methods that reach the toolkit; Server inherits them. The Toolkit behind them
-    is made on first use, so a server without the toolkit never builds one."""
-
-    _toolkit: Optional["Toolkit"] = None
-
-    def add_toolkit(self, *parts: str) -> None:
-        """Installs the operator tools: all of them, or the named parts ("threads", "gc",
-        "tracemalloc", "log", "config"). Installing a part twice does nothing. A host command
-        registered earlier under one of their names raises ConfigError; one registered later
-        takes the name over, as it would a builtin's."""
-        self._tools().install(*parts)
-
-    def setting(self, name: str, obj: Any, attr: str, *, type: Any = None, level: str = "operator",
-                check: Optional[Callable[[Any], Any]] = None, read_only: bool = False,
-                help: Optional[str] = None, secret: bool = False) -> "Setting":
-        """Declares ``obj.attr`` as the setting ``name`` of ``config get/set/diff``, which it
-        installs if needed. ``type`` (by default the type of the current value, which is also
-        the default ``config diff`` compares with) converts what ``config set`` is given, as a
-        command's annotation would; ``check(value)`` may refuse a value by raising ValueError or
-        CommandError. ``level`` is the one needed to see and set it; ``secret`` shows it as
-        ``***``; ``read_only`` shows it and refuses ``config set``."""
-        return self._tools().settings.declare(name, obj, attr, kind=type, level=level, check=check,
-                                              read_only=read_only, help=help, secret=secret)
-
-    def settings_from(self, obj: Any, *, prefix: str = "", level: str = "operator") -> List["Setting"]:
-        """Declares every field of a dataclass instance as a setting named ``prefix + field``,
-        typed by its annotation. A frozen dataclass's settings are read-only. A field's
-        ``metadata={"reactor_mgmt": {...}}`` may hold setting() options (check, help, secret,
-        read_only, level, type)."""
-        return self._tools().settings.declare_dataclass(obj, prefix, level)
-
-    def _tools(self) -> "Toolkit":
-        if self._toolkit is None:
-            self._toolkit = Toolkit(self)  # type: ignore[arg-type]
-        return self._toolkit
 
 
 class Toolkit:

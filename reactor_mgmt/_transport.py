@@ -134,9 +134,6 @@ class Transport:
         if data is None:
             return
         self.last_active = now
-        self.opened = now
-        self.bytes_in = 0  # for `clients`; small ints are shared, so an idle client pays no object
-        self.bytes_out = 0
         if self.closing:  # lingering after our last reply: discard until the peer's EOF
             if not data:
                 self.close_now()
