@@ -1,18 +1,26 @@
 # The commands every server has. They are ordinary registered commands, built with the same
 # registry a host uses, so they double as a worked example of the command layer; the only
 # privilege they have is a Connection parameter, which any handler may declare too. They see
-# the server only through its public surface (registry, check_token, auth_required, stats,
-# connections, wake, log_tail_enabled), and the dispatcher only for its fallback, which `watch`
-# runs as `start()`'s hosts answer every command.
+# the server only through its public surface (registry, check_token, check_response,
+# auth_required, cleartext_auth, stats, connections, wake, log_tail_enabled), and the dispatcher
+# only for its fallback, which `watch` runs as `start()`'s hosts answer every command.
+#
+# Authentication comes in two forms. `auth TOKEN` sends the token itself. `auth challenge` then
+# `auth response HMAC` (as Varnish's CLI does) never sends it: the server hands out a random
+# challenge, kept per connection and good for one answer, and the client answers with the hex
+# HMAC-SHA256 of it under the token (_wire.challenge_digest; by hand, `openssl dgst -hmac`). A
+# server may refuse the cleartext form on listeners other than loopback and Unix sockets.
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
 
 from ._commands import LEVEL_RANK, LEVELS, Command, check_permission, may_run
 from ._errors import CommandError, PermissionDenied, UnknownCommand, UsageError
+from ._log import Throttle
 from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, is_stream
 from ._session import Connection
 
@@ -34,11 +42,14 @@ if TYPE_CHECKING:
         @property
         def connections(self) -> List[Connection]: ...
         def check_token(self, candidate: str) -> bool: ...
+        def check_response(self, challenge: str, response: str) -> bool: ...
         def wake(self, conn: Connection) -> None: ...
 
 log = logging.getLogger("reactor_mgmt")
 
 _MAX_AUTH_FAILURES = 3
+CLEARTEXT_AUTH = ("always", "loopback", "never")  # Server(cleartext_auth=...): where `auth TOKEN` is allowed
+_CHALLENGE_BYTES = 16
 _TAIL_QUEUE = 1000  # records held per slow log subscriber before we count drops instead
 _MIN_WATCH_INTERVAL = 0.1
 
@@ -70,13 +81,26 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
         return NO_REPLY
 
     def auth(*token: str, conn: Connection) -> str:
-        """Authenticates this connection with the server's token: auth TOKEN."""
+        """Authenticates this connection with the server's token: auth TOKEN.
+
+        The token crosses the wire as it is; 'auth challenge' proves it without sending it.
+        A token that is the word 'challenge' or 'response' must go as JSON:
+        {"cmd": "auth", "args": ["challenge"]}.
+        """
         # *token rather than token: str, so that a token starting with "--" (token_urlsafe
         # makes those) is taken as it is instead of being parsed as an unknown option.
         if len(token) != 1:
             raise UsageError(f"usage: auth TOKEN ({'missing TOKEN' if not token else 'one word expected'})")
-        token = token[0]  # type: ignore[assignment]
-        if server.check_token(token):  # type: ignore[arg-type]
+        if not cleartext_allowed(getattr(server, "cleartext_auth", "always"), conn.listener):
+            suffix = refusals.allow(time.monotonic())
+            if suffix is not None:
+                log.warning("refused cleartext auth on connection #%d: its listener allows only "
+                            "'auth challenge'%s", conn.id, suffix)
+            raise PermissionDenied("cleartext auth refused on this listener: use 'auth challenge'")
+        return authenticated(server.check_token(token[0]), conn)
+
+    def authenticated(ok: bool, conn: Connection) -> str:
+        if ok:
             conn.authenticated = True
             return "OK"
         conn.auth_failures += 1
@@ -86,6 +110,28 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
             conn.close()
             raise PermissionDenied("authentication failed; closing")
         raise PermissionDenied("authentication failed")
+
+    challenges: "weakref.WeakKeyDictionary[Connection, str]" = weakref.WeakKeyDictionary()
+    refusals = Throttle()
+
+    def auth_challenge(conn: Connection) -> str:
+        """Starts challenge-response authentication: replies with a one-use CHALLENGE.
+
+        Answer with 'auth response HMAC', HMAC being the hex HMAC-SHA256 of CHALLENGE under
+        the token, as printf '%s' CHALLENGE | openssl dgst -sha256 -hmac TOKEN prints it.
+        The token itself never crosses the wire.
+        """
+        import secrets  # lazily: only servers that are asked pay for it
+
+        challenge = challenges[conn] = secrets.token_hex(_CHALLENGE_BYTES)
+        return challenge
+
+    def auth_response(hmac: str, conn: Connection) -> str:
+        """Answers this connection's last 'auth challenge': auth response HMAC."""
+        challenge = challenges.pop(conn, None)  # good for one answer, right or wrong
+        if challenge is None:
+            raise CommandError("no challenge to answer: send 'auth challenge' first", code="usage")
+        return authenticated(server.check_response(challenge, hmac.strip().lower()), conn)
 
     def level(new_level: Optional[str] = None, conn: Connection = None) -> str:  # type: ignore[assignment]
         """Shows this connection's access level, or lowers it (it can never be raised).
@@ -133,6 +179,9 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
     add("echo", echo)
     add("quit", quit, pre_auth=True)
     add("auth", auth, pre_auth=True, hidden=not server.auth_required)
+    if getattr(server, "check_response", None) is not None:
+        add("auth challenge", auth_challenge, pre_auth=True, hidden=not server.auth_required)
+        add("auth response", auth_response, pre_auth=True, hidden=not server.auth_required)
     add("level", level)
     add("stats", stats)
     add("watch", watch)
@@ -150,6 +199,28 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
             return Stream(tail.subscribe(conn, number), until_input=True)
 
         add("log tail", log_tail, level="operator")
+
+
+def cleartext_allowed(policy: str, listener: Any) -> bool:
+    """Whether `auth TOKEN` may be sent on ``listener`` under ``Server(cleartext_auth=policy)``:
+    "always", "never", or "loopback" (a Unix socket, or TCP bound to a loopback address)."""
+    if policy == "always":
+        return True
+    if policy != "loopback":
+        return False
+    address = getattr(listener, "address", None)
+    if isinstance(address, (str, bytes)):  # a Unix socket (a path, or an abstract name)
+        return True
+    if not isinstance(address, tuple) or not address or not isinstance(address[0], str):
+        return False
+    import ipaddress  # lazily: only a refusing server asks
+
+    try:
+        ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _watch(command: Command, args: List[str], seconds: float, conn: Connection) -> Iterator[Any]:

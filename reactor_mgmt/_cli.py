@@ -11,6 +11,10 @@
 # for a single endpoint, so there is one timeout and exit-status policy. The interactive shell
 # keeps one blocking Client connection instead, so connection state (auth, `level`) persists
 # between the commands a person types.
+#
+# `reactor-mgmt ls` lists the servers on this machine that registered for discovery, and
+# `--app NAME` fans out to every live one called NAME (see _discovery.py). `ls` is ours only
+# when no endpoint is given: `-c ADDR ls` sends a server's own `ls`.
 from __future__ import annotations
 
 import argparse
@@ -30,6 +34,7 @@ from ._client import (
     ConnectionFailed,
     Endpoint,
     FanOut,
+    context_for,
 )
 from ._errors import ReactorMgmtError, RemoteError
 from ._protocol import ParseError, split_words
@@ -59,7 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="fan out to the endpoints in FILE, one ADDR per line (# comments)")
     parser.add_argument("--address-file", metavar="FILE",
                         help="connect to the first address in FILE, as a server's address_file wrote it")
-    parser.add_argument("--token", help="send 'auth TOKEN' first (default: $REACTOR_MGMT_TOKEN)")
+    parser.add_argument("--app", metavar="NAME", action="append", default=[],
+                        help="fan out to every live server registered for discovery as NAME "
+                             "(see `reactor-mgmt ls`); repeatable")
+    parser.add_argument("--token", help="authenticate first, by challenge-response when the server offers it, "
+                                        "else with 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)")
+    tls = parser.add_argument_group("TLS (TCP endpoints; a Unix socket is always plain)")
+    tls.add_argument("--tls", action="store_true", help="connect with TLS, checking the server's certificate")
+    tls.add_argument("--cafile", metavar="FILE",
+                     help="CA certificates to check the server's certificate with (default: the system's); implies --tls")
+    tls.add_argument("--cert", metavar="FILE", help="client certificate (PEM; may hold the key too); implies --tls")
+    tls.add_argument("--key", metavar="FILE", help="the client certificate's private key")
+    tls.add_argument("--insecure", action="store_true",
+                     help="do not verify the server's certificate (self-signed, for testing); implies --tls")
     parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                         help="per endpoint: to connect, then to wait for each reply line (default 5; 0: none); "
                              "a stream's items (log tail, watch) are waited for as long as it runs")
@@ -73,14 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if command[:1] == ["ls"] and not (args.connect or args.hosts_file or args.address_file or args.app):
+        return list_instances(command[1:], args.json)
     try:
         endpoints = _endpoints(args)
-    except _Usage as exc:
+        tls = context_for(args.tls, args.cafile, args.cert, args.key, args.insecure, warn=False)
+    except (_Usage, ReactorMgmtError) as exc:
         print(f"reactor-mgmt: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if args.insecure:
+        print("reactor-mgmt: warning: --insecure: the server's certificate is not checked, so anyone on "
+              "the path can pose as the server", file=sys.stderr)
     token = args.token if args.token is not None else (os.environ.get("REACTOR_MGMT_TOKEN") or None)
-    runner = _Runner(endpoints, token, args.timeout, args.json)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    runner = _Runner(endpoints, token, args.timeout, args.json, tls)
     try:
         if command:
             return runner.one_shot(command)
@@ -104,7 +127,7 @@ def _endpoints(args: argparse.Namespace) -> List[Endpoint]:
         addresses += _read_hosts_file(args.hosts_file)
     if args.address_file:
         addresses.append(_read_address_file(args.address_file))
-    if not addresses:
+    if not addresses and not args.app:
         addresses = [DEFAULT_ADDRESS]
     endpoints: List[Endpoint] = []
     for address in addresses:
@@ -114,7 +137,63 @@ def _endpoints(args: argparse.Namespace) -> List[Endpoint]:
             raise _Usage(str(exc)) from None
         if endpoint not in endpoints:
             endpoints.append(endpoint)
+    for name in args.app:
+        endpoints += [endpoint for endpoint in _app_endpoints(name) if endpoint not in endpoints]
     return endpoints
+
+
+def _app_endpoints(name: str) -> List[Endpoint]:
+    """One endpoint per live instance registered as ``name``, labelled NAME[PID]."""
+    from ._discovery import instances, pick_address
+
+    endpoints = []
+    for instance in instances(name):
+        address = pick_address(instance)
+        if address is None:
+            continue
+        try:
+            endpoint = Endpoint(address)
+        except ValueError:
+            continue
+        endpoint.label = f"{instance.name}[{instance.pid}]"
+        endpoints.append(endpoint)
+    if not endpoints:
+        from ._discovery import directory
+
+        raise _Usage(f"no live instance of {name!r} is registered in {directory()} (see `reactor-mgmt ls`)")
+    return endpoints
+
+
+def list_instances(names: List[str], as_json: bool) -> int:
+    """`reactor-mgmt ls [NAME...]`: the live servers registered for discovery."""
+    import time
+
+    from ._discovery import instances
+
+    try:
+        found = [instance for instance in instances() if not names or instance.name in names]
+    except ReactorMgmtError as exc:
+        print(f"reactor-mgmt: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if as_json:
+        for instance in found:
+            record = instance._asdict()
+            record.pop("path")
+            print(json.dumps(record))
+        return EXIT_OK
+    if not found:
+        print("no live instances", file=sys.stderr)
+        return EXIT_OK
+    rows = [{
+        "name": instance.name,
+        "pid": instance.pid,
+        "addresses": " ".join(instance.addresses) + (" (tls)" if instance.tls else ""),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(instance.started)),
+        "token": "yes" if instance.token_required else "no",
+    } for instance in found]
+    table = render_text(rows)
+    print(table, end="" if table.endswith("\n") else "\n")
+    return EXIT_OK
 
 
 def _read_hosts_file(path: str) -> List[str]:
@@ -224,9 +303,11 @@ class _Printer:
 class _Runner:
     """Runs commands against the endpoints: the one-shot, script and fan-out paths."""
 
-    def __init__(self, endpoints: List[Endpoint], token: Optional[str], timeout: float, as_json: bool) -> None:
+    def __init__(self, endpoints: List[Endpoint], token: Optional[str], timeout: float, as_json: bool,
+                 tls: Any = None) -> None:
         self.endpoints = endpoints
         self.token = token
+        self.tls = tls  # an ssl.SSLContext, or None for plain TCP
         self.timeout = timeout
         self.as_json = as_json
         self.fanned = len(endpoints) > 1
@@ -235,7 +316,8 @@ class _Runner:
     def one_shot(self, words: List[str]) -> int:
         printer = _Printer(self.fanned, self.as_json, sys.stdout, sys.stderr)
         engine = FanOut(self.endpoints, {"argv": list(words)}, on_event=printer, token=self.token,
-                        timeout=self.timeout, max_parallel=self.max_parallel, after_batch=printer.flush)
+                        timeout=self.timeout, max_parallel=self.max_parallel, after_batch=printer.flush,
+                        tls=self.tls)
         outcomes = engine.run()
         printer.flush()
         if self.fanned:
@@ -333,7 +415,7 @@ class _Shell:
         runner = self.runner
         if not runner.fanned:
             try:
-                self.client = Client(runner.endpoints[0], timeout=runner.timeout, token=runner.token)
+                self.client = Client(runner.endpoints[0], timeout=runner.timeout, token=runner.token, tls=runner.tls)
             except RemoteError as exc:  # the token was refused
                 print(f"ERR {exc.message}", file=sys.stderr)
                 return EXIT_ERR
@@ -424,7 +506,8 @@ class _Shell:
             if self.client is not None:
                 listing = self.client.call("help")
             else:
-                with Client(self.runner.endpoints[0], timeout=self.runner.timeout, token=self.runner.token) as client:
+                with Client(self.runner.endpoints[0], timeout=self.runner.timeout, token=self.runner.token,
+                            tls=self.runner.tls) as client:
                     listing = client.call("help")
         except (ReactorMgmtError, OSError):
             return []  # no completion is better than no shell

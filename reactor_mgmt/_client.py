@@ -13,6 +13,15 @@
 # a plain stream only stops when its client goes away, and a late reply must never be mistaken
 # for the answer to the next request. The Client then reconnects on its next call, and
 # re-authenticates and lowers the level again (`level user` must outlive a reconnect).
+#
+# TLS (tls=True, or cafile=/cert=/insecure=, or an ssl.SSLContext) wraps TCP endpoints; a Unix
+# socket is local and stays plain. The server's name for SNI and the certificate check is the
+# host part of the address. FanOut drives each handshake without blocking, like its connects.
+#
+# Authentication prefers challenge-response: `auth challenge`, then `auth response` with the
+# HMAC of the challenge under the token, so the token never crosses the wire. A server that
+# does not offer it (an older one, where `auth challenge` reads as a wrong token) gets the
+# cleartext `auth TOKEN` instead.
 from __future__ import annotations
 
 import errno
@@ -23,22 +32,32 @@ import selectors
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _wire
-from ._errors import ReactorMgmtError, RemoteError
+from ._errors import ConfigError, ReactorMgmtError, RemoteError
+from ._log import log
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ssl
 
 DEFAULT_ADDRESS = "127.0.0.1:8123"
 MAX_REPLY_LINE = 64 << 20  # a reply line longer than this is refused rather than buffered
 
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Za-z:.%_-]+)\]|(?P<host>[0-9A-Za-z._-]+)):(?P<port>[0-9]+)$")
 _RECV_SIZE = 65536
-_AUTH_ID = 1
+_AUTH_ID = 1  # `auth challenge`
 _COMMAND_ID = 2
+_PROOF_ID = 3  # `auth response HMAC`, or the cleartext `auth TOKEN` when no challenge is offered
+_CHALLENGE = re.compile(r"^[0-9a-f]{16,256}$")
+_NO_CHALLENGE = ("unknown_command", "denied")  # how a server without `auth challenge` answers it
+_WOULD_BLOCK: Tuple[Type[BaseException], ...] = (BlockingIOError, InterruptedError)
 
 OK, ERROR, UNREACHABLE = "ok", "error", "unreachable"
 
 AddressLike = Union[str, Tuple[str, int], "Endpoint"]
+TlsLike = Union[bool, "ssl.SSLContext", None]
 
 
 class ConnectionFailed(ReactorMgmtError, ConnectionError):
@@ -187,6 +206,84 @@ def _level_set_by(request: dict) -> Optional[str]:
     return None
 
 
+# ---- TLS and authentication ----
+
+
+def tls_context(cafile: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
+                insecure: bool = False) -> "ssl.SSLContext":
+    """A client-side ssl.SSLContext: the server's certificate is checked against ``cafile``
+    (default: the system's CAs) and the address's host; ``cert``/``key`` present a client
+    certificate (mutual TLS). ``insecure`` turns verification off, for a self-signed
+    certificate you cannot get the CA of, and logs a warning. Raises ConfigError for a file
+    that cannot be loaded."""
+    return _tls_context(cafile, cert, key, insecure, warn=True)
+
+
+def _tls_context(cafile: Optional[str], cert: Optional[str], key: Optional[str], insecure: bool,
+                 warn: bool) -> "ssl.SSLContext":
+    import ssl  # lazily: ~10 ms of import time that plain clients do not pay
+
+    if key is not None and cert is None:
+        raise ConfigError("a client key needs its certificate (cert=)")
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"cannot load CA file {cafile}: {_tls_reason(exc)}") from None
+    if cert is not None:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load client certificate {cert}: {_tls_reason(exc)}") from None
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        if warn:
+            log.warning("TLS certificate verification is off (insecure): anyone on the path can "
+                        "pose as the server and read the token")
+    return context
+
+
+def context_for(tls: TlsLike, cafile: Optional[str], cert: Optional[str], key: Optional[str],
+                 insecure: bool, warn: bool = True) -> "Optional[ssl.SSLContext]":
+    """The context a Client or FanOut wraps TCP connections with, or None for plain TCP.
+    ``tls`` may be a ready context; cafile, cert and insecure imply TLS."""
+    if tls is not None and not isinstance(tls, bool):
+        if cafile is not None or cert is not None or key is not None or insecure:
+            raise ConfigError("give either an ssl.SSLContext or cafile/cert/key/insecure, not both")
+        return tls
+    if not tls and cafile is None and cert is None and key is None and not insecure:
+        return None
+    return _tls_context(cafile, cert, key, insecure, warn)
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """One readable phrase for an ssl or socket error."""
+    verify = getattr(exc, "verify_message", None)
+    if verify:
+        return f"certificate verify failed: {verify}"
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason.replace("_", " ").lower()
+    return _reason(exc)
+
+
+def is_challenge(value: Any) -> bool:
+    """Whether an `auth challenge` result is a challenge (an older server answers "OK" or
+    an error instead)."""
+    return isinstance(value, str) and _CHALLENGE.match(value) is not None
+
+
+def auth_requests(challenge: Any, token: str) -> Optional[dict]:
+    """What to send after `auth challenge` answered ``challenge``: `auth response` with the HMAC
+    of a challenge, None when "OK" says the connection is already in, and the cleartext
+    `auth TOKEN` otherwise (a server that offers no challenge)."""
+    if is_challenge(challenge):
+        return {"cmd": "auth response", "args": [_wire.challenge_digest(token, challenge)]}
+    if challenge == "OK":
+        return None
+    return {"cmd": "auth", "args": [token]}
+
+
 # ---- the blocking client ----
 
 
@@ -205,14 +302,24 @@ class Client:
     ``stream_timeout`` instead, which by default is no bound: a subscription such as
     ``log tail`` may be quiet for hours, and the server has already answered. A dropped
     connection is re-opened (and re-authenticated) by the next call.
+
+    ``token`` authenticates by challenge-response when the server offers it (the token never
+    crosses the wire), else with ``auth TOKEN``. ``tls=True`` speaks TLS to a TCP address,
+    checking the server's certificate against ``cafile`` (default: the system's CAs) and the
+    address's host; ``cert``/``key`` present a client certificate; ``insecure=True`` skips
+    verification (logged as a warning). cafile, cert and insecure imply ``tls``, and ``tls``
+    may also be a ready ``ssl.SSLContext``. A Unix socket path is always plain.
     """
 
     def __init__(self, addr: AddressLike = DEFAULT_ADDRESS, timeout: Optional[float] = 5.0,
-                 token: Optional[str] = None, stream_timeout: Optional[float] = None) -> None:
+                 token: Optional[str] = None, stream_timeout: Optional[float] = None, *,
+                 tls: TlsLike = False, cafile: Optional[str] = None, cert: Optional[str] = None,
+                 key: Optional[str] = None, insecure: bool = False) -> None:
         self.endpoint = Endpoint(addr)
         self.timeout = _timeout_value(timeout)
         self.stream_timeout = _timeout_value(stream_timeout)
         self.token = token
+        self.tls_context = context_for(tls, cafile, cert, key, insecure)
         self._sock: Optional[socket.socket] = None
         self._reader = LineReader()
         self._next_id = 0
@@ -250,6 +357,8 @@ class Client:
                 continue
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls_context is not None:
+                    sock = self._handshake(sock)
             self._sock = sock
             self._reader = LineReader()
             break
@@ -257,14 +366,44 @@ class Client:
             raise ConnectionFailed(f"cannot connect to {self.address}: {_reason(last) if last else 'no address'}")
         # A reconnect must not undo the session's state: authenticate again, and lower the level
         # again, since a new connection starts at its listener's level.
-        for request in ([{"cmd": "auth", "args": [self.token]}] if self.token is not None else []) + (
-                [{"cmd": "level", "args": [self._level]}] if self._level is not None else []):
-            try:
-                for _ in self.exchange(request):
-                    pass
-            except BaseException:
-                self._drop()
+        try:
+            if self.token is not None:
+                follow_up = auth_requests(self._challenge(), self.token)
+                if follow_up is not None:
+                    self._result(follow_up)
+            if self._level is not None:
+                self._result({"cmd": "level", "args": [self._level]})
+        except BaseException:
+            self._drop()
+            raise
+
+    def _handshake(self, sock: socket.socket) -> socket.socket:
+        """The TLS handshake on a connected socket, within the connect timeout."""
+        assert self.tls_context is not None
+        try:
+            return self.tls_context.wrap_socket(sock, server_hostname=self.endpoint.host)
+        except socket.timeout:
+            sock.close()
+            raise ClientTimeout(f"cannot connect to {self.address}: no TLS handshake within {self.timeout:g} s") from None
+        except OSError as exc:  # ssl.SSLError included; wrap_socket closed the connection
+            sock.close()
+            raise ConnectionFailed(f"cannot connect to {self.address}: TLS handshake failed: {_tls_reason(exc)}") from None
+
+    def _challenge(self) -> Any:
+        """The server's answer to `auth challenge`, or None when it offers none."""
+        try:
+            return self._result({"cmd": "auth challenge"})
+        except RemoteError as exc:
+            if exc.code not in _NO_CHALLENGE:
                 raise
+            return None
+
+    def _result(self, request: dict) -> Any:
+        result = None
+        for kind, value in self.exchange(request):
+            if kind in ("result", "end"):
+                result = value
+        return result
 
     def close(self) -> None:
         self._closed = True
@@ -444,7 +583,7 @@ EventSink = Callable[[Endpoint, str, Any], None]
 
 class _Job:
     __slots__ = ("endpoint", "candidates", "sock", "connected", "out", "reader", "deadline", "last_text", "failure",
-                 "streaming", "send_error")
+                 "streaming", "send_error", "handshaking")
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -458,6 +597,7 @@ class _Job:
         self.failure = ""
         self.streaming = False  # the reply began as a stream: stream_timeout bounds each wait
         self.send_error = ""  # our request could not be sent: said if the server says nothing
+        self.handshaking = False  # connected over TCP, the TLS handshake not finished yet
 
 
 class FanOut:
@@ -474,20 +614,32 @@ class FanOut:
     :class:`Client`. At most ``max_parallel``
     connections are open at once; the rest wait their turn (and their clock starts then).
     Host names are resolved just before connecting, with the blocking resolver.
+
+    ``token``, ``tls``, ``cafile``, ``cert``, ``key`` and ``insecure`` are :class:`Client`'s:
+    challenge-response when offered, and TLS on TCP endpoints, its handshake non-blocking too.
     """
 
     def __init__(self, endpoints: Sequence[AddressLike], request: dict, *, on_event: EventSink,
                  token: Optional[str] = None, timeout: Optional[float] = 5.0,
                  max_parallel: Optional[int] = None, after_batch: Optional[Callable[[], None]] = None,
-                 stream_timeout: Optional[float] = None) -> None:
+                 stream_timeout: Optional[float] = None, tls: TlsLike = False, cafile: Optional[str] = None,
+                 cert: Optional[str] = None, key: Optional[str] = None, insecure: bool = False) -> None:
         self.endpoints = [Endpoint(address) for address in endpoints]
         self.on_event = on_event
         self.timeout = _timeout_value(timeout)
         self.stream_timeout = _timeout_value(stream_timeout)
         self.max_parallel = max(1, max_parallel or len(self.endpoints) or 1)
         self.after_batch = after_batch
-        self.payload = (request_line({"cmd": "auth", "args": [token]}, _AUTH_ID) if token is not None else b"")
-        self.payload += request_line(request, _COMMAND_ID)
+        self.token = token
+        self.tls_context = context_for(tls, cafile, cert, key, insecure)
+        self._would_block = _WOULD_BLOCK
+        if self.tls_context is not None:
+            import ssl
+
+            self._would_block = _WOULD_BLOCK + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        self.command_line = request_line(request, _COMMAND_ID)
+        # With a token, `auth challenge` goes first; what follows it is sent when it answers.
+        self.payload = request_line({"cmd": "auth challenge"}, _AUTH_ID) if token is not None else self.command_line
         self.outcomes: Dict[Endpoint, str] = {}
         self._selector: Optional[selectors.BaseSelector] = None
         self._active: Dict[int, _Job] = {}
@@ -517,7 +669,9 @@ class FanOut:
                     job = key.data
                     if key.fileobj is not job.sock:  # finished, or moved to its next address
                         continue
-                    if mask & selectors.EVENT_WRITE:
+                    if job.handshaking:
+                        self._handshake(job)
+                    elif mask & selectors.EVENT_WRITE:
                         self._on_writable(job)
                     elif mask & selectors.EVENT_READ:
                         self._on_readable(job)
@@ -525,6 +679,8 @@ class FanOut:
                 for job in [job for job in active.values() if job.deadline is not None and job.deadline <= now]:
                     if job.streaming:
                         self._fail(job, f"timed out: no stream item within {self.stream_timeout:g} s")
+                    elif job.handshaking:
+                        self._fail(job, f"cannot connect: no TLS handshake within {self.timeout:g} s")
                     elif job.connected:
                         self._fail(job, f"timed out: no reply within {self.timeout:g} s")
                     else:
@@ -588,12 +744,15 @@ class FanOut:
                 return
             if sock.family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls_context is not None:
+                    self._start_tls(job)
+                    return
             job.connected = True
             job.out = self.payload
             self._touch(job)
         try:
             sent = sock.send(job.out)
-        except (BlockingIOError, InterruptedError):
+        except self._would_block:
             return
         except OSError as exc:
             # A refusing server may have closed before our request went (a Unix socket then
@@ -606,12 +765,71 @@ class FanOut:
         if not job.out:
             self._selector.modify(sock, selectors.EVENT_READ, job)
 
+    def _start_tls(self, job: _Job) -> None:
+        """Wraps a connected TCP socket for TLS; the handshake is driven by _handshake()."""
+        sock, selector = job.sock, self._selector
+        assert sock is not None and selector is not None and self.tls_context is not None
+        fd = sock.fileno()
+        selector.unregister(sock)  # wrapping detaches the socket object from its descriptor
+        try:
+            job.sock = self.tls_context.wrap_socket(sock, server_hostname=job.endpoint.host,
+                                                    do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:  # the wrapper has closed the descriptor
+            job.sock = None
+            self._active.pop(fd, None)
+            sock.close()
+            self._fail(job, f"cannot connect: TLS: {_tls_reason(exc)}")
+            return
+        job.connected = True
+        job.handshaking = True
+        selector.register(job.sock, selectors.EVENT_WRITE, job)
+        self._handshake(job)
+
+    def _handshake(self, job: _Job) -> None:
+        """One non-blocking handshake step: what OpenSSL waits for becomes the interest."""
+        import ssl
+
+        sock = job.sock
+        assert sock is not None and self._selector is not None
+        try:
+            sock.do_handshake()  # type: ignore[attr-defined]
+        except ssl.SSLWantReadError:
+            self._selector.modify(sock, selectors.EVENT_READ, job)
+            return
+        except ssl.SSLWantWriteError:
+            self._selector.modify(sock, selectors.EVENT_WRITE, job)
+            return
+        except OSError as exc:  # ssl.SSLError included: a bad certificate, a plaintext server
+            self._fail(job, f"cannot connect: TLS handshake failed: {_tls_reason(exc)}")
+            return
+        job.handshaking = False
+        job.out = self.payload
+        self._touch(job)
+        self._selector.modify(sock, selectors.EVENT_WRITE, job)
+
+    def _send_next(self, job: _Job, data: bytes) -> None:
+        """Queues more requests on a connection that is waiting for replies."""
+        assert job.sock is not None and self._selector is not None
+        job.out += data
+        self._selector.modify(job.sock, selectors.EVENT_WRITE, job)
+
+    def _recv(self, sock: socket.socket) -> bytes:
+        data = sock.recv(_RECV_SIZE)
+        pending = getattr(sock, "pending", None)
+        if pending is not None and data:
+            # Records already decrypted raise no event: take them now.
+            more = pending()
+            while more:
+                data += sock.recv(more)
+                more = pending()
+        return data
+
     def _on_readable(self, job: _Job) -> None:
         sock = job.sock
         assert sock is not None
         try:
-            data = sock.recv(_RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            data = self._recv(sock)
+        except self._would_block:
             return
         except OSError as exc:
             self._fail(job, f"connection lost: {_reason(exc)}")
@@ -636,12 +854,14 @@ class FanOut:
             if line is None:
                 return
             frame = _wire.read_frame(line)
-            if frame is None or frame[1] not in (_COMMAND_ID, _AUTH_ID, None):
+            if frame is None or frame[1] not in (_COMMAND_ID, _AUTH_ID, _PROOF_ID, None):
                 job.last_text = line
                 emit(endpoint, "text", line)
                 continue
             kind, frame_id, value = frame
             if frame_id == _AUTH_ID:
+                self._on_challenge(job, kind, value)
+            elif frame_id == _PROOF_ID:
                 # Only a success answers the token: anything else for it fails the endpoint.
                 if kind not in (_wire.RESULT, _wire.END):
                     self._finish(job, ERROR, "error", _remote_error(value if kind == _wire.ERROR else {}))
@@ -656,6 +876,19 @@ class FanOut:
                 self._finish(job, OK, "end", value)
             else:
                 self._finish(job, OK, "result", value)
+
+    def _on_challenge(self, job: _Job, kind: str, value: Any) -> None:
+        """`auth challenge` answered: send the proof (or, from a server without challenges, the
+        cleartext token) and then the command, pipelined."""
+        assert self.token is not None
+        if kind in (_wire.OPEN, _wire.ITEM):  # not an answer to `auth challenge`: wait for its end
+            return
+        if kind == _wire.ERROR and value.get("code") not in _NO_CHALLENGE:
+            self._finish(job, ERROR, "error", _remote_error(value))
+            return
+        follow_up = auth_requests(value if kind == _wire.RESULT else None, self.token)
+        proof = b"" if follow_up is None else request_line(follow_up, _PROOF_ID)
+        self._send_next(job, proof + self.command_line)
 
     def _touch(self, job: _Job) -> None:
         timeout = self.stream_timeout if job.streaming else self.timeout
@@ -681,4 +914,5 @@ class FanOut:
                 pass
         sock.close()
         job.connected = False
+        job.handshaking = False
         job.out = b""

@@ -126,3 +126,16 @@ def read_err_line(line: str) -> Optional[str]:
     """The message of a text error line (what err_line() sends, without its newline), or None
     when ``line`` is not one."""
     return line[4:] if line.startswith("ERR ") else None
+
+
+# ---- challenge-response authentication, for both ends ----
+
+
+def challenge_digest(token: str, challenge: str) -> str:
+    """The answer to ``auth challenge``: the hex HMAC-SHA256 of the challenge under the token,
+    what ``printf '%s' CHALLENGE | openssl dgst -sha256 -hmac TOKEN`` prints."""
+    import hashlib
+    import hmac  # lazily: only authenticating clients and servers pay for these
+
+    return hmac.new(token.encode("utf-8", "surrogatepass"), challenge.encode("utf-8", "surrogatepass"),
+                    hashlib.sha256).hexdigest()

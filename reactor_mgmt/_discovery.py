@@ -1,0 +1,233 @@
+# Discovery: every server that asks to be found writes one small JSON file about itself into a
+# per-user directory, and `reactor-mgmt ls` / `--app NAME` read them back. The directory is
+# $XDG_RUNTIME_DIR/reactor_mgmt/ (a per-user tmpfs that the session manager makes), or else
+# /tmp/reactor_mgmt-UID/; either is created with mode 0700 and refused, as ssh refuses its
+# files, when another user owns it or anyone else may read or write it: a file there says where
+# to send a token.
+#
+# A file is named NAME.PID.json and written atomically (a hidden temporary file, then rename),
+# so readers never see half of one. A file whose pid no longer exists is stale: instances()
+# skips it and removes it. unregister() removes a file only while it is still this process's
+# own (its pid inside, and the inode and contents this process wrote), so a forked child that
+# inherits the server never deletes its parent's entry, nor anyone a file written since.
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import sys
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
+
+from ._errors import ReactorMgmtError
+
+_SUFFIX = ".json"
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_written: Dict[str, Tuple[int, int, bytes]] = {}  # path -> (st_dev, st_ino, contents) of the files written here
+
+
+class DiscoveryError(ReactorMgmtError):
+    """The discovery directory cannot be used safely (another owner, open permissions)."""
+
+
+class Instance(NamedTuple):
+    """One live server, as its discovery file describes it."""
+
+    name: str
+    pid: int
+    addresses: List[str]  # HOST:PORT, [V6]:PORT or a Unix socket path, as reactor-mgmt -c takes them
+    started: float  # time.time() when it started
+    token_required: bool
+    tls: bool
+    path: str  # the discovery file
+
+
+def directory() -> str:
+    """Where discovery files live: $XDG_RUNTIME_DIR/reactor_mgmt, else /tmp/reactor_mgmt-UID."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime and os.path.isabs(runtime):  # the spec says to ignore a relative path
+        return os.path.join(runtime, "reactor_mgmt")
+    return f"/tmp/reactor_mgmt-{os.getuid()}"
+
+
+def default_name() -> str:
+    """A name for a server that gives none: its program's, as `ps` would show it."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if program in ("", "-c", "-m", "__main__.py"):
+        program = "python"
+    return program[:-3] if program.endswith(".py") else program
+
+
+def format_address(address: Any) -> str:
+    """An address as ``reactor-mgmt -c`` takes it: ``host:port``, ``[v6]:port`` or a path."""
+    if isinstance(address, tuple):
+        host, port = str(address[0]), address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    text = os.fsdecode(address)
+    if text[:1] in ("\0", "@") or ("/" not in text and re.match(r"^(\[.*\]|[^:]+):[0-9]+$", text)):
+        return text  # an abstract Unix socket name, or already host:port
+    return os.path.abspath(text)  # a relative socket path means nothing to another process
+
+
+def _check(path: str, info: os.stat_result) -> None:
+    if not stat.S_ISDIR(info.st_mode):
+        raise DiscoveryError(f"discovery directory {path} is not a directory")
+    if info.st_uid != os.getuid():
+        raise DiscoveryError(f"discovery directory {path} is owned by uid {info.st_uid}, not by this "
+                             f"user ({os.getuid()}): refusing to use it")
+    if info.st_mode & 0o077:
+        raise DiscoveryError(f"discovery directory {path} has mode {stat.S_IMODE(info.st_mode):04o}: "
+                             "others may read or write it, refusing to use it (chmod 700 it)")
+
+
+def _safe_directory(create: bool) -> Optional[str]:
+    """The discovery directory, checked; None when it does not exist and ``create`` is false."""
+    path = directory()
+    if create:
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise DiscoveryError(f"cannot create discovery directory {path}: {exc.strerror}") from None
+    try:
+        info = os.lstat(path)  # lstat: a symlink planted in /tmp is not a directory of ours
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DiscoveryError(f"cannot use discovery directory {path}: {exc.strerror}") from None
+    _check(path, info)
+    return path
+
+
+def register(name: str, pid: int, addresses: Iterable[Any], started: float, token_required: bool,
+             *, tls: bool = False) -> str:
+    """Writes (or rewrites) this process's discovery file and returns its path.
+
+    ``addresses`` may be ``(host, port)`` tuples, Unix socket paths or ``host:port`` strings.
+    Calling it again with the same name and pid replaces the file, as after a new listener.
+    Raises DiscoveryError when the directory is not safe to use.
+    """
+    folder = _safe_directory(create=True)
+    assert folder is not None
+    safe_name = _UNSAFE_NAME.sub("_", name).strip(".") or "server"
+    path = os.path.join(folder, f"{safe_name}.{pid}{_SUFFIX}")
+    record = {
+        "name": name,
+        "pid": pid,
+        "addresses": [format_address(address) for address in addresses],
+        "started": started,
+        "token": bool(token_required),
+        "tls": bool(tls),
+    }
+    contents = (json.dumps(record) + "\n").encode()
+    temporary = os.path.join(folder, f".{safe_name}.{pid}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(contents)
+        os.replace(temporary, path)
+        info = os.lstat(path)
+    except OSError as exc:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise DiscoveryError(f"cannot write discovery file {path}: {exc.strerror}") from None
+    _written[path] = (info.st_dev, info.st_ino, contents)
+    return path
+
+
+def unregister(path: str) -> bool:
+    """Removes a discovery file that register() wrote in this process, if it is still that file;
+    True when it was removed. A forked child calling it leaves its parent's file alone."""
+    written = _written.get(path)
+    try:
+        info = os.lstat(path)
+        with open(path, "rb") as handle:
+            contents = handle.read()
+        if written is not None and (info.st_dev, info.st_ino, contents) != written:
+            return False  # replaced since: someone else's now
+        try:
+            record = json.loads(contents)
+        except ValueError:
+            return False
+        if not isinstance(record, dict) or record.get("pid") != os.getpid():
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    finally:
+        if written is not None and _written.get(path) == written:
+            del _written[path]
+    return True
+
+
+def _read(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def instances(name: Optional[str] = None) -> List[Instance]:
+    """The live servers registered in the discovery directory (only those called ``name``,
+    when given), by name then pid. Stale files, whose pid is gone, are removed on the way.
+    Raises DiscoveryError when the directory is not safe to read."""
+    folder = _safe_directory(create=False)
+    if folder is None:
+        return []
+    found: List[Instance] = []
+    for entry in sorted(os.listdir(folder)):
+        if entry.startswith(".") or not entry.endswith(_SUFFIX):
+            continue
+        path = os.path.join(folder, entry)
+        record = _read(path)
+        instance = None if record is None else _instance(record, path)
+        if instance is None:
+            continue  # not one of ours, or unreadable: leave it
+        if not _alive(instance.pid):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            continue
+        if name is None or instance.name == name:
+            found.append(instance)
+    found.sort(key=lambda instance: (instance.name, instance.pid))
+    return found
+
+
+def _instance(record: Dict[str, Any], path: str) -> Optional[Instance]:
+    pid, addresses, name = record.get("pid"), record.get("addresses"), record.get("name")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(name, str):
+        return None
+    if not isinstance(addresses, list) or not all(isinstance(address, str) for address in addresses):
+        return None
+    started = record.get("started")
+    return Instance(name, pid, addresses, float(started) if isinstance(started, (int, float)) else 0.0,
+                    bool(record.get("token")), bool(record.get("tls")), path)
+
+
+def pick_address(instance: Union[Instance, Any]) -> Optional[str]:
+    """The address to reach an instance at: its Unix socket when it has one (local, plain),
+    else its first TCP address."""
+    addresses = list(instance.addresses)
+    for address in addresses:
+        if "/" in address:
+            return address
+    return addresses[0] if addresses else None

@@ -1,0 +1,236 @@
+# Discovery: one file per registered process in a private directory, `reactor-mgmt ls` and
+# `reactor-mgmt --app NAME CMD`, against real servers in worker processes of their own.
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from reactor_mgmt import _discovery
+from reactor_mgmt._discovery import DiscoveryError, directory, instances, pick_address, register, unregister
+
+from conftest import ROOT, TIMEOUT, child_env
+from test_cli import run_cli
+
+WORKER = r"""
+import os, signal, sys
+import reactor_mgmt
+from reactor_mgmt._discovery import register, unregister
+
+name, token, unix = sys.argv[1], sys.argv[2] or None, sys.argv[3] or None
+srv = reactor_mgmt.Server("127.0.0.1", 0, token=token, unix=unix)
+srv.add_command("whoami", lambda: {"name": name, "pid": os.getpid()})
+
+def stop(signum, frame):
+    raise SystemExit(0)
+
+signal.signal(signal.SIGTERM, stop)
+path = register(name, os.getpid(), srv.addresses, srv.stats.started, srv.auth_required)
+print(path, flush=True)
+try:
+    srv.serve_forever()
+finally:
+    unregister(path)
+    srv.close()
+"""
+
+
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path, monkeypatch) -> Path:
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    return runtime
+
+
+class Worker:
+    def __init__(self, name: str, token: str = "", unix: str = "") -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, name, token, unix], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT)
+        self.path = self.proc.stdout.readline().strip()  # written once it is registered
+        assert self.path, self.proc.stderr.read()
+        self.pid = self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.communicate(timeout=TIMEOUT)
+
+
+@pytest.fixture
+def workers(tmp_path) -> Iterator[List[Worker]]:
+    started = [Worker("myapp"), Worker("myapp", token="t0k"), Worker("myapp", unix=str(tmp_path / "w.sock")),
+               Worker("other")]
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+# ---- the directory ----
+
+
+def test_register_writes_a_private_file_in_a_private_directory(runtime_dir):
+    path = register("my app/1", 4242, [("127.0.0.1", 8123), ("::1", 8124, 0, 0), "/run/app.sock"], 1700000000.5,
+                    True, tls=True)
+    folder = runtime_dir / "reactor_mgmt"
+    assert path == str(folder / "my_app_1.4242.json")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert json.loads(Path(path).read_text()) == {
+        "name": "my app/1", "pid": 4242, "addresses": ["127.0.0.1:8123", "[::1]:8124", "/run/app.sock"],
+        "started": 1700000000.5, "token": True, "tls": True}
+    assert os.listdir(folder) == ["my_app_1.4242.json"]  # no temporary file left behind
+
+
+def test_directory_falls_back_to_tmp(monkeypatch):
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert directory() == f"/tmp/reactor_mgmt-{os.getuid()}"
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "relative/dir")  # the spec says to ignore it
+    assert directory() == f"/tmp/reactor_mgmt-{os.getuid()}"
+
+
+def test_an_unsafe_directory_is_refused(runtime_dir, tmp_path):
+    folder = runtime_dir / "reactor_mgmt"
+    folder.mkdir(mode=0o700)
+    os.chmod(folder, 0o755)
+    with pytest.raises(DiscoveryError, match="mode 0755: others may read or write it"):
+        register("app", os.getpid(), [], time.time(), False)
+    with pytest.raises(DiscoveryError, match="mode 0755"):
+        instances()
+    proc = run_cli("ls")
+    assert proc.returncode == 2 and proc.stderr.startswith("reactor-mgmt: discovery directory")
+    folder.rmdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    folder.symlink_to(elsewhere)  # a planted symlink is not our directory
+    with pytest.raises(DiscoveryError, match="is not a directory"):
+        register("app", os.getpid(), [], time.time(), False)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give the directory away")
+def test_a_directory_owned_by_someone_else_is_refused(runtime_dir):
+    folder = runtime_dir / "reactor_mgmt"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 12345, -1)
+    with pytest.raises(DiscoveryError, match="owned by uid 12345"):
+        register("app", os.getpid(), [], time.time(), False)
+
+
+def test_stale_and_foreign_files(runtime_dir):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    dead_pid = int(gone.stdout)
+    stale = register("app", dead_pid, [("127.0.0.1", 1)], time.time(), False)
+    live = register("app", os.getpid(), [("127.0.0.1", 2)], 123.0, False)
+    folder = Path(live).parent
+    (folder / "notes.txt").write_text("not ours")
+    (folder / "broken.1.json").write_text("{not json")
+    (folder / ".half.1.tmp").write_text("{}")
+    found = instances()
+    assert [(i.name, i.pid, i.addresses, i.started) for i in found] == [("app", os.getpid(), ["127.0.0.1:2"], 123.0)]
+    assert not os.path.exists(stale)  # cleaned on the way
+    assert (folder / "broken.1.json").exists() and (folder / "notes.txt").exists()  # left alone
+    assert instances("nope") == []
+    assert unregister(live) and instances() == []
+    assert unregister(live) is False  # already gone
+
+
+def test_unregister_removes_only_our_own_file(runtime_dir):
+    path = register("app", os.getpid(), [], time.time(), False)
+    # A forked child inherits the registration but must not delete its parent's file.
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if unregister(path) is False else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0 and os.path.exists(path)
+    # Replaced by someone else since (another inode): not ours any more.
+    os.unlink(path)
+    Path(path).write_text(json.dumps({"name": "app", "pid": os.getpid(), "addresses": []}))
+    assert unregister(path) is False and os.path.exists(path)
+    # Re-registering rewrites the same file, which is then ours again.
+    assert register("app", os.getpid(), [("127.0.0.1", 9)], time.time(), False) == path
+    assert unregister(path) is True and not os.path.exists(path)
+
+
+def test_pick_address_prefers_a_unix_socket():
+    class Entry:
+        addresses = ["127.0.0.1:1", "/run/a.sock"]
+
+    assert pick_address(Entry) == "/run/a.sock"
+    Entry.addresses = ["[::1]:5", "127.0.0.1:1"]
+    assert pick_address(Entry) == "[::1]:5"
+    Entry.addresses = []
+    assert pick_address(Entry) is None
+
+
+def test_default_name(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/worker.py", "--flag"])
+    assert _discovery.default_name() == "worker"
+    monkeypatch.setattr(sys, "argv", ["-c"])
+    assert _discovery.default_name() == "python"
+
+
+# ---- the CLI, against live workers ----
+
+
+def test_ls_lists_live_instances(workers):
+    proc = run_cli("ls")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["name", "pid", "addresses", "started", "token"]
+    rows = {int(line.split()[1]): line for line in lines[1:]}
+    assert sorted(rows) == sorted(worker.pid for worker in workers)
+    assert rows[workers[1].pid].split()[-1] == "yes" and rows[workers[0].pid].split()[-1] == "no"
+    assert rows[workers[0].pid].split()[0] == "myapp" and rows[workers[3].pid].split()[0] == "other"
+    assert str(workers[2].path) not in proc.stdout and "w.sock" in rows[workers[2].pid]
+
+    listed = [json.loads(line) for line in run_cli("--json", "ls", "other").stdout.splitlines()]
+    assert [(entry["name"], entry["pid"]) for entry in listed] == [("other", workers[3].pid)]
+    assert listed[0]["addresses"][0].startswith("127.0.0.1:")
+
+    workers[3].stop(signal.SIGKILL)  # dies without unregistering: its file is stale
+    assert os.path.exists(workers[3].path)
+    proc = run_cli("ls")
+    assert str(workers[3].pid) not in proc.stdout and not os.path.exists(workers[3].path)
+
+
+def test_app_fans_out_to_every_instance_of_a_name(workers):
+    proc = run_cli("--app", "myapp", "--token", "t0k", "--json", "whoami")
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    myapp = sorted(worker.pid for worker in workers[:3])
+    assert sorted(reply["result"]["pid"] for reply in replies) == myapp
+    assert sorted(reply["endpoint"] for reply in replies) == [f"myapp[{pid}]" for pid in myapp]
+    assert proc.stderr == "3 ok, 0 errors, 0 unreachable\n"
+
+    one = run_cli("--app", "other", "whoami")
+    assert one.returncode == 0 and f"pid:  {workers[3].pid}" in one.stdout  # one instance: no prefixes
+
+    none = run_cli("--app", "nosuch", "ping")
+    assert none.returncode == 2 and none.stderr.startswith("reactor-mgmt: no live instance of 'nosuch'")
+
+    # `ls` after an endpoint is the server's own command, not the listing.
+    theirs = run_cli("--app", "other", "ls")
+    assert theirs.returncode == 1 and theirs.stderr.startswith("ERR unknown command 'ls'")
+
+
+def test_a_worker_removes_its_file_when_it_stops(workers):
+    workers[0].stop()
+    assert not os.path.exists(workers[0].path)
+    assert workers[0].pid not in [instance.pid for instance in instances()]
+
+
+def test_ls_with_nothing_registered(runtime_dir):
+    proc = run_cli("ls")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "no live instances\n")
+    assert run_cli("--json", "ls").stdout == ""
