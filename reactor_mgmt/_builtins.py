@@ -252,7 +252,7 @@ def server_stats(server: "Server") -> Dict[str, Any]:
         peak = durations[-1]
     else:
         mean = p99 = peak = 0.0
-    return {
+    result = {
         "uptime_s": round(time.time() - stats.started, 3),
         "connections_open": len(server.connections),
         "connections_total": stats.connections_total,
@@ -267,6 +267,9 @@ def server_stats(server: "Server") -> Dict[str, Any]:
         "poll_p99_ms": round(p99 * 1000, 4),
         "poll_max_ms": round(peak * 1000, 4),
     }
+    if stats.poll_gap_max is not None:  # measured only with the activity tools' poll watch
+        result["poll_gap_max_ms"] = round(stats.poll_gap_max * 1000, 4)
+    return result
 
 
 class _Subscriber:

@@ -37,7 +37,7 @@ class Stats:
     """Counters for the `stats` command; plain attributes so the hot path is cheap."""
 
     __slots__ = ("started", "connections_total", "commands", "errors", "bytes_in", "bytes_out",
-                 "busy_polls", "durations", "refused", "http_closed")
+                 "busy_polls", "durations", "refused", "http_closed", "poll_gap_max")
 
     def __init__(self, started: float) -> None:
         from collections import deque
@@ -53,6 +53,9 @@ class Stats:
         self.durations: Any = deque(maxlen=_POLL_WINDOW)
         self.refused = 0
         self.http_closed = 0
+        # The longest gap between two poll() calls, in seconds, once the activity tools measure
+        # it (_activity's poll watch); None otherwise, and `stats` leaves it out.
+        self.poll_gap_max: Optional[float] = None
 
 
 class Dispatcher:

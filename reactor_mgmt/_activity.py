@@ -1,0 +1,633 @@
+# Who did what, who is connected, and whether the host's loop stalled: the part of the operator
+# toolkit that watches the server at work (issue 18, items 5 to 7). install_activity() puts
+# three things in place, each only when asked for, so a server without them pays nothing:
+#
+#   * an observer on the dispatcher (Dispatcher.observer), called after every request with the
+#     command, its arguments, the outcome and the duration the dispatcher measured. It keeps
+#     each connection's name and last request (in a WeakKeyDictionary: a departed client is
+#     forgotten with its Connection), a ring of the last 128 commands slower than slow_ms, and,
+#     with audit on, writes one record per command run at or above audit_level, and per `auth`
+#     and `client kill`, to the `reactor_mgmt.audit` logger and to a ring of 1,000 for `audit [N]`;
+#   * a watch on poll() (Loop.watch): the longest gap between one poll() returning and the next
+#     one starting shows a host loop that blocked (`stats` gains poll_gap_max_ms), and with
+#     stall_after it arms faulthandler's C-level watchdog while poll() runs handlers, so a loop
+#     stuck in one gets every thread's stack written out, with no Python thread involved;
+#   * the commands: `show slow`, `audit [N]`, `clients`, `client kill`, `client name`, `client id`.
+#
+# Secrets never reach a record, a log line or a listing: words are masked as they are stored in
+# a ring or shown (masked_words); the one copy in clear is each connection's last request, the
+# dispatcher's own argument list, kept for `clients` and masked when listed. The arguments of
+# `auth` (and its subcommands), every word after an `auth` word, the value of any parameter or
+# option whose name is in SECRET_PARAMETERS (or the server's secret_params), and what a command's
+# masker says (`config set` of a secret setting) become "***".
+#
+# This is a services-layer module, like _builtins: it sees the server, the dispatcher and the
+# loop only through the small Protocols below, and touches a connection only through its public
+# attributes (transport.opened, last_active, bytes_in, bytes_out, out_size, sock).
+from __future__ import annotations
+
+import logging
+import time
+import weakref
+from collections import deque
+
+from ._commands import LEVEL_RANK, LEVELS, level_rank
+from ._errors import CommandError, ConfigError, PermissionDenied, UsageError
+from ._log import format_address, log
+from ._render import Report, render_table
+from ._replies import Pending, Stream
+from ._session import Connection
+from ._wire import TEXT, error_reply
+
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
+if TYPE_CHECKING:
+    from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+
+    from ._commands import Command, Registry
+    from ._dispatch import Stats
+
+    class Server(Protocol):
+        """What the activity tools use of the server: its public surface."""
+
+        registry: Registry
+        stats: Stats
+
+        @property
+        def connections(self) -> List[Connection]: ...
+        def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None: ...
+
+    class Dispatcher(Protocol):
+        observer: Optional[Callable[[Any, Any, str, float], None]]
+
+    class Loop(Protocol):
+        watch: Any
+
+    Request = Tuple[Command, List[Any], Optional[Dict[str, Any]]]
+
+# Parameter and option names whose values are never shown. A host extends it for every server
+# (SECRET_PARAMETERS.add("api_key")) or per server (install_activity(..., secret_params=...)).
+SECRET_PARAMETERS: Set[str] = {"token", "password", "secret"}
+MASK = "***"
+SLOW_KEPT = 128
+AUDIT_KEPT = 1000
+AUDIT_DEFAULT_SHOWN = 20
+KILL_GRACE = 2.0  # a killed client that has not taken its notice by then is reset
+MAX_NAME = 64
+MAX_WORD, MAX_LINE = 128, 512  # characters of a command's words kept in a record
+PARTS = ("slow", "clients", "gap")
+# Audited whatever audit_level says: every form of auth, and `client kill`, which any connection
+# may run on itself but which needs admin for anyone else.
+ALWAYS_AUDITED = frozenset(("auth", "client kill"))
+
+audit_log = logging.getLogger("reactor_mgmt.audit")
+_installed: "weakref.WeakSet[Any]" = weakref.WeakSet()  # dispatchers with the tools on
+_UNKNOWN = object()
+_monotonic = time.monotonic
+
+
+def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *,
+                     parts: Sequence[str] = PARTS, audit: bool = False, audit_level: str = "operator",
+                     slow_ms: float = 50.0, stall_after: Optional[float] = None,
+                     stall_file: Optional[str] = None, secret_params: Iterable[str] = (),
+                     maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None) -> None:
+    """Installs the activity tools on one server.
+
+    ``parts`` picks among "slow" (`show slow`: commands over ``slow_ms``), "clients" (`clients`,
+    `client kill|name|id`) and "gap" (`stats` gains poll_gap_max_ms). ``audit`` adds the audit
+    log (`reactor_mgmt.audit` logger, `audit [N]`) for commands at or above ``audit_level`` and
+    every `auth`. ``stall_after`` arms faulthandler.dump_traceback_later(stall_after) while
+    poll() runs handlers, writing to ``stall_file`` (a path, opened once for appending) or to
+    stderr. faulthandler has one watchdog per process: see _PollWatch. ``secret_params`` adds
+    parameter names whose values are masked, to SECRET_PARAMETERS. ``maskers`` maps a command's
+    name to a function that takes its argument list and returns it with the secret values
+    replaced by MASK, for commands whose secrets no parameter name tells (`config set NAME
+    VALUE` of a secret setting); the rules above still apply to what it returns.
+    """
+    parts = tuple(parts)
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        raise ConfigError(f"unknown activity part(s) {', '.join(map(repr, unknown))}; expected {', '.join(PARTS)}")
+    if dispatcher in _installed:
+        raise ConfigError("the activity tools are already installed on this server")
+    if not 0 <= slow_ms < float("inf"):
+        raise ConfigError(f"slow_ms must be a number of milliseconds >= 0, not {slow_ms!r}")
+    if stall_after is not None and not 0 < stall_after < float("inf"):
+        raise ConfigError(f"stall_after must be a number of seconds > 0, not {stall_after!r}")
+    audit_rank = level_rank(audit_level)  # ConfigError for an unknown level
+    activity = Activity(server, slow_ms=slow_ms if "slow" in parts else None,
+                        clients="clients" in parts, audit_rank=audit_rank if audit else None,
+                        secret_params=secret_params, maskers=maskers)
+    activity.register(server.registry)  # first: a name the host registered already raises here
+    _installed.add(dispatcher)
+    if activity.active:
+        activity.previous = dispatcher.observer
+        dispatcher.observer = activity.observe
+    if "gap" in parts or stall_after is not None:
+        if "gap" in parts:
+            server.stats.poll_gap_max = 0.0
+        stall_out = _open_stall_file(stall_file) if stall_after is not None else None
+        watch = _PollWatch(server.stats if "gap" in parts else None, stall_after, stall_out)
+        if stall_file is not None:  # closed with the server's loop, which holds the watch
+            weakref.finalize(watch, stall_out.close)
+        watch.previous = loop.watch
+        loop.watch = watch
+
+
+def _open_stall_file(path: Optional[str]) -> Any:
+    if path is not None:
+        return open(path, "a")  # kept open: faulthandler writes to its descriptor from C
+    import sys
+
+    stderr = sys.stderr
+    try:
+        stderr.fileno()
+    except (AttributeError, ValueError, OSError):  # replaced by an object with no descriptor
+        stderr = sys.__stderr__
+    return stderr
+
+
+# ---- masking ----
+
+
+def masked_words(request: "Request", secrets: "Set[str]", registry: Optional["Registry"] = None,
+                 maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None) -> List[str]:
+    """The words of a request as it may be shown: the command's name, then its arguments with
+    every secret replaced by MASK (see the module comment). JSON values that are not strings
+    are shown as JSON; a JSON request's kwargs as ``--name=value``."""
+    command, args, kwargs = request
+    words = command.name.split()
+    if words[0] == "auth":  # `auth TOKEN`, `auth response HMAC`: however it was sent
+        return words + [MASK] * len(args) + [f"--{key}={MASK}" for key in kwargs or ()]
+    masker = maskers.get(command.name) if maskers else None
+    if masker is not None:
+        try:
+            args = list(masker(list(args)))
+        except Exception:  # a masker that fails shows nothing rather than everything
+            log.exception("the masker of %r raised", command.name)
+            args = [MASK] * len(args)
+    shown = _mask_arguments(command, args, kwargs, secrets)
+    if command.name == "watch" and registry is not None and len(args) > 1:
+        # watch SECONDS COMMAND...: the watched command's own secrets, by its own signature
+        try:
+            inner, inner_args = registry.resolve([str(arg) for arg in args[1:]])
+        except CommandError:
+            pass
+        else:
+            shown = shown[:1] + masked_words((inner, inner_args, None), secrets, registry, maskers)
+    if "auth" in shown:  # `watch 1 auth TOKEN`, `echo auth TOKEN`: whatever follows is a token
+        at = shown.index("auth") + 1
+        shown[at:] = [MASK] * (len(shown) - at)
+    return words + shown
+
+
+def _mask_arguments(command: "Command", args: List[Any], kwargs: Optional[Dict[str, Any]],
+                    secrets: "Set[str]") -> List[str]:
+    signature = command.signature
+    names = [param.name for param in signature.positional]
+    rest = signature.var_positional.name if signature.var_positional is not None else None
+    options = signature.options
+    # Options are read from the words as Signature.bind_text reads them; a JSON "cmd" request
+    # (kwargs is a dict) passes args positionally.
+    parse_options = kwargs is None and (bool(options) or rest is None)
+    shown: List[str] = []
+    position = 0
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        index += 1
+        if parse_options and arg.__class__ is str and arg.startswith("--"):
+            if arg == "--":
+                shown.append(arg)
+                parse_options = False
+                continue
+            name, has_value, value = arg[2:].partition("=")
+            key = name.replace("-", "_")
+            secret = key in secrets
+            if has_value:
+                shown.append(f"--{name}={MASK if secret else value}")
+                continue
+            shown.append(arg)
+            param = options.get(key)
+            # An option that takes a value takes the next word; an unknown secret one may too.
+            if index < len(args) and ((param is not None and not param.flag) or (param is None and secret)):
+                value = args[index]
+                index += 1
+                shown.append(MASK if secret else _as_word(value))
+            continue
+        name = names[position] if position < len(names) else rest
+        position += 1
+        shown.append(MASK if name in secrets else _as_word(arg))
+    for key, value in (kwargs or {}).items():
+        shown.append(f"--{key}={MASK if key in secrets else _as_word(value)}")
+    return shown
+
+
+def _as_word(value: Any) -> str:
+    if value.__class__ is str:
+        return value
+    import json
+
+    return json.dumps(value, ensure_ascii=False, default=str)  # a value json.loads made
+
+
+def join_words(words: List[str]) -> str:
+    """Words as one line that reads back as the same words; a word with spaces, quotes or
+    control characters is JSON-quoted, so a record is always one line. Like Redis's SLOWLOG,
+    long words and long lines are cut (MAX_WORD, MAX_LINE), so the rings stay small."""
+    import json
+
+    shown = []
+    for word in words:
+        if not (word and word.isprintable() and not any(c in word for c in " \"'\\")):
+            word = json.dumps(word, ensure_ascii=False)
+        if len(word) > MAX_WORD:
+            word = f"{word[:MAX_WORD]}...({len(word) - MAX_WORD} more characters)"
+        shown.append(word)
+    line = " ".join(shown)
+    if len(line) > MAX_LINE:
+        line = f"{line[:MAX_LINE]}...({len(line) - MAX_LINE} more characters)"
+    return line
+
+
+# ---- the observer and its commands ----
+
+
+class _Client:
+    """What the tools know of one connection beyond its Connection."""
+
+    __slots__ = ("name", "request", "uid")
+
+    def __init__(self) -> None:
+        self.name: Optional[str] = None
+        self.request: Optional[Request] = None  # the last one; masked only when shown
+        self.uid: Any = _UNKNOWN
+
+
+class Activity:
+    """The observer's state, and the commands that show it."""
+
+    def __init__(self, server: "Server", *, slow_ms: Optional[float], clients: bool,
+                 audit_rank: Optional[int], secret_params: Iterable[str],
+                 maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None) -> None:
+        self.server = server
+        self.maskers = dict(maskers or {})
+        self.previous: Optional[Callable[[Any, Any, str, float], None]] = None
+        self.secret_params = frozenset(secret_params)  # with SECRET_PARAMETERS, as it is when shown
+        self.slow_ms = slow_ms
+        self.slow_after = float("inf") if slow_ms is None else slow_ms / 1000
+        self.slow: Optional[Deque[Tuple[float, float, int, str, str]]] = (
+            deque(maxlen=SLOW_KEPT) if slow_ms is not None else None)
+        self.clients: Optional["weakref.WeakKeyDictionary[Connection, _Client]"] = (
+            weakref.WeakKeyDictionary() if clients else None)
+        self.killed: "weakref.WeakSet[Connection]" = weakref.WeakSet()  # killed, still leaving
+        self.audit_rank = audit_rank
+        self.audit: Optional[Deque[Dict[str, Any]]] = deque(maxlen=AUDIT_KEPT) if audit_rank is not None else None
+
+    @property
+    def active(self) -> bool:
+        return self.slow is not None or self.clients is not None or self.audit is not None
+
+    def observe(self, conn: Connection, request: Optional["Request"], outcome: str, seconds: float) -> None:
+        """Dispatcher.observer: after every request. The common case (a fast command below the
+        audit level) is a dictionary lookup and a few comparisons."""
+        if request is not None:
+            clients = self.clients
+            if clients is not None:
+                state = clients.get(conn)
+                if state is None:
+                    state = clients[conn] = _Client()
+                state.request = request
+            if seconds > self.slow_after:
+                self.record_slow(conn, request, seconds)
+            rank = self.audit_rank
+            if rank is not None:
+                command = request[0]
+                if command.rank >= rank or command.name in ALWAYS_AUDITED or command.name.startswith("auth "):
+                    self.record_audit(conn, request, outcome, seconds)
+        previous = self.previous
+        if previous is not None:
+            previous(conn, request, outcome, seconds)
+
+    def words(self, request: "Request") -> str:
+        return join_words(masked_words(request, SECRET_PARAMETERS | self.secret_params, self.server.registry,
+                                       self.maskers))
+
+    def state(self, conn: Connection) -> _Client:
+        assert self.clients is not None
+        state = self.clients.get(conn)
+        if state is None:
+            state = self.clients[conn] = _Client()
+        return state
+
+    # ---- slow commands ----
+
+    def record_slow(self, conn: Connection, request: "Request", seconds: float) -> None:
+        assert self.slow is not None
+        self.slow.append((time.time(), seconds, conn.id, format_address(conn.peer), self.words(request)))
+
+    def show_slow(self) -> Report:
+        """The last 128 commands slower than slow_ms, newest first."""
+        assert self.slow is not None
+        rows = [{"time": _timestamp(when), "ms": round(seconds * 1000, 3), "conn": conn_id, "peer": peer,
+                 "command": words} for when, seconds, conn_id, peer, words in reversed(self.slow)]
+        head = (f"slow_ms: {self.slow_ms:g} ({len(rows)} of the last {SLOW_KEPT} commands slower than that, "
+                f"newest first)")
+        return _report(head, rows, {"slow_ms": self.slow_ms, "kept": SLOW_KEPT, "commands": rows})
+
+    # ---- audit ----
+
+    def record_audit(self, conn: Connection, request: "Request", outcome: str, seconds: float) -> None:
+        assert self.audit is not None
+        record = {
+            "time": _timestamp(time.time()),
+            "conn": conn.id,
+            "peer": format_address(conn.peer),
+            "uid": self.peer_uid(conn),
+            "listener": format_address(conn.listener.address),
+            "level": conn.level_name,
+            "command": self.words(request),
+            "outcome": outcome,
+            "ms": round(seconds * 1000, 3),
+        }
+        self.audit.append(record)
+        audit_log.info("conn=%d peer=%s uid=%s listener=%s level=%s outcome=%s ms=%.3f command=%s",
+                       record["conn"], record["peer"], "-" if record["uid"] is None else record["uid"],
+                       record["listener"], record["level"], outcome, record["ms"], record["command"],
+                       extra={"audit": record})
+
+    def peer_uid(self, conn: Connection) -> Optional[int]:
+        """The peer's uid on a Unix socket (SO_PEERCRED, where the platform has it), else None;
+        asked once per connection."""
+        state = self.state(conn) if self.clients is not None else None
+        if state is not None and state.uid is not _UNKNOWN:
+            return state.uid  # type: ignore[no-any-return]
+        uid = _peer_uid(conn.transport)
+        if state is not None:
+            state.uid = uid
+        return uid
+
+    def show_audit(self, n: int = AUDIT_DEFAULT_SHOWN) -> Report:
+        """The last N audit records, oldest first (N: 1 to 1000, default 20)."""
+        assert self.audit is not None
+        if not 1 <= n <= AUDIT_KEPT:
+            raise UsageError(f"usage: audit [N] (N must be from 1 to {AUDIT_KEPT})")
+        records = list(self.audit)[-n:]
+        level = LEVELS[self.audit_rank or 0]
+        head = (f"audit: {len(records)} of the last {AUDIT_KEPT} records (commands at {level} level "
+                f"or above, and auth), oldest first")
+        return _report(head, records, records)
+
+    # ---- clients ----
+
+    def list_clients(self) -> List[Dict[str, Any]]:
+        """Every connection: peer, listener, level, age, idle time, last command, bytes, state."""
+        now = time.monotonic()
+        rows = []
+        for conn in sorted(self.server.connections, key=lambda conn: conn.id):
+            transport = conn.transport
+            state = self.state(conn)
+            request = state.request
+            rows.append({
+                "id": conn.id,
+                "peer": format_address(conn.peer),
+                "listener": format_address(conn.listener.address),
+                "level": conn.level_name,
+                "age_s": round(now - transport.opened, 1),
+                "idle_s": round(now - transport.last_active, 1),
+                "last": self.words(request) if request is not None else None,
+                "bytes_in": transport.bytes_in,
+                "bytes_out": transport.bytes_out,
+                "unsent": transport.out_size,
+                "state": _state_of(conn, request),
+                "name": state.name,
+            })
+        return rows
+
+    def kill(self, conn: Connection, id: Optional[int], idle: Optional[float], peer: Optional[str]) -> str:
+        """client kill ID|--idle SECONDS|--peer ADDR: see register()."""
+        given = (id is not None) + (idle is not None) + (peer is not None)
+        if given != 1:
+            raise UsageError(f"usage: {_KILL_USAGE} ({'give one of' if not given else 'only one of'} "
+                             "ID, --idle, --peer)")
+        if id is not None and id < 1:
+            raise UsageError(f"usage: {_KILL_USAGE} (ID must be a connection id, 1 or more)")
+        if idle is not None and not 0 <= idle < float("inf"):
+            raise UsageError(f"usage: {_KILL_USAGE} (SECONDS must be a number, 0 or more)")
+        if peer is not None and not peer:
+            raise UsageError(f"usage: {_KILL_USAGE} (ADDR must not be empty)")
+        if id == conn.id:  # one's own connection: always allowed, and answered by the notice itself
+            _kill(self.server, conn, conn)
+            raise CommandError("killed by admin", code="killed")
+        if conn.level < LEVEL_RANK["admin"]:
+            raise PermissionDenied("permission denied: 'client kill' needs admin")
+        now = time.monotonic()
+        targets = []
+        for other in self.server.connections:
+            # --idle and --peer skip the caller; one killed already is on its way out
+            if other is conn or other.closed or other in self.killed:
+                continue
+            if id is not None:
+                match = other.id == id
+            elif idle is not None:
+                match = now - other.transport.last_active >= idle
+            else:
+                address = format_address(other.peer)
+                match = peer in (address, address.rpartition(":")[0].strip("[]"))
+            if match:
+                targets.append(other)
+        for target in targets:
+            _kill(self.server, target, conn)
+            self.killed.add(target)
+        return f"OK ({len(targets)} killed)"
+
+    def set_name(self, conn: Connection, name: str) -> str:
+        if not 1 <= len(name) <= MAX_NAME or not name.isprintable() or any(c.isspace() for c in name):
+            raise UsageError(f"usage: client name NAME (1 to {MAX_NAME} printable characters, no spaces)")
+        self.state(conn).name = name
+        return "OK"
+
+    # ---- registration ----
+
+    def register(self, registry: "Registry") -> None:
+        def add(name: str, fn: Any, level: str) -> Command:
+            return registry.add(name, fn, builtin=True, level=level)
+
+        if self.slow is not None:
+            def show_slow() -> Report:
+                """The last 128 commands slower than slow_ms, newest first."""
+                return self.show_slow()
+
+            add("show slow", show_slow, "admin")
+        if self.audit is not None:
+            def audit(n: int = AUDIT_DEFAULT_SHOWN) -> Report:
+                """The last N audit records, oldest first: audit [N] (1 to 1000, default 20).
+
+                One record per command run at the audit level or above, and per auth: time,
+                connection, peer (and uid on a Unix socket), listener, level, the command's
+                words with secrets masked, outcome and duration.
+                """
+                return self.show_audit(n)
+
+            add("audit", audit, "admin")
+        if self.clients is not None:
+            def clients() -> List[Dict[str, Any]]:
+                """Every connection: id, peer, listener, level, age, idle, last command, bytes, state."""
+                return self.list_clients()
+
+            def client_kill(id: Optional[int] = None, *, idle: Optional[float] = None,
+                            peer: Optional[str] = None, conn: Connection) -> str:
+                """Disconnects clients: client kill ID|--idle SECONDS|--peer ADDR.
+
+                Each one killed receives 'ERR killed by admin', then EOF. --idle and --peer
+                never match the connection that asks; ADDR is host:port or a host. Any
+                connection may kill itself by its id (see 'client id'); killing another needs
+                admin. No match is not an error: OK (0 killed).
+                """
+                return self.kill(conn, id, idle, peer)
+
+            def client_name(name: str, conn: Connection) -> str:
+                """Names this connection in 'clients': client name NAME."""
+                return self.set_name(conn, name)
+
+            def client_id(conn: Connection) -> int:
+                """This connection's id."""
+                return conn.id
+
+            add("clients", clients, "operator")
+            add("client kill", client_kill, "user").usage = _KILL_USAGE
+            add("client name", client_name, "user")
+            add("client id", client_id, "user")
+
+
+_KILL_USAGE = "client kill ID|--idle SECONDS|--peer ADDR"
+
+
+def _report(head: str, rows: List[Dict[str, Any]], data: Any) -> Report:
+    return Report(head + ("\n" + render_table(rows) if rows else ""), data)
+
+
+def _state_of(conn: Connection, request: Optional["Request"]) -> str:
+    if conn.closing:
+        return "closing"
+    waiting = conn.waiting
+    if waiting is None:
+        return "idle"
+    if isinstance(waiting, Pending):
+        return "pending"
+    if isinstance(waiting, Stream) and waiting.until_input:  # a subscription: named for its command
+        name = request[0].name if request is not None else "subscription"
+        return {"log tail": "tail"}.get(name, name)
+    return "stream"
+
+
+def _kill(server: "Server", target: Connection, by: Connection) -> None:
+    """Its waiting reply dropped (a stream would otherwise keep pumping), the notice, then EOF;
+    a client that has not taken it all KILL_GRACE seconds later is reset. One already closing
+    (lingering for its client's EOF, or cut off and stuck with output it does not read) is reset
+    at once: what it was owed was sent, or never will be."""
+    if target is not by:
+        log.info("connection #%d (%s) killed by connection #%d", target.id, format_address(target.peer), by.id)
+        if target.closing:
+            target.transport.reset()
+            return
+    reply_id = target.waiting_id if target.waiting is not None else TEXT
+    target.cancel_waiting()
+    if target is not by:
+        target.write(error_reply(reply_id, "killed", "killed by admin"))
+    target.close()
+    server.call_later(KILL_GRACE, _reset_if_open, weakref.ref(target))
+
+
+def _reset_if_open(conn_ref: Callable[[], Optional[Connection]]) -> None:
+    conn = conn_ref()
+    if conn is not None and not conn.closed:
+        conn.transport.reset()
+
+
+def _peer_uid(transport: Any) -> Optional[int]:
+    asked = getattr(transport, "peer_uid", None)
+    if asked is not None:
+        return asked()  # type: ignore[no-any-return]
+    import socket
+
+    sock = transport.sock
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None or sock.family != getattr(socket, "AF_UNIX", None):
+        return None
+    import struct
+
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    return struct.unpack("3i", credentials)[1]  # type: ignore[no-any-return]
+
+
+def _timestamp(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
+
+
+# ---- the poll() watch ----
+
+
+class _PollWatch:
+    """Loop.watch: poll() calls entered() as it starts, handling() once it has work, and
+    exited() as it returns. Two clock reads per poll() when only the gap is measured.
+
+    The gap runs from one poll()'s exited() to the next one's entered(): time the host spent
+    elsewhere. A poll() from inside a handler (refused, or idle and harmless) is not counted.
+    Under attach_asyncio() poll() runs only when there is work, so the gap there is the
+    quiet time between requests, not a stall.
+
+    With stall_after, handling() arms faulthandler.dump_traceback_later() and exited() cancels
+    it: a poll() stuck in a handler for stall_after seconds gets every thread's stack written
+    out by a C-level watchdog. faulthandler has ONE such watchdog per process: a second server
+    with stall_after, or the host's own dump_traceback_later() (pytest's faulthandler_timeout
+    too), replaces it, and every poll() here cancels whichever is armed.
+    """
+
+    __slots__ = ("stats", "stall_after", "stall_out", "arm", "disarm", "last_exit", "busy", "previous",
+                 "__weakref__")
+
+    def __init__(self, stats: Optional["Stats"], stall_after: Optional[float], stall_out: Any) -> None:
+        self.stats = stats
+        self.stall_after = stall_after
+        self.stall_out = stall_out
+        self.arm: Any = None
+        self.disarm: Any = None
+        if stall_after is not None:
+            import faulthandler
+
+            self.arm = faulthandler.dump_traceback_later
+            self.disarm = faulthandler.cancel_dump_traceback_later
+        self.last_exit: Optional[float] = None
+        self.busy = False
+        self.previous: Any = None  # a watch installed before ours, called after ours
+
+    def entered(self) -> None:
+        if not self.busy:  # busy: a handler's own poll()
+            stats = self.stats
+            last = self.last_exit
+            if stats is not None and last is not None:
+                gap = _monotonic() - last
+                if gap > stats.poll_gap_max:
+                    stats.poll_gap_max = gap
+        if self.previous is not None:
+            self.previous.entered()
+
+    def handling(self) -> None:
+        self.busy = True
+        if self.arm is not None:
+            self.arm(self.stall_after, repeat=False, file=self.stall_out, exit=False)
+        if self.previous is not None:
+            self.previous.handling()
+
+    def exited(self) -> None:
+        # A handler's idle poll() ends here too, early: the gap then runs from the later of the
+        # two exits, which is right, but the watchdog is cancelled for the rest of that poll().
+        self.busy = False
+        if self.disarm is not None:
+            self.disarm()
+        self.last_exit = _monotonic()
+        if self.previous is not None:
+            self.previous.exited()
