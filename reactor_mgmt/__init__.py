@@ -19,6 +19,9 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs import tim
 if TYPE_CHECKING:
     from typing import Any, Callable, List, Mapping, Optional
 
+    # Imported on first use at run time (see __getattr__ below); checkers see them here.
+    from ._client import Client, ClientTimeout, ConnectionFailed
+
 from ._commands import LEVELS, Command, command_options
 from ._errors import (
     CommandError,

@@ -128,7 +128,7 @@ def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *
         stall_out = _open_stall_file(stall_file) if stall_after is not None else None
         watch = _PollWatch(server.stats if "gap" in parts else None, stall_after, stall_out)
         if stall_file is not None:  # closed with the server's loop, which holds the watch
-            weakref.finalize(watch, stall_out.close)
+            weakref.finalize(watch, stall_out.close)  # type: ignore[union-attr]  # None without stall_after
         watch.previous = loop.watch
         loop.watch = watch
 
@@ -214,7 +214,7 @@ def _mask_arguments(command: "Command", args: List[Any], kwargs: Optional[Dict[s
                 index += 1
                 shown.append(MASK if secret else _as_word(value))
             continue
-        name = names[position] if position < len(names) else rest
+        name = names[position] if position < len(names) else rest  # type: ignore[assignment, unused-ignore]
         position += 1
         shown.append(MASK if name in secrets else _as_word(arg))
     for key, value in (kwargs or {}).items():
@@ -224,7 +224,7 @@ def _mask_arguments(command: "Command", args: List[Any], kwargs: Optional[Dict[s
 
 def _as_word(value: Any) -> str:
     if value.__class__ is str:
-        return value
+        return value  # type: ignore[no-any-return, unused-ignore]  # (a str; mypy < 2 does not narrow Any here)
     import json
 
     return json.dumps(value, ensure_ascii=False, default=str)  # a value json.loads made
@@ -610,7 +610,7 @@ class _PollWatch:
             last = self.last_exit
             if stats is not None and last is not None:
                 gap = _monotonic() - last
-                if gap > stats.poll_gap_max:
+                if gap > stats.poll_gap_max:  # type: ignore[operator]  # not None: install_activity set it
                     stats.poll_gap_max = gap
         if self.previous is not None:
             self.previous.entered()

@@ -16,7 +16,6 @@ import logging
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any, Deque, Dict, Iterator, List, Optional
 
 from ._commands import LEVEL_RANK, LEVELS, Command, check_permission, may_run
 from ._errors import CommandError, PermissionDenied, UnknownCommand, UsageError
@@ -24,8 +23,9 @@ from ._log import Throttle
 from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, is_stream
 from ._session import Connection
 
+TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Protocol
+    from typing import Any, Deque, Dict, Iterator, List, Optional, Protocol
 
     from ._commands import Registry
     from ._dispatch import Dispatcher, Stats
@@ -308,14 +308,14 @@ class _LogTail(logging.Handler):
                 if records:
                     yield records.popleft()
                 elif subscriber.dropped:
-                    with self.lock:  # emit() may be counting more drops on another thread
+                    with self.lock:  # type: ignore[union-attr]  # emit() may be counting more drops on another thread
                         notice = self._take_dropped(subscriber)
                     yield notice
                 else:
                     # Checked again under emit()'s lock: a record appended on another thread
                     # between the check above and parking would otherwise find us not parked,
                     # send no wake, and every later one would see a non-empty queue.
-                    with self.lock:
+                    with self.lock:  # type: ignore[union-attr]  # Handler.__init__ made it
                         if records or subscriber.dropped:
                             continue
                         subscriber.parked = True

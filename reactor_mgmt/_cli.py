@@ -240,7 +240,7 @@ def _raise_fd_limit(wanted: int) -> int:
             soft = target
     except (OSError, ValueError):
         pass
-    return soft if soft != resource.RLIM_INFINITY else wanted
+    return soft if soft != resource.RLIM_INFINITY else wanted  # pyright: ignore[reportPossiblyUnboundVariable]
 
 
 def _status(outcomes: Sequence[str]) -> int:

@@ -32,7 +32,7 @@ import selectors
 import socket
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Deque, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 from . import _wire
 from ._errors import ConfigError, ReactorMgmtError, RemoteError
@@ -82,6 +82,7 @@ class Endpoint:
     __slots__ = ("label", "host", "port", "path")
 
     def __init__(self, address: AddressLike) -> None:
+        self.label: str
         self.host: Optional[str] = None
         self.port = 0
         self.path: Optional[str] = None
@@ -167,23 +168,23 @@ class LineReader:
 # Which reply lines are JSON frames, and of what kind, is _wire.read_frame's business alone.
 
 
-def parse_message(line: str) -> Optional[dict]:
+def parse_message(line: str) -> Optional[Dict[str, Any]]:
     """The JSON reply or stream item on ``line``, or None when it is raw text from a handler."""
     return json.loads(line) if _wire.read_frame(line) is not None else None
 
 
-def _remote_error(error: dict) -> RemoteError:
+def _remote_error(error: Dict[str, Any]) -> RemoteError:
     """The exception for an ERROR frame's value (see _wire.read_frame)."""
     return RemoteError(str(error.get("code", "error")), str(error.get("message", "")))
 
 
-def remote_error(message: dict) -> RemoteError:
+def remote_error(message: Dict[str, Any]) -> RemoteError:
     """The exception for a decoded error reply."""
     frame = _wire.frame_of(message)
     return _remote_error(frame[2] if frame is not None and frame[0] == _wire.ERROR else {})
 
 
-def request_line(request: dict, request_id: int) -> bytes:
+def request_line(request: Dict[str, Any], request_id: int) -> bytes:
     payload = dict(request)
     payload["id"] = request_id
     return (json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
@@ -198,7 +199,7 @@ def _timeout_value(timeout: Optional[float]) -> Optional[float]:
     return float(timeout)
 
 
-def _level_set_by(request: dict) -> Optional[str]:
+def _level_set_by(request: Dict[str, Any]) -> Optional[str]:
     """The level a `level NAME` request asks for, so a reconnect can restore it."""
     words = request.get("argv") or [request.get("cmd"), *request.get("args", ())]
     if len(words) == 2 and words[0] == "level" and isinstance(words[1], str):
@@ -273,7 +274,7 @@ def is_challenge(value: Any) -> bool:
     return isinstance(value, str) and _CHALLENGE.match(value) is not None
 
 
-def auth_requests(challenge: Any, token: str) -> Optional[dict]:
+def auth_requests(challenge: Any, token: str) -> Optional[Dict[str, Any]]:
     """What to send after `auth challenge` answered ``challenge``: `auth response` with the HMAC
     of a challenge, None when "OK" says the connection is already in, and the cleartext
     `auth TOKEN` otherwise (a server that offers no challenge)."""
@@ -398,7 +399,7 @@ class Client:
                 raise
             return None
 
-    def _result(self, request: dict) -> Any:
+    def _result(self, request: Dict[str, Any]) -> Any:
         result = None
         for kind, value in self.exchange(request):
             if kind in ("result", "end"):
@@ -455,7 +456,7 @@ class Client:
             if kind in ("item", "text") or (kind == "result" and value is not None):
                 yield value
 
-    def exchange(self, request: dict) -> Iterator[Tuple[str, Any]]:
+    def exchange(self, request: Dict[str, Any]) -> Generator[Tuple[str, Any], None, None]:
         """The low-level form: sends one JSON request (without its id) and yields events:
         ``("text", line)`` and ``("item", value)`` as they arrive, then ``("result", value)`` or,
         for a stream, ``("end", item_count)``. An error reply raises RemoteError. The stream's
@@ -559,7 +560,7 @@ class Client:
             self._reader.feed(data)
 
 
-def _request(command: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> dict:
+def _request(command: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> Dict[str, Any]:
     request: Dict[str, Any] = {"cmd": command}
     if args:
         request["args"] = list(args)
@@ -619,7 +620,7 @@ class FanOut:
     challenge-response when offered, and TLS on TCP endpoints, its handshake non-blocking too.
     """
 
-    def __init__(self, endpoints: Sequence[AddressLike], request: dict, *, on_event: EventSink,
+    def __init__(self, endpoints: Sequence[AddressLike], request: Dict[str, Any], *, on_event: EventSink,
                  token: Optional[str] = None, timeout: Optional[float] = 5.0,
                  max_parallel: Optional[int] = None, after_batch: Optional[Callable[[], None]] = None,
                  stream_timeout: Optional[float] = None, tls: TlsLike = False, cafile: Optional[str] = None,

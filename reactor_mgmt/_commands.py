@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+
+    _F = TypeVar("_F", bound=Callable[..., Any])
 
 if TYPE_CHECKING:
     import inspect
@@ -288,7 +290,7 @@ class Signature:
             parts.append(text if param.required else f"[{text}]")
         return " ".join(parts)
 
-    def bind_text(self, words: List[str]) -> Tuple[list, dict]:
+    def bind_text(self, words: List[str]) -> Tuple[List[Any], Dict[str, Any]]:
         """Converts the words after the command name into call arguments, or raises _BadValue."""
         positional: List[str] = []
         keywords: Dict[str, Any] = {}
@@ -326,7 +328,7 @@ class Signature:
                 positional.append(word)
         return self._convert_positional(positional), self._check_options(keywords)
 
-    def bind_json(self, args: list, kwargs: dict) -> Tuple[list, dict]:
+    def bind_json(self, args: List[Any], kwargs: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
         args = list(args)
         keywords: Dict[str, Any] = {}
         by_position = {param.name: index for index, param in enumerate(self.positional)}
@@ -344,7 +346,7 @@ class Signature:
                 raise _BadValue(f"unknown argument {name!r}")
         return self._convert_positional(args), self._check_options(keywords)
 
-    def _convert_positional(self, values: list) -> list:
+    def _convert_positional(self, values: List[Any]) -> List[Any]:
         params = self.positional
         if len(values) > len(params) and self.var_positional is None:
             raise _BadValue(f"too many arguments (expected at most {len(params)})")
@@ -361,7 +363,7 @@ class Signature:
             converted.extend(extra.convert_value(value) for value in values[len(params):])
         return converted
 
-    def _check_options(self, keywords: dict) -> dict:
+    def _check_options(self, keywords: Dict[str, Any]) -> Dict[str, Any]:
         for name, param in self.options.items():
             if param.required and name not in keywords:
                 raise _BadValue(f"missing --{name.replace('_', '-')}")
@@ -416,14 +418,14 @@ class Command:
             raise UsageError(f"usage: {self.usage} ({exc})") from None
         return self._invoke(positional, keywords, connection)
 
-    def call_json(self, args: list, kwargs: dict, connection: Any) -> Any:
+    def call_json(self, args: List[Any], kwargs: Dict[str, Any], connection: Any) -> Any:
         try:
             positional, keywords = self.signature.bind_json(args, kwargs)
         except _BadValue as exc:
             raise UsageError(f"usage: {self.usage} ({exc})") from None
         return self._invoke(positional, keywords, connection)
 
-    def _invoke(self, positional: list, keywords: dict, connection: Any) -> Any:
+    def _invoke(self, positional: List[Any], keywords: Dict[str, Any], connection: Any) -> Any:
         signature = self.signature
         if signature.inject_at is not None:
             positional.insert(signature.inject_at, connection)
@@ -640,10 +642,10 @@ class Registry:
 _OPTIONS_ATTRIBUTE = "_reactor_mgmt_options"
 
 
-def command_options(**options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def command_options(**options: Any) -> Callable[[_F], _F]:
     """Sets registration options (name, level, hidden, help) on a method for add_commands()."""
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(fn: _F) -> _F:
         setattr(fn, _OPTIONS_ATTRIBUTE, options)
         return fn
 
@@ -656,7 +658,7 @@ def methods_as_commands(obj: Any, *, level: Optional[str] = None,
     function defined in it), with the options ``@command_options`` set on it."""
     import inspect  # lazily: registration only, and it is slow to import
 
-    found = []
+    found: List[Tuple[str, Callable[..., Any], Dict[str, Any]]] = []
     for attribute in sorted(dir(obj)):
         if attribute.startswith("_"):
             continue

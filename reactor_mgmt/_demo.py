@@ -10,7 +10,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ._replies import Pending
 from ._errors import CommandError
@@ -37,7 +37,7 @@ class Worker:
         self.paused = False
         self.jobs: List[Dict[str, Any]] = []
         self.next_job = 1
-        self.waiting: List[tuple] = []  # (tick, Pending) for the deferred command
+        self.waiting: List[Tuple[int, Pending]] = []  # (tick, Pending) for the deferred command
         for name in ("backup", "reindex", "thumbnails"):
             self.add(name, Priority.normal)
 

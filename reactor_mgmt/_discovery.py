@@ -226,7 +226,7 @@ def _instance(record: Dict[str, Any], path: str) -> Optional[Instance]:
 def pick_address(instance: Union[Instance, Any]) -> Optional[str]:
     """The address to reach an instance at: its Unix socket when it has one (local, plain),
     else its first TCP address."""
-    addresses = list(instance.addresses)
+    addresses: List[str] = list(instance.addresses)
     for address in addresses:
         if "/" in address:
             return address

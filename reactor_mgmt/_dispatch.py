@@ -27,6 +27,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs import tim
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+    from ._commands import Registry
     from ._session import Connection
 
 _POLL_WINDOW = 1024
@@ -61,7 +62,7 @@ class Stats:
 class Dispatcher:
     """Runs a session's requests and writes their replies."""
 
-    def __init__(self, registry: Any, stats: Stats, *, clock: Callable[[], float],
+    def __init__(self, registry: Registry, stats: Stats, *, clock: Callable[[], float],
                  call_later: Callable[..., Any], wake: Callable[[Any], None], schedule: Callable[[Any], None],
                  max_line: int, max_output: int, max_commands_per_tick: int, pending_timeout: float,
                  cancel_timer: Optional[Callable[[Any], None]] = None) -> None:

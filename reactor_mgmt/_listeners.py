@@ -24,7 +24,7 @@ from ._transport import refuse
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
 
     Address = Union[str, Tuple[str, int]]
 
@@ -47,7 +47,7 @@ class Listener:
         self.file_id = file_id(path) if path is not None else None  # what close() may remove
         self.rank = rank
         self.check_peer = False
-        self.allowed_uids: frozenset = frozenset()
+        self.allowed_uids: FrozenSet[int] = frozenset()
         self.accepts = _ACCEPTS_START  # adapts like Twisted's numberAccepts
         self.paused_until = 0.0
         self.acceptor: Optional[Acceptor] = None
@@ -274,7 +274,7 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
                 if family == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if port == 0 and len(socks) > 1:  # one ephemeral port shared by all addresses
-                    sockaddr = (sockaddr[0], socks[0].getsockname()[1]) + tuple(sockaddr[2:])
+                    sockaddr = (sockaddr[0], socks[0].getsockname()[1]) + tuple(sockaddr[2:])  # type: ignore[assignment]
                 sock.bind(sockaddr)
                 sock.listen(socket.SOMAXCONN if backlog is None else backlog)
         except BaseException as exc:
@@ -330,7 +330,7 @@ def adopted_address(sock: socket.socket) -> Tuple[Address, str]:
     return address[:2], "operator"
 
 
-def peer_allowed(sock: socket.socket, allowed: frozenset) -> bool:
+def peer_allowed(sock: socket.socket, allowed: FrozenSet[int]) -> bool:
     import struct
 
     try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import List, Union
+    from typing import Any, List, Union
 
 IAC = 0xFF
 _IAC_BYTE = b"\xff"
@@ -177,7 +177,7 @@ class LineBuffer:
         return not self._partial and not self._discarding
 
     def feed(self, data: bytes) -> List[Union[bytes, _LineTooLongType]]:
-        lines: list = data.split(b"\n")
+        lines: List[Any] = data.split(b"\n")
         tail = lines.pop()
         if lines:
             if self._discarding:
@@ -342,7 +342,7 @@ class RequestDecoder:
             if lines._partial:
                 data = bytes(lines._partial) + data  # a local copy: state changes only on success
             if _is_plain(data, lines.max_line):
-                items = data.decode("ascii").split("\n")
+                items: List[Any] = data.decode("ascii").split("\n")
                 tail = items.pop()
                 if tail:
                     lines._partial = bytearray(tail.encode("ascii"))
@@ -379,7 +379,7 @@ class RequestDecoder:
         self._at_rest = False
         return self._decode(self._lines.feed_eof())
 
-    def _decode(self, raw_lines: list) -> List[Item]:
+    def _decode(self, raw_lines: List[Any]) -> List[Item]:
         if not raw_lines:
             return []
         try:
@@ -388,7 +388,7 @@ class RequestDecoder:
             joined = b"\n".join(raw_lines)
             text = joined.decode()
         except (TypeError, UnicodeDecodeError):
-            items = [self._decode_one(line) for line in raw_lines]
+            items: List[Any] = [self._decode_one(line) for line in raw_lines]
             maybe_blank = maybe_ctrl_d = True
         else:
             maybe_ctrl_d = _CTRL_D_STR in text
@@ -407,13 +407,13 @@ class RequestDecoder:
             self.ended = True
         return items
 
-    def _decode_one(self, line: object) -> Item:
-        if line.__class__ is _LineTooLongType:
-            return LineTooLong(self._lines.max_line, json=line.json)  # type: ignore[attr-defined]
+    def _decode_one(self, line: Union[bytes, _LineTooLongType]) -> Item:
+        if isinstance(line, _LineTooLongType):
+            return LineTooLong(self._lines.max_line, json=line.json)
         try:
-            return line.decode().strip()  # type: ignore[union-attr]
+            return line.decode().strip()
         except UnicodeDecodeError:
-            return BAD_ENCODING_JSON if line.lstrip()[:1] == b"{" else BAD_ENCODING  # type: ignore[union-attr]
+            return BAD_ENCODING_JSON if line.lstrip()[:1] == b"{" else BAD_ENCODING
 
 
 def _is_plain(data: bytes, max_line: int) -> bool:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Iterable, List, Optional, Sequence
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 from ._log import Throttle, log
 
@@ -41,7 +41,7 @@ class Report:
 def render_text(value: Any) -> str:
     """The text form of a result; always ends with exactly one newline per line."""
     if value.__class__ is str:  # the common case first, and without isinstance's MRO walk
-        text = value
+        text: str = value
     elif value is None:
         return "OK\n"
     else:
@@ -84,7 +84,7 @@ def _safe_str(value: Any) -> str:
 def _cell(value: Any) -> str:
     cls = value.__class__
     if cls is str:
-        return value
+        return value  # type: ignore[no-any-return]  # a str: tested by its class, the fastest test
     if cls is int or cls is bool:
         try:
             return str(value)
@@ -99,7 +99,7 @@ def _cell(value: Any) -> str:
     return _safe_str(value)
 
 
-def _render_mapping(mapping: Mapping) -> str:
+def _render_mapping(mapping: Mapping[Any, Any]) -> str:
     if not mapping:
         return ""
     keys = [key + ":" if key.__class__ is str else _cell(key) + ":" for key in mapping]
@@ -112,14 +112,14 @@ def _render_mapping(mapping: Mapping) -> str:
     return text
 
 
-def _render_sequence(items: Iterable) -> str:
+def _render_sequence(items: Iterable[Any]) -> str:
     items = list(items)
     if items and all(isinstance(item, Mapping) for item in items):
         return render_table(items)
     return "\n".join(_cell(item).rstrip("\n") for item in items)
 
 
-def render_table(rows: Sequence[Mapping], columns: Optional[List[str]] = None) -> str:
+def render_table(rows: Sequence[Mapping[Any, Any]], columns: Optional[List[str]] = None) -> str:
     """An aligned table with a header row; columns default to the union of keys, in order."""
     if columns is None:
         columns = []
@@ -188,10 +188,10 @@ def _key(key: Any) -> str:
     return _safe_str(key)
 
 
-_encode: Any = None
+_encode: Optional[Callable[[Any], str]] = None
 
 
-def json_line(payload: dict) -> bytes:
+def json_line(payload: Dict[str, Any]) -> bytes:
     """One JSON reply line. Callers pass results through to_jsonable first; anything that still
     is not strict JSON (a NaN request id echoed back) is converted here rather than sent."""
     global _encode

@@ -13,7 +13,7 @@ from ._errors import CommandError
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterator, List, Optional
+    from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 
 class _NoReply:
@@ -128,8 +128,8 @@ class Stream:
 
     __slots__ = ("iterator", "until_input", "count")
 
-    def __init__(self, iterable: Any, *, until_input: bool = False) -> None:
-        self.iterator: Iterator = iter(iterable)
+    def __init__(self, iterable: Iterable[Any], *, until_input: bool = False) -> None:
+        self.iterator: Iterator[Any] = iter(iterable)
         self.until_input = until_input
         self.count = 0
 

@@ -32,9 +32,17 @@ from ._transport import Limits, Transport, drain, refuse
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+    import asyncio
+    from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union, overload
 
+    from typing_extensions import TypeVarTuple, Unpack  # type checkers only: no run-time dependency
+
+    from ._integrations import AsyncioHandle, ThreadHandle
     from ._listeners import Address
+    from ._toolkit import Toolkit
+
+    _F = TypeVar("_F", bound=Callable[..., Any])  # a handler: @server.command gives it back unchanged
+    _Ts = TypeVarTuple("_Ts")
 
 _get_ident = threading.get_ident
 
@@ -99,7 +107,8 @@ class Server:
         self._dispatcher = Dispatcher(self.registry, self.stats, clock=time.monotonic, call_later=_unset, wake=self.wake,
                                       schedule=_unset, max_line=max_line, max_output=max_output,
                                       max_commands_per_tick=max_commands_per_tick, pending_timeout=pending_timeout)
-        self._loop: Loop  # these three are made by _start_io, here and in a relistening child
+        self._loop: Loop  # these four are made by _start_io, here and in a relistening child
+        self.address_file: Optional[str]
         self._listening: Listeners
         self._reaper: Optional[IdleReaper]
         _start_io(self, address_file)
@@ -121,7 +130,7 @@ class Server:
         self.log_tail_enabled = log_tail
         if builtins:
             install_builtins(self, self._dispatcher)
-        self._toolkit: Any = None  # the operator tools (_toolkit.Toolkit), made on first use
+        self._toolkit: Optional[Toolkit] = None  # the operator tools (_toolkit.Toolkit), made on first use
         if toolkit:
             self.add_toolkit()
         try:
@@ -150,6 +159,12 @@ class Server:
     on_error = property(lambda self: self._dispatcher.on_error, lambda self, fn: setattr(self._dispatcher, "on_error", fn),
                         doc="``on_error(exc)`` hears about every exception a handler raises.")
 
+    if TYPE_CHECKING:  # the two forms, `@server.command` and `@server.command(...)`, keep the handler's type
+        @overload
+        def command(self, fn: _F, /) -> _F: ...
+        @overload
+        def command(self, *, name: Optional[str] = None, level: str = "user", hidden: bool = False,
+                    help: Optional[str] = None, replace: bool = False) -> Callable[[_F], _F]: ...
     def command(self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None,
                 level: str = "user", hidden: bool = False, help: Optional[str] = None,
                 replace: bool = False) -> Any:
@@ -206,7 +221,7 @@ class Server:
         """Declares every field of a dataclass instance as a setting named ``prefix + field``."""
         return self._tools().settings.declare_dataclass(obj, prefix, level)
 
-    def _tools(self) -> Any:
+    def _tools(self) -> Toolkit:
         if self._toolkit is None:
             from ._toolkit import Toolkit
 
@@ -333,7 +348,7 @@ class Server:
 
     # ---- timers and cross-thread calls ----
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
+    def call_later(self, delay: float, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         """Runs ``callback(*args)`` inside a poll() at least ``delay`` seconds from now."""
         self._loop.call_later(delay, callback, *args)
 
@@ -349,7 +364,7 @@ class Server:
 
     # ---- integrations (_integrations.py), and the protocol they use ----
 
-    def attach_asyncio(self, loop: Any = None, *, budget: Optional[float] = None) -> Any:
+    def attach_asyncio(self, loop: Optional[asyncio.AbstractEventLoop] = None, *, budget: Optional[float] = None) -> AsyncioHandle:
         """Serves from an asyncio event loop instead of explicit poll() calls.
 
         Watches :meth:`fileno` with ``loop.add_reader`` and arms a loop timer at
@@ -361,7 +376,7 @@ class Server:
 
         return attach_asyncio(self, loop, budget=budget)
 
-    def start_thread(self, name: str = "reactor_mgmt", poll_interval: Optional[float] = None) -> Any:
+    def start_thread(self, name: str = "reactor_mgmt", poll_interval: Optional[float] = None) -> ThreadHandle:
         """Polls in a daemon thread, for hosts with no main loop; returns a handle with
         ``stop(timeout=None)``. close() stops the thread too. Each poll() waits up to
         ``poll_interval`` seconds; None (the default) waits for activity or the next timer, and
@@ -417,7 +432,7 @@ class Server:
             # loop, which stops.
             loop.owners.clear()
             for conn in self._close_owed or ():
-                conn.queue.clear()
+                conn.queue.clear()  # type: ignore[union-attr]  # owed a notice: its queue is not empty
             return
         if loop.integration is not None:  # before the selector closes under an event loop
             loop.integration.detach()

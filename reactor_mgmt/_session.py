@@ -23,7 +23,13 @@ from ._replies import Stream
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Deque, Optional
+    from typing import Any, Deque, List, Optional
+
+    from ._dispatch import Dispatcher
+    from ._listeners import Listener
+    from ._protocol import Item
+    from ._server import Server
+    from ._transport import Transport
 
 
 class Connection:
@@ -55,7 +61,7 @@ class Connection:
         "__weakref__",  # a Pending's waiter and timeout hold the session weakly (see _dispatch)
     )
 
-    def __init__(self, server: Any, dispatcher: Any, transport: Any, listener: Any, conn_id: int,
+    def __init__(self, server: Server, dispatcher: Dispatcher, transport: Transport, listener: Listener, conn_id: int,
                  level: int, authenticated: bool) -> None:
         self.server = server  # what wake() goes through; and the server a handler may inspect
         self.dispatcher = dispatcher
@@ -160,7 +166,7 @@ class Connection:
             decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
         self._take(decoder.feed_eof())
 
-    def _take(self, items: list) -> None:
+    def _take(self, items: List[Item]) -> None:
         decoder = self.decoder
         assert decoder is not None
         if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it

@@ -21,7 +21,7 @@ from ._transport import RECV_SIZE, Transport, allow_would_block
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Dict, Optional
+    from typing import Any, Dict, List, Optional
 
 allow_would_block(ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -36,6 +36,7 @@ class TlsTransport(Transport):
     """A Transport over TLS: the handshake first, then the Transport's reads and sends."""
 
     __slots__ = ("handshaking", "handshake_timer", "cert_levels", "read_queued")
+    sock: ssl.SSLSocket  # for type checkers: the Transport's socket, wrapped
 
     def __init__(self, sock: ssl.SSLSocket, loop: Any, limits: Any, now: float,
                  cert_levels: Optional[Dict[str, int]], timeout: float = HANDSHAKE_TIMEOUT) -> None:
@@ -135,7 +136,7 @@ class TlsTransport(Transport):
 def level_of_certificate(cert: Any, cert_levels: Dict[str, int], default: int) -> int:
     """The highest level any name of a client certificate (its subject's commonName, or a
     subjectAltName: DNS, email or IP) has in ``cert_levels``; ``default`` for none."""
-    names = []
+    names: List[str] = []
     for rdn in (cert or {}).get("subject", ()):
         names.extend(value for key, value in rdn if key == "commonName")
     names.extend(value for _, value in (cert or {}).get("subjectAltName", ()))

@@ -30,12 +30,17 @@ if TYPE_CHECKING:
     from typing import Protocol
 
     from ._commands import Registry
+    from ._dispatch import Stats
 
     class Server(Protocol):
         """What the toolkit uses of the server: its public surface, nothing private."""
 
         registry: Registry
         owner_thread: int
+        stats: Stats  # these two for the activity parts (_activity.Server)
+
+        @property
+        def connections(self) -> List[Connection]: ...
 
         def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None: ...
 

@@ -27,7 +27,7 @@ from ._wire import err_line
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, List, Optional
+    from typing import Any, List, Optional, Tuple, Type
 
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
@@ -46,15 +46,15 @@ _DISCARD_AT_CLOSE = 1 << 20  # bytes of unread input read and dropped before a f
 
 # What a non-blocking call raises for "not now": a TLS socket adds its want-read/want-write
 # errors (see allow_would_block), so a plaintext server never imports ssl.
-_WOULD_BLOCK: tuple = (BlockingIOError, InterruptedError)
+_WOULD_BLOCK: Tuple[Type[BaseException], ...] = (BlockingIOError, InterruptedError)
 
 
-def allow_would_block(*exception_types: type) -> None:
+def allow_would_block(*exception_types: Type[BaseException]) -> None:
     global _WOULD_BLOCK
     _WOULD_BLOCK = tuple(dict.fromkeys(_WOULD_BLOCK + exception_types))
 
 
-def _send_some(sock: Any, data: Any) -> int:
+def _send_some(sock: socket.socket, data: Any) -> int:
     """The server's only send: as much of ``data`` as the kernel takes now, without blocking.
     Raises OSError when the peer is gone; a full socket is 0 bytes taken."""
     try:
@@ -188,8 +188,9 @@ class Transport:
         assert self.out is not None
         head = self.out[0]
         if head.__class__ is memoryview:  # part-sent: the client must get the rest of its line
-            sent = len(head.obj) - len(head)
-            end = head.obj.find(b"\n", sent) + 1 or len(head.obj)
+            whole: Any = head.obj  # the bytes write() queued (a memoryview's obj is typed as any buffer)
+            sent = len(whole) - len(head)
+            end = whole.find(b"\n", sent) + 1 or len(whole)
             notice = bytes(head[:end - sent]) + notice
         self.out = [notice]
         self.out_size = len(notice)

@@ -58,7 +58,7 @@ class Service:
         self.queue: "asyncio.Queue[Job]" = asyncio.Queue()
         self.jobs: Dict[int, Job] = {}
         self.ids = itertools.count(1)
-        self.workers: List[asyncio.Task] = []
+        self.workers: List[asyncio.Task[None]] = []
         self.started = time.monotonic()
 
     def submit(self, name: str, seconds: float) -> Job:

@@ -31,7 +31,7 @@ import select
 import signal
 import socket
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from reactor_mgmt import CommandError, Server
 
@@ -172,6 +172,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     server = build_server(args, collector, udp)
     mgmt = server.fileno()
+    watched: List[Union[socket.socket, int]] = [udp, wakeup_read, mgmt]  # select() takes either
     try:
         while not stopping:
             now = time.monotonic()
@@ -183,7 +184,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 timeout = 0.0
             elif deadline is not None:
                 timeout = min(timeout, deadline - now)
-            readable, _, _ = select.select([udp, wakeup_read, mgmt], [], [], max(0.0, timeout))
+            readable, _, _ = select.select(watched, [], [], max(0.0, timeout))
             if udp in readable:
                 collector.receive(udp)
             if wakeup_read in readable:
