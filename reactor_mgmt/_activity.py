@@ -545,22 +545,7 @@ def _reset_if_open(conn_ref: Callable[[], Optional[Connection]]) -> None:
 
 
 def _peer_uid(transport: Any) -> Optional[int]:
-    asked = getattr(transport, "peer_uid", None)
-    if asked is not None:
-        return asked()  # type: ignore[no-any-return]
-    import socket
-
-    sock = transport.sock
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None or sock.family != getattr(socket, "AF_UNIX", None):
-        return None
-    import struct
-
-    try:
-        credentials = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
-    except OSError:
-        return None
-    return struct.unpack("3i", credentials)[1]  # type: ignore[no-any-return]
+    return transport.peer_uid()  # type: ignore[no-any-return]
 
 
 def _timestamp(when: float) -> str:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         registry: Registry
         stats: Stats
         log_tail_enabled: bool
+        cleartext_auth: str
 
         @property
         def auth_required(self) -> bool: ...
@@ -91,7 +92,7 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
         # makes those) is taken as it is instead of being parsed as an unknown option.
         if len(token) != 1:
             raise UsageError(f"usage: auth TOKEN ({'missing TOKEN' if not token else 'one word expected'})")
-        if not cleartext_allowed(getattr(server, "cleartext_auth", "always"), conn.listener):
+        if not cleartext_allowed(server.cleartext_auth, conn.listener):
             suffix = refusals.allow(time.monotonic())
             if suffix is not None:
                 log.warning("refused cleartext auth on connection #%d: its listener allows only "
@@ -179,9 +180,8 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
     add("echo", echo)
     add("quit", quit, pre_auth=True)
     add("auth", auth, pre_auth=True, hidden=not server.auth_required)
-    if getattr(server, "check_response", None) is not None:
-        add("auth challenge", auth_challenge, pre_auth=True, hidden=not server.auth_required)
-        add("auth response", auth_response, pre_auth=True, hidden=not server.auth_required)
+    add("auth challenge", auth_challenge, pre_auth=True, hidden=not server.auth_required)
+    add("auth response", auth_response, pre_auth=True, hidden=not server.auth_required)
     add("level", level)
     add("stats", stats)
     add("watch", watch)

@@ -95,20 +95,6 @@ class Loop:
             timeout = LONGEST_WAIT
         return timeout
 
-    def wait_for_work(self, timeout: Optional[float]) -> Optional[List[Tuple[int, int]]]:
-        """Waits as poll(timeout) may; the events, or None when there is nothing to do."""
-        try:
-            events = self.wait(self.timeout_for(timeout))
-        except (ValueError, OSError):
-            if self.stopped:  # a handler closed the server; the host's loop may poll once more
-                return None
-            raise
-        if events or self.ready or self.calls or (
-                # a timer may have come due, or come due while we slept
-                self.timers and self.timers[0][0] <= monotonic()):
-            return events
-        return None
-
     def handle(self, events: List[Tuple[int, int]], budget: Optional[float]) -> int:
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
         stop_at = None if budget is None else start + budget

@@ -19,7 +19,6 @@ import threading
 import time
 import weakref
 
-from ._builtins import install_builtins
 from ._commands import Command, Registry, methods_as_commands
 from ._dispatch import Dispatcher, Stats
 from ._errors import ConfigError, ReactorMgmtError
@@ -29,11 +28,12 @@ from ._loop import IdleReaper, Loop
 from ._protocol import DEFAULT_MAX_LINE
 from ._session import Connection
 from ._transport import Limits, Transport, drain, refuse
+from ._wire import challenge_digest
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
     import asyncio
-    from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar, Union, overload
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, overload
 
     from typing_extensions import TypeVarTuple, Unpack  # type checkers only: no run-time dependency
 
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     _Ts = TypeVarTuple("_Ts")
 
 _get_ident = threading.get_ident
+_monotonic = time.monotonic
 
 
 class Server:
@@ -54,6 +55,12 @@ class Server:
     Handlers run inside ``poll()`` on the caller's thread. Every limit below has a safe default;
     see the README's Security section.
     """
+
+    # Set by _check_options: the cleartext-auth policy, the discovery entry and the relisten spec.
+    cleartext_auth: str
+    _discover: Optional[Tuple[Optional[str], bool]]
+    _discovery_path: Optional[str]
+    _relisten: Optional[Tuple[Any, ...]]
 
     def __init__(
         self,
@@ -82,6 +89,10 @@ class Server:
         backlog: Optional[int] = None,
         tls_handshake_timeout: float = 10.0,
         after_fork: str = "close",
+        cleartext_auth: str = "always",
+        name: Optional[str] = None,
+        discover: bool = False,
+        audit: bool = False,
         toolkit: bool = False,
         _caches: bool = True,
     ) -> None:
@@ -95,11 +106,8 @@ class Server:
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
         self.allow_remote = allow_remote
-        if after_fork not in ("close", "relisten"):
-            raise ConfigError(f"after_fork must be 'close' or 'relisten', not {after_fork!r}")
-        # With after_fork="relisten", a forked child listens again as the constructor did, with
-        # "{pid}" in unix= and address_file= replaced by its own pid.
-        self._relisten = (host, port, unix, level, tls, cert_levels, backlog, address_file) if after_fork == "relisten" else None
+        _check_options(self, cleartext_auth, after_fork, name if discover else False,
+                       (host, port, unix, level, tls, cert_levels, backlog, address_file))
         self._token = _load_token(token, token_env, token_file)
         self.registry = Registry(Connection)
         if not _caches:  # the suite runs the uncached path too (tests/conftest.py)
@@ -116,12 +124,9 @@ class Server:
         self._closed = False
         self._pid = os.getpid()  # a forked child abandons the server (see _abandon)
         _SERVERS.add(self)
-        # The thread inside poll()'s handling, or 0: a nested poll() is refused, and a close()
-        # from that thread (a handler's) is finished when the poll() returns.
-        self._polling = 0
-        # Set when a handler or callback closes the server: poll() finishes the close on its way
-        # out. Maps each connection owed a shutdown notice (requests queued or a reply waiting)
-        # to the notice's reply id.
+        self._polling = 0  # the thread inside poll()'s handling: a nested poll() is refused
+        # Set when a handler or callback closes the server (poll() finishes the close on its way
+        # out): each connection owed a shutdown notice, by the notice's reply id.
         self._close_owed: Optional[Dict[Connection, Any]] = None
         self._close_grace = 0.0
         self._default_level = level
@@ -129,10 +134,12 @@ class Server:
         self.owner_thread = threading.get_ident()
         self.log_tail_enabled = log_tail
         if builtins:
+            from ._builtins import install_builtins  # lazily: it imports logging, ~4 ms
+
             install_builtins(self, self._dispatcher)
         self._toolkit: Optional[Toolkit] = None  # the operator tools (_toolkit.Toolkit), made on first use
-        if toolkit:
-            self.add_toolkit()
+        if toolkit or audit:  # Server(audit=True) alone installs the toolkit with its audit log
+            self.add_toolkit(audit=audit)
         try:
             _listen_as_asked(self, host, port, unix, level, tls, cert_levels, backlog)
         except BaseException:
@@ -146,12 +153,12 @@ class Server:
         return self._token is not None
 
     def check_token(self, candidate: str) -> bool:
-        import hmac  # lazily: only servers with a token pay its import
+        """Whether ``candidate`` is the token (`auth TOKEN`); True when there is none."""
+        return self._token is None or _same(self._token, candidate)
 
-        if self._token is None:
-            return True
-        # surrogatepass: a JSON request can carry a lone surrogate, which must fail, not raise
-        return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), self._token.encode())
+    def check_response(self, challenge: str, response: str) -> bool:
+        """Whether ``response`` is the HMAC-SHA256 of ``challenge`` under the token (`auth response`)."""
+        return self._token is None or _same(challenge_digest(self._token, challenge), response)
 
     # Both live in the dispatcher, which uses them; these are the host's way to set them.
     fallback = property(lambda self: self._dispatcher.fallback, lambda self, fn: setattr(self._dispatcher, "fallback", fn),
@@ -205,10 +212,11 @@ class Server:
 
     # ---- the operator toolkit (see _toolkit and the README's "Built-in operator tools") ----
 
-    def add_toolkit(self, *parts: str) -> None:
-        """Installs the operator tools: all, or the named parts ("threads", "gc",
-        "tracemalloc", "log", "config"). Installing a part twice does nothing."""
-        self._tools().install(*parts)
+    def add_toolkit(self, *parts: str, **options: Any) -> None:
+        """Installs the operator tools: all, or the named parts ("threads", "gc", "tracemalloc",
+        "log", "config", "slow", "clients", "gap"); options: audit, audit_level, slow_ms,
+        stall_after, stall_file, secret_params (see the README). A part twice does nothing."""
+        self._tools().install(*parts, **options)
 
     def setting(self, name: str, obj: Any, attr: str, **options: Any) -> Any:
         """Declares ``obj.attr`` as the setting ``name`` of ``config get/set/diff`` (installing
@@ -225,7 +233,7 @@ class Server:
         if self._toolkit is None:
             from ._toolkit import Toolkit
 
-            self._toolkit = Toolkit(self)
+            self._toolkit = Toolkit(self, self._dispatcher, self._loop)
         return self._toolkit
 
     # ---- listeners (see _listeners.Listeners) ----
@@ -312,8 +320,16 @@ class Server:
         watch = loop.watch
         if watch is not None:
             watch.entered()
-        events = loop.wait_for_work(timeout)
-        if events is None:
+        # The idle tick, which a host pays on every loop iteration, is inlined here: one
+        # non-blocking kernel call, and a clock read only when a timer is armed.
+        try:
+            events = loop.wait(0 if timeout == 0 or loop.ready or loop.calls else loop.timeout_for(timeout))
+        except (ValueError, OSError):
+            if loop.stopped:  # a handler closed the server; the host's loop may poll once more
+                return 0
+            raise
+        if not events and not loop.ready and not loop.calls and not (
+                loop.timers and loop.timers[0][0] <= _monotonic()):  # a timer may have come due
             if watch is not None:
                 watch.exited()
             return 0
@@ -453,6 +469,7 @@ class Server:
             conn.transport.send_and_close()
         self._listening.close()
         self._loop.close()
+        _unregister(self)
 
     @property
     def closed(self) -> bool:
@@ -531,6 +548,12 @@ def _listen_as_asked(server: "Server", host: Optional[str], port: Optional[int],
     server._listening.writing = True
     if server._listening.listeners:
         server._listening.write_address_file()
+    if server._discover is not None:  # one file per process in the discovery directory
+        from ._discovery import default_name, register
+
+        name, tls_on = server._discover
+        server._discovery_path = register(name or default_name(), os.getpid(), server.addresses,
+                                          server.stats.started, server.auth_required, tls=tls_on)
 
 
 def _abandon(server: "Server") -> None:
@@ -555,6 +578,7 @@ def _abandon(server: "Server") -> None:
         server._closed = False
 
 
+_CLEARTEXT_AUTH = ("always", "loopback", "never")  # as _builtins.CLEARTEXT_AUTH, which a test ties to this
 _SERVERS: Any = weakref.WeakSet()  # every live Server, for the fork hook
 
 
@@ -569,6 +593,36 @@ def _abandon_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX: a child must not touch its parent's server
     os.register_at_fork(after_in_child=_abandon_after_fork)
+
+
+def _check_options(server: "Server", cleartext_auth: str, after_fork: str, discover_as: Any,
+                   listen: Tuple[Any, ...]) -> None:
+    if cleartext_auth not in _CLEARTEXT_AUTH:  # where `auth TOKEN` may cross the wire in the clear
+        raise ConfigError(f"cleartext_auth must be one of {', '.join(_CLEARTEXT_AUTH)}, not {cleartext_auth!r}")
+    server.cleartext_auth = cleartext_auth
+    # discover: a file in the discovery directory, under this name (None: the program's)
+    server._discover = None if discover_as is False else (discover_as, listen[4] is not None)
+    server._discovery_path = None
+    if after_fork not in ("close", "relisten"):
+        raise ConfigError(f"after_fork must be 'close' or 'relisten', not {after_fork!r}")
+    # With after_fork="relisten", a forked child listens again as the constructor did, with
+    # "{pid}" in unix= and address_file= replaced by its own pid.
+    server._relisten = listen if after_fork == "relisten" else None
+
+
+def _same(secret: str, candidate: str) -> bool:
+    import hmac  # lazily: only servers with a token pay its import
+
+    # surrogatepass: a JSON request can carry a lone surrogate, which must fail, not raise
+    return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
+
+
+def _unregister(server: "Server") -> None:
+    if server._discovery_path is not None:
+        from ._discovery import unregister
+
+        unregister(server._discovery_path)
+        server._discovery_path = None
 
 
 def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -> Optional[str]:

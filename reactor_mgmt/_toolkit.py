@@ -60,21 +60,42 @@ _builtin_type = type  # setting() has a parameter named type
 class Toolkit:
     """The toolkit of one server: which parts are installed, and the state they keep."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: "Server", dispatcher: Any = None, loop: Any = None) -> None:
         self.server = server
+        self.dispatcher = dispatcher  # for the activity parts (_activity): its observer and poll watch
+        self.loop = loop
+        self.activity = False
         self.installed: Set[str] = set()
         self.tracer = _Tracemalloc()
         self.log_levels = _LogLevels(server)
         self.settings = _Settings(self)
 
-    def install(self, *parts: str) -> None:
-        unknown = [part for part in parts if part not in PARTS]
+    def install(self, *parts: str, **activity_options: Any) -> None:
+        """Installs ``parts`` (all of them when none is named). The activity parts ("slow",
+        "clients", "gap", and the audit log with ``audit=True``) are installed once, in one go,
+        with ``activity_options`` (see _activity.install_activity)."""
+        from ._activity import PARTS as ACTIVITY_PARTS
+
+        # "audit" and "stall" name no command set of their own: the audit log (audit=True) and
+        # the stall watchdog (stall_after=S), installed alone when only they are named.
+        known = PARTS + ACTIVITY_PARTS + ("audit", "stall")
+        unknown = [part for part in parts if part not in known]
         if unknown:
-            raise ConfigError(f"unknown toolkit part {unknown[0]!r}; the parts are: {', '.join(PARTS)}")
-        for part in parts or PARTS:
+            raise ConfigError(f"unknown toolkit part {unknown[0]!r}; the parts are: {', '.join(known)}")
+        if "audit" in parts:
+            activity_options.setdefault("audit", True)
+        for part in [part for part in parts if part in PARTS] if parts else PARTS:
             if part not in self.installed:
                 getattr(self, "_install_" + part)()
                 self.installed.add(part)
+        activity = [part for part in parts if part in ACTIVITY_PARTS] if parts else list(ACTIVITY_PARTS)
+        if (activity or activity_options) and not self.activity:
+            from ._activity import install_activity
+
+            maskers = {"config set": self.settings.masked, **(activity_options.pop("maskers", None) or {})}
+            install_activity(self.server, self.dispatcher, self.loop, parts=activity, maskers=maskers,
+                             **activity_options)
+            self.activity = True
 
     def add(self, name: str, fn: Callable[..., Any], level: str = "admin", usage: Optional[str] = None) -> Command:
         registry = self.server.registry
@@ -647,6 +668,11 @@ _SET_USAGE = "config set NAME VALUE [NAME VALUE ...]"
 
 class _Settings:
     """The declared settings and the `config` commands over them."""
+
+    def masked(self, words: List[Any]) -> List[Any]:
+        """`config set`'s words as the audit log may show them: a secret setting's value as ***."""
+        return ["***" if index % 2 and getattr(self.items.get(str(words[index - 1])), "secret", False) else word
+                for index, word in enumerate(words)]
 
     def __init__(self, toolkit: Toolkit) -> None:
         self.toolkit = toolkit

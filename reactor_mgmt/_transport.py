@@ -152,6 +152,18 @@ class Transport:
         except _WOULD_BLOCK:
             return None
 
+    def peer_uid(self) -> Optional[int]:
+        """The peer's uid on a Unix socket (SO_PEERCRED), else None."""
+        if self.sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+            return None
+        import struct
+
+        try:
+            credentials = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+        return int(struct.unpack("3i", credentials)[1])
+
     def peername(self) -> Any:
         """The peer's address as the socket reports it, or None when the socket cannot say."""
         try:

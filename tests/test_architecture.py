@@ -75,7 +75,7 @@ SEND_EXEMPT_DIRS = {"examples"}
 SEND_MODULES = {"_transport.py"}
 
 # Rule 4.
-MAX_CLASS_LINES = 420  # "about 400": the Server façade, mostly the docstrings of its public methods, is the largest
+MAX_CLASS_LINES = 440  # "about 400": the Server façade (40 constructor keywords, the docstrings of ~40 public names) is the largest
 
 # Rule 6: private names of the standard library that the package may use on other objects.
 STDLIB_PRIVATE_NAMES = {

@@ -279,3 +279,9 @@ def test_clients_with_an_auth_challenge_that_is_not_ours():
         assert (kind, error.code, error.message) == ("error", "error", "challenges are off today")
         with pytest.raises(reactor_mgmt.RemoteError, match="challenges are off today"):
             reactor_mgmt.Client(broken_address, token=TOKEN)
+
+
+def test_the_server_and_the_builtins_agree_on_the_cleartext_auth_policies():
+    from reactor_mgmt import _builtins, _server
+
+    assert _server._CLEARTEXT_AUTH == _builtins.CLEARTEXT_AUTH

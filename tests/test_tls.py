@@ -32,7 +32,7 @@ def pki(tmp_path_factory):
         handle.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for ca, key, cn in (("ca.pem", "ca.key", "test CA"), ("evil_ca.pem", "evil_ca.key", "evil CA")):
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={cn}",
-                 "-keyout", p[key], "-out", p[ca])
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", p[key], "-out", p[ca])
     for name, ca, ca_key, ext in (("srv", "ca.pem", "ca.key", True), ("alice", "ca.pem", "ca.key", False),
                                   ("mallory", "evil_ca.pem", "evil_ca.key", False)):
         cn = "localhost" if name == "srv" else name

@@ -112,8 +112,8 @@ def test_the_toolkit_imports_no_module_until_a_command_needs_it():
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
-    # the toolkit's own module, and nothing else; a server without it never loads it
-    assert set(modules_after(True)) - set(modules_after(False)) == {"reactor_mgmt._toolkit"}
+    # the toolkit's own modules, and nothing else; a server without it never loads them
+    assert set(modules_after(True)) - set(modules_after(False)) == {"reactor_mgmt._toolkit", "reactor_mgmt._activity"}
     assert "tracemalloc" not in modules_after(True)
 
 
