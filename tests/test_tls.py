@@ -286,3 +286,28 @@ def test_the_demo_serves_mutual_tls_with_its_flags(tmp_path, pki):
     finally:
         code, _, err = daemon.stop()
     assert "TLS handshake failed" in err  # mallory's refusal is logged
+
+
+def test_a_client_that_renegotiates_is_refused_alone(make_server, pki):
+    # TLS 1.2 lets a client ask for a renegotiation (s_client's "R" line); the server refuses it
+    # (no renegotiation), that connection ends, and nobody else is affected.
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    proc = _client([require_tool("openssl"), "s_client", "-tls1_2", "-connect", f"127.0.0.1:{server.port}",
+                    "-CAfile", pki["ca.pem"]])
+    proc.stdin.write(b"ping\n")
+    proc.stdin.flush()
+    deadline = time.monotonic() + TIMEOUT
+    while not server.connections or server.connections[0].transport.bytes_out == 0:
+        assert time.monotonic() < deadline, "no pong"
+        server.poll(0.01)
+    proc.stdin.write(b"R\n")  # s_client: renegotiate
+    proc.stdin.flush()
+    while server.connections:
+        assert time.monotonic() < deadline, "the renegotiating client was not dropped"
+        server.poll(0.01)
+    proc.stdin.close()
+    out = _serve_while(server, proc)
+    assert b"pong" in out
+    other = _tls_connect(server, _client_context(pki))
+    assert _request(server, other, b"ping\n") == b"pong\n"
+    other.close()
