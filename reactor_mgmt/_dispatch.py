@@ -389,6 +389,8 @@ class Dispatcher:
                 return True
             except BaseException as exc:  # KeyboardInterrupt: the generator is dead; say so, then go
                 conn.waiting = None
+                if conn.decoder is not None:
+                    conn.decoder.keep_blank = False
                 transport.write(error_reply(reply_id, "internal", f"internal error ({type(exc).__name__})"))
                 raise
             if item.__class__ is Wait:

@@ -217,7 +217,10 @@ class Loop:
         a shutdown() or a reset here would end its connections too. poll() then raises."""
         self.stopped = True
         for conn in list(self.connections.values()):
-            conn.transport.sock.close()  # a plain close: the parent's copy keeps the connection
+            transport = conn.transport  # closed with no I/O: nothing more runs or is written here
+            transport.closed = True
+            transport.out, transport.out_size, transport.mask = None, 0, 0
+            transport.sock.close()  # a plain close: the parent's copy keeps the connection
         self.connections.clear()
         self.ready.clear()
         self.calls.clear()

@@ -160,3 +160,50 @@ def test_after_fork_relisten_gives_the_child_a_socket_of_its_own(tmp_path):
         assert os.path.exists(template.replace("{pid}", str(os.getpid())))
     finally:
         server.close()
+
+
+def test_a_child_forked_inside_a_handler_runs_none_of_the_parents_queued_requests(tmp_path):
+    # The pre-fork worker pattern: a handler forks, and the child returns through the session's
+    # loop. With after_fork="relisten" the child gets a socket of its own, but the requests queued
+    # on the parent's connection must run in the parent only.
+    marks = str(tmp_path / "marks")
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten")
+    parent = os.getpid()
+
+    @server.command
+    def spawn() -> str:
+        return "child" if os.fork() == 0 else "forked"
+
+    @server.command
+    def mark() -> str:
+        with open(marks, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return "marked"
+
+    try:
+        client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+        client.sendall(b"spawn\nmark\n")
+        client.settimeout(0.05)
+        data = b""
+        deadline = time.monotonic() + TIMEOUT
+        while data.count(b"\n") < 2:
+            assert time.monotonic() < deadline, data
+            server.poll(0.05)
+            if os.getpid() != parent:  # the child: stop here, whatever it was about to do
+                os._exit(0)
+            try:
+                data += client.recv(4096)
+            except socket.timeout:
+                pass
+        assert data == b"forked\nmarked\n"
+        time.sleep(0.2)  # a child that ran `mark` would have written by now
+        assert open(marks).read().split() == [str(parent)]
+        client.close()
+    finally:
+        if os.getpid() == parent:
+            server.close()
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
