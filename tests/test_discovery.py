@@ -234,3 +234,51 @@ def test_ls_with_nothing_registered(runtime_dir):
     proc = run_cli("ls")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "no live instances\n")
     assert run_cli("--json", "ls").stdout == ""
+
+
+FORKING_HOST = r"""
+import os, signal, sys, time
+import reactor_mgmt
+
+srv = reactor_mgmt.Server("127.0.0.1", 0, name="forkapp", discover=True, after_fork="relisten")
+srv.add_command("whoami", lambda: {"pid": os.getpid()})
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+children = []
+for _ in range(2):  # a pre-fork host: each worker gets a socket and a discovery entry of its own
+    pid = os.fork()
+    if pid == 0:
+        try:
+            srv.serve_forever()
+        finally:
+            srv.close()
+            os._exit(0)
+    children.append(pid)
+print(" ".join(map(str, [os.getpid()] + children)), flush=True)
+try:
+    srv.serve_forever()
+finally:
+    for pid in children:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    srv.close()
+"""
+
+
+def test_app_asks_a_forking_host_and_every_worker_at_once(runtime_dir):
+    # Fork safety and discovery together: Server(name=, discover=True, after_fork="relisten").
+    host = subprocess.Popen([sys.executable, "-c", FORKING_HOST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=child_env(), cwd=ROOT)
+    try:
+        pids = sorted(map(int, host.stdout.readline().split()))
+        assert len(pids) == 3, host.stderr.read()
+        deadline = time.monotonic() + TIMEOUT
+        while len(list(runtime_dir.glob("reactor_mgmt/forkapp.*.json"))) < 3:
+            assert time.monotonic() < deadline, "the workers did not register"
+            time.sleep(0.05)
+        proc = run_cli("--app", "forkapp", "--json", "whoami")
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(json.loads(line)["result"]["pid"] for line in proc.stdout.splitlines()) == pids
+    finally:
+        host.terminate()
+        host.communicate(timeout=TIMEOUT)
+    assert list(runtime_dir.glob("reactor_mgmt/forkapp.*.json")) == []  # each removed its own file
