@@ -25,11 +25,7 @@ TYPE_CHECKING = False  # typing is not imported at run time: it costs import tim
 if TYPE_CHECKING:
     from typing import Any, Deque, List, Optional
 
-    from ._dispatch import Dispatcher
-    from ._listeners import Listener
     from ._protocol import Item
-    from ._server import Server
-    from ._transport import Transport
 
 
 class Connection:
@@ -61,7 +57,10 @@ class Connection:
         "__weakref__",  # a Pending's waiter and timeout hold the session weakly (see _dispatch)
     )
 
-    def __init__(self, server: Server, dispatcher: Dispatcher, transport: Transport, listener: Listener, conn_id: int,
+    # The session knows its server, dispatcher, transport and listener only by the few methods
+    # it calls on them, so they are typed Any: the engine layer imports nothing above it, not
+    # even for a type checker (a fake transport and clock stand in for them in tests).
+    def __init__(self, server: Any, dispatcher: Any, transport: Any, listener: Any, conn_id: int,
                  level: int, authenticated: bool) -> None:
         self.server = server  # what wake() goes through; and the server a handler may inspect
         self.dispatcher = dispatcher
@@ -106,12 +105,14 @@ class Connection:
 
     @property
     def closed(self) -> bool:
-        return self.transport.closed
+        closed: bool = self.transport.closed  # typed here: the transport is Any (see __init__)
+        return closed
 
     @property
     def closing(self) -> bool:
         """No more requests run: the connection closes once its output is sent."""
-        return self.transport.closing
+        closing: bool = self.transport.closing
+        return closing
 
     @property
     def peer(self) -> Any:
@@ -132,7 +133,8 @@ class Connection:
     @property
     def buffered_output(self) -> int:
         """Bytes queued for this client and not yet accepted by the kernel."""
-        return self.transport.out_size
+        size: int = self.transport.out_size
+        return size
 
     def __repr__(self) -> str:
         return f"<Connection #{self.id} {self.peer!r}{' closed' if self.closed else ''}>"
