@@ -73,13 +73,8 @@ class TlsTransport(Transport):
         self.update_interest()
 
     def _want(self, mask: int) -> None:
-        if mask == self.mask:
-            return
-        if self.mask == 0:
-            self.loop.register(self.sock, mask, self)
-        else:
-            self.loop.modify(self.sock, mask, self)
-        self.mask = mask
+        if mask != self.mask:
+            self.set_interest(mask)
 
     def _handshake_expired(self) -> None:
         self.handshake_timer = None

@@ -249,8 +249,11 @@ class Transport:
         if (self.closing and self.out is None) or (not self.closing and not self.paused and not self.conn.eof
                                                           and self.conn.wants_input()):
             want |= _READ
-        if want == self.mask:
-            return
+        if want != self.mask:
+            self.set_interest(want)
+
+    def set_interest(self, want: int) -> None:
+        """Registers, modifies or unregisters the socket so the selector watches ``want``."""
         loop = self.loop
         if want == 0:
             loop.unregister(self.sock)
