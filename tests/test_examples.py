@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import select
 import signal
@@ -21,7 +22,7 @@ import pytest
 
 from conftest import IN_CI, ROOT, TIMEOUT, Daemon, child_env, require_tool
 
-EXAMPLES = ["select_daemon", "game_loop", "asyncio_service", "tk_app", "sleep_worker", "node_port"]
+EXAMPLES = ["select_daemon", "game_loop", "asyncio_service", "tk_app", "qt_app", "sleep_worker", "node_port"]
 
 
 # ---- helpers ----
@@ -124,6 +125,8 @@ def pipelined_pings(daemon: Daemon, count: int = 300) -> None:
 def test_module_docstring_and_options(name, capsys):
     if name == "tk_app":
         pytest.importorskip("tkinter", reason="this Python has no tkinter")
+    if name == "qt_app":
+        require_pyside6()
     module = importlib.import_module(f"reactor_mgmt.examples.{name}")
     assert module.__doc__ and len(module.__doc__.split()) > 40  # explains its pattern
     with pytest.raises(SystemExit) as exit_info:
@@ -381,17 +384,9 @@ def display() -> Iterator[str]:
 
 def test_tk_app(launch, display):
     daemon = launch("tk_app", env={"DISPLAY": display})
-    assert nc(daemon, "click 3\nclick 0\nset text hello from nc\nset title\nset title My App\nstatus\n") == (
-        "3 clicks\n"
-        "ERR TIMES must be between 1 and 1000\n"
-        "OK\n"
-        "ERR usage: set title WORDS...\n"
-        "OK\n"
-        "title:  My App\n"
-        "text:   hello from nc\n"
-        "clicks: 3\n")
+    drive_gui_app(daemon, "file handler")
     proc = cli(daemon, "click")
-    assert (proc.returncode, proc.stdout) == (0, "4 clicks\n")
+    assert (proc.returncode, proc.stdout) == (0, "5 clicks\n")
     pipelined_pings(daemon)
 
     # `shutdown` closes the window from a handler: the reply still goes out, then a clean exit.
@@ -400,10 +395,37 @@ def test_tk_app(launch, display):
 
 
 def test_tk_app_signals(launch, display):
+    # Nothing periodic runs in Tk's loop: the signals arrive through set_wakeup_fd's socket.
     stop_cleanly(launch("tk_app", env={"DISPLAY": display}), signal.SIGTERM)
     daemon = launch("tk_app", env={"DISPLAY": display})
     assert nc(daemon, "ping\n") == "pong\n"
     stop_cleanly(daemon, signal.SIGINT)
+
+
+# tk_app as it runs where Tk cannot watch a descriptor (Windows): createfilehandler() raises.
+_TK_WITHOUT_FILE_HANDLERS = """
+import sys, tkinter
+def refuse(*args):
+    raise RuntimeError("no file handlers in this Tk")
+tkinter.Tk.createfilehandler = refuse
+from reactor_mgmt.examples import tk_app
+sys.exit(tk_app.main())
+"""
+
+
+def test_tk_app_polls_only_where_tk_has_no_file_handlers(display, tmp_path):
+    address_file = str(tmp_path / "tk-polling.addr")
+    daemon = Daemon(["-c", _TK_WITHOUT_FILE_HANDLERS, "--port", "0", "--address-file", address_file,
+                     "--interval", "10"], address_file, env={"DISPLAY": display})
+    try:
+        status = fields(nc(daemon, "click 2\nstatus\n").split("\n", 1)[1])
+        assert status["driven_by"] == "polling" and status["clicks"] == "2"
+        # The control for the idle tests: this one does poll, about every 10 ms.
+        assert polls_while_idle(daemon) >= 20
+        pipelined_pings(daemon, 200)
+        stop_cleanly(daemon, signal.SIGTERM)
+    finally:
+        daemon.stop()
 
 
 def test_tk_app_without_a_display_says_so(tmp_path):
@@ -415,6 +437,110 @@ def test_tk_app_without_a_display_says_so(tmp_path):
                           capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 2
     assert proc.stderr.startswith("tk_app: cannot open a window:") and "Traceback" not in proc.stderr
+
+
+# ---- what tk_app and qt_app share: the same commands, and no periodic polling ----
+
+
+def polls_while_idle(daemon: Daemon, seconds: float = 1.0) -> int:
+    """How many times the app called poll() in ``seconds`` with nothing to do (the `status`
+    requests that measure it cost a few polls each: accept, read, close)."""
+    before = int(fields(nc(daemon, "status\n"))["polls"])
+    time.sleep(seconds)
+    return int(fields(nc(daemon, "status\n"))["polls"]) - before
+
+
+def drive_gui_app(daemon: Daemon, driven_by: str) -> None:
+    """The commands that steer the window, then the three wake-ups a loop with no periodic
+    polling must still get: a deadline (watch), and work queued outside poll() (a Pending
+    resolved by a click from the toolkit's own timer). Leaves the click count at 4."""
+    out = nc(daemon, "click 3\nclick 0\nclick --after 70000\nset text hello from nc\nset title\n"
+                     "set title My App\nstatus\n")
+    lines = out.splitlines()
+    assert lines[:6] == ["3 clicks",
+                         "ERR TIMES must be between 1 and 1000",
+                         "ERR --after must be between 0 and 60000 milliseconds",
+                         "OK",
+                         "ERR usage: set title WORDS...",
+                         "OK"]
+    status = fields("\n".join(lines[6:]))
+    assert {key: status[key] for key in ("title", "text", "clicks", "driven_by")} == {
+        "title": "My App", "text": "hello from nc", "clicks": "3", "driven_by": driven_by}
+
+    # Idle, the loop sleeps: with polling every 20 ms this would be about 50.
+    assert polls_while_idle(daemon) <= 10
+
+    # A deadline: `watch` ticks arrive only because a timer is armed at next_deadline().
+    with raw(daemon) as sock:
+        sock.sendall(b"watch 0.1 ping\n")
+        assert read_lines(sock, 3) == ["pong"] * 3
+
+    # Work queued outside poll(): the toolkit's timer clicks, which resolves the waiting
+    # client's Pending; only the driver's kick() makes the loop poll to send it.
+    with raw(daemon) as waiter:
+        waiter.sendall(b"wait click\n")
+        time.sleep(0.2)  # parked behind its Pending
+        assert nc(daemon, "click --after 300\n") == "clicking in 300 ms\n"
+        started = time.monotonic()
+        assert read_lines(waiter, 1) == ["4 clicks"]
+        assert time.monotonic() - started < 5  # not at a timeout, nor at an unrelated event
+    assert nc(daemon, "wait click --timeout 0.1\n") == "ERR timeout\n"
+
+
+# ---- qt_app ----
+
+
+def require_pyside6() -> None:
+    """PySide6 importable, or a skip with the reason (a failure under CI, as require_tool)."""
+    try:
+        import PySide6  # noqa: F401
+    except ImportError as exc:
+        message = f"PySide6 is not installed ({exc}): pip install 'PySide6-Essentials>=6.5'"
+        if IN_CI:
+            pytest.fail(message + "; CI must install it")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def qt_env() -> Dict[str, str]:
+    require_pyside6()
+    return {"QT_QPA_PLATFORM": "offscreen"}  # no display needed
+
+
+def test_qt_app(launch, qt_env):
+    daemon = launch("qt_app", env=qt_env)
+    drive_gui_app(daemon, "socket notifier")
+    proc = cli(daemon, "click", "2")
+    assert (proc.returncode, proc.stdout) == (0, "6 clicks\n")
+    pipelined_pings(daemon)  # server.busy: a 0 ms timer, not a socket event, polls again
+
+    assert nc(daemon, "shutdown\n") == "closing the window\n"
+    assert daemon.proc.wait(TIMEOUT) == 0
+
+
+def test_qt_app_signals(launch, qt_env):
+    # Qt sleeps in C++ and runs no Python while idle: the signals arrive through set_wakeup_fd.
+    daemon = launch("qt_app", env=qt_env)
+    time.sleep(0.3)  # idle, with no timer armed
+    stop_cleanly(daemon, signal.SIGTERM)
+    daemon = launch("qt_app", env=qt_env)
+    assert nc(daemon, "ping\n") == "pong\n"
+    stop_cleanly(daemon, signal.SIGINT)
+
+
+def test_qt_app_without_a_display_says_so():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("elsewhere Qt has a display of its own")
+    env = child_env()
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "reactor_mgmt.examples.qt_app", "--port", "0"], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    if importlib.util.find_spec("PySide6") is None:
+        assert proc.stderr.startswith("qt_app: needs PySide6")
+    else:
+        assert proc.stderr.startswith("qt_app: cannot open a window:")
 
 
 # ---- sleep_worker ----
