@@ -349,6 +349,7 @@ def measure_host(name, env, p, steal):
         out.update(idle_late_p99_ms=idle["late_p99_ms"], late_p50_ms=flood["late_p50_ms"],
                    late_p99_ms=flood["late_p99_ms"], late_max_ms=flood["late_max_ms"],
                    frames=flood["frames"], dropped=flood["dropped"],
+                   late_ms=flood.get("late_ms"), idle_late_ms=idle.get("late_ms"),  # per frame (plots.py)
                    io_cpu_pct=100.0 * (flood["cpu_s"] - flood["work_cpu_s"]) / wall,
                    poll_cpu_pct=(None if flood["io_cpu_s"] is None
                                  else 100.0 * flood["io_cpu_s"] / wall),

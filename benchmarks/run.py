@@ -791,9 +791,9 @@ def main():
     return 0
 
 
-# Sections of RESULTS.md that other tools or people write: soak.py's figures and the profile
-# notes on targets not met. A rerun of this suite replaces everything else and keeps these.
-KEPT_SECTIONS = ("## Soak", "## Where the time goes")
+# Sections of RESULTS.md that other tools or people write: plots.py's plots, soak.py's figures and
+# the profile notes on targets not met. A rerun of this suite replaces everything else and keeps these.
+KEPT_SECTIONS = ("## Plots", "## Soak", "## Where the time goes")
 
 
 def kept_sections(path):

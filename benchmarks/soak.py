@@ -603,18 +603,30 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, section: str) -> None:
-    """Replaces the `## Soak` section of RESULTS.md (up to the next `## `), keeping the rest."""
+def write_section(path: str, section: str, heading: str = "## Soak", before: str | None = None) -> None:
+    """Replaces the `heading` section of RESULTS.md (up to the next `## `), keeping the rest. A
+    new section goes in front of the `before` section where there is one, else at the end."""
     try:
         with open(path) as handle:
             text = handle.read()
     except FileNotFoundError:
         text = ""
-    start = text.find("\n## Soak\n") + 1 if "\n## Soak\n" in text else (0 if text.startswith("## Soak\n") else -1)
+
+    def find(head: str) -> int:
+        """Where the line `head` starts, or -1."""
+        if text.startswith(head + "\n"):
+            return 0
+        at = text.find("\n" + head + "\n")
+        return at + 1 if at >= 0 else -1
+
+    start = find(heading)
     if start >= 0:
         end = text.find("\n## ", start + 1)
         rest = text[end + 1:] if end >= 0 else ""
         text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
+    elif before is not None and find(before) >= 0:
+        at = find(before)
+        text = text[:at] + section.rstrip("\n") + "\n\n" + text[at:]
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + section.rstrip("\n") + "\n"
     with open(path, "w") as handle:

@@ -13,6 +13,8 @@ Kinds (the measured call, all with N idle accepted connections registered):
   bare          selectors.DefaultSelector().select(0)  (listener + N sockets)
   reactor_mgmt  srv.poll(0)
   asyncio       loop.call_soon(loop.stop); loop.run_forever()
+  asyncio_iter  one idle iteration of a running asyncio loop (LoopIterations; plots.py)
+  uvloop_iter   the same on uvloop's loop (when importable; plots.py)
   asyncore      asyncore.loop(0, use_poll=True, map=m, count=1)
                 (use_poll: select() cannot take fds >= 1024)
   twisted       reactor.iterate(0)
@@ -40,6 +42,7 @@ SERVERS = os.path.join(HERE, "servers")
 ROOT = os.path.dirname(HERE)
 HOST = "127.0.0.1"
 ALL_KINDS = ["bare", "reactor_mgmt", "asyncio", "asyncore", "twisted"]
+ITER_KINDS = ["asyncio_iter", "uvloop_iter"]  # plots.py: one iteration of a running loop
 
 
 # ---------------------------------------------------------------- envs --
@@ -84,19 +87,66 @@ def env_reactor_mgmt():
     return srv.addresses[0][1], srv.poll, functools.partial(srv.poll, 0)
 
 
-def env_asyncio():
+def asyncio_server(new_loop):
     import asyncio
+
     from asyncio_protocol import LineProtocol
-    loop = asyncio.new_event_loop()
+
+    loop = new_loop()
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(
         loop.create_server(LineProtocol, HOST, 0, backlog=1024))
+    return server.sockets[0].getsockname()[1], loop
+
+
+def env_asyncio():
+    import asyncio
+    port, loop = asyncio_server(asyncio.new_event_loop)
 
     def one():
         loop.call_soon(loop.stop)
         loop.run_forever()
 
-    return server.sockets[0].getsockname()[1], lambda timeout: one(), one
+    return port, lambda timeout: one(), one
+
+
+class LoopIterations:
+    """Idle iterations of a *running* asyncio-style loop, timed k at a time: a callback that
+    reschedules itself with call_soon, so each iteration polls with timeout 0, runs it and goes
+    round; the k-th stops the loop. (uvloop's run_forever() alone costs ~35 us here, so
+    call_soon(stop) + run_forever() per tick would measure its start-up, not its tick.)"""
+
+    def __init__(self, loop):
+        self.loop = loop
+
+    def __call__(self):
+        self.batch(1)
+
+    def batch(self, k):
+        loop = self.loop
+        left = [k]
+
+        def step():
+            left[0] -= 1
+            if left[0] > 0:
+                loop.call_soon(step)
+            else:
+                loop.stop()
+
+        loop.call_soon(step)
+        loop.run_forever()
+
+
+def env_asyncio_iter(new_loop=None):
+    import asyncio
+    port, loop = asyncio_server(new_loop or asyncio.new_event_loop)
+    iterations = LoopIterations(loop)
+    return port, lambda timeout: iterations(), iterations
+
+
+def env_uvloop_iter():
+    import uvloop
+    return env_asyncio_iter(uvloop.new_event_loop)
 
 
 def env_asyncore():
@@ -122,7 +172,8 @@ def env_twisted():
 
 
 ENVS = {"bare": env_bare, "reactor_mgmt": env_reactor_mgmt, "asyncio": env_asyncio,
-        "asyncore": env_asyncore, "twisted": env_twisted}
+        "asyncore": env_asyncore, "twisted": env_twisted,
+        "asyncio_iter": env_asyncio_iter, "uvloop_iter": env_uvloop_iter}
 
 
 def available(kind):
@@ -130,9 +181,9 @@ def available(kind):
     if kind == "asyncore":
         import importlib.util
         return importlib.util.find_spec("asyncore") is not None
-    if kind == "twisted":
+    if kind in ("twisted", "uvloop_iter"):
         import importlib.util
-        return importlib.util.find_spec("twisted") is not None
+        return importlib.util.find_spec(kind.replace("_iter", "")) is not None
     return True
 
 
@@ -163,6 +214,7 @@ def worker(kind, n):
                 raise RuntimeError("holder: %s" % (status or "exited"))
             for _ in range(50):  # settle: let the last pongs go out
                 pump(0.001)
+        batch = getattr(tick, "batch", None)  # times k ticks itself (LoopIterations)
         out.write("ready\n")
         out.flush()
         for line in sys.stdin:
@@ -172,8 +224,11 @@ def worker(kind, n):
             k = int(cmd[1])
             clock = time.perf_counter_ns
             t0 = clock()
-            for _ in range(k):
-                tick()
+            if batch is not None:
+                batch(k)
+            else:
+                for _ in range(k):
+                    tick()
             t1 = clock()
             out.write("%d\n" % (t1 - t0))
             out.flush()

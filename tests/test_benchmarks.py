@@ -5,10 +5,14 @@
 # which a refactor could break without anyone noticing until the next full run.
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import struct
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -162,3 +166,40 @@ def test_the_toolkit_and_tls_cost_benchmarks_run_and_check_their_replies() -> No
     tls = last_json(run_tool("tls_cost.py", "--json", "--rounds", "2", "--rtts", "50", "--conns", "5"))
     assert tls["plain"]["churn_per_s"] > 0 and tls["tls"]["rtt_p50_us"] > 0
     assert "| TLS / plaintext |" in tls["markdown"]
+
+
+def test_the_plot_script_measures_without_matplotlib() -> None:
+    # matplotlib is the optional `bench` extra: plots.py imports it only to draw.
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import plots; "
+            "assert 'matplotlib' not in sys.modules, 'plots.py imported matplotlib at import time'")
+    proc = subprocess.run([sys.executable, "-c", code, BENCH], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
+                    reason="matplotlib is not installed (the optional `bench` extra); plots.py cannot draw")
+def test_a_quick_plot_run_writes_png_files_and_links_them(tmp_path) -> None:
+    out, report, raw = tmp_path / "plots", tmp_path / "RESULTS.md", tmp_path / "plots.json"
+    report.write_text("# results\n\n## Targets\n\nrun.py's\n\n## Soak\n\nsoak figures\n")
+    proc = run_tool("plots.py", "--quick", "--out", str(out), "--results", str(report), "--json", str(raw),
+                    timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # every round trip and frame measured
+    for name in ("tick", "rtt", "frames"):
+        png = (out / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[12:16] == b"IHDR", name
+        assert png.endswith(b"IEND\xaeB`\x82"), name
+        width, height = struct.unpack(">II", png[16:24])
+        assert width >= 600 and height >= 400, (name, width, height)
+    data = json.loads(raw.read_text())
+    assert not data["tick"]["errors"] and {"bare", "reactor_mgmt"} <= set(data["tick"]["kinds"])
+    assert {"floor", "reactor_mgmt"} <= set(data["rtt"]["servers"])
+    assert all(len(lat) == 1000 for lat in data["rtt"]["servers"].values())
+    for peer in ("floor", "reactor_mgmt"):
+        rounds = data["frames"]["servers"][peer]
+        assert rounds and all(r["late_ms"] and r["idle_late_ms"] for r in rounds)
+    text = report.read_text()
+    assert text.index("run.py's") < text.index("## Plots\n") < text.index("## Soak\n\nsoak figures")
+    for name in ("tick", "rtt", "frames"):
+        link = next(line for line in text.splitlines() if line.endswith(f"](plots/{name}.png)  "))
+        caption = text.splitlines()[text.splitlines().index(link) + 1]
+        assert caption.startswith("Read "), caption

@@ -64,7 +64,7 @@ class HostFrames(object):
     Frames are due every 1/hz seconds on a fixed schedule; run_frame() records how late the
     frame starts (now - due), then spins work_ms of busy work (the host's own work). SIGUSR1
     starts a measuring window, SIGUSR2 ends it and prints one JSON line on stdout: frame
-    lateness p50/p99/max (ms), frames, frames dropped (more than a whole frame behind),
+    lateness p50/p99/max (ms) and every frame's (late_ms), frames, frames dropped (more than a whole frame behind),
     process CPU, the busy work's CPU and the CPU spent inside the I/O call (io_cpu, when the
     host loop adds it to self.io_cpu) over the window's wall time.
     """
@@ -105,7 +105,8 @@ class HostFrames(object):
 
         out = {"frames": len(late), "dropped": self.dropped, "wall_s": wall,
                "late_p50_ms": pct(0.50), "late_p99_ms": pct(0.99), "late_max_ms": pct(1.0),
-               "cpu_s": cpu, "work_cpu_s": self.work_cpu, "io_cpu_s": self.io_cpu if self.times_io else None}
+               "cpu_s": cpu, "work_cpu_s": self.work_cpu, "io_cpu_s": self.io_cpu if self.times_io else None,
+               "late_ms": [round(x * 1e3, 4) for x in self.late]}  # in frame order (plots.py)
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 
