@@ -1,17 +1,23 @@
 # Who did what, who is connected, and whether the host's loop stalled: the part of the operator
 # toolkit that watches the server at work (issue 18, items 5 to 7). install_activity() puts
-# three things in place, each only when asked for, so a server without them pays nothing:
+# these in place, each only when asked for, so a server without them pays nothing:
 #
-#   * an observer on the dispatcher (Dispatcher.observer), called after every request with the
-#     command, its arguments, the outcome and the duration the dispatcher measured. It keeps
-#     each connection's name and last request (in a WeakKeyDictionary: a departed client is
-#     forgotten with its Connection), a ring of the last 128 commands slower than slow_ms, and,
-#     with audit on, writes one record per command run at or above audit_level, and per `auth`
-#     and `client kill`, to the `reactor_mgmt.audit` logger and to a ring of 1,000 for `audit [N]`;
-#   * a watch on poll() (Loop.watch): the longest gap between one poll() returning and the next
-#     one starting shows a host loop that blocked (`stats` gains poll_gap_max_ms), and with
-#     stall_after it arms faulthandler's C-level watchdog while poll() runs handlers, so a loop
-#     stuck in one gets every thread's stack written out, with no Python thread involved;
+#   * an observer on the dispatcher (Dispatcher.observe), called only for a request slower than
+#     slow_ms or, with audit on, one run at or above audit_level (and every `auth` and `client
+#     kill`), with the command, its arguments, the outcome and the duration. The duration comes
+#     from the clock readings the session takes anyway to check poll()'s budget, so a fast
+#     request costs a comparison. It keeps a ring of the last 128 slow commands and, with audit
+#     on, writes one record per audited command to the `reactor_mgmt.audit` logger and to a ring
+#     of 1,000 for `audit [N]`. Each connection's last request is kept on it by the dispatcher
+#     (Connection.last_request) and its name here, in a WeakKeyDictionary, so a departed client
+#     is forgotten with its Connection;
+#   * the gap between polls: poll() itself reads the clock once per call (Loop.gap_from) and
+#     keeps the longest gap between one poll() returning and the next one starting, which shows
+#     a host loop that blocked (`stats` gains poll_gap_max_ms). Under attach_asyncio() poll()
+#     runs only when there is work, so the gap there is the quiet time between requests;
+#   * with stall_after, a watch on poll() (Loop.watch) that arms faulthandler's C-level
+#     watchdog while poll() runs handlers, so a loop stuck in one gets every thread's stack
+#     written out, with no Python thread involved;
 #   * the commands: `show slow`, `audit [N]`, `clients`, `client kill`, `client name`, `client id`.
 #
 # Secrets never reach a record, a log line or a listing: words are masked as they are stored in
@@ -23,7 +29,7 @@
 #
 # This is a services-layer module, like _builtins: it sees the server, the dispatcher and the
 # loop only through the small Protocols below, and touches a connection only through its public
-# attributes (transport.opened, last_active, bytes_in, bytes_out, out_size, sock).
+# attributes (last_request, transport.opened, last_active, bytes_in, bytes_out, out_size, sock).
 from __future__ import annotations
 
 import logging
@@ -59,8 +65,12 @@ if TYPE_CHECKING:
     class Dispatcher(Protocol):
         observer: Optional[Callable[[Any, Any, str, float], None]]
 
+        def observe(self, observer: Callable[[Any, Any, str, float], None], *, slower_than: float = ...,
+                    at_or_above: Optional[int] = ..., names: Iterable[str] = ...) -> None: ...
+
     class Loop(Protocol):
         watch: Any
+        gap_from: Optional[float]
 
     Request = Tuple[Command, List[Any], Optional[Dict[str, Any]]]
 
@@ -82,7 +92,6 @@ ALWAYS_AUDITED = frozenset(("auth", "client kill"))
 audit_log = logging.getLogger("reactor_mgmt.audit")
 _installed: "weakref.WeakSet[Any]" = weakref.WeakSet()  # dispatchers with the tools on
 _UNKNOWN = object()
-_monotonic = time.monotonic
 
 
 def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *,
@@ -97,7 +106,7 @@ def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *
     log (`reactor_mgmt.audit` logger, `audit [N]`) for commands at or above ``audit_level`` and
     every `auth`. ``stall_after`` arms faulthandler.dump_traceback_later(stall_after) while
     poll() runs handlers, writing to ``stall_file`` (a path, opened once for appending) or to
-    stderr. faulthandler has one watchdog per process: see _PollWatch. ``secret_params`` adds
+    stderr. faulthandler has one watchdog per process: see _StallWatch. ``secret_params`` adds
     parameter names whose values are masked, to SECRET_PARAMETERS. ``maskers`` maps a command's
     name to a function that takes its argument list and returns it with the secret values
     replaced by MASK, for commands whose secrets no parameter name tells (`config set NAME
@@ -120,15 +129,28 @@ def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *
     activity.register(server.registry)  # first: a name the host registered already raises here
     _installed.add(dispatcher)
     if activity.active:
+        # The dispatcher calls the observer only for what it records: a request slower than
+        # slow_ms, or an audited one. Every other request costs a comparison, and the clock
+        # reading it shares with poll()'s budget check. An observer installed before ours wants
+        # every request, so then ours is called for each and passes it on.
         activity.previous = dispatcher.observer
-        dispatcher.observer = activity.observe
-    if "gap" in parts or stall_after is not None:
-        if "gap" in parts:
-            server.stats.poll_gap_max = 0.0
-        stall_out = _open_stall_file(stall_file) if stall_after is not None else None
-        watch = _PollWatch(server.stats if "gap" in parts else None, stall_after, stall_out)
+        if activity.previous is not None:
+            dispatcher.observe(activity.observe)
+        else:
+            # Audited: at or above the audit level, and the commands audited whatever their
+            # level (observe() checks each with audited(), so the names may be a superset).
+            always = [name for name in server.registry.commands if name.startswith("auth ")]
+            dispatcher.observe(activity.observe, slower_than=activity.slow_after,
+                               at_or_above=audit_rank if audit else None,
+                               names=[*ALWAYS_AUDITED, *always] if audit else ())
+    if "gap" in parts:  # measured by poll() itself, with one clock read per call (see Loop.gap_from)
+        server.stats.poll_gap_max = 0.0
+        loop.gap_from = float("inf")  # the first poll() has no gap before it
+    if stall_after is not None:
+        stall_out = _open_stall_file(stall_file)
+        watch = _StallWatch(stall_after, stall_out)
         if stall_file is not None:  # closed with the server's loop, which holds the watch
-            weakref.finalize(watch, stall_out.close)  # type: ignore[union-attr]  # None without stall_after
+            weakref.finalize(watch, stall_out.close)
         watch.previous = loop.watch
         loop.watch = watch
 
@@ -255,11 +277,10 @@ def join_words(words: List[str]) -> str:
 class _Client:
     """What the tools know of one connection beyond its Connection."""
 
-    __slots__ = ("name", "request", "uid")
+    __slots__ = ("name", "uid")
 
     def __init__(self) -> None:
         self.name: Optional[str] = None
-        self.request: Optional[Request] = None  # the last one; masked only when shown
         self.uid: Any = _UNKNOWN
 
 
@@ -288,25 +309,24 @@ class Activity:
         return self.slow is not None or self.clients is not None or self.audit is not None
 
     def observe(self, conn: Connection, request: Optional["Request"], outcome: str, seconds: float) -> None:
-        """Dispatcher.observer: after every request. The common case (a fast command below the
-        audit level) is a dictionary lookup and a few comparisons."""
+        """Dispatcher.observer: called only for a request slower than slow_ms or one that
+        audited() says is audited (see install_activity), or for every request when another
+        observer was there first and wants them all."""
         if request is not None:
-            clients = self.clients
-            if clients is not None:
-                state = clients.get(conn)
-                if state is None:
-                    state = clients[conn] = _Client()
-                state.request = request
             if seconds > self.slow_after:
                 self.record_slow(conn, request, seconds)
-            rank = self.audit_rank
-            if rank is not None:
-                command = request[0]
-                if command.rank >= rank or command.name in ALWAYS_AUDITED or command.name.startswith("auth "):
-                    self.record_audit(conn, request, outcome, seconds)
+            if self.audit_rank is not None and self.audited(request[0]):
+                self.record_audit(conn, request, outcome, seconds)
         previous = self.previous
         if previous is not None:
             previous(conn, request, outcome, seconds)
+
+    def audited(self, command: "Command") -> bool:
+        """Whether a run of ``command`` gets an audit record: at or above the audit level, and
+        every form of auth and `client kill` whatever the level."""
+        rank = self.audit_rank
+        return rank is not None and (command.rank >= rank or command.name in ALWAYS_AUDITED
+                                     or command.name.startswith("auth "))
 
     def words(self, request: "Request") -> str:
         return join_words(masked_words(request, SECRET_PARAMETERS | self.secret_params, self.server.registry,
@@ -386,7 +406,7 @@ class Activity:
         for conn in sorted(self.server.connections, key=lambda conn: conn.id):
             transport = conn.transport
             state = self.state(conn)
-            request = state.request
+            request = conn.last_request  # kept by the dispatcher while observed; masked when shown
             rows.append({
                 "id": conn.id,
                 "peer": format_address(conn.peer),
@@ -555,64 +575,37 @@ def _timestamp(when: float) -> str:
 # ---- the poll() watch ----
 
 
-class _PollWatch:
-    """Loop.watch: poll() calls entered() as it starts, handling() once it has work, and
-    exited() as it returns. Two clock reads per poll() when only the gap is measured.
-
-    The gap runs from one poll()'s exited() to the next one's entered(): time the host spent
-    elsewhere. A poll() from inside a handler (refused, or idle and harmless) is not counted.
-    Under attach_asyncio() poll() runs only when there is work, so the gap there is the
-    quiet time between requests, not a stall.
-
-    With stall_after, handling() arms faulthandler.dump_traceback_later() and exited() cancels
-    it: a poll() stuck in a handler for stall_after seconds gets every thread's stack written
-    out by a C-level watchdog. faulthandler has ONE such watchdog per process: a second server
-    with stall_after, or the host's own dump_traceback_later() (pytest's faulthandler_timeout
-    too), replaces it, and every poll() here cancels whichever is armed.
+class _StallWatch:
+    """Loop.watch, for stall_after: handling() arms faulthandler.dump_traceback_later() as
+    poll() starts running handlers, and exited() cancels it as poll() returns, so a poll() stuck
+    in a handler for stall_after seconds gets every thread's stack written out by a C-level
+    watchdog. faulthandler has ONE such watchdog per process: a second server with
+    stall_after, or the host's own dump_traceback_later() (pytest's faulthandler_timeout too),
+    replaces it, and every poll() here cancels whichever is armed. A handler's own idle poll()
+    ends here too, early: the watchdog is then cancelled for the rest of that poll().
     """
 
-    __slots__ = ("stats", "stall_after", "stall_out", "arm", "disarm", "last_exit", "busy", "previous",
-                 "__weakref__")
+    __slots__ = ("stall_after", "stall_out", "arm", "disarm", "previous", "__weakref__")
 
-    def __init__(self, stats: Optional["Stats"], stall_after: Optional[float], stall_out: Any) -> None:
-        self.stats = stats
+    def __init__(self, stall_after: float, stall_out: Any) -> None:
+        import faulthandler
+
         self.stall_after = stall_after
         self.stall_out = stall_out
-        self.arm: Any = None
-        self.disarm: Any = None
-        if stall_after is not None:
-            import faulthandler
-
-            self.arm = faulthandler.dump_traceback_later
-            self.disarm = faulthandler.cancel_dump_traceback_later
-        self.last_exit: Optional[float] = None
-        self.busy = False
+        self.arm = faulthandler.dump_traceback_later
+        self.disarm = faulthandler.cancel_dump_traceback_later
         self.previous: Any = None  # a watch installed before ours, called after ours
 
     def entered(self) -> None:
-        if not self.busy:  # busy: a handler's own poll()
-            stats = self.stats
-            last = self.last_exit
-            if stats is not None and last is not None:
-                gap = _monotonic() - last
-                if gap > stats.poll_gap_max:  # type: ignore[operator]  # not None: install_activity set it
-                    stats.poll_gap_max = gap
         if self.previous is not None:
             self.previous.entered()
 
     def handling(self) -> None:
-        self.busy = True
-        if self.arm is not None:
-            self.arm(self.stall_after, repeat=False, file=self.stall_out, exit=False)
+        self.arm(self.stall_after, repeat=False, file=self.stall_out, exit=False)
         if self.previous is not None:
             self.previous.handling()
 
     def exited(self) -> None:
-        # A handler's idle poll() ends here too, early: the gap then runs from the later of the
-        # two exits, which is right, but the watchdog is cancelled for the rest of that poll().
-        self.busy = False
-        if self.disarm is not None:
-            self.disarm()
-        self.last_exit = _monotonic()
+        self.disarm()
         if self.previous is not None:
             self.previous.exited()

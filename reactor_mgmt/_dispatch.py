@@ -25,12 +25,13 @@ from ._wire import (TEXT, UNENCODABLE, end_frame, err_line, error_reply, item_fr
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+    from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
     from ._commands import Registry
     from ._session import Connection
 
 _POLL_WINDOW = 1024
+_NEVER = 1 << 30  # a level rank no command has
 _NOT_OWED = object()
 
 
@@ -80,22 +81,33 @@ class Dispatcher:
         self.fallback: Optional[Callable[[str, List[str], Any], Any]] = None
         self.on_error: Optional[Callable[[BaseException], Any]] = None
         self.stopped = False  # the server is closing: no more requests run
-        # observer(conn, request, outcome, seconds) after every request, when set: request is
-        # (command, args, kwargs or None) once the command is known, else None; outcome is
-        # "ok", "error" or "denied". See _execute_observed.
+        # observer(conn, request, outcome, seconds), for the requests it asked about (see
+        # observe()): request is (command, args, kwargs or None) once the command is known,
+        # else None; outcome is "ok", "error" or "denied". See execute_observed.
         self.observer: Optional[Callable[[Any, Any, str, float], None]] = None
-        self.request: Any = None
-        self.outcome = "ok"
+        self.report_after = -1.0  # seconds: a request that took longer is reported (-1: all)
+        self.report_rank = _NEVER  # and a command of this level or above
+        self.report_names: FrozenSet[str] = frozenset()  # and these commands
+        self.outcome = "ok"  # of the request running now, when observed
         self._http_log = Throttle()
         self._too_large_log = Throttle()
 
     # ---- one request ----
 
+    def observe(self, observer: Callable[[Any, Any, str, float], None], *, slower_than: float = -1.0,
+                at_or_above: Optional[int] = None, names: Iterable[str] = ()) -> None:
+        """Calls ``observer`` after each request that took more than ``slower_than`` seconds
+        (-1, the default: every request), that ran a command of level rank ``at_or_above`` or
+        more, or one of the commands ``names``. The common request, fast and not asked about,
+        costs two comparisons: no call."""
+        self.observer = observer
+        self.report_after = slower_than
+        self.report_rank = _NEVER if at_or_above is None else at_or_above
+        self.report_names = frozenset(names)
+
     def execute(self, conn: Connection, item: Any) -> None:
         self.stats.commands += 1
-        if self.observer is not None:
-            self._execute_observed(conn, item)
-        elif item.__class__ is str:
+        if item.__class__ is str:
             if item[0] == "{":
                 self._execute_json(conn, item)
             else:
@@ -103,16 +115,15 @@ class Dispatcher:
         else:
             self._execute_event(conn, item)
 
-    def _execute_observed(self, conn: Connection, item: Any) -> None:
-        """execute(), timed, and reported to the observer with what ran and how it ended.
-        Only a server with an observer (the operator toolkit's slow log, audit, clients) reads
-        the clock per request."""
-        observer = self.observer
-        assert observer is not None
-        self.request = None
+    def execute_observed(self, conn: Connection, item: Any, start: float) -> float:
+        """execute() for a server with an observer: ``start`` is the clock reading taken just
+        before it (the session's, which the budget check shares), and the reading taken after
+        it is returned, to time the next request and check the budget. So a request costs one
+        clock read, as it does under a budget anyway, and no call unless it is reported."""
+        before = conn.last_request  # the request's own (command, args, kwargs) replaces it
         self.outcome = "ok"
-        start = self.clock()
-        try:
+        self.stats.commands += 1
+        try:  # execute()'s body, inlined: a Python call is most of what observing would cost
             if item.__class__ is str:
                 if item[0] == "{":
                     self._execute_json(conn, item)
@@ -121,7 +132,13 @@ class Dispatcher:
             else:
                 self._execute_event(conn, item)
         finally:
-            observer(conn, self.request, self.outcome, self.clock() - start)
+            end = self.clock()
+            request = conn.last_request
+            if end - start > self.report_after or request is not before and (
+                    request[0].rank >= self.report_rank or request[0].name in self.report_names):
+                self.observer(conn, request if request is not before else None,  # type: ignore[misc]
+                              self.outcome, end - start)
+        return end
 
     def _execute_event(self, conn: Connection, item: Any) -> None:
         if item.__class__ is EndSession:
@@ -139,7 +156,7 @@ class Dispatcher:
                 command, args = self._unknown(conn, split_words(line), line, exc)
             if command is None:
                 return
-            self.request = (command, args, None)
+            conn.last_request = (command, args, None)
             check_permission(conn, command)
             result = command.call(args, conn)
         except (CommandError, ParseError) as exc:
@@ -173,7 +190,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, argv, " ".join(argv))
                 if command is None:
                     return
-                self.request = (command, extra, None)
+                conn.last_request = (command, extra, None)
                 check_permission(conn, command)
                 result = command.call(extra, conn)
             else:
@@ -187,7 +204,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, name.split(), name)
                 if command is None:
                     return
-                self.request = (command, extra + args, kwargs)
+                conn.last_request = (command, extra + args, kwargs)
                 check_permission(conn, command)
                 result = command.call_json(extra + args, kwargs, conn)
         except CommandError as exc:

@@ -57,9 +57,13 @@ class Loop:
         # attach_asyncio()/start_thread() handle: kicked when work is queued outside poll()
         self.integration: Any = None
         self.reaper: Optional[IdleReaper] = None
-        # poll()'s own watcher (the operator toolkit's poll-gap and stall watchdog), or None:
-        # entered() as poll() starts, handling() once it has work, exited() as it returns.
+        # poll()'s own watcher (the operator toolkit's stall watchdog), or None: entered() as
+        # poll() starts, handling() once it has work, exited() as it returns.
         self.watch: Any = None
+        # The toolkit's gap watch (_activity): the clock reading as the last poll() returned,
+        # so the next one can tell how long the host was away (stats.poll_gap_max); inf before
+        # the first poll(), None when the gap is not measured.
+        self.gap_from: Optional[float] = None
 
     # ---- the selector ----
 

@@ -216,25 +216,18 @@ class Server:
         """Installs the operator tools: all, or the named parts ("threads", "gc", "tracemalloc",
         "log", "config", "slow", "clients", "gap"); options: audit, audit_level, slow_ms,
         stall_after, stall_file, secret_params (see the README). A part twice does nothing."""
-        self._tools().install(*parts, **options)
+        _tools(self).install(*parts, **options)
 
     def setting(self, name: str, obj: Any, attr: str, **options: Any) -> Any:
         """Declares ``obj.attr`` as the setting ``name`` of ``config get/set/diff`` (installing
         them if needed). Options: ``type``, ``level`` ("operator"), ``check(value)``,
         ``read_only``, ``help``, ``secret``; see the README."""
         options["kind"] = options.pop("type", None)
-        return self._tools().settings.declare(name, obj, attr, **options)
+        return _tools(self).settings.declare(name, obj, attr, **options)
 
     def settings_from(self, obj: Any, *, prefix: str = "", level: str = "operator") -> List[Any]:
         """Declares every field of a dataclass instance as a setting named ``prefix + field``."""
-        return self._tools().settings.declare_dataclass(obj, prefix, level)
-
-    def _tools(self) -> Toolkit:
-        if self._toolkit is None:
-            from ._toolkit import Toolkit
-
-            self._toolkit = Toolkit(self, self._dispatcher, self._loop)
-        return self._toolkit
+        return _tools(self).settings.declare_dataclass(obj, prefix, level)
 
     # ---- listeners (see _listeners.Listeners) ----
 
@@ -317,6 +310,16 @@ class Server:
         it raises ReactorMgmtError rather than answer later requests before that handler's own.
         """
         loop = self._loop
+        # The toolkit's gap watch costs one clock read per poll(), inlined here since the idle
+        # tick is what a host pays most often. A handler's own poll() is not a gap.
+        gap_from = loop.gap_from
+        if gap_from is not None:
+            if self._polling:
+                gap_from = None  # a handler's own poll(): not a gap, and it sets no end
+            else:
+                now = _monotonic()
+                if now - gap_from > loop.stats.poll_gap_max:
+                    loop.stats.poll_gap_max = now - gap_from
         watch = loop.watch
         if watch is not None:
             watch.entered()
@@ -330,6 +333,8 @@ class Server:
             raise
         if not events and not loop.ready and not loop.calls and not (
                 loop.timers and loop.timers[0][0] <= _monotonic()):  # a timer may have come due
+            if gap_from is not None:  # poll(0) returns as it starts; a poll() that waited ends later
+                loop.gap_from = now if timeout == 0 else _monotonic()  # pyright: ignore[reportPossiblyUnboundVariable]
             if watch is not None:
                 watch.exited()
             return 0
@@ -344,12 +349,14 @@ class Server:
             return loop.handle(events, budget)
         finally:
             self._polling = 0
+            if gap_from is not None:
+                loop.gap_from = _monotonic()
             if watch is not None:
                 watch.exited()
             if self._close_owed is not None:  # a handler or callback closed the server
                 if loop.integration is not None:  # our own thread or loop: detach() won't wait
                     loop.integration.detach()
-                self._tear_down()
+                _tear_down(self)
 
     def serve_forever(self, poll_interval: Optional[float] = None) -> None:
         """Runs poll() until close(), for hosts with nothing else to do.
@@ -453,23 +460,11 @@ class Server:
         if loop.integration is not None:  # before the selector closes under an event loop
             loop.integration.detach()
         self._stop()
-        self._tear_down()
+        _tear_down(self)
 
     def _stop(self) -> None:
         self._closed = self._loop.stopped = self._dispatcher.stopped = True
         self._close_owed = self._dispatcher.owed_a_notice(self._loop.connections.values())
-
-    def _tear_down(self) -> None:
-        owed, self._close_owed = self._close_owed or {}, None
-        conns = list(self._loop.connections.values())
-        self._dispatcher.say_goodbye(conns, owed)
-        if self._close_grace > 0:
-            drain([conn.transport for conn in conns], self._close_grace)
-        for conn in conns:
-            conn.transport.send_and_close()
-        self._listening.close()
-        self._loop.close()
-        _unregister(self)
 
     @property
     def closed(self) -> bool:
@@ -520,6 +515,30 @@ def _admit(server: "Server", listener: Listener, sock: socket.socket, peer: Any,
     server.stats.connections_total += 1
     if server._reaper is not None:
         server._reaper.watch(conn.id, transport, now + server.idle_timeout)
+
+
+def _tear_down(server: "Server") -> None:
+    """The end of close(): notices to the clients owed one, the grace for unsent output, then
+    every connection, listener and the loop closed."""
+    owed, server._close_owed = server._close_owed or {}, None
+    conns = list(server._loop.connections.values())
+    server._dispatcher.say_goodbye(conns, owed)
+    if server._close_grace > 0:
+        drain([conn.transport for conn in conns], server._close_grace)
+    for conn in conns:
+        conn.transport.send_and_close()
+    server._listening.close()
+    server._loop.close()
+    _unregister(server)
+
+
+def _tools(server: "Server") -> Toolkit:
+    """The server's operator tools (_toolkit.Toolkit), made on first use."""
+    if server._toolkit is None:
+        from ._toolkit import Toolkit
+
+        server._toolkit = Toolkit(server, server._dispatcher, server._loop)
+    return server._toolkit
 
 
 def _start_io(server: "Server", address_file: Optional[str]) -> None:

@@ -54,6 +54,7 @@ class Connection:
         "eof",
         "scheduled",
         "id",
+        "last_request",
         "__weakref__",  # a Pending's waiter and timeout hold the session weakly (see _dispatch)
     )
 
@@ -77,6 +78,7 @@ class Connection:
         self.auth_failures = 0
         self.eof = False  # the peer half-closed: finish the queue, flush, then close
         self.scheduled = False  # already in the loop's ready queue
+        self.last_request: Any = None  # (command, args, kwargs): what it ran last (`clients`)
 
     # ---- the public surface a handler uses ----
 
@@ -199,10 +201,14 @@ class Connection:
         limit = dispatcher.max_commands_per_tick
         high_water = transport.limits.high_water
         clock = dispatcher.clock
+        observed = dispatcher.observer is not None
+        now = 0.0  # observed: the last clock reading, which starts the next request's time
         while not transport.closed and not dispatcher.stopped:  # a handler may close either
             if self.waiting is not None:
                 if not dispatcher.advance(self, stop_at):
                     break
+                if observed:
+                    now = clock()  # a reply pumped out is no request's time
                 continue
             if not queue or transport.closing:
                 break
@@ -211,11 +217,16 @@ class Connection:
                 break
             # The budget is checked before every request after the first: a clock read is cheap
             # next to a handler, and checking every 16th overran a 2 ms budget by 16 slow handlers.
-            if ran >= limit or (stop_at is not None and ran and clock() >= stop_at):
+            # Observed (the toolkit's slow log, audit, clients), that same reading times each
+            # request: execute_observed() returns the one it took after the request.
+            if ran >= limit or (stop_at is not None and ran and (now if observed else clock()) >= stop_at):
                 dispatcher.schedule(self)  # more next tick
                 break
             ran += 1
-            dispatcher.execute(self, queue.popleft())
+            if observed:
+                now = dispatcher.execute_observed(self, queue.popleft(), now if ran > 1 else clock())
+            else:
+                dispatcher.execute(self, queue.popleft())
         if transport.closed or dispatcher.stopped:  # closed by a handler: the tear-down sends the rest
             return ran
         if queue is not None and not queue:
