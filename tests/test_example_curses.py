@@ -57,41 +57,25 @@ class Terminal:
         self.rc_file = os.path.join(directory, "dashboard.rc")
         env = child_env()
         env.pop("TMUX", None)
-        self.tmux_cmd(
-            "-f",
-            config,
-            "new-session",
-            "-d",
-            "-s",
-            "dash",
-            "-x",
-            str(WIDTH),
-            "-y",
-            str(HEIGHT),
-            "--",
-            sys.executable,
-            "-c",
-            LAUNCHER,
-            self.pid_file,
-            self.rc_file,
-            sys.executable,
-            "-m",
-            "reactor_mgmt.examples.curses_dashboard",
-            "--port",
-            "0",
-            "--address-file",
-            self.address_file,
-            env=env,
-        )
-        self.wait_for(
-            lambda: os.path.exists(self.address_file) and open(self.address_file).read().strip() != "",
-            "the dashboard did not start",
-        )
+        self.pid = 0
+        launcher = [sys.executable, "-c", LAUNCHER, self.pid_file, self.rc_file]
+        dashboard = [sys.executable, "-m", "reactor_mgmt.examples.curses_dashboard"]
+        options = ["--port", "0", "--address-file", self.address_file]
+        session = ["-f", config, "new-session", "-d", "-s", "dash", "-c", ROOT, "-x", str(WIDTH), "-y", str(HEIGHT)]
+        self.tmux_cmd(*session, "--", *launcher, *dashboard, *options, env=env)
+        try:
+            self.wait_for(lambda: os.path.exists(self.pid_file), "no pid from the launcher")
+            self.pid = int(open(self.pid_file).read())
+            self.wait_for(
+                lambda: os.path.exists(self.address_file) and open(self.address_file).read().strip() != "",
+                "the dashboard did not start",
+            )
+        except BaseException:
+            self.close()
+            raise
         self.address = open(self.address_file).read().split()[0]
         host, _, port = self.address.rpartition(":")
         self.host, self.port = host, int(port)
-        self.wait_for(lambda: os.path.exists(self.pid_file), "no pid from the launcher")
-        self.pid = int(open(self.pid_file).read())
 
     def tmux_cmd(self, *args: str, env: Optional[dict] = None) -> str:
         proc = subprocess.run(
@@ -150,7 +134,7 @@ class Terminal:
         return int(open(self.rc_file).read())
 
     def close(self) -> None:
-        if not os.path.exists(self.rc_file):
+        if self.pid and not os.path.exists(self.rc_file):
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
