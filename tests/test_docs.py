@@ -93,7 +93,8 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=110)  # under the suite's 120 s per test
     assert proc.returncode == 0, f"sphinx-build -W failed:\n{proc.stdout}\n{proc.stderr}"
     for page in ("index", "tutorial", "protocol", "changelog", "howto/index", "howto/security", "howto/deployment",
-                 "howto/select-daemon", "howto/game-loop", "howto/asyncio", "howto/thread", "howto/tk",
+                 "howto/select-daemon", "howto/game-loop", "howto/asyncio", "howto/thread", "howto/tk", "howto/qt",
+                 "howto/pygame", "howto/curses",
                  "reference/index"):
         assert (out / f"{page}.html").is_file(), page
     # autodoc rendered every public name (an import failure would only leave it out).
