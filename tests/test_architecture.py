@@ -75,7 +75,10 @@ SEND_EXEMPT_DIRS = {"examples"}
 SEND_MODULES = {"_transport.py"}
 
 # Rule 4.
-MAX_CLASS_LINES = 440  # "about 400": the Server façade (40 constructor keywords, the docstrings of ~40 public names) is the largest
+# "About 400": the Server façade (40 constructor keywords, the docstrings of ~40 public names) is
+# the largest. A signature counts as one line, however the formatter spreads its parameters, so
+# the limit measures the code and not the layout.
+MAX_CLASS_LINES = 440
 
 # Rule 6: private names of the standard library that the package may use on other objects.
 STDLIB_PRIVATE_NAMES = {
@@ -475,13 +478,23 @@ def test_no_class_is_longer_than_the_limit() -> None:
     for module in package_modules():
         for node in ast.walk(parse(module)):
             if isinstance(node, ast.ClassDef):
-                size = node.end_lineno - node.lineno + 1
+                size = node.end_lineno - node.lineno + 1 - _signature_continuation_lines(node)
                 if size > MAX_CLASS_LINES:
                     problems.append(
                         f"{module.rel}:{node.lineno}: class {node.name} is {size} lines "
                         f"(lines {node.lineno}-{node.end_lineno})"
                     )
     fail_with(f"Classes longer than {MAX_CLASS_LINES} lines:", problems)
+
+
+def _signature_continuation_lines(cls: ast.ClassDef) -> int:
+    """The lines a class's function signatures take beyond their first: from the ``def`` line to
+    the line before the body's first statement (or its docstring)."""
+    extra = 0
+    for node in ast.walk(cls):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            extra += max(0, node.body[0].lineno - node.lineno - 1)
+    return extra
 
 
 # ---- 5. design comments ----
