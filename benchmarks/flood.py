@@ -10,6 +10,7 @@ host's steal time over the whole loop where /proc/stat counts it.
 
     python benchmarks/flood.py [--duration 3] [--budget 0.001]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,13 +46,23 @@ def host_steal_ms():
 def run(duration, budget):
     sys.path.insert(0, ROOT)
     from reactor_mgmt import Server
+
     srv = Server(host=HOST, port=0, max_connections=20000, idle_timeout=0)
     client = None
     try:
         port = srv.addresses[0][1]
         client = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "loadgen.py"), "flood", "--port", str(port),
-             "--duration", str(duration)], stdout=subprocess.PIPE)
+            [
+                sys.executable,
+                os.path.join(HERE, "loadgen.py"),
+                "flood",
+                "--port",
+                str(port),
+                "--duration",
+                str(duration),
+            ],
+            stdout=subprocess.PIPE,
+        )
         durs = array.array("q")
         cpus = array.array("q")
         work = array.array("q")
@@ -85,14 +96,22 @@ def run(duration, budget):
         span = slice(busy[0], busy[-1] + 1) if busy else slice(None)
         us = sorted(v / 1000.0 for v in durs[span])
         cpu_us = sorted(v / 1000.0 for v in cpus[span])
-        return {"ok": True, "budget_ms": budget * 1000, "polls": len(us),
-                "p50_us": pct(us, 50), "p99_us": pct(us, 99), "max_us": us[-1],
-                "over_1_5ms": sum(1 for v in us if v > 1500),
-                "over_3ms": sum(1 for v in us if v > 3000),
-                "cpu_p99_us": pct(cpu_us, 99), "cpu_max_us": cpu_us[-1],
-                "client_rps": cres["rps"], "client_requests": cres["requests"],
-                "poll_returned_work": bool(busy),
-                "steal_ms": None if steal_before is None or steal_after is None else steal_after - steal_before}
+        return {
+            "ok": True,
+            "budget_ms": budget * 1000,
+            "polls": len(us),
+            "p50_us": pct(us, 50),
+            "p99_us": pct(us, 99),
+            "max_us": us[-1],
+            "over_1_5ms": sum(1 for v in us if v > 1500),
+            "over_3ms": sum(1 for v in us if v > 3000),
+            "cpu_p99_us": pct(cpu_us, 99),
+            "cpu_max_us": cpu_us[-1],
+            "client_rps": cres["rps"],
+            "client_requests": cres["requests"],
+            "poll_returned_work": bool(busy),
+            "steal_ms": None if steal_before is None or steal_after is None else steal_after - steal_before,
+        }
     finally:
         if client is not None and client.poll() is None:
             client.kill()
@@ -101,8 +120,7 @@ def run(duration, budget):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--duration", type=float, default=3.0)
     p.add_argument("--budget", type=float, default=0.001)
     a = p.parse_args()

@@ -10,6 +10,7 @@ result is the median of the paired differences.
 
     python benchmarks/importcost.py [--runs 9]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,9 +58,9 @@ def run_importtime(code):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, env=env,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
-                       universal_newlines=True)
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], cwd=ROOT, env=env, capture_output=True, timeout=60, text=True
+    )
     if r.returncode != 0:
         raise RuntimeError("%r failed: %s" % (code, r.stderr.strip().splitlines()[-1:]))
     return r.stderr
@@ -73,13 +74,17 @@ def measure(runs=9):
         base.append(total_us(run_importtime(BASE), startup))
         target.append(total_us(run_importtime(TARGET), startup))
     added = statistics.median(t - b for t, b in zip(target, base))
-    return {"ok": True, "runs": runs, "base_ms": statistics.median(base) / 1000.0,
-            "target_ms": statistics.median(target) / 1000.0, "added_ms": added / 1000.0}
+    return {
+        "ok": True,
+        "runs": runs,
+        "base_ms": statistics.median(base) / 1000.0,
+        "target_ms": statistics.median(target) / 1000.0,
+        "added_ms": added / 1000.0,
+    }
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=9)
     a = p.parse_args()
     try:

@@ -23,6 +23,7 @@ Workloads:
   flood     one connection floods pipelined pings for D seconds (used by
             flood.py, which times the server's poll() calls)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -120,7 +121,10 @@ def describe_mismatch(got, expected, offset):
         i += 1
     lo = max(0, i - 20)
     return "reply stream differs at byte %d: got %r, expected %r" % (
-        offset + i, bytes(got[lo:i + 20]), bytes(expected[lo:i + 20]))
+        offset + i,
+        bytes(got[lo : i + 20]),
+        bytes(expected[lo : i + 20]),
+    )
 
 
 def recv_exact_or_fail(sock, n, what):
@@ -155,6 +159,7 @@ def assert_no_extra(sock, what, wait=0.02):
 
 # ---------------------------------------------------------------- check --
 
+
 def wl_check(port, args):
     s = connect(port)
     s.settimeout(10.0)
@@ -184,6 +189,7 @@ def wl_check(port, args):
 
 # ------------------------------------------------------------ pipelined --
 
+
 def line_end(buf, nlines):
     """Offset just past the nlines-th LF of buf."""
     pos = -1
@@ -192,8 +198,7 @@ def line_end(buf, nlines):
     return pos + 1
 
 
-def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds=0.0,
-              window=50000):
+def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds=0.0, window=50000):
     """Send `payload` in `chunk`-byte writes while reading replies on the same
     single-threaded selector loop; compare the reply stream to `expected`.
 
@@ -224,13 +229,14 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds
             now = time.perf_counter()
             if not events:
                 if now - last > STALL:
-                    raise Failed("%s: stalled: sent %d/%d bytes, received %d/%d bytes"
-                                 % (what, sent, total_out, got, total_in))
+                    raise Failed(
+                        "%s: stalled: sent %d/%d bytes, received %d/%d bytes" % (what, sent, total_out, got, total_in)
+                    )
                 continue
             mask = events[0][1]
             if mask & WRITE and writing:
                 try:
-                    n = s.send(pmv[sent:min(sent + chunk, total_out)])
+                    n = s.send(pmv[sent : min(sent + chunk, total_out)])
                 except (BlockingIOError, InterruptedError):
                     n = 0
                 except OSError as e:
@@ -239,8 +245,7 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds
                     sent_lines += payload.count(b"\n", sent, sent + n)
                     last = now
                 sent += n
-                if max_seconds and now - t0 > max_seconds and total_out == len(payload) \
-                        and sent < total_out:
+                if max_seconds and now - t0 > max_seconds and total_out == len(payload) and sent < total_out:
                     # cap: finish the current line, expect replies to the lines sent
                     total_out = payload.index(b"\n", sent - 1) + 1 if sent else 0
                     nreq = payload.count(b"\n", 0, total_out)
@@ -259,12 +264,11 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds
                 except OSError as e:
                     raise Failed("%s: recv failed after %d bytes: %s" % (what, got, e))
                 if n == 0:
-                    raise Failed("%s: server closed the connection after %d/%d reply bytes"
-                                 % (what, got, total_in))
+                    raise Failed("%s: server closed the connection after %d/%d reply bytes" % (what, got, total_in))
                 if got + n > total_in:
                     raise Failed("%s: %d bytes more than expected" % (what, got + n - total_in))
-                if rbuf[:n] != expected[got:got + n]:
-                    raise Failed(describe_mismatch(rbuf[:n], expected[got:got + n], got))
+                if rbuf[:n] != expected[got : got + n]:
+                    raise Failed(describe_mismatch(rbuf[:n], expected[got : got + n], got))
                 got += n
                 got_lines += rbuf.count(b"\n", 0, n)
                 last = now
@@ -283,14 +287,12 @@ def pipelined(port, payload, expected, chunk=CHUNK, what="pipeline", max_seconds
 
 def wl_pipeline(port, args):
     n = args.n
-    secs, done = pipelined(port, b"ping\n" * n, b"pong\n" * n, what="pipeline",
-                           max_seconds=args.max_seconds)
+    secs, done = pipelined(port, b"ping\n" * n, b"pong\n" * n, what="pipeline", max_seconds=args.max_seconds)
     return {"requests": done, "capped": done < n, "seconds": secs, "rps": done / secs}
 
 
 def echo_payload(n):
-    return (b"".join(b"echo %d x%d\n" % (i, i) for i in range(n)),
-            b"".join(b"%d x%d\n" % (i, i) for i in range(n)))
+    return (b"".join(b"echo %d x%d\n" % (i, i) for i in range(n)), b"".join(b"%d x%d\n" % (i, i) for i in range(n)))
 
 
 def wl_echo(port, args):
@@ -308,12 +310,18 @@ def phase_pair(ports, payload, expected, repeat, what):
     rather than the moment each one ran. Returns the medians and the ratio B/A."""
     phases = ([], [])
     for i in range(max(1, repeat)):
-        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+        for k in (0, 1) if i % 2 == 0 else (1, 0):
             secs, done = pipelined(ports[k], payload, expected, what=what)
             phases[k].append(done / secs)
     rps = [statistics.median(ph) for ph in phases]
-    return {"a_rps": rps[0], "b_rps": rps[1], "ratio_rps": rps[1] / rps[0], "phases": len(phases[0]),
-            "a_phases": phases[0], "b_phases": phases[1]}
+    return {
+        "a_rps": rps[0],
+        "b_rps": rps[1],
+        "ratio_rps": rps[1] / rps[0],
+        "phases": len(phases[0]),
+        "a_phases": phases[0],
+        "b_phases": phases[1],
+    }
 
 
 def wl_echo_pair(port, args):
@@ -333,6 +341,7 @@ def wl_pipeline_pair(port, args):
 
 # ------------------------------------------------------------------ rtt --
 
+
 def rtt_loop(sock, n, warmup=200, max_seconds=0.0):
     """n sequential ping round trips on a blocking socket; latencies in ns.
     With max_seconds, stops early (slow servers) and reports what it did."""
@@ -348,8 +357,7 @@ def rtt_stats(lat, n):
         "capped": len(lat) < n,
         "p50_us": pct(lat, 50) / 1000.0,
         "p99_us": pct(lat, 99) / 1000.0,
-        "mean_us": statistics.fmean(lat) / 1000.0 if hasattr(statistics, "fmean")
-        else sum(lat) / len(lat) / 1000.0,
+        "mean_us": statistics.fmean(lat) / 1000.0 if hasattr(statistics, "fmean") else sum(lat) / len(lat) / 1000.0,
     }
 
 
@@ -433,7 +441,7 @@ def wl_rtt_pair(port, args):
         for k in (0, 1):
             rtt_samples(socks[k], 0, warmup=200)
         for i in range(args.slices):
-            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            for k in (0, 1) if i % 2 == 0 else (1, 0):
                 lat[k].extend(rtt_samples(socks[k], per, warmup=10))
         for s in socks:
             assert_no_extra(s, "rtt_pair")
@@ -443,8 +451,7 @@ def wl_rtt_pair(port, args):
         unpin(saved2)
         unpin(saved)
     a, b = (rtt_stats(sorted(x), per * args.slices) for x in lat)
-    return {"a": a, "b": b, "ratio_p50": b["p50_us"] / a["p50_us"],
-            "pinned": saved is not None}
+    return {"a": a, "b": b, "ratio_p50": b["p50_us"] / a["p50_us"], "pinned": saved is not None}
 
 
 def wl_fanin_pair(port, args):
@@ -457,7 +464,7 @@ def wl_fanin_pair(port, args):
     try:
         pools.append(open_verified(args.port2, args.conns))
         for i in range(max(1, args.repeat)):
-            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            for k in (0, 1) if i % 2 == 0 else (1, 0):
                 secs, lat = fanin_phase(pools[k], args.rounds)
                 phases[k].append((len(lat) / secs, pct(lat, 99) / 1000.0))
         for pool in pools:
@@ -469,11 +476,19 @@ def wl_fanin_pair(port, args):
                 s.close()
     rps = [statistics.median(p[0] for p in ph) for ph in phases]
     p99 = [statistics.median(p[1] for p in ph) for ph in phases]
-    return {"a_rps": rps[0], "b_rps": rps[1], "a_p99_us": p99[0], "b_p99_us": p99[1],
-            "ratio_rps": rps[1] / rps[0], "ratio_p99": p99[1] / p99[0], "phases": len(phases[0])}
+    return {
+        "a_rps": rps[0],
+        "b_rps": rps[1],
+        "a_p99_us": p99[0],
+        "b_p99_us": p99[1],
+        "ratio_rps": rps[1] / rps[0],
+        "ratio_p99": p99[1] / p99[0],
+        "phases": len(phases[0]),
+    }
 
 
 # ------------------------------------------------------ many connections --
+
 
 def open_verified(port, count, inflight=100, timeout=120.0):
     """Open `count` connections, at most `inflight` in progress at a time;
@@ -498,16 +513,14 @@ def open_verified(port, count, inflight=100, timeout=120.0):
                 opened += 1
                 pending += 1
             if time.monotonic() > deadline:
-                raise Failed("only %d/%d connections verified after %.0fs"
-                             % (len(done), count, timeout))
+                raise Failed("only %d/%d connections verified after %.0fs" % (len(done), count, timeout))
             for key, mask in sel.select(0.5):
                 s = key.fileobj
                 st = key.data
                 if st[0] == 0:
                     err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     if err:
-                        raise Failed("connect #%d failed: %s"
-                                     % (len(done), errno.errorcode.get(err, err)))
+                        raise Failed("connect #%d failed: %s" % (len(done), errno.errorcode.get(err, err)))
                     s.send(b"ping\n")
                     st[0] = 1
                     sel.modify(s, READ, st)
@@ -519,13 +532,11 @@ def open_verified(port, count, inflight=100, timeout=120.0):
                 except OSError as e:
                     raise Failed("connection #%d: %s" % (len(done), e))
                 if not data:
-                    raise Failed("server closed connection #%d before its first reply"
-                                 % len(done))
+                    raise Failed("server closed connection #%d before its first reply" % len(done))
                 st[1] += data
                 if len(st[1]) >= 5:
                     if st[1] != b"pong\n":
-                        raise Failed("connection #%d: got %r, expected b'pong\\n'"
-                                     % (len(done), st[1]))
+                        raise Failed("connection #%d: got %r, expected b'pong\\n'" % (len(done), st[1]))
                     sel.unregister(s)
                     done.append(s)
                     pending -= 1
@@ -540,7 +551,7 @@ def open_verified(port, count, inflight=100, timeout=120.0):
     return done
 
 
-class Poller(object):
+class Poller:
     """epoll where available (lean per-event cost), else poll()."""
 
     def __init__(self, n):
@@ -651,15 +662,19 @@ def wl_fanin(port, args):
     finally:
         for s in conns:
             s.close()
-    return {"requests": args.conns * args.rounds, "phases": len(phases),
-            "want_phases": max(1, args.repeat),
-            "rps": statistics.median(p[0] for p in phases),
-            "p50_us": statistics.median(p[1] for p in phases),
-            "p99_us": statistics.median(p[2] for p in phases),
-            "phase_rps": [round(p[0]) for p in phases]}
+    return {
+        "requests": args.conns * args.rounds,
+        "phases": len(phases),
+        "want_phases": max(1, args.repeat),
+        "rps": statistics.median(p[0] for p in phases),
+        "p50_us": statistics.median(p[1] for p in phases),
+        "p99_us": statistics.median(p[2] for p in phases),
+        "phase_rps": [round(p[0]) for p in phases],
+    }
 
 
 # ----------------------------------------------------------------- idle --
+
 
 def rss_kib(pid):
     with open("/proc/%d/status" % pid) as f:
@@ -700,9 +715,13 @@ def wl_idle(port, args):
     t_open = time.perf_counter() - t0
     try:
         after = stable_rss(pid)
-        res = {"conns": args.conns, "rss_before_kib": before, "rss_after_kib": after,
-               "bytes_per_conn": (after - before) * 1024.0 / args.conns,
-               "open_seconds": t_open}
+        res = {
+            "conns": args.conns,
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "bytes_per_conn": (after - before) * 1024.0 / args.conns,
+            "open_seconds": t_open,
+        }
         saved = pin_same_cpu(pid)
         try:
             rtt = rtt_on_new_connection(port, args.n, args.max_seconds)
@@ -724,6 +743,7 @@ def wl_idle(port, args):
 
 
 # ---------------------------------------------------------------- flood --
+
 
 def wl_flood(port, args):
     """Flood pipelined pings for args.duration seconds (in whole 64 KiB
@@ -778,8 +798,8 @@ def wl_flood(port, args):
                 if n == 0:
                     raise Failed("flood: server closed the connection")
                 ph = got % 5
-                if rbuf[:n] != pongs[ph:ph + n]:
-                    raise Failed(describe_mismatch(rbuf[:n], pongs[ph:ph + n], got))
+                if rbuf[:n] != pongs[ph : ph + n]:
+                    raise Failed(describe_mismatch(rbuf[:n], pongs[ph : ph + n], got))
                 got += n
                 if got > sent:
                     raise Failed("flood: more reply bytes than requests")
@@ -807,8 +827,7 @@ WORKLOADS = {
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workload", choices=sorted(WORKLOADS))
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--n", type=int, default=10000, help="requests / round trips")
@@ -816,13 +835,19 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=20, help="round trips per connection (fanin)")
     p.add_argument("--repeat", type=int, default=3, help="fan-in / echo_pair / pipeline_pair phases, median reported")
     p.add_argument("--server-pid", type=int, default=0, help="server pid (idle: VmRSS)")
-    p.add_argument("--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair, echo_pair, pipeline_pair)")
+    p.add_argument(
+        "--port2", type=int, default=0, help="second server (rtt_pair, fanin_pair, echo_pair, pipeline_pair)"
+    )
     p.add_argument("--server-pid2", type=int, default=0, help="second server's pid (rtt_pair)")
     p.add_argument("--slices", type=int, default=20, help="slices per server (rtt_pair)")
     p.add_argument("--duration", type=float, default=3.0, help="seconds (flood)")
-    p.add_argument("--max-seconds", type=float, default=0.0,
-                   help="cap for slow servers (0: none): pipeline/echo stop sending, rtt/idle "
-                        "stop the round trips, fanin starts no new phase after this long")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=0.0,
+        help="cap for slow servers (0: none): pipeline/echo stop sending, rtt/idle "
+        "stop the round trips, fanin starts no new phase after this long",
+    )
     args = p.parse_args(argv)
     raise_nofile()
     try:

@@ -18,6 +18,7 @@ each cell is the median over rounds, each ratio the median of the per-round rati
 the floor measured in the same round. A wrong or missing reply makes the cell FAILED.
 See benchmarks/README.md ("Realistic workloads").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,19 +53,37 @@ RM_FOREVER = "reactor_mgmt_forever"
 # name -> (label, command, uses reactor_mgmt, runs the host workload)
 PEERS = {
     "floor": ("floor (selectors)", [PY, os.path.join(SERVERS, "floor.py")], False, True),
-    RM: ("reactor_mgmt poll(budget=0.002)",
-         [PY, os.path.join(SERVERS, "reactor_mgmt_host.py"), "--budget", "0.002"], True, True),
-    RM_NOBUDGET: ("reactor_mgmt poll(), no budget",
-                  [PY, os.path.join(SERVERS, "reactor_mgmt_host.py"), "--budget", "none"], True, True),
-    RM_FOREVER: ("reactor_mgmt serve_forever()",
-                 [PY, os.path.join(SERVERS, "reactor_mgmt_host.py"), "--forever"], True, False),
+    RM: (
+        "reactor_mgmt poll(budget=0.002)",
+        [PY, os.path.join(SERVERS, "reactor_mgmt_host.py"), "--budget", "0.002"],
+        True,
+        True,
+    ),
+    RM_NOBUDGET: (
+        "reactor_mgmt poll(), no budget",
+        [PY, os.path.join(SERVERS, "reactor_mgmt_host.py"), "--budget", "none"],
+        True,
+        True,
+    ),
+    RM_FOREVER: (
+        "reactor_mgmt serve_forever()",
+        [PY, os.path.join(SERVERS, "reactor_mgmt_host.py"), "--forever"],
+        True,
+        False,
+    ),
     "asyncio": ("asyncio Protocol", [PY, os.path.join(SERVERS, "asyncio_protocol.py")], False, True),
-    "uvloop": ("uvloop Protocol", [PY, os.path.join(SERVERS, "asyncio_protocol.py"), "--uvloop"],
-               False, True),
+    "uvloop": ("uvloop Protocol", [PY, os.path.join(SERVERS, "asyncio_protocol.py"), "--uvloop"], False, True),
     "node": ("node net", ["node", os.path.join(SERVERS, "node_net.js")], False, True),
 }
-SHORT = {"floor": "floor", RM: "reactor_mgmt", RM_NOBUDGET: "rm no budget",
-         RM_FOREVER: "rm serve_forever", "asyncio": "asyncio", "uvloop": "uvloop", "node": "node"}
+SHORT = {
+    "floor": "floor",
+    RM: "reactor_mgmt",
+    RM_NOBUDGET: "rm no budget",
+    RM_FOREVER: "rm serve_forever",
+    "asyncio": "asyncio",
+    "uvloop": "uvloop",
+    "node": "node",
+}
 
 # workload -> (load generator arguments, family)
 CELLS = {
@@ -79,11 +98,16 @@ CELLS = {
     "pipe_echo": (["pipe", "--kind", "echo"], "pipe"),
 }
 LABELS = {
-    "churn1_text": "one-shot, 1 client, text", "churn1_json": "one-shot, 1 client, JSON",
-    "churn32_text": "one-shot, 32 clients, text", "churn32_json": "one-shot, 32 clients, JSON",
-    "rtt_text": "`status` round trip", "rtt_json": "JSON `status` round trip",
-    "pipe_status": "`status` pipelined", "pipe_json": "JSON `status` pipelined",
-    "pipe_echo": "distinct `echo N` pipelined", "host": "60 Hz host under a flood",
+    "churn1_text": "one-shot, 1 client, text",
+    "churn1_json": "one-shot, 1 client, JSON",
+    "churn32_text": "one-shot, 32 clients, text",
+    "churn32_json": "one-shot, 32 clients, JSON",
+    "rtt_text": "`status` round trip",
+    "rtt_json": "JSON `status` round trip",
+    "pipe_status": "`status` pipelined",
+    "pipe_json": "JSON `status` pipelined",
+    "pipe_echo": "distinct `echo N` pipelined",
+    "host": "60 Hz host under a flood",
 }
 WORKLOADS = list(CELLS) + ["host"]
 SLICE_S = 0.125  # paired runs alternate the two servers in slices this long
@@ -92,10 +116,32 @@ SLICE_S = 0.125  # paired runs alternate the two servers in slices this long
 # CPU is taken again (up to `retries` more times, while the run stays within max_minutes), and
 # the attempt with the least interference is kept. A failed attempt is never retried.
 # churn_s, rtt_s, pipe_s: each server's share of a paired run (the floor gets as much).
-FULL = dict(rounds=5, churn_s=0.5, rtt_count=3000, rtt_s=0.3, pipe_s=0.4, host_idle_s=0.5,
-            host_flood_s=2.0, srcs=32, retries=2, quiet_pct=40.0, max_minutes=7.5)
-QUICK = dict(rounds=1, churn_s=0.25, rtt_count=1000, rtt_s=0.25, pipe_s=0.25, host_idle_s=0.3,
-             host_flood_s=0.6, srcs=32, retries=0, quiet_pct=40.0, max_minutes=1.0)
+FULL = dict(
+    rounds=5,
+    churn_s=0.5,
+    rtt_count=3000,
+    rtt_s=0.3,
+    pipe_s=0.4,
+    host_idle_s=0.5,
+    host_flood_s=2.0,
+    srcs=32,
+    retries=2,
+    quiet_pct=40.0,
+    max_minutes=7.5,
+)
+QUICK = dict(
+    rounds=1,
+    churn_s=0.25,
+    rtt_count=1000,
+    rtt_s=0.25,
+    pipe_s=0.25,
+    host_idle_s=0.3,
+    host_flood_s=0.6,
+    srcs=32,
+    retries=0,
+    quiet_pct=40.0,
+    max_minutes=1.0,
+)
 
 
 def log(msg):
@@ -105,7 +151,8 @@ def log(msg):
 
 # ------------------------------------------------------------- processes --
 
-class LineReader(object):
+
+class LineReader:
     """Lines from a pipe, with a timeout (select on the fd)."""
 
     def __init__(self, f):
@@ -128,15 +175,16 @@ class LineReader(object):
         return line.decode(errors="replace")
 
 
-class Server(object):
+class Server:
     """One server process; stop() is always called from a finally."""
 
     def __init__(self, name, env, extra=(), timeout=20.0):
         self.name = name
         self.err = tempfile.TemporaryFile()
         cmd = PEERS[name][1] + list(extra)
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.err, env=env)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.err, env=env
+        )
         self.pid = self.proc.pid
         self.out = LineReader(self.proc.stdout)
         line = self.out.readline(timeout)
@@ -196,9 +244,9 @@ def run_load(args, timeout, cpus=None):
     """Runs the load generator to completion; returns its JSON result."""
     pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
     try:
-        r = subprocess.run([PY, LOAD] + args, cwd=ROOT, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                           preexec_fn=pre)
+        r = subprocess.run(
+            [PY, LOAD] + args, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, preexec_fn=pre
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": "load generator timed out after %.0f s" % timeout}
     lines = r.stdout.decode(errors="replace").strip().splitlines()
@@ -250,6 +298,7 @@ def steal_s():
 
 # ------------------------------------------------------------- measuring --
 
+
 def measure_pair(srvs, cell, p, cpus_all):
     """Drives one or two servers with one load generator; with two, in alternating slices
     (A B B A ...) of the same run, so both see the same moments of a shared machine. Returns
@@ -293,8 +342,9 @@ def measure_pair(srvs, cell, p, cpus_all):
                 results.append({"ok": None, "error": "not measured: its partner failed"})
         else:
             r = dict(out["per_port"][i])
-            r.update(ok=True, server_cpu_s=cpus[i], client_cpu_s=out["client_cpu_s"],
-                     client_wall_s=out["client_wall_s"])
+            r.update(
+                ok=True, server_cpu_s=cpus[i], client_cpu_s=out["client_cpu_s"], client_wall_s=out["client_wall_s"]
+            )
             if family == "churn":
                 r["server_cpu_us_per_conn"] = cpus[i] / r["conns"] * 1e6 if r["conns"] else None
                 r["server_cpu_pct"] = 100.0 * cpus[i] / r["elapsed_s"] if r["elapsed_s"] else None
@@ -318,10 +368,25 @@ def measure_host(name, env, p, steal):
         time.sleep(p["host_idle_s"])
         srv.proc.send_signal(signal.SIGUSR2)
         idle = json.loads(srv.out.readline(10) or "null")
-        load = subprocess.Popen([PY, LOAD, "flood", "--port", str(srv.port), "--conc", "32",
-                                 "--duration", str(p["host_flood_s"]), "--srcs", str(p["srcs"])],
-                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+        load = subprocess.Popen(
+            [
+                PY,
+                LOAD,
+                "flood",
+                "--port",
+                str(srv.port),
+                "--conc",
+                "32",
+                "--duration",
+                str(p["host_flood_s"]),
+                "--srcs",
+                str(p["srcs"]),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         lr = LineReader(load.stdout)
         if lr.readline(20) != "start":
             return {"ok": False, "error": "flood did not start: %s" % load.stderr.read(2000)}
@@ -346,15 +411,20 @@ def measure_host(name, env, p, steal):
         if not srv.alive() or idle is None or flood is None:
             return {"ok": False, "error": "host server gave no figures: %s" % srv.stderr_tail()}
         wall = flood["wall_s"]
-        out.update(idle_late_p99_ms=idle["late_p99_ms"], late_p50_ms=flood["late_p50_ms"],
-                   late_p99_ms=flood["late_p99_ms"], late_max_ms=flood["late_max_ms"],
-                   frames=flood["frames"], dropped=flood["dropped"],
-                   late_ms=flood.get("late_ms"), idle_late_ms=idle.get("late_ms"),  # per frame (plots.py)
-                   io_cpu_pct=100.0 * (flood["cpu_s"] - flood["work_cpu_s"]) / wall,
-                   poll_cpu_pct=(None if flood["io_cpu_s"] is None
-                                 else 100.0 * flood["io_cpu_s"] / wall),
-                   work_cpu_pct=100.0 * flood["work_cpu_s"] / wall,
-                   steal_ms=None if s0 is None or s1 is None else (s1 - s0) * 1e3)
+        out.update(
+            idle_late_p99_ms=idle["late_p99_ms"],
+            late_p50_ms=flood["late_p50_ms"],
+            late_p99_ms=flood["late_p99_ms"],
+            late_max_ms=flood["late_max_ms"],
+            frames=flood["frames"],
+            dropped=flood["dropped"],
+            late_ms=flood.get("late_ms"),
+            idle_late_ms=idle.get("late_ms"),  # per frame (plots.py)
+            io_cpu_pct=100.0 * (flood["cpu_s"] - flood["work_cpu_s"]) / wall,
+            poll_cpu_pct=(None if flood["io_cpu_s"] is None else 100.0 * flood["io_cpu_s"] / wall),
+            work_cpu_pct=100.0 * flood["work_cpu_s"] / wall,
+            steal_ms=None if s0 is None or s1 is None else (s1 - s0) * 1e3,
+        )
         if b0 is not None and b1 is not None:  # as in measure_pair; the client's CPU pro rata
             client = out["client_cpu_s"] * min(1.0, wall / out["client_wall_s"])
             out["other_cpu_pct"] = max(0.0, 100.0 * (b1 - b0 - flood["cpu_s"] - client) / wall)
@@ -371,12 +441,13 @@ def measure_host(name, env, p, steal):
 
 # ------------------------------------------------------------- results --
 
+
 def med(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
 
 
-class Results(object):
+class Results:
     """runs[(w, peer)]: the peer's result per round (the floor's: one per pair it was in).
     Each peer is paired with a base, the floor, except that reactor_mgmt's no-budget loop and
     serve_forever() are paired with reactor_mgmt's budgeted loop, so that the budget target is
@@ -427,8 +498,10 @@ class Results(object):
         partners = self.partner.get((w, peer)) or self.runs.get((w, "floor"), [])
         rs = self._ratios(self.runs[(w, peer)], partners, metric, invert)
         if base != "floor":
-            rs = [x * y if x is not None and y is not None else None
-                  for x, y in zip(rs, self._vs_floor(w, base, metric, invert))]
+            rs = [
+                x * y if x is not None and y is not None else None
+                for x, y in zip(rs, self._vs_floor(w, base, metric, invert))
+            ]
         return rs
 
     def ratio(self, w, peer, metric, base="floor", invert=False):
@@ -451,7 +524,7 @@ def fmt(v, spec="%.1f"):
     if v is None:
         return "-"
     if spec == "int":
-        return "{:,}".format(int(round(v)))
+        return f"{int(round(v)):,}"
     return spec % v
 
 
@@ -489,25 +562,46 @@ def targets(res):
             rows.append((name, vfmt % value, limit, "PASS" if ok(value) else "FAIL"))
 
     for w, lab in (("churn1_text", "one-shot, 1 client, text"), ("churn32_text", "one-shot, 32 clients, text")):
-        add(lab + ": conn/s vs floor", res.ratio(w, RM, "conn_s"), ">= 1.0x", lambda v: v >= 1.0,
-            cells=[(w, RM), (w, "floor")])
-        add(lab + ": server CPU/conn vs floor", res.ratio(w, RM, "server_cpu_us_per_conn"), "<= 1.1x",
-            lambda v: v <= 1.1, cells=[(w, RM), (w, "floor")])
+        add(
+            lab + ": conn/s vs floor",
+            res.ratio(w, RM, "conn_s"),
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            cells=[(w, RM), (w, "floor")],
+        )
+        add(
+            lab + ": server CPU/conn vs floor",
+            res.ratio(w, RM, "server_cpu_us_per_conn"),
+            "<= 1.1x",
+            lambda v: v <= 1.1,
+            cells=[(w, RM), (w, "floor")],
+        )
     for w, metric, limit, ok in (
-            ("churn32_json", "conn_s", ">= 0.9x", lambda v: v >= 0.9),
-            ("rtt_text", "median_us", "<= 1.05x", lambda v: v <= 1.05),
-            ("rtt_json", "median_us", "<= 1.05x", lambda v: v <= 1.05),
-            ("pipe_status", "req_s", ">= 0.8x", lambda v: v >= 0.8),
-            ("pipe_json", "req_s", ">= 0.8x", lambda v: v >= 0.8),
-            ("pipe_echo", "req_s", ">= 0.5x", lambda v: v >= 0.5)):
+        ("churn32_json", "conn_s", ">= 0.9x", lambda v: v >= 0.9),
+        ("rtt_text", "median_us", "<= 1.05x", lambda v: v <= 1.05),
+        ("rtt_json", "median_us", "<= 1.05x", lambda v: v <= 1.05),
+        ("pipe_status", "req_s", ">= 0.8x", lambda v: v >= 0.8),
+        ("pipe_json", "req_s", ">= 0.8x", lambda v: v >= 0.8),
+        ("pipe_echo", "req_s", ">= 0.5x", lambda v: v >= 0.5),
+    ):
         name = LABELS[w] + (": conn/s" if metric == "conn_s" else ": median" if metric == "median_us" else "")
         add(name + " vs floor", res.ratio(w, RM, metric), limit, ok, cells=[(w, RM), (w, "floor")])
     for w, metric, inv in budget_pairs():
-        add("budget=0.002 vs no budget (speed): %s" % LABELS[w],
-            res.ratio(w, RM, metric, base=RM_NOBUDGET, invert=inv), ">= 0.95x", lambda v: v >= 0.95,
-            cells=[(w, RM), (w, RM_NOBUDGET)])
-    add("60 Hz host under a flood: frames late, p99", res.value("host", RM, "late_p99_ms"), "<= 1 ms",
-        lambda v: v <= 1.0, vfmt="%.2f ms", cells=[("host", RM)])
+        add(
+            "budget=0.002 vs no budget (speed): %s" % LABELS[w],
+            res.ratio(w, RM, metric, base=RM_NOBUDGET, invert=inv),
+            ">= 0.95x",
+            lambda v: v >= 0.95,
+            cells=[(w, RM), (w, RM_NOBUDGET)],
+        )
+    add(
+        "60 Hz host under a flood: frames late, p99",
+        res.value("host", RM, "late_p99_ms"),
+        "<= 1 ms",
+        lambda v: v <= 1.0,
+        vfmt="%.2f ms",
+        cells=[("host", RM)],
+    )
     return rows
 
 
@@ -536,28 +630,39 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
     L.append("- machine: %s CPUs, %s; %s; %s" % (info["nproc"], info["cpu"], info["kernel"], info["python"]))
     L.append("- reactor_mgmt: `%s`" % info["reactor"])
     L.append("- peers: %s" % ", ".join("%s = %s" % (SHORT[x], PEERS[x][0]) for x in peers))
-    L.append("- rounds: %d. In each round every server is driven together with the floor by one load "
-             "generator, in alternating slices of %.3f s (floor X X floor ...; who goes first alternates), "
-             "so that both see the same moments of this shared machine; the order of the servers "
-             "rotates each round. reactor_mgmt's no-budget loop and serve_forever() are paired with "
-             "reactor_mgmt's budgeted loop instead, so the budget targets compare the two directly "
-             "(their ratios to the floor go through reactor_mgmt's). Cells are medians over rounds "
-             "(the floor's: over all its pairs); ratios (in parentheses) are the median of the "
-             "per-round ratios. The host workload runs one server at a time. FAILED = a wrong, "
-             "missing or late reply in some round." % (p["rounds"], SLICE_S))
+    L.append(
+        "- rounds: %d. In each round every server is driven together with the floor by one load "
+        "generator, in alternating slices of %.3f s (floor X X floor ...; who goes first alternates), "
+        "so that both see the same moments of this shared machine; the order of the servers "
+        "rotates each round. reactor_mgmt's no-budget loop and serve_forever() are paired with "
+        "reactor_mgmt's budgeted loop instead, so the budget targets compare the two directly "
+        "(their ratios to the floor go through reactor_mgmt's). Cells are medians over rounds "
+        "(the floor's: over all its pairs); ratios (in parentheses) are the median of the "
+        "per-round ratios. The host workload runs one server at a time. FAILED = a wrong, "
+        "missing or late reply in some round." % (p["rounds"], SLICE_S)
+    )
     if info.get("steal_s") is not None:
         L.append("- host steal time over the run (both CPUs): %.1f s" % info["steal_s"])
     outs = [out for outs in res.runs.values() for out in outs]
     other = sorted(out["other_cpu_pct"] for out in outs if out.get("other_cpu_pct") is not None)
     if other:
-        L.append("- CPU used by neither the server under test nor the load generator during a "
-                 "measurement (other processes on this shared machine, steal; %% of one CPU), over "
-                 "the measurements kept: median %.0f%%, p90 %.0f%%, max %.0f%%. A measurement with "
-                 "more than %.0f%% was taken again, up to %d more times while the run stayed within "
-                 "%g minutes, and the quietest attempt kept: %d of %d measurements were retried." % (
-                     other[len(other) // 2], other[int(0.9 * (len(other) - 1))], other[-1],
-                     p["quiet_pct"], p["retries"], p["max_minutes"],
-                     sum(1 for out in outs if out.get("attempts", 1) > 1), len(outs)))
+        L.append(
+            "- CPU used by neither the server under test nor the load generator during a "
+            "measurement (other processes on this shared machine, steal; %% of one CPU), over "
+            "the measurements kept: median %.0f%%, p90 %.0f%%, max %.0f%%. A measurement with "
+            "more than %.0f%% was taken again, up to %d more times while the run stayed within "
+            "%g minutes, and the quietest attempt kept: %d of %d measurements were retried."
+            % (
+                other[len(other) // 2],
+                other[int(0.9 * (len(other) - 1))],
+                other[-1],
+                p["quiet_pct"],
+                p["retries"],
+                p["max_minutes"],
+                sum(1 for out in outs if out.get("attempts", 1) > 1),
+                len(outs),
+            )
+        )
     for n in notes:
         L.append("- " + n)
     L.append("")
@@ -567,39 +672,53 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
     L.append("")
     L.append("## One-shot connections (churn)")
     L.append("")
-    L.append("Each connection: connect (from one of %d loopback source addresses), send one `status` "
-             "(text) or `{\"id\": N, \"cmd\": \"status\"}` line, `shutdown(SHUT_WR)`, read to EOF, "
-             "check the bytes; %.1f s per server and round. Latency is connect to EOF. Server CPU is "
-             "`/proc/PID/stat` utime+stime over the paired run, per connection and as %% of the time "
-             "its slices lasted; client CPU is the load generator's over the whole paired run. "
-             "With 32 clients, a server near 100%% while the client has room is the bottleneck; "
-             "when it is well below, other processes on this machine had the CPU (see the header)." % (
-                 p["srcs"], p["churn_s"]))
+    L.append(
+        "Each connection: connect (from one of %d loopback source addresses), send one `status` "
+        '(text) or `{"id": N, "cmd": "status"}` line, `shutdown(SHUT_WR)`, read to EOF, '
+        "check the bytes; %.1f s per server and round. Latency is connect to EOF. Server CPU is "
+        "`/proc/PID/stat` utime+stime over the paired run, per connection and as %% of the time "
+        "its slices lasted; client CPU is the load generator's over the whole paired run. "
+        "With 32 clients, a server near 100%% while the client has room is the bottleneck; "
+        "when it is well below, other processes on this machine had the CPU (see the header)."
+        % (p["srcs"], p["churn_s"])
+    )
     L.append("")
     rows = []
     for w in ("churn1_text", "churn1_json", "churn32_text", "churn32_json"):
         lab = LABELS[w]
         rows.append([lab + ": conn/s"] + [cell_text(res, w, x, "conn_s", "int") for x in cols])
-        rows.append([lab + ": server CPU us/conn"] +
-                    [cell_text(res, w, x, "server_cpu_us_per_conn", "%.1f") for x in cols])
-        rows.append([lab + ": p50 / p99 us"] + [
-            cell_text(res, w, x, None, None) or "%s / %s" % (
-                fmt(res.value(w, x, "p50_us"), "%.0f"), fmt(res.value(w, x, "p99_us"), "%.0f"))
-            for x in cols])
-        rows.append([lab + ": server / client CPU %"] + [
-            cell_text(res, w, x, None, None) or "%s / %s" % (
-                fmt(res.value(w, x, "server_cpu_pct"), "%.0f"), fmt(res.value(w, x, "client_cpu_pct"), "%.0f"))
-            for x in cols])
+        rows.append(
+            [lab + ": server CPU us/conn"] + [cell_text(res, w, x, "server_cpu_us_per_conn", "%.1f") for x in cols]
+        )
+        rows.append(
+            [lab + ": p50 / p99 us"]
+            + [
+                cell_text(res, w, x, None, None)
+                or "%s / %s" % (fmt(res.value(w, x, "p50_us"), "%.0f"), fmt(res.value(w, x, "p99_us"), "%.0f"))
+                for x in cols
+            ]
+        )
+        rows.append(
+            [lab + ": server / client CPU %"]
+            + [
+                cell_text(res, w, x, None, None)
+                or "%s / %s"
+                % (fmt(res.value(w, x, "server_cpu_pct"), "%.0f"), fmt(res.value(w, x, "client_cpu_pct"), "%.0f"))
+                for x in cols
+            ]
+        )
     L.append(md_table(head, rows))
     L.append("")
     L.append("## `status` round trips and pipelines")
     L.append("")
-    L.append("Round trips: one connection, sequential requests (after 200 warm-up), the load "
-             "generator and the server pinned to one CPU (the software path of both sides, not the "
-             "cross-CPU wake-up latency of a small VM); us. JSON requests carry distinct ids. "
-             "Pipelines: a connection per slice, requests sent in blocks while replies are read and "
-             "checked (at most 256 KiB of replies owed), %.1f s per server; requests/s. `echo N` requests "
-             "are all different (N = 10000000, 10000001, ...)." % p["pipe_s"])
+    L.append(
+        "Round trips: one connection, sequential requests (after 200 warm-up), the load "
+        "generator and the server pinned to one CPU (the software path of both sides, not the "
+        "cross-CPU wake-up latency of a small VM); us. JSON requests carry distinct ids. "
+        "Pipelines: a connection per slice, requests sent in blocks while replies are read and "
+        "checked (at most 256 KiB of replies owed), %.1f s per server; requests/s. `echo N` requests "
+        "are all different (N = 10000000, 10000001, ...)." % p["pipe_s"]
+    )
     L.append("")
     rows = []
     for w in ("rtt_text", "rtt_json"):
@@ -611,15 +730,17 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
     L.append("")
     L.append("## 60 Hz host under a flood")
     L.append("")
-    L.append("Each server runs alone, in a host loop of 60 frames/s with 4 ms of busy work per frame "
-             "(reactor_mgmt: `poll(timeout=time_left, budget=0.002)` between frames; the floor: its "
-             "own `select(timeout=time_left)` tick; asyncio/uvloop: `loop.call_at` frames; node: "
-             "`setTimeout` frames), while 32 one-shot clients and a pipeliner of `status` flood it "
-             "for %.1f s. *Late* is how long after its due time a frame starts (ms; the idle column "
-             "is the same host without load: an epoll timeout is rounded up to whole ms). *I/O CPU* "
-             "is the process's CPU over the window less the frames' work; *poll CPU* the CPU time "
-             "inside `poll()`/`select()` and its handling, where the loop can time it; both as %% "
-             "of the wall time. Flood throughput ratios are against the floor's host." % p["host_flood_s"])
+    L.append(
+        "Each server runs alone, in a host loop of 60 frames/s with 4 ms of busy work per frame "
+        "(reactor_mgmt: `poll(timeout=time_left, budget=0.002)` between frames; the floor: its "
+        "own `select(timeout=time_left)` tick; asyncio/uvloop: `loop.call_at` frames; node: "
+        "`setTimeout` frames), while 32 one-shot clients and a pipeliner of `status` flood it "
+        "for %.1f s. *Late* is how long after its due time a frame starts (ms; the idle column "
+        "is the same host without load: an epoll timeout is rounded up to whole ms). *I/O CPU* "
+        "is the process's CPU over the window less the frames' work; *poll CPU* the CPU time "
+        "inside `poll()`/`select()` and its handling, where the loop can time it; both as %% "
+        "of the wall time. Flood throughput ratios are against the floor's host." % p["host_flood_s"]
+    )
     L.append("")
     hrows = []
     for x in [x for x in peers if PEERS[x][3]]:
@@ -627,21 +748,40 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
         if res.error(w, x):
             hrows.append([SHORT[x], "FAILED: %s" % res.error(w, x)[:120]] + [""] * 7)
             continue
-        hrows.append([
-            SHORT[x], fmt(res.value(w, x, "idle_late_p99_ms"), "%.2f"),
-            "%s / %s / %s" % (fmt(res.value(w, x, "late_p50_ms"), "%.2f"),
-                              fmt(res.value(w, x, "late_p99_ms"), "%.2f"),
-                              fmt(res.value(w, x, "late_max_ms"), "%.2f")),
-            fmt(res.value(w, x, "dropped"), "%.0f"),
-            fmt(res.value(w, x, "io_cpu_pct"), "%.0f"),
-            fmt(res.value(w, x, "poll_cpu_pct"), "%.0f"),
-            fmt(res.value(w, x, "conn_s"), "int") + ("" if x == "floor" else fx(res.ratio(w, x, "conn_s"))),
-            fmt(res.value(w, x, "pipe_req_s"), "int") + ("" if x == "floor" else fx(res.ratio(w, x, "pipe_req_s"))),
-            fmt(res.value(w, x, "steal_ms"), "%.0f"),
-        ])
-    L.append(md_table(["host", "idle late p99 ms", "flood late p50 / p99 / max ms", "frames dropped",
-                       "I/O CPU %", "poll CPU %", "flood one-shot conn/s", "flood pipelined req/s",
-                       "steal ms"], hrows))
+        hrows.append(
+            [
+                SHORT[x],
+                fmt(res.value(w, x, "idle_late_p99_ms"), "%.2f"),
+                "%s / %s / %s"
+                % (
+                    fmt(res.value(w, x, "late_p50_ms"), "%.2f"),
+                    fmt(res.value(w, x, "late_p99_ms"), "%.2f"),
+                    fmt(res.value(w, x, "late_max_ms"), "%.2f"),
+                ),
+                fmt(res.value(w, x, "dropped"), "%.0f"),
+                fmt(res.value(w, x, "io_cpu_pct"), "%.0f"),
+                fmt(res.value(w, x, "poll_cpu_pct"), "%.0f"),
+                fmt(res.value(w, x, "conn_s"), "int") + ("" if x == "floor" else fx(res.ratio(w, x, "conn_s"))),
+                fmt(res.value(w, x, "pipe_req_s"), "int") + ("" if x == "floor" else fx(res.ratio(w, x, "pipe_req_s"))),
+                fmt(res.value(w, x, "steal_ms"), "%.0f"),
+            ]
+        )
+    L.append(
+        md_table(
+            [
+                "host",
+                "idle late p99 ms",
+                "flood late p50 / p99 / max ms",
+                "frames dropped",
+                "I/O CPU %",
+                "poll CPU %",
+                "flood one-shot conn/s",
+                "flood pipelined req/s",
+                "steal ms",
+            ],
+            hrows,
+        )
+    )
     L.append("")
     if RM_FOREVER in peers:
         L.append("## `serve_forever()` beside the host loop")
@@ -654,17 +794,17 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
                     diff.append([LABELS[w], "FAILED", ""])
                 continue
             if abs(r - 1.0) > 0.10:
-                diff.append([LABELS[w], fmt(res.value(w, RM_FOREVER, metric), "%.1f" if inv else "int"),
-                             "%.2fx" % r])
+                diff.append([LABELS[w], fmt(res.value(w, RM_FOREVER, metric), "%.1f" if inv else "int"), "%.2fx" % r])
         if diff:
-            L.append("Only the workloads where `serve_forever()` differs from "
-                     "`poll(timeout=time_left, budget=0.002)` by more than 10% (speed ratio, "
-                     "forever / host loop; >1 = serve_forever faster):")
+            L.append(
+                "Only the workloads where `serve_forever()` differs from "
+                "`poll(timeout=time_left, budget=0.002)` by more than 10% (speed ratio, "
+                "forever / host loop; >1 = serve_forever faster):"
+            )
             L.append("")
             L.append(md_table(["workload", "serve_forever()", "vs the host loop"], diff))
         else:
-            L.append("`serve_forever()` is within 10% of `poll(timeout=time_left, budget=0.002)` "
-                     "on every workload.")
+            L.append("`serve_forever()` is within 10% of `poll(timeout=time_left, budget=0.002)` on every workload.")
         L.append("")
     errs = [(w, x, res.error(w, x)) for (w, x) in sorted(res.runs) if res.error(w, x) not in (None, "not run")]
     if errs:
@@ -678,6 +818,7 @@ def render(res, peers, p, info, cmd, started, elapsed, notes):
 
 # ------------------------------------------------------------- main --
 
+
 def machine_info():
     model = "?"
     try:
@@ -689,9 +830,12 @@ def machine_info():
     except OSError:
         pass
     u = platform.uname()
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": model,
-            "kernel": "%s %s %s" % (u.system, u.release, u.machine),
-            "python": "%s %s" % (platform.python_implementation(), platform.python_version())}
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "kernel": "%s %s %s" % (u.system, u.release, u.machine),
+        "python": "%s %s" % (platform.python_implementation(), platform.python_version()),
+    }
 
 
 def rm_env(path):
@@ -703,15 +847,24 @@ def rm_env(path):
 
 def reactor_info(path, env):
     # cwd: a directory with no reactor_mgmt in it (python -c puts the cwd first on sys.path)
-    r = subprocess.run([PY, "-c", "import reactor_mgmt; print(reactor_mgmt.__file__)"], cwd=SERVERS,
-                       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+    r = subprocess.run(
+        [PY, "-c", "import reactor_mgmt; print(reactor_mgmt.__file__)"],
+        cwd=SERVERS,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     if r.returncode != 0:
         return None, r.stderr.decode(errors="replace").strip().splitlines()[-1:]
     where = r.stdout.decode().strip()
     rev = "?"
     try:
-        g = subprocess.run(["git", "-C", path, "describe", "--always", "--dirty"], stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, timeout=10)
+        g = subprocess.run(
+            ["git", "-C", path, "describe", "--always", "--dirty"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        )
         rev = g.stdout.decode().strip() or "?"
     except (OSError, subprocess.TimeoutExpired):
         pass
@@ -721,6 +874,7 @@ def reactor_info(path, env):
 def available(name):
     if name == "uvloop":
         import importlib.util
+
         return importlib.util.find_spec("uvloop") is not None, "uvloop not installed (pip install uvloop)"
     if name == "node":
         return shutil.which("node") is not None, "node not on PATH"
@@ -730,15 +884,22 @@ def available(name):
 def perf_works():
     if shutil.which("perf") is None:
         return False
-    r = subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-o", os.devnull, "--", "true"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+    r = subprocess.run(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-o", os.devnull, "--", "true"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+    )
     return r.returncode == 0
 
 
 def perf_report(datafile, sort, top):
-    r = subprocess.run(["perf", "report", "-i", datafile, "--stdio", "--no-children", "--sort", sort,
-                        "--percent-limit", "0.5"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                       timeout=120)
+    r = subprocess.run(
+        ["perf", "report", "-i", datafile, "--stdio", "--no-children", "--sort", sort, "--percent-limit", "0.5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
     lines = [x for x in r.stdout.decode(errors="replace").splitlines() if x.strip() and not x.startswith("#")]
     return "\n".join(lines[:top])
 
@@ -750,6 +911,7 @@ def profile(args, env):
     same load: the top shared objects and symbols (Python 3.11 frames show as the interpreter)."""
     import io
     import pstats
+
     p = QUICK if args.quick else FULL
     cpus = set(os.sched_getaffinity(0))
     load_p = dict(p, churn_s=3.0, pipe_s=2.0)
@@ -769,9 +931,11 @@ def profile(args, env):
         buf = io.StringIO()
         st.stream = buf
         st.sort_stats("tottime").print_stats(args.profile_top)
-        out.append("## cProfile: %s (%s)\n\n`epoll.poll` includes the time spent waiting.\n\n"
-                   "load: %s\n\n```\n%s\n```\n" % (
-                       LABELS[cell], "ok" if r.get("ok") else "FAILED", json.dumps(r), buf.getvalue().strip()))
+        out.append(
+            "## cProfile: %s (%s)\n\n`epoll.poll` includes the time spent waiting.\n\n"
+            "load: %s\n\n```\n%s\n```\n"
+            % (LABELS[cell], "ok" if r.get("ok") else "FAILED", json.dumps(r), buf.getvalue().strip())
+        )
         if not use_perf:
             continue
         fd, data = tempfile.mkstemp(suffix=".perf")
@@ -780,8 +944,11 @@ def profile(args, env):
         rec = None
         try:
             probe(srv.port)
-            rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-p", str(srv.pid), "-o", data],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rec = subprocess.Popen(
+                ["perf", "record", "-q", "-e", "cpu-clock", "-p", str(srv.pid), "-o", data],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(0.3)
             r = measure_pair([srv], cell, load_p, cpus)[0]
         finally:
@@ -794,9 +961,15 @@ def profile(args, env):
                     rec.wait()
             srv.stop()
         try:
-            out.append("## perf (cpu-clock): %s (%s)\n\n```\n%s\n\n%s\n```\n" % (
-                LABELS[cell], "ok" if r.get("ok") else "FAILED", perf_report(data, "dso", 8),
-                perf_report(data, "dso,sym", args.profile_top)))
+            out.append(
+                "## perf (cpu-clock): %s (%s)\n\n```\n%s\n\n%s\n```\n"
+                % (
+                    LABELS[cell],
+                    "ok" if r.get("ok") else "FAILED",
+                    perf_report(data, "dso", 8),
+                    perf_report(data, "dso,sym", args.profile_top),
+                )
+            )
         finally:
             os.unlink(data)
     text = "\n".join(out)
@@ -811,8 +984,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one short round (a smoke run)")
     ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--reactor-path", default=ROOT,
-                    help="directory holding the reactor_mgmt package to measure (default: the repo root)")
+    ap.add_argument(
+        "--reactor-path",
+        default=ROOT,
+        help="directory holding the reactor_mgmt package to measure (default: the repo root)",
+    )
     ap.add_argument("--output", default=None, help="also write the Markdown report here")
     ap.add_argument("--only", default=None, help="workloads: " + ",".join(WORKLOADS))
     ap.add_argument("--peers", default=None, help="servers: " + ",".join(PEERS))
@@ -851,8 +1027,9 @@ def main(argv=None):
             notes.append("%s skipped: %s" % (SHORT[name], why))
             continue
         peers.append(name)
-    cmd = "python benchmarks/realistic.py" + ("" if argv is None and len(sys.argv) == 1
-                                              else " " + " ".join(sys.argv[1:] if argv is None else argv))
+    cmd = "python benchmarks/realistic.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     t_start = time.monotonic()
     steal0 = steal_s()
@@ -873,6 +1050,7 @@ def main(argv=None):
                         res.add(w, name, {"ok": False, "error": "start/probe: %s" % e})
                     if srv is not None:
                         srv.stop()
+
         def base_of(name):
             return RM if name in (RM_NOBUDGET, RM_FOREVER) and RM in servers else "floor"
 
@@ -909,8 +1087,7 @@ def main(argv=None):
             outs = attempt(w, name, floor_first)
             spent.setdefault(w, []).append(time.monotonic() - t0)
             tries = 1
-            while (all(out.get("ok") for out in outs) and quiet(outs) > p["quiet_pct"]
-                   and tries <= p["retries"]):
+            while all(out.get("ok") for out in outs) and quiet(outs) > p["quiet_pct"] and tries <= p["retries"]:
                 left = sum(med(spent.get(x) or [max(map(med, spent.values()))]) for _, x, _, _ in plan[i:])
                 if time.monotonic() - t_start + left > budget:
                     break
@@ -934,8 +1111,10 @@ def main(argv=None):
                 res.add(w, name, outs[1], partner_out=outs[0], base=base)
             again = "" if tries == 1 else " (best of %d)" % tries
             if w != "host":
-                log("round %d %-13s %-17s %s%s" % (rnd + 1, w, "(%s)" % SHORT[base_of(name)],
-                                                   summary(w, outs[0]), again))
+                log(
+                    "round %d %-13s %-17s %s%s"
+                    % (rnd + 1, w, "(%s)" % SHORT[base_of(name)], summary(w, outs[0]), again)
+                )
             log("round %d %-13s %-17s %s%s" % (rnd + 1, w, SHORT[name], summary(w, outs[-1]), again))
     finally:
         for srv in servers.values():
@@ -962,12 +1141,20 @@ def summary(w, out):
         return "FAILED: %s" % out.get("error", "")[:200]
     if w == "host":
         return "late p99 %s max %s ms, io cpu %.0f%%, %d conn/s, %d req/s" % (
-            fmt(out["late_p99_ms"], "%.2f"), fmt(out["late_max_ms"], "%.2f"), out["io_cpu_pct"],
-            out["conn_s"], out["pipe_req_s"])
+            fmt(out["late_p99_ms"], "%.2f"),
+            fmt(out["late_max_ms"], "%.2f"),
+            out["io_cpu_pct"],
+            out["conn_s"],
+            out["pipe_req_s"],
+        )
     fam = CELLS[w][1]
     if fam == "churn":
         return "%d conn/s, %.1f us cpu/conn, server %.0f%% client %.0f%% cpu" % (
-            out["conn_s"], out["server_cpu_us_per_conn"] or 0, out["server_cpu_pct"], out["client_cpu_pct"])
+            out["conn_s"],
+            out["server_cpu_us_per_conn"] or 0,
+            out["server_cpu_pct"],
+            out["client_cpu_pct"],
+        )
     if fam == "rtt":
         return "median %.1f us, p99 %.1f us" % (out["median_us"], out["p99_us"])
     return "%d req/s" % out["req_s"]

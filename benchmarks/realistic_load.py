@@ -20,6 +20,7 @@ connection binds one of ``--srcs`` loopback source addresses (127.0.0.2, 127.0.0
 with IP_BIND_ADDRESS_NO_PORT, so the search for a free port among the TIME_WAIT ones
 (this side closes first) does not cap every server alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,18 +39,22 @@ STALL_S = 10.0
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 # What every peer must answer, byte for byte.
-STATUS_TEXT = (b"service:   reactor-bench\n"
-               b"version:   2.3.1\n"
-               b"state:     running\n"
-               b"workers:   4\n"
-               b"queued:    17\n"
-               b"processed: 1048576\n"
-               b"failed:    3\n"
-               b"load:      0.75\n")
-STATUS_JSON = (b'{"service": "reactor-bench", "version": "2.3.1", "state": "running", '
-               b'"workers": 4, "queued": 17, "processed": 1048576, "failed": 3, "load": 0.75}')
+STATUS_TEXT = (
+    b"service:   reactor-bench\n"
+    b"version:   2.3.1\n"
+    b"state:     running\n"
+    b"workers:   4\n"
+    b"queued:    17\n"
+    b"processed: 1048576\n"
+    b"failed:    3\n"
+    b"load:      0.75\n"
+)
+STATUS_JSON = (
+    b'{"service": "reactor-bench", "version": "2.3.1", "state": "running", '
+    b'"workers": 4, "queued": 17, "processed": 1048576, "failed": 3, "load": 0.75}'
+)
 JSON_PREFIX = b'{"id": '
-JSON_SUFFIX = b', "ok": true, "result": ' + STATUS_JSON + b'}\n'
+JSON_SUFFIX = b', "ok": true, "result": ' + STATUS_JSON + b"}\n"
 
 
 def json_request(i):
@@ -75,7 +80,8 @@ def pct(sorted_vals, q):
 
 # ---- churn: one-shot connections ----
 
-class Churn(object):
+
+class Churn:
     """``conc`` one-shot connections at a time on a shared epoll; see the module doc."""
 
     def __init__(self, ep, handlers, port, conc, kind, nsrcs):
@@ -181,6 +187,7 @@ def _us(v):
 
 # ---- pipe: one connection, pipelined blocks of requests ----
 
+
 def blocks(kind, block=None):
     """An endless iterator of (request bytes, expected reply bytes, request count) blocks
     (``block`` requests each, for status; a default suited to a large window otherwise).
@@ -208,7 +215,7 @@ def blocks(kind, block=None):
     raise Failed("ran out of distinct requests")
 
 
-class Pipe(object):
+class Pipe:
     """One connection sending blocks of pipelined requests while reading and checking the
     replies; at most ``window`` bytes of replies outstanding."""
 
@@ -276,7 +283,7 @@ class Pipe(object):
             if self.t_first is None:
                 self.t_first = time.perf_counter()
             try:
-                n = self.sock.send(self.out[self.out_off:self.out_off + 65536])
+                n = self.sock.send(self.out[self.out_off : self.out_off + 65536])
             except (BlockingIOError, InterruptedError):
                 n = 0
             except OSError as e:
@@ -312,15 +319,17 @@ class Pipe(object):
         pos = 0
         while pos < len(data):
             if not self.pending:
-                raise Failed("bytes after the last reply: %r" % data[pos:pos + 200])
+                raise Failed("bytes after the last reply: %r" % data[pos : pos + 200])
             exp, n = self.pending[0]
             k = min(len(exp) - self.exp_off, len(data) - pos)
-            if data[pos:pos + k] != exp[self.exp_off:self.exp_off + k]:
-                got = data[pos:pos + k]
-                want = exp[self.exp_off:self.exp_off + k]
+            if data[pos : pos + k] != exp[self.exp_off : self.exp_off + k]:
+                got = data[pos : pos + k]
+                want = exp[self.exp_off : self.exp_off + k]
                 i = next(i for i in range(k) if got[i] != want[i])
-                raise Failed("wrong reply at stream byte %d: got %r, expected %r" % (
-                    i, got[max(0, i - 80):i + 120], want[max(0, i - 80):i + 120]))
+                raise Failed(
+                    "wrong reply at stream byte %d: got %r, expected %r"
+                    % (i, got[max(0, i - 80) : i + 120], want[max(0, i - 80) : i + 120])
+                )
             pos += k
             self.exp_off += k
             if self.exp_off == len(exp):
@@ -336,8 +345,7 @@ class Pipe(object):
 
     def result(self):
         elapsed = (self.t_last or 0) - (self.t_first or 0)
-        return {"requests": self.done, "elapsed_s": elapsed,
-                "req_s": self.done / elapsed if elapsed > 0 else None}
+        return {"requests": self.done, "elapsed_s": elapsed, "req_s": self.done / elapsed if elapsed > 0 else None}
 
 
 def run_loop(ep, handlers, progress, until_done):
@@ -359,6 +367,7 @@ def run_loop(ep, handlers, progress, until_done):
 # turn, in slices of ``--slice`` seconds ordered A B B A A B B A ..., each getting ``--duration``
 # seconds in all: both then see the same minutes of a shared, noisy machine, and their ratio is
 # taken from the same time. The result has one entry per port under "per_port".
+
 
 def slice_order(nports, duration, slice_s):
     """Port indexes, one per slice: A B B A A B ... (A alone for one port)."""
@@ -398,8 +407,11 @@ def do_churn(a):
     out = []
     for x in acc:
         lat = sorted(x.pop("lat"))
-        x.update(p50_us=_us(pct(lat, 0.50)), p99_us=_us(pct(lat, 0.99)),
-                 conn_s=x["conns"] / x["elapsed_s"] if x["elapsed_s"] > 0 else None)
+        x.update(
+            p50_us=_us(pct(lat, 0.50)),
+            p99_us=_us(pct(lat, 0.99)),
+            conn_s=x["conns"] / x["elapsed_s"] if x["elapsed_s"] > 0 else None,
+        )
         out.append(x)
     return {"per_port": out}
 
@@ -493,8 +505,7 @@ def do_flood(a):
     ep = select.epoll()
     handlers = {}
     window = a.window or (64 << 10)
-    pipe = Pipe(ep, handlers, a.port, "status", window=window,
-                block=max(1, window // 4 // len(STATUS_TEXT)))
+    pipe = Pipe(ep, handlers, a.port, "status", window=window, block=max(1, window // 4 // len(STATUS_TEXT)))
     ch = Churn(ep, handlers, a.port, a.conc, "text", a.srcs)
     sys.stdout.write("start\n")
     sys.stdout.flush()
@@ -516,9 +527,15 @@ def do_flood(a):
     elapsed = time.perf_counter() - t0
     pipe.sock.close()
     c = ch.result()
-    return {"elapsed_s": elapsed, "conns": c["conns"], "conn_s": c["conns"] / elapsed,
-            "conn_p50_us": c["p50_us"], "conn_p99_us": c["p99_us"],
-            "pipe_requests": pipe.done, "pipe_req_s": pipe.done / elapsed}
+    return {
+        "elapsed_s": elapsed,
+        "conns": c["conns"],
+        "conn_s": c["conns"] / elapsed,
+        "conn_p50_us": c["p50_us"],
+        "conn_p99_us": c["p99_us"],
+        "pipe_requests": pipe.done,
+        "pipe_req_s": pipe.done / elapsed,
+    }
 
 
 def main(argv=None):
@@ -531,8 +548,7 @@ def main(argv=None):
     ap.add_argument("--count", type=int, default=5000, help="rtt: round trips per port at most")
     ap.add_argument("--slice", type=float, default=0.125, help="seconds per slice with two ports")
     ap.add_argument("--srcs", type=int, default=32, help="loopback source addresses (churn, flood)")
-    ap.add_argument("--window", type=int, default=None,
-                    help="reply bytes owed at most (pipe: 256 KiB; flood: 64 KiB)")
+    ap.add_argument("--window", type=int, default=None, help="reply bytes owed at most (pipe: 256 KiB; flood: 64 KiB)")
     a = ap.parse_args(argv)
     a.ports = [int(x) for x in a.port.split(",")]
     a.port = a.ports[0]

@@ -10,6 +10,7 @@ the first line of its stdout); a separate load-generator process
 printed and written to benchmarks/RESULTS.md (unless --no-write).  See
 benchmarks/README.md for what each workload measures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,44 @@ PEERS = [
 PEER_WORKLOADS = ["pipeline", "echo", "rtt", "fanin", "idle"]
 WORKLOADS = PEER_WORKLOADS + ["tick", "flood", "import"]
 
-FULL = dict(pipeline=3000000, echo=200000, rtt=20000, fanin_conns=1000, fanin_rounds=20, fanin_repeat=3,
-            fanin_pair_repeat=8, echo_pair_repeat=8, pipeline_pair_repeat=6, cap=6.0,
-            idle_conns=10000, idle_rtt=20000, tick_ns=[0, 1000, 10000], tick_rounds=15,
-            flood_duration=3.0, import_runs=9, where_rounds=15)
-QUICK = dict(pipeline=100000, echo=20000, rtt=2000, fanin_conns=200, fanin_rounds=20, fanin_repeat=1,
-             fanin_pair_repeat=2, echo_pair_repeat=2, pipeline_pair_repeat=2, cap=2.0,
-             idle_conns=1000, idle_rtt=2000, tick_ns=[0, 1000, 10000], tick_rounds=5,
-             flood_duration=1.0, import_runs=3, where_rounds=3)
+FULL = dict(
+    pipeline=3000000,
+    echo=200000,
+    rtt=20000,
+    fanin_conns=1000,
+    fanin_rounds=20,
+    fanin_repeat=3,
+    fanin_pair_repeat=8,
+    echo_pair_repeat=8,
+    pipeline_pair_repeat=6,
+    cap=6.0,
+    idle_conns=10000,
+    idle_rtt=20000,
+    tick_ns=[0, 1000, 10000],
+    tick_rounds=15,
+    flood_duration=3.0,
+    import_runs=9,
+    where_rounds=15,
+)
+QUICK = dict(
+    pipeline=100000,
+    echo=20000,
+    rtt=2000,
+    fanin_conns=200,
+    fanin_rounds=20,
+    fanin_repeat=1,
+    fanin_pair_repeat=2,
+    echo_pair_repeat=2,
+    pipeline_pair_repeat=2,
+    cap=2.0,
+    idle_conns=1000,
+    idle_rtt=2000,
+    tick_ns=[0, 1000, 10000],
+    tick_rounds=5,
+    flood_duration=1.0,
+    import_runs=3,
+    where_rounds=3,
+)
 
 
 def log(msg):
@@ -67,14 +98,20 @@ def child_env():
 
 # ------------------------------------------------------------- servers --
 
-class ServerProc(object):
+
+class ServerProc:
     """One peer server process; always stopped in a finally."""
 
     def __init__(self, script, timeout=30.0):
         self.err = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([PY, os.path.join(SERVERS, script)], cwd=ROOT,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.err, env=child_env())
+        self.proc = subprocess.Popen(
+            [PY, os.path.join(SERVERS, script)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            env=child_env(),
+        )
         self.pid = self.proc.pid
         try:
             r, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -108,8 +145,9 @@ class ServerProc(object):
 
 def run_json(cmd, timeout):
     try:
-        r = subprocess.run(cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+        r = subprocess.run(
+            cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": "timed out after %.0f s" % timeout}
     lines = r.stdout.decode(errors="replace").strip().splitlines()
@@ -129,11 +167,12 @@ def loadgen(workload, port, timeout=240, **kw):
 
 # ------------------------------------------------------------- results --
 
-class Results(object):
+
+class Results:
     def __init__(self):
-        self.values = {}   # (peer, metric) -> [per-run values]
-        self.errors = {}   # (peer, workload) -> first error
-        self.capped = {}   # (peer, workload) -> [requests done per capped run]
+        self.values = {}  # (peer, metric) -> [per-run values]
+        self.errors = {}  # (peer, workload) -> first error
+        self.capped = {}  # (peer, workload) -> [requests done per capped run]
 
     def add(self, peer, metric, value):
         self.values.setdefault((peer, metric), []).append(value)
@@ -154,15 +193,15 @@ METRICS = {
     "echo": [("rps", "rps")],
     "rtt": [("p50_us", "p50_us"), ("p99_us", "p99_us")],
     "fanin": [("rps", "rps"), ("p99_us", "p99_us")],
-    "idle": [("bytes_per_conn", "bytes_per_conn"), ("rtt_p50_us", "rtt_p50_us"),
-             ("rtt_p99_us", "rtt_p99_us")],
+    "idle": [("bytes_per_conn", "bytes_per_conn"), ("rtt_p50_us", "rtt_p50_us"), ("rtt_p99_us", "rtt_p99_us")],
 }
 
 
 def record(res, peer, workload, out):
     if out.get("ok") and (out.get("capped") or out.get("rtt_capped")):
         res.capped.setdefault((peer, workload), []).append(
-            out.get("requests") if workload != "idle" else out.get("rtt_requests"))
+            out.get("requests") if workload != "idle" else out.get("rtt_requests")
+        )
     if out.get("ok") and workload == "fanin" and out.get("phases", 1) < out.get("want_phases", 1):
         res.capped.setdefault((peer, workload), []).append("%d phase(s)" % out["phases"])
     if out.get("ok"):
@@ -180,8 +219,7 @@ def bench_peer(res, peer, script, workloads, p, run_no):
         "pipeline": dict(n=p["pipeline"], max_seconds=cap),
         "echo": dict(n=p["echo"], max_seconds=cap),
         "rtt": None,
-        "fanin": dict(conns=p["fanin_conns"], rounds=p["fanin_rounds"], repeat=p["fanin_repeat"],
-                      max_seconds=cap),
+        "fanin": dict(conns=p["fanin_conns"], rounds=p["fanin_rounds"], repeat=p["fanin_repeat"], max_seconds=cap),
     }
     if main:
         srv = None
@@ -201,9 +239,16 @@ def bench_peer(res, peer, script, workloads, p, run_no):
                     if not srv.alive():
                         out = {"ok": False, "error": "server process died: " + srv.stderr_tail()}
                     ok = record(res, peer, w, out)
-                    log("  %-16s run %d: %-8s %s (%.1f s)" % (
-                        peer, run_no, w, summarize(w, out) if ok else "FAILED: " + out.get("error", "?"),
-                        time.monotonic() - t0))
+                    log(
+                        "  %-16s run %d: %-8s %s (%.1f s)"
+                        % (
+                            peer,
+                            run_no,
+                            w,
+                            summarize(w, out) if ok else "FAILED: " + out.get("error", "?"),
+                            time.monotonic() - t0,
+                        )
+                    )
                     if not ok:  # a fresh server for the next workload
                         srv.stop()
                         srv = ServerProc(script)
@@ -223,12 +268,20 @@ def bench_peer(res, peer, script, workloads, p, run_no):
             if not chk.get("ok"):
                 out = {"ok": False, "error": "correctness check: " + chk.get("error", "?")}
             else:
-                out = loadgen("idle", srv.port, conns=p["idle_conns"], n=p["idle_rtt"],
-                              server_pid=srv.pid, max_seconds=p["cap"])
+                out = loadgen(
+                    "idle", srv.port, conns=p["idle_conns"], n=p["idle_rtt"], server_pid=srv.pid, max_seconds=p["cap"]
+                )
             ok = record(res, peer, "idle", out)
-            log("  %-16s run %d: %-8s %s (%.1f s)" % (
-                peer, run_no, "idle", summarize("idle", out) if ok else "FAILED: " + out.get("error", "?"),
-                time.monotonic() - t0))
+            log(
+                "  %-16s run %d: %-8s %s (%.1f s)"
+                % (
+                    peer,
+                    run_no,
+                    "idle",
+                    summarize("idle", out) if ok else "FAILED: " + out.get("error", "?"),
+                    time.monotonic() - t0,
+                )
+            )
         except RuntimeError as e:
             res.fail(peer, "idle", str(e))
             log("  %-16s run %d: idle FAILED: %s" % (peer, run_no, e))
@@ -273,26 +326,49 @@ def bench_pair(res, peers, workloads, p, run_no):
         for w in wanted:
             t0 = time.monotonic()
             if w == "rtt":
-                out = loadgen("rtt_pair", floor.port, port2=ours.port, server_pid=floor.pid,
-                              server_pid2=ours.pid, n=p["rtt"])
-                what = lambda o: "floor p50 %.1f us, reactor_mgmt p50 %.1f us -> %.2fx" % (  # noqa: E731
-                    o["a"]["p50_us"], o["b"]["p50_us"], o["ratio_p50"])
+                out = loadgen(
+                    "rtt_pair", floor.port, port2=ours.port, server_pid=floor.pid, server_pid2=ours.pid, n=p["rtt"]
+                )
+                what = lambda o: (
+                    "floor p50 %.1f us, reactor_mgmt p50 %.1f us -> %.2fx"
+                    % (  # noqa: E731
+                        o["a"]["p50_us"],
+                        o["b"]["p50_us"],
+                        o["ratio_p50"],
+                    )
+                )
                 keys = [("ratio_p50", "rtt_pair.ratio_p50")]
             else:
                 # Both servers serve the same requests here, so the ratio of the CPU time each
                 # spent is the ratio of their CPU per request: what the server costs, which the
                 # req/s ratio shows only through two processes sharing two cores.
                 cpu_before = [process_cpu_seconds(srv.pid) for srv in servers]
-                out = loadgen("fanin_pair", floor.port, port2=ours.port, conns=p["fanin_conns"],
-                              rounds=p["fanin_rounds"], repeat=p["fanin_pair_repeat"])
+                out = loadgen(
+                    "fanin_pair",
+                    floor.port,
+                    port2=ours.port,
+                    conns=p["fanin_conns"],
+                    rounds=p["fanin_rounds"],
+                    repeat=p["fanin_pair_repeat"],
+                )
                 spent = [process_cpu_seconds(srv.pid) - before for srv, before in zip(servers, cpu_before)]
                 if out.get("ok") and spent[0] > 0:
                     out["cpu_ratio"] = spent[1] / spent[0]
-                what = lambda o: "floor %s req/s p99 %.2f ms, reactor_mgmt %s req/s p99 %.2f ms, CPU %.2fx" % (  # noqa: E731
-                    fmt_int(o["a_rps"]), o["a_p99_us"] / 1000, fmt_int(o["b_rps"]), o["b_p99_us"] / 1000,
-                    o.get("cpu_ratio", float("nan")))
-                keys = [("ratio_rps", "fanin_pair.ratio_rps"), ("ratio_p99", "fanin_pair.ratio_p99"),
-                        ("cpu_ratio", "fanin_pair.cpu_ratio")]
+                what = lambda o: (
+                    "floor %s req/s p99 %.2f ms, reactor_mgmt %s req/s p99 %.2f ms, CPU %.2fx"
+                    % (  # noqa: E731
+                        fmt_int(o["a_rps"]),
+                        o["a_p99_us"] / 1000,
+                        fmt_int(o["b_rps"]),
+                        o["b_p99_us"] / 1000,
+                        o.get("cpu_ratio", float("nan")),
+                    )
+                )
+                keys = [
+                    ("ratio_rps", "fanin_pair.ratio_rps"),
+                    ("ratio_p99", "fanin_pair.ratio_p99"),
+                    ("cpu_ratio", "fanin_pair.cpu_ratio"),
+                ]
             if out.get("ok"):
                 for key, metric in keys:
                     if key in out:
@@ -311,9 +387,11 @@ def bench_pair(res, peers, workloads, p, run_no):
 
 
 # (workload, peer, the metric it records): the pipelined workloads compared side by side
-PHASE_PAIRS = [("echo", "asyncio_protocol", "echo_pair"),
-               ("pipeline", "asyncio_protocol", "pipeline_pair"),
-               ("pipeline", "floor", "pipeline_floor_pair")]
+PHASE_PAIRS = [
+    ("echo", "asyncio_protocol", "echo_pair"),
+    ("pipeline", "asyncio_protocol", "pipeline_pair"),
+    ("pipeline", "floor", "pipeline_floor_pair"),
+]
 
 
 def bench_phase_pairs(res, peers, workloads, p, run_no):
@@ -333,13 +411,23 @@ def bench_phase_pairs(res, peers, workloads, p, run_no):
             start_warmed(servers, [names[peer], names["reactor_mgmt"]], workload, 20000, p["cap"])
             theirs, ours = servers
             t0 = time.monotonic()
-            out = loadgen(workload + "_pair", theirs.port, port2=ours.port, n=p[workload],
-                          repeat=p[workload + "_pair_repeat"])
+            out = loadgen(
+                workload + "_pair", theirs.port, port2=ours.port, n=p[workload], repeat=p[workload + "_pair_repeat"]
+            )
             if out.get("ok"):
                 res.add("reactor_mgmt", metric + ".ratio_rps", out["ratio_rps"])
-                log("  side by side     run %d: %-8s %s %s req/s, reactor_mgmt %s req/s -> %.2fx (%.1f s)"
-                    % (run_no, workload, label, fmt_int(out["a_rps"]), fmt_int(out["b_rps"]), out["ratio_rps"],
-                       time.monotonic() - t0))
+                log(
+                    "  side by side     run %d: %-8s %s %s req/s, reactor_mgmt %s req/s -> %.2fx (%.1f s)"
+                    % (
+                        run_no,
+                        workload,
+                        label,
+                        fmt_int(out["a_rps"]),
+                        fmt_int(out["b_rps"]),
+                        out["ratio_rps"],
+                        time.monotonic() - t0,
+                    )
+                )
             else:
                 res.fail("reactor_mgmt", metric, out.get("error", "failed"))
                 log("  side by side     run %d: %-8s FAILED: %s" % (run_no, workload, out.get("error", "?")))
@@ -365,8 +453,9 @@ def summarize(w, out):
 
 # ------------------------------------------------------------- helpers --
 
+
 def fmt_int(v):
-    return "{:,}".format(int(round(v)))
+    return f"{int(round(v)):,}"
 
 
 def fmt(v, spec="%.1f"):
@@ -388,20 +477,29 @@ def machine_info():
     except AttributeError:
         ncpu = os.cpu_count()
     u = platform.uname()
-    return {"nproc": ncpu, "cpu": model, "kernel": "%s %s %s" % (u.system, u.release, u.machine),
-            "python": "%s %s" % (platform.python_implementation(), platform.python_version())}
+    return {
+        "nproc": ncpu,
+        "cpu": model,
+        "kernel": "%s %s %s" % (u.system, u.release, u.machine),
+        "python": "%s %s" % (platform.python_implementation(), platform.python_version()),
+    }
 
 
 def reactor_mgmt_importable():
-    r = subprocess.run([PY, "-c", "import reactor_mgmt; reactor_mgmt.Server"], cwd=ROOT,
-                       env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=60)
+    r = subprocess.run(
+        [PY, "-c", "import reactor_mgmt; reactor_mgmt.Server"],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        timeout=60,
+    )
     return r.returncode == 0, r.stderr.decode(errors="replace").strip().splitlines()[-1:]
 
 
 def peer_available(name):
     import importlib.util
     import warnings
+
     if name == "asynchat":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -415,6 +513,7 @@ def peer_available(name):
 
 
 # -------------------------------------------------------------- report --
+
 
 def ratio(a, b):
     if a is None or b is None or b == 0:
@@ -447,59 +546,141 @@ def targets(res, tick, flood, imp):
     if tick is not None:
         for n in (0, 10000):
             if n in tick:
-                add("Idle tick poll(0) vs bare select(0), %s conns" % fmt_int(n), tick_ratio(n),
-                    "<= 1.25x", lambda v: v <= 1.25)
+                add(
+                    "Idle tick poll(0) vs bare select(0), %s conns" % fmt_int(n),
+                    tick_ratio(n),
+                    "<= 1.25x",
+                    lambda v: v <= 1.25,
+                )
     paired = lambda w, m: res.get("reactor_mgmt", w + "_pair", w + "_pair." + m)  # noqa: E731
-    measured = lambda metric: (("reactor_mgmt", metric + ".ratio_rps") in res.values  # noqa: E731
-                               or ("reactor_mgmt", metric) in res.errors)
+    measured = lambda metric: (
+        ("reactor_mgmt", metric + ".ratio_rps") in res.values  # noqa: E731
+        or ("reactor_mgmt", metric) in res.errors
+    )
     if measured("pipeline_pair") or measured("pipeline_floor_pair"):
         # Side by side, as echo, rtt and fan-in: measured one after the other, one server's
         # pipeline moved by a quarter between full runs.
         vs_asyncio = paired("pipeline", "ratio_rps")
         vs_floor = res.get("reactor_mgmt", "pipeline_floor_pair", "pipeline_floor_pair.ratio_rps")
-        add("Pipeline vs asyncio Protocol (side by side)", vs_asyncio, ">= 1.0x", lambda v: v >= 1.0,
-            sources=[("reactor_mgmt", "pipeline_pair")])
-        add("Pipeline vs floor (side by side)", vs_floor, ">= 1.0x", lambda v: v >= 1.0,
-            sources=[("reactor_mgmt", "pipeline_floor_pair")])
-        add("Pipeline vs asyncio Protocol (stretch, side by side)", vs_asyncio, ">= 1.5x", lambda v: v >= 1.5,
-            sources=[("reactor_mgmt", "pipeline_pair")])
+        add(
+            "Pipeline vs asyncio Protocol (side by side)",
+            vs_asyncio,
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "pipeline_pair")],
+        )
+        add(
+            "Pipeline vs floor (side by side)",
+            vs_floor,
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "pipeline_floor_pair")],
+        )
+        add(
+            "Pipeline vs asyncio Protocol (stretch, side by side)",
+            vs_asyncio,
+            ">= 1.5x",
+            lambda v: v >= 1.5,
+            sources=[("reactor_mgmt", "pipeline_pair")],
+        )
     elif ("reactor_mgmt", "pipeline.rps") in res.values or ("reactor_mgmt", "pipeline") in res.errors:
-        add("Pipeline vs asyncio Protocol", ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
-            ">= 1.0x", lambda v: v >= 1.0, sources=against("pipeline", "asyncio_protocol"))
-        add("Pipeline vs floor", ratio(R("pipeline", "rps"), R("pipeline", "rps", "floor")),
-            ">= 1.0x", lambda v: v >= 1.0, sources=against("pipeline", "floor"))
-        add("Pipeline vs asyncio Protocol (stretch)",
+        add(
+            "Pipeline vs asyncio Protocol",
             ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
-            ">= 1.5x", lambda v: v >= 1.5, sources=against("pipeline", "asyncio_protocol"))
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=against("pipeline", "asyncio_protocol"),
+        )
+        add(
+            "Pipeline vs floor",
+            ratio(R("pipeline", "rps"), R("pipeline", "rps", "floor")),
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=against("pipeline", "floor"),
+        )
+        add(
+            "Pipeline vs asyncio Protocol (stretch)",
+            ratio(R("pipeline", "rps"), R("pipeline", "rps", "asyncio_protocol")),
+            ">= 1.5x",
+            lambda v: v >= 1.5,
+            sources=against("pipeline", "asyncio_protocol"),
+        )
     if ("reactor_mgmt", "echo_pair.ratio_rps") in res.values or ("reactor_mgmt", "echo_pair") in res.errors:
-        add("Echo vs asyncio Protocol (side by side)", paired("echo", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0,
-            sources=[("reactor_mgmt", "echo_pair")])
+        add(
+            "Echo vs asyncio Protocol (side by side)",
+            paired("echo", "ratio_rps"),
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "echo_pair")],
+        )
     elif ("reactor_mgmt", "echo.rps") in res.values or ("reactor_mgmt", "echo") in res.errors:
-        add("Echo vs asyncio Protocol", ratio(R("echo", "rps"), R("echo", "rps", "asyncio_protocol")),
-            ">= 1.0x", lambda v: v >= 1.0, sources=against("echo", "asyncio_protocol"))
+        add(
+            "Echo vs asyncio Protocol",
+            ratio(R("echo", "rps"), R("echo", "rps", "asyncio_protocol")),
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=against("echo", "asyncio_protocol"),
+        )
     if ("reactor_mgmt", "fanin_pair.ratio_rps") in res.values or ("reactor_mgmt", "fanin_pair") in res.errors:
-        add("Fan-in req/s vs floor (side by side)", paired("fanin", "ratio_rps"), ">= 1.0x", lambda v: v >= 1.0,
-            sources=[("reactor_mgmt", "fanin_pair")])
-        add("Fan-in p99 vs floor (side by side)", paired("fanin", "ratio_p99"), "<= 1.2x", lambda v: v <= 1.2,
-            sources=[("reactor_mgmt", "fanin_pair")])
+        add(
+            "Fan-in req/s vs floor (side by side)",
+            paired("fanin", "ratio_rps"),
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=[("reactor_mgmt", "fanin_pair")],
+        )
+        add(
+            "Fan-in p99 vs floor (side by side)",
+            paired("fanin", "ratio_p99"),
+            "<= 1.2x",
+            lambda v: v <= 1.2,
+            sources=[("reactor_mgmt", "fanin_pair")],
+        )
         cpu = paired("fanin", "cpu_ratio")
         if cpu is not None:  # evidence for the req/s row, not a target of its own
-            rows.append(("Fan-in server CPU per request vs floor (side by side; not a target)", "%.2fx" % cpu,
-                         "-", "-"))
+            rows.append(
+                ("Fan-in server CPU per request vs floor (side by side; not a target)", "%.2fx" % cpu, "-", "-")
+            )
     elif ("reactor_mgmt", "fanin.rps") in res.values or ("reactor_mgmt", "fanin") in res.errors:
-        add("Fan-in req/s vs floor", ratio(R("fanin", "rps"), R("fanin", "rps", "floor")),
-            ">= 1.0x", lambda v: v >= 1.0, sources=against("fanin", "floor"))
-        add("Fan-in p99 vs floor", ratio(R("fanin", "p99_us"), R("fanin", "p99_us", "floor")),
-            "<= 1.2x", lambda v: v <= 1.2, sources=against("fanin", "floor"))
+        add(
+            "Fan-in req/s vs floor",
+            ratio(R("fanin", "rps"), R("fanin", "rps", "floor")),
+            ">= 1.0x",
+            lambda v: v >= 1.0,
+            sources=against("fanin", "floor"),
+        )
+        add(
+            "Fan-in p99 vs floor",
+            ratio(R("fanin", "p99_us"), R("fanin", "p99_us", "floor")),
+            "<= 1.2x",
+            lambda v: v <= 1.2,
+            sources=against("fanin", "floor"),
+        )
     if ("reactor_mgmt", "idle.bytes_per_conn") in res.values or ("reactor_mgmt", "idle") in res.errors:
-        add("Idle memory per connection", R("idle", "bytes_per_conn"), "<= 1024 B",
-            lambda v: v <= 1024, "%.0f B", sources=[("reactor_mgmt", "idle")])
+        add(
+            "Idle memory per connection",
+            R("idle", "bytes_per_conn"),
+            "<= 1024 B",
+            lambda v: v <= 1024,
+            "%.0f B",
+            sources=[("reactor_mgmt", "idle")],
+        )
     if ("reactor_mgmt", "rtt_pair.ratio_p50") in res.values or ("reactor_mgmt", "rtt_pair") in res.errors:
-        add("rtt median vs floor (side by side)", paired("rtt", "ratio_p50"), "<= 1.1x", lambda v: v <= 1.1,
-            sources=[("reactor_mgmt", "rtt_pair")])
+        add(
+            "rtt median vs floor (side by side)",
+            paired("rtt", "ratio_p50"),
+            "<= 1.1x",
+            lambda v: v <= 1.1,
+            sources=[("reactor_mgmt", "rtt_pair")],
+        )
     elif ("reactor_mgmt", "rtt.p50_us") in res.values or ("reactor_mgmt", "rtt") in res.errors:
-        add("rtt median vs floor", ratio(R("rtt", "p50_us"), R("rtt", "p50_us", "floor")),
-            "<= 1.1x", lambda v: v <= 1.1, sources=against("rtt", "floor"))
+        add(
+            "rtt median vs floor",
+            ratio(R("rtt", "p50_us"), R("rtt", "p50_us", "floor")),
+            "<= 1.1x",
+            lambda v: v <= 1.1,
+            sources=against("rtt", "floor"),
+        )
     if flood is not None:
         ok = [f for f in flood if f.get("ok")]
         bad = len(ok) != len(flood)
@@ -508,9 +689,13 @@ def targets(res, tick, flood, imp):
         add("Flood: p99 of poll(budget=1 ms)", p99, "<= 1.5 ms", lambda v: v <= 1.5, "%.3f ms")
         add("Flood: max of poll(budget=1 ms)", mx, "<= 3 ms", lambda v: v <= 3.0, "%.3f ms")
     if imp is not None:
-        add("Import adds over `import selectors, socket`",
-            imp.get("added_ms") if imp.get("ok") else None, "<= 15 ms", lambda v: v <= 15.0,
-            "%.1f ms")
+        add(
+            "Import adds over `import selectors, socket`",
+            imp.get("added_ms") if imp.get("ok") else None,
+            "<= 15 ms",
+            lambda v: v <= 15.0,
+            "%.1f ms",
+        )
     return rows
 
 
@@ -534,28 +719,44 @@ def peer_rows(res, peers):
             v = g(w, m)
             return "-" if v is None else f(v)
 
-        rows.append((label,
-                     cell("pipeline", "rps", fmt_int),
-                     cell("echo", "rps", fmt_int),
-                     cell("rtt", "p50_us", lambda v: "%.1f" % v),
-                     cell("rtt", "p99_us", lambda v: "%.1f" % v),
-                     cell("fanin", "rps", fmt_int),
-                     cell("fanin", "p99_us", lambda v: "%.2f" % (v / 1000)),
-                     cell("idle", "bytes_per_conn", lambda v: "%.0f" % v),
-                     cell("idle", "rtt_p50_us", lambda v: "%.1f" % v)))
+        rows.append(
+            (
+                label,
+                cell("pipeline", "rps", fmt_int),
+                cell("echo", "rps", fmt_int),
+                cell("rtt", "p50_us", lambda v: "%.1f" % v),
+                cell("rtt", "p99_us", lambda v: "%.1f" % v),
+                cell("fanin", "rps", fmt_int),
+                cell("fanin", "p99_us", lambda v: "%.2f" % (v / 1000)),
+                cell("idle", "bytes_per_conn", lambda v: "%.0f" % v),
+                cell("idle", "rtt_p50_us", lambda v: "%.1f" % v),
+            )
+        )
     return rows
 
 
-PEER_HEADER = ["server", "pipeline req/s", "echo req/s", "rtt p50 us", "rtt p99 us",
-               "fan-in req/s", "fan-in p99 ms", "idle B/conn", "rtt p50 us @idle"]
+PEER_HEADER = [
+    "server",
+    "pipeline req/s",
+    "echo req/s",
+    "rtt p50 us",
+    "rtt p99 us",
+    "fan-in req/s",
+    "fan-in p99 ms",
+    "idle B/conn",
+    "rtt p50 us @idle",
+]
 
 
 def tick_rows(tick):
     kinds = ["bare", "reactor_mgmt", "asyncio", "asyncore", "twisted"]
-    labels = {"bare": "bare DefaultSelector().select(0)", "reactor_mgmt": "reactor_mgmt srv.poll(0)",
-              "asyncio": "asyncio call_soon(stop)+run_forever()",
-              "asyncore": "asyncore.loop(0, use_poll=True, count=1)",
-              "twisted": "Twisted reactor.iterate(0)"}
+    labels = {
+        "bare": "bare DefaultSelector().select(0)",
+        "reactor_mgmt": "reactor_mgmt srv.poll(0)",
+        "asyncio": "asyncio call_soon(stop)+run_forever()",
+        "asyncore": "asyncore.loop(0, use_poll=True, count=1)",
+        "twisted": "Twisted reactor.iterate(0)",
+    }
     ns = sorted(tick)
     rows = []
     for k in kinds:
@@ -578,25 +779,41 @@ def tick_rows(tick):
 def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, notes, where=None):
     parts = []
     parts.append("# reactor_mgmt benchmark results\n")
-    parts.append("Written by `%s` on %s (%.0f s). Do not edit by hand: rerun the command.\n"
-                 % (cmd, started, elapsed))
+    parts.append("Written by `%s` on %s (%.0f s). Do not edit by hand: rerun the command.\n" % (cmd, started, elapsed))
     parts.append("## Machine\n")
-    parts.append("- nproc: %s\n- CPU: %s\n- kernel: %s\n- Python: %s\n"
-                 % (info["nproc"], info["cpu"], info["kernel"], info["python"]))
+    parts.append(
+        "- nproc: %s\n- CPU: %s\n- kernel: %s\n- Python: %s\n"
+        % (info["nproc"], info["cpu"], info["kernel"], info["python"])
+    )
     parts.append("## Parameters\n")
-    parts.append("runs per measurement: %d (each cell is the median over runs)%s  \n"
-                 % (args.runs, " -- QUICK smoke run, not for comparison" if args.quick else ""))
-    parts.append("pipeline %s pings (median of %d phases per server side by side); echo %s (median of %d phases "
-                 "per server side by side); rtt %s round trips; "
-                 "fan-in %s connections x %d round trips (median of %d phases per run, "
-                 "%d per server side by side); idle %s connections (+ rtt %s); tick at %s idle connections, %d interleaved rounds; "
-                 "flood %.0f s; import %d runs.\n" % (
-                     fmt_int(p["pipeline"]), p["pipeline_pair_repeat"], fmt_int(p["echo"]), p["echo_pair_repeat"],
-                     fmt_int(p["rtt"]),
-                     fmt_int(p["fanin_conns"]), p["fanin_rounds"], p["fanin_repeat"], p["fanin_pair_repeat"],
-                     fmt_int(p["idle_conns"]),
-                     fmt_int(p["idle_rtt"]), ", ".join(fmt_int(n) for n in p["tick_ns"]),
-                     p["tick_rounds"], p["flood_duration"], p["import_runs"]))
+    parts.append(
+        "runs per measurement: %d (each cell is the median over runs)%s  \n"
+        % (args.runs, " -- QUICK smoke run, not for comparison" if args.quick else "")
+    )
+    parts.append(
+        "pipeline %s pings (median of %d phases per server side by side); echo %s (median of %d phases "
+        "per server side by side); rtt %s round trips; "
+        "fan-in %s connections x %d round trips (median of %d phases per run, "
+        "%d per server side by side); idle %s connections (+ rtt %s); tick at %s idle connections, %d interleaved rounds; "  # noqa: E501
+        "flood %.0f s; import %d runs.\n"
+        % (
+            fmt_int(p["pipeline"]),
+            p["pipeline_pair_repeat"],
+            fmt_int(p["echo"]),
+            p["echo_pair_repeat"],
+            fmt_int(p["rtt"]),
+            fmt_int(p["fanin_conns"]),
+            p["fanin_rounds"],
+            p["fanin_repeat"],
+            p["fanin_pair_repeat"],
+            fmt_int(p["idle_conns"]),
+            fmt_int(p["idle_rtt"]),
+            ", ".join(fmt_int(n) for n in p["tick_ns"]),
+            p["tick_rounds"],
+            p["flood_duration"],
+            p["import_runs"],
+        )
+    )
     trows = targets(res, tick, flood, imp)
     if trows:
         parts.append("## Targets (reactor_mgmt)\n")
@@ -605,26 +822,44 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
     if prows:
         parts.append("## Servers\n")
         parts.append(md_table(PEER_HEADER, prows) + "\n")
-        parts.append("rtt and fan-in latencies are per request; idle B/conn is server VmRSS growth "
-                     "per held connection; the last column is rtt on one more connection while "
-                     "they are held.\n")
-        sbs = [(m, res.values.get(("reactor_mgmt", m))) for m in
-               ("rtt_pair.ratio_p50", "fanin_pair.ratio_rps", "fanin_pair.ratio_p99", "fanin_pair.cpu_ratio")]
+        parts.append(
+            "rtt and fan-in latencies are per request; idle B/conn is server VmRSS growth "
+            "per held connection; the last column is rtt on one more connection while "
+            "they are held.\n"
+        )
+        sbs = [
+            (m, res.values.get(("reactor_mgmt", m)))
+            for m in ("rtt_pair.ratio_p50", "fanin_pair.ratio_rps", "fanin_pair.ratio_p99", "fanin_pair.cpu_ratio")
+        ]
         if any(vals for _m, vals in sbs):
-            parts.append("\nThe rtt and fan-in targets use side-by-side runs: the floor and reactor_mgmt "
-                         "up at once, the load generator alternating between them in slices (rtt) or "
-                         "phases (fan-in), so both see the same machine. reactor_mgmt / floor per run: "
-                         + "; ".join("%s %s" % (m.replace("_pair.", " "), ", ".join("%.2fx" % v for v in vals))
-                                     for m, vals in sbs if vals) + ".\n")
-        phase_vals = [(what, res.values.get(("reactor_mgmt", metric + ".ratio_rps"))) for what, metric in (
-            ("echo vs asyncio Protocol", "echo_pair"), ("pipeline vs asyncio Protocol", "pipeline_pair"),
-            ("pipeline vs floor", "pipeline_floor_pair"))]
+            parts.append(
+                "\nThe rtt and fan-in targets use side-by-side runs: the floor and reactor_mgmt "
+                "up at once, the load generator alternating between them in slices (rtt) or "
+                "phases (fan-in), so both see the same machine. reactor_mgmt / floor per run: "
+                + "; ".join(
+                    "%s %s" % (m.replace("_pair.", " "), ", ".join("%.2fx" % v for v in vals))
+                    for m, vals in sbs
+                    if vals
+                )
+                + ".\n"
+            )
+        phase_vals = [
+            (what, res.values.get(("reactor_mgmt", metric + ".ratio_rps")))
+            for what, metric in (
+                ("echo vs asyncio Protocol", "echo_pair"),
+                ("pipeline vs asyncio Protocol", "pipeline_pair"),
+                ("pipeline vs floor", "pipeline_floor_pair"),
+            )
+        ]
         if any(vals for _what, vals in phase_vals):
-            parts.append("\nThe echo and pipeline targets use side-by-side runs the same way: the peer and "
-                         "reactor_mgmt up at once, the load generator alternating whole phases between them "
-                         "(the pipeline and echo columns above are each server measured alone). reactor_mgmt / "
-                         "peer per run: " + "; ".join("%s %s" % (what, ", ".join("%.2fx" % v for v in vals))
-                                                      for what, vals in phase_vals if vals) + ".\n")
+            parts.append(
+                "\nThe echo and pipeline targets use side-by-side runs the same way: the peer and "
+                "reactor_mgmt up at once, the load generator alternating whole phases between them "
+                "(the pipeline and echo columns above are each server measured alone). reactor_mgmt / "
+                "peer per run: "
+                + "; ".join("%s %s" % (what, ", ".join("%.2fx" % v for v in vals)) for what, vals in phase_vals if vals)
+                + ".\n"
+            )
     if tick:
         h, rows = tick_rows(tick)
         parts.append("## Idle tick cost (ns per call, ratio to bare select(0) at the same count)\n")
@@ -634,41 +869,77 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
         rows = []
         for i, f in enumerate(flood, 1):
             if f.get("ok"):
-                rows.append((i, f["polls"], "%.0f" % f["p50_us"], "%.0f" % f["p99_us"],
-                             "%.0f" % f["max_us"], f["over_1_5ms"], f["over_3ms"],
-                             "%.0f" % f["cpu_p99_us"], "%.0f" % f["cpu_max_us"],
-                             "-" if f.get("steal_ms") is None else "%.0f" % f["steal_ms"],
-                             fmt_int(f["client_rps"])))
+                rows.append(
+                    (
+                        i,
+                        f["polls"],
+                        "%.0f" % f["p50_us"],
+                        "%.0f" % f["p99_us"],
+                        "%.0f" % f["max_us"],
+                        f["over_1_5ms"],
+                        f["over_3ms"],
+                        "%.0f" % f["cpu_p99_us"],
+                        "%.0f" % f["cpu_max_us"],
+                        "-" if f.get("steal_ms") is None else "%.0f" % f["steal_ms"],
+                        fmt_int(f["client_rps"]),
+                    )
+                )
             else:
                 rows.append((i, "FAILED: " + f.get("error", "?"), "", "", "", "", "", "", "", "", ""))
-        parts.append(md_table(["run", "polls", "p50 us", "p99 us", "max us", "> 1.5 ms",
-                               "> 3 ms", "CPU p99 us", "CPU max us", "steal ms", "served req/s"], rows) + "\n")
-        parts.append("Durations are wall clock; the CPU columns are the host thread's own CPU time "
-                     "in the same poll() calls, so a wall-clock outlier with a small CPU time was "
-                     "the host being preempted (the flood client shares the 2 cores). Steal is the "
-                     "time the hypervisor ran something else on this VM's vCPUs during the flood "
-                     "(/proc/stat, both CPUs, 10 ms resolution); this VM may count it in the "
-                     "thread's CPU time too.\n")
+        parts.append(
+            md_table(
+                [
+                    "run",
+                    "polls",
+                    "p50 us",
+                    "p99 us",
+                    "max us",
+                    "> 1.5 ms",
+                    "> 3 ms",
+                    "CPU p99 us",
+                    "CPU max us",
+                    "steal ms",
+                    "served req/s",
+                ],
+                rows,
+            )
+            + "\n"
+        )
+        parts.append(
+            "Durations are wall clock; the CPU columns are the host thread's own CPU time "
+            "in the same poll() calls, so a wall-clock outlier with a small CPU time was "
+            "the host being preempted (the flood client shares the 2 cores). Steal is the "
+            "time the hypervisor ran something else on this VM's vCPUs during the flood "
+            "(/proc/stat, both CPUs, 10 ms resolution); this VM may count it in the "
+            "thread's CPU time too.\n"
+        )
     if imp is not None:
         parts.append("## Import cost\n")
         if imp.get("ok"):
-            parts.append("`import reactor_mgmt` %.1f ms, `import selectors, socket` %.1f ms "
-                         "(medians; sum of top-level cumulative `-X importtime`, interpreter start-up imports "
-                         "left out) -> adds **%.1f ms** (median of %d paired differences).\n"
-                         % (imp["target_ms"], imp["base_ms"], imp["added_ms"], imp["runs"]))
+            parts.append(
+                "`import reactor_mgmt` %.1f ms, `import selectors, socket` %.1f ms "
+                "(medians; sum of top-level cumulative `-X importtime`, interpreter start-up imports "
+                "left out) -> adds **%.1f ms** (median of %d paired differences).\n"
+                % (imp["target_ms"], imp["base_ms"], imp["added_ms"], imp["runs"])
+            )
         else:
             parts.append("FAILED: %s\n" % imp.get("error"))
     if where is not None:
-        parts.append(where["markdown"] if where.get("ok") else
-                     "## Profile: echo with the kernel stubbed out\n\nFAILED: %s\n" % where.get("error"))
+        parts.append(
+            where["markdown"]
+            if where.get("ok")
+            else "## Profile: echo with the kernel stubbed out\n\nFAILED: %s\n" % where.get("error")
+        )
     errs = sorted(res.errors.items())
     if errs or notes or res.capped:
         parts.append("## Notes and failures\n")
         for n in notes:
             parts.append("- %s" % n)
         for (peer, w), done in sorted(res.capped.items()):
-            parts.append("- %s / %s: slow, capped at %.0f s per run (done: %s); the rate is over "
-                         "what was done" % (peer, w, p["cap"], ", ".join(str(d) for d in done)))
+            parts.append(
+                "- %s / %s: slow, capped at %.0f s per run (done: %s); the rate is over "
+                "what was done" % (peer, w, p["cap"], ", ".join(str(d) for d in done))
+            )
         for (peer, w), e in errs:
             parts.append("- FAILED %s / %s: %s" % (peer, w, e))
         parts.append("")
@@ -677,9 +948,9 @@ def render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, n
 
 # ---------------------------------------------------------------- main --
 
+
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small counts, 1 run (~1 min)")
     ap.add_argument("--runs", type=int, default=None, help="runs per measurement (default 3; 1 with --quick)")
     ap.add_argument("--only", default="", help="comma-separated workloads: " + ",".join(WORKLOADS))
@@ -698,8 +969,7 @@ def main():
         if x not in [p[0] for p in PEERS]:
             ap.error("unknown server %r" % x)
     p = dict(QUICK if args.quick else FULL)
-    cmd = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())]
-                   + sys.argv[1:])
+    cmd = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), os.getcwd())] + sys.argv[1:])
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     t_start = time.monotonic()
 
@@ -708,6 +978,7 @@ def main():
 
     sys.path.insert(0, SERVERS)
     from _common import raise_nofile
+
     raise_nofile()
 
     info = machine_info()
@@ -733,6 +1004,7 @@ def main():
         if "import" in workloads and have_rm:
             sys.path.insert(0, HERE)
             import importcost
+
             log("import cost (%d runs)..." % p["import_runs"])
             try:
                 imp = importcost.measure(p["import_runs"])
@@ -742,43 +1014,75 @@ def main():
         if "tick" in workloads:
             sys.path.insert(0, HERE)
             import tick as tickmod
+
             kinds = ["bare", "asyncio", "asyncore", "twisted"]
             if have_rm:
                 kinds.insert(1, "reactor_mgmt")
             log("idle tick cost at %s connections..." % p["tick_ns"])
             tick = tickmod.measure(p["tick_ns"], p["tick_rounds"], kinds, log=log)
             for n in sorted(tick):
-                log("  %6d conns: %s" % (n, ", ".join(
-                    "%s %s" % (k, fmt_int(v["ns"]) + " ns" if "ns" in v else "FAILED: " + v["error"])
-                    for k, v in tick[n].items())))
+                log(
+                    "  %6d conns: %s"
+                    % (
+                        n,
+                        ", ".join(
+                            "%s %s" % (k, fmt_int(v["ns"]) + " ns" if "ns" in v else "FAILED: " + v["error"])
+                            for k, v in tick[n].items()
+                        ),
+                    )
+                )
         peer_wl = [w for w in PEER_WORKLOADS if w in workloads]
         if "flood" in workloads and have_rm:
             flood = []
         for r in range(args.runs):
             if peer_wl:
                 log("run %d/%d" % (r + 1, args.runs))
-                order = peers[r % len(peers):] + peers[:r % len(peers)] if peers else []
+                order = peers[r % len(peers) :] + peers[: r % len(peers)] if peers else []
                 for name, script, _label in order:
                     bench_peer(res, name, script, peer_wl, p, r + 1)
                 bench_pair(res, peers, peer_wl, p, r + 1)
                 bench_phase_pairs(res, peers, peer_wl, p, r + 1)
             if flood is not None:
-                out = run_json([PY, os.path.join(HERE, "flood.py"), "--duration",
-                                str(p["flood_duration"])], timeout=p["flood_duration"] + 120)
+                out = run_json(
+                    [PY, os.path.join(HERE, "flood.py"), "--duration", str(p["flood_duration"])],
+                    timeout=p["flood_duration"] + 120,
+                )
                 flood.append(out)
-                log("  flood run %d: %s" % (r + 1, (
-                    "p50 %.0f us, p99 %.0f us, max %.0f us" % (out["p50_us"], out["p99_us"], out["max_us"]))
-                    if out.get("ok") else "FAILED: " + out.get("error", "?")))
+                log(
+                    "  flood run %d: %s"
+                    % (
+                        r + 1,
+                        ("p50 %.0f us, p99 %.0f us, max %.0f us" % (out["p50_us"], out["p99_us"], out["max_us"]))
+                        if out.get("ok")
+                        else "FAILED: " + out.get("error", "?"),
+                    )
+                )
         if "echo" in workloads and have_rm:
             # The builtin echo meets its target by answering runs from their text; every run that
             # measures echo also records where the time goes, next to an echo the host registers
             # (a Python call per request), so the cost of that contract stays in view.
             log("echo profile, kernel stubbed out (where.py)...")
-            where = run_json([PY, os.path.join(HERE, "where.py"), "--json", "--requests", str(p["echo"]),
-                              "--rounds", str(p["where_rounds"])], timeout=600)
-            log("  %s" % ("reactor_mgmt %.0f ns, asyncio Protocol %.0f ns per request" % (
-                where["ns"]["reactor_mgmt"], where["ns"]["asyncio_protocol"]) if where.get("ok")
-                else "FAILED: " + where.get("error", "?")))
+            where = run_json(
+                [
+                    PY,
+                    os.path.join(HERE, "where.py"),
+                    "--json",
+                    "--requests",
+                    str(p["echo"]),
+                    "--rounds",
+                    str(p["where_rounds"]),
+                ],
+                timeout=600,
+            )
+            log(
+                "  %s"
+                % (
+                    "reactor_mgmt %.0f ns, asyncio Protocol %.0f ns per request"
+                    % (where["ns"]["reactor_mgmt"], where["ns"]["asyncio_protocol"])
+                    if where.get("ok")
+                    else "FAILED: " + where.get("error", "?")
+                )
+            )
     finally:
         elapsed = time.monotonic() - t_start
     text = render(res, peers, tick, flood, imp, info, p, args, cmd, started, elapsed, notes, where)

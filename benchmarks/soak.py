@@ -18,6 +18,7 @@ happens. The summary goes to stdout and to the "## Soak" section of benchmarks/R
 (the rest of that file, written by run.py, is kept). Targets: no lost or wrong reply to a good
 client, and a p99 frame time within 1 ms of the 16.7 ms frame.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,13 +83,26 @@ class Engine:
         self.now = time.monotonic()
         self.stopping = False
         self.stats = {
-            "good_sent": 0, "good_ok": 0, "good_wrong": 0, "good_lost": 0, "good_disconnects": 0,
-            "slow_sent": 0, "slow_ok": 0, "slow_wrong": 0,
-            "long_sent": 0, "long_ok": 0, "long_wrong": 0,
-            "flood_sent": 0, "flood_replies": 0,
-            "garbage_bytes": 0, "garbage_reconnects": 0,
-            "never_read": 0, "never_read_closed": 0,
-            "http_sent": 0, "http_closed_silently": 0, "http_answered": 0,
+            "good_sent": 0,
+            "good_ok": 0,
+            "good_wrong": 0,
+            "good_lost": 0,
+            "good_disconnects": 0,
+            "slow_sent": 0,
+            "slow_ok": 0,
+            "slow_wrong": 0,
+            "long_sent": 0,
+            "long_ok": 0,
+            "long_wrong": 0,
+            "flood_sent": 0,
+            "flood_replies": 0,
+            "garbage_bytes": 0,
+            "garbage_reconnects": 0,
+            "never_read": 0,
+            "never_read_closed": 0,
+            "http_sent": 0,
+            "http_closed_silently": 0,
+            "http_answered": 0,
             "connect_errors": 0,
         }
         self.wrong_samples: list = []
@@ -271,7 +285,7 @@ class Slowloris(Client):
     def drip(self) -> None:
         if self.closed or self.engine.stopping:
             return
-        self.send(b"ping\n"[self.position:self.position + 1])
+        self.send(b"ping\n"[self.position : self.position + 1])
         self.position = (self.position + 1) % 5
         if self.position == 0:
             self.engine.stats["slow_sent"] += 1
@@ -329,7 +343,7 @@ class Flood(Client):
         self.inbuf += data
         complete = self.inbuf.count(b"\n")
         self.engine.stats["flood_replies"] += complete
-        del self.inbuf[:self.inbuf.rfind(b"\n") + 1]
+        del self.inbuf[: self.inbuf.rfind(b"\n") + 1]
         self.refill()
 
     def on_event(self, mask: int) -> None:
@@ -426,8 +440,9 @@ def run_load(args: argparse.Namespace) -> None:
     engine.run(start + args.seconds)
     engine.stopping = True
     # Grace: the good clients' last requests are still owed a reply.
-    engine.run(time.monotonic() + 10.0,
-               done=lambda: not any(c is not None and c.expected is not None for c in engine.good))
+    engine.run(
+        time.monotonic() + 10.0, done=lambda: not any(c is not None and c.expected is not None for c in engine.good)
+    )
     for client in engine.good:
         if client is not None and client.expected is not None:
             engine.stats["good_lost"] += 1
@@ -462,9 +477,24 @@ def run_host(args: argparse.Namespace) -> dict:
     worker = _demo.Worker(60.0)
     server = _demo.build_server(demo_args, worker)
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    load = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--role", "load", "--port", str(server.port),
-                             "--seconds", str(args.seconds), "--clients", str(args.clients), "--seed", str(args.seed)],
-                            stdout=subprocess.PIPE, text=True)
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--role",
+            "load",
+            "--port",
+            str(server.port),
+            "--seconds",
+            str(args.seconds),
+            "--clients",
+            str(args.clients),
+            "--seed",
+            str(args.seed),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     gc_pauses: list = []
     gc_started = [0.0]
 
@@ -530,10 +560,16 @@ def run_host(args: argparse.Namespace) -> dict:
         "load_average": [round(load_average_start, 2), round(os.getloadavg()[0], 2)],
         "nproc": os.cpu_count(),
         "nice": args.nice,
-        "host_cpu_softirq_s": round((cpu_ticks(0).get("softirq", 0) - ticks_start.get("softirq", 0))
-                                    / os.sysconf("SC_CLK_TCK"), 2) if ticks_start else None,
-        "host_cpu_steal_s": round((cpu_ticks(0).get("steal", 0) - ticks_start.get("steal", 0))
-                                  / os.sysconf("SC_CLK_TCK"), 2) if ticks_start else None,
+        "host_cpu_softirq_s": round(
+            (cpu_ticks(0).get("softirq", 0) - ticks_start.get("softirq", 0)) / os.sysconf("SC_CLK_TCK"), 2
+        )
+        if ticks_start
+        else None,
+        "host_cpu_steal_s": round(
+            (cpu_ticks(0).get("steal", 0) - ticks_start.get("steal", 0)) / os.sysconf("SC_CLK_TCK"), 2
+        )
+        if ticks_start
+        else None,
         "poll_calls": len(polls),
         "poll_max_ms": round(max(polls) * 1e3, 3) if polls else 0.0,
         "poll_cpu_p99_ms": round(percentile(poll_cpu, 0.99) * 1e3, 3),
@@ -622,7 +658,7 @@ def write_section(path: str, section: str, heading: str = "## Soak", before: str
     start = find(heading)
     if start >= 0:
         end = text.find("\n## ", start + 1)
-        rest = text[end + 1:] if end >= 0 else ""
+        rest = text[end + 1 :] if end >= 0 else ""
         text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
     elif before is not None and find(before) >= 0:
         at = find(before)
@@ -638,8 +674,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="how long the load runs (default 60)")
     parser.add_argument("--clients", type=int, default=1000, help="well-behaved clients (default 1000)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--nice", type=int, default=0,
-                        help="niceness increment for the host, e.g. -10 to rank it above other processes (root)")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="niceness increment for the host, e.g. -10 to rank it above other processes (root)",
+    )
     parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--role", choices=["host", "load"], default="host", help=argparse.SUPPRESS)

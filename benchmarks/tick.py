@@ -23,6 +23,7 @@ Kinds (the measured call, all with N idle accepted connections registered):
     python benchmarks/tick.py holder --port P --n N  (internal)
     python benchmarks/tick.py [--n 0 1000 10000] [--rounds 15]  (stand-alone)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,6 +47,7 @@ ITER_KINDS = ["asyncio_iter", "uvloop_iter"]  # plots.py: one iteration of a run
 
 
 # ---------------------------------------------------------------- envs --
+
 
 def env_bare():
     lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -83,6 +85,7 @@ def env_bare():
 
 def env_reactor_mgmt():
     from reactor_mgmt import Server
+
     srv = Server(host=HOST, port=0, max_connections=20000, idle_timeout=0)
     return srv.addresses[0][1], srv.poll, functools.partial(srv.poll, 0)
 
@@ -94,13 +97,13 @@ def asyncio_server(new_loop):
 
     loop = new_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(
-        loop.create_server(LineProtocol, HOST, 0, backlog=1024))
+    server = loop.run_until_complete(loop.create_server(LineProtocol, HOST, 0, backlog=1024))
     return server.sockets[0].getsockname()[1], loop
 
 
 def env_asyncio():
     import asyncio
+
     port, loop = asyncio_server(asyncio.new_event_loop)
 
     def one():
@@ -139,6 +142,7 @@ class LoopIterations:
 
 def env_asyncio_iter(new_loop=None):
     import asyncio
+
     port, loop = asyncio_server(new_loop or asyncio.new_event_loop)
     iterations = LoopIterations(loop)
     return port, lambda timeout: iterations(), iterations
@@ -146,14 +150,17 @@ def env_asyncio_iter(new_loop=None):
 
 def env_uvloop_iter():
     import uvloop
+
     return env_asyncio_iter(uvloop.new_event_loop)
 
 
 def env_asyncore():
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import asyncore
+
         from asynchat_srv import Listener
     m = {}
     lst = Listener(0, m)
@@ -167,31 +174,42 @@ def env_asyncore():
 def env_twisted():
     from twisted.internet import reactor
     from twisted_line import factory
+
     port = reactor.listenTCP(0, factory(), backlog=1024, interface=HOST)
     return port.getHost().port, reactor.iterate, functools.partial(reactor.iterate, 0)
 
 
-ENVS = {"bare": env_bare, "reactor_mgmt": env_reactor_mgmt, "asyncio": env_asyncio,
-        "asyncore": env_asyncore, "twisted": env_twisted,
-        "asyncio_iter": env_asyncio_iter, "uvloop_iter": env_uvloop_iter}
+ENVS = {
+    "bare": env_bare,
+    "reactor_mgmt": env_reactor_mgmt,
+    "asyncio": env_asyncio,
+    "asyncore": env_asyncore,
+    "twisted": env_twisted,
+    "asyncio_iter": env_asyncio_iter,
+    "uvloop_iter": env_uvloop_iter,
+}
 
 
 def available(kind):
     """Can this Python run the kind at all?"""
     if kind == "asyncore":
         import importlib.util
+
         return importlib.util.find_spec("asyncore") is not None
     if kind in ("twisted", "uvloop_iter"):
         import importlib.util
+
         return importlib.util.find_spec(kind.replace("_iter", "")) is not None
     return True
 
 
 # -------------------------------------------------------------- worker --
 
+
 def worker(kind, n):
     sys.path[:0] = [SERVERS, ROOT]
     from _common import raise_nofile
+
     raise_nofile()
     out = sys.stdout
     holder = None
@@ -199,8 +217,10 @@ def worker(kind, n):
         port, pump, tick = ENVS[kind]()
         if n:
             holder = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "holder", "--port", str(port),
-                 "--n", str(n)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                [sys.executable, os.path.abspath(__file__), "holder", "--port", str(port), "--n", str(n)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
             deadline = time.monotonic() + 300
             status = None
             while status is None:
@@ -248,6 +268,7 @@ def worker(kind, n):
 def holder(port, n):
     sys.path.insert(0, HERE)
     import loadgen
+
     loadgen.raise_nofile()
     try:
         conns = loadgen.open_verified(port, n, inflight=100, timeout=280)
@@ -265,12 +286,16 @@ def holder(port, n):
 
 # -------------------------------------------------------------- driver --
 
-class Worker(object):
+
+class Worker:
     def __init__(self, kind, n, env):
         self.kind = kind
         self.proc = subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "worker", kind, "--n", str(n)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
 
     def readline(self, timeout):
         r, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -323,8 +348,7 @@ def measure(ns=(0, 1000, 10000), rounds=15, kinds=None, batch_seconds=0.01, log=
                     workers.remove(w)
                     continue
                 if log:
-                    log("  tick: %-12s %5d idle connections ready in %.1f s"
-                        % (kind, n, time.monotonic() - t0))
+                    log("  tick: %-12s %5d idle connections ready in %.1f s" % (kind, n, time.monotonic() - t0))
             ks = {}
             for w in workers:
                 per = min(w.run(5), w.run(5))
@@ -332,12 +356,15 @@ def measure(ns=(0, 1000, 10000), rounds=15, kinds=None, batch_seconds=0.01, log=
                 w.run(ks[w.kind])  # warm
             samples = {w.kind: [] for w in workers}
             for r in range(rounds):
-                order = workers[r % len(workers):] + workers[:r % len(workers)]
+                order = workers[r % len(workers) :] + workers[: r % len(workers)]
                 for w in order:
                     samples[w.kind].append(w.run(ks[w.kind]))
             for w in workers:
-                res[w.kind] = {"ns": statistics.median(samples[w.kind]),
-                               "samples": samples[w.kind], "batch": ks[w.kind]}
+                res[w.kind] = {
+                    "ns": statistics.median(samples[w.kind]),
+                    "samples": samples[w.kind],
+                    "batch": ks[w.kind],
+                }
         except RuntimeError as e:
             for w in workers:
                 res.setdefault(w.kind, {"error": str(e)})
@@ -348,8 +375,7 @@ def measure(ns=(0, 1000, 10000), rounds=15, kinds=None, batch_seconds=0.01, log=
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("mode", nargs="?", default="measure", choices=["measure", "worker", "holder"])
     p.add_argument("kind", nargs="?")
     p.add_argument("--n", type=int, nargs="*", default=[0, 1000, 10000])
@@ -362,8 +388,7 @@ def main():
     elif a.mode == "holder":
         holder(a.port, a.n[0])
     else:
-        res = measure(a.n, a.rounds, a.kinds.split(","),
-                      log=lambda m: print(m, file=sys.stderr))
+        res = measure(a.n, a.rounds, a.kinds.split(","), log=lambda m: print(m, file=sys.stderr))
         for n, d in res.items():
             for kind, v in d.items():
                 v.pop("samples", None)

@@ -12,6 +12,7 @@ machine hits both. Every reply is checked.
 * rtt: ``ping`` round trips on one connection, median and p99 in microseconds;
 * churn: one-shot connections (connect, handshake for TLS, ``status``, read to EOF), per second.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,9 +87,29 @@ def churn(port: int, context, count: int) -> float:
 def measure(rounds: int, rtts: int, conns: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                        "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         proc = subprocess.Popen([sys.executable, "-c", SERVER, ROOT, cert, key], stdout=subprocess.PIPE)
         try:
             plain_port, tls_port = map(int, proc.stdout.readline().split())
@@ -105,20 +126,31 @@ def measure(rounds: int, rtts: int, conns: int) -> dict:
     out = {}
     for name, cells in result.items():
         times = sorted(cells["rtt"])
-        out[name] = {"rtt_p50_us": statistics.median(times), "rtt_p99_us": times[int(len(times) * 0.99)],
-                     "churn_per_s": statistics.median(cells["churn"])}
+        out[name] = {
+            "rtt_p50_us": statistics.median(times),
+            "rtt_p99_us": times[int(len(times) * 0.99)],
+            "churn_per_s": statistics.median(cells["churn"]),
+        }
     return out
 
 
 def render(result: dict, command: str) -> str:
     plain, tls = result["plain"], result["tls"]
-    return "\n".join([
-        "## TLS beside plaintext", "", f"Written by `{command}`.", "",
-        "| listener | rtt p50 us | rtt p99 us | one-shot connections/s |", "|---|---|---|---|",
-        f"| plaintext | {plain['rtt_p50_us']:.0f} | {plain['rtt_p99_us']:.0f} | {plain['churn_per_s']:.0f} |",
-        f"| TLS | {tls['rtt_p50_us']:.0f} | {tls['rtt_p99_us']:.0f} | {tls['churn_per_s']:.0f} |",
-        f"| TLS / plaintext | {tls['rtt_p50_us'] / plain['rtt_p50_us']:.2f}x | "
-        f"{tls['rtt_p99_us'] / plain['rtt_p99_us']:.2f}x | {tls['churn_per_s'] / plain['churn_per_s']:.2f}x |", ""])
+    return "\n".join(
+        [
+            "## TLS beside plaintext",
+            "",
+            f"Written by `{command}`.",
+            "",
+            "| listener | rtt p50 us | rtt p99 us | one-shot connections/s |",
+            "|---|---|---|---|",
+            f"| plaintext | {plain['rtt_p50_us']:.0f} | {plain['rtt_p99_us']:.0f} | {plain['churn_per_s']:.0f} |",
+            f"| TLS | {tls['rtt_p50_us']:.0f} | {tls['rtt_p99_us']:.0f} | {tls['churn_per_s']:.0f} |",
+            f"| TLS / plaintext | {tls['rtt_p50_us'] / plain['rtt_p50_us']:.2f}x | "
+            f"{tls['rtt_p99_us'] / plain['rtt_p99_us']:.2f}x | {tls['churn_per_s'] / plain['churn_per_s']:.2f}x |",
+            "",
+        ]
+    )
 
 
 def main() -> int:

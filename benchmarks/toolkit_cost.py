@@ -18,6 +18,7 @@ processes on a shared machine do is not counted.
 
 The audit log (``audit=True``) is measured as a third server, since it is off by default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def request_ns(server, count: int) -> float:
             raise RuntimeError("the server stopped answering")
         if sent < len(payload):
             try:
-                sent += client.send(payload[sent:sent + 65536])
+                sent += client.send(payload[sent : sent + 65536])
             except BlockingIOError:
                 pass
         server.poll(0, budget=0.002)
@@ -82,25 +83,35 @@ def measure(rounds: int, calls: int, count: int) -> dict:
     try:
         names = list(servers)
         for index in range(rounds):
-            order = names[index % len(names):] + names[:index % len(names)]
+            order = names[index % len(names) :] + names[: index % len(names)]
             for name in order:
                 idle[name].append(idle_ns(servers[name], calls))
                 req[name].append(request_ns(servers[name], count))
     finally:
         for server in servers.values():
             server.close()
-    return {"rounds": rounds, "idle_ns": {k: statistics.median(v) for k, v in idle.items()},
-            "request_ns": {k: statistics.median(v) for k, v in req.items()}}
+    return {
+        "rounds": rounds,
+        "idle_ns": {k: statistics.median(v) for k, v in idle.items()},
+        "request_ns": {k: statistics.median(v) for k, v in req.items()},
+    }
 
 
 def render(result: dict, command: str) -> str:
     idle, req = result["idle_ns"], result["request_ns"]
-    lines = ["## The operator toolkit's cost", "",
-             f"Written by `{command}`: median of {result['rounds']} interleaved rounds, in one process.", "",
-             "| server | idle `poll(0)` ns | vs off | pipelined `ping` ns/request | vs off |", "|---|---|---|---|---|"]
+    lines = [
+        "## The operator toolkit's cost",
+        "",
+        f"Written by `{command}`: median of {result['rounds']} interleaved rounds, in one process.",
+        "",
+        "| server | idle `poll(0)` ns | vs off | pipelined `ping` ns/request | vs off |",
+        "|---|---|---|---|---|",
+    ]
     for name in ("off", "on", "on+audit"):
-        lines.append(f"| toolkit {name} | {idle[name]:.0f} | {idle[name] / idle['off']:.2f}x | "
-                     f"{req[name]:.0f} | {req[name] / req['off']:.2f}x |")
+        lines.append(
+            f"| toolkit {name} | {idle[name]:.0f} | {idle[name] / idle['off']:.2f}x | "
+            f"{req[name]:.0f} | {req[name] / req['off']:.2f}x |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ one join, one encode, and none of the checks, queueing or tick of the real path.
 This reaches into the server's internals (the accepted connection's transport socket, the
 loop's kernel wait) to take the kernel out; it is a measuring tool, not an example.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,7 +44,7 @@ sys.path.insert(0, HERE)
 from loadgen import echo_payload  # noqa: E402  (the payload the echo workload sends)
 
 
-class StubSocket(object):
+class StubSocket:
     """Stands in for an accepted socket: reads come from ``payload``, sends are kept."""
 
     def __init__(self, payload, fd):
@@ -53,7 +54,7 @@ class StubSocket(object):
         self.fd = fd
 
     def recv(self, size):
-        data = self.payload[self.pos:self.pos + size]
+        data = self.payload[self.pos : self.pos + size]
         if not data:
             raise BlockingIOError
         self.pos += len(data)
@@ -72,11 +73,14 @@ def reactor_mgmt_runner(payload, expected, max_commands_per_tick=256, host_echo=
     With ``host_echo``, echo is registered again as a host's handler would be."""
     sys.path.insert(0, ROOT)
     from reactor_mgmt import Server
+
     srv = Server(host="127.0.0.1", port=0, idle_timeout=0, max_commands_per_tick=max_commands_per_tick)
     if host_echo:
+
         @srv.command
         def echo(*words):
             return " ".join(words)
+
     client = socket.create_connection(srv.addresses[0][:2], timeout=5)
     client.sendall(b"ping\n")
     deadline = time.monotonic() + 5
@@ -125,7 +129,7 @@ def asyncio_runner(payload, expected):
     sys.path.insert(0, os.path.join(HERE, "servers"))
     from asyncio_protocol import LineProtocol
 
-    class StubTransport(object):
+    class StubTransport:
         def __init__(self):
             self.out = []
             self.write = self.out.append
@@ -139,7 +143,7 @@ def asyncio_runner(payload, expected):
         proto.connection_made(transport)
         received = proto.data_received
         for start in range(0, len(payload), ASYNCIO_READ):
-            received(payload[start:start + ASYNCIO_READ])
+            received(payload[start : start + ASYNCIO_READ])
         if b"".join(transport.out) != expected:
             raise AssertionError("the asyncio peer's replies differ from the expected stream")
 
@@ -156,11 +160,11 @@ def contract_runner(payload, expected, read_size=8192):
         out = []
         partial = b""
         for start in range(0, len(payload), read_size):
-            data = partial + payload[start:start + read_size]
+            data = partial + payload[start : start + read_size]
             end = data.rfind(b"\n") + 1
             partial = data[end:]
             text = data[:end].decode("ascii")
-            tails = text[len("echo "):-1].split("\necho ")
+            tails = text[len("echo ") : -1].split("\necho ")
             out.append(("\n".join(starmap(echo, map(str.split, tails))) + "\n").encode())
         if b"".join(out) != expected:
             raise AssertionError("the contract path's replies differ from the expected stream")
@@ -183,14 +187,19 @@ def best_of(runners, rounds):
 # the one that calls it (sending is inside the session's turn).
 STAGES = [
     ("reactor_mgmt._protocol", "RequestDecoder", "feed", "decoding reads into lines (`RequestDecoder.feed`)"),
-    ("reactor_mgmt._session", "Connection", "service",
-     "running the queued requests, one general path each (`Connection.service`)"),
+    (
+        "reactor_mgmt._session",
+        "Connection",
+        "service",
+        "running the queued requests, one general path each (`Connection.service`)",
+    ),
     ("reactor_mgmt._transport", "Transport", "flush", "of which sending (`Transport.flush`, the send itself stubbed)"),
 ]
 
 
 def stage_times(run, n):
     import importlib
+
     spent = {}
     originals = []
     for module, cls_name, attr, _label in STAGES:
@@ -205,6 +214,7 @@ def stage_times(run, n):
                 return _func(*args, **kwargs)
             finally:
                 spent[_key] = spent.get(_key, 0.0) + time.perf_counter() - t0
+
         setattr(cls, attr, staticmethod(timed) if isinstance(original, staticmethod) else timed)
     try:
         t0 = time.perf_counter()
@@ -226,11 +236,20 @@ def profile_table(run, n, top):
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
     out = []
     for (filename, line, func), (_cc, calls, tottime, _ct, _callers) in rows:
-        where = func if filename == "~" else "%s:%d %s" % (os.path.relpath(filename, ROOT)
-                                                          if filename.startswith(ROOT) else
-                                                          os.path.basename(filename), line, func)
-        out.append({"function": where, "calls": calls, "share": tottime / total if total else 0.0,
-                    "calls_per_request": calls / n})
+        where = (
+            func
+            if filename == "~"
+            else "%s:%d %s"
+            % (os.path.relpath(filename, ROOT) if filename.startswith(ROOT) else os.path.basename(filename), line, func)
+        )
+        out.append(
+            {
+                "function": where,
+                "calls": calls,
+                "share": tottime / total if total else 0.0,
+                "calls_per_request": calls / n,
+            }
+        )
     return out
 
 
@@ -239,8 +258,13 @@ def measure(n, rounds, top):
     ours, close = reactor_mgmt_runner(payload, expected)
     ours_1024, close_1024 = reactor_mgmt_runner(payload, expected, max_commands_per_tick=1024)
     host, close_host = reactor_mgmt_runner(payload, expected, host_echo=True)
-    runners = {"reactor_mgmt": ours, "reactor_mgmt_1024": ours_1024, "host_echo": host,
-               "contract": contract_runner(payload, expected), "asyncio_protocol": asyncio_runner(payload, expected)}
+    runners = {
+        "reactor_mgmt": ours,
+        "reactor_mgmt_1024": ours_1024,
+        "host_echo": host,
+        "contract": contract_runner(payload, expected),
+        "asyncio_protocol": asyncio_runner(payload, expected),
+    }
     for run in runners.values():  # warm up, and check every output once before timing
         run()
     best = best_of(runners, rounds)
@@ -250,9 +274,16 @@ def measure(n, rounds, top):
     close()
     close_1024()
     close_host()
-    return {"ok": True, "requests": n, "rounds": rounds, "python": sys.version.split()[0],
-            "ns": {name: secs / n * 1e9 for name, secs in best.items()}, "stages": stages,
-            "host_stages": host_stages, "profile": table}
+    return {
+        "ok": True,
+        "requests": n,
+        "rounds": rounds,
+        "python": sys.version.split()[0],
+        "ns": {name: secs / n * 1e9 for name, secs in best.items()},
+        "stages": stages,
+        "host_stages": host_stages,
+        "profile": table,
+    }
 
 
 LABELS = [
@@ -267,25 +298,40 @@ LABELS = [
 def render(res, cmd):
     ns = res["ns"]
     base = ns["asyncio_protocol"]
-    lines = ["## Profile: echo with the kernel stubbed out", "",
-             "Written by `%s` (Python %s): %s distinct pipelined `echo I xI` requests, best of %d "
-             "interleaved rounds. The module docstring of `benchmarks/where.py` says what each row "
-             "runs." % (cmd, res["python"], "{:,}".format(res["requests"]), res["rounds"]), "",
-             "| path | Python ns per request | time vs asyncio Protocol's (lower is faster) |", "|---|---|---|"]
+    lines = [
+        "## Profile: echo with the kernel stubbed out",
+        "",
+        "Written by `%s` (Python %s): %s distinct pipelined `echo I xI` requests, best of %d "
+        "interleaved rounds. The module docstring of `benchmarks/where.py` says what each row "
+        "runs." % (cmd, res["python"], "{:,}".format(res["requests"]), res["rounds"]),
+        "",
+        "| path | Python ns per request | time vs asyncio Protocol's (lower is faster) |",
+        "|---|---|---|",
+    ]
     for key, label in LABELS:
         lines.append("| %s | %.0f | %.2fx |" % (label, ns[key], ns[key] / base))
-    lines += ["", "Stages (inclusive ns per request, timed around calls made once per read or tick, best of "
-              "5; `Connection.service` contains the row below it), for the shipped server and for "
-              "echo registered by the host:", "",
-              "| stage | shipped | host's echo |", "|---|---|---|"]
+    lines += [
+        "",
+        "Stages (inclusive ns per request, timed around calls made once per read or tick, best of "
+        "5; `Connection.service` contains the row below it), for the shipped server and for "
+        "echo registered by the host:",
+        "",
+        "| stage | shipped | host's echo |",
+        "|---|---|---|",
+    ]
     shipped, hosts = res["stages"], res["host_stages"]
     for _module, _cls, key, label in STAGES:
         lines.append("| %s | %.0f | %.0f |" % (label, shipped.get(key, 0.0), hosts.get(key, 0.0)))
     rest = [st["total"] - sum(st.get(key, 0.0) for key in ("feed", "service")) for st in (shipped, hosts)]
     lines.append("| the rest: `poll()`, the read, the ready queue | %.0f | %.0f |" % tuple(rest))
     lines.append("| total, in this round | %.0f | %.0f |" % (shipped["total"], hosts["total"]))
-    lines += ["", "cProfile of the shipped path, by own time (profiling inflates each Python call):", "",
-              "| function | calls per request | share of own time |", "|---|---|---|"]
+    lines += [
+        "",
+        "cProfile of the shipped path, by own time (profiling inflates each Python call):",
+        "",
+        "| function | calls per request | share of own time |",
+        "|---|---|---|",
+    ]
     for row in res["profile"]:
         lines.append("| `%s` | %.3f | %.1f%% |" % (row["function"], row["calls_per_request"], row["share"] * 100))
     return "\n".join(lines) + "\n"
@@ -299,8 +345,10 @@ def main():
     ap.add_argument("--json", action="store_true", help="one JSON line, with the Markdown in it")
     args = ap.parse_args()
     cmd = "python benchmarks/where.py" + "".join(
-        " --%s %d" % (name, value) for name, value, default in
-        (("requests", args.requests, 200000), ("rounds", args.rounds, 15)) if value != default)
+        " --%s %d" % (name, value)
+        for name, value, default in (("requests", args.requests, 200000), ("rounds", args.rounds, 15))
+        if value != default
+    )
     try:
         res = measure(args.requests, args.rounds, args.top)
         res["markdown"] = render(res, cmd)

@@ -2,17 +2,18 @@
 # modules behind it are private (leading underscore) so they can be reorganised freely.
 """A management socket for programs that already have a main loop.
 
-    server = reactor_mgmt.Server(port=8123)
+server = reactor_mgmt.Server(port=8123)
 
-    @server.command
-    def status():
-        "One line about the process."
-        return {"jobs": len(queue)}
+@server.command
+def status():
+    "One line about the process."
+    return {"jobs": len(queue)}
 
-    while True:
-        do_work()
-        server.poll()        # never blocks; handlers run here, on this thread
+while True:
+    do_work()
+    server.poll()        # never blocks; handlers run here, on this thread
 """
+
 from __future__ import annotations
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time

@@ -65,8 +65,14 @@ if TYPE_CHECKING:
     class Dispatcher(Protocol):
         observer: Optional[Callable[[Any, Any, str, float], None]]
 
-        def observe(self, observer: Callable[[Any, Any, str, float], None], *, slower_than: float = ...,
-                    at_or_above: Optional[int] = ..., names: Iterable[str] = ...) -> None: ...
+        def observe(
+            self,
+            observer: Callable[[Any, Any, str, float], None],
+            *,
+            slower_than: float = ...,
+            at_or_above: Optional[int] = ...,
+            names: Iterable[str] = ...,
+        ) -> None: ...
 
     class Loop(Protocol):
         watch: Any
@@ -90,15 +96,24 @@ PARTS = ("slow", "clients", "gap")
 ALWAYS_AUDITED = frozenset(("auth", "client kill"))
 
 audit_log = logging.getLogger("reactor_mgmt.audit")
-_installed: "weakref.WeakSet[Any]" = weakref.WeakSet()  # dispatchers with the tools on
+_installed: weakref.WeakSet[Any] = weakref.WeakSet()  # dispatchers with the tools on
 _UNKNOWN = object()
 
 
-def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *,
-                     parts: Sequence[str] = PARTS, audit: bool = False, audit_level: str = "operator",
-                     slow_ms: float = 50.0, stall_after: Optional[float] = None,
-                     stall_file: Optional[str] = None, secret_params: Iterable[str] = (),
-                     maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None) -> None:
+def install_activity(
+    server: Server,
+    dispatcher: Dispatcher,
+    loop: Loop,
+    *,
+    parts: Sequence[str] = PARTS,
+    audit: bool = False,
+    audit_level: str = "operator",
+    slow_ms: float = 50.0,
+    stall_after: Optional[float] = None,
+    stall_file: Optional[str] = None,
+    secret_params: Iterable[str] = (),
+    maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None,
+) -> None:
     """Installs the activity tools on one server.
 
     ``parts`` picks among "slow" (`show slow`: commands over ``slow_ms``), "clients" (`clients`,
@@ -123,9 +138,14 @@ def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *
     if stall_after is not None and not 0 < stall_after < float("inf"):
         raise ConfigError(f"stall_after must be a number of seconds > 0, not {stall_after!r}")
     audit_rank = level_rank(audit_level)  # ConfigError for an unknown level
-    activity = Activity(server, slow_ms=slow_ms if "slow" in parts else None,
-                        clients="clients" in parts, audit_rank=audit_rank if audit else None,
-                        secret_params=secret_params, maskers=maskers)
+    activity = Activity(
+        server,
+        slow_ms=slow_ms if "slow" in parts else None,
+        clients="clients" in parts,
+        audit_rank=audit_rank if audit else None,
+        secret_params=secret_params,
+        maskers=maskers,
+    )
     activity.register(server.registry)  # first: a name the host registered already raises here
     _installed.add(dispatcher)
     if activity.active:
@@ -140,9 +160,12 @@ def install_activity(server: "Server", dispatcher: "Dispatcher", loop: "Loop", *
             # Audited: at or above the audit level, and the commands audited whatever their
             # level (observe() checks each with audited(), so the names may be a superset).
             always = [name for name in server.registry.commands if name.startswith("auth ")]
-            dispatcher.observe(activity.observe, slower_than=activity.slow_after,
-                               at_or_above=audit_rank if audit else None,
-                               names=[*ALWAYS_AUDITED, *always] if audit else ())
+            dispatcher.observe(
+                activity.observe,
+                slower_than=activity.slow_after,
+                at_or_above=audit_rank if audit else None,
+                names=[*ALWAYS_AUDITED, *always] if audit else (),
+            )
     if "gap" in parts:  # measured by poll() itself, with one clock read per call (see Loop.gap_from)
         server.stats.poll_gap_max = 0.0
         loop.gap_from = float("inf")  # the first poll() has no gap before it
@@ -171,8 +194,12 @@ def _open_stall_file(path: Optional[str]) -> Any:
 # ---- masking ----
 
 
-def masked_words(request: "Request", secrets: "Set[str]", registry: Optional["Registry"] = None,
-                 maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None) -> List[str]:
+def masked_words(
+    request: Request,
+    secrets: Set[str],
+    registry: Optional[Registry] = None,
+    maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None,
+) -> List[str]:
     """The words of a request as it may be shown: the command's name, then its arguments with
     every secret replaced by MASK (see the module comment). JSON values that are not strings
     are shown as JSON; a JSON request's kwargs as ``--name=value``."""
@@ -202,8 +229,9 @@ def masked_words(request: "Request", secrets: "Set[str]", registry: Optional["Re
     return words + shown
 
 
-def _mask_arguments(command: "Command", args: List[Any], kwargs: Optional[Dict[str, Any]],
-                    secrets: "Set[str]") -> List[str]:
+def _mask_arguments(
+    command: Command, args: List[Any], kwargs: Optional[Dict[str, Any]], secrets: Set[str]
+) -> List[str]:
     signature = command.signature
     names = [param.name for param in signature.positional]
     rest = signature.var_positional.name if signature.var_positional is not None else None
@@ -287,9 +315,16 @@ class _Client:
 class Activity:
     """The observer's state, and the commands that show it."""
 
-    def __init__(self, server: "Server", *, slow_ms: Optional[float], clients: bool,
-                 audit_rank: Optional[int], secret_params: Iterable[str],
-                 maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        *,
+        slow_ms: Optional[float],
+        clients: bool,
+        audit_rank: Optional[int],
+        secret_params: Iterable[str],
+        maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None,
+    ) -> None:
         self.server = server
         self.maskers = dict(maskers or {})
         self.previous: Optional[Callable[[Any, Any, str, float], None]] = None
@@ -297,10 +332,12 @@ class Activity:
         self.slow_ms = slow_ms
         self.slow_after = float("inf") if slow_ms is None else slow_ms / 1000
         self.slow: Optional[Deque[Tuple[float, float, int, str, str]]] = (
-            deque(maxlen=SLOW_KEPT) if slow_ms is not None else None)
-        self.clients: Optional["weakref.WeakKeyDictionary[Connection, _Client]"] = (
-            weakref.WeakKeyDictionary() if clients else None)
-        self.killed: "weakref.WeakSet[Connection]" = weakref.WeakSet()  # killed, still leaving
+            deque(maxlen=SLOW_KEPT) if slow_ms is not None else None
+        )
+        self.clients: Optional[weakref.WeakKeyDictionary[Connection, _Client]] = (
+            weakref.WeakKeyDictionary() if clients else None
+        )
+        self.killed: weakref.WeakSet[Connection] = weakref.WeakSet()  # killed, still leaving
         self.audit_rank = audit_rank
         self.audit: Optional[Deque[Dict[str, Any]]] = deque(maxlen=AUDIT_KEPT) if audit_rank is not None else None
 
@@ -308,7 +345,7 @@ class Activity:
     def active(self) -> bool:
         return self.slow is not None or self.clients is not None or self.audit is not None
 
-    def observe(self, conn: Connection, request: Optional["Request"], outcome: str, seconds: float) -> None:
+    def observe(self, conn: Connection, request: Optional[Request], outcome: str, seconds: float) -> None:
         """Dispatcher.observer: called only for a request slower than slow_ms or one that
         audited() says is audited (see install_activity), or for every request when another
         observer was there first and wants them all."""
@@ -321,16 +358,18 @@ class Activity:
         if previous is not None:
             previous(conn, request, outcome, seconds)
 
-    def audited(self, command: "Command") -> bool:
+    def audited(self, command: Command) -> bool:
         """Whether a run of ``command`` gets an audit record: at or above the audit level, and
         every form of auth and `client kill` whatever the level."""
         rank = self.audit_rank
-        return rank is not None and (command.rank >= rank or command.name in ALWAYS_AUDITED
-                                     or command.name.startswith("auth "))
+        return rank is not None and (
+            command.rank >= rank or command.name in ALWAYS_AUDITED or command.name.startswith("auth ")
+        )
 
-    def words(self, request: "Request") -> str:
-        return join_words(masked_words(request, SECRET_PARAMETERS | self.secret_params, self.server.registry,
-                                       self.maskers))
+    def words(self, request: Request) -> str:
+        return join_words(
+            masked_words(request, SECRET_PARAMETERS | self.secret_params, self.server.registry, self.maskers)
+        )
 
     def state(self, conn: Connection) -> _Client:
         assert self.clients is not None
@@ -341,22 +380,25 @@ class Activity:
 
     # ---- slow commands ----
 
-    def record_slow(self, conn: Connection, request: "Request", seconds: float) -> None:
+    def record_slow(self, conn: Connection, request: Request, seconds: float) -> None:
         assert self.slow is not None
         self.slow.append((time.time(), seconds, conn.id, format_address(conn.peer), self.words(request)))
 
     def show_slow(self) -> Report:
         """The last 128 commands slower than slow_ms, newest first."""
         assert self.slow is not None
-        rows = [{"time": _timestamp(when), "ms": round(seconds * 1000, 3), "conn": conn_id, "peer": peer,
-                 "command": words} for when, seconds, conn_id, peer, words in reversed(self.slow)]
-        head = (f"slow_ms: {self.slow_ms:g} ({len(rows)} of the last {SLOW_KEPT} commands slower than that, "
-                f"newest first)")
+        rows = [
+            {"time": _timestamp(when), "ms": round(seconds * 1000, 3), "conn": conn_id, "peer": peer, "command": words}
+            for when, seconds, conn_id, peer, words in reversed(self.slow)
+        ]
+        head = (
+            f"slow_ms: {self.slow_ms:g} ({len(rows)} of the last {SLOW_KEPT} commands slower than that, newest first)"
+        )
         return _report(head, rows, {"slow_ms": self.slow_ms, "kept": SLOW_KEPT, "commands": rows})
 
     # ---- audit ----
 
-    def record_audit(self, conn: Connection, request: "Request", outcome: str, seconds: float) -> None:
+    def record_audit(self, conn: Connection, request: Request, outcome: str, seconds: float) -> None:
         assert self.audit is not None
         record = {
             "time": _timestamp(time.time()),
@@ -370,10 +412,18 @@ class Activity:
             "ms": round(seconds * 1000, 3),
         }
         self.audit.append(record)
-        audit_log.info("conn=%d peer=%s uid=%s listener=%s level=%s outcome=%s ms=%.3f command=%s",
-                       record["conn"], record["peer"], "-" if record["uid"] is None else record["uid"],
-                       record["listener"], record["level"], outcome, record["ms"], record["command"],
-                       extra={"audit": record})
+        audit_log.info(
+            "conn=%d peer=%s uid=%s listener=%s level=%s outcome=%s ms=%.3f command=%s",
+            record["conn"],
+            record["peer"],
+            "-" if record["uid"] is None else record["uid"],
+            record["listener"],
+            record["level"],
+            outcome,
+            record["ms"],
+            record["command"],
+            extra={"audit": record},
+        )
 
     def peer_uid(self, conn: Connection) -> Optional[int]:
         """The peer's uid on a Unix socket (SO_PEERCRED, where the platform has it), else None;
@@ -393,8 +443,10 @@ class Activity:
             raise UsageError(f"usage: audit [N] (N must be from 1 to {AUDIT_KEPT})")
         records = list(self.audit)[-n:]
         level = LEVELS[self.audit_rank or 0]
-        head = (f"audit: {len(records)} of the last {AUDIT_KEPT} records (commands at {level} level "
-                f"or above, and auth), oldest first")
+        head = (
+            f"audit: {len(records)} of the last {AUDIT_KEPT} records (commands at {level} level "
+            f"or above, and auth), oldest first"
+        )
         return _report(head, records, records)
 
     # ---- clients ----
@@ -407,28 +459,31 @@ class Activity:
             transport = conn.transport
             state = self.state(conn)
             request = conn.last_request  # kept by the dispatcher while observed; masked when shown
-            rows.append({
-                "id": conn.id,
-                "peer": format_address(conn.peer),
-                "listener": format_address(conn.listener.address),
-                "level": conn.level_name,
-                "age_s": round(now - transport.opened, 1),
-                "idle_s": round(now - transport.last_active, 1),
-                "last": self.words(request) if request is not None else None,
-                "bytes_in": transport.bytes_in,
-                "bytes_out": transport.bytes_out,
-                "unsent": transport.out_size,
-                "state": _state_of(conn, request),
-                "name": state.name,
-            })
+            rows.append(
+                {
+                    "id": conn.id,
+                    "peer": format_address(conn.peer),
+                    "listener": format_address(conn.listener.address),
+                    "level": conn.level_name,
+                    "age_s": round(now - transport.opened, 1),
+                    "idle_s": round(now - transport.last_active, 1),
+                    "last": self.words(request) if request is not None else None,
+                    "bytes_in": transport.bytes_in,
+                    "bytes_out": transport.bytes_out,
+                    "unsent": transport.out_size,
+                    "state": _state_of(conn, request),
+                    "name": state.name,
+                }
+            )
         return rows
 
     def kill(self, conn: Connection, id: Optional[int], idle: Optional[float], peer: Optional[str]) -> str:
         """client kill ID|--idle SECONDS|--peer ADDR: see register()."""
         given = (id is not None) + (idle is not None) + (peer is not None)
         if given != 1:
-            raise UsageError(f"usage: {_KILL_USAGE} ({'give one of' if not given else 'only one of'} "
-                             "ID, --idle, --peer)")
+            raise UsageError(
+                f"usage: {_KILL_USAGE} ({'give one of' if not given else 'only one of'} ID, --idle, --peer)"
+            )
         if id is not None and id < 1:
             raise UsageError(f"usage: {_KILL_USAGE} (ID must be a connection id, 1 or more)")
         if idle is not None and not 0 <= idle < float("inf"):
@@ -468,17 +523,19 @@ class Activity:
 
     # ---- registration ----
 
-    def register(self, registry: "Registry") -> None:
+    def register(self, registry: Registry) -> None:
         def add(name: str, fn: Any, level: str) -> Command:
             return registry.add(name, fn, builtin=True, level=level)
 
         if self.slow is not None:
+
             def show_slow() -> Report:
                 """The last 128 commands slower than slow_ms, newest first."""
                 return self.show_slow()
 
             add("show slow", show_slow, "admin")
         if self.audit is not None:
+
             def audit(n: int = AUDIT_DEFAULT_SHOWN) -> Report:
                 """The last N audit records, oldest first: audit [N] (1 to 1000, default 20).
 
@@ -490,12 +547,14 @@ class Activity:
 
             add("audit", audit, "admin")
         if self.clients is not None:
+
             def clients() -> List[Dict[str, Any]]:
                 """Every connection: id, peer, listener, level, age, idle, last command, bytes, state."""
                 return self.list_clients()
 
-            def client_kill(id: Optional[int] = None, *, idle: Optional[float] = None,
-                            peer: Optional[str] = None, conn: Connection) -> str:
+            def client_kill(
+                id: Optional[int] = None, *, idle: Optional[float] = None, peer: Optional[str] = None, conn: Connection
+            ) -> str:
                 """Disconnects clients: client kill ID|--idle SECONDS|--peer ADDR.
 
                 Each one killed receives 'ERR killed by admin', then EOF. --idle and --peer
@@ -526,7 +585,7 @@ def _report(head: str, rows: List[Dict[str, Any]], data: Any) -> Report:
     return Report(head + ("\n" + render_table(rows) if rows else ""), data)
 
 
-def _state_of(conn: Connection, request: Optional["Request"]) -> str:
+def _state_of(conn: Connection, request: Optional[Request]) -> str:
     if conn.closing:
         return "closing"
     waiting = conn.waiting
@@ -540,7 +599,7 @@ def _state_of(conn: Connection, request: Optional["Request"]) -> str:
     return "stream"
 
 
-def _kill(server: "Server", target: Connection, by: Connection) -> None:
+def _kill(server: Server, target: Connection, by: Connection) -> None:
     """Its waiting reply dropped (a stream would otherwise keep pumping), the notice, then EOF;
     a client that has not taken it all KILL_GRACE seconds later is reset. One already closing
     (lingering for its client's EOF, or cut off and stuck with output it does not read) is reset

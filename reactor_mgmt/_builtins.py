@@ -46,6 +46,7 @@ if TYPE_CHECKING:
         def check_response(self, challenge: str, response: str) -> bool: ...
         def wake(self, conn: Connection) -> None: ...
 
+
 log = logging.getLogger("reactor_mgmt")
 
 _MAX_AUTH_FAILURES = 3
@@ -55,7 +56,7 @@ _TAIL_QUEUE = 1000  # records held per slow log subscriber before we count drops
 _MIN_WATCH_INTERVAL = 0.1
 
 
-def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
+def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
     def add(name: str, fn: Any, **options: Any) -> Command:
         return server.registry.add(name, fn, builtin=True, **options)
 
@@ -95,8 +96,11 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
         if not cleartext_allowed(server.cleartext_auth, conn.listener):
             suffix = refusals.allow(time.monotonic())
             if suffix is not None:
-                log.warning("refused cleartext auth on connection #%d: its listener allows only "
-                            "'auth challenge'%s", conn.id, suffix)
+                log.warning(
+                    "refused cleartext auth on connection #%d: its listener allows only 'auth challenge'%s",
+                    conn.id,
+                    suffix,
+                )
             raise PermissionDenied("cleartext auth refused on this listener: use 'auth challenge'")
         return authenticated(server.check_token(token[0]), conn)
 
@@ -105,14 +109,15 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
             conn.authenticated = True
             return "OK"
         conn.auth_failures += 1
-        log.warning("failed authentication on connection #%d (%d of %d)", conn.id, conn.auth_failures,
-                    _MAX_AUTH_FAILURES)
+        log.warning(
+            "failed authentication on connection #%d (%d of %d)", conn.id, conn.auth_failures, _MAX_AUTH_FAILURES
+        )
         if conn.auth_failures >= _MAX_AUTH_FAILURES:
             conn.close()
             raise PermissionDenied("authentication failed; closing")
         raise PermissionDenied("authentication failed")
 
-    challenges: "weakref.WeakKeyDictionary[Connection, str]" = weakref.WeakKeyDictionary()
+    challenges: weakref.WeakKeyDictionary[Connection, str] = weakref.WeakKeyDictionary()
     refusals = Throttle()
 
     def auth_challenge(conn: Connection) -> str:
@@ -145,7 +150,9 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
         if rank is None:
             raise CommandError(f"usage: level [user|operator|admin] (unknown level {new_level!r})", code="usage")
         if rank > conn.level:
-            raise PermissionDenied(f"permission denied: cannot raise the level from {LEVELS[conn.level]} to {new_level}")
+            raise PermissionDenied(
+                f"permission denied: cannot raise the level from {LEVELS[conn.level]} to {new_level}"
+            )
         conn.level = rank
         return LEVELS[rank]
 
@@ -161,8 +168,9 @@ def install_builtins(server: "Server", dispatcher: "Dispatcher") -> None:
         if not command:
             raise CommandError("usage: watch SECONDS COMMAND... (missing COMMAND)", code="usage")
         if not _MIN_WATCH_INTERVAL <= seconds < float("inf"):  # NaN too: it would re-run without pause
-            raise CommandError(f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})",
-                               code="usage")
+            raise CommandError(
+                f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})", code="usage"
+            )
         try:
             target, args = server.registry.resolve(list(command), conn)
         except UnknownCommand:
@@ -243,7 +251,7 @@ def _watch(command: Command, args: List[str], seconds: float, conn: Connection) 
         due = max(due + seconds, now)
 
 
-def server_stats(server: "Server") -> Dict[str, Any]:
+def server_stats(server: Server) -> Dict[str, Any]:
     stats = server.stats
     durations = sorted(stats.durations)
     if durations:
@@ -291,7 +299,7 @@ class _LogTail(logging.Handler):
     the record's arguments are not kept alive.
     """
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         super().__init__(logging.NOTSET)
         self.server = server
         self.subscribers: List[_Subscriber] = []

@@ -54,37 +54,68 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reactor-mgmt",
         description="Send commands to a reactor_mgmt management socket. With no COMMAND, reads "
-                    "commands interactively (a terminal) or line by line (a pipe).",
+        "commands interactively (a terminal) or line by line (a pipe).",
         epilog="exit status: 0 success, 1 an endpoint replied ERR, 2 an endpoint could not be reached "
-               "or timed out. Run `reactor-mgmt help` for the server's commands.")
-    parser.add_argument("-c", "--connect", metavar="ADDR", action="append", default=[],
-                        help="endpoint: HOST:PORT, [V6]:PORT or a Unix socket path; repeat to fan out "
-                             f"(default {DEFAULT_ADDRESS})")
-    parser.add_argument("--hosts-file", metavar="FILE",
-                        help="fan out to the endpoints in FILE, one ADDR per line (# comments)")
-    parser.add_argument("--address-file", metavar="FILE",
-                        help="connect to the first address in FILE, as a server's address_file wrote it")
-    parser.add_argument("--app", metavar="NAME", action="append", default=[],
-                        help="fan out to every live server registered for discovery as NAME "
-                             "(see `reactor-mgmt ls`); repeatable")
-    parser.add_argument("--token", help="authenticate first, by challenge-response when the server offers it, "
-                                        "else with 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)")
+        "or timed out. Run `reactor-mgmt help` for the server's commands.",
+    )
+    parser.add_argument(
+        "-c",
+        "--connect",
+        metavar="ADDR",
+        action="append",
+        default=[],
+        help=f"endpoint: HOST:PORT, [V6]:PORT or a Unix socket path; repeat to fan out (default {DEFAULT_ADDRESS})",
+    )
+    parser.add_argument(
+        "--hosts-file", metavar="FILE", help="fan out to the endpoints in FILE, one ADDR per line (# comments)"
+    )
+    parser.add_argument(
+        "--address-file",
+        metavar="FILE",
+        help="connect to the first address in FILE, as a server's address_file wrote it",
+    )
+    parser.add_argument(
+        "--app",
+        metavar="NAME",
+        action="append",
+        default=[],
+        help="fan out to every live server registered for discovery as NAME (see `reactor-mgmt ls`); repeatable",
+    )
+    parser.add_argument(
+        "--token",
+        help="authenticate first, by challenge-response when the server offers it, "
+        "else with 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)",
+    )
     tls = parser.add_argument_group("TLS (TCP endpoints; a Unix socket is always plain)")
     tls.add_argument("--tls", action="store_true", help="connect with TLS, checking the server's certificate")
-    tls.add_argument("--cafile", metavar="FILE",
-                     help="CA certificates to check the server's certificate with (default: the system's); implies --tls")
+    tls.add_argument(
+        "--cafile",
+        metavar="FILE",
+        help="CA certificates to check the server's certificate with (default: the system's); implies --tls",
+    )
     tls.add_argument("--cert", metavar="FILE", help="client certificate (PEM; may hold the key too); implies --tls")
     tls.add_argument("--key", metavar="FILE", help="the client certificate's private key")
-    tls.add_argument("--insecure", action="store_true",
-                     help="do not verify the server's certificate (self-signed, for testing); implies --tls")
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="per endpoint: to connect, then to wait for each reply line (default 5; 0: none); "
-                             "a stream's items (log tail, watch) are waited for as long as it runs")
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON results (one value per line) instead of text")
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's certificate (self-signed, for testing); implies --tls",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="per endpoint: to connect, then to wait for each reply line (default 5; 0: none); "
+        "a stream's items (log tail, watch) are waited for as long as it runs",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON results (one value per line) instead of text")
     parser.add_argument("--version", action="version", version=f"reactor-mgmt {__version__}")
-    parser.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]",
-                        help="the command and its arguments, as you would type them at the prompt")
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND [ARG...]",
+        help="the command and its arguments, as you would type them at the prompt",
+    )
     return parser
 
 
@@ -100,8 +131,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"reactor-mgmt: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if args.insecure:
-        print("reactor-mgmt: warning: --insecure: the server's certificate is not checked, so anyone on "
-              "the path can pose as the server", file=sys.stderr)
+        print(
+            "reactor-mgmt: warning: --insecure: the server's certificate is not checked, so anyone on "
+            "the path can pose as the server",
+            file=sys.stderr,
+        )
     token = args.token if args.token is not None else (os.environ.get("REACTOR_MGMT_TOKEN") or None)
     runner = _Runner(endpoints, token, args.timeout, args.json, tls)
     try:
@@ -184,13 +218,16 @@ def list_instances(names: List[str], as_json: bool) -> int:
     if not found:
         print("no live instances", file=sys.stderr)
         return EXIT_OK
-    rows = [{
-        "name": instance.name,
-        "pid": instance.pid,
-        "addresses": " ".join(instance.addresses) + (" (tls)" if instance.tls else ""),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(instance.started)),
-        "token": "yes" if instance.token_required else "no",
-    } for instance in found]
+    rows = [
+        {
+            "name": instance.name,
+            "pid": instance.pid,
+            "addresses": " ".join(instance.addresses) + (" (tls)" if instance.tls else ""),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(instance.started)),
+            "token": "yes" if instance.token_required else "no",
+        }
+        for instance in found
+    ]
     table = render_text(rows)
     print(table, end="" if table.endswith("\n") else "\n")
     return EXIT_OK
@@ -303,8 +340,9 @@ class _Printer:
 class _Runner:
     """Runs commands against the endpoints: the one-shot, script and fan-out paths."""
 
-    def __init__(self, endpoints: List[Endpoint], token: Optional[str], timeout: float, as_json: bool,
-                 tls: Any = None) -> None:
+    def __init__(
+        self, endpoints: List[Endpoint], token: Optional[str], timeout: float, as_json: bool, tls: Any = None
+    ) -> None:
         self.endpoints = endpoints
         self.token = token
         self.tls = tls  # an ssl.SSLContext, or None for plain TCP
@@ -315,9 +353,16 @@ class _Runner:
 
     def one_shot(self, words: List[str]) -> int:
         printer = _Printer(self.fanned, self.as_json, sys.stdout, sys.stderr)
-        engine = FanOut(self.endpoints, {"argv": list(words)}, on_event=printer, token=self.token,
-                        timeout=self.timeout, max_parallel=self.max_parallel, after_batch=printer.flush,
-                        tls=self.tls)
+        engine = FanOut(
+            self.endpoints,
+            {"argv": list(words)},
+            on_event=printer,
+            token=self.token,
+            timeout=self.timeout,
+            max_parallel=self.max_parallel,
+            after_batch=printer.flush,
+            tls=self.tls,
+        )
         outcomes = engine.run()
         printer.flush()
         if self.fanned:
@@ -388,7 +433,7 @@ class Completer:
                 found.add(words[depth])
         if not found and text.startswith("-"):
             for words, options in self.commands:
-                if list(words) == before[:len(words)]:
+                if list(words) == before[: len(words)]:
                     found.update(option for option in options if option.startswith(text))
         return sorted(word + " " for word in found)
 
@@ -396,7 +441,7 @@ class Completer:
         if state == 0:
             import readline
 
-            line = readline.get_line_buffer()[:readline.get_begidx()]
+            line = readline.get_line_buffer()[: readline.get_begidx()]
             try:
                 before = split_words(line)
             except ParseError:
@@ -506,8 +551,9 @@ class _Shell:
             if self.client is not None:
                 listing = self.client.call("help")
             else:
-                with Client(self.runner.endpoints[0], timeout=self.runner.timeout, token=self.runner.token,
-                            tls=self.runner.tls) as client:
+                with Client(
+                    self.runner.endpoints[0], timeout=self.runner.timeout, token=self.runner.token, tls=self.runner.tls
+                ) as client:
                     listing = client.call("help")
         except (ReactorMgmtError, OSError):
             return []  # no completion is better than no shell

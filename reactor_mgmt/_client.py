@@ -210,8 +210,9 @@ def _level_set_by(request: Dict[str, Any]) -> Optional[str]:
 # ---- TLS and authentication ----
 
 
-def tls_context(cafile: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
-                insecure: bool = False) -> "ssl.SSLContext":
+def tls_context(
+    cafile: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None, insecure: bool = False
+) -> ssl.SSLContext:
     """A client-side ssl.SSLContext: the server's certificate is checked against ``cafile``
     (default: the system's CAs) and the address's host; ``cert``/``key`` present a client
     certificate (mutual TLS). ``insecure`` turns verification off, for a self-signed
@@ -220,8 +221,9 @@ def tls_context(cafile: Optional[str] = None, cert: Optional[str] = None, key: O
     return _tls_context(cafile, cert, key, insecure, warn=True)
 
 
-def _tls_context(cafile: Optional[str], cert: Optional[str], key: Optional[str], insecure: bool,
-                 warn: bool) -> "ssl.SSLContext":
+def _tls_context(
+    cafile: Optional[str], cert: Optional[str], key: Optional[str], insecure: bool, warn: bool
+) -> ssl.SSLContext:
     import ssl  # lazily: ~10 ms of import time that plain clients do not pay
 
     if key is not None and cert is None:
@@ -239,13 +241,16 @@ def _tls_context(cafile: Optional[str], cert: Optional[str], key: Optional[str],
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         if warn:
-            log.warning("TLS certificate verification is off (insecure): anyone on the path can "
-                        "pose as the server and read the token")
+            log.warning(
+                "TLS certificate verification is off (insecure): anyone on the path can "
+                "pose as the server and read the token"
+            )
     return context
 
 
-def context_for(tls: TlsLike, cafile: Optional[str], cert: Optional[str], key: Optional[str],
-                 insecure: bool, warn: bool = True) -> "Optional[ssl.SSLContext]":
+def context_for(
+    tls: TlsLike, cafile: Optional[str], cert: Optional[str], key: Optional[str], insecure: bool, warn: bool = True
+) -> Optional[ssl.SSLContext]:
     """The context a Client or FanOut wraps TCP connections with, or None for plain TCP.
     ``tls`` may be a ready context; cafile, cert and insecure imply TLS."""
     if tls is not None and not isinstance(tls, bool):
@@ -312,10 +317,19 @@ class Client:
     may also be a ready ``ssl.SSLContext``. A Unix socket path is always plain.
     """
 
-    def __init__(self, addr: AddressLike = DEFAULT_ADDRESS, timeout: Optional[float] = 5.0,
-                 token: Optional[str] = None, stream_timeout: Optional[float] = None, *,
-                 tls: TlsLike = False, cafile: Optional[str] = None, cert: Optional[str] = None,
-                 key: Optional[str] = None, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        addr: AddressLike = DEFAULT_ADDRESS,
+        timeout: Optional[float] = 5.0,
+        token: Optional[str] = None,
+        stream_timeout: Optional[float] = None,
+        *,
+        tls: TlsLike = False,
+        cafile: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        insecure: bool = False,
+    ) -> None:
         self.endpoint = Endpoint(addr)
         self.timeout = _timeout_value(timeout)
         self.stream_timeout = _timeout_value(stream_timeout)
@@ -385,10 +399,14 @@ class Client:
             return self.tls_context.wrap_socket(sock, server_hostname=self.endpoint.host)
         except socket.timeout:
             sock.close()
-            raise ClientTimeout(f"cannot connect to {self.address}: no TLS handshake within {self.timeout:g} s") from None
+            raise ClientTimeout(
+                f"cannot connect to {self.address}: no TLS handshake within {self.timeout:g} s"
+            ) from None
         except OSError as exc:  # ssl.SSLError included; wrap_socket closed the connection
             sock.close()
-            raise ConnectionFailed(f"cannot connect to {self.address}: TLS handshake failed: {_tls_reason(exc)}") from None
+            raise ConnectionFailed(
+                f"cannot connect to {self.address}: TLS handshake failed: {_tls_reason(exc)}"
+            ) from None
 
     def _challenge(self) -> Any:
         """The server's answer to `auth challenge`, or None when it offers none."""
@@ -415,7 +433,7 @@ class Client:
         if sock is not None:
             sock.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -583,8 +601,20 @@ EventSink = Callable[[Endpoint, str, Any], None]
 
 
 class _Job:
-    __slots__ = ("endpoint", "candidates", "sock", "connected", "out", "reader", "deadline", "last_text", "failure",
-                 "streaming", "send_error", "handshaking")
+    __slots__ = (
+        "endpoint",
+        "candidates",
+        "sock",
+        "connected",
+        "out",
+        "reader",
+        "deadline",
+        "last_text",
+        "failure",
+        "streaming",
+        "send_error",
+        "handshaking",
+    )
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -620,11 +650,23 @@ class FanOut:
     challenge-response when offered, and TLS on TCP endpoints, its handshake non-blocking too.
     """
 
-    def __init__(self, endpoints: Sequence[AddressLike], request: Dict[str, Any], *, on_event: EventSink,
-                 token: Optional[str] = None, timeout: Optional[float] = 5.0,
-                 max_parallel: Optional[int] = None, after_batch: Optional[Callable[[], None]] = None,
-                 stream_timeout: Optional[float] = None, tls: TlsLike = False, cafile: Optional[str] = None,
-                 cert: Optional[str] = None, key: Optional[str] = None, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[AddressLike],
+        request: Dict[str, Any],
+        *,
+        on_event: EventSink,
+        token: Optional[str] = None,
+        timeout: Optional[float] = 5.0,
+        max_parallel: Optional[int] = None,
+        after_batch: Optional[Callable[[], None]] = None,
+        stream_timeout: Optional[float] = None,
+        tls: TlsLike = False,
+        cafile: Optional[str] = None,
+        cert: Optional[str] = None,
+        key: Optional[str] = None,
+        insecure: bool = False,
+    ) -> None:
         self.endpoints = [Endpoint(address) for address in endpoints]
         self.on_event = on_event
         self.timeout = _timeout_value(timeout)
@@ -773,8 +815,9 @@ class FanOut:
         fd = sock.fileno()
         selector.unregister(sock)  # wrapping detaches the socket object from its descriptor
         try:
-            job.sock = self.tls_context.wrap_socket(sock, server_hostname=job.endpoint.host,
-                                                    do_handshake_on_connect=False)
+            job.sock = self.tls_context.wrap_socket(
+                sock, server_hostname=job.endpoint.host, do_handshake_on_connect=False
+            )
         except (OSError, ValueError) as exc:  # the wrapper has closed the descriptor
             job.sock = None
             self._active.pop(fd, None)

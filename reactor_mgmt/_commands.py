@@ -30,13 +30,13 @@ LEVELS = ("user", "operator", "admin")
 LEVEL_RANK = {name: rank for rank, name in enumerate(LEVELS)}
 
 
-def may_run(conn: Any, command: "Command") -> bool:
+def may_run(conn: Any, command: Command) -> bool:
     """Whether a connection may run (and so see in help) a command: its level and, when the
     server has a token, authentication, unless the command is one a client needs before it."""
     return (conn.authenticated or command.pre_auth) and command.rank <= conn.level
 
 
-def check_permission(conn: Any, command: "Command") -> None:
+def check_permission(conn: Any, command: Command) -> None:
     """The one permission check: every request form (a text line, a quoted line, JSON with
     cmd or argv, a watched command) calls this before the handler runs, and raises
     PermissionDenied with the reason when ``conn`` may not run ``command``.
@@ -154,16 +154,20 @@ class Param:
             self.choices = [str(value) for value in values]
             return _choice_converter(values), "choice"
         if isinstance(annotation, str):
-            raise ConfigError(f"parameter {self.name!r}: cannot resolve the annotation {annotation!r} "
-                              "(is it defined inside a function? move it to module level)")
+            raise ConfigError(
+                f"parameter {self.name!r}: cannot resolve the annotation {annotation!r} "
+                "(is it defined inside a function? move it to module level)"
+            )
         if typing.get_origin(annotation) is not None or annotation in (list, tuple, set, frozenset, dict):
             # A parameter takes one word of the request. Called on that word as a converter,
             # List[int] raised on every call and list split the word into letters: refuse it here,
             # at registration, and name what does take several values.
             element = typing.get_args(annotation)[:1]
             hint = f"*{self.name}: {getattr(element[0], '__name__', element[0])}" if element else f"*{self.name}"
-            raise ConfigError(f"parameter {self.name!r}: a parameter takes one word, so {annotation!r} "
-                              f"cannot be its type; for several values, use {hint}")
+            raise ConfigError(
+                f"parameter {self.name!r}: a parameter takes one word, so {annotation!r} "
+                f"cannot be its type; for several values, use {hint}"
+            )
         if callable(annotation):
             return annotation, getattr(annotation, "__name__", "value")
         raise ConfigError(f"parameter {self.name!r}: unsupported annotation {annotation!r}")
@@ -360,7 +364,7 @@ class Signature:
                 converted.append(param.convert_value(values[index]))
         if self.var_positional is not None:
             extra = self.var_positional
-            converted.extend(extra.convert_value(value) for value in values[len(params):])
+            converted.extend(extra.convert_value(value) for value in values[len(params) :])
         return converted
 
     def _check_options(self, keywords: Dict[str, Any]) -> Dict[str, Any]:
@@ -482,8 +486,9 @@ class Registry:
         # may not know it is shadowing (its own `stats`, or a faster `echo`).
         self._builtin_names: Set[str] = set()
 
-    def add(self, name: str, fn: Callable[..., Any], *, replace: bool = False, builtin: bool = False,
-            **options: Any) -> Command:
+    def add(
+        self, name: str, fn: Callable[..., Any], *, replace: bool = False, builtin: bool = False, **options: Any
+    ) -> Command:
         """Registers ``fn`` as command ``name``.
 
         A name the host registered already is refused unless ``replace`` is true: two objects
@@ -493,9 +498,11 @@ class Registry:
         command = Command(name, fn, connection_type=self._connection_type, **options)
         existing = self.commands.get(command.name)
         if existing is not None and not replace and command.name not in self._builtin_names:
-            raise ConfigError(f"command {command.name!r} is already registered (to "
-                              f"{getattr(existing.fn, '__qualname__', existing.fn)!r}); "
-                              "pass replace=True to replace it")
+            raise ConfigError(
+                f"command {command.name!r} is already registered (to "
+                f"{getattr(existing.fn, '__qualname__', existing.fn)!r}); "
+                "pass replace=True to replace it"
+            )
         if builtin:
             self._builtin_names.add(command.name)
         else:
@@ -652,8 +659,9 @@ def command_options(**options: Any) -> Callable[[_F], _F]:
     return decorate
 
 
-def methods_as_commands(obj: Any, *, level: Optional[str] = None,
-                        replace: bool = False) -> List[Tuple[str, Callable[..., Any], Dict[str, Any]]]:
+def methods_as_commands(
+    obj: Any, *, level: Optional[str] = None, replace: bool = False
+) -> List[Tuple[str, Callable[..., Any], Dict[str, Any]]]:
     """(name, method, options) for every public method of ``obj`` (for a module, every public
     function defined in it), with the options ``@command_options`` set on it."""
     import inspect  # lazily: registration only, and it is slow to import

@@ -12,8 +12,8 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ._replies import Pending
 from ._errors import CommandError
+from ._replies import Pending
 from ._server import Server
 
 log = logging.getLogger("reactor_mgmt.demo")
@@ -50,7 +50,7 @@ class Worker:
     def tick(self) -> None:
         self.ticks += 1
         if not self.paused and self.ticks % 10 == 0:  # a job takes 1,000 ticks: 20 s at 50 Hz
-            for job in self.jobs[:self.parallel]:
+            for job in self.jobs[: self.parallel]:
                 job["progress"] += 1
                 if job["progress"] >= 100:
                     self.jobs.remove(job)
@@ -88,7 +88,9 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
     # What `config set` may change (operator level), and one setting shown but never changed.
     server.setting("tick_hz", worker, "rate", check=_check_rate, help="worker ticks per second, 1 to 1000")
     server.setting("parallel", worker, "parallel", check=_check_parallel, help="jobs that progress at once, 1 to 10")
-    server.setting("idle_timeout", server, "idle_timeout", read_only=True, help="seconds before an idle client is closed")
+    server.setting(
+        "idle_timeout", server, "idle_timeout", read_only=True, help="seconds before an idle client is closed"
+    )
 
     @server.command
     def status() -> Dict[str, Any]:
@@ -192,35 +194,53 @@ def _rate(text: str) -> float:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt demo",
-                                     description="A sample daemon with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt demo", description="A sample daemon with a management socket."
+    )
     parser.add_argument("--host", default="127.0.0.1", help="TCP address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--no-tcp", action="store_true", help="no TCP listener (use with --unix)")
     parser.add_argument("--unix", metavar="PATH", help="also listen on this Unix socket (mode 0600)")
-    parser.add_argument("--level", choices=["user", "operator", "admin"],
-                        help="maximum level of every listener (default: operator for TCP, admin for Unix)")
+    parser.add_argument(
+        "--level",
+        choices=["user", "operator", "admin"],
+        help="maximum level of every listener (default: operator for TCP, admin for Unix)",
+    )
     parser.add_argument("--rate", type=_rate, default=50.0, help="worker ticks per second, 1 to 1000 (default 50)")
     parser.add_argument("--max-connections", type=int, default=128)
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 turns it off")
     parser.add_argument("--max-line", type=int, default=16384, help="bytes per request line")
     parser.add_argument("--high-water", type=int, default=1 << 20, help="output bytes before a client is paused")
-    parser.add_argument("--max-output", type=int, default=16 << 20, help="the largest reply; a bigger one gets an error instead")
-    parser.add_argument("--low-water", type=int, help="output bytes below which a paused client resumes "
-                        "(default: a quarter of --high-water)")
+    parser.add_argument(
+        "--max-output", type=int, default=16 << 20, help="the largest reply; a bigger one gets an error instead"
+    )
+    parser.add_argument(
+        "--low-water",
+        type=int,
+        help="output bytes below which a paused client resumes (default: a quarter of --high-water)",
+    )
     parser.add_argument("--max-commands-per-tick", type=int, default=256, help="per connection per poll (default 256)")
-    parser.add_argument("--pending-timeout", type=float, default=30.0,
-                        help="seconds a deferred reply may take; 0 turns it off (default 30)")
+    parser.add_argument(
+        "--pending-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a deferred reply may take; 0 turns it off (default 30)",
+    )
     parser.add_argument("--token", help="require 'auth TOKEN' (default: $REACTOR_MGMT_TOKEN)")
     parser.add_argument("--token-file", help="read the token from this file")
     parser.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host without a token")
     parser.add_argument("--address-file", help="write the bound addresses here (useful with --port 0)")
     parser.add_argument("--tls-cert", metavar="PEM", help="serve TCP over TLS with this certificate (chain)")
     parser.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (default: in --tls-cert)")
-    parser.add_argument("--tls-client-ca", metavar="PEM",
-                        help="mutual TLS: require client certificates signed by this CA")
-    parser.add_argument("--tls-admin", metavar="NAME", action="append",
-                        help="a client certificate name (CN or SAN) that gets admin; repeatable")
+    parser.add_argument(
+        "--tls-client-ca", metavar="PEM", help="mutual TLS: require client certificates signed by this CA"
+    )
+    parser.add_argument(
+        "--tls-admin",
+        metavar="NAME",
+        action="append",
+        help="a client certificate name (CN or SAN) that gets admin; repeatable",
+    )
     parser.add_argument("--verbose", "-v", action="store_true", help="also log the worker's progress")
     args = parser.parse_args(argv)
     if (args.tls_key or args.tls_client_ca or args.tls_admin) and not args.tls_cert:

@@ -73,11 +73,15 @@ def _check(path: str, info: os.stat_result) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise DiscoveryError(f"discovery directory {path} is not a directory")
     if info.st_uid != os.getuid():
-        raise DiscoveryError(f"discovery directory {path} is owned by uid {info.st_uid}, not by this "
-                             f"user ({os.getuid()}): refusing to use it")
+        raise DiscoveryError(
+            f"discovery directory {path} is owned by uid {info.st_uid}, not by this "
+            f"user ({os.getuid()}): refusing to use it"
+        )
     if info.st_mode & 0o077:
-        raise DiscoveryError(f"discovery directory {path} has mode {stat.S_IMODE(info.st_mode):04o}: "
-                             "others may read or write it, refusing to use it (chmod 700 it)")
+        raise DiscoveryError(
+            f"discovery directory {path} has mode {stat.S_IMODE(info.st_mode):04o}: "
+            "others may read or write it, refusing to use it (chmod 700 it)"
+        )
 
 
 def _safe_directory(create: bool) -> Optional[str]:
@@ -100,8 +104,9 @@ def _safe_directory(create: bool) -> Optional[str]:
     return path
 
 
-def register(name: str, pid: int, addresses: Iterable[Any], started: float, token_required: bool,
-             *, tls: bool = False) -> str:
+def register(
+    name: str, pid: int, addresses: Iterable[Any], started: float, token_required: bool, *, tls: bool = False
+) -> str:
     """Writes (or rewrites) this process's discovery file and returns its path.
 
     ``addresses`` may be ``(host, port)`` tuples, Unix socket paths or ``host:port`` strings.
@@ -219,8 +224,15 @@ def _instance(record: Dict[str, Any], path: str) -> Optional[Instance]:
     if not isinstance(addresses, list) or not all(isinstance(address, str) for address in addresses):
         return None
     started = record.get("started")
-    return Instance(name, pid, addresses, float(started) if isinstance(started, (int, float)) else 0.0,
-                    bool(record.get("token")), bool(record.get("tls")), path)
+    return Instance(
+        name,
+        pid,
+        addresses,
+        float(started) if isinstance(started, (int, float)) else 0.0,
+        bool(record.get("token")),
+        bool(record.get("tls")),
+        path,
+    )
 
 
 def pick_address(instance: Union[Instance, Any]) -> Optional[str]:

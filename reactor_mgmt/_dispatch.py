@@ -20,8 +20,18 @@ from ._log import Throttle, format_address, log
 from ._protocol import EndSession, ParseError, looks_like_http, split_words
 from ._render import render_text, to_jsonable
 from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, expire, is_stream, waiter_of, watch
-from ._wire import (TEXT, UNENCODABLE, end_frame, err_line, error_reply, item_frame, ok_frame, reply_id_of,
-                    stream_open_frame, text_reply)
+from ._wire import (
+    TEXT,
+    UNENCODABLE,
+    end_frame,
+    err_line,
+    error_reply,
+    item_frame,
+    ok_frame,
+    reply_id_of,
+    stream_open_frame,
+    text_reply,
+)
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
@@ -38,8 +48,19 @@ _NOT_OWED = object()
 class Stats:
     """Counters for the `stats` command; plain attributes so the hot path is cheap."""
 
-    __slots__ = ("started", "connections_total", "commands", "errors", "bytes_in", "bytes_out",
-                 "busy_polls", "durations", "refused", "http_closed", "poll_gap_max")
+    __slots__ = (
+        "started",
+        "connections_total",
+        "commands",
+        "errors",
+        "bytes_in",
+        "bytes_out",
+        "busy_polls",
+        "durations",
+        "refused",
+        "http_closed",
+        "poll_gap_max",
+    )
 
     def __init__(self, started: float) -> None:
         from collections import deque
@@ -63,10 +84,21 @@ class Stats:
 class Dispatcher:
     """Runs a session's requests and writes their replies."""
 
-    def __init__(self, registry: Registry, stats: Stats, *, clock: Callable[[], float],
-                 call_later: Callable[..., Any], wake: Callable[[Any], None], schedule: Callable[[Any], None],
-                 max_line: int, max_output: int, max_commands_per_tick: int, pending_timeout: float,
-                 cancel_timer: Optional[Callable[[Any], None]] = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        stats: Stats,
+        *,
+        clock: Callable[[], float],
+        call_later: Callable[..., Any],
+        wake: Callable[[Any], None],
+        schedule: Callable[[Any], None],
+        max_line: int,
+        max_output: int,
+        max_commands_per_tick: int,
+        pending_timeout: float,
+        cancel_timer: Optional[Callable[[Any], None]] = None,
+    ) -> None:
         self.registry = registry
         self.stats = stats
         self.clock = clock
@@ -94,8 +126,14 @@ class Dispatcher:
 
     # ---- one request ----
 
-    def observe(self, observer: Callable[[Any, Any, str, float], None], *, slower_than: float = -1.0,
-                at_or_above: Optional[int] = None, names: Iterable[str] = ()) -> None:
+    def observe(
+        self,
+        observer: Callable[[Any, Any, str, float], None],
+        *,
+        slower_than: float = -1.0,
+        at_or_above: Optional[int] = None,
+        names: Iterable[str] = (),
+    ) -> None:
         """Calls ``observer`` after each request that took more than ``slower_than`` seconds
         (-1, the default: every request), that ran a command of level rank ``at_or_above`` or
         more, or one of the commands ``names``. The common request, fast and not asked about,
@@ -134,10 +172,17 @@ class Dispatcher:
         finally:
             end = self.clock()
             request = conn.last_request
-            if end - start > self.report_after or request is not before and (
-                    request[0].rank >= self.report_rank or request[0].name in self.report_names):
-                self.observer(conn, request if request is not before else None,  # type: ignore[misc]
-                              self.outcome, end - start)
+            if (
+                end - start > self.report_after
+                or request is not before
+                and (request[0].rank >= self.report_rank or request[0].name in self.report_names)
+            ):
+                self.observer(
+                    conn,
+                    request if request is not before else None,  # type: ignore[misc]
+                    self.outcome,
+                    end - start,
+                )
         return end
 
     def _execute_event(self, conn: Connection, item: Any) -> None:
@@ -223,8 +268,9 @@ class Dispatcher:
         except CommandError as exc:
             return self._unknown(conn, words, line, exc)
 
-    def _unknown(self, conn: Connection, words: List[str], line: str,
-                 exc: CommandError) -> Tuple[Optional[Command], List[str]]:
+    def _unknown(
+        self, conn: Connection, words: List[str], line: str, exc: CommandError
+    ) -> Tuple[Optional[Command], List[str]]:
         """A line that names no command: an HTTP request closes the connection, a server with
         a fallback passes it there, and anything else is refused (the error is re-raised)."""
         if looks_like_http(line):
@@ -251,8 +297,12 @@ class Dispatcher:
         self.stats.http_closed += 1
         suffix = self._http_log.allow(self.clock())
         if suffix is not None:
-            log.warning("closing connection #%d from %s: it sent an HTTP request (cross-protocol attack?)%s",
-                        conn.id, format_address(conn.peer), suffix)
+            log.warning(
+                "closing connection #%d from %s: it sent an HTTP request (cross-protocol attack?)%s",
+                conn.id,
+                format_address(conn.peer),
+                suffix,
+            )
         conn.transport.send_and_close()  # the requests before it were real: their replies go out
 
     def _internal_error(self, conn: Connection, exc: Exception, reply_id: Any) -> None:
@@ -317,8 +367,13 @@ class Dispatcher:
         self.stats.errors += 1
         suffix = self._too_large_log.allow(self.clock())  # the client can repeat it at will
         if suffix is not None:
-            log.warning("connection #%d: a reply of %d bytes is over max_output (%d): sent an error instead%s",
-                        conn.id, size, self.max_output, suffix)
+            log.warning(
+                "connection #%d: a reply of %d bytes is over max_output (%d): sent an error instead%s",
+                conn.id,
+                size,
+                self.max_output,
+                suffix,
+            )
         message = f"reply too large ({size} bytes; max_output is {self.max_output})"
         return error_reply(reply_id, "too_large", message)
 
@@ -334,8 +389,11 @@ class Dispatcher:
     @staticmethod
     def owed_a_notice(conns: Iterable[Connection]) -> Dict[Connection, Any]:
         """The connections with requests queued, by the reply id of the first of them."""
-        return {conn: reply_id_of(conn.queue[0]) for conn in conns
-                if conn.queue and not (conn.closing or conn.transport.cut_off)}
+        return {
+            conn: reply_id_of(conn.queue[0])
+            for conn in conns
+            if conn.queue and not (conn.closing or conn.transport.cut_off)
+        }
 
     def say_goodbye(self, conns: Iterable[Connection], owed: Dict[Connection, Any]) -> None:
         """Tells each client owed a reply (a request queued at close(), or a reply it waits
@@ -412,8 +470,9 @@ class Dispatcher:
                 raise
             if item.__class__ is Wait:
                 if item.until is not None:  # weakly: a client that leaves is not kept till then
-                    self.call_later(max(0.0, item.until - self.clock()), _schedule_if_open, self.schedule,
-                                    weakref.ref(conn))
+                    self.call_later(
+                        max(0.0, item.until - self.clock()), _schedule_if_open, self.schedule, weakref.ref(conn)
+                    )
                 return False
             if reply_id is TEXT:
                 data = render_text(item).encode("utf-8", UNENCODABLE)

@@ -27,7 +27,6 @@ from ._errors import ConfigError
 
 if TYPE_CHECKING:
     import asyncio
-
     from typing import Callable, Protocol
 
     class Server(Protocol):
@@ -47,13 +46,14 @@ if TYPE_CHECKING:
         def ensure_waker(self) -> None: ...
         def close(self, grace: float = 0.0) -> None: ...
 
+
 log = logging.getLogger("reactor_mgmt")
 
 _monotonic = time.monotonic
 _CLOSE_JOIN_TIMEOUT = 10.0  # how long close() waits for the polling thread to finish its tick
 
 
-def _claim(server: "Server", integration: Any) -> None:
+def _claim(server: Server, integration: Any) -> None:
     if server.closed:
         raise ConfigError("the server is closed")
     if server.integration is not None:
@@ -64,7 +64,7 @@ def _claim(server: "Server", integration: Any) -> None:
 class AsyncioHandle:
     """Returned by :meth:`Server.attach_asyncio`; :meth:`detach` stops serving from the loop."""
 
-    def __init__(self, server: "Server", loop: "asyncio.AbstractEventLoop", budget: Optional[float]) -> None:
+    def __init__(self, server: Server, loop: asyncio.AbstractEventLoop, budget: Optional[float]) -> None:
         self.server = server
         self.loop = loop
         self.budget = budget
@@ -182,8 +182,9 @@ class AsyncioHandle:
         return f"<AsyncioHandle {state} loop={self.loop!r}>"
 
 
-def attach_asyncio(server: "Server", loop: Optional["asyncio.AbstractEventLoop"] = None, *,
-                   budget: Optional[float] = None) -> AsyncioHandle:
+def attach_asyncio(
+    server: Server, loop: Optional[asyncio.AbstractEventLoop] = None, *, budget: Optional[float] = None
+) -> AsyncioHandle:
     """Serves ``server`` from an asyncio event loop; see :meth:`Server.attach_asyncio`."""
     import asyncio
 
@@ -216,7 +217,7 @@ def _nothing() -> None:
 class ThreadHandle:
     """Returned by :meth:`Server.start_thread`; :meth:`stop` ends the polling thread."""
 
-    def __init__(self, server: "Server", name: str, poll_interval: Optional[float]) -> None:
+    def __init__(self, server: Server, name: str, poll_interval: Optional[float]) -> None:
         self.server = server
         self.poll_interval = poll_interval
         self._previous_owner = server.owner_thread
@@ -249,8 +250,9 @@ class ThreadHandle:
             # SystemExit or KeyboardInterrupt from a handler (a `shutdown` that calls sys.exit)
             # ends only this thread, not the process. Say so, and close the server, so its
             # clients get EOF instead of a server that accepts and never answers.
-            log.critical("the %s thread ended on %s; closing the server", self.thread.name,
-                         type(exc).__name__, exc_info=True)
+            log.critical(
+                "the %s thread ended on %s; closing the server", self.thread.name, type(exc).__name__, exc_info=True
+            )
             self._stopping = True
             self._release()
             server.close()
@@ -286,8 +288,11 @@ class ThreadHandle:
     def detach(self) -> None:
         """server.close() calls this: stop the thread before the selector goes away."""
         if not self.stop(_CLOSE_JOIN_TIMEOUT) and threading.get_ident() != self.thread.ident:
-            log.warning("the %s thread did not stop within %g s (a handler blocks?); closing anyway",
-                        self.thread.name, _CLOSE_JOIN_TIMEOUT)
+            log.warning(
+                "the %s thread did not stop within %g s (a handler blocks?); closing anyway",
+                self.thread.name,
+                _CLOSE_JOIN_TIMEOUT,
+            )
 
     def kick(self) -> None:
         # call_later() from another thread: the blocked select() must recompute its timeout.
@@ -298,7 +303,7 @@ class ThreadHandle:
         return f"<ThreadHandle {self.thread.name!r} {'running' if self.alive else 'stopped'}>"
 
 
-def start_thread(server: "Server", name: str = "reactor_mgmt", poll_interval: Optional[float] = None) -> ThreadHandle:
+def start_thread(server: Server, name: str = "reactor_mgmt", poll_interval: Optional[float] = None) -> ThreadHandle:
     """Polls ``server`` in a daemon thread; see :meth:`Server.start_thread`."""
     handle = ThreadHandle(server, name, poll_interval)
     _claim(server, handle)

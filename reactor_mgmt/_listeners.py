@@ -37,8 +37,20 @@ _ACCEPTS_START, _ACCEPTS_STEP, _ACCEPTS_MAX = 16, 16, 512
 class Listener:
     """One listening socket, with the maximum level its connections get."""
 
-    __slots__ = ("sock", "address", "path", "file_id", "rank", "allowed_uids", "check_peer", "accepts",
-                 "paused_until", "acceptor", "tls", "cert_levels")
+    __slots__ = (
+        "sock",
+        "address",
+        "path",
+        "file_id",
+        "rank",
+        "allowed_uids",
+        "check_peer",
+        "accepts",
+        "paused_until",
+        "acceptor",
+        "tls",
+        "cert_levels",
+    )
 
     def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
         self.sock = sock
@@ -163,8 +175,13 @@ class Listeners:
     listeners are all up, so a second copy that fails to start leaves the running copy's file.
     """
 
-    def __init__(self, loop: Any, admit: Callable[[Listener, socket.socket, Any, float], None],
-                 address_file: Optional[str], warn_remote: bool) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        admit: Callable[[Listener, socket.socket, Any, float], None],
+        address_file: Optional[str],
+        warn_remote: bool,
+    ) -> None:
         self.acceptor = Acceptor(loop, admit)
         self.listeners: List[Listener] = []
         self.address_file = address_file
@@ -172,8 +189,15 @@ class Listeners:
         self.writing = False
         self.warn_remote = warn_remote
 
-    def tcp(self, host: str, port: int, level: Optional[str], tls: Any = None,
-            cert_levels: Optional[Dict[str, Sequence[str]]] = None, backlog: Optional[int] = None) -> List[Address]:
+    def tcp(
+        self,
+        host: str,
+        port: int,
+        level: Optional[str],
+        tls: Any = None,
+        cert_levels: Optional[Dict[str, Sequence[str]]] = None,
+        backlog: Optional[int] = None,
+    ) -> List[Address]:
         ranks = None
         if cert_levels:
             ranks = {name: level_rank(name_level) for name_level, names in cert_levels.items() for name in names}
@@ -190,8 +214,16 @@ class Listeners:
         self.write_address_file()
         return bound
 
-    def unix(self, path: str, mode: int, group: Union[int, str, None], level: Optional[str], check_peer: bool,
-             allowed_uids: Sequence[int], backlog: Optional[int] = None) -> str:
+    def unix(
+        self,
+        path: str,
+        mode: int,
+        group: Union[int, str, None],
+        level: Optional[str],
+        check_peer: bool,
+        allowed_uids: Sequence[int],
+        backlog: Optional[int] = None,
+    ) -> str:
         sock = bind_unix(path, mode, group, backlog)
         # The file is removed at close() by its absolute path: the host may chdir meanwhile.
         listener = Listener(sock, path, level_rank(level or "admin"), path=os.path.abspath(path))
@@ -222,8 +254,11 @@ class Listeners:
 
     def warn_if_remote(self, host: str) -> None:
         if self.warn_remote and not is_loopback(host):
-            log.warning("listening on non-loopback address %s without a token: anyone who can reach it "
-                        "can run commands (set token= or allow_remote=True to silence this)", host)
+            log.warning(
+                "listening on non-loopback address %s without a token: anyone who can reach it "
+                "can run commands (set token= or allow_remote=True to silence this)",
+                host,
+            )
 
     def _add(self, listener: Listener) -> None:
         self.acceptor.add(listener)
@@ -280,8 +315,7 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
         except BaseException as exc:
             for sock in socks:
                 sock.close()
-            if (isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and len(socks) > 1
-                    and attempt + 1 < tries):
+            if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and len(socks) > 1 and attempt + 1 < tries:
                 continue
             raise
         return socks
@@ -291,8 +325,10 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
 def bind_unix(path: str, mode: int, group: Union[int, str, None], backlog: Optional[int] = None) -> socket.socket:
     """A listening Unix socket at ``path``, its file born with at most ``mode``."""
     if path.startswith("\0"):
-        raise ConfigError("abstract Unix sockets are not supported: with no file there is no mode, so "
-                          "any local user could connect; use a path in a directory only you can reach")
+        raise ConfigError(
+            "abstract Unix sockets are not supported: with no file there is no mode, so "
+            "any local user could connect; use a path in a directory only you can reach"
+        )
     _clear_unix_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:

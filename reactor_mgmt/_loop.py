@@ -255,8 +255,10 @@ def make_wait(selector: selectors.BaseSelector) -> Callable[[Optional[float]], L
         return raw.poll  # type: ignore[union-attr, no-any-return]
 
     def wait_generic(timeout: Optional[float]) -> List[Tuple[int, int]]:
-        return [(key.fd, (_IN if mask & _READ else 0) | (_OUT if mask & _WRITE else 0))
-                for key, mask in selector.select(timeout)]
+        return [
+            (key.fd, (_IN if mask & _READ else 0) | (_OUT if mask & _WRITE else 0))
+            for key, mask in selector.select(timeout)
+        ]
 
     return wait_generic
 
@@ -323,4 +325,3 @@ class IdleReaper:
         if heap and not self.armed:
             self.armed = True
             self.loop.call_later(max(0.0, heap[0][0] - now), self.reap)
-

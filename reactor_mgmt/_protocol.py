@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import re
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
     from typing import Any, List, Union
@@ -144,7 +145,7 @@ LINE_TOO_LONG_JSON = _LineTooLongType(json=True)
 def _too_long(line: bytes, max_line: int) -> _LineTooLongType:
     # Judge by the first min(64, max_line + 1) bytes: every path that reports an over-long
     # line has at least that many, so the verdict does not depend on how reads split it.
-    return LINE_TOO_LONG_JSON if line[:min(64, max_line + 1)].lstrip()[:1] == b"{" else LINE_TOO_LONG
+    return LINE_TOO_LONG_JSON if line[: min(64, max_line + 1)].lstrip()[:1] == b"{" else LINE_TOO_LONG
 
 
 class LineBuffer:
@@ -251,7 +252,6 @@ class LineTooLong(ProtocolEvent):
         return f"LineTooLong({self.limit})"
 
 
-
 class BadEncoding(ProtocolEvent):
     __slots__ = ("json",)
     message = "request is not valid UTF-8"
@@ -266,7 +266,6 @@ class BadEncoding(ProtocolEvent):
         return "BadEncoding()"
 
 
-
 class EndSession(ProtocolEvent):
     """The client asked to leave without a command: telnet IP/EOF, or Ctrl-D on an empty line."""
 
@@ -277,7 +276,6 @@ class EndSession(ProtocolEvent):
 
     def __repr__(self) -> str:
         return "EndSession()"
-
 
 
 END_SESSION = EndSession()
@@ -326,8 +324,13 @@ class RequestDecoder:
         items = self._feed(data)
         lines = self._lines
         telnet = self._telnet
-        self._at_rest = (not lines._partial and not lines._discarding and not self.ended
-                         and telnet._state == _DATA and not telnet._after_cr)
+        self._at_rest = (
+            not lines._partial
+            and not lines._discarding
+            and not self.ended
+            and telnet._state == _DATA
+            and not telnet._after_cr
+        )
         return items
 
     def _feed(self, data: bytes) -> List[Item]:
@@ -351,7 +354,7 @@ class RequestDecoder:
                 self._telnet._after_cr = False
                 return items
             if lines._partial:
-                data = data[len(lines._partial):]
+                data = data[len(lines._partial) :]
         if self.ended:
             return []
         data = self._telnet.feed(data)
@@ -447,8 +450,14 @@ def _needs_strip(joined: bytes) -> bool:
     A few C-level scans of the batch cost far less than a strip() per line; anything unusual
     (non-ASCII, tabs, control whitespace) just takes the per-line path.
     """
-    return (not joined.isascii() or joined[:1] == b" " or joined[-1:] == b" " or joined.find(b" \n") >= 0
-            or joined.find(b"\n ") >= 0 or len(joined.translate(None, _ASCII_SPACE)) != len(joined))
+    return (
+        not joined.isascii()
+        or joined[:1] == b" "
+        or joined[-1:] == b" "
+        or joined.find(b" \n") >= 0
+        or joined.find(b"\n ") >= 0
+        or len(joined.translate(None, _ASCII_SPACE)) != len(joined)
+    )
 
 
 # ---- request parsing ----

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Mapping
+
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
@@ -132,9 +133,7 @@ def render_table(rows: Sequence[Mapping[Any, Any]], columns: Optional[List[str]]
     cells = [[_cell(column) for column in columns]]
     cells += [[_cell(row.get(column)).replace("\n", " ") for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells
-    )
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -56,7 +56,7 @@ class Pending:
         self.done = True
         self._notify()
 
-    def fail(self, error: "str | CommandError") -> None:
+    def fail(self, error: str | CommandError) -> None:
         if self.done or self.cancelled:
             return
         self.error = error if isinstance(error, CommandError) else CommandError(str(error))

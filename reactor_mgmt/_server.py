@@ -106,15 +106,29 @@ class Server:
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
         self.allow_remote = allow_remote
-        _check_options(self, cleartext_auth, after_fork, name if discover else False,
-                       (host, port, unix, level, tls, cert_levels, backlog, address_file))
+        _check_options(
+            self,
+            cleartext_auth,
+            after_fork,
+            name if discover else False,
+            (host, port, unix, level, tls, cert_levels, backlog, address_file),
+        )
         self._token = _load_token(token, token_env, token_file)
         self.registry = Registry(Connection)
         if not _caches:  # the suite runs the uncached path too (tests/conftest.py)
             self.registry.line_cache = None
-        self._dispatcher = Dispatcher(self.registry, self.stats, clock=time.monotonic, call_later=_unset, wake=self.wake,
-                                      schedule=_unset, max_line=max_line, max_output=max_output,
-                                      max_commands_per_tick=max_commands_per_tick, pending_timeout=pending_timeout)
+        self._dispatcher = Dispatcher(
+            self.registry,
+            self.stats,
+            clock=time.monotonic,
+            call_later=_unset,
+            wake=self.wake,
+            schedule=_unset,
+            max_line=max_line,
+            max_output=max_output,
+            max_commands_per_tick=max_commands_per_tick,
+            pending_timeout=pending_timeout,
+        )
         self._loop: Loop  # these four are made by _start_io, here and in a relistening child
         self.address_file: Optional[str]
         self._listening: Listeners
@@ -161,20 +175,42 @@ class Server:
         return self._token is None or _same(challenge_digest(self._token, challenge), response)
 
     # Both live in the dispatcher, which uses them; these are the host's way to set them.
-    fallback = property(lambda self: self._dispatcher.fallback, lambda self, fn: setattr(self._dispatcher, "fallback", fn),
-                        doc="``fallback(cmd, args, conn)`` answers any command nobody registered (see start()).")
-    on_error = property(lambda self: self._dispatcher.on_error, lambda self, fn: setattr(self._dispatcher, "on_error", fn),
-                        doc="``on_error(exc)`` hears about every exception a handler raises.")
+    fallback = property(
+        lambda self: self._dispatcher.fallback,
+        lambda self, fn: setattr(self._dispatcher, "fallback", fn),
+        doc="``fallback(cmd, args, conn)`` answers any command nobody registered (see start()).",
+    )
+    on_error = property(
+        lambda self: self._dispatcher.on_error,
+        lambda self, fn: setattr(self._dispatcher, "on_error", fn),
+        doc="``on_error(exc)`` hears about every exception a handler raises.",
+    )
 
     if TYPE_CHECKING:  # the two forms, `@server.command` and `@server.command(...)`, keep the handler's type
+
         @overload
         def command(self, fn: _F, /) -> _F: ...
         @overload
-        def command(self, *, name: Optional[str] = None, level: str = "user", hidden: bool = False,
-                    help: Optional[str] = None, replace: bool = False) -> Callable[[_F], _F]: ...
-    def command(self, fn: Optional[Callable[..., Any]] = None, *, name: Optional[str] = None,
-                level: str = "user", hidden: bool = False, help: Optional[str] = None,
-                replace: bool = False) -> Any:
+        def command(
+            self,
+            *,
+            name: Optional[str] = None,
+            level: str = "user",
+            hidden: bool = False,
+            help: Optional[str] = None,
+            replace: bool = False,
+        ) -> Callable[[_F], _F]: ...
+
+    def command(
+        self,
+        fn: Optional[Callable[..., Any]] = None,
+        *,
+        name: Optional[str] = None,
+        level: str = "user",
+        hidden: bool = False,
+        help: Optional[str] = None,
+        replace: bool = False,
+    ) -> Any:
         """Registers a handler; use as ``@server.command`` or ``@server.command(name="show x")``.
 
         The command name defaults to the function name, with underscores read as spaces, so
@@ -191,15 +227,24 @@ class Server:
             return register(fn)
         return register
 
-    def add_command(self, name: str, fn: Callable[..., Any], help: Optional[str] = None, *,
-                    level: str = "user", hidden: bool = False, replace: bool = False) -> Command:
+    def add_command(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        help: Optional[str] = None,
+        *,
+        level: str = "user",
+        hidden: bool = False,
+        replace: bool = False,
+    ) -> Command:
         return self.registry.add(name, fn, help=help, level=level, hidden=hidden, replace=replace)
 
     def remove_command(self, name: str) -> None:
         self.registry.remove(name)
 
-    def add_commands(self, obj: Any, *, prefix: str = "", level: Optional[str] = None,
-                     replace: bool = False) -> List[Command]:
+    def add_commands(
+        self, obj: Any, *, prefix: str = "", level: Optional[str] = None, replace: bool = False
+    ) -> List[Command]:
         """Registers every public method of ``obj`` (names starting with ``_`` are skipped); for a
         module, every public function defined in it.
 
@@ -207,8 +252,10 @@ class Server:
         add_command(), a name already registered by the host raises ConfigError unless
         ``replace`` is true.
         """
-        return [self.add_command(f"{prefix} {name}".strip(), method, **options)
-                for name, method, options in methods_as_commands(obj, level=level, replace=replace)]
+        return [
+            self.add_command(f"{prefix} {name}".strip(), method, **options)
+            for name, method, options in methods_as_commands(obj, level=level, replace=replace)
+        ]
 
     # ---- the operator toolkit (see _toolkit and the README's "Built-in operator tools") ----
 
@@ -231,8 +278,16 @@ class Server:
 
     # ---- listeners (see _listeners.Listeners) ----
 
-    def listen_tcp(self, host: str = "127.0.0.1", port: int = 8123, *, level: Optional[str] = None, tls: Any = None,
-                   cert_levels: Optional[Dict[str, Sequence[str]]] = None, backlog: Optional[int] = None) -> List[Address]:
+    def listen_tcp(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8123,
+        *,
+        level: Optional[str] = None,
+        tls: Any = None,
+        cert_levels: Optional[Dict[str, Sequence[str]]] = None,
+        backlog: Optional[int] = None,
+    ) -> List[Address]:
         """Listens on every address ``host`` resolves to; port 0 picks one free port for all.
 
         With ``tls`` (an ``ssl.SSLContext``) every connection starts with a TLS handshake; with
@@ -241,17 +296,26 @@ class Server:
         system's maximum."""
         return self._listening.tcp(host, port, level or self._default_level, tls, cert_levels, backlog)
 
-    def listen_unix(self, path: str, *, mode: int = 0o600, group: Union[int, str, None] = None,
-                    level: Optional[str] = None, check_peer: bool = False,
-                    allowed_uids: Sequence[int] = (), backlog: Optional[int] = None) -> str:
+    def listen_unix(
+        self,
+        path: str,
+        *,
+        mode: int = 0o600,
+        group: Union[int, str, None] = None,
+        level: Optional[str] = None,
+        check_peer: bool = False,
+        allowed_uids: Sequence[int] = (),
+        backlog: Optional[int] = None,
+    ) -> str:
         """Listens on a Unix socket created with ``mode`` (0600 by default).
 
         A stale socket left by a dead process is replaced; a live one, a symlink or any file
         that is not a socket is refused. With ``check_peer`` only the same uid, root and
         ``allowed_uids`` may connect (SO_PEERCRED).
         """
-        return self._listening.unix(os.fspath(path), mode, group, level or self._default_level, check_peer,
-                                    allowed_uids, backlog)
+        return self._listening.unix(
+            os.fspath(path), mode, group, level or self._default_level, check_peer, allowed_uids, backlog
+        )
 
     def listen_socket(self, sock: socket.socket, *, level: Optional[str] = None) -> Address:
         """Adopts a socket that is already bound and listening (systemd activation, or a
@@ -331,8 +395,9 @@ class Server:
             if loop.stopped:  # a handler closed the server; the host's loop may poll once more
                 return 0
             raise
-        if not events and not loop.ready and not loop.calls and not (
-                loop.timers and loop.timers[0][0] <= _monotonic()):  # a timer may have come due
+        if (
+            not events and not loop.ready and not loop.calls and not (loop.timers and loop.timers[0][0] <= _monotonic())
+        ):  # a timer may have come due
             if gap_from is not None:  # poll(0) returns as it starts; a poll() that waited ends later
                 loop.gap_from = now if timeout == 0 else _monotonic()  # pyright: ignore[reportPossiblyUnboundVariable]
             if watch is not None:
@@ -387,7 +452,9 @@ class Server:
 
     # ---- integrations (_integrations.py), and the protocol they use ----
 
-    def attach_asyncio(self, loop: Optional[asyncio.AbstractEventLoop] = None, *, budget: Optional[float] = None) -> AsyncioHandle:
+    def attach_asyncio(
+        self, loop: Optional[asyncio.AbstractEventLoop] = None, *, budget: Optional[float] = None
+    ) -> AsyncioHandle:
         """Serves from an asyncio event loop instead of explicit poll() calls.
 
         Watches :meth:`fileno` with ``loop.add_reader`` and arms a loop timer at
@@ -417,9 +484,12 @@ class Server:
 
         return start_thread(self, name, poll_interval)
 
-    integration = property(lambda self: self._loop.integration, lambda self, handle: setattr(self._loop, "integration", handle),
-                           doc="The attach_asyncio() or start_thread() handle driving this server, or None: it has "
-                               "kick() (work was queued outside poll()) and detach() (close() calls it).")
+    integration = property(
+        lambda self: self._loop.integration,
+        lambda self, handle: setattr(self._loop, "integration", handle),
+        doc="The attach_asyncio() or start_thread() handle driving this server, or None: it has "
+        "kick() (work was queued outside poll()) and detach() (close() calls it).",
+    )
 
     def ensure_waker(self) -> None:
         """Makes the cross-thread waker now, before another thread may need it."""
@@ -470,7 +540,7 @@ class Server:
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -484,13 +554,12 @@ class Server:
 # ---- the parts of Server's work kept out of the class: admission, building the I/O, and a fork ----
 
 
-def _admit(server: "Server", listener: Listener, sock: socket.socket, peer: Any, now: float) -> None:
+def _admit(server: Server, listener: Listener, sock: socket.socket, peer: Any, now: float) -> None:
     sock.setblocking(False)
     loop = server._loop
     if len(loop.connections) >= server.max_connections:
         server.stats.refused += 1
-        log.debug("refusing connection from %s: %d connections open", format_address(peer),
-                  len(loop.connections))
+        log.debug("refusing connection from %s: %d connections open", format_address(peer), len(loop.connections))
         refuse(sock, b"ERR too many connections\n")
         return
     if listener.check_peer and not peer_allowed(sock, listener.allowed_uids):
@@ -508,8 +577,9 @@ def _admit(server: "Server", listener: Listener, sock: socket.socket, peer: Any,
 
         sock = wrap(sock, listener.tls)
         transport = TlsTransport(sock, loop, server._limits, now, listener.cert_levels, server.tls_handshake_timeout)
-    conn = transport.conn = Connection(server, server._dispatcher, transport, listener, server._next_id,
-                                       listener.rank, server._token is None)
+    conn = transport.conn = Connection(
+        server, server._dispatcher, transport, listener, server._next_id, listener.rank, server._token is None
+    )
     loop.connections[sock.fileno()] = conn
     transport.update_interest()
     server.stats.connections_total += 1
@@ -517,7 +587,7 @@ def _admit(server: "Server", listener: Listener, sock: socket.socket, peer: Any,
         server._reaper.watch(conn.id, transport, now + server.idle_timeout)
 
 
-def _tear_down(server: "Server") -> None:
+def _tear_down(server: Server) -> None:
     """The end of close(): notices to the clients owed one, the grace for unsent output, then
     every connection, listener and the loop closed."""
     owed, server._close_owed = server._close_owed or {}, None
@@ -532,7 +602,7 @@ def _tear_down(server: "Server") -> None:
     _unregister(server)
 
 
-def _tools(server: "Server") -> Toolkit:
+def _tools(server: Server) -> Toolkit:
     """The server's operator tools (_toolkit.Toolkit), made on first use."""
     if server._toolkit is None:
         from ._toolkit import Toolkit
@@ -541,7 +611,7 @@ def _tools(server: "Server") -> Toolkit:
     return server._toolkit
 
 
-def _start_io(server: "Server", address_file: Optional[str]) -> None:
+def _start_io(server: Server, address_file: Optional[str]) -> None:
     """The loop, the listeners and the reaper, wired to the dispatcher: at construction, and
     again in a forked child that relistens."""
     if address_file is not None:
@@ -551,13 +621,22 @@ def _start_io(server: "Server", address_file: Optional[str]) -> None:
     dispatcher = server._dispatcher
     dispatcher.clock, dispatcher.call_later, dispatcher.schedule = loop.clock, loop.call_later, loop.schedule
     dispatcher.cancel_timer, dispatcher.stopped = loop.cancel_timer, False
-    server._listening = Listeners(loop, functools.partial(_admit, server), address_file,
-                                  warn_remote=not (server._token or server.allow_remote))
+    server._listening = Listeners(
+        loop, functools.partial(_admit, server), address_file, warn_remote=not (server._token or server.allow_remote)
+    )
     server._reaper = loop.reaper = IdleReaper(loop, server.idle_timeout) if server.idle_timeout else None
 
 
-def _listen_as_asked(server: "Server", host: Optional[str], port: Optional[int], unix: Optional[str], level: Optional[str],
-                     tls: Any, cert_levels: Any, backlog: Optional[int]) -> None:
+def _listen_as_asked(
+    server: Server,
+    host: Optional[str],
+    port: Optional[int],
+    unix: Optional[str],
+    level: Optional[str],
+    tls: Any,
+    cert_levels: Any,
+    backlog: Optional[int],
+) -> None:
     if port is not None and host is not None:
         server.listen_tcp(host, port, level=level, tls=tls, cert_levels=cert_levels, backlog=backlog)
     if unix is not None:
@@ -571,18 +650,26 @@ def _listen_as_asked(server: "Server", host: Optional[str], port: Optional[int],
         from ._discovery import default_name, register
 
         name, tls_on = server._discover
-        server._discovery_path = register(name or default_name(), os.getpid(), server.addresses,
-                                          server.stats.started, server.auth_required, tls=tls_on)
+        server._discovery_path = register(
+            name or default_name(),
+            os.getpid(),
+            server.addresses,
+            server.stats.started,
+            server.auth_required,
+            tls=tls_on,
+        )
 
 
-def _abandon(server: "Server") -> None:
+def _abandon(server: Server) -> None:
     """In a forked child: this process's copies of the descriptors are closed, nothing is
     sent, shut down or unlinked (the parent still serves on them), and poll() raises."""
     if server._closed:
         return
     server._closed = server._dispatcher.stopped = True
-    server._loop.abandon(f"this server belongs to process {server._pid}; in this forked process "
-                         f"({os.getpid()}) it is closed: create a Server of its own here")
+    server._loop.abandon(
+        f"this server belongs to process {server._pid}; in this forked process "
+        f"({os.getpid()}) it is closed: create a Server of its own here"
+    )
     server._listening.abandon()
     if server._relisten is not None:  # the child gets a management socket of its own
         host, port, unix, level, tls, cert_levels, backlog, address_file = server._relisten
@@ -614,8 +701,9 @@ if hasattr(os, "register_at_fork"):  # POSIX: a child must not touch its parent'
     os.register_at_fork(after_in_child=_abandon_after_fork)
 
 
-def _check_options(server: "Server", cleartext_auth: str, after_fork: str, discover_as: Any,
-                   listen: Tuple[Any, ...]) -> None:
+def _check_options(
+    server: Server, cleartext_auth: str, after_fork: str, discover_as: Any, listen: Tuple[Any, ...]
+) -> None:
     if cleartext_auth not in _CLEARTEXT_AUTH:  # where `auth TOKEN` may cross the wire in the clear
         raise ConfigError(f"cleartext_auth must be one of {', '.join(_CLEARTEXT_AUTH)}, not {cleartext_auth!r}")
     server.cleartext_auth = cleartext_auth
@@ -636,7 +724,7 @@ def _same(secret: str, candidate: str) -> bool:
     return hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), secret.encode("utf-8", "surrogatepass"))
 
 
-def _unregister(server: "Server") -> None:
+def _unregister(server: Server) -> None:
     if server._discovery_path is not None:
         from ._discovery import unregister
 

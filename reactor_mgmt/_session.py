@@ -61,8 +61,9 @@ class Connection:
     # The session knows its server, dispatcher, transport and listener only by the few methods
     # it calls on them, so they are typed Any: the engine layer imports nothing above it, not
     # even for a type checker (a fake transport and clock stand in for them in tests).
-    def __init__(self, server: Any, dispatcher: Any, transport: Any, listener: Any, conn_id: int,
-                 level: int, authenticated: bool) -> None:
+    def __init__(
+        self, server: Any, dispatcher: Any, transport: Any, listener: Any, conn_id: int, level: int, authenticated: bool
+    ) -> None:
         self.server = server  # what wake() goes through; and the server a handler may inspect
         self.dispatcher = dispatcher
         self.transport = transport
@@ -82,7 +83,7 @@ class Connection:
 
     # ---- the public surface a handler uses ----
 
-    def write(self, text: "str | bytes") -> None:
+    def write(self, text: str | bytes) -> None:
         """Queues text for this client; a missing final newline is added.
 
         Past the server's ``high_water + max_output`` of unsent output the client is cut off: it

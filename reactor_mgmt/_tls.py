@@ -38,8 +38,15 @@ class TlsTransport(Transport):
     __slots__ = ("handshaking", "handshake_timer", "cert_levels", "read_queued")
     sock: ssl.SSLSocket  # for type checkers: the Transport's socket, wrapped
 
-    def __init__(self, sock: ssl.SSLSocket, loop: Any, limits: Any, now: float,
-                 cert_levels: Optional[Dict[str, int]], timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        sock: ssl.SSLSocket,
+        loop: Any,
+        limits: Any,
+        now: float,
+        cert_levels: Optional[Dict[str, int]],
+        timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
         super().__init__(sock, loop, limits, now)
         self.handshaking = True
         self.cert_levels = cert_levels
@@ -84,8 +91,9 @@ class TlsTransport(Transport):
     def _refuse(self, reason: str) -> None:
         suffix = _refusals.allow(self.loop.clock())
         if suffix is not None:
-            log.warning("closing connection #%d from %s: %s%s", self.conn.id, format_address(self.conn.peer),
-                        reason, suffix)
+            log.warning(
+                "closing connection #%d from %s: %s%s", self.conn.id, format_address(self.conn.peer), reason, suffix
+            )
         self.cut_off = True  # nothing more is written: the peer speaks no TLS we can answer
         self.out = None
         self.out_size = 0

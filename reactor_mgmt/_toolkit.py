@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
         def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None: ...
 
+
 PARTS = ("threads", "gc", "tracemalloc", "log", "config")
 
 MAX_STACK = 100  # frames shown per thread, the innermost ones
@@ -60,7 +61,7 @@ _builtin_type = type  # setting() has a parameter named type
 class Toolkit:
     """The toolkit of one server: which parts are installed, and the state they keep."""
 
-    def __init__(self, server: "Server", dispatcher: Any = None, loop: Any = None) -> None:
+    def __init__(self, server: Server, dispatcher: Any = None, loop: Any = None) -> None:
         self.server = server
         self.dispatcher = dispatcher  # for the activity parts (_activity): its observer and poll watch
         self.loop = loop
@@ -93,8 +94,9 @@ class Toolkit:
             from ._activity import install_activity
 
             maskers = {"config set": self.settings.masked, **(activity_options.pop("maskers", None) or {})}
-            install_activity(self.server, self.dispatcher, self.loop, parts=activity, maskers=maskers,
-                             **activity_options)
+            install_activity(
+                self.server, self.dispatcher, self.loop, parts=activity, maskers=maskers, **activity_options
+            )
             self.activity = True
 
     def add(self, name: str, fn: Callable[..., Any], level: str = "admin", usage: Optional[str] = None) -> Command:
@@ -104,8 +106,10 @@ class Toolkit:
         except ConfigError:
             if name not in registry.commands:
                 raise
-            raise ConfigError(f"the toolkit's {name!r} is already a command of the host's: install the toolkit "
-                              "before registering that command (which then takes the name over)") from None
+            raise ConfigError(
+                f"the toolkit's {name!r} is already a command of the host's: install the toolkit "
+                "before registering that command (which then takes the name over)"
+            ) from None
         if usage is not None:
             command.usage = usage
         return command
@@ -175,9 +179,17 @@ class Toolkit:
             """Whether tracing is on, the memory traced, and the stored snapshot."""
             return tracer.status()
 
-        commands = {name: self.add(f"tracemalloc {name}", fn)
-                    for name, fn in (("start", start), ("top", top), ("snapshot", snapshot), ("diff", diff),
-                                     ("stop", stop), ("status", status))}
+        commands = {
+            name: self.add(f"tracemalloc {name}", fn)
+            for name, fn in (
+                ("start", start),
+                ("top", top),
+                ("snapshot", snapshot),
+                ("diff", diff),
+                ("stop", stop),
+                ("status", status),
+            )
+        }
 
     def _install_log(self) -> None:
         levels = self.log_levels
@@ -193,8 +205,7 @@ class Toolkit:
             """
             return levels.command(words, conn, command)
 
-        command = self.add("log level", log_level, level="operator",
-                           usage="log level [LOGGER [LEVEL]] [--for SECONDS]")
+        command = self.add("log level", log_level, level="operator", usage="log level [LOGGER [LEVEL]] [--for SECONDS]")
 
     def _install_config(self) -> None:
         self.settings.register()
@@ -228,18 +239,26 @@ def thread_report(owner_thread: int) -> Report:
         for ident in idents:
             thread = by_ident.get(ident)
             stack, older, inner = _stack(frames.get(ident), trim=ident == current)
-            entries.append({
-                "name": thread.name if thread is not None else None,
-                "ident": ident,
-                "native_id": getattr(thread, "native_id", None),
-                "daemon": thread.daemon if thread is not None else None,
-                "runs_poll": ident == owner_thread,
-                "stack": [{"file": filename, "line": line, "function": function,
-                           "code": linecache.getline(filename, line).strip() or None}
-                          for filename, line, function in stack],
-                "older_frames_left_out": older,
-                "library_frames_left_out": inner,
-            })
+            entries.append(
+                {
+                    "name": thread.name if thread is not None else None,
+                    "ident": ident,
+                    "native_id": getattr(thread, "native_id", None),
+                    "daemon": thread.daemon if thread is not None else None,
+                    "runs_poll": ident == owner_thread,
+                    "stack": [
+                        {
+                            "file": filename,
+                            "line": line,
+                            "function": function,
+                            "code": linecache.getline(filename, line).strip() or None,
+                        }
+                        for filename, line, function in stack
+                    ],
+                    "older_frames_left_out": older,
+                    "library_frames_left_out": inner,
+                }
+            )
     finally:
         del frames  # it holds our own frame: a cycle until the next collection
     return Report(_threads_text(entries), entries)
@@ -260,10 +279,12 @@ def _stack(frame: Any, trim: bool) -> Tuple[List[Tuple[str, int, str]], int, int
             if code.co_name == "poll" and os.path.abspath(code.co_filename) == _SERVER_FILE:
                 inner = index
                 break
-    kept = chain[inner:inner + MAX_STACK]
+    kept = chain[inner : inner + MAX_STACK]
     older = len(chain) - inner - len(kept)
-    stack = [(f.f_code.co_filename, f.f_lineno or 0, getattr(f.f_code, "co_qualname", f.f_code.co_name))
-             for f in reversed(kept)]
+    stack = [
+        (f.f_code.co_filename, f.f_lineno or 0, getattr(f.f_code, "co_qualname", f.f_code.co_name))
+        for f in reversed(kept)
+    ]
     return stack, older, inner
 
 
@@ -284,8 +305,9 @@ def _threads_text(entries: List[Dict[str, Any]]) -> str:
             if frame["code"]:
                 lines.append(f"    {frame['code']}")
         if entry["library_frames_left_out"]:
-            lines.append(f"  ({entry['library_frames_left_out']} frames inside reactor_mgmt, running this "
-                         "command, left out)")
+            lines.append(
+                f"  ({entry['library_frames_left_out']} frames inside reactor_mgmt, running this command, left out)"
+            )
         if not entry["stack"]:
             lines.append("  (no Python frame)")
         blocks.append("\n".join(lines))
@@ -327,16 +349,18 @@ def gc_report(top: int) -> Report:
     def spaced(values: List[int]) -> str:
         return " ".join(str(value) for value in values)
 
-    text = render_text({
-        "enabled": "yes" if data["enabled"] else "no",
-        "counts": spaced(data["counts"]) + "  (generations 0 1 2, as gc.get_count())",
-        "thresholds": spaced(data["thresholds"]),
-        "collections": spaced(data["collections"]),
-        "collected": spaced(data["collected"]),
-        "uncollectable": spaced(data["uncollectable"]),
-        "tracked": f"{tracked} objects",
-        "gc.garbage": data["garbage"],
-    })
+    text = render_text(
+        {
+            "enabled": "yes" if data["enabled"] else "no",
+            "counts": spaced(data["counts"]) + "  (generations 0 1 2, as gc.get_count())",
+            "thresholds": spaced(data["thresholds"]),
+            "collections": spaced(data["collections"]),
+            "collected": spaced(data["collected"]),
+            "uncollectable": spaced(data["uncollectable"]),
+            "tracked": f"{tracked} objects",
+            "gc.garbage": data["garbage"],
+        }
+    )
     text += f"\nthe {len(rows)} most common of {len(counts)} types:\n" + render_table(rows)
     return Report(text, data)
 
@@ -375,8 +399,10 @@ class _Tracemalloc:
         if tracemalloc.is_tracing():
             limit = tracemalloc.get_traceback_limit()
             if frames is not None and frames != limit:
-                raise CommandError(f"tracemalloc is already tracing with {_count(limit, 'frame')} per traceback: "
-                                   "send 'tracemalloc stop' first to change FRAMES")
+                raise CommandError(
+                    f"tracemalloc is already tracing with {_count(limit, 'frame')} per traceback: "
+                    "send 'tracemalloc stop' first to change FRAMES"
+                )
             return f"already tracing, {_count(limit, 'frame')} per traceback"
         frames = frames or 1
         tracemalloc.start(frames)
@@ -385,12 +411,14 @@ class _Tracemalloc:
     def _snapshot(self) -> Any:
         tracemalloc = self.tracing()
         snapshot = tracemalloc.take_snapshot()
-        return snapshot.filter_traces((
-            tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-            tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
-            tracemalloc.Filter(False, "<unknown>"),
-            tracemalloc.Filter(False, tracemalloc.__file__),
-        ))
+        return snapshot.filter_traces(
+            (
+                tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+                tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+                tracemalloc.Filter(False, "<unknown>"),
+                tracemalloc.Filter(False, tracemalloc.__file__),
+            )
+        )
 
     def top(self, n: int, by: str) -> Report:
         tracemalloc = self.tracing()
@@ -400,11 +428,12 @@ class _Tracemalloc:
         data = {"by": by, "traced_bytes": current, "peak_bytes": peak, "stats": rows}
         head = f"traced {_kib(current)} (peak {_kib(peak)}); the top {len(rows)} by {by}:\n"
         if by == "traceback":
-            blocks = [f"#{i}: {_kib(stat.size)} in {stat.count} blocks\n" + "\n".join(stat.traceback.format())
-                      for i, stat in enumerate(stats, 1)]
+            blocks = [
+                f"#{i}: {_kib(stat.size)} in {stat.count} blocks\n" + "\n".join(stat.traceback.format())
+                for i, stat in enumerate(stats, 1)
+            ]
             return Report(head + "\n".join(blocks), data)
-        table = [{"size": _kib(stat.size), "blocks": stat.count, "where": _where(stat.traceback, by)}
-                 for stat in stats]
+        table = [{"size": _kib(stat.size), "blocks": stat.count, "where": _where(stat.traceback, by)} for stat in stats]
         return Report(head + render_table(table, ["size", "blocks", "where"]), data)
 
     def take(self) -> str:
@@ -412,25 +441,47 @@ class _Tracemalloc:
         replaced = self.snapshot is not None
         self.snapshot, self.taken_at = snapshot, time.monotonic()
         size = sum(trace.size for trace in snapshot.traces)
-        return (f"snapshot taken: {len(snapshot.traces)} traces, {_kib(size)}"
-                + ("; it replaces the last one" if replaced else "") + "; 'tracemalloc diff' compares with it")
+        return (
+            f"snapshot taken: {len(snapshot.traces)} traces, {_kib(size)}"
+            + ("; it replaces the last one" if replaced else "")
+            + "; 'tracemalloc diff' compares with it"
+        )
 
     def diff(self, n: int, by: str) -> Report:
         self.tracing()
         if self.snapshot is None:
             raise CommandError("no snapshot to compare with: send 'tracemalloc snapshot' first")
         stats = self._snapshot().compare_to(self.snapshot, by)[:n]
-        rows = [{"size_diff": stat.size_diff, "size": stat.size, "count_diff": stat.count_diff,
-                 "count": stat.count, "traceback": _frames(stat.traceback)} for stat in stats]
+        rows = [
+            {
+                "size_diff": stat.size_diff,
+                "size": stat.size,
+                "count_diff": stat.count_diff,
+                "count": stat.count,
+                "traceback": _frames(stat.traceback),
+            }
+            for stat in stats
+        ]
         age = time.monotonic() - self.taken_at
         head = f"the top {len(rows)} changes by {by} since the snapshot of {age:.0f} s ago:\n"
         data = {"by": by, "snapshot_age_s": round(age, 3), "stats": rows}
         if by == "traceback":
-            blocks = [f"#{i}: {_signed_kib(stat.size_diff)} (now {_kib(stat.size)}), {stat.count_diff:+d} blocks "
-                      f"(now {stat.count})\n" + "\n".join(stat.traceback.format()) for i, stat in enumerate(stats, 1)]
+            blocks = [
+                f"#{i}: {_signed_kib(stat.size_diff)} (now {_kib(stat.size)}), {stat.count_diff:+d} blocks "
+                f"(now {stat.count})\n" + "\n".join(stat.traceback.format())
+                for i, stat in enumerate(stats, 1)
+            ]
             return Report(head + "\n".join(blocks), data)
-        table = [{"change": _signed_kib(stat.size_diff), "size": _kib(stat.size), "blocks": f"{stat.count_diff:+d}",
-                  "now": stat.count, "where": _where(stat.traceback, by)} for stat in stats]
+        table = [
+            {
+                "change": _signed_kib(stat.size_diff),
+                "size": _kib(stat.size),
+                "blocks": f"{stat.count_diff:+d}",
+                "now": stat.count,
+                "where": _where(stat.traceback, by),
+            }
+            for stat in stats
+        ]
         return Report(head + render_table(table, ["change", "size", "blocks", "now", "where"]), data)
 
     def stop(self) -> str:
@@ -487,7 +538,7 @@ def _logger_label(name: str) -> str:
 
 
 class _LogLevels:
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.reverts: Dict[str, _Revert] = {}  # logger name ("" for root) -> its pending revert
         self.seconds: Optional[Param] = None
@@ -503,8 +554,9 @@ class _LogLevels:
             return self.show(name)
         level = positional[1].upper()
         if level not in LOG_LEVELS:
-            raise UsageError(f"usage: {command.usage} (unknown level {positional[1]!r}; the levels are "
-                             f"{' '.join(LOG_LEVELS)})")
+            raise UsageError(
+                f"usage: {command.usage} (unknown level {positional[1]!r}; the levels are {' '.join(LOG_LEVELS)})"
+            )
         return self.set(name, level, seconds, conn)
 
     def _parse(self, words: List[str], command: Command) -> Tuple[List[str], Optional[float]]:
@@ -578,8 +630,11 @@ class _LogLevels:
     def listing(self) -> List[Dict[str, Any]]:
         import logging
 
-        names = {name for name, logger in list(logging.Logger.manager.loggerDict.items())
-                 if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET}
+        names = {
+            name
+            for name, logger in list(logging.Logger.manager.loggerDict.items())
+            if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET
+        }
         names.update(self.reverts)
         names.discard("")
         return [self._row(name, self._existing(name)) for name in ["", *sorted(names)]]
@@ -596,8 +651,13 @@ class _LogLevels:
         pending = self.reverts.pop(name, None)  # this change replaces it
         logger.setLevel(level)
         label = _logger_label(name)
-        data: Dict[str, Any] = {"logger": label, "level": level_name, "was": logging.getLevelName(old),
-                                "reverts_to": None, "reverts_in_s": None}
+        data: Dict[str, Any] = {
+            "logger": label,
+            "level": level_name,
+            "was": logging.getLevelName(old),
+            "reverts_to": None,
+            "reverts_in_s": None,
+        }
         text = f"{label}: {data['was']} -> {level_name}"
         if seconds is not None:
             # Under a timed change that is still in force, the level to go back to is the one
@@ -608,8 +668,13 @@ class _LogLevels:
             self.server.call_later(seconds, self._revert, name, revert)
             data["reverts_to"], data["reverts_in_s"] = logging.getLevelName(restore), seconds
             text += f" for {seconds:g} s, then {data['reverts_to']}"
-        log.info("connection #%d set the level of logger %s to %s%s", conn.id, label, level_name,
-                 "" if seconds is None else f" for {seconds:g} s")
+        log.info(
+            "connection #%d set the level of logger %s to %s%s",
+            conn.id,
+            label,
+            level_name,
+            "" if seconds is None else f" for {seconds:g} s",
+        )
         return Report(text, data)
 
     def _revert(self, name: str, revert: _Revert) -> None:
@@ -621,8 +686,11 @@ class _LogLevels:
         logger = logging.getLogger(name) if name else logging.getLogger()
         label = _logger_label(name)
         if logger.level != revert.level:
-            log.info("the level of logger %s changed since it was set for a while: kept at %s, not reverted",
-                     label, logging.getLevelName(logger.level))
+            log.info(
+                "the level of logger %s changed since it was set for a while: kept at %s, not reverted",
+                label,
+                logging.getLevelName(logger.level),
+            )
             return
         logger.setLevel(revert.restore)
         log.info("the level of logger %s went back to %s", label, logging.getLevelName(revert.restore))
@@ -636,8 +704,19 @@ class Setting:
 
     __slots__ = ("name", "obj", "attr", "param", "level", "rank", "check", "read_only", "help", "secret", "default")
 
-    def __init__(self, name: str, obj: Any, attr: str, param: Param, level: str, check: Optional[Callable[[Any], Any]],
-                 read_only: bool, help: Optional[str], secret: bool, default: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        obj: Any,
+        attr: str,
+        param: Param,
+        level: str,
+        check: Optional[Callable[[Any], Any]],
+        read_only: bool,
+        help: Optional[str],
+        secret: bool,
+        default: Any,
+    ) -> None:
         self.name, self.obj, self.attr, self.param = name, obj, attr, param
         self.level, self.rank = level, level_rank(level)
         self.check, self.read_only, self.help, self.secret = check, read_only, help, secret
@@ -671,20 +750,35 @@ class _Settings:
 
     def masked(self, words: List[Any]) -> List[Any]:
         """`config set`'s words as the audit log may show them: a secret setting's value as ***."""
-        return ["***" if index % 2 and getattr(self.items.get(str(words[index - 1])), "secret", False) else word
-                for index, word in enumerate(words)]
+        return [
+            "***" if index % 2 and getattr(self.items.get(str(words[index - 1])), "secret", False) else word
+            for index, word in enumerate(words)
+        ]
 
     def __init__(self, toolkit: Toolkit) -> None:
         self.toolkit = toolkit
         self.items: Dict[str, Setting] = {}
-        self.handlers: Dict[str, Callable[..., Any]] = {"config get": self.get, "config set": self.set,
-                                                        "config diff": self.diff}
+        self.handlers: Dict[str, Callable[..., Any]] = {
+            "config get": self.get,
+            "config set": self.set,
+            "config diff": self.diff,
+        }
 
     # ---- declaring ----
 
-    def declare(self, name: str, obj: Any, attr: str, *, kind: Any = None, level: str = "operator",
-                check: Optional[Callable[[Any], Any]] = None, read_only: bool = False,
-                help: Optional[str] = None, secret: bool = False) -> Setting:
+    def declare(
+        self,
+        name: str,
+        obj: Any,
+        attr: str,
+        *,
+        kind: Any = None,
+        level: str = "operator",
+        check: Optional[Callable[[Any], Any]] = None,
+        read_only: bool = False,
+        help: Optional[str] = None,
+        secret: bool = False,
+    ) -> Setting:
         import inspect
 
         if not isinstance(name, str) or not name or name.split() != [name]:
@@ -722,7 +816,7 @@ class _Settings:
             hints = typing.get_type_hints(type(obj))
         except Exception:  # an annotation that cannot be resolved: fall back to the values' types
             hints = {}
-        frozen = getattr(type(obj), "__dataclass_params__").frozen
+        frozen = getattr(type(obj), "__dataclass_params__").frozen  # noqa: B009
         declared = []
         for field in dataclasses.fields(obj):
             if field.name.startswith("_"):
@@ -743,8 +837,11 @@ class _Settings:
         read = LEVELS[min(ranks, default=default)]
         write = LEVELS[min(writable, default=min(ranks, default=default))]
         registry = self.toolkit.server.registry
-        for name, level, usage in (("config get", read, None), ("config diff", read, None),
-                                   ("config set", write, _SET_USAGE)):
+        for name, level, usage in (
+            ("config get", read, None),
+            ("config diff", read, None),
+            ("config set", write, _SET_USAGE),
+        ):
             existing = registry.commands.get(name)
             handler = self.handlers[name]
             if existing is not None and existing.fn != handler:
@@ -771,14 +868,23 @@ class _Settings:
         for setting in settings:
             value = setting.value
             is_default = value == setting.default
-            rows.append({
-                "name": setting.name, "value": setting.shown(value), "default": setting.shown(setting.default),
-                "is_default": is_default, "read_only": setting.read_only, "level": setting.level,
-                "type": setting.param.type_name, "choices": setting.param.choices, "help": setting.help,
-            })
+            rows.append(
+                {
+                    "name": setting.name,
+                    "value": setting.shown(value),
+                    "default": setting.shown(setting.default),
+                    "is_default": is_default,
+                    "read_only": setting.read_only,
+                    "level": setting.level,
+                    "type": setting.param.type_name,
+                    "choices": setting.param.choices,
+                    "help": setting.help,
+                }
+            )
             notes = [note for note, flag in (("default", is_default), ("read-only", setting.read_only)) if flag]
-            lines.append(f"{setting.name + ':':<{width}} {setting.text(value)}"
-                         + (f" ({', '.join(notes)})" if notes else ""))
+            lines.append(
+                f"{setting.name + ':':<{width}} {setting.text(value)}" + (f" ({', '.join(notes)})" if notes else "")
+            )
         if not settings:
             text = "no settings" if pattern == "*" else f"no setting matches {pattern!r}"
             return Report(text, rows)
@@ -791,8 +897,12 @@ class _Settings:
         width = max((len(setting.name) for setting in changed), default=0) + 1
         for setting in changed:
             value = setting.value
-            rows.append({"name": setting.name, "value": setting.shown(value), "default": setting.shown(setting.default)})
-            lines.append(f"{setting.name + ':':<{width}} {setting.text(value)} (default {setting.text(setting.default)})")
+            rows.append(
+                {"name": setting.name, "value": setting.shown(value), "default": setting.shown(setting.default)}
+            )
+            lines.append(
+                f"{setting.name + ':':<{width}} {setting.text(value)} (default {setting.text(setting.default)})"
+            )
         return Report("\n".join(lines) if lines else "every setting has its default value", rows)
 
     def set(self, *words: str, conn: Connection) -> Report:

@@ -90,8 +90,24 @@ class Transport:
     first may be a memoryview of a part-sent chunk); ``mask`` the selector interest.
     """
 
-    __slots__ = ("sock", "conn", "loop", "limits", "out", "out_size", "mask", "closing", "closed", "paused",
-                 "lingering", "cut_off", "last_active", "opened", "bytes_in", "bytes_out")
+    __slots__ = (
+        "sock",
+        "conn",
+        "loop",
+        "limits",
+        "out",
+        "out_size",
+        "mask",
+        "closing",
+        "closed",
+        "paused",
+        "lingering",
+        "cut_off",
+        "last_active",
+        "opened",
+        "bytes_in",
+        "bytes_out",
+    )
 
     def __init__(self, sock: socket.socket, loop: Any, limits: Limits, now: float) -> None:
         self.sock = sock
@@ -194,8 +210,13 @@ class Transport:
         rather than meeting a bare EOF."""
         limits = self.limits
         cap = limits.max_output + limits.high_water
-        log.warning("connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
-                    self.conn.id, format_address(self.conn.peer), self.out_size, cap)
+        log.warning(
+            "connection #%d from %s has %d bytes of unsent output (cap %d): disconnecting",
+            self.conn.id,
+            format_address(self.conn.peer),
+            self.out_size,
+            cap,
+        )
         notice = err_line(f"too much unsent output ({self.out_size} bytes, cap {cap}): closing")
         assert self.out is not None
         head = self.out[0]
@@ -203,7 +224,7 @@ class Transport:
             whole: Any = head.obj  # the bytes write() queued (a memoryview's obj is typed as any buffer)
             sent = len(whole) - len(head)
             end = whole.find(b"\n", sent) + 1 or len(whole)
-            notice = bytes(head[:end - sent]) + notice
+            notice = bytes(head[: end - sent]) + notice
         self.out = [notice]
         self.out_size = len(notice)
         self.cut_off = True  # later writes, such as the rest of the handler's, are dropped
@@ -246,8 +267,9 @@ class Transport:
     def update_interest(self) -> None:
         """Asks the selector for exactly what this connection can use now."""
         want = _WRITE if self.out is not None else 0
-        if (self.closing and self.out is None) or (not self.closing and not self.paused and not self.conn.eof
-                                                          and self.conn.wants_input()):
+        if (self.closing and self.out is None) or (
+            not self.closing and not self.paused and not self.conn.eof and self.conn.wants_input()
+        ):
             want |= _READ
         if want != self.mask:
             self.set_interest(want)

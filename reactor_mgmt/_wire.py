@@ -137,5 +137,6 @@ def challenge_digest(token: str, challenge: str) -> str:
     import hashlib
     import hmac  # lazily: only authenticating clients and servers pay for these
 
-    return hmac.new(token.encode("utf-8", "surrogatepass"), challenge.encode("utf-8", "surrogatepass"),
-                    hashlib.sha256).hexdigest()
+    return hmac.new(
+        token.encode("utf-8", "surrogatepass"), challenge.encode("utf-8", "surrogatepass"), hashlib.sha256
+    ).hexdigest()

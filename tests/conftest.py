@@ -52,7 +52,7 @@ class RawClient:
         self.eof = False
         self.pump()  # let the server accept
 
-    def send(self, data: "bytes | str") -> None:
+    def send(self, data: bytes | str) -> None:
         if isinstance(data, str):
             data = data.encode()
         self.sock.setblocking(True)
@@ -131,10 +131,18 @@ class RawClient:
 # clients, the benchmarks) or measure memory rather than replies, where a second run costs
 # seconds and compares nothing; and test_caches, whose tests build both kinds of server
 # themselves and compare them.
-_SINGLE_RUN_MODULES = frozenset({
-    "test_benchmarks.py", "test_caches.py", "test_cli.py", "test_demo.py", "test_examples.py",
-    "test_interactive.py", "test_memory_cycles.py", "test_real_clients.py",
-})
+_SINGLE_RUN_MODULES = frozenset(
+    {
+        "test_benchmarks.py",
+        "test_caches.py",
+        "test_cli.py",
+        "test_demo.py",
+        "test_examples.py",
+        "test_interactive.py",
+        "test_memory_cycles.py",
+        "test_real_clients.py",
+    }
+)
 # What the hook applies; test_caches uses it by hand on the tests of its own that run both ways.
 CACHE_MODES = pytest.mark.parametrize("caches", [True, False], ids=["cached", "uncached"], indirect=True)
 
@@ -243,7 +251,7 @@ class ServerThread:
         for srv in self.servers:
             srv.close()
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -260,8 +268,14 @@ class Daemon:
         full_env.pop("REACTOR_MGMT_TOKEN", None)
         if env:
             full_env.update(env)
-        self.proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            cwd=ROOT,
+        )
         deadline = time.monotonic() + TIMEOUT
         while not (os.path.exists(address_file) and open(address_file).read().strip()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -272,7 +286,7 @@ class Daemon:
         host, _, port = self.address.rpartition(":")
         self.host, self.port = host.strip("[]"), int(port)
 
-    def stop(self) -> "tuple[int, str, str]":
+    def stop(self) -> tuple[int, str, str]:
         if self.proc.poll() is None:
             self.proc.terminate()
         try:
@@ -299,8 +313,9 @@ def slow_demo(tmp_path_factory) -> Iterator[Daemon]:
     """One demo per test module, ticking once a second so its sample jobs stay queued for the
     whole module (at the default 50 Hz they are done within seconds)."""
     address_file = str(tmp_path_factory.mktemp("slow_demo") / "demo.addr")
-    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--rate", "1", "--address-file", address_file],
-                    address_file)
+    daemon = Daemon(
+        ["-m", "reactor_mgmt", "demo", "--port", "0", "--rate", "1", "--address-file", address_file], address_file
+    )
     try:
         yield daemon
     finally:

@@ -99,7 +99,8 @@ def test_an_observer_and_a_watch_already_there_still_run(make_server):
             polls.append("exited")
 
     server._dispatcher.observer = lambda conn, request, outcome, seconds: seen.append(
-        (request and request[0].name, outcome))
+        (request and request[0].name, outcome)
+    )
     server._loop.watch = Watch()
     with_activity(server)
     client = RawClient(server)
@@ -164,7 +165,9 @@ def test_an_audited_or_slow_request_is_reported_and_others_are_not(make_server):
     reported = []
     observer = server._dispatcher.observer
     server._dispatcher.observer = lambda conn, request, outcome, seconds: (
-        reported.append(request[0].name), observer(conn, request, outcome, seconds))
+        reported.append(request[0].name),
+        observer(conn, request, outcome, seconds),
+    )
     client = RawClient(server)
     for line in ("ping", "echo hi", "clients", "level user", "auth nothing", "ping"):
         client.request(line)
@@ -429,11 +432,14 @@ def test_a_masker_hides_what_no_parameter_name_tells(make_server):
     secret_settings = {"api_key"}
 
     def mask_config_set(words):
-        return [MASK if index % 2 and words[index - 1] in secret_settings else word
-                for index, word in enumerate(words)]
+        return [MASK if index % 2 and words[index - 1] in secret_settings else word for index, word in enumerate(words)]
 
-    server = with_activity(make_server(level="admin"), audit=True, audit_level="user",
-                           maskers={"set": mask_config_set, "boom": lambda words: 1 / 0})
+    server = with_activity(
+        make_server(level="admin"),
+        audit=True,
+        audit_level="user",
+        maskers={"set": mask_config_set, "boom": lambda words: 1 / 0},
+    )
     server.add_command("set", lambda *pairs: "OK", level="admin")
     server.add_command("boom", lambda *words: "OK", level="admin")
     client = RawClient(server)
@@ -585,8 +591,10 @@ def test_clients_lists_every_connection_and_its_state(make_server):
     time.sleep(0.1)
     rows = {row["id"]: row for row in result(me, "clients")}
     assert len(rows) == 6
-    by_client = {name: rows[server.connections[index].id]
-                 for index, name in enumerate(("me", "tail", "watch", "pend", "stream", "idle"))}
+    by_client = {
+        name: rows[server.connections[index].id]
+        for index, name in enumerate(("me", "tail", "watch", "pend", "stream", "idle"))
+    }
     assert [by_client[name]["state"] for name in by_client] == ["idle", "tail", "watch", "pending", "stream", "idle"]
     assert by_client["me"]["name"] == "ops-console" and by_client["idle"]["name"] is None
     assert by_client["me"]["last"] == "clients"  # as Redis's CLIENT LIST shows cmd=client|list
@@ -604,8 +612,20 @@ def test_clients_lists_every_connection_and_its_state(make_server):
     idle.pump(3)
     assert next(row for row in result(me, "clients") if row["id"] == row_id)["state"] == "closing"
     table = text(me, "clients").splitlines()
-    assert table[0].split() == ["id", "peer", "listener", "level", "age_s", "idle_s", "last", "bytes_in",
-                                "bytes_out", "unsent", "state", "name"]
+    assert table[0].split() == [
+        "id",
+        "peer",
+        "listener",
+        "level",
+        "age_s",
+        "idle_s",
+        "last",
+        "bytes_in",
+        "bytes_out",
+        "unsent",
+        "state",
+        "name",
+    ]
     assert len(table) == 7 and table[1].rstrip().endswith("ops-console")
     for client in (me, tail, watcher, pender, streamer, idle):
         client.close()
@@ -733,9 +753,13 @@ def test_client_kill_is_always_audited(make_server):
     admin.request("level operator")
     assert admin.request(f"client kill {other_id}") == ["ERR permission denied: 'client kill' needs admin"]
     other.request(f"client kill {other_id}")
-    commands = [(record["command"], record["outcome"], record["level"])
-                for record in server._dispatcher.observer.__self__.audit]
-    assert commands == [(f"client kill {other_id}", "denied", "operator"), (f"client kill {other_id}", "error", "admin")]
+    commands = [
+        (record["command"], record["outcome"], record["level"]) for record in server._dispatcher.observer.__self__.audit
+    ]
+    assert commands == [
+        (f"client kill {other_id}", "denied", "operator"),
+        (f"client kill {other_id}", "error", "admin"),
+    ]
     admin.close()
     other.close()
 
@@ -781,7 +805,7 @@ def test_a_killed_client_that_does_not_read_is_reset(make_server, monkeypatch):
     @server.command
     def flood():
         """Lots of output."""
-        return ("x" * 1000 for _ in range(10 ** 6))
+        return ("x" * 1000 for _ in range(10**6))
 
     admin = RawClient(server)
     stalled = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
@@ -807,8 +831,7 @@ def test_a_killed_client_that_does_not_read_is_reset(make_server, monkeypatch):
 def nc(server: reactor_mgmt.Server, payload: str) -> str:
     tool = require_tool("nc.openbsd", "nc")
     host, port = server.addresses[0]
-    done = subprocess.run([tool, "-N", host, str(port)], input=payload.encode(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, timeout=TIMEOUT)
+    done = subprocess.run([tool, "-N", host, str(port)], input=payload.encode(), capture_output=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr.decode()
     return done.stdout.decode()
 
@@ -863,8 +886,9 @@ def test_nc_clients_name_and_kill():
     server = with_activity(reactor_mgmt.Server("127.0.0.1", 0, level="admin"))
     host, port = server.addresses[0]
     with ServerThread(server):
-        victim = subprocess.Popen([tool, "-N", host, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
+        victim = subprocess.Popen(
+            [tool, "-N", host, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         try:
             victim.stdin.write(b"client name victim\n")
             victim.stdin.flush()

@@ -119,7 +119,7 @@ class Edge(NamedTuple):
         return f"{self.rel}:{self.line}: `{self.text}`"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def package_modules() -> Tuple[Module, ...]:
     modules = []
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
@@ -157,7 +157,7 @@ def describe_layer(layer: Optional[int]) -> str:
     return "no layer" if layer is None else f"layer {layer} {LAYER_NAMES[layer]}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def parse(module: Module) -> ast.Module:
     source = module.path.read_text(encoding="utf-8")
     try:
@@ -355,8 +355,7 @@ def test_every_planned_module_exists() -> None:
     # The other direction: a module renamed or merged away must leave the layer map too, or the
     # map stops describing the package.
     problems = [
-        f"{name} is in LAYERS ({describe_layer(layer)}) but {name.replace('.', '/')}.py "
-        f"does not exist"
+        f"{name} is in LAYERS ({describe_layer(layer)}) but {name.replace('.', '/')}.py does not exist"
         for name, layer in LAYERS.items()
         if name not in module_names()
     ]
@@ -374,8 +373,7 @@ def test_no_import_goes_to_a_higher_layer() -> None:
             if target_layer is None:
                 if edge.target not in module_names():
                     problems.append(
-                        f"{edge.where()} imports {edge.target}, which is neither a module "
-                        f"file nor in the layer map"
+                        f"{edge.where()} imports {edge.target}, which is neither a module file nor in the layer map"
                     )
                 continue
             if target_layer > source_layer:
@@ -383,8 +381,7 @@ def test_no_import_goes_to_a_higher_layer() -> None:
                     f"{edge.where()}: {module.name} ({describe_layer(source_layer)}) imports "
                     f"{edge.target} ({describe_layer(target_layer)})"
                 )
-    fail_with("Imports that go up the layers (a module may only import its layer or below):",
-              problems)
+    fail_with("Imports that go up the layers (a module may only import its layer or below):", problems)
 
 
 def test_import_graph_has_no_cycle() -> None:
@@ -395,8 +392,10 @@ def test_import_graph_has_no_cycle() -> None:
         for source, target in zip(cycle, cycle[1:]):
             lines.append("    " + graph[source][target].where())
         if len(component) > len(cycle) - 1:
-            lines.append(f"    (the modules {', '.join(component)} all import each other, "
-                         f"directly or not: breaking this cycle may leave another)")
+            lines.append(
+                f"    (the modules {', '.join(component)} all import each other, "
+                f"directly or not: breaking this cycle may leave another)"
+            )
         problems.append("\n  ".join(lines))
     fail_with("Import cycles (imports under `if TYPE_CHECKING:` not counted):", problems)
 
@@ -420,9 +419,7 @@ def test_base_and_pure_layers_import_no_io_clock_or_logger() -> None:
                 continue
             target_layer = layer_of(edge.target)
             if edge.target in LOW_FORBIDDEN_PACKAGE:
-                problems.append(
-                    f"{edge.where()}: {describe_layer(own_layer)} may not import {edge.target}"
-                )
+                problems.append(f"{edge.where()}: {describe_layer(own_layer)} may not import {edge.target}")
             elif target_layer is None or target_layer > own_layer:
                 problems.append(
                     f"{edge.where()}: {module.name} ({describe_layer(own_layer)}) imports "
@@ -446,11 +443,7 @@ def test_only_the_transport_calls_send() -> None:
         if relative.as_posix() in SEND_EXEMPT_FILES or relative.parts[0] in SEND_EXEMPT_DIRS:
             continue
         for node in ast.walk(parse(module)):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Attribute)
-                and node.func.attr in SEND_METHODS
-            ):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SEND_METHODS:
                 calls.setdefault(relative.as_posix(), []).append(
                     f"{module.rel}:{node.lineno}: `{ast.unparse(node.func)}(...)`"
                 )
@@ -460,8 +453,9 @@ def test_only_the_transport_calls_send() -> None:
     for name in sorted(SEND_MODULES - set(calls)):
         exists = (PACKAGE_DIR / name).exists()
         problems.append(
-            f"{PACKAGE}/{name} " + ("makes no send call" if exists else "does not exist")
-            + f": it should be the one module that writes to sockets"
+            f"{PACKAGE}/{name} "
+            + ("makes no send call" if exists else "does not exist")
+            + ": it should be the one module that writes to sockets"
         )
     fail_with(
         f"Send calls ({', '.join(sorted(SEND_METHODS))}) must be in exactly "
@@ -522,17 +516,14 @@ def test_every_module_opens_with_a_design_comment() -> None:
             continue
         if not first.startswith("#"):
             shown = first if len(first) <= 60 else first[:57] + "..."
-            problems.append(
-                f"{module.rel}:{number + 1}: first line is `{shown}`, not a `#` design comment"
-            )
+            problems.append(f"{module.rel}:{number + 1}: first line is `{shown}`, not a `#` design comment")
             continue
         block = 0
         while number + block < len(lines) and lines[number + block].strip().startswith("#"):
             block += 1
         if block < 2:
             problems.append(
-                f"{module.rel}:{number + 1}: the opening comment is {block} line; a design "
-                f"comment needs at least 2"
+                f"{module.rel}:{number + 1}: the opening comment is {block} line; a design comment needs at least 2"
             )
     fail_with("Modules without an opening design comment (at least 2 `#` lines):", problems)
 
@@ -565,9 +556,7 @@ def private_definitions(tree: ast.Module) -> Set[str]:
                     names.add(child.id)
             elif isinstance(child, (ast.Assign, ast.AnnAssign)):
                 targets = child.targets if isinstance(child, ast.Assign) else [child.target]
-                if child.value is not None and any(
-                    isinstance(t, ast.Name) and t.id == "__slots__" for t in targets
-                ):
+                if child.value is not None and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in targets):
                     for constant in ast.walk(child.value):
                         if isinstance(constant, ast.Constant) and isinstance(constant.value, str):
                             names.add(constant.value)
@@ -603,8 +592,7 @@ def test_no_private_name_is_reached_across_modules() -> None:
                     if (module.rel, base, alias.name) in ALLOWED_PRIVATE_IMPORTS:
                         continue
                     problems.append(
-                        f"{module.rel}:{node.lineno}: `{ast.unparse(node)}` imports private "
-                        f"{alias.name} from {base}"
+                        f"{module.rel}:{node.lineno}: `{ast.unparse(node)}` imports private {alias.name} from {base}"
                     )
     fail_with(
         "Private names used outside the module that defines them (make the name public, or "
@@ -639,7 +627,5 @@ def test_package_is_typed_and_all_names_exist() -> None:
             if not isinstance(name, str):
                 problems.append(f"{PACKAGE}.__all__ holds a non-string: {name!r}")
             elif not hasattr(package, name):
-                problems.append(
-                    f"{PACKAGE}.__all__ names {name!r}, but {PACKAGE}.{name} does not exist"
-                )
+                problems.append(f"{PACKAGE}.__all__ names {name!r}, but {PACKAGE}.{name} does not exist")
     fail_with(f"Public surface of {PACKAGE}:", problems)

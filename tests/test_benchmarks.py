@@ -20,8 +20,14 @@ BENCH = os.path.join(ROOT, "benchmarks")
 
 
 def run_tool(script: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, os.path.join(BENCH, script), *args], cwd=ROOT,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCH, script), *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def last_json(proc: subprocess.CompletedProcess) -> dict:
@@ -54,17 +60,27 @@ def test_flood_reports_its_polls_and_the_hosts_steal_time() -> None:
 
 def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_path) -> None:
     report = tmp_path / "RESULTS.md"
-    report.write_text("# old\n\n## Targets\n\nstale\n\n## Soak\n\nsoak figures\n\n"
-                      "## Where the time goes\n\nnotes\n")
-    proc = run_tool("run.py", "--quick", "--only", "pipeline,echo,rtt,fanin",
-                    "--peers", "floor,asyncio_protocol,reactor_mgmt", "--output", str(report))
+    report.write_text("# old\n\n## Targets\n\nstale\n\n## Soak\n\nsoak figures\n\n## Where the time goes\n\nnotes\n")
+    proc = run_tool(
+        "run.py",
+        "--quick",
+        "--only",
+        "pipeline,echo,rtt,fanin",
+        "--peers",
+        "floor,asyncio_protocol,reactor_mgmt",
+        "--output",
+        str(report),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
     assert "FAILED" not in text, text  # a dropped or garbled reply is reported as FAILED
     assert "stale" not in text
     assert text.index("## Soak\n\nsoak figures") < text.index("## Where the time goes\n\nnotes")
-    targets = [line for line in text.splitlines()
-               if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median", "| Fan-in req/s", "| Fan-in p99"))]
+    targets = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("| Pipeline vs", "| Echo vs", "| rtt median", "| Fan-in req/s", "| Fan-in p99"))
+    ]
     assert len(targets) == 7
     assert all(line.rstrip(" |").endswith(("PASS", "FAIL")) for line in targets), targets
     # echo's and pipeline's targets come from side-by-side phases, as rtt's and fan-in's do
@@ -81,11 +97,13 @@ def test_a_quick_run_checks_every_reply_and_keeps_the_hand_written_sections(tmp_
 
 def test_a_target_against_a_peer_left_out_is_not_run_rather_than_failed(tmp_path) -> None:
     report = tmp_path / "RESULTS.md"
-    proc = run_tool("run.py", "--quick", "--only", "pipeline", "--peers", "floor,reactor_mgmt",
-                    "--output", str(report))
+    proc = run_tool("run.py", "--quick", "--only", "pipeline", "--peers", "floor,reactor_mgmt", "--output", str(report))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.read_text().splitlines()
-            if line.startswith("| Pipeline vs")}
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in report.read_text().splitlines()
+        if line.startswith("| Pipeline vs")
+    }
     assert rows["Pipeline vs asyncio Protocol (side by side)"].endswith("| n/a (not run) | >= 1.0x | - |")
     assert rows["Pipeline vs floor (side by side)"].rstrip(" |").endswith(("PASS", "FAIL"))
 
@@ -97,9 +115,19 @@ def test_a_quick_realistic_run_checks_every_reply(tmp_path) -> None:
     # benchmarks/realistic.py: one-shot JSON connections, JSON round trips, distinct pipelined
     # echoes and the 60 Hz host under a flood, against the floor and reactor_mgmt's host loop.
     raw, report = tmp_path / "realistic.json", tmp_path / "REALISTIC.md"
-    proc = run_tool("realistic.py", "--quick", "--only", ",".join(REALISTIC_CELLS),
-                    "--peers", "floor,reactor_mgmt", "--json", str(raw), "--output", str(report),
-                    timeout=120)
+    proc = run_tool(
+        "realistic.py",
+        "--quick",
+        "--only",
+        ",".join(REALISTIC_CELLS),
+        "--peers",
+        "floor,reactor_mgmt",
+        "--json",
+        str(raw),
+        "--output",
+        str(report),
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = json.loads(raw.read_text())
     assert set(runs) == {f"{w}/{p}" for w in REALISTIC_CELLS for p in ("floor", "reactor_mgmt")}
@@ -148,8 +176,17 @@ def test_the_realistic_load_generator_fails_a_wrong_reply() -> None:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        proc = run_tool("realistic_load.py", "churn", "--port", str(lsock.getsockname()[1]),
-                        "--conc", "1", "--duration", "0.2", timeout=60)
+        proc = run_tool(
+            "realistic_load.py",
+            "churn",
+            "--port",
+            str(lsock.getsockname()[1]),
+            "--conc",
+            "1",
+            "--duration",
+            "0.2",
+            timeout=60,
+        )
     finally:
         stop.set()
         thread.join(5)
@@ -170,19 +207,22 @@ def test_the_toolkit_and_tls_cost_benchmarks_run_and_check_their_replies() -> No
 
 def test_the_plot_script_measures_without_matplotlib() -> None:
     # matplotlib is the optional `bench` extra: plots.py imports it only to draw.
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import plots; "
-            "assert 'matplotlib' not in sys.modules, 'plots.py imported matplotlib at import time'")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import plots; "
+        "assert 'matplotlib' not in sys.modules, 'plots.py imported matplotlib at import time'"
+    )
     proc = subprocess.run([sys.executable, "-c", code, BENCH], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None,
-                    reason="matplotlib is not installed (the optional `bench` extra); plots.py cannot draw")
+@pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None,
+    reason="matplotlib is not installed (the optional `bench` extra); plots.py cannot draw",
+)
 def test_a_quick_plot_run_writes_png_files_and_links_them(tmp_path) -> None:
     out, report, raw = tmp_path / "plots", tmp_path / "RESULTS.md", tmp_path / "plots.json"
     report.write_text("# results\n\n## Targets\n\nrun.py's\n\n## Soak\n\nsoak figures\n")
-    proc = run_tool("plots.py", "--quick", "--out", str(out), "--results", str(report), "--json", str(raw),
-                    timeout=180)
+    proc = run_tool("plots.py", "--quick", "--out", str(out), "--results", str(report), "--json", str(raw), timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]  # every round trip and frame measured
     for name in ("tick", "rtt", "frames"):
         png = (out / f"{name}.png").read_bytes()

@@ -17,13 +17,13 @@ import socket
 from typing import List
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import reactor_mgmt
+from conftest import CACHE_MODES, RawClient
 from reactor_mgmt import CommandError, Pending
 from reactor_mgmt._protocol import RequestDecoder, _needs_strip
-
-from conftest import CACHE_MODES, RawClient
 
 MODES = (True, False)  # _caches: on, then off
 
@@ -150,24 +150,90 @@ def _add_transcript_commands(server: reactor_mgmt.Server, calls: list) -> None:
 # unknown commands, usage errors, a handler that raises, a refusal, a parse error; a Pending
 # resolved at once, one resolved by a timer and one that times out; streams, as text and JSON.
 _BODY = [
-    "ping", "echo a  b", "echo 'a  b' \"c d\"", "echo a\x0bb", "echo café  au lait", "  echo padded  ",
-    "echo\ttab", "info", "show players", "show", "show nobody", "stauts", "nope", "help show", "help add",
-    "add 2", "add 2 3", "add 2 3 --times 4", "add 2 --times=3", "add x", "add 1 2 3", "add 1 --bogus",
-    "boom", "refuse", "later", "slow", "slow quick", "expire", "countdown 3", "countdown 0", "countdown -1",
-    "tick", "tick", "sub", "plain", "shout x  y", 'echo "unbalanced', "echo", "echo --", "echo --force",
-    '{"cmd": "ping", "id": 1}', '{"cmd": "echo", "args": ["a  b", 2], "id": "two"}',
-    '{"cmd": "add", "args": [2], "kwargs": {"times": 5}, "id": 3}', '{"argv": ["add", "2", "--times", "3"], "id": 4}',
-    '{"argv": ["echo", "a  b"]}', '{"cmd": "show players", "id": 5}', '{"cmd": "countdown", "args": [2], "id": 6}',
-    '{"cmd": "slow", "id": 7}', '{"cmd": "nope", "id": 8}', '{"cmd": "boom", "id": 9}', '{"cmd": "refuse"}',
-    '{"cmd": "add", "args": ["x"], "id": 10}', '{"cmd": ', '[1, 2]', '{"argv": []}', '{"cmd": "later", "id": 11}',
+    "ping",
+    "echo a  b",
+    "echo 'a  b' \"c d\"",
+    "echo a\x0bb",
+    "echo café  au lait",
+    "  echo padded  ",
+    "echo\ttab",
+    "info",
+    "show players",
+    "show",
+    "show nobody",
+    "stauts",
+    "nope",
+    "help show",
+    "help add",
+    "add 2",
+    "add 2 3",
+    "add 2 3 --times 4",
+    "add 2 --times=3",
+    "add x",
+    "add 1 2 3",
+    "add 1 --bogus",
+    "boom",
+    "refuse",
+    "later",
+    "slow",
+    "slow quick",
+    "expire",
+    "countdown 3",
+    "countdown 0",
+    "countdown -1",
+    "tick",
+    "tick",
+    "sub",
+    "plain",
+    "shout x  y",
+    'echo "unbalanced',
+    "echo",
+    "echo --",
+    "echo --force",
+    '{"cmd": "ping", "id": 1}',
+    '{"cmd": "echo", "args": ["a  b", 2], "id": "two"}',
+    '{"cmd": "add", "args": [2], "kwargs": {"times": 5}, "id": 3}',
+    '{"argv": ["add", "2", "--times", "3"], "id": 4}',
+    '{"argv": ["echo", "a  b"]}',
+    '{"cmd": "show players", "id": 5}',
+    '{"cmd": "countdown", "args": [2], "id": 6}',
+    '{"cmd": "slow", "id": 7}',
+    '{"cmd": "nope", "id": 8}',
+    '{"cmd": "boom", "id": 9}',
+    '{"cmd": "refuse"}',
+    '{"cmd": "add", "args": ["x"], "id": 10}',
+    '{"cmd": ',
+    "[1, 2]",
+    '{"argv": []}',
+    '{"cmd": "later", "id": 11}',
 ]
 # Authentication first; then the level going down, with the same lines asked before and after.
 _TRANSCRIPT = (
     ["secret", "ping", "help", "opcmd x", '{"cmd": "secret", "id": 0}', "auth wrong", "auth s3cret"]
-    + _BODY + ["secret", "opcmd a  b"] + _BODY  # the second time round, the cache is warm
-    + ["level", "level operator", "secret", '{"cmd": "secret", "id": 12}', '{"argv": ["secret"]}', "help secret",
-       "opcmd a  b", "opcmd x", "level admin", "level user", "opcmd a  b", '{"argv": ["opcmd", "y"]}', "help",
-       "secret", "info", "tick", "level", "nope", "stauts"]
+    + _BODY
+    + ["secret", "opcmd a  b"]
+    + _BODY  # the second time round, the cache is warm
+    + [
+        "level",
+        "level operator",
+        "secret",
+        '{"cmd": "secret", "id": 12}',
+        '{"argv": ["secret"]}',
+        "help secret",
+        "opcmd a  b",
+        "opcmd x",
+        "level admin",
+        "level user",
+        "opcmd a  b",
+        '{"argv": ["opcmd", "y"]}',
+        "help",
+        "secret",
+        "info",
+        "tick",
+        "level",
+        "nope",
+        "stauts",
+    ]
     + ["GET / HTTP/1.1"]  # last: closes the connection, after the replies to every line before it
 )
 
@@ -227,13 +293,19 @@ def test_a_transcript_gives_the_same_bytes_with_the_caches_on_and_off(make_serve
     assert "ERR permission denied: cannot raise the level from operator to admin\n" in text
     assert text.count("slow done\n") == 2 and text.count("quick done\n") == 2 and text.count("ERR timeout\n") == 2
     assert text.count("3...\n2...\n1...\n") == 2
-    assert text.count('{"id": 6, "stream": true}\n{"id": 6, "item": "2..."}\n{"id": 6, "item": "1..."}\n'
-                      '{"id": 6, "ok": true, "result": null, "items": 2}\n') == 2
+    assert (
+        text.count(
+            '{"id": 6, "stream": true}\n{"id": 6, "item": "2..."}\n{"id": 6, "item": "1..."}\n'
+            '{"id": 6, "ok": true, "result": null, "items": 2}\n'
+        )
+        == 2
+    )
     assert text.count("ERR internal error (RuntimeError)\n") == 2
     assert text.count("ERR unknown command 'stauts'; did you mean 'stats'?\n") == 3
     assert text.count("ERR no help for 'secret' at this connection's level\n") == 1
-    assert text.endswith("user\nERR unknown command 'nope' (try 'help')\n"
-                         "ERR unknown command 'stauts'; did you mean 'stats'?\n")  # and no reply to GET
+    assert text.endswith(
+        "user\nERR unknown command 'nope' (try 'help')\nERR unknown command 'stauts'; did you mean 'stats'?\n"
+    )  # and no reply to GET
 
 
 def test_a_transcript_one_request_at_a_time_gives_what_the_pipeline_gives(make_server):
@@ -399,16 +471,35 @@ def _add_run_commands(server: reactor_mgmt.Server, calls: list) -> None:
         return str(server.stats.commands)
 
 
-_ECHO_WORDS = ["a  b", "a\tb", "a\x0bb", "caf\xe9 b", "'q w' x", "a\\b", "a\x01b", "x", "1 2 3 4 5", "\u2003a",
-               "{x}", "a\xa0b"]
+_ECHO_WORDS = [
+    "a  b",
+    "a\tb",
+    "a\x0bb",
+    "caf\xe9 b",
+    "'q w' x",
+    "a\\b",
+    "a\x01b",
+    "x",
+    "1 2 3 4 5",
+    "\u2003a",
+    "{x}",
+    "a\xa0b",
+]
 
 
 @pytest.mark.parametrize("per_tick", [5, 256])
 def test_a_pipeline_gives_the_same_replies_and_calls_with_the_caches_on_and_off(make_server, per_tick):
-    requests = (["ping"] * 40 + ["tick"] * 30 + [f"echo {i} x{i}" for i in range(25)]
-                + ["echo 'quoted words' x", "echo a\x0bb", "echo a  b"] + ["same"] * 12
-                + ["lines a b", "lines", "lines c"] * 5 + [f"lines {i} x{i}" for i in range(9)]
-                + ["echo"] * 6 + ["tick"] * 3)
+    requests = (
+        ["ping"] * 40
+        + ["tick"] * 30
+        + [f"echo {i} x{i}" for i in range(25)]
+        + ["echo 'quoted words' x", "echo a\x0bb", "echo a  b"]
+        + ["same"] * 12
+        + ["lines a b", "lines", "lines c"] * 5
+        + [f"lines {i} x{i}" for i in range(9)]
+        + ["echo"] * 6
+        + ["tick"] * 3
+    )
     transcripts, calls_seen = [], []
     for caches in MODES:
         server = make_server("127.0.0.1", max_commands_per_tick=per_tick, _caches=caches)
@@ -428,10 +519,19 @@ def test_a_pipeline_gives_the_same_replies_and_calls_with_the_caches_on_and_off(
 
 @pytest.mark.parametrize("per_tick", [7, 256])
 def test_echo_gives_the_same_replies_with_the_caches_on_and_off(make_server, per_tick):
-    requests = ([f"echo {i} x{i}" for i in range(40)] + ["ping"] + [f"echo {words}" for words in _ECHO_WORDS]
-                + ["ping"] + [f"echo {i}" for i in range(6)] + [f"echo {words}" for words in _ECHO_WORDS[::-1]]
-                + ["echo one"] * 9 + [f"echo w{i} {words}" for i, words in enumerate(_ECHO_WORDS * 2)]
-                + ["echo"] * 5 + ["echo z z"] * 5 + ["ping"])
+    requests = (
+        [f"echo {i} x{i}" for i in range(40)]
+        + ["ping"]
+        + [f"echo {words}" for words in _ECHO_WORDS]
+        + ["ping"]
+        + [f"echo {i}" for i in range(6)]
+        + [f"echo {words}" for words in _ECHO_WORDS[::-1]]
+        + ["echo one"] * 9
+        + [f"echo w{i} {words}" for i, words in enumerate(_ECHO_WORDS * 2)]
+        + ["echo"] * 5
+        + ["echo z z"] * 5
+        + ["ping"]
+    )
     transcripts, counted = [], []
     for caches in MODES:
         server = make_server("127.0.0.1", max_commands_per_tick=per_tick, _caches=caches)
@@ -442,8 +542,20 @@ def test_echo_gives_the_same_replies_with_the_caches_on_and_off(make_server, per
     assert counted[0] == counted[1] == len(requests) + 1  # every request counted once (+ the marker)
     replies = transcripts[0]
     assert replies[:41] == [f"{i} x{i}" for i in range(40)] + ["pong"]
-    assert replies[41:53] == ["a b", "a b", "a\x0bb", "caf\xe9 b", "q w x", "ab", "a\x01b", "x", "1 2 3 4 5",
-                              "\u2003a", "{x}", "a\xa0b"]  # shlex keeps Unicode spaces inside a word
+    assert replies[41:53] == [
+        "a b",
+        "a b",
+        "a\x0bb",
+        "caf\xe9 b",
+        "q w x",
+        "ab",
+        "a\x01b",
+        "x",
+        "1 2 3 4 5",
+        "\u2003a",
+        "{x}",
+        "a\xa0b",
+    ]  # shlex keeps Unicode spaces inside a word
 
 
 @CACHE_MODES
@@ -477,8 +589,12 @@ def test_a_handler_that_raises_in_a_pipeline_costs_only_its_own_reply(make_serve
 
     replies = _pipeline(server, ["flaky"] * 30)
     assert len(calls) == 30
-    assert replies == ([f"ok {n}" for n in range(1, 10)] + ["ERR internal error (RuntimeError)"]
-                       + [f"ok {n}" for n in range(11, 31)] + ["pong"])
+    assert replies == (
+        [f"ok {n}" for n in range(1, 10)]
+        + ["ERR internal error (RuntimeError)"]
+        + [f"ok {n}" for n in range(11, 31)]
+        + ["pong"]
+    )
     assert server.stats.commands == 31
 
 
@@ -492,14 +608,17 @@ def test_stats_count_every_request_of_a_pipeline_once(make_server):
 
 
 @CACHE_MODES
-@pytest.mark.parametrize("line, reply", [
-    ("info", "answer: 42"),
-    ('echo "a b"', "a b"),                       # quoted: never cached
-    ("nosuch", "ERR unknown command 'nosuch' (try 'help')"),
-    ("secret", "ERR permission denied: 'secret' needs admin"),
-    ("later", "done later"),                     # a resolved Pending
-    ("ping", "pong"),
-])
+@pytest.mark.parametrize(
+    "line, reply",
+    [
+        ("info", "answer: 42"),
+        ('echo "a b"', "a b"),  # quoted: never cached
+        ("nosuch", "ERR unknown command 'nosuch' (try 'help')"),
+        ("secret", "ERR permission denied: 'secret' needs admin"),
+        ("later", "done later"),  # a resolved Pending
+        ("ping", "pong"),
+    ],
+)
 def test_identical_lines_each_get_their_own_reply(make_server, line, reply):
     server = make_server("127.0.0.1", level="operator", max_commands_per_tick=7)
     _add_probe_commands(server)
@@ -592,7 +711,15 @@ def test_a_pipeline_that_parks_then_raises_keeps_every_reply_in_order(make_serve
     parked[0].resolve("sixth")
     client.wait_for(lambda buf: buf.endswith(b"pong\n"))
     assert client.buffer.decode().split("\n")[5:-1] == [
-        "sixth", "job 7", "ERR eighth refused", "job 9", "job 10", "job 11", "job 12", "pong"]
+        "sixth",
+        "job 7",
+        "ERR eighth refused",
+        "job 9",
+        "job 10",
+        "job 11",
+        "job 12",
+        "pong",
+    ]
     client.close()
 
 
@@ -692,7 +819,7 @@ class _SendFails:
 
     def __init__(self, sock: socket.socket, error: OSError) -> None:
         self._sock = sock
-        self.error: "OSError | None" = error
+        self.error: OSError | None = error
 
     def send(self, data: bytes) -> int:
         if self.error is not None:
@@ -799,13 +926,16 @@ def test_batch_decode_equals_strip_per_line(lines):
     assert RequestDecoder().feed(data) == expected
 
 
-@pytest.mark.parametrize("data, expected, with_blanks", [
-    (b"echo a  b\nping\n", ["echo a  b", "ping"], ["echo a  b", "ping"]),
-    (b"\nping\n\n", ["ping"], ["", "ping", ""]),
-    (b"ping \n ping\n", ["ping", "ping"], ["ping", "ping"]),
-    (b"a\n  \n\nb\n", ["a", "b"], ["a", "", "", "b"]),
-    (b"ping\n" * 20 + b"\n", ["ping"] * 20, ["ping"] * 20 + [""]),
-])
+@pytest.mark.parametrize(
+    "data, expected, with_blanks",
+    [
+        (b"echo a  b\nping\n", ["echo a  b", "ping"], ["echo a  b", "ping"]),
+        (b"\nping\n\n", ["ping"], ["", "ping", ""]),
+        (b"ping \n ping\n", ["ping", "ping"], ["ping", "ping"]),
+        (b"a\n  \n\nb\n", ["a", "b"], ["a", "", "", "b"]),
+        (b"ping\n" * 20 + b"\n", ["ping"] * 20, ["ping"] * 20 + [""]),
+    ],
+)
 def test_reads_the_plain_path_declines_still_strip_and_drop_blanks(data, expected, with_blanks):
     """Blank lines and spaces next to a LF (or doubled) send a read down the general path."""
     assert RequestDecoder().feed(data) == expected
@@ -824,8 +954,10 @@ _plain_line = st.text(alphabet=st.sampled_from(list("ab x{\"'\t\r")), min_size=0
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(_plain_line, st.sampled_from([1, 1, 1, 2, 8, 30])), max_size=12),
-       st.lists(st.integers(0, 600), max_size=8))
+@given(
+    st.lists(st.tuples(_plain_line, st.sampled_from([1, 1, 1, 2, 8, 30])), max_size=12),
+    st.lists(st.integers(0, 600), max_size=8),
+)
 def test_plain_reads_cut_anywhere_decode_to_the_stripped_lines(runs, cuts):
     data = b"".join((line.encode() + b"\n") * times for line, times in runs)
     decoder = RequestDecoder(max_line=600)
@@ -844,11 +976,29 @@ def test_plain_reads_cut_anywhere_decode_to_the_stripped_lines(runs, cuts):
     assert decoder.buffered == 0
 
 
-@pytest.mark.parametrize("data", [
-    b"ping\n", b"echo a  b\n", b" ping\n", b"ping \n", b"p\tq\n", b"ping\r\n", b"a\x7fb\n", b"\x1b[A\n",
-    b"x\x00y\n", b"\xff\xfb\x01ping\n", b"caf\xc3\xa9\n", b"\x04\n", b"\n", b" \n", b"x" * 64 + b"\n",
-    b"x" * 65 + b"\n", b'{"cmd": "ping"}\n', b"a\x0bb\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"ping\n",
+        b"echo a  b\n",
+        b" ping\n",
+        b"ping \n",
+        b"p\tq\n",
+        b"ping\r\n",
+        b"a\x7fb\n",
+        b"\x1b[A\n",
+        b"x\x00y\n",
+        b"\xff\xfb\x01ping\n",
+        b"caf\xc3\xa9\n",
+        b"\x04\n",
+        b"\n",
+        b" \n",
+        b"x" * 64 + b"\n",
+        b"x" * 65 + b"\n",
+        b'{"cmd": "ping"}\n',
+        b"a\x0bb\n",
+    ],
+)
 def test_one_line_reads_decode_as_the_same_bytes_cut_in_two(data):
     """A whole one-line read takes the one-line fast path; the same bytes cut in two cannot."""
     whole = RequestDecoder(max_line=64)
@@ -858,15 +1008,18 @@ def test_one_line_reads_decode_as_the_same_bytes_cut_in_two(data):
     assert whole.feed(b"ping\n") == cut.feed(b"ping\n")  # and both are left in the same state
 
 
-@pytest.mark.parametrize("before", [
-    b"\xff",  # IAC: the next byte is a telnet command
-    b"\xff\xfb",  # IAC WILL: the next byte is the option
-    b"\xff\xfa\x18",  # inside a subnegotiation, until IAC SE
-    b"ping\r",  # a CR whose LF has not arrived
-    b"pi",  # an unfinished line
-    b"x" * 70,  # an over-long line being discarded
-    b"\x04",  # Ctrl-D: the session is over
-])
+@pytest.mark.parametrize(
+    "before",
+    [
+        b"\xff",  # IAC: the next byte is a telnet command
+        b"\xff\xfb",  # IAC WILL: the next byte is the option
+        b"\xff\xfa\x18",  # inside a subnegotiation, until IAC SE
+        b"ping\r",  # a CR whose LF has not arrived
+        b"pi",  # an unfinished line
+        b"x" * 70,  # an over-long line being discarded
+        b"\x04",  # Ctrl-D: the session is over
+    ],
+)
 def test_a_one_line_read_after_a_read_that_left_state_takes_the_general_path(before):
     """The one-line path runs only while every layer is at rest. After a read that leaves one
     mid-sequence, the same one-line read must mean what the general path makes of it."""

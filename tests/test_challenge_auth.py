@@ -13,11 +13,10 @@ from typing import Any, Iterator
 import pytest
 
 import reactor_mgmt
+from conftest import RawClient, ServerThread, require_tool
 from reactor_mgmt._builtins import cleartext_allowed
 from reactor_mgmt._client import ERROR, OK, FanOut, auth_requests, is_challenge
 from reactor_mgmt._wire import challenge_digest
-
-from conftest import RawClient, ServerThread, require_tool
 from test_cli import run_cli
 from tls_helpers import ensure_check_response
 
@@ -65,10 +64,12 @@ def test_a_challenge_is_random_per_request_and_good_for_one_answer(authed):
     # Only the latest challenge counts, and an answer uses it up, right or wrong.
     assert client.request(f"auth response {challenge_digest(TOKEN, first)}") == ["ERR authentication failed"]
     assert client.request(f"auth response {challenge_digest(TOKEN, second)}") == [
-        "ERR no challenge to answer: send 'auth challenge' first"]
+        "ERR no challenge to answer: send 'auth challenge' first"
+    ]
     other = RawClient(authed)  # challenges are per connection
     assert other.request(f"auth response {challenge_digest(TOKEN, second)}") == [
-        "ERR no challenge to answer: send 'auth challenge' first"]
+        "ERR no challenge to answer: send 'auth challenge' first"
+    ]
     third = _challenge(client)
     assert other.request(f"auth response {challenge_digest(TOKEN, third)}")[0].startswith("ERR no challenge")
     assert client.request(f"auth response {challenge_digest(TOKEN, third).upper()}") == ["OK"]
@@ -119,9 +120,14 @@ def test_the_openssl_recipe_by_hand(authed):
     client = RawClient(authed)
     challenge = _challenge(client)
     # The README's recipe, run by a shell exactly as written there.
-    proc = subprocess.run(["sh", "-c", f"printf '%s' {challenge} | {openssl} dgst -sha256 -hmac \"$TOKEN\""],
-                          env={"TOKEN": TOKEN, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=30, check=True)
+    proc = subprocess.run(
+        ["sh", "-c", f"printf '%s' {challenge} | {openssl} dgst -sha256 -hmac \"$TOKEN\""],
+        env={"TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     digest = proc.stdout.strip().rsplit("= ", 1)[1]  # "SHA2-256(stdin)= 9f86..." or "(stdin)= 9f86..."
     assert digest == challenge_digest(TOKEN, challenge)
     assert client.request(f"auth response {digest}") == ["OK"]
@@ -151,20 +157,23 @@ class _Listener:
         self.address = address
 
 
-@pytest.mark.parametrize("address, loopback", [
-    (("127.0.0.1", 8123), True),
-    (("127.8.9.10", 8123), True),
-    (("::1", 8123, 0, 0), True),
-    (("::ffff:127.0.0.1", 8123, 0, 0), True),
-    (("fe80::1%eth0", 8123, 0, 2), False),
-    (("0.0.0.0", 8123), False),
-    (("192.168.1.5", 8123), False),
-    (("::", 8123, 0, 0), False),
-    (("not-an-ip", 8123), False),
-    ("/run/app.sock", True),
-    ("\0abstract", True),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    "address, loopback",
+    [
+        (("127.0.0.1", 8123), True),
+        (("127.8.9.10", 8123), True),
+        (("::1", 8123, 0, 0), True),
+        (("::ffff:127.0.0.1", 8123, 0, 0), True),
+        (("fe80::1%eth0", 8123, 0, 2), False),
+        (("0.0.0.0", 8123), False),
+        (("192.168.1.5", 8123), False),
+        (("::", 8123, 0, 0), False),
+        (("not-an-ip", 8123), False),
+        ("/run/app.sock", True),
+        ("\0abstract", True),
+        (None, False),
+    ],
+)
 def test_cleartext_policy(address, loopback):
     listener = _Listener(address)
     assert cleartext_allowed("always", listener) is True
@@ -176,8 +185,7 @@ def test_cleartext_refused_where_the_policy_says(make_server, tmp_path, caplog):
     srv = make_server(host="0.0.0.0", token=TOKEN, unix=str(tmp_path / "mgmt.sock"))
     srv.cleartext_auth = "loopback"
     remote_side = RawClient(srv, ("127.0.0.1", srv.port))  # through a listener bound to every address
-    assert remote_side.request(f"auth {TOKEN}") == [
-        "ERR cleartext auth refused on this listener: use 'auth challenge'"]
+    assert remote_side.request(f"auth {TOKEN}") == ["ERR cleartext auth refused on this listener: use 'auth challenge'"]
     assert remote_side.request(f"auth {TOKEN}")[0].startswith("ERR cleartext auth refused")  # no failure counted
     assert remote_side.request(f"auth {TOKEN}")[0].startswith("ERR cleartext auth refused")
     challenge = _challenge(remote_side)
@@ -213,12 +221,17 @@ def test_client_and_fan_out_use_challenge_response(strict):
         reactor_mgmt.Client(address, token="wrong")
     assert (info.value.code, info.value.message) == ("denied", "authentication failed")
     events: list = []
-    outcomes = FanOut([address, address.replace("127.0.0.1", "localhost")], {"argv": ["secret"]},
-                      on_event=lambda endpoint, kind, value: events.append((kind, value)), token=TOKEN).run()
+    outcomes = FanOut(
+        [address, address.replace("127.0.0.1", "localhost")],
+        {"argv": ["secret"]},
+        on_event=lambda endpoint, kind, value: events.append((kind, value)),
+        token=TOKEN,
+    ).run()
     assert outcomes == [OK, OK] and events == [("result", "the plans")] * 2
     events.clear()
-    outcomes = FanOut([address], {"argv": ["secret"]}, on_event=lambda e, kind, value: events.append((kind, value)),
-                      token="wrong").run()
+    outcomes = FanOut(
+        [address], {"argv": ["secret"]}, on_event=lambda e, kind, value: events.append((kind, value)), token="wrong"
+    ).run()
     assert outcomes == [ERROR] and events[0][1].message == "authentication failed"
 
 
@@ -239,8 +252,9 @@ def test_clients_fall_back_to_cleartext_on_a_server_without_challenges():
         with reactor_mgmt.Client(address, token=TOKEN) as client:
             assert client.call("secret") == "the plans"
         events: list = []
-        outcomes = FanOut([address], {"argv": ["secret"]}, token=TOKEN,
-                          on_event=lambda e, kind, value: events.append((kind, value))).run()
+        outcomes = FanOut(
+            [address], {"argv": ["secret"]}, token=TOKEN, on_event=lambda e, kind, value: events.append((kind, value))
+        ).run()
         assert outcomes == [OK] and events == [("result", "the plans")]
         proc = run_cli("-c", address, "--token", TOKEN, "secret")
         assert (proc.returncode, proc.stdout) == (0, "the plans\n")
@@ -271,8 +285,12 @@ def test_clients_with_an_auth_challenge_that_is_not_ours():
         with reactor_mgmt.Client(address, token=TOKEN) as client:
             assert client.call("secret") == "the plans"
         events: list = []
-        outcomes = FanOut([address, broken_address], {"argv": ["secret"]}, token=TOKEN,
-                          on_event=lambda e, kind, value: events.append((e.label, kind, value))).run()
+        outcomes = FanOut(
+            [address, broken_address],
+            {"argv": ["secret"]},
+            token=TOKEN,
+            on_event=lambda e, kind, value: events.append((e.label, kind, value)),
+        ).run()
         assert outcomes == [OK, ERROR]
         assert (address, "result", "the plans") in events
         ((_, kind, error),) = [event for event in events if event[0] == broken_address]

@@ -10,16 +10,22 @@ from typing import Iterator, List
 import pytest
 
 import reactor_mgmt
+from conftest import ROOT, Daemon, ServerThread, child_env, free_port
 from reactor_mgmt import Pending
 from reactor_mgmt._cli import Completer, main, parse_help
 from reactor_mgmt._errors import CommandError
 
-from conftest import ROOT, Daemon, ServerThread, child_env, free_port
 
-
-def run_cli(*args: str, stdin: str = "", env: "dict | None" = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reactor_mgmt", *args], input=stdin, capture_output=True,
-                          text=True, env=child_env(env), cwd=ROOT, timeout=timeout)
+def run_cli(*args: str, stdin: str = "", env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "reactor_mgmt", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=child_env(env),
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess) -> None:
@@ -36,8 +42,15 @@ def test_success_prints_the_reply_as_text_and_exits_0(slow_demo):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("uptime_s:") and any(line.startswith("ticks:") for line in lines)
     # aligned exactly as the server aligns its text replies
-    assert len({line.index(":") + len(line[line.index(":") + 1:]) - len(line[line.index(":") + 1:].lstrip())
-                for line in lines}) == 1
+    assert (
+        len(
+            {
+                line.index(":") + len(line[line.index(":") + 1 :]) - len(line[line.index(":") + 1 :].lstrip())
+                for line in lines
+            }
+        )
+        == 1
+    )
     assert proc.stderr == ""
 
     table = run_cli("-c", slow_demo.address, "show", "jobs")
@@ -110,8 +123,9 @@ def test_address_file(slow_demo):
 
 def test_token(tmp_path):
     address_file = str(tmp_path / "demo.addr")
-    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file,
-                     "--token", "s3cret"], address_file)
+    daemon = Daemon(
+        ["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file, "--token", "s3cret"], address_file
+    )
     try:
         assert run_cli("-c", daemon.address, "--token", "s3cret", "ping").returncode == 0
         proc = run_cli("-c", daemon.address, "--json", "status", env={"REACTOR_MGMT_TOKEN": "s3cret"})
@@ -145,8 +159,9 @@ def fleet() -> Iterator[List[reactor_mgmt.Server]]:
             srv.add_command("whoami", lambda: Pending(timeout=0))
         else:
             srv.add_command("whoami", lambda index=index: {"name": f"node{index}", "up": True})
-        srv.add_command("fail", lambda index=index: (_ for _ in ()).throw(CommandError("nope"))
-                        if index == 0 else "fine")
+        srv.add_command(
+            "fail", lambda index=index: (_ for _ in ()).throw(CommandError("nope")) if index == 0 else "fine"
+        )
         servers.append(srv)
     thread = ServerThread(*servers)
     try:
@@ -175,8 +190,9 @@ def test_fan_out_to_50_with_one_dead_and_one_slow(fleet):
 
 def test_fan_out_err_exits_1_and_json_names_the_endpoint(fleet, tmp_path):
     hosts = tmp_path / "hosts"
-    hosts.write_text("# three of the fleet\n" + "".join(f"127.0.0.1:{srv.port}  # n{i}\n\n"
-                                                         for i, srv in enumerate(fleet[:3])))
+    hosts.write_text(
+        "# three of the fleet\n" + "".join(f"127.0.0.1:{srv.port}  # n{i}\n\n" for i, srv in enumerate(fleet[:3]))
+    )
     proc = run_cli("--hosts-file", str(hosts), "fail")
     assert proc.returncode == 1
     first = f"127.0.0.1:{fleet[0].port}"
@@ -200,8 +216,13 @@ def test_ctrl_c_ends_a_one_shot_stream_quietly(slow_demo):
     # the child runs untraced; a hang without coverage would still fail here.
     env = child_env()
     env.pop("COVERAGE_PROCESS_START", None)
-    proc = subprocess.Popen([sys.executable, "-m", "reactor_mgmt", "-c", slow_demo.address, "count", "100000000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reactor_mgmt", "-c", slow_demo.address, "count", "100000000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
     try:
         assert proc.stdout.readline() == b"line 1\n"
         proc.send_signal(signal.SIGINT)
@@ -247,16 +268,21 @@ def test_text_a_handler_writes_itself_is_printed_without_an_ok(capsys):
         assert main(["-c", address, "-c", f"[::1]:{free_port()}", "--json", "chatty"]) == 2
         captured = capsys.readouterr()
         assert [json.loads(line) for line in captured.out.splitlines()] == [
-            {"endpoint": address, "text": "first"}, {"endpoint": address, "text": "second"}]
+            {"endpoint": address, "text": "first"},
+            {"endpoint": address, "text": "second"},
+        ]
         assert captured.err.endswith("1 ok, 0 errors, 1 unreachable\n")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--hosts-file", "{tmp}/comments"], "hosts file {tmp}/comments lists no endpoints"),
-    (["--hosts-file", "{tmp}/missing"], "cannot read hosts file {tmp}/missing: No such file or directory"),
-    (["--address-file", "{tmp}/empty"], "address file {tmp}/empty is empty (is the server running?)"),
-    (["-c", "127.0.0.1:99999"], "bad port 99999 in address 127.0.0.1:99999"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--hosts-file", "{tmp}/comments"], "hosts file {tmp}/comments lists no endpoints"),
+        (["--hosts-file", "{tmp}/missing"], "cannot read hosts file {tmp}/missing: No such file or directory"),
+        (["--address-file", "{tmp}/empty"], "address file {tmp}/empty is empty (is the server running?)"),
+        (["-c", "127.0.0.1:99999"], "bad port 99999 in address 127.0.0.1:99999"),
+    ],
+)
 def test_bad_endpoint_options_exit_2(tmp_path, capsys, args, message):
     (tmp_path / "comments").write_text("# nothing here\n\n")
     (tmp_path / "empty").write_text("\n")

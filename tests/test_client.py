@@ -10,6 +10,7 @@ from typing import Iterator, List
 import pytest
 
 import reactor_mgmt
+from conftest import TIMEOUT, ServerThread, free_port
 from reactor_mgmt import Connection, Pending, RemoteError
 from reactor_mgmt._client import (
     ERROR,
@@ -24,8 +25,6 @@ from reactor_mgmt._client import (
     parse_message,
 )
 from reactor_mgmt._errors import CommandError, ReactorMgmtError
-
-from conftest import TIMEOUT, ServerThread, free_port
 
 
 def _add_commands(srv: reactor_mgmt.Server) -> None:
@@ -94,13 +93,16 @@ def test_call_returns_json_results(served):
         assert "connected" in repr(client)
 
 
-@pytest.mark.parametrize("args, code, fragment", [
-    (("nosuch",), "unknown_command", "unknown command 'nosuch'"),
-    (("add", "x", 1), "usage", "usage: add A B"),
-    (("fail",), "error", "it failed"),
-    (("crash",), "internal", "RuntimeError"),
-    (("secret",), "denied", "needs admin"),
-])
+@pytest.mark.parametrize(
+    "args, code, fragment",
+    [
+        (("nosuch",), "unknown_command", "unknown command 'nosuch'"),
+        (("add", "x", 1), "usage", "usage: add A B"),
+        (("fail",), "error", "it failed"),
+        (("crash",), "internal", "RuntimeError"),
+        (("secret",), "denied", "needs admin"),
+    ],
+)
 def test_error_replies_raise_remote_error_with_the_code(served, args, code, fragment):
     with reactor_mgmt.Client(f"127.0.0.1:{served.port}") as client:
         with pytest.raises(RemoteError) as info:
@@ -170,8 +172,12 @@ def test_fan_out_waits_for_a_stream_as_long_as_it_runs(served):
     address = f"127.0.0.1:{served.port}"
     outcomes, events = _run([address], {"argv": ["slow", "3", "0.5"]}, timeout=0.3)
     assert outcomes == [OK]
-    assert events == [(address, "item", "item 1"), (address, "item", "item 2"), (address, "item", "item 3"),
-                      (address, "end", 3)]
+    assert events == [
+        (address, "item", "item 1"),
+        (address, "item", "item 2"),
+        (address, "item", "item 3"),
+        (address, "end", 3),
+    ]
     outcomes, events = _run([address], {"argv": ["slow", "3", "2"]}, timeout=5, stream_timeout=0.3)
     assert outcomes == [UNREACHABLE]
     assert events == [(address, "item", "item 1"), (address, "failed", "timed out: no stream item within 0.3 s")]
@@ -249,16 +255,19 @@ def test_a_refused_connection_reports_the_servers_reason():
 # ---- addresses and framing ----
 
 
-@pytest.mark.parametrize("text, label, host, port, path", [
-    ("127.0.0.1:8123", "127.0.0.1:8123", "127.0.0.1", 8123, None),
-    ("localhost:1", "localhost:1", "localhost", 1, None),
-    ("[::1]:9000", "[::1]:9000", "::1", 9000, None),
-    (("::1", 9000), "[::1]:9000", "::1", 9000, None),
-    (("10.0.0.1", "80"), "10.0.0.1:80", "10.0.0.1", 80, None),
-    ("/run/app/mgmt.sock", "/run/app/mgmt.sock", None, 0, "/run/app/mgmt.sock"),
-    ("./a:1", "./a:1", None, 0, "./a:1"),
-    ("mgmt.sock", "mgmt.sock", None, 0, "mgmt.sock"),
-])
+@pytest.mark.parametrize(
+    "text, label, host, port, path",
+    [
+        ("127.0.0.1:8123", "127.0.0.1:8123", "127.0.0.1", 8123, None),
+        ("localhost:1", "localhost:1", "localhost", 1, None),
+        ("[::1]:9000", "[::1]:9000", "::1", 9000, None),
+        (("::1", 9000), "[::1]:9000", "::1", 9000, None),
+        (("10.0.0.1", "80"), "10.0.0.1:80", "10.0.0.1", 80, None),
+        ("/run/app/mgmt.sock", "/run/app/mgmt.sock", None, 0, "/run/app/mgmt.sock"),
+        ("./a:1", "./a:1", None, 0, "./a:1"),
+        ("mgmt.sock", "mgmt.sock", None, 0, "mgmt.sock"),
+    ],
+)
 def test_endpoint_parsing(text, label, host, port, path):
     endpoint = Endpoint(text)
     assert (endpoint.label, endpoint.host, endpoint.port, endpoint.path) == (label, host, port, path)
@@ -292,10 +301,11 @@ def test_parse_message_tells_replies_from_text():
 # ---- the fan-out engine, in process ----
 
 
-def _run(endpoints, request, **options) -> "tuple[List[str], list]":
+def _run(endpoints, request, **options) -> tuple[List[str], list]:
     events: list = []
-    outcomes = FanOut(endpoints, request, on_event=lambda e, kind, value: events.append((e.label, kind, value)),
-                      **options).run()
+    outcomes = FanOut(
+        endpoints, request, on_event=lambda e, kind, value: events.append((e.label, kind, value)), **options
+    ).run()
     return outcomes, events
 
 
@@ -316,7 +326,7 @@ def test_fan_out_reports_each_endpoint(tmp_path):
     assert outcomes == [OK, ERROR, UNREACHABLE, UNREACHABLE]
     mine = [(kind, value) for label, kind, value in events if label == endpoints[0]]
     assert mine == [("item", "line 1"), ("item", "line 2"), ("end", 2)]
-    (_, kind, error), = [event for event in events if event[0] == endpoints[1]]
+    ((_, kind, error),) = [event for event in events if event[0] == endpoints[1]]
     assert kind == "error" and error.code == "error" and error.message == "no counting here"
     assert (dead, "failed", "cannot connect: Connection refused") in events
     assert (missing, "failed", "cannot connect: No such file or directory") in events
@@ -331,8 +341,7 @@ def test_fan_out_waits_its_turn_when_parallelism_is_capped():
     with ServerThread(*servers):
         batches: List[int] = []
         endpoints = [f"127.0.0.1:{srv.port}" for srv in servers]
-        outcomes, events = _run(endpoints, {"argv": ["ping"]}, max_parallel=2,
-                                after_batch=lambda: batches.append(1))
+        outcomes, events = _run(endpoints, {"argv": ["ping"]}, max_parallel=2, after_batch=lambda: batches.append(1))
     assert outcomes == [OK] * 5
     assert sorted(label for label, kind, value in events if value == "pong") == sorted(endpoints)
     assert batches
@@ -463,7 +472,9 @@ def test_every_address_of_a_name_is_tried_in_turn(served, monkeypatch):
     assert _run(["somehost:1"], {"argv": ["ping"]}) == ([OK], [("somehost:1", "result", "pong")])
     monkeypatch.setattr(Endpoint, "resolve", lambda self: [(socket.AF_INET, dead)] * 2)
     assert _run(["somehost:1"], {"argv": ["ping"]}) == (
-        [UNREACHABLE], [("somehost:1", "failed", "cannot connect: Connection refused")])
+        [UNREACHABLE],
+        [("somehost:1", "failed", "cannot connect: Connection refused")],
+    )
 
 
 # ---- the server's {"argv": [...]} request form, which the CLI sends ----
@@ -474,17 +485,27 @@ def test_argv_requests_bind_like_a_text_line(server, client):
 
     _add_commands(server)
     replies = client.request('{"argv": ["kick", "big bob", "--force", "--reason=spam"], "id": 7}')
-    assert json.loads(replies[0]) == {"id": 7, "ok": True,
-                                      "result": {"name": "big bob", "force": True, "reason": "spam"}}
+    assert json.loads(replies[0]) == {
+        "id": 7,
+        "ok": True,
+        "result": {"name": "big bob", "force": True, "reason": "spam"},
+    }
     reply = json.loads(client.request('{"argv": ["kick", "x", "--frob"], "id": 8}')[0])
     assert reply["error"]["code"] == "usage" and "unknown option --frob" in reply["error"]["message"]
-    for bad in ('[]', '"kick"', '[1]'):
+    for bad in ("[]", '"kick"', "[1]"):
         reply = json.loads(client.request('{"argv": %s, "id": 9}' % bad)[0])
-        assert reply == {"id": 9, "ok": False, "error": {"code": "bad_request",
-                                                         "message": "'argv' must be a non-empty list of strings"}}
+        assert reply == {
+            "id": 9,
+            "ok": False,
+            "error": {"code": "bad_request", "message": "'argv' must be a non-empty list of strings"},
+        }
     client.send('{"argv": ["count", "2"], "id": 10}\n')
     assert [json.loads(line) for line in client.lines(4)] == [
-        {"id": 10, "stream": True}, {"id": 10, "item": "line 1"}, {"id": 10, "item": "line 2"}, {"id": 10, "ok": True, "result": None, "items": 2}]
+        {"id": 10, "stream": True},
+        {"id": 10, "item": "line 1"},
+        {"id": 10, "item": "line 2"},
+        {"id": 10, "ok": True, "result": None, "items": 2},
+    ]
 
 
 def test_a_reconnect_keeps_the_level_the_session_lowered_to():

@@ -12,10 +12,9 @@ from typing import Iterator, List, NamedTuple
 import pytest
 
 import reactor_mgmt
+from conftest import TIMEOUT, ServerThread
 from reactor_mgmt._client import ERROR, OK, UNREACHABLE, ClientTimeout, ConnectionFailed, FanOut, tls_context
 from reactor_mgmt._errors import ConfigError
-
-from conftest import TIMEOUT, ServerThread
 from test_cli import run_cli
 from tls_helpers import SilentListener, TlsFront, ensure_check_response, make_cert, server_context
 
@@ -34,9 +33,12 @@ class Certs(NamedTuple):
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory) -> Certs:
     folder = tmp_path_factory.mktemp("certs")
-    return Certs(*make_cert(folder, "server"), *make_cert(folder, "client", cn="ops-laptop", san="DNS:ops-laptop"),
-                 *make_cert(folder, "other"),
-                 *make_cert(folder, "wrong", cn="elsewhere.invalid", san="DNS:elsewhere.invalid"))
+    return Certs(
+        *make_cert(folder, "server"),
+        *make_cert(folder, "client", cn="ops-laptop", san="DNS:ops-laptop"),
+        *make_cert(folder, "other"),
+        *make_cert(folder, "wrong", cn="elsewhere.invalid", san="DNS:elsewhere.invalid"),
+    )
 
 
 @pytest.fixture
@@ -63,10 +65,11 @@ def front(certs, backend) -> Iterator[TlsFront]:
         yield tls_front
 
 
-def _run(endpoints, request, **options) -> "tuple[List[str], list]":
+def _run(endpoints, request, **options) -> tuple[List[str], list]:
     events: list = []
-    outcomes = FanOut(endpoints, request, on_event=lambda e, kind, value: events.append((e.label, kind, value)),
-                      **options).run()
+    outcomes = FanOut(
+        endpoints, request, on_event=lambda e, kind, value: events.append((e.label, kind, value)), **options
+    ).run()
     return outcomes, events
 
 
@@ -108,7 +111,9 @@ def test_insecure_skips_verification_and_logs_a_warning(certs, front, caplog):
 def test_client_certificate_for_mutual_tls(certs, backend):
     context = server_context(certs.server, certs.server_key, client_ca=certs.client)
     with TlsFront(context, ("127.0.0.1", backend.port)) as mutual:
-        with reactor_mgmt.Client(mutual.address, cafile=certs.server, cert=certs.client, key=certs.client_key) as client:
+        with reactor_mgmt.Client(
+            mutual.address, cafile=certs.server, cert=certs.client, key=certs.client_key
+        ) as client:
             assert client.call("ping") == "pong"
         assert mutual.peer_certs[-1]["subject"] == ((("commonName", "ops-laptop"),),)
         # Without one, TLS 1.3 finishes the client's side of the handshake, then the server's
@@ -167,15 +172,15 @@ def test_a_ready_context_is_used_as_it_is(certs, front):
 
 
 def test_fan_out_over_tls_with_failures_side_by_side(certs, backend):
-    fronts = [TlsFront(server_context(certs.server, certs.server_key), ("127.0.0.1", backend.port))
-              for _ in range(5)]
+    fronts = [TlsFront(server_context(certs.server, certs.server_key), ("127.0.0.1", backend.port)) for _ in range(5)]
     untrusted = TlsFront(server_context(certs.other, certs.other_key), ("127.0.0.1", backend.port))
     silent = SilentListener()
     plain = f"127.0.0.1:{backend.port}"
     try:
         endpoints = [front.address for front in fronts] + [untrusted.address, silent.address, plain]
-        outcomes, events = _run(endpoints, {"argv": ["add", "40", "2"]}, token="s3cret", cafile=certs.server,
-                                timeout=1.0)
+        outcomes, events = _run(
+            endpoints, {"argv": ["add", "40", "2"]}, token="s3cret", cafile=certs.server, timeout=1.0
+        )
         assert outcomes == [OK] * 5 + [UNREACHABLE] * 3
         results = {label: value for label, kind, value in events if kind == "result"}
         assert results == {front.address: 42 for front in fronts}
@@ -214,8 +219,18 @@ def test_fan_out_reads_a_large_reply_over_tls(certs, backend):
 def test_cli_tls_options(certs, front):
     ok = run_cli("-c", front.address, "--cafile", certs.server, "--token", "s3cret", "add", "1", "2")
     assert (ok.returncode, ok.stdout, ok.stderr) == (0, "3\n", "")
-    fanned = run_cli("-c", front.address, "-c", f"localhost:{front.port}", "--tls", "--cafile", certs.server,
-                     "--token", "s3cret", "ping")
+    fanned = run_cli(
+        "-c",
+        front.address,
+        "-c",
+        f"localhost:{front.port}",
+        "--tls",
+        "--cafile",
+        certs.server,
+        "--token",
+        "s3cret",
+        "ping",
+    )
     assert fanned.returncode == 0, fanned.stderr
     assert sorted(fanned.stdout.splitlines()) == [f"127.0.0.1:{front.port}: pong", f"localhost:{front.port}: pong"]
 
@@ -235,8 +250,21 @@ def test_cli_tls_options(certs, front):
 def test_cli_client_certificate(certs, backend):
     context = server_context(certs.server, certs.server_key, client_ca=certs.client)
     with TlsFront(context, ("127.0.0.1", backend.port)) as mutual:
-        proc = run_cli("-c", mutual.address, "--cafile", certs.server, "--cert", certs.client, "--key",
-                       certs.client_key, "--token", "s3cret", "add", "2", "2")
+        proc = run_cli(
+            "-c",
+            mutual.address,
+            "--cafile",
+            certs.server,
+            "--cert",
+            certs.client,
+            "--key",
+            certs.client_key,
+            "--token",
+            "s3cret",
+            "add",
+            "2",
+            "2",
+        )
         assert (proc.returncode, proc.stdout) == (0, "4\n"), proc.stderr
 
 
@@ -252,8 +280,9 @@ def test_against_the_servers_own_tls_listener(certs, monkeypatch):
         address = f"127.0.0.1:{srv.port}"
         with reactor_mgmt.Client(address, cafile=certs.server, token="t") as client:
             assert client.call("ping") == "pong"
-        outcomes, events = _run([address] * 1 + [f"localhost:{srv.port}"], {"argv": ["ping"]}, token="t",
-                                cafile=certs.server)
+        outcomes, events = _run(
+            [address] * 1 + [f"localhost:{srv.port}"], {"argv": ["ping"]}, token="t", cafile=certs.server
+        )
         assert outcomes == [OK, OK], events
 
 

@@ -11,10 +11,9 @@ from typing import Any, Dict, List, Literal, Optional
 import pytest
 
 import reactor_mgmt
+from conftest import TIMEOUT, RawClient, require_tool
 from reactor_mgmt import CommandError, ConfigError, Connection, command_options
 from reactor_mgmt._commands import Command, Registry
-
-from conftest import TIMEOUT, RawClient, require_tool
 
 
 class Color(enum.Enum):
@@ -220,8 +219,11 @@ def test_a_name_registered_twice_is_refused_unless_replace(server):
             return "teams"
 
     server.add_commands(Players())
-    with pytest.raises(ConfigError, match=r"command 'show' is already registered \(to '.*Players.show'\); "
-                                          r"pass replace=True"):
+    with pytest.raises(
+        ConfigError,
+        match=r"command 'show' is already registered \(to '.*Players.show'\); "
+        r"pass replace=True",
+    ):
         server.add_commands(Teams())
     with pytest.raises(ConfigError):
         server.add_command("  show ", lambda: "spaced")  # the same name once normalised
@@ -254,7 +256,7 @@ def test_bad_registrations_fail_at_registration(server):
     with pytest.raises(ConfigError):
         server.add_command("x", lambda: None, level="root")
 
-    def takes_local(color: "LocalColor") -> str:  # noqa: F821 - deliberately unresolvable
+    def takes_local(color: LocalColor) -> str:  # noqa: F821 - deliberately unresolvable
         return "never"
 
     with pytest.raises(ConfigError, match="cannot resolve the annotation 'LocalColor'"):
@@ -264,6 +266,7 @@ def test_bad_registrations_fail_at_registration(server):
 def test_a_container_parameter_is_refused_at_registration_with_what_to_use(server, client):
     """A parameter takes one word: List[int] used to raise on every call, and list split the
     word into letters. Registration says what takes several values."""
+
     def total(ids: List[int]) -> str:
         return str(sum(ids))
 
@@ -347,7 +350,8 @@ def test_multi_word_errors(grouped):
     assert one(client, "show statz") == "ERR unknown command 'show statz'; did you mean 'show stats'?"
     assert one(client, "set rate") == "ERR usage: set rate HZ (missing HZ)"
     assert one(client, "log level loud") == (
-        "ERR usage: log level LEVEL (bad value for LEVEL: 'loud': expected one of: debug, info, warning)")
+        "ERR usage: log level LEVEL (bad value for LEVEL: 'loud': expected one of: debug, info, warning)"
+    )
 
 
 def test_help_for_a_group_lists_its_subcommands(grouped):
@@ -383,8 +387,15 @@ def test_kick_from_the_brief(kick_server, calls):
     assert one(client, "kick bob --force=yes") == "kicked bob (no reason) by force"
     assert one(client, "kick bob --no-force") == "kicked bob (no reason)"
     assert one(client, "kick -- --force") == "kicked --force (no reason)"
-    assert calls == [("bob", "too loud", True), ("bob", "", False), ("bob", "spam", True),
-                     ("bob", "", False), ("bob", "", True), ("bob", "", False), ("--force", "", False)]
+    assert calls == [
+        ("bob", "too loud", True),
+        ("bob", "", False),
+        ("bob", "spam", True),
+        ("bob", "", False),
+        ("bob", "", True),
+        ("bob", "", False),
+        ("--force", "", False),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -476,7 +487,8 @@ def test_enum_literal_optional(typed):
     usage = "usage: paint COLOR [SPEED] [COATS]"
     assert one(client, "paint blue") == f"ERR {usage} (bad value for COLOR: 'blue': expected one of: red, green)"
     assert one(client, "paint red medium") == (
-        f"ERR {usage} (bad value for SPEED: 'medium': expected one of: fast, slow)")
+        f"ERR {usage} (bad value for SPEED: 'medium': expected one of: fast, slow)"
+    )
     assert client.request("help paint", 3) == [usage, "  COLOR: one of red, green", "  SPEED: one of fast, slow"]
 
 
@@ -549,7 +561,10 @@ def test_signature_usage_strings():
     command = Command("do many", many, connection_type=Connection)
     assert command.usage == "do many A [REST...] --mode MODE [--dry-run]"
     assert command.signature.inject == "conn"
-    assert command.signature.bind_text(["1", "x", "--dry-run", "--mode=y"]) == ([1, "x"], {"dry_run": True, "mode": "y"})
+    assert command.signature.bind_text(["1", "x", "--dry-run", "--mode=y"]) == (
+        [1, "x"],
+        {"dry_run": True, "mode": "y"},
+    )
 
 
 def test_handler_exceptions_are_internal_errors(server, caplog):
@@ -597,7 +612,9 @@ def test_unknown_command_suggests_with_difflib(server):
     assert one(client, "help stauts") == "ERR unknown command 'stauts'; did you mean 'status'?"
     assert one(client, "xyzzy") == "ERR unknown command 'xyzzy' (try 'help')"
     assert ask_json(client, {"cmd": "stauts", "id": 1})["error"] == {
-        "code": "unknown_command", "message": "unknown command 'stauts'; did you mean 'status'?"}
+        "code": "unknown_command",
+        "message": "unknown command 'stauts'; did you mean 'status'?",
+    }
 
 
 def test_help_and_suggestions_follow_the_level(make_server):
@@ -676,14 +693,22 @@ def test_json_request_from_the_brief(kick_server):
 def test_json_arguments(typed):
     client = RawClient(typed)
     assert ask_json(client, {"cmd": "types", "args": [1, 2, True, "x"], "id": "a"}) == {
-        "id": "a", "ok": True, "result": "ok"}
+        "id": "a",
+        "ok": True,
+        "result": "ok",
+    }
     assert ask_json(client, {"cmd": "types", "args": ["1", "2.5", "no"], "kwargs": {"name": 5}, "id": 1})["ok"]
     assert ask_json(client, {"cmd": "paint", "args": ["green"], "kwargs": {"coats": 2}})["ok"]
     assert ask_json(client, {"cmd": "paint", "args": [1, "FAST"]})["ok"]  # an enum by its JSON value
-    assert typed.seen == [(1, 2.0, True, "x"), (1, 2.5, False, "5"), (Color.green, "slow", 2),
-                          (Color.red, "fast", None)]
+    assert typed.seen == [
+        (1, 2.0, True, "x"),
+        (1, 2.5, False, "5"),
+        (Color.green, "slow", 2),
+        (Color.red, "fast", None),
+    ]
     assert ask_json(client, {"cmd": "paint", "args": [3]})["error"]["message"] == (
-        "usage: paint COLOR [SPEED] [COATS] (bad value for COLOR: 3: expected one of: red, green)")
+        "usage: paint COLOR [SPEED] [COATS] (bad value for COLOR: 3: expected one of: red, green)"
+    )
     assert ask_json(client, {"cmd": "resize", "kwargs": {"width": 4, "unit": "em"}})["result"] == "4x10em"
     assert ask_json(client, {"cmd": "total", "args": [1, 2.5]})["result"] == 3.5
     assert ask_json(client, {"cmd": "whoami"})["result"] == "level admin"
@@ -763,8 +788,11 @@ def test_json_too_long_line_gets_a_json_error(make_server):
     client.send("x" * 300 + "\n")
     client.send('  {"cmd": "echo", "args": ["' + "y" * 5000 + '"]}\n')
     first, second, third = client.lines(3)
-    assert json.loads(first) == {"id": None, "ok": False,
-                                 "error": {"code": "too_long", "message": "line too long (limit 100 bytes)"}}
+    assert json.loads(first) == {
+        "id": None,
+        "ok": False,
+        "error": {"code": "too_long", "message": "line too long (limit 100 bytes)"},
+    }
     assert second == "ERR line too long (limit 100 bytes)"
     assert json.loads(third)["error"]["code"] == "too_long"
     assert one(client, '{"cmd": "ping", "id": 2}') == '{"id": 2, "ok": true, "result": "pong"}'
@@ -779,7 +807,10 @@ def test_json_results_that_json_cannot_hold(server):
     client = RawClient(server)
     (line,) = client.request('{"cmd": "odd", "id": 1}')
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}")) == {
-        "id": 1, "ok": True, "result": {"p": "(1, 2)", "s": [3], "b": "hi", "c": 1, "n": "nan"}}
+        "id": 1,
+        "ok": True,
+        "result": {"p": "(1, 2)", "s": [3], "b": "hi", "c": 1, "n": "nan"},
+    }
 
 
 def test_json_no_reply_command_gives_null_result(server):
@@ -793,8 +824,10 @@ def test_json_no_reply_command_gives_null_result(server):
 
 def test_text_and_json_mixed_on_one_connection_keep_order(kick_server):
     client = RawClient(kick_server)
-    client.send('ping\n{"cmd": "echo", "args": ["a", "b"], "id": 1}\necho c d\n'
-                '{"cmd": "kick", "args": ["x"], "id": 2}\nkick\n{"cmd": "ping"}\n')
+    client.send(
+        'ping\n{"cmd": "echo", "args": ["a", "b"], "id": 1}\necho c d\n'
+        '{"cmd": "kick", "args": ["x"], "id": 2}\nkick\n{"cmd": "ping"}\n'
+    )
     assert client.lines(6) == [
         "pong",
         '{"id": 1, "ok": true, "result": "a b"}',
@@ -879,15 +912,16 @@ def test_demo_commands(demo):
         assert ask("count 3 --prefix n", b"n 3") == ["n 1", "n 2", "n 3"]
 
     nc = require_tool("nc")
-    out = subprocess.run([nc, "-N", demo.host, str(demo.port)], input=b'{"cmd":"ping","id":1}\n',
-                         capture_output=True, timeout=TIMEOUT)
+    out = subprocess.run(
+        [nc, "-N", demo.host, str(demo.port)], input=b'{"cmd":"ping","id":1}\n', capture_output=True, timeout=TIMEOUT
+    )
     assert out.stdout == b'{"id": 1, "ok": true, "result": "pong"}\n'
 
 
 def test_demo_status_through_nc_and_jq(demo):
     nc = require_tool("nc")
     jq = require_tool("jq")
-    pipeline = f"echo '{{\"cmd\":\"status\"}}' | {nc} -N {demo.host} {demo.port} | {jq} -c .result"
+    pipeline = f'echo \'{{"cmd":"status"}}\' | {nc} -N {demo.host} {demo.port} | {jq} -c .result'
     out = subprocess.run(["sh", "-c", pipeline], capture_output=True, timeout=TIMEOUT)
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
@@ -902,7 +936,7 @@ def test_json_null_only_reaches_parameters_that_accept_none(server):
 
     client = RawClient(server)
     assert json.loads(client.request('{"cmd":"greet","args":["bob",null],"id":1}')[0])["result"] == "bob"
-    for args in ('[null]', '["bob", "Dr ", null]'):
+    for args in ("[null]", '["bob", "Dr ", null]'):
         reply = json.loads(client.request('{"cmd":"greet","args":%s,"id":2}' % args)[0])
         assert reply["error"]["code"] == "usage"
         assert "null is not allowed" in reply["error"]["message"]
@@ -921,10 +955,7 @@ def test_an_error_message_with_newlines_is_still_one_line(server):
 
 def test_add_commands_of_a_module_skips_what_it_imported(make_server, tmp_path, monkeypatch):
     (tmp_path / "ops_module_rm.py").write_text(
-        "from os.path import join\n"
-        "from json import dumps as _dumps\n"
-        "def flush_cache():\n"
-        "    return 'flushed'\n"
+        "from os.path import join\nfrom json import dumps as _dumps\ndef flush_cache():\n    return 'flushed'\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     import ops_module_rm

@@ -11,8 +11,9 @@ from conftest import TIMEOUT, require_tool
 
 def _nc(demo):
     nc = require_tool("nc.openbsd")
-    return subprocess.Popen([nc, demo.host, str(demo.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [nc, demo.host, str(demo.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def _read_until(proc, predicate, timeout=TIMEOUT) -> str:
@@ -61,8 +62,9 @@ def test_log_tail_from_nc_shows_jobs_finishing_and_a_line_stops_it(demo):
 
 def test_a_streaming_command_from_nc_sends_every_line(demo):
     nc = require_tool("nc.openbsd")
-    out = subprocess.run([nc, "-N", demo.host, str(demo.port)], input=b"count 20000\nping\n",
-                         capture_output=True, timeout=TIMEOUT)
+    out = subprocess.run(
+        [nc, "-N", demo.host, str(demo.port)], input=b"count 20000\nping\n", capture_output=True, timeout=TIMEOUT
+    )
     lines = out.stdout.decode().splitlines()
     assert lines == [f"line {i}" for i in range(1, 20001)] + ["pong"]
 

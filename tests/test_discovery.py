@@ -14,10 +14,9 @@ from typing import Iterator, List
 
 import pytest
 
+from conftest import ROOT, TIMEOUT, child_env
 from reactor_mgmt import _discovery
 from reactor_mgmt._discovery import DiscoveryError, directory, instances, pick_address, register, unregister
-
-from conftest import ROOT, TIMEOUT, child_env
 from test_cli import run_cli
 
 WORKER = r"""
@@ -53,8 +52,14 @@ def runtime_dir(tmp_path, monkeypatch) -> Path:
 
 class Worker:
     def __init__(self, name: str, token: str = "", unix: str = "") -> None:
-        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, name, token, unix], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=child_env(), cwd=ROOT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WORKER, name, token, unix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(),
+            cwd=ROOT,
+        )
         self.path = self.proc.stdout.readline().strip()  # written once it is registered
         assert self.path, self.proc.stderr.read()
         self.pid = self.proc.pid
@@ -67,8 +72,12 @@ class Worker:
 
 @pytest.fixture
 def workers(tmp_path) -> Iterator[List[Worker]]:
-    started = [Worker("myapp"), Worker("myapp", token="t0k"), Worker("myapp", unix=str(tmp_path / "w.sock")),
-               Worker("other")]
+    started = [
+        Worker("myapp"),
+        Worker("myapp", token="t0k"),
+        Worker("myapp", unix=str(tmp_path / "w.sock")),
+        Worker("other"),
+    ]
     try:
         yield started
     finally:
@@ -80,15 +89,21 @@ def workers(tmp_path) -> Iterator[List[Worker]]:
 
 
 def test_register_writes_a_private_file_in_a_private_directory(runtime_dir):
-    path = register("my app/1", 4242, [("127.0.0.1", 8123), ("::1", 8124, 0, 0), "/run/app.sock"], 1700000000.5,
-                    True, tls=True)
+    path = register(
+        "my app/1", 4242, [("127.0.0.1", 8123), ("::1", 8124, 0, 0), "/run/app.sock"], 1700000000.5, True, tls=True
+    )
     folder = runtime_dir / "reactor_mgmt"
     assert path == str(folder / "my_app_1.4242.json")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert json.loads(Path(path).read_text()) == {
-        "name": "my app/1", "pid": 4242, "addresses": ["127.0.0.1:8123", "[::1]:8124", "/run/app.sock"],
-        "started": 1700000000.5, "token": True, "tls": True}
+        "name": "my app/1",
+        "pid": 4242,
+        "addresses": ["127.0.0.1:8123", "[::1]:8124", "/run/app.sock"],
+        "started": 1700000000.5,
+        "token": True,
+        "tls": True,
+    }
     assert os.listdir(folder) == ["my_app_1.4242.json"]  # no temporary file left behind
 
 
@@ -127,8 +142,9 @@ def test_a_directory_owned_by_someone_else_is_refused(runtime_dir):
 
 
 def test_stale_and_foreign_files(runtime_dir):
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(gone.stdout)
     stale = register("app", dead_pid, [("127.0.0.1", 1)], time.time(), False)
     live = register("app", os.getpid(), [("127.0.0.1", 2)], 123.0, False)
@@ -266,8 +282,14 @@ finally:
 
 def test_app_asks_a_forking_host_and_every_worker_at_once(runtime_dir):
     # Fork safety and discovery together: Server(name=, discover=True, after_fork="relisten").
-    host = subprocess.Popen([sys.executable, "-c", FORKING_HOST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=child_env(), cwd=ROOT)
+    host = subprocess.Popen(
+        [sys.executable, "-c", FORKING_HOST],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+    )
     try:
         pids = sorted(map(int, host.stdout.readline().split()))
         assert len(pids) == 3, host.stderr.read()

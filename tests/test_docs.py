@@ -52,8 +52,10 @@ def error_codes() -> Set[str]:
 def test_the_reference_documents_every_public_name():
     documented = documented_names()
     missing = sorted(set(reactor_mgmt.__all__) - documented)
-    assert not missing, (f"reactor_mgmt.__all__ names missing from docs/reference/*.rst: {missing}; add an "
-                         "autoclass/autofunction/autodata/autoexception directive for each")
+    assert not missing, (
+        f"reactor_mgmt.__all__ names missing from docs/reference/*.rst: {missing}; add an "
+        "autoclass/autofunction/autodata/autoexception directive for each"
+    )
     stale = sorted(documented - set(reactor_mgmt.__all__))
     assert not stale, f"docs/reference documents names that are not public (not in __all__): {stale}"
 
@@ -61,14 +63,25 @@ def test_the_reference_documents_every_public_name():
 def test_the_protocol_page_names_every_error_code():
     codes = error_codes()
     # The scan must see the codes everyone relies on, or it has stopped finding them.
-    assert {"usage", "unknown_command", "denied", "bad_request", "too_long", "too_large", "timeout", "shutdown",
-            "internal", "error"} <= codes, sorted(codes)
+    assert {
+        "usage",
+        "unknown_command",
+        "denied",
+        "bad_request",
+        "too_long",
+        "too_large",
+        "timeout",
+        "shutdown",
+        "internal",
+        "error",
+    } <= codes, sorted(codes)
     text = PROTOCOL.read_text(encoding="utf-8")
-    table = text[text.index("## Error codes"):]
-    table = table[:table.index("\n## ", 1)]
+    table = text[text.index("## Error codes") :]
+    table = table[: table.index("\n## ", 1)]
     missing = sorted(code for code in codes if f"| `{code}` |" not in table)
-    assert not missing, (f"error codes the package sends but docs/protocol.md's 'Error codes' table does not "
-                         f"describe: {missing}")
+    assert not missing, (
+        f"error codes the package sends but docs/protocol.md's 'Error codes' table does not describe: {missing}"
+    )
 
 
 def test_the_changelog_is_in_the_site_and_names_this_version():
@@ -88,14 +101,45 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
         pytest.skip(f"the docs build needs the `docs` extra ({missing} not installed): pip install -e '.[docs]'")
     out = tmp_path / "html"
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-E", "-q", "-b", "html",
-         "-d", str(tmp_path / "doctrees"), str(DOCS), str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110)  # under the suite's 120 s per test
+        [
+            sys.executable,
+            "-m",
+            "sphinx",
+            "-W",
+            "--keep-going",
+            "-E",
+            "-q",
+            "-b",
+            "html",
+            "-d",
+            str(tmp_path / "doctrees"),
+            str(DOCS),
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )  # under the suite's 120 s per test
     assert proc.returncode == 0, f"sphinx-build -W failed:\n{proc.stdout}\n{proc.stderr}"
-    for page in ("index", "tutorial", "protocol", "changelog", "howto/index", "howto/security", "howto/deployment",
-                 "howto/select-daemon", "howto/game-loop", "howto/asyncio", "howto/thread", "howto/tk", "howto/qt",
-                 "howto/pygame", "howto/curses",
-                 "reference/index"):
+    for page in (
+        "index",
+        "tutorial",
+        "protocol",
+        "changelog",
+        "howto/index",
+        "howto/security",
+        "howto/deployment",
+        "howto/select-daemon",
+        "howto/game-loop",
+        "howto/asyncio",
+        "howto/thread",
+        "howto/tk",
+        "howto/qt",
+        "howto/pygame",
+        "howto/curses",
+        "reference/index",
+    ):
         assert (out / f"{page}.html").is_file(), page
     # autodoc rendered every public name (an import failure would only leave it out).
     html = "".join(page.read_text(encoding="utf-8") for page in (out / "reference").glob("*.html"))

@@ -32,10 +32,13 @@ EXAMPLES = ["select_daemon", "game_loop", "asyncio_service", "tk_app", "qt_app",
 def launch(tmp_path) -> Iterator[Callable[..., Daemon]]:
     started: List[Daemon] = []
 
-    def start(name: str, *extra: str, env: "Dict[str, str] | None" = None) -> Daemon:
+    def start(name: str, *extra: str, env: Dict[str, str] | None = None) -> Daemon:
         address_file = str(tmp_path / f"{name}-{len(started)}.addr")
-        daemon = Daemon(["-m", f"reactor_mgmt.examples.{name}", "--port", "0", "--address-file", address_file,
-                         *extra], address_file, env=env)
+        daemon = Daemon(
+            ["-m", f"reactor_mgmt.examples.{name}", "--port", "0", "--address-file", address_file, *extra],
+            address_file,
+            env=env,
+        )
         started.append(daemon)
         return daemon
 
@@ -47,16 +50,23 @@ def launch(tmp_path) -> Iterator[Callable[..., Daemon]]:
 def nc(daemon: Daemon, text: str) -> str:
     """`printf TEXT | nc -N HOST PORT`: every reply, then the server's close."""
     tool = require_tool("nc.openbsd", "nc")
-    proc = subprocess.run([tool, "-N", daemon.host, str(daemon.port)], input=text.encode(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [tool, "-N", daemon.host, str(daemon.port)], input=text.encode(), capture_output=True, timeout=TIMEOUT
+    )
     assert proc.returncode == 0, proc.stderr.decode()
     return proc.stdout.decode()
 
 
 def cli(daemon: Daemon, *words: str) -> subprocess.CompletedProcess:
     """The real client: `python -m reactor_mgmt -c ADDR WORDS...`."""
-    return subprocess.run([sys.executable, "-m", "reactor_mgmt", "-c", daemon.address, *words],
-                          capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=TIMEOUT * 3)
+    return subprocess.run(
+        [sys.executable, "-m", "reactor_mgmt", "-c", daemon.address, *words],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        timeout=TIMEOUT * 3,
+    )
 
 
 def fields(text: str) -> Dict[str, str]:
@@ -157,8 +167,10 @@ def test_select_daemon(launch):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.sendto(b"hits:1\nhits:2\nbytes:512|c\nnot a metric\n", ("127.0.0.1", udp_port))
     rows = table(eventually(lambda: nc(daemon, "show counters\n"), lambda out: "hits" in out))
-    assert rows == [{"name": "bytes", "current": "512", "last": "-", "total": "512"},
-                    {"name": "hits", "current": "3", "last": "-", "total": "3"}]
+    assert rows == [
+        {"name": "bytes", "current": "512", "last": "-", "total": "512"},
+        {"name": "hits", "current": "3", "last": "-", "total": "3"},
+    ]
     assert fields(nc(daemon, "status\n"))["bad_lines"] == "1"
 
     assert nc(daemon, "flush\n") == "flush 1: 2 counters\n"
@@ -166,12 +178,14 @@ def test_select_daemon(launch):
 
     # The daemon's own deadline: a short interval makes the loop flush by itself.
     assert nc(daemon, "set interval 0.1\nset interval 0\n") == (
-        "interval 0.1 s\nERR interval must be between 0.1 and 3600 seconds\n")
+        "interval 0.1 s\nERR interval must be between 0.1 and 3600 seconds\n"
+    )
     eventually(lambda: nc(daemon, "status\n"), lambda out: int(fields(out)["flushes"]) >= 3)
     assert nc(daemon, "set interval 60\n") == "interval 60 s\n"
 
     assert nc(daemon, "reset hits\nreset nope\nreset\nshow counters\n") == (
-        "reset hits\nERR no counter 'nope'\nreset 1 counters\nno counters yet\n")
+        "reset hits\nERR no counter 'nope'\nreset 1 counters\nno counters yet\n"
+    )
 
     proc = cli(daemon, "status")
     assert proc.returncode == 0, proc.stderr
@@ -207,7 +221,8 @@ def test_game_loop(launch):
         "spawned alice at 10 20\n"
         "ERR player 'alice' already exists\n"
         "ERR position must be within 0..100 (got 200 50)\n"
-        "spawned bob at 50 50\n")
+        "spawned bob at 50 50\n"
+    )
     players = table(nc(daemon, "show players\n"))
     assert [p["name"] for p in players] == ["alice", "bob", "npc"]
     assert players[2]["protected"] == "True"
@@ -216,9 +231,8 @@ def test_game_loop(launch):
     assert table(moved)[0]["name"] == "alice"
 
     assert nc(daemon, "kick npc\nkick alice cheating\nkick ghost\n") == (
-        "ERR npc is protected; add --force to kick it anyway\n"
-        "kicked alice (cheating)\n"
-        "ERR no player 'ghost'\n")
+        "ERR npc is protected; add --force to kick it anyway\nkicked alice (cheating)\nERR no player 'ghost'\n"
+    )
 
     out = nc(daemon, "set speed 11\nset speed 0.5\npause\npause\n")
     lines = out.splitlines()
@@ -259,8 +273,14 @@ def test_game_loop_runs_with_no_arguments_on_port_8123():
             probe.bind(("127.0.0.1", 8123))
         except OSError:
             pytest.skip("port 8123 is in use on this machine")
-    proc = subprocess.Popen([sys.executable, "-m", "reactor_mgmt.examples.game_loop"], env=child_env(), cwd=ROOT,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reactor_mgmt.examples.game_loop"],
+        env=child_env(),
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + TIMEOUT
         while True:
@@ -291,36 +311,46 @@ def test_asyncio_service(launch):
 
     # A deferred reply resolved by a coroutine, and the request behind it waits its turn.
     assert nc(daemon, "submit backup --seconds 0.2\nwait 1\nshow jobs\n") == (
-        "job 1 queued\n"
-        "job 1 done\n"
-        "id  name    seconds  state  worker\n"
-        "1   backup  0.2      done   1\n")
+        "job 1 queued\njob 1 done\nid  name    seconds  state  worker\n1   backup  0.2      done   1\n"
+    )
     assert nc(daemon, "wait 1\nwait 99\nsubmit x --seconds 5000\ncancel 99\n") == (
-        "job 1 done\nERR no job 99\nERR seconds must be between 0 and 3600\nERR no job 99\n")
+        "job 1 done\nERR no job 99\nERR seconds must be between 0 and 3600\nERR no job 99\n"
+    )
 
     # A job cancelled while queued is skipped by the worker that dequeues it.
-    assert nc(daemon, "submit a --seconds 0.2\nsubmit b --seconds 0.2\nsubmit c --seconds 0\ncancel 4\n"
-                      "wait 2\nwait 3\nsubmit d --seconds 0\nwait 5\n") == (
-        "job 2 queued\njob 3 queued\njob 4 queued\njob 4 cancelled\n"
-        "job 2 done\njob 3 done\njob 5 queued\njob 5 done\n")
+    assert nc(
+        daemon,
+        "submit a --seconds 0.2\nsubmit b --seconds 0.2\nsubmit c --seconds 0\ncancel 4\n"
+        "wait 2\nwait 3\nsubmit d --seconds 0\nwait 5\n",
+    ) == (
+        "job 2 queued\njob 3 queued\njob 4 queued\njob 4 cancelled\njob 2 done\njob 3 done\njob 5 queued\njob 5 done\n"
+    )
 
     # Two long jobs keep both workers busy; the third waits in the queue and can be cancelled.
     assert nc(daemon, "submit long1 --seconds 60\nsubmit long2 --seconds 60\nsubmit queued --seconds 0\n") == (
-        "job 6 queued\njob 7 queued\njob 8 queued\n")
+        "job 6 queued\njob 7 queued\njob 8 queued\n"
+    )
     eventually(lambda: nc(daemon, "status\n"), lambda out: fields(out)["running"] == "2")
     assert nc(daemon, "cancel 8\ncancel 8\nwait 8\ncancel 6\n") == (
         "job 8 cancelled\n"
         "ERR job 8 is cancelled; only queued jobs can be cancelled\n"
         "ERR job 8 cancelled\n"
-        "ERR job 6 is running; only queued jobs can be cancelled\n")
+        "ERR job 6 is running; only queued jobs can be cancelled\n"
+    )
 
     # A client waits on the job of worker 2; shrinking the pool cancels it, and the waiting
     # client hears so at once.
-    victim = next(row["id"] for row in table(nc(daemon, "show jobs\n")) if row["worker"] == "2" and row["state"] == "running")
+    victim = next(
+        row["id"] for row in table(nc(daemon, "show jobs\n")) if row["worker"] == "2" and row["state"] == "running"
+    )
     assert victim in ("6", "7")
     tool = require_tool("nc.openbsd", "nc")
-    waiter = subprocess.Popen([tool, "-N", daemon.host, str(daemon.port)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    waiter = subprocess.Popen(
+        [tool, "-N", daemon.host, str(daemon.port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     waiter.stdin.write(f"wait {victim}\n".encode())
     waiter.stdin.close()
     time.sleep(0.2)  # let it park behind the Pending
@@ -354,9 +384,13 @@ def display() -> Iterator[str]:
         pytest.skip(message)
     xvfb = require_tool("Xvfb")
     read_end, write_end = os.pipe()
-    proc = subprocess.Popen([xvfb, "-displayfd", str(write_end), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-                            pass_fds=(write_end,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
+        pass_fds=(write_end,),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     os.close(write_end)
     number = b""
     deadline = time.monotonic() + TIMEOUT
@@ -415,8 +449,11 @@ sys.exit(tk_app.main())
 
 def test_tk_app_polls_only_where_tk_has_no_file_handlers(display, tmp_path):
     address_file = str(tmp_path / "tk-polling.addr")
-    daemon = Daemon(["-c", _TK_WITHOUT_FILE_HANDLERS, "--port", "0", "--address-file", address_file,
-                     "--interval", "10"], address_file, env={"DISPLAY": display})
+    daemon = Daemon(
+        ["-c", _TK_WITHOUT_FILE_HANDLERS, "--port", "0", "--address-file", address_file, "--interval", "10"],
+        address_file,
+        env={"DISPLAY": display},
+    )
     try:
         status = fields(nc(daemon, "click 2\nstatus\n").split("\n", 1)[1])
         assert status["driven_by"] == "polling" and status["clicks"] == "2"
@@ -433,8 +470,14 @@ def test_tk_app_without_a_display_says_so(tmp_path):
     env = child_env()
     env.pop("DISPLAY", None)
     env.pop("WAYLAND_DISPLAY", None)
-    proc = subprocess.run([sys.executable, "-m", "reactor_mgmt.examples.tk_app", "--port", "0"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reactor_mgmt.examples.tk_app", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("tk_app: cannot open a window:") and "Traceback" not in proc.stderr
 
@@ -454,18 +497,25 @@ def drive_gui_app(daemon: Daemon, driven_by: str) -> None:
     """The commands that steer the window, then the three wake-ups a loop with no periodic
     polling must still get: a deadline (watch), and work queued outside poll() (a Pending
     resolved by a click from the toolkit's own timer). Leaves the click count at 4."""
-    out = nc(daemon, "click 3\nclick 0\nclick --after 70000\nset text hello from nc\nset title\n"
-                     "set title My App\nstatus\n")
+    out = nc(
+        daemon, "click 3\nclick 0\nclick --after 70000\nset text hello from nc\nset title\nset title My App\nstatus\n"
+    )
     lines = out.splitlines()
-    assert lines[:6] == ["3 clicks",
-                         "ERR TIMES must be between 1 and 1000",
-                         "ERR --after must be between 0 and 60000 milliseconds",
-                         "OK",
-                         "ERR usage: set title WORDS...",
-                         "OK"]
+    assert lines[:6] == [
+        "3 clicks",
+        "ERR TIMES must be between 1 and 1000",
+        "ERR --after must be between 0 and 60000 milliseconds",
+        "OK",
+        "ERR usage: set title WORDS...",
+        "OK",
+    ]
     status = fields("\n".join(lines[6:]))
     assert {key: status[key] for key in ("title", "text", "clicks", "driven_by")} == {
-        "title": "My App", "text": "hello from nc", "clicks": "3", "driven_by": driven_by}
+        "title": "My App",
+        "text": "hello from nc",
+        "clicks": "3",
+        "driven_by": driven_by,
+    }
 
     # Idle, the loop sleeps: with polling every 20 ms this would be about 50.
     assert polls_while_idle(daemon) <= 10
@@ -534,8 +584,14 @@ def test_qt_app_without_a_display_says_so():
     env = child_env()
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
         env.pop(name, None)
-    proc = subprocess.run([sys.executable, "-m", "reactor_mgmt.examples.qt_app", "--port", "0"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "reactor_mgmt.examples.qt_app", "--port", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     if importlib.util.find_spec("PySide6") is None:
         assert proc.stderr.startswith("qt_app: needs PySide6")
@@ -557,16 +613,21 @@ def test_sleep_worker(launch):
     assert [row["item"] for row in table(nc(daemon, "show results 1\n"))] == ["gamma"]
 
     assert nc(daemon, "pause\nenqueue delta\nwait idle --timeout 0.2\n") == (
-        "paused\n1 queued, 1 waiting\nERR timeout\n")
+        "paused\n1 queued, 1 waiting\nERR timeout\n"
+    )
     assert fields(nc(daemon, "status\n"))["queued"] == "1"
     assert nc(daemon, "resume\nwait idle\nwait idle\n") == "resumed\nidle after 4 items\nidle after 4 items\n"
 
     big = "enqueue " + " ".join(["x"] * 5000) + "\n"
     out = nc(daemon, "pause\n" + big + big + big + "resume\n")
-    assert out == "paused\n5000 queued, 5000 waiting\n5000 queued, 10000 waiting\nERR the queue is full (10000 items)\nresumed\n"
+    assert (
+        out
+        == "paused\n5000 queued, 5000 waiting\n5000 queued, 10000 waiting\nERR the queue is full (10000 items)\nresumed\n"  # noqa: E501
+    )
 
     assert nc(daemon, "set interval 0\nset interval 0.001\n") == (
-        "ERR interval must be between 0.001 and 10 seconds\ninterval 0.001 s\n")
+        "ERR interval must be between 0.001 and 10 seconds\ninterval 0.001 s\n"
+    )
     proc = cli(daemon, "status")
     assert proc.returncode == 0, proc.stderr
     assert fields(proc.stdout)["interval_s"] == "0.001"
@@ -590,13 +651,15 @@ def test_node_port(launch):
         "colour=deep blue\nsize=3\nEND\n"
         "ERR no such key: nope\n"
         "ERR usage: set KEY VALUE...\n"
-        "ERR unknown command: frobnicate (try 'help')\n")
+        "ERR unknown command: frobnicate (try 'help')\n"
+    )
     # Built-ins still answer before on_command sees anything.
     assert nc(daemon, "ping\n") == "pong\n"
 
     # A throwing on_command: the client gets ERR, on_error logs, and everyone carries on.
     assert nc(daemon, "incr hits\nincr hits 5\nincr hits many\nget hits\n") == (
-        "1\n6\nERR internal error (ValueError)\n6\n")
+        "1\n6\nERR internal error (ValueError)\n6\n"
+    )
 
     proc = cli(daemon, "get", "colour")
     assert (proc.returncode, proc.stdout) == (0, "deep blue\n")

@@ -15,7 +15,6 @@ import time
 import pytest
 
 import reactor_mgmt
-
 from conftest import IN_CI, TIMEOUT, RawClient, child_env, free_port, require_tool
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -87,10 +86,15 @@ def test_a_forked_pool_does_not_keep_the_port_bound():
         assert ready.wait(TIMEOUT)
         ss = shutil.which("ss") or (require_tool("ss") if IN_CI else None)  # a missing ss fails under CI
         if ss:  # only the host owns the listening socket while its workers live
-            out = subprocess.run([ss, "-ltnpH", f"sport = :{port}"], capture_output=True, text=True,
-                                 timeout=TIMEOUT).stdout
-            pids = {int(part.split("=")[1].rstrip(",)")) for part in out.split() for part in part.split(",")
-                    if part.startswith("pid=")}
+            out = subprocess.run(
+                [ss, "-ltnpH", f"sport = :{port}"], capture_output=True, text=True, timeout=TIMEOUT
+            ).stdout
+            pids = {
+                int(part.split("=")[1].rstrip(",)"))
+                for part in out.split()
+                for part in part.split(",")
+                if part.startswith("pid=")
+            }
             assert pids == {host.pid}, out
         stop.set()
         host.join(TIMEOUT)

@@ -26,10 +26,8 @@ from typing import Callable, List
 import pytest
 
 import reactor_mgmt
-from reactor_mgmt import ConfigError, Pending, Server
-from reactor_mgmt import _demo
-
 from conftest import ROOT, TIMEOUT, Daemon, RawClient
+from reactor_mgmt import ConfigError, Pending, Server, _demo
 
 LOGGER = "reactor_mgmt"
 NEWLINE = b"\n"
@@ -137,12 +135,15 @@ def test_default_limits_are_documented_values():
         assert server.max_commands_per_tick == 256
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"high_water": 0},
-    {"high_water": 100, "max_output": 50},
-    {"high_water": 100, "low_water": 0},
-    {"high_water": 100, "low_water": 101},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"high_water": 0},
+        {"high_water": 100, "max_output": 50},
+        {"high_water": 100, "low_water": 0},
+        {"high_water": 100, "low_water": 101},
+    ],
+)
 def test_inconsistent_output_limits_are_refused(kwargs):
     with pytest.raises(ConfigError):
         Server("127.0.0.1", 0, **kwargs)
@@ -371,17 +372,30 @@ def _huge_server(make_server) -> Server:
 # A reply over max_output is replaced by an error line on every path that frames a reply: the
 # general one (typed argument), the batch fast path (plain command), a run from the decoder
 # (Repeat), JSON, and a stream's item. The connection carries on: what came before and after arrives.
-@pytest.mark.parametrize(("request_line", "expected"), [
-    (b"blob 70000", [b"ERR reply too large (70001 bytes; max_output is 65536)"]),
-    (b"huge", [b"ERR reply too large (70001 bytes; max_output is 65536)"]),
-    (b"huge\nhuge\nhuge\nhuge\nhuge", [b"ERR reply too large (70001 bytes; max_output is 65536)"] * 5),
-    (b'{"cmd": "huge", "id": 3}', [json.dumps({"id": 3, "ok": False, "error": {
-        "code": "too_large", "message": "reply too large (70036 bytes; max_output is 65536)"}
-    }).encode()]),
-    (b"items", [b"first", b"ERR reply too large (70001 bytes; max_output is 65536)"]),
-])
-def test_reply_over_max_output_is_an_error_line_and_the_connection_carries_on(make_server, caplog, request_line,
-                                                                              expected):
+@pytest.mark.parametrize(
+    ("request_line", "expected"),
+    [
+        (b"blob 70000", [b"ERR reply too large (70001 bytes; max_output is 65536)"]),
+        (b"huge", [b"ERR reply too large (70001 bytes; max_output is 65536)"]),
+        (b"huge\nhuge\nhuge\nhuge\nhuge", [b"ERR reply too large (70001 bytes; max_output is 65536)"] * 5),
+        (
+            b'{"cmd": "huge", "id": 3}',
+            [
+                json.dumps(
+                    {
+                        "id": 3,
+                        "ok": False,
+                        "error": {"code": "too_large", "message": "reply too large (70036 bytes; max_output is 65536)"},
+                    }
+                ).encode()
+            ],
+        ),
+        (b"items", [b"first", b"ERR reply too large (70001 bytes; max_output is 65536)"]),
+    ],
+)
+def test_reply_over_max_output_is_an_error_line_and_the_connection_carries_on(
+    make_server, caplog, request_line, expected
+):
     server = _huge_server(make_server)
     sock = raw_connect(server.addresses[0])
     pump_until(server, lambda: len(server.connections) == 1)
@@ -393,8 +407,7 @@ def test_reply_over_max_output_is_an_error_line_and_the_connection_carries_on(ma
     assert data.split(b"\n") == [b"x" * 100, *expected, b"pong", b""]
     assert not conn.transport.cut_off and server.stats.errors == len(expected) - (request_line == b"items")
     # Logged, but once per 10 s however often a client asks: it could flood the host's log.
-    assert [m for m in messages(caplog) if "is over max_output (65536)" in m] == [
-        messages(caplog)[0]]
+    assert [m for m in messages(caplog) if "is over max_output (65536)" in m] == [messages(caplog)[0]]
     sock.close()
 
 
@@ -690,8 +703,14 @@ _EMFILE_CHILD = textwrap.dedent(r"""
 def test_fd_exhaustion_does_not_spin_logs_once_and_recovers(mode):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    child = subprocess.Popen([sys.executable, "-c", _EMFILE_CHILD, mode], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _EMFILE_CHILD, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     clients = []
     try:
         port = int(child.stdout.readline())
@@ -733,12 +752,33 @@ def test_fd_exhaustion_does_not_spin_logs_once_and_recovers(mode):
 
 
 def test_demo_command_line_sets_every_limit():
-    args = _demo.parse_args([
-        "--port", "0", "--max-connections", "7", "--idle-timeout", "2.5", "--max-line", "99",
-        "--high-water", "5000", "--low-water", "1000", "--max-output", "9000",
-        "--max-commands-per-tick", "3", "--pending-timeout", "4", "--level", "user",
-        "--token", "sesame", "--allow-remote",
-    ])
+    args = _demo.parse_args(
+        [
+            "--port",
+            "0",
+            "--max-connections",
+            "7",
+            "--idle-timeout",
+            "2.5",
+            "--max-line",
+            "99",
+            "--high-water",
+            "5000",
+            "--low-water",
+            "1000",
+            "--max-output",
+            "9000",
+            "--max-commands-per-tick",
+            "3",
+            "--pending-timeout",
+            "4",
+            "--level",
+            "user",
+            "--token",
+            "sesame",
+            "--allow-remote",
+        ]
+    )
     server = _demo.build_server(args, _demo.Worker(50))
     try:
         assert (server.max_connections, server.idle_timeout, server.max_line) == (7, 2.5, 99)
@@ -755,8 +795,24 @@ def test_demo_command_line_sets_every_limit():
 
 def test_demo_limits_hold_over_real_sockets(tmp_path):
     address_file = str(tmp_path / "demo.addr")
-    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file,
-                     "--max-connections", "1", "--max-line", "40", "--token", "sesame"], address_file)
+    daemon = Daemon(
+        [
+            "-m",
+            "reactor_mgmt",
+            "demo",
+            "--port",
+            "0",
+            "--address-file",
+            address_file,
+            "--max-connections",
+            "1",
+            "--max-line",
+            "40",
+            "--token",
+            "sesame",
+        ],
+        address_file,
+    )
     try:
         first = socket.create_connection((daemon.host, daemon.port), timeout=TIMEOUT)
         reader = first.makefile("rb")
@@ -780,13 +836,16 @@ def test_demo_limits_hold_over_real_sockets(tmp_path):
 
 
 @pytest.mark.parametrize("token", [None, "sesame"])
-@pytest.mark.parametrize("first_line", [
-    "GET / HTTP/1.1",
-    "POST /x HTTP/1.0",
-    "Host: 127.0.0.1:8123",
-    'host: evil.example',
-    '{"cmd": "GET /index.html HTTP/1.1", "id": 1}',
-])
+@pytest.mark.parametrize(
+    "first_line",
+    [
+        "GET / HTTP/1.1",
+        "POST /x HTTP/1.0",
+        "Host: 127.0.0.1:8123",
+        "host: evil.example",
+        '{"cmd": "GET /index.html HTTP/1.1", "id": 1}',
+    ],
+)
 def test_http_request_closes_at_once_and_runs_nothing_after_it(make_server, first_line, token):
     server = make_server(token=token)
     ran = []
@@ -882,8 +941,7 @@ def test_three_failed_auths_close_the_connection(make_server):
     server = make_server(token="sesame")
     client = RawClient(server)
     client.send("auth a\nauth b\nauth c\nauth sesame\necho hi\n")
-    assert client.read_until_closed() == (b"ERR authentication failed\n" * 2
-                                          + b"ERR authentication failed; closing\n")
+    assert client.read_until_closed() == (b"ERR authentication failed\n" * 2 + b"ERR authentication failed; closing\n")
     client.close()
 
 
@@ -960,8 +1018,11 @@ def test_tcp_listener_defaults_to_operator(make_server):
     assert client.request("reload") == ["reloaded"]
     assert client.request("wipe") == ["ERR permission denied: 'wipe' needs admin"]
     reply = json.loads(client.request('{"cmd": "wipe", "id": 3}')[0])
-    assert reply == {"id": 3, "ok": False,
-                     "error": {"code": "denied", "message": "permission denied: 'wipe' needs admin"}}
+    assert reply == {
+        "id": 3,
+        "ok": False,
+        "error": {"code": "denied", "message": "permission denied: 'wipe' needs admin"},
+    }
     assert client.request("watch 1 wipe") == ["ERR permission denied: 'wipe' needs admin"]
     listed = _help_commands(client)
     assert "reload" in listed and "look" in listed and "wipe" not in listed
@@ -972,13 +1033,11 @@ def test_tcp_listener_defaults_to_operator(make_server):
 def test_a_connection_can_lower_its_level_but_never_raise_it(make_server):
     server = _levels_server(make_server)
     client = RawClient(server)
-    assert client.request("level admin") == [
-        "ERR permission denied: cannot raise the level from operator to admin"]
+    assert client.request("level admin") == ["ERR permission denied: cannot raise the level from operator to admin"]
     assert client.request("level user") == ["user"]
     assert client.request("reload") == ["ERR permission denied: 'reload' needs operator"]
     assert "reload" not in _help_commands(client)
-    assert client.request("level operator") == [
-        "ERR permission denied: cannot raise the level from user to operator"]
+    assert client.request("level operator") == ["ERR permission denied: cannot raise the level from user to operator"]
     assert client.request("level root")[0].startswith("ERR usage: level")
     assert client.request("level") == ["user"]
     assert client.request("look") == ["looked"]
@@ -1133,11 +1192,15 @@ def test_peer_check_refuses_other_uids_unless_listed(make_server, short_dir, cap
     os.chmod(short_dir, 0o755)
     server = make_server(port=None)
     # Mode 0666 so that the file permissions let `nobody` in and the peer check alone decides.
-    path = server.listen_unix(os.path.join(short_dir, "s"), mode=0o666, check_peer=True,
-                              allowed_uids=[nobody.pw_uid] if listed else ())
+    path = server.listen_unix(
+        os.path.join(short_dir, "s"), mode=0o666, check_peer=True, allowed_uids=[nobody.pw_uid] if listed else ()
+    )
     with caplog.at_level(logging.WARNING, LOGGER):
-        child = subprocess.Popen([sys.executable, "-c", _FOREIGN_CLIENT, path, str(nobody.pw_uid),
-                                  str(nobody.pw_gid)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _FOREIGN_CLIENT, path, str(nobody.pw_uid), str(nobody.pw_gid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + TIMEOUT
         while child.poll() is None:
             assert time.monotonic() < deadline, "the foreign client hung"
@@ -1157,11 +1220,14 @@ def test_peer_check_refuses_other_uids_unless_listed(make_server, short_dir, cap
 # ---- non-loopback binds ----
 
 
-@pytest.mark.parametrize("kwargs, warned", [
-    ({}, True),
-    ({"token": "sesame"}, False),
-    ({"allow_remote": True}, False),
-])
+@pytest.mark.parametrize(
+    "kwargs, warned",
+    [
+        ({}, True),
+        ({"token": "sesame"}, False),
+        ({"allow_remote": True}, False),
+    ],
+)
 def test_non_loopback_bind_warns_unless_token_or_allow_remote(caplog, kwargs, warned):
     with caplog.at_level(logging.WARNING, LOGGER):
         Server("0.0.0.0", 0, **kwargs).close()
@@ -1188,8 +1254,11 @@ def test_loopback_binds_and_adopted_remote_sockets(make_server, caplog):
 def test_lone_surrogates_in_json_get_replies_not_exceptions(make_server):
     server = make_server(token="sesame")
     client = RawClient(server)
-    for line in [r'{"cmd": "\ud800", "id": 1}', r'{"cmd": "auth", "args": ["\udfff"], "id": 2}',
-                 r'{"cmd": "ping", "id": "\ud800x"}']:
+    for line in [
+        r'{"cmd": "\ud800", "id": 1}',
+        r'{"cmd": "auth", "args": ["\udfff"], "id": 2}',
+        r'{"cmd": "ping", "id": "\ud800x"}',
+    ]:
         reply = json.loads(client.request(line)[0])  # still valid JSON: the escape is kept
         assert reply["id"] in (1, 2, "\ud800x")
     assert client.request("auth sesame") == ["OK"]
@@ -1334,4 +1403,3 @@ def test_tcp_bind_failure_raises_and_cleans_up(make_server):
     with pytest.raises(OSError):
         server.listen_tcp("127.0.0.1", busy_port)
     assert len(server.addresses) == 1
-

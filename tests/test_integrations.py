@@ -800,8 +800,9 @@ def test_listen_socket_and_fd_adopt_unix_sockets(make_server, tmp_path):
     assert os.path.exists(path) and os.path.exists(other_path)
 
 
-@pytest.mark.skipif(not hasattr(socket, "AF_UNIX") or os.uname().sysname != "Linux",
-                    reason="abstract Unix socket names are Linux-only")
+@pytest.mark.skipif(
+    not hasattr(socket, "AF_UNIX") or os.uname().sysname != "Linux", reason="abstract Unix socket names are Linux-only"
+)
 def test_listen_socket_adopts_an_abstract_unix_socket(make_server):
     server = make_server(port=None)
     name = f"\0reactor_mgmt_test_{os.getpid()}_{time.monotonic_ns()}"

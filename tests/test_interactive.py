@@ -13,16 +13,23 @@ from conftest import ROOT, TIMEOUT, child_env, free_port
 pexpect = pytest.importorskip("pexpect")
 
 
-def spawn(home: str, *args: str, env: "dict | None" = None):
+def spawn(home: str, *args: str, env: dict | None = None):
     # TERM=dumb keeps readline from sending escape sequences (bracketed paste) into the output.
     env = child_env({"HOME": str(home), "TERM": "dumb", "INPUTRC": os.devnull, **(env or {})})
-    child = pexpect.spawn(sys.executable, ["-m", "reactor_mgmt", *args], env=env, cwd=ROOT,
-                          encoding="utf-8", timeout=3 * TIMEOUT, dimensions=(40, 200))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "reactor_mgmt", *args],
+        env=env,
+        cwd=ROOT,
+        encoding="utf-8",
+        timeout=3 * TIMEOUT,
+        dimensions=(40, 200),
+    )
     return child
 
 
 @pytest.fixture
-def shell(slow_demo, tmp_path) -> Iterator["pexpect.spawn"]:
+def shell(slow_demo, tmp_path) -> Iterator[pexpect.spawn]:
     child = spawn(str(tmp_path), "-c", slow_demo.address)
     child.prompt = f"{slow_demo.address}> "
     child.expect_exact(child.prompt)
@@ -156,8 +163,9 @@ def test_token_in_the_shell(tmp_path):
     from conftest import Daemon
 
     address_file = str(tmp_path / "demo.addr")
-    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file,
-                     "--token", "s3cret"], address_file)
+    daemon = Daemon(
+        ["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file, "--token", "s3cret"], address_file
+    )
     try:
         refused = spawn(str(tmp_path), "--token", "wrong", "-c", daemon.address)
         refused.expect(pexpect.EOF)

@@ -39,7 +39,7 @@ class Host:
 
     def __init__(self, server: Server) -> None:
         self.waiting: List[Pending] = []
-        self.made: List["weakref.ref[Pending]"] = []
+        self.made: List[weakref.ref[Pending]] = []
 
         @server.command(name="wait")
         def wait() -> Pending:
@@ -129,7 +129,8 @@ def test_further_cycles_do_not_grow_memory(make_server):
         if started:
             tracemalloc.stop()
     assert last_conns - first_conns < N // 4, (
-        f"live Connections went from {first_conns} to {last_conns} over two cycles of {N} clients")
+        f"live Connections went from {first_conns} to {last_conns} over two cycles of {N} clients"
+    )
     assert last_conns < N // 2, f"{last_conns} Connections alive after {N} clients left"
     growth = last_traced - first_traced
     # A departed client kept in memory costs about 1 KB, a stale timer entry a few hundred

@@ -25,7 +25,9 @@ from reactor_mgmt._protocol import (
 )
 
 IAC = b"\xff"
-WILL, WONT, DO, DONT, SB, SE, IP, EOF_, NOP = (bytes([b]) for b in (0xFB, 0xFC, 0xFD, 0xFE, 0xFA, 0xF0, 0xF4, 0xEC, 0xF1))
+WILL, WONT, DO, DONT, SB, SE, IP, EOF_, NOP = (
+    bytes([b]) for b in (0xFB, 0xFC, 0xFD, 0xFE, 0xFA, 0xF0, 0xF4, 0xEC, 0xF1)
+)
 
 
 def feed_all(feeder, chunks, eof=True):
@@ -137,11 +139,29 @@ def test_decoder_ip_and_eof_give_end_session_after_earlier_lines(ender):
 
 
 TELNET_SAMPLE = (
-    b"pi" + IAC + WILL + b"\x01ng\r\n"
-    + IAC + SB + b"\x18\x00x" + IAC + IAC + b"y" + IAC + SE
-    + b"echo " + IAC + IAC + b"\r\x00z\r\n"
-    + IAC + NOP + b"status\n"
-    + IAC + DO + IAC + b"x\n"
+    b"pi"
+    + IAC
+    + WILL
+    + b"\x01ng\r\n"
+    + IAC
+    + SB
+    + b"\x18\x00x"
+    + IAC
+    + IAC
+    + b"y"
+    + IAC
+    + SE
+    + b"echo "
+    + IAC
+    + IAC
+    + b"\r\x00z\r\n"
+    + IAC
+    + NOP
+    + b"status\n"
+    + IAC
+    + DO
+    + IAC
+    + b"x\n"
 )
 
 
@@ -307,7 +327,7 @@ def test_buffer_never_exceeds_max_line_plus_one(piece):
     line = b"q" * 50_000
     reported = []
     for i in range(0, len(line), piece):
-        reported.extend(lb.feed(line[i:i + piece]))
+        reported.extend(lb.feed(line[i : i + piece]))
         assert lb.buffered <= max_line + 1
     assert reported == [LINE_TOO_LONG]
     assert lb.feed(b"\nok\n") == [b"ok"]
@@ -392,9 +412,7 @@ def test_split_words_odd_whitespace_matches_shlex():
         assert split_words(line) == shlex.split(line), repr(line)
 
 
-quote_free = st.text(
-    alphabet=st.characters(blacklist_characters="\"'\\", blacklist_categories=("Cs",)), max_size=60
-)
+quote_free = st.text(alphabet=st.characters(blacklist_characters="\"'\\", blacklist_categories=("Cs",)), max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
@@ -419,17 +437,34 @@ def test_split_words_with_quotes_equals_shlex(parts):
 # ---- looks_like_http ----
 
 
-@pytest.mark.parametrize("line", [
-    "GET / HTTP/1.1", "POST /api HTTP/1.0", "OPTIONS * HTTP/1.1", "Host: localhost:8123", "host:x",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET / HTTP/1.1",
+        "POST /api HTTP/1.0",
+        "OPTIONS * HTTP/1.1",
+        "Host: localhost:8123",
+        "host:x",
+    ],
+)
 def test_looks_like_http_true(line):
     assert looks_like_http(line)
 
 
-@pytest.mark.parametrize("line", [
-    "GET", "GET /", "get / HTTP/1.1", "status", "echo GET / HTTP/1.1", "FOO / HTTP/1.1", "GET  / HTTP/1.1",
-    "hostname", "",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET",
+        "GET /",
+        "get / HTTP/1.1",
+        "status",
+        "echo GET / HTTP/1.1",
+        "FOO / HTTP/1.1",
+        "GET  / HTTP/1.1",
+        "hostname",
+        "",
+    ],
+)
 def test_looks_like_http_false(line):
     assert not looks_like_http(line)
 
@@ -438,9 +473,28 @@ def test_looks_like_http_false(line):
 
 # Byte material that exercises every branch: telnet commands, CR NUL, CRLF, Ctrl-D, bad UTF-8.
 ATOMS = [
-    b"a", b"ping", b"echo x", b" ", b"\n", b"\r", b"\r\n", b"\x00", b"\x04", b"\xff", IAC + IAC,
-    IAC + DO + b"\x01", IAC + WILL, IAC + SB + b"\x18" + IAC + IAC + b"\n" + IAC + SE, IAC + NOP,
-    IAC + IP, IAC + EOF_, b"\xc3", b"\xc3\xa9", b"\xe2\x82\xac", b"{", b"\t",
+    b"a",
+    b"ping",
+    b"echo x",
+    b" ",
+    b"\n",
+    b"\r",
+    b"\r\n",
+    b"\x00",
+    b"\x04",
+    b"\xff",
+    IAC + IAC,
+    IAC + DO + b"\x01",
+    IAC + WILL,
+    IAC + SB + b"\x18" + IAC + IAC + b"\n" + IAC + SE,
+    IAC + NOP,
+    IAC + IP,
+    IAC + EOF_,
+    b"\xc3",
+    b"\xc3\xa9",
+    b"\xe2\x82\xac",
+    b"{",
+    b"\t",
 ]
 byte_streams = st.one_of(
     st.lists(st.sampled_from(ATOMS), max_size=40).map(b"".join),
@@ -483,19 +537,26 @@ def test_line_buffer_output_independent_of_cuts(data, draw, max_line):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.text(alphabet=st.characters(blacklist_characters="\n\x04", blacklist_categories=("Cs",)),
-                        max_size=20), max_size=10))
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_characters="\n\x04", blacklist_categories=("Cs",)), max_size=20),
+        max_size=10,
+    )
+)
 def test_line_buffer_matches_reference_split(lines):
     data = "".join(line + "\n" for line in lines).encode()
     expected = [line.encode()[:-1] if line.endswith("\r") else line.encode() for line in lines]
-    expected = [(LINE_TOO_LONG_JSON if line.lstrip()[:1] == b"{" else LINE_TOO_LONG) if len(line) > 16 else line
-                for line in expected]
+    expected = [
+        (LINE_TOO_LONG_JSON if line.lstrip()[:1] == b"{" else LINE_TOO_LONG) if len(line) > 16 else line
+        for line in expected
+    ]
     assert feed_all(LineBuffer(16), [data]) == expected
 
 
 line_bytes = st.one_of(
-    st.text(alphabet=st.characters(blacklist_characters="\n\r\x04", blacklist_categories=("Cs",)),
-            max_size=15).map(str.encode),
+    st.text(alphabet=st.characters(blacklist_characters="\n\r\x04", blacklist_categories=("Cs",)), max_size=15).map(
+        str.encode
+    ),
     st.sampled_from([b"\xc3", b"ok\xff\xfe", b"\xe2\x82", b"\x80abc"]),  # never valid UTF-8
 )
 
@@ -513,4 +574,4 @@ def test_batch_decode_equals_per_line_decode(raw_lines):
     # Through the public API too: IAC bytes are escaped so the telnet layer passes them through.
     wire = b"".join(line.replace(b"\xff", b"\xff\xff") + b"\n" for line in raw_lines)
     assert decode([wire]) == per_line
-    assert decode([wire[:len(wire) // 2], wire[len(wire) // 2:]]) == per_line
+    assert decode([wire[: len(wire) // 2], wire[len(wire) // 2 :]]) == per_line

@@ -29,8 +29,7 @@ def exchange(demo, payload: bytes) -> bytes:
 
 
 def run_client(argv, payload: bytes) -> bytes:
-    result = subprocess.run(argv, input=payload, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            timeout=TIMEOUT)
+    result = subprocess.run(argv, input=payload, capture_output=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout
 
@@ -80,7 +79,7 @@ def test_nc_pipeline_with_deferred_reply(demo):
 
 def test_nc_errors_and_streams(demo):
     nc = require_tool("nc.openbsd")
-    payload = b"nosuch\ncrash\ncount 3 --prefix n\nshow job 999\necho \"a  b\"\n"
+    payload = b'nosuch\ncrash\ncount 3 --prefix n\nshow job 999\necho "a  b"\n'
     output = run_client([nc, "-N", demo.host, str(demo.port)], payload)
     assert output == (
         b"ERR unknown command 'nosuch' (try 'help')\n"
@@ -127,7 +126,7 @@ def test_socat_status_and_pipeline(demo):
     socat = require_tool("socat")
     output = run_client([socat, "-", f"TCP:{demo.host}:{demo.port}"], b"echo one\r\nping\nstatus")
     assert output.startswith(b"one\npong\n")
-    check_status(output[len(b"one\npong\n"):])
+    check_status(output[len(b"one\npong\n") :])
 
 
 # ---- telnet ----

@@ -8,10 +8,9 @@ import math
 
 import pytest
 
+from conftest import RawClient
 from reactor_mgmt import CommandError
 from reactor_mgmt._render import json_line, render_table, render_text, to_jsonable
-
-from conftest import RawClient
 
 
 class Color(enum.Enum):
@@ -92,11 +91,7 @@ def test_list_item_with_newlines_keeps_its_lines():
 
 def test_list_of_dicts_is_a_table_with_header():
     rows = [{"id": 1, "name": "backup", "done": None}, {"id": 22, "name": "re", "extra": 1.5}]
-    assert render_text(rows) == (
-        "id  name    done  extra\n"
-        "1   backup  -     -\n"
-        "22  re      -     1.5\n"
-    )
+    assert render_text(rows) == ("id  name    done  extra\n1   backup  -     -\n22  re      -     1.5\n")
 
 
 def test_table_cells_with_newlines_stay_on_their_row():
@@ -225,15 +220,22 @@ def test_rendered_over_the_socket(rendering_server, command, lines):
 def test_same_values_as_json_over_the_socket(rendering_server):
     client = RawClient(rendering_server)
     try:
-        for command, expected in [("none", None), ("number", 7), ("mapping", {"alpha": 1, "b": "two"}),
-                                  ("table", [{"name": "a", "n": 1}, {"name": "bbb", "n": 20}]),
-                                  ("broken", "<unprintable Unprintable object>")]:
+        for command, expected in [
+            ("none", None),
+            ("number", 7),
+            ("mapping", {"alpha": 1, "b": "two"}),
+            ("table", [{"name": "a", "n": 1}, {"name": "bbb", "n": 20}]),
+            ("broken", "<unprintable Unprintable object>"),
+        ]:
             client.send(json.dumps({"cmd": command, "id": command}) + "\n")
             (line,) = client.lines(1)
             assert json.loads(line) == {"id": command, "ok": True, "result": expected}
         client.send('{"cmd": "fail", "id": 1}\n')
         assert json.loads(client.lines(1)[0]) == {
-            "id": 1, "ok": False, "error": {"code": "error", "message": "it went wrong"}}
+            "id": 1,
+            "ok": False,
+            "error": {"code": "error", "message": "it went wrong"},
+        }
     finally:
         client.close()
 
@@ -254,7 +256,7 @@ class _Int(int):
 
 _FLAT = [
     {"service": "reactor-bench", "workers": 4, "load": 0.75, "ok": True, "none": None},
-    {"a": "x\ny", "bb": None, 3: True, "big": 10 ** 30, "neg": -1.5e-9},
+    {"a": "x\ny", "bb": None, 3: True, "big": 10**30, "neg": -1.5e-9},
     {"nan": float("nan"), "inf": float("inf"), "multi": "one\ntwo\nthree"},
     {},
 ]
@@ -267,7 +269,6 @@ def test_the_flat_dict_fast_path_renders_as_the_general_path(value):
     general = types.MappingProxyType(value)  # a Mapping, not a dict: the general path
     assert render_text(value) == render_text(general)
     assert to_jsonable(value) == to_jsonable(dict(general.items())) == to_jsonable(general)
-    subclassed = {(_Str(k) if isinstance(k, str) else k): (_Int(v) if type(v) is int else v)
-                  for k, v in value.items()}
+    subclassed = {(_Str(k) if isinstance(k, str) else k): (_Int(v) if type(v) is int else v) for k, v in value.items()}
     assert render_text(subclassed) == render_text(value)
     assert json_line({"id": 1, "result": to_jsonable(subclassed)}) == json_line({"id": 1, "result": to_jsonable(value)})

@@ -17,10 +17,9 @@ from typing import Optional, Tuple
 import pytest
 
 import reactor_mgmt
+from conftest import TIMEOUT, RawClient
 from reactor_mgmt import CommandError, ConfigError, Pending, ReactorMgmtError, Server
 from reactor_mgmt._render import json_line
-
-from conftest import TIMEOUT, RawClient
 
 
 def _lines_after_half_close(server: Server, payload: bytes):
@@ -44,7 +43,10 @@ def test_json_ids_nested_past_what_json_dumps_can_print(server):
     for _ in range(20000):
         deep = [deep]
     assert json.loads(json_line({"id": deep, "ok": True, "result": None})) == {
-        "id": None, "ok": False, "error": {"code": "internal", "message": "reply cannot be encoded as JSON"}}
+        "id": None,
+        "ok": False,
+        "error": {"code": "internal", "message": "reply cannot be encoded as JSON"},
+    }
     depths = range(960, 1010, 2)
     payload = b"".join(b'{"cmd": "ping", "id": ' + b"[" * d + b"]" * d + b"}\n" for d in depths)
     lines = _lines_after_half_close(server, payload + b"ping\n")
@@ -57,7 +59,7 @@ def test_json_ids_nested_past_what_json_dumps_can_print(server):
 def test_json_result_that_cannot_be_printed_is_an_internal_error(server):
     @server.command
     def hugeint() -> int:
-        return 10 ** 5000  # past str()'s digit limit on 3.11+; a plain (long) number before
+        return 10**5000  # past str()'s digit limit on 3.11+; a plain (long) number before
 
     lines = _lines_after_half_close(server, b'{"cmd": "hugeint", "id": 7}\nping\n')
     reply = json.loads(lines[0])
@@ -236,8 +238,11 @@ def test_keyboard_interrupt_inside_a_stream_is_not_reported_as_its_end(server):
             server.poll(0.01)
     client.pump(5)
     lines = [json.loads(line) for line in client.buffer.decode().splitlines()]
-    assert lines == [{"id": 1, "stream": True}, {"id": 1, "item": 0},
-                     {"id": 1, "ok": False, "error": {"code": "internal", "message": "internal error (KeyboardInterrupt)"}}]
+    assert lines == [
+        {"id": 1, "stream": True},
+        {"id": 1, "item": 0},
+        {"id": 1, "ok": False, "error": {"code": "internal", "message": "internal error (KeyboardInterrupt)"}},
+    ]
     client.close()
 
 
@@ -298,7 +303,7 @@ def test_a_resolved_pending_is_not_kept_alive_by_its_timeout(server):
 
     @server.command
     def later() -> Pending:
-        return pending
+        return pending  # noqa: F821
 
     client = RawClient(server)
     client.send(b"later\n")
@@ -360,7 +365,8 @@ def test_a_json_line_that_is_not_utf8_gets_a_json_error(server):
     lines = _lines_after_half_close(server, b'{"cmd": "\x80"}\n{"cmd": "ping", "id": 2}\n')
     assert [json.loads(line) for line in lines] == [
         {"id": None, "ok": False, "error": {"code": "bad_request", "message": "request is not valid UTF-8"}},
-        {"id": 2, "ok": True, "result": "pong"}]
+        {"id": 2, "ok": True, "result": "pong"},
+    ]
 
 
 def test_0xff_that_is_no_telnet_command_is_not_swallowed(server):
@@ -474,11 +480,14 @@ def test_a_plain_handler_closing_the_server_keeps_the_replies_before_it(server):
     client.close()
 
 
-@pytest.mark.parametrize(("limits", "reply", "count"), [
-    (dict(high_water=4096, max_output=4096), "r" * 99, 50),  # the error line itself passed the cap
-    (dict(high_water=4096, max_output=8192), "\U0001f600" * 50, 60),  # room counted in characters
-    (dict(high_water=1000, max_output=1000), "\u00e9" * 100, 6),
-])
+@pytest.mark.parametrize(
+    ("limits", "reply", "count"),
+    [
+        (dict(high_water=4096, max_output=4096), "r" * 99, 50),  # the error line itself passed the cap
+        (dict(high_water=4096, max_output=8192), "\U0001f600" * 50, 60),  # room counted in characters
+        (dict(high_water=1000, max_output=1000), "\u00e9" * 100, 6),
+    ],
+)
 def test_pipelined_replies_under_tight_limits_all_arrive(make_server, limits, reply, count):
     server = make_server(**limits)
     server.add_command("reply", lambda: reply)
@@ -595,11 +604,13 @@ def test_close_tells_clients_owed_a_reply_and_no_one_else(server):
         server.poll(0.01)
     server.close()
     assert [json.loads(line) for line in waiting_json.read_until_closed().splitlines()] == [
-        {"id": 7, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}]
+        {"id": 7, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}
+    ]
     assert waiting_text.read_until_closed() == b"ERR server shutting down\n"
     # its waiting request has no id; the notice is not sent twice for the JSON request behind it
     assert [json.loads(line) for line in queued_json.read_until_closed().splitlines()] == [
-        {"id": None, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}]
+        {"id": None, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}
+    ]
     assert streaming.read_until_closed() == b"ERR server shutting down\n"
     idle.buffer = b""
     assert idle.read_until_closed() == b""  # owed nothing: a plain EOF
@@ -621,7 +632,10 @@ def test_a_json_request_still_queued_at_close_gets_a_json_notice(server):
     assert server.closed
     assert closer.read_until_closed() == b"bye\n"
     assert json.loads(other.read_until_closed()) == {
-        "id": 5, "ok": False, "error": {"code": "shutdown", "message": "server shutting down"}}
+        "id": 5,
+        "ok": False,
+        "error": {"code": "shutdown", "message": "server shutting down"},
+    }
     other.close()
     closer.close()
 
@@ -781,18 +795,25 @@ def test_a_handler_closing_the_server_inside_a_run_loses_no_reply(server):
 
 
 @pytest.mark.parametrize("reply", ["pending", "stream"])
-@pytest.mark.parametrize("request_line, notice", [
-    (b"shutdown\n", ["ERR server shutting down"]),
-    (b'{"cmd": "shutdown", "id": 7}\n',
-     ['{"id": 7, "ok": false, "error": {"code": "shutdown", "message": "server shutting down"}}']),
-])
-def test_a_handler_that_closes_then_returns_a_pending_or_stream_still_gets_a_notice(server, reply, request_line, notice):
+@pytest.mark.parametrize(
+    "request_line, notice",
+    [
+        (b"shutdown\n", ["ERR server shutting down"]),
+        (
+            b'{"cmd": "shutdown", "id": 7}\n',
+            ['{"id": 7, "ok": false, "error": {"code": "shutdown", "message": "server shutting down"}}'],
+        ),
+    ],
+)
+def test_a_handler_that_closes_then_returns_a_pending_or_stream_still_gets_a_notice(
+    server, reply, request_line, notice
+):
     @server.command
     def shutdown():
         server.close()
         if reply == "pending":
             return Pending(timeout=0)
-        return iter(range(10 ** 9))
+        return iter(range(10**9))
 
     client = RawClient(server)
     client.send(request_line)

@@ -155,10 +155,20 @@ class FakeListener:
 class Session:
     """One Connection with its dispatcher, registry and fakes, and the test's commands."""
 
-    def __init__(self, *, caches: bool = True, level: int = 0, authenticated: bool = True,
-                 max_commands_per_tick: int = 256, max_output: int = 1 << 16, high_water: int = 4096,
-                 low_water: Optional[int] = None, pending_timeout: float = 5.0, max_line: int = 64,
-                 transport_type: type = FakeTransport) -> None:
+    def __init__(
+        self,
+        *,
+        caches: bool = True,
+        level: int = 0,
+        authenticated: bool = True,
+        max_commands_per_tick: int = 256,
+        max_output: int = 1 << 16,
+        high_water: int = 4096,
+        low_water: Optional[int] = None,
+        pending_timeout: float = 5.0,
+        max_line: int = 64,
+        transport_type: type = FakeTransport,
+    ) -> None:
         self.clock = Clock()
         self.timers = Timers(self.clock)
         self.woken: List[Any] = []
@@ -168,10 +178,17 @@ class Session:
         if not caches:
             self.registry.line_cache = None
         self.dispatcher = Dispatcher(
-            self.registry, self.stats, clock=self.clock, call_later=self.timers.call_later,
-            wake=self.woken.append, schedule=self.scheduled.append, max_line=max_line,
-            max_output=max_output, max_commands_per_tick=max_commands_per_tick,
-            pending_timeout=pending_timeout)
+            self.registry,
+            self.stats,
+            clock=self.clock,
+            call_later=self.timers.call_later,
+            wake=self.woken.append,
+            schedule=self.scheduled.append,
+            max_line=max_line,
+            max_output=max_output,
+            max_commands_per_tick=max_commands_per_tick,
+            pending_timeout=pending_timeout,
+        )
         limits = FakeLimits(high_water, high_water // 4 if low_water is None else low_water, max_output)
         self.transport = transport_type(limits, self.scheduled.append)
         # The Connection's "server" is only what wake() goes through: this object.
@@ -375,16 +392,17 @@ def test_a_handler_writing_to_its_connection_comes_before_its_reply(make):
 
 def test_text_errors_are_one_err_line_and_the_session_goes_on(make):
     s = make()
-    s.feed(b"frobnicate\n"
-           b"pnig\n"
-           b"add 1\n"
-           b"add 1 x\n"
-           b"ping now\n"
-           b'echo "abc\n'
-           b"crash\n"
-           b"echo \xc3\x28\n"
-           + b"echo " + b"x" * 70 + b"\n"
-           b"ping\n")
+    s.feed(
+        b"frobnicate\n"
+        b"pnig\n"
+        b"add 1\n"
+        b"add 1 x\n"
+        b"ping now\n"
+        b'echo "abc\n'
+        b"crash\n"
+        b"echo \xc3\x28\n" + b"echo " + b"x" * 70 + b"\n"
+        b"ping\n"
+    )
     s.service()
     assert s.take() == (
         b"ERR unknown command 'frobnicate' (try 'help')\n"
@@ -396,7 +414,8 @@ def test_text_errors_are_one_err_line_and_the_session_goes_on(make):
         b"ERR internal error (ValueError)\n"
         b"ERR request is not valid UTF-8\n"
         b"ERR line too long (limit 64 bytes)\n"
-        b"pong\n")
+        b"pong\n"
+    )
     assert s.stats.commands == 10 and s.stats.errors == 9
 
 
@@ -410,18 +429,22 @@ def test_a_quoted_line_is_split_like_a_shell(make):
 
 def test_json_requests_with_cmd_and_argv(make):
     s = make()
-    s.feed(b'{"id": 1, "cmd": "add", "args": [2, 3]}\n'
-           b'{"id": "two", "argv": ["echo", "a", "--b"]}\n'
-           b'{"id": 3, "cmd": "add", "kwargs": {"a": 1, "b": 2}}\n'
-           b'{"id": 4, "cmd": "ping"}\n'
-           b"ping\n")
+    s.feed(
+        b'{"id": 1, "cmd": "add", "args": [2, 3]}\n'
+        b'{"id": "two", "argv": ["echo", "a", "--b"]}\n'
+        b'{"id": 3, "cmd": "add", "kwargs": {"a": 1, "b": 2}}\n'
+        b'{"id": 4, "cmd": "ping"}\n'
+        b"ping\n"
+    )
     s.service()
     data = s.take()
-    assert data == (b'{"id": 1, "ok": true, "result": 5}\n'
-                    b'{"id": "two", "ok": true, "result": "a --b"}\n'
-                    b'{"id": 3, "ok": true, "result": 3}\n'
-                    b'{"id": 4, "ok": true, "result": "pong"}\n'
-                    b"pong\n")
+    assert data == (
+        b'{"id": 1, "ok": true, "result": 5}\n'
+        b'{"id": "two", "ok": true, "result": "a --b"}\n'
+        b'{"id": 3, "ok": true, "result": 3}\n'
+        b'{"id": 4, "ok": true, "result": "pong"}\n'
+        b"pong\n"
+    )
     assert frames(data) == [(RESULT, 1, 5), (RESULT, "two", "a --b"), (RESULT, 3, 3), (RESULT, 4, "pong"), None]
 
 
@@ -431,32 +454,49 @@ def test_json_errors_are_framed_for_their_request(make):
         json.loads('{"id": 3,')
     except ValueError as exc:
         malformed = f"malformed JSON: {exc}"
-    s.feed(b'{"id": 3,\n'
-           b'{"id": 4}\n'
-           b'{"id": 5, "cmd": "frobnicate"}\n'
-           b'{"id": 6, "argv": []}\n'
-           b'{"id": 7, "cmd": "add", "args": [1]}\n'
-           b'{"id": 8, "cmd": "crash"}\n'
-           b'{"id": 9, "cmd": "\xc3\x28"}\n'
-           b"ping\n")
+    s.feed(
+        b'{"id": 3,\n'
+        b'{"id": 4}\n'
+        b'{"id": 5, "cmd": "frobnicate"}\n'
+        b'{"id": 6, "argv": []}\n'
+        b'{"id": 7, "cmd": "add", "args": [1]}\n'
+        b'{"id": 8, "cmd": "crash"}\n'
+        b'{"id": 9, "cmd": "\xc3\x28"}\n'
+        b"ping\n"
+    )
     s.service()
     data = s.take()
     assert data == (
         b'{"id": null, "ok": false, "error": {"code": "bad_request", "message": "' + malformed.encode() + b'"}}\n'
         b'{"id": 4, "ok": false, "error": {"code": "bad_request", "message": "\'cmd\' must be a non-empty string"}}\n'
         b'{"id": 5, "ok": false, "error": {"code": "unknown_command", '
-        b'"message": "unknown command \'frobnicate\' (try \'help\')"}}\n'
+        b"\"message\": \"unknown command 'frobnicate' (try 'help')\"}}\n"
         b'{"id": 6, "ok": false, "error": {"code": "bad_request", '
         b'"message": "\'argv\' must be a non-empty list of strings"}}\n'
         b'{"id": 7, "ok": false, "error": {"code": "usage", "message": "usage: add A B (missing B)"}}\n'
         b'{"id": 8, "ok": false, "error": {"code": "internal", "message": "internal error (ValueError)"}}\n'
         b'{"id": null, "ok": false, "error": {"code": "bad_request", "message": "request is not valid UTF-8"}}\n'
-        b"pong\n")
+        b"pong\n"
+    )
     kinds = frames(data)
-    assert [kind[:2] for kind in kinds[:-1]] == [(ERROR, None), (ERROR, 4), (ERROR, 5), (ERROR, 6), (ERROR, 7),
-                                                 (ERROR, 8), (ERROR, None)]
-    assert [kind[2]["code"] for kind in kinds[:-1]] == ["bad_request", "bad_request", "unknown_command",
-                                                        "bad_request", "usage", "internal", "bad_request"]
+    assert [kind[:2] for kind in kinds[:-1]] == [
+        (ERROR, None),
+        (ERROR, 4),
+        (ERROR, 5),
+        (ERROR, 6),
+        (ERROR, 7),
+        (ERROR, 8),
+        (ERROR, None),
+    ]
+    assert [kind[2]["code"] for kind in kinds[:-1]] == [
+        "bad_request",
+        "bad_request",
+        "unknown_command",
+        "bad_request",
+        "usage",
+        "internal",
+        "bad_request",
+    ]
     assert kinds[-1] is None
 
 
@@ -595,11 +635,13 @@ def test_a_stream_sends_only_while_the_transport_is_below_low_water(make):
 def test_a_json_stream_is_opened_itemised_and_ended(make):
     s = make()
     data = s.exchange(b'{"id": 9, "cmd": "count", "args": [2]}\nping\n')
-    assert data == (b'{"id": 9, "stream": true}\n'
-                    b'{"id": 9, "item": "item0"}\n'
-                    b'{"id": 9, "item": "item1"}\n'
-                    b'{"id": 9, "ok": true, "result": null, "items": 2}\n'
-                    b"pong\n")
+    assert data == (
+        b'{"id": 9, "stream": true}\n'
+        b'{"id": 9, "item": "item0"}\n'
+        b'{"id": 9, "item": "item1"}\n'
+        b'{"id": 9, "ok": true, "result": null, "items": 2}\n'
+        b"pong\n"
+    )
     assert frames(data) == [(OPEN, 9, None), (ITEM, 9, "item0"), (ITEM, 9, "item1"), (END, 9, 2), None]
 
 
@@ -664,8 +706,11 @@ def test_eof_stops_a_subscription_and_closes(make):
     assert s.streams_closed == 1 and s.transport.closed
 
 
-@pytest.mark.parametrize("reads", [[b"tail\n", b"\xff\xf4"], [b"tail\n", b"\x04"], [b"tail\n\x04"]],
-                         ids=["IP-next-read", "ctrl-d-next-read", "ctrl-d-same-read"])
+@pytest.mark.parametrize(
+    "reads",
+    [[b"tail\n", b"\xff\xf4"], [b"tail\n", b"\x04"], [b"tail\n\x04"]],
+    ids=["IP-next-read", "ctrl-d-next-read", "ctrl-d-same-read"],
+)
 def test_ending_the_session_during_a_subscription_closes_it(make, reads):
     s = make()
     s.events.append("e1")
@@ -679,9 +724,9 @@ def test_ending_the_session_during_a_subscription_closes_it(make, reads):
 
 def test_a_stream_item_larger_than_max_output_ends_the_stream_with_the_error(make):
     s = make(max_output=64, high_water=64)
-    assert s.exchange(b"big stream 100\nping\n") == (b"small\n"
-                                                     b"ERR reply too large (101 bytes; max_output is 64)\n"
-                                                     b"pong\n")
+    assert s.exchange(b"big stream 100\nping\n") == (
+        b"small\nERR reply too large (101 bytes; max_output is 64)\npong\n"
+    )
     assert s.streams_closed == 1
 
 
@@ -834,8 +879,11 @@ FORMS = {
 
 def refusal(form: str, message: str) -> bytes:
     if form.startswith("json"):
-        return (b'{"id": 7, "ok": false, "error": {"code": "denied", "message": '
-                + json.dumps(message, ensure_ascii=False).encode() + b"}}\n")
+        return (
+            b'{"id": 7, "ok": false, "error": {"code": "denied", "message": '
+            + json.dumps(message, ensure_ascii=False).encode()
+            + b"}}\n"
+        )
     return f"ERR {message}\n".encode()
 
 
@@ -848,8 +896,10 @@ def test_a_level_too_low_is_refused_in_every_form(make, form):
         assert frames(data) == [(ERROR, 7, {"code": "denied", "message": "permission denied: 'secret' needs admin"})]
     assert s.exchange(b"ping\n") == b"pong\n"
     admin = make(level=2)
-    assert admin.exchange(FORMS[form]("secret")) in (b"the secret\n",
-                                                     b'{"id": 7, "ok": true, "result": "the secret"}\n')
+    assert admin.exchange(FORMS[form]("secret")) in (
+        b"the secret\n",
+        b'{"id": 7, "ok": true, "result": "the secret"}\n',
+    )
 
 
 @pytest.mark.parametrize("form", sorted(FORMS))
@@ -872,16 +922,19 @@ def test_suggestions_name_only_what_the_connection_may_run(make):
 
 def test_a_reply_larger_than_max_output_becomes_the_too_large_error(make):
     s = make(max_output=64, high_water=64)
-    s.feed(b"big 63\nbig 64\n"
-           b'{"id": 1, "cmd": "big", "args": [100]}\n'
-           b"ping\n")
+    s.feed(b'big 63\nbig 64\n{"id": 1, "cmd": "big", "args": [100]}\nping\n')
     assert s.run() == 4  # the first reply reaches high_water: the rest run once it drains
     data = s.take()
-    assert data == (b"x" * 63 + b"\n"  # 64 bytes with its newline: exactly max_output is allowed
-                    b"ERR reply too large (65 bytes; max_output is 64)\n"
-                    b'{"id": 1, "ok": false, "error": {"code": "too_large", '
-                    b'"message": "reply too large (136 bytes; max_output is 64)"}}\n'
-                    b"pong\n")
+    assert (
+        data
+        == (
+            b"x" * 63 + b"\n"  # 64 bytes with its newline: exactly max_output is allowed
+            b"ERR reply too large (65 bytes; max_output is 64)\n"
+            b'{"id": 1, "ok": false, "error": {"code": "too_large", '
+            b'"message": "reply too large (136 bytes; max_output is 64)"}}\n'
+            b"pong\n"
+        )
+    )
     too_large = {"code": "too_large", "message": "reply too large (136 bytes; max_output is 64)"}
     assert frames(data)[2] == (ERROR, 1, too_large)
     assert s.stats.errors == 2

@@ -14,9 +14,8 @@ from typing import Any, Iterator, List
 import pytest
 
 import reactor_mgmt
-from reactor_mgmt import CommandError, Connection, Pending, Stream, Wait
-
 from conftest import TIMEOUT, RawClient
+from reactor_mgmt import CommandError, Connection, Pending, Stream, Wait
 
 
 def one(client: RawClient, line: str) -> str:
@@ -44,7 +43,7 @@ def server_conn(server: reactor_mgmt.Server) -> Connection:
     return conn
 
 
-def small_window_client(server: reactor_mgmt.Server) -> "tuple[socket.socket, Connection]":
+def small_window_client(server: reactor_mgmt.Server) -> tuple[socket.socket, Connection]:
     """A non-blocking client socket and its server-side Connection, both with small kernel
     buffers, so a client that reads slowly (or not at all) pushes back on the server quickly
     instead of the kernel soaking up megabytes."""
@@ -157,8 +156,7 @@ def test_pending_timeout_per_server_and_json_code(make_server):
     srv.add_command("later", lambda: Pending())
     client = RawClient(srv)
     client.send('{"cmd": "later", "id": 5}\n')
-    assert json.loads(client.lines(1)[0]) == {"id": 5, "ok": False,
-                                               "error": {"code": "timeout", "message": "timeout"}}
+    assert json.loads(client.lines(1)[0]) == {"id": 5, "ok": False, "error": {"code": "timeout", "message": "timeout"}}
 
 
 def test_pending_timeout_defaults(deferred):

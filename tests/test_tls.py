@@ -12,7 +12,6 @@ import time
 import pytest
 
 import reactor_mgmt
-
 from conftest import TIMEOUT, require_tool
 
 
@@ -25,21 +24,79 @@ def pki(tmp_path_factory):
     """A CA, a server certificate for 127.0.0.1 signed by it, a client certificate 'alice'
     signed by it, and a client certificate 'mallory' signed by a CA nobody trusts."""
     d = tmp_path_factory.mktemp("pki")
-    p = {name: str(d / name) for name in (
-        "ca.pem", "ca.key", "srv.pem", "srv.key", "srv.csr", "alice.pem", "alice.key", "alice.csr",
-        "evil_ca.pem", "evil_ca.key", "mallory.pem", "mallory.key", "mallory.csr", "ext.cnf")}
+    p = {
+        name: str(d / name)
+        for name in (
+            "ca.pem",
+            "ca.key",
+            "srv.pem",
+            "srv.key",
+            "srv.csr",
+            "alice.pem",
+            "alice.key",
+            "alice.csr",
+            "evil_ca.pem",
+            "evil_ca.key",
+            "mallory.pem",
+            "mallory.key",
+            "mallory.csr",
+            "ext.cnf",
+        )
+    }
     with open(p["ext.cnf"], "w") as handle:
         handle.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for ca, key, cn in (("ca.pem", "ca.key", "test CA"), ("evil_ca.pem", "evil_ca.key", "evil CA")):
-        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={cn}",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout", p[key], "-out", p[ca])
-    for name, ca, ca_key, ext in (("srv", "ca.pem", "ca.key", True), ("alice", "ca.pem", "ca.key", False),
-                                  ("mallory", "evil_ca.pem", "evil_ca.key", False)):
+        _openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={cn}",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+            p[key],
+            "-out",
+            p[ca],
+        )
+    for name, ca, ca_key, ext in (
+        ("srv", "ca.pem", "ca.key", True),
+        ("alice", "ca.pem", "ca.key", False),
+        ("mallory", "evil_ca.pem", "evil_ca.key", False),
+    ):
         cn = "localhost" if name == "srv" else name
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout", p[f"{name}.key"],
-                 "-out", p[f"{name}.csr"])
-        _openssl("x509", "-req", "-in", p[f"{name}.csr"], "-CA", p[ca], "-CAkey", p[ca_key], "-CAcreateserial",
-                 "-days", "2", "-out", p[f"{name}.pem"], *(["-extfile", p["ext.cnf"]] if ext else []))
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={cn}",
+            "-keyout",
+            p[f"{name}.key"],
+            "-out",
+            p[f"{name}.csr"],
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            p[f"{name}.csr"],
+            "-CA",
+            p[ca],
+            "-CAkey",
+            p[ca_key],
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            p[f"{name}.pem"],
+            *(["-extfile", p["ext.cnf"]] if ext else []),
+        )
     return p
 
 
@@ -124,8 +181,17 @@ def _client_context(pki, cert: str = "") -> ssl.SSLContext:
 
 def test_openssl_s_client_gets_pong(make_server, pki):
     server = make_server("127.0.0.1", tls=_server_context(pki))
-    proc = _client([require_tool("openssl"), "s_client", "-quiet", "-connect", f"127.0.0.1:{server.port}",
-                    "-CAfile", pki["ca.pem"]])
+    proc = _client(
+        [
+            require_tool("openssl"),
+            "s_client",
+            "-quiet",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-CAfile",
+            pki["ca.pem"],
+        ]
+    )
     proc.stdin.write(b"ping\nquit\n")
     proc.stdin.flush()
     assert _serve_while(server, proc).splitlines()[-1] == b"pong"
@@ -153,8 +219,9 @@ def test_socat_verifies_the_server_and_fails_with_the_wrong_ca(make_server, pki)
 
 
 def test_client_certificates_map_to_levels_and_an_untrusted_one_is_refused(make_server, pki):
-    server = make_server("127.0.0.1", level="user", tls=_server_context(pki, client_ca=True),
-                         cert_levels={"admin": ["alice"]})
+    server = make_server(
+        "127.0.0.1", level="user", tls=_server_context(pki, client_ca=True), cert_levels={"admin": ["alice"]}
+    )
     alice = _tls_connect(server, _client_context(pki, "alice"))
     assert _request(server, alice, b"level\n") == b"admin\n"
     alice.close()
@@ -188,8 +255,11 @@ def test_cert_levels_without_tls_is_a_config_error(make_server):
         make_server("127.0.0.1", cert_levels={"admin": ["alice"]})
 
 
-@pytest.mark.parametrize("garbage", [b"ping\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello" * 50],
-                         ids=["plaintext", "http", "not-a-client-hello"])
+@pytest.mark.parametrize(
+    "garbage",
+    [b"ping\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello" * 50],
+    ids=["plaintext", "http", "not-a-client-hello"],
+)
 def test_plaintext_http_or_garbage_on_a_tls_port_is_closed_and_runs_nothing(make_server, pki, garbage):
     server = make_server("127.0.0.1", tls=_server_context(pki))
     ran = []
@@ -260,10 +330,16 @@ def test_a_client_that_half_closes_mid_record_is_dropped_alone(make_server, pki)
 
 
 def test_the_plaintext_server_never_imports_ssl():
-    code = ("import sys, reactor_mgmt; s = reactor_mgmt.Server('127.0.0.1', 0); s.poll(0); s.close(); "
-            "print('ssl' in sys.modules)")
-    out = subprocess.run([__import__("sys").executable, "-c", code], capture_output=True, timeout=60,
-                         env=__import__("conftest").child_env())
+    code = (
+        "import sys, reactor_mgmt; s = reactor_mgmt.Server('127.0.0.1', 0); s.poll(0); s.close(); "
+        "print('ssl' in sys.modules)"
+    )
+    out = subprocess.run(
+        [__import__("sys").executable, "-c", code],
+        capture_output=True,
+        timeout=60,
+        env=__import__("conftest").child_env(),
+    )
     assert out.stdout.strip() == b"False", out.stderr
 
 
@@ -271,17 +347,42 @@ def test_the_demo_serves_mutual_tls_with_its_flags(tmp_path, pki):
     from conftest import Daemon
 
     address_file = str(tmp_path / "demo.addr")
-    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file, "--level", "user",
-                     "--tls-cert", pki["srv.pem"], "--tls-key", pki["srv.key"], "--tls-client-ca", pki["ca.pem"],
-                     "--tls-admin", "alice"], address_file)
+    daemon = Daemon(
+        [
+            "-m",
+            "reactor_mgmt",
+            "demo",
+            "--port",
+            "0",
+            "--address-file",
+            address_file,
+            "--level",
+            "user",
+            "--tls-cert",
+            pki["srv.pem"],
+            "--tls-key",
+            pki["srv.key"],
+            "--tls-client-ca",
+            pki["ca.pem"],
+            "--tls-admin",
+            "alice",
+        ],
+        address_file,
+    )
     try:
         socat = require_tool("socat")
         for cert, expected in (("alice", b"admin\n"), ("mallory", b"")):
             key = pki[f"{cert}.key"]
             proc = subprocess.run(
-                [socat, "-", f"OPENSSL:127.0.0.1:{daemon.port},cafile={pki['ca.pem']},cert={pki[cert + '.pem']},"
-                             f"key={key}"],
-                input=b"level\n", capture_output=True, timeout=TIMEOUT)
+                [
+                    socat,
+                    "-",
+                    f"OPENSSL:127.0.0.1:{daemon.port},cafile={pki['ca.pem']},cert={pki[cert + '.pem']},key={key}",
+                ],
+                input=b"level\n",
+                capture_output=True,
+                timeout=TIMEOUT,
+            )
             assert proc.stdout == expected, (cert, proc.stderr[-500:])
     finally:
         code, _, err = daemon.stop()
@@ -292,8 +393,17 @@ def test_a_client_that_renegotiates_is_refused_alone(make_server, pki):
     # TLS 1.2 lets a client ask for a renegotiation (s_client's "R" line); the server refuses it
     # (no renegotiation), that connection ends, and nobody else is affected.
     server = make_server("127.0.0.1", tls=_server_context(pki))
-    proc = _client([require_tool("openssl"), "s_client", "-tls1_2", "-connect", f"127.0.0.1:{server.port}",
-                    "-CAfile", pki["ca.pem"]])
+    proc = _client(
+        [
+            require_tool("openssl"),
+            "s_client",
+            "-tls1_2",
+            "-connect",
+            f"127.0.0.1:{server.port}",
+            "-CAfile",
+            pki["ca.pem"],
+        ]
+    )
     proc.stdin.write(b"ping\n")
     proc.stdin.flush()
     deadline = time.monotonic() + TIMEOUT

@@ -24,8 +24,16 @@ import reactor_mgmt
 from conftest import ROOT, TIMEOUT, Daemon, RawClient, ServerThread, child_env, require_tool
 from reactor_mgmt import CommandError, ConfigError
 
-ADMIN_ONLY = ["show threads", "gc", "tracemalloc start", "tracemalloc top", "tracemalloc snapshot",
-              "tracemalloc diff", "tracemalloc stop", "tracemalloc status"]
+ADMIN_ONLY = [
+    "show threads",
+    "gc",
+    "tracemalloc start",
+    "tracemalloc top",
+    "tracemalloc snapshot",
+    "tracemalloc diff",
+    "tracemalloc stop",
+    "tracemalloc status",
+]
 
 
 def ask(client: RawClient, line: str) -> str:
@@ -33,7 +41,7 @@ def ask(client: RawClient, line: str) -> str:
     client.send(line + "\nping\n")
     buffer = client.wait_for(lambda data: data.endswith(b"pong\n"))
     client.buffer = b""
-    return buffer[:-len(b"pong\n")].decode()
+    return buffer[: -len(b"pong\n")].decode()
 
 
 def ask_json(client: RawClient, request: Dict[str, Any]) -> Dict[str, Any]:
@@ -105,10 +113,13 @@ def test_installing_only_registers_commands(make_server):
 
 def test_the_toolkit_imports_no_module_until_a_command_needs_it():
     def modules_after(toolkit: bool) -> List[str]:
-        code = (f"import sys, reactor_mgmt; s = reactor_mgmt.Server(port=0, toolkit={toolkit}); "
-                "print(' '.join(sorted(sys.modules))); s.close()")
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(),
-                             cwd=ROOT, timeout=TIMEOUT)
+        code = (
+            f"import sys, reactor_mgmt; s = reactor_mgmt.Server(port=0, toolkit={toolkit}); "
+            "print(' '.join(sorted(sys.modules))); s.close()"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=TIMEOUT
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.split()
 
@@ -169,8 +180,9 @@ def test_show_threads_gives_every_stack_and_marks_the_thread_running_poll(admin)
         assert "frames inside reactor_mgmt, running this command, left out" in main
         assert "thread_report" not in main
         other = next(block for block in blocks if block.startswith("Thread toolkit-sleeper ("))
-        assert other.splitlines()[0] == (f"Thread toolkit-sleeper (ident {sleeper.ident}, native id {sleeper.native_id}, "
-                                         "daemon)")
+        assert other.splitlines()[0] == (
+            f"Thread toolkit-sleeper (ident {sleeper.ident}, native id {sleeper.native_id}, daemon)"
+        )
         assert "parked_here" in other and "release.wait(TIMEOUT)" in other
 
         threads = ask_json(admin, {"cmd": "show threads", "id": 1})["result"]
@@ -180,8 +192,12 @@ def test_show_threads_gives_every_stack_and_marks_the_thread_running_poll(admin)
         assert by_name["toolkit-sleeper"]["ident"] == sleeper.ident
         frames = by_name["toolkit-sleeper"]["stack"]
         assert {"file", "line", "function", "code"} == set(frames[0])
-        assert any(frame["function"].endswith("parked_here") and frame["code"] == "release.wait(TIMEOUT)"
-                   and frame["file"] == __file__ for frame in frames)
+        assert any(
+            frame["function"].endswith("parked_here")
+            and frame["code"] == "release.wait(TIMEOUT)"
+            and frame["file"] == __file__
+            for frame in frames
+        )
         assert by_name["MainThread"]["library_frames_left_out"] > 0
     finally:
         release.set()
@@ -233,14 +249,32 @@ def test_gc_reports_the_collector_and_the_most_common_types(admin):
     text = ask(admin, "gc")
     lines = text.splitlines()
     assert [line.split(":")[0] for line in lines[:8]] == [
-        "enabled", "counts", "thresholds", "collections", "collected", "uncollectable", "tracked", "gc.garbage"]
+        "enabled",
+        "counts",
+        "thresholds",
+        "collections",
+        "collected",
+        "uncollectable",
+        "tracked",
+        "gc.garbage",
+    ]
     assert lines[2].split()[1:] == [str(value) for value in __import__("gc").get_threshold()]
     assert lines[9].startswith("the 20 most common of ") and lines[10].split() == ["count", "type"]
     assert len(lines) == 11 + 20
 
     result = ask_json(admin, {"cmd": "gc", "args": [3], "id": 1})["result"]
-    assert set(result) == {"enabled", "counts", "thresholds", "collections", "collected", "uncollectable",
-                           "tracked", "garbage", "types", "top_types"}
+    assert set(result) == {
+        "enabled",
+        "counts",
+        "thresholds",
+        "collections",
+        "collected",
+        "uncollectable",
+        "tracked",
+        "garbage",
+        "types",
+        "top_types",
+    }
     assert len(result["counts"]) == 3 and result["tracked"] > 1000
     counts = [row["count"] for row in result["top_types"]]
     assert len(counts) == 3 and counts == sorted(counts, reverse=True)
@@ -283,7 +317,8 @@ def test_tracemalloc_before_start_says_how_to_start_it(admin, tracing_off):
 @pytest.mark.parametrize("frames", ["0", "26", "-1"])
 def test_tracemalloc_start_frames_is_bounded(admin, tracing_off, frames):
     assert ask(admin, f"tracemalloc start {frames}") == (
-        "ERR usage: tracemalloc start [FRAMES] (FRAMES must be between 1 and 25)\n")
+        "ERR usage: tracemalloc start [FRAMES] (FRAMES must be between 1 and 25)\n"
+    )
     assert not tracemalloc.is_tracing()
 
 
@@ -291,12 +326,15 @@ def test_tracemalloc_start_frames_is_bounded(admin, tracing_off, frames):
 def test_tracemalloc_top_and_diff_n_are_bounded(admin, tracing_off, n):
     ask(admin, "tracemalloc start")
     assert ask(admin, f"tracemalloc top {n}") == (
-        "ERR usage: tracemalloc top [N] [--by BY] (N must be between 1 and 100)\n")
+        "ERR usage: tracemalloc top [N] [--by BY] (N must be between 1 and 100)\n"
+    )
     assert ask(admin, f"tracemalloc diff {n} --by filename") == (
-        "ERR usage: tracemalloc diff [N] [--by BY] (N must be between 1 and 100)\n")
+        "ERR usage: tracemalloc diff [N] [--by BY] (N must be between 1 and 100)\n"
+    )
     assert ask(admin, "tracemalloc top 3 --by size") == (
         "ERR usage: tracemalloc top [N] [--by BY] (bad value for BY: 'size': expected one of: lineno, filename, "
-        "traceback)\n")
+        "traceback)\n"
+    )
 
 
 def test_tracemalloc_start_top_snapshot_diff_stop(admin, tracing_off):
@@ -305,7 +343,8 @@ def test_tracemalloc_start_top_snapshot_diff_stop(admin, tracing_off):
     assert ask(admin, "tracemalloc start") == "already tracing, 3 frames per traceback\n"
     assert ask(admin, "tracemalloc start 5") == (
         "ERR tracemalloc is already tracing with 3 frames per traceback: send 'tracemalloc stop' first to change "
-        "FRAMES\n")
+        "FRAMES\n"
+    )
     hog = [bytearray(1000) for _ in range(2000)]  # about 2 MB, from one line of this file
     hog_line = sys._getframe().f_lineno - 1
     where = f"{__file__}:{hog_line}"
@@ -324,8 +363,11 @@ def test_tracemalloc_start_top_snapshot_diff_stop(admin, tracing_off):
 
     assert ask(admin, "tracemalloc diff") == "ERR no snapshot to compare with: send 'tracemalloc snapshot' first\n"
     assert ask(admin, "tracemalloc snapshot").startswith("snapshot taken: ")
-    assert ask(admin, "tracemalloc snapshot").rstrip().endswith(
-        "; it replaces the last one; 'tracemalloc diff' compares with it")
+    assert (
+        ask(admin, "tracemalloc snapshot")
+        .rstrip()
+        .endswith("; it replaces the last one; 'tracemalloc diff' compares with it")
+    )
     more = [bytearray(2000) for _ in range(1000)]  # another 2 MB, from another line
     more_line = sys._getframe().f_lineno - 1
     diff = ask_json(admin, {"cmd": "tracemalloc diff", "args": [3], "id": 2})["result"]
@@ -364,17 +406,26 @@ def test_log_level_lists_shows_and_sets(admin, logger_name):
     assert listing[1].split()[0] == "root"
     assert logger_name not in "\n".join(listing)
     shown = ask_json(admin, {"cmd": "log level", "args": [logger_name], "id": 1})["result"]
-    assert shown == {"logger": logger_name, "level": "NOTSET",
-                     "effective": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
-                     "reverts_to": None, "reverts_in_s": None}
+    assert shown == {
+        "logger": logger_name,
+        "level": "NOTSET",
+        "effective": logging.getLevelName(logging.getLogger().getEffectiveLevel()),
+        "reverts_to": None,
+        "reverts_in_s": None,
+    }
     assert logger_name not in logging.Logger.manager.loggerDict  # looking did not create it
 
     assert ask(admin, f"log level {logger_name} debug") == f"{logger_name}: NOTSET -> DEBUG\n"
     assert logging.getLogger(logger_name).level == logging.DEBUG
     rows = ask_json(admin, {"cmd": "log level", "id": 2})["result"]
     assert rows[0]["logger"] == "root"
-    assert {"logger": logger_name, "level": "DEBUG", "effective": "DEBUG", "reverts_to": None,
-            "reverts_in_s": None} in rows
+    assert {
+        "logger": logger_name,
+        "level": "DEBUG",
+        "effective": "DEBUG",
+        "reverts_to": None,
+        "reverts_in_s": None,
+    } in rows
     child = ask_json(admin, {"cmd": "log level", "args": [logger_name + ".child"], "id": 3})["result"]
     assert child["level"] == "NOTSET" and child["effective"] == "DEBUG"
 
@@ -391,21 +442,25 @@ def test_log_level_root_by_name_or_empty(admin):
         root.setLevel(before)
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("log level {} loud", "unknown level 'loud'; the levels are CRITICAL ERROR WARNING INFO DEBUG NOTSET"),
-    ("log level {} --for 5", "--for needs LEVEL"),
-    ("log level {} DEBUG --for 0", "SECONDS must be more than 0"),
-    ("log level {} DEBUG --for -3", "SECONDS must be more than 0"),
-    ("log level {} DEBUG --for nan", "SECONDS must be more than 0"),
-    ("log level {} DEBUG --for=inf", "SECONDS must be more than 0"),
-    ("log level {} DEBUG --for soon", "bad value for SECONDS: 'soon': expected a number"),
-    ("log level {} DEBUG --for", "option --for needs a value"),
-    ("log level {} DEBUG --forever 3", "unknown option --forever"),
-    ("log level {} DEBUG extra", "too many arguments (expected at most 2)"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("log level {} loud", "unknown level 'loud'; the levels are CRITICAL ERROR WARNING INFO DEBUG NOTSET"),
+        ("log level {} --for 5", "--for needs LEVEL"),
+        ("log level {} DEBUG --for 0", "SECONDS must be more than 0"),
+        ("log level {} DEBUG --for -3", "SECONDS must be more than 0"),
+        ("log level {} DEBUG --for nan", "SECONDS must be more than 0"),
+        ("log level {} DEBUG --for=inf", "SECONDS must be more than 0"),
+        ("log level {} DEBUG --for soon", "bad value for SECONDS: 'soon': expected a number"),
+        ("log level {} DEBUG --for", "option --for needs a value"),
+        ("log level {} DEBUG --forever 3", "unknown option --forever"),
+        ("log level {} DEBUG extra", "too many arguments (expected at most 2)"),
+    ],
+)
 def test_log_level_bad_input_is_a_usage_error(admin, logger_name, line, reason):
     assert ask(admin, line.format(logger_name)) == (
-        f"ERR usage: log level [LOGGER [LEVEL]] [--for SECONDS] ({reason})\n")
+        f"ERR usage: log level [LOGGER [LEVEL]] [--for SECONDS] ({reason})\n"
+    )
     assert logging.getLogger(logger_name).level == logging.NOTSET
 
 
@@ -414,7 +469,8 @@ def test_log_level_for_reverts_in_poll_without_a_thread(admin, logger_name):
     logger.setLevel(logging.WARNING)
     threads = threading.active_count()
     assert ask(admin, f"log level {logger_name} DEBUG --for 0.3") == (
-        f"{logger_name}: WARNING -> DEBUG for 0.3 s, then WARNING\n")
+        f"{logger_name}: WARNING -> DEBUG for 0.3 s, then WARNING\n"
+    )
     assert threading.active_count() == threads
     assert logger.level == logging.DEBUG
     row = ask_json(admin, {"cmd": "log level", "args": [logger_name], "id": 1})["result"]
@@ -453,7 +509,8 @@ def test_a_timed_change_over_a_timed_change_goes_back_to_the_level_before_both(a
     logger.setLevel(logging.WARNING)
     ask(admin, f"log level {logger_name} DEBUG --for 0.2")
     assert ask(admin, f"log level {logger_name} INFO --for 0.5") == (
-        f"{logger_name}: DEBUG -> INFO for 0.5 s, then WARNING\n")
+        f"{logger_name}: DEBUG -> INFO for 0.5 s, then WARNING\n"
+    )
     run_for(admin.server, 0.3)
     assert logger.level == logging.INFO  # the first revert was replaced
     run_for(admin.server, 0.35)
@@ -525,16 +582,35 @@ def test_config_get_marks_defaults_read_only_and_secret_values(configured):
         "debug:    False (default)\n"
         "color:    red (default)\n"
         "password: *** (default)\n"
-        "version:  1.2.3 (default, read-only)\n")
+        "version:  1.2.3 (default, read-only)\n"
+    )
     config.workers = 8  # the host's own change shows too
     assert ask(client, "config get w*") == "workers: 8\n"
     assert ask(client, "config get nothing*") == "no setting matches 'nothing*'\n"
     rows = ask_json(client, {"cmd": "config get", "args": ["[rp]a*"], "id": 1})["result"]
     assert rows == [
-        {"name": "rate", "value": 50.0, "default": 50.0, "is_default": True, "read_only": False,
-         "level": "operator", "type": "number", "choices": None, "help": "ticks per second"},
-        {"name": "password", "value": "***", "default": "***", "is_default": True, "read_only": False,
-         "level": "admin", "type": "text", "choices": None, "help": None},
+        {
+            "name": "rate",
+            "value": 50.0,
+            "default": 50.0,
+            "is_default": True,
+            "read_only": False,
+            "level": "operator",
+            "type": "number",
+            "choices": None,
+            "help": "ticks per second",
+        },
+        {
+            "name": "password",
+            "value": "***",
+            "default": "***",
+            "is_default": True,
+            "read_only": False,
+            "level": "admin",
+            "type": "text",
+            "choices": None,
+            "help": None,
+        },
     ]
     color = ask_json(client, {"cmd": "config get", "args": ["color"], "id": 2})["result"][0]
     assert color["choices"] == ["red", "green"] and color["type"] == "choice"
@@ -547,12 +623,20 @@ def test_config_set_converts_like_a_command_and_diff_shows_the_defaults(configur
     assert ask(client, "config diff") == "every setting has its default value\n"
     assert ask(client, "config set rate 12.5 workers 8 debug on color GREEN password s3cret label 'a b'") == (
         "rate: 50.0 -> 12.5\nworkers: 4 -> 8\ndebug: False -> True\ncolor: red -> green\n"
-        "password: *** -> ***\nlabel: main -> a b\n")
+        "password: *** -> ***\nlabel: main -> a b\n"
+    )
     assert (config.rate, config.workers, config.debug, config.color, config.password, config.label) == (
-        12.5, 8, True, Color.green, "s3cret", "a b")
+        12.5,
+        8,
+        True,
+        Color.green,
+        "s3cret",
+        "a b",
+    )
     assert ask(client, "config diff") == (
         "rate:     12.5 (default 50.0)\nworkers:  8 (default 4)\nlabel:    a b (default main)\n"
-        "debug:    True (default False)\ncolor:    green (default red)\npassword: *** (default ***)\n")
+        "debug:    True (default False)\ncolor:    green (default red)\npassword: *** (default ***)\n"
+    )
     assert ask(client, "config set rate 50") == "rate: 12.5 -> 50.0\n"
     assert ask(client, "config get rate") == "rate: 50.0 (default)\n"
     diff = ask_json(client, {"cmd": "config diff", "id": 1})["result"]
@@ -560,7 +644,8 @@ def test_config_set_converts_like_a_command_and_diff_shows_the_defaults(configur
     reply = ask_json(client, {"cmd": "config set", "args": ["workers", 3, "debug", False], "id": 2})
     assert reply["result"] == {"workers": 3, "debug": False}
     assert ask_json(client, {"cmd": "config set", "argv": ["config", "set", "password", "x"], "id": 3})["result"] == {
-        "password": "***"}
+        "password": "***"
+    }
     client.close()
 
 
@@ -573,8 +658,9 @@ def test_config_set_changes_nothing_if_any_pair_fails(configured):
         "config set rate 10 workers 13": f"{usage} (bad value for workers: '13': 13 workers is unlucky)",
         "config set workers 2 rate -1": f"{usage} (bad value for rate: '-1': must be positive)",
         "config set rate 10 color blue": (f"{usage} (bad value for color: 'blue': expected one of: red, green)"),
-        "config set rate 10 debug maybe": (f"{usage} (bad value for debug: 'maybe': expected true/false, yes/no, "
-                                           "on/off or 1/0)"),
+        "config set rate 10 debug maybe": (
+            f"{usage} (bad value for debug: 'maybe': expected true/false, yes/no, on/off or 1/0)"
+        ),
         "config set rate 10 version 2": "ERR setting 'version' is read-only",
         "config set rate 10 nope 1": f"{usage} (unknown setting 'nope'; 'config get' lists them)",
         "config set rate 10 workrs 1": f"{usage} (unknown setting 'workrs'; did you mean 'workers'?)",
@@ -628,7 +714,8 @@ def test_settings_are_gated_by_their_level(configured):
     assert ask(user, "config set label x") == "label: main -> x\n"
     assert ask(user, "config set rate 5") == "ERR permission denied: setting 'rate' needs operator\n"
     assert ask(user, "config set nope 1") == (
-        "ERR usage: config set NAME VALUE [NAME VALUE ...] (unknown setting 'nope'; 'config get' lists them)\n")
+        "ERR usage: config set NAME VALUE [NAME VALUE ...] (unknown setting 'nope'; 'config get' lists them)\n"
+    )
     assert "rate" not in ask(user, "config diff")
     operator.close()
     user.close()
@@ -699,10 +786,12 @@ def test_settings_from_a_dataclass(make_server):
     server.settings_from(Build(), level="user")
     client = RawClient(server)
     assert ask(client, "config set tuning.batch 20 tuning.ratio 1 tuning.token abc") == (
-        "tuning.batch: 10 -> 20\ntuning.ratio: 0.5 -> 1.0\ntuning.token: *** -> ***\n")
+        "tuning.batch: 10 -> 20\ntuning.ratio: 0.5 -> 1.0\ntuning.token: *** -> ***\n"
+    )
     assert (tuning.batch, tuning.ratio, tuning.token) == (20, 1.0, "abc")
     assert ask(client, "config set tuning.batch x") == (
-        "ERR usage: config set NAME VALUE [NAME VALUE ...] (bad value for tuning.batch: 'x': expected an integer)\n")
+        "ERR usage: config set NAME VALUE [NAME VALUE ...] (bad value for tuning.batch: 'x': expected an integer)\n"
+    )
     assert ask(client, "config get version") == "version: 1.0 (default, read-only)\n"
     assert ask(client, "config set version 2") == "ERR setting 'version' is read-only\n"
     with pytest.raises(ConfigError, match="settings_from\\(\\) takes a dataclass instance"):
@@ -716,8 +805,9 @@ def test_settings_from_a_dataclass(make_server):
 @pytest.fixture(scope="module")
 def admin_demo(tmp_path_factory) -> Iterator[Daemon]:
     address_file = str(tmp_path_factory.mktemp("admin_demo") / "demo.addr")
-    daemon = Daemon(["-m", "reactor_mgmt", "demo", "--port", "0", "--level", "admin", "--address-file", address_file],
-                    address_file)
+    daemon = Daemon(
+        ["-m", "reactor_mgmt", "demo", "--port", "0", "--level", "admin", "--address-file", address_file], address_file
+    )
     try:
         yield daemon
     finally:
@@ -726,8 +816,9 @@ def admin_demo(tmp_path_factory) -> Iterator[Daemon]:
 
 def nc(demo: Daemon, payload: str) -> str:
     tool = require_tool("nc.openbsd", "nc")
-    out = subprocess.run([tool, "-N", demo.host, str(demo.port)], input=payload.encode(), capture_output=True,
-                         timeout=TIMEOUT)
+    out = subprocess.run(
+        [tool, "-N", demo.host, str(demo.port)], input=payload.encode(), capture_output=True, timeout=TIMEOUT
+    )
     assert out.returncode == 0, out.stderr
     return out.stdout.decode()
 
@@ -751,8 +842,11 @@ def test_nc_gc_on_the_demo(admin_demo):
 
 
 def test_nc_tracemalloc_on_the_demo(admin_demo):
-    text = nc(admin_demo, "tracemalloc top\ntracemalloc start 26\ntracemalloc start 2\ntracemalloc snapshot\n"
-                          "job add bigjob\ntracemalloc diff 3\ntracemalloc top 3 --by filename\ntracemalloc stop\n")
+    text = nc(
+        admin_demo,
+        "tracemalloc top\ntracemalloc start 26\ntracemalloc start 2\ntracemalloc snapshot\n"
+        "job add bigjob\ntracemalloc diff 3\ntracemalloc top 3 --by filename\ntracemalloc stop\n",
+    )
     lines = text.splitlines()
     assert lines[0] == "ERR tracemalloc is not tracing: send 'tracemalloc start' first"
     assert lines[1] == "ERR usage: tracemalloc start [FRAMES] (FRAMES must be between 1 and 25)"
@@ -764,13 +858,17 @@ def test_nc_tracemalloc_on_the_demo(admin_demo):
 
 
 def test_nc_log_level_on_the_demo_reverts_by_itself(admin_demo):
-    text = nc(admin_demo, "log level reactor_mgmt.demo DEBUG --for 0.5\nlog level reactor_mgmt.demo\n"
-                          "log level reactor_mgmt.demo LOUD\n")
+    text = nc(
+        admin_demo,
+        "log level reactor_mgmt.demo DEBUG --for 0.5\nlog level reactor_mgmt.demo\nlog level reactor_mgmt.demo LOUD\n",
+    )
     lines = text.splitlines()
     assert lines[0] == "reactor_mgmt.demo: NOTSET -> DEBUG for 0.5 s, then NOTSET"
     assert lines[1:3] == ["logger:       reactor_mgmt.demo", "level:        DEBUG"]
-    assert lines[-1] == ("ERR usage: log level [LOGGER [LEVEL]] [--for SECONDS] (unknown level 'LOUD'; the levels "
-                         "are CRITICAL ERROR WARNING INFO DEBUG NOTSET)")
+    assert lines[-1] == (
+        "ERR usage: log level [LOGGER [LEVEL]] [--for SECONDS] (unknown level 'LOUD'; the levels "
+        "are CRITICAL ERROR WARNING INFO DEBUG NOTSET)"
+    )
     time.sleep(0.8)
     listing = nc(admin_demo, "log level\n").splitlines()
     assert listing[1].split()[:2] == ["root", "INFO"]
@@ -779,20 +877,23 @@ def test_nc_log_level_on_the_demo_reverts_by_itself(admin_demo):
 
 def test_nc_config_on_the_demo(admin_demo):
     text = nc(admin_demo, "config get\n")
-    assert text == ("tick_hz:      50.0 (default)\nparallel:     2 (default)\n"
-                    "idle_timeout: 300.0 (default, read-only)\n")
+    assert text == (
+        "tick_hz:      50.0 (default)\nparallel:     2 (default)\nidle_timeout: 300.0 (default, read-only)\n"
+    )
     assert nc(admin_demo, "config set tick_hz 100 parallel 3\nconfig diff\n") == (
-        "tick_hz: 50.0 -> 100.0\nparallel: 2 -> 3\n"
-        "tick_hz:  100.0 (default 50.0)\nparallel: 3 (default 2)\n")
+        "tick_hz: 50.0 -> 100.0\nparallel: 2 -> 3\ntick_hz:  100.0 (default 50.0)\nparallel: 3 (default 2)\n"
+    )
     assert nc(admin_demo, "config set parallel 4 tick_hz 5000\nconfig set idle_timeout 1\nconfig get parallel\n") == (
         "ERR usage: config set NAME VALUE [NAME VALUE ...] (bad value for tick_hz: '5000': rate must be between "
         "1 and 1000 Hz)\n"
         "ERR setting 'idle_timeout' is read-only\n"
-        "parallel: 3\n")
+        "parallel: 3\n"
+    )
     status = json.loads(nc(admin_demo, '{"cmd": "status", "id": 1}\n'))["result"]
     assert status["tick_rate_hz"] == 100.0
     assert nc(admin_demo, "config set tick_hz 50 parallel 2\nconfig diff\n").endswith(
-        "every setting has its default value\n")
+        "every setting has its default value\n"
+    )
 
 
 def test_the_demo_at_its_default_level_hides_the_admin_tools(tmp_path):

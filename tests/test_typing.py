@@ -30,8 +30,16 @@ def require_module(name: str) -> None:
 
 def run(command: List[str], timeout: float) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=ROOT, PYRIGHT_PYTHON_IGNORE_WARNINGS="1")
-    return subprocess.run(command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.parametrize("target", ["reactor_mgmt", USAGE])
@@ -46,8 +54,10 @@ def test_pyright() -> None:
     require_module("pyright")
     # --pythonpath: resolve imports in this interpreter's environment (a CI venv), not whatever
     # `python` the PATH finds; --warnings: a warning fails too.
-    result = run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "--warnings",
-                  "reactor_mgmt", USAGE], timeout=110)
+    result = run(
+        [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, "--warnings", "reactor_mgmt", USAGE],
+        timeout=110,
+    )
     assert result.returncode == 0, f"pyright reactor_mgmt {USAGE}:\n{result.stdout}"
 
 

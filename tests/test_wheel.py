@@ -55,16 +55,18 @@ def _setuptools_problem() -> str:
 
 
 def _run(args, cwd: Path, env: dict, timeout: float = STEP_TIMEOUT) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(arg) for arg in args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([str(arg) for arg in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
 def _clean_env(home: Path) -> dict:
     """The environment of a user's shell: nothing that points Python at this checkout."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PYTHON", "COVERAGE_", "PIP_", "VIRTUAL_ENV"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PYTHON", "COVERAGE_", "PIP_", "VIRTUAL_ENV"))
+    }
     env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="1", HOME=str(home))
     return env
 
@@ -72,18 +74,36 @@ def _clean_env(home: Path) -> dict:
 def _build_wheel(tmp_path: Path, env: dict) -> Path:
     problem = _setuptools_problem()
     if problem:
-        _cannot_run(f"building the wheel offline needs setuptools>=77 in this interpreter ({problem}); "
-                    f"pip install 'setuptools>=77' to run this test, or set {WHEEL_VARIABLE} to a built wheel")
+        _cannot_run(
+            f"building the wheel offline needs setuptools>=77 in this interpreter ({problem}); "
+            f"pip install 'setuptools>=77' to run this test, or set {WHEEL_VARIABLE} to a built wheel"
+        )
     # Build from a copy of what the sdist would hold, so no build/ or egg-info lands in the checkout.
     source = tmp_path / "src"
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
-    shutil.copytree(ROOT / "reactor_mgmt", source / "reactor_mgmt",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(
+        ROOT / "reactor_mgmt", source / "reactor_mgmt", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", source, "-w", wheels, "--no-deps", "--no-build-isolation",
-          "--no-index", "-q"], cwd=tmp_path, env=env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            source,
+            "-w",
+            wheels,
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     built = sorted(wheels.glob("*.whl"))
     assert len(built) == 1, built
     return built[0]
@@ -119,8 +139,16 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
     # Run from an empty directory, so only the installed copy can be imported.
     work = tmp_path / "work"
     work.mkdir()
-    proc = _run([python, "-c", "import os, reactor_mgmt, reactor_mgmt.examples; "
-                 "print(reactor_mgmt.__version__); print(os.path.dirname(reactor_mgmt.__file__))"], cwd=work, env=env)
+    proc = _run(
+        [
+            python,
+            "-c",
+            "import os, reactor_mgmt, reactor_mgmt.examples; "
+            "print(reactor_mgmt.__version__); print(os.path.dirname(reactor_mgmt.__file__))",
+        ],
+        cwd=work,
+        env=env,
+    )
     version, location = proc.stdout.split("\n")[:2]
     assert version == reactor_mgmt.__version__
     assert Path(location).resolve().is_relative_to(venv.resolve()), location
@@ -132,8 +160,14 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
 
     # The demo, on a port the kernel picks, found through its address file.
     address_file = work / "demo.addr"
-    demo = subprocess.Popen([python, "-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file],
-                            cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen(
+        [python, "-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + STEP_TIMEOUT
         while not (address_file.exists() and address_file.read_text().strip()):
@@ -151,8 +185,10 @@ def test_the_wheel_installs_into_a_fresh_venv_and_runs(tmp_path):
                     break
                 reply += data
         assert reply == b"pong\n"
-        assert _run([venv / "bin" / "reactor-mgmt", "--address-file", address_file, "ping"],
-                    cwd=work, env=env).stdout == "pong\n"
+        assert (
+            _run([venv / "bin" / "reactor-mgmt", "--address-file", address_file, "ping"], cwd=work, env=env).stdout
+            == "pong\n"
+        )
     finally:
         if demo.poll() is None:
             demo.send_signal(signal.SIGTERM)

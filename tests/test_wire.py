@@ -46,7 +46,10 @@ def test_each_frame_reads_back_as_its_kind_id_and_value(reply_id):
     assert read_frame(line_of(end_frame(reply_id, 0))) == (END, reply_id, 0)
     assert read_frame(line_of(end_frame(reply_id, 7))) == (END, reply_id, 7)
     assert read_frame(line_of(error_reply(reply_id, "usage", "bad args"))) == (
-        ERROR, reply_id, {"code": "usage", "message": "bad args"})
+        ERROR,
+        reply_id,
+        {"code": "usage", "message": "bad args"},
+    )
 
 
 def test_a_text_request_gets_an_err_line_which_reads_as_text():
@@ -56,12 +59,15 @@ def test_a_text_request_gets_an_err_line_which_reads_as_text():
     assert read_err_line(line_of(data)) == "bad args"
 
 
-@pytest.mark.parametrize("message, sent", [
-    ("two\nlines", "two lines"),
-    ("a\r\nb  c\rd", "a b c d"),
-    ("", ""),
-    ("{\"id\": 1, \"ok\": false}", "{\"id\": 1, \"ok\": false}"),
-])
+@pytest.mark.parametrize(
+    "message, sent",
+    [
+        ("two\nlines", "two lines"),
+        ("a\r\nb  c\rd", "a b c d"),
+        ("", ""),
+        ('{"id": 1, "ok": false}', '{"id": 1, "ok": false}'),
+    ],
+)
 def test_err_line_is_always_one_line_and_reads_back(message, sent):
     data = err_line(message)
     assert read_err_line(line_of(data)) == sent
@@ -87,32 +93,49 @@ def test_text_reply_ends_with_one_newline_and_is_not_a_frame():
 # ---- read_frame on lines the server did not frame ----
 
 
-@pytest.mark.parametrize("line", [
-    "", "plain text", "  {\"id\": 1, \"ok\": true}", "{not json", "{\"id\": 1, \"ok\"", "[1]", "{}",
-    "{\"ok\": true}", "{\"item\": 1}", "{\"stream\": true}",
-    "{\"id\": 1}",  # an id and none of ok/item/stream: raw text from a handler, not a reply
-    "{\"id\": 1, \"result\": 3}",
-    "{" + "[" * 100000,  # unreadable however deep it goes
-    "{\"id\": 1, \"item\": " + "[" * 100000 + "]" * 100000 + "}",  # nesting json cannot decode
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "plain text",
+        '  {"id": 1, "ok": true}',
+        "{not json",
+        '{"id": 1, "ok"',
+        "[1]",
+        "{}",
+        '{"ok": true}',
+        '{"item": 1}',
+        '{"stream": true}',
+        '{"id": 1}',  # an id and none of ok/item/stream: raw text from a handler, not a reply
+        '{"id": 1, "result": 3}',
+        "{" + "[" * 100000,  # unreadable however deep it goes
+        '{"id": 1, "item": ' + "[" * 100000 + "]" * 100000 + "}",  # nesting json cannot decode
+    ],
+)
 def test_lines_that_are_not_frames_read_as_text(line):
     assert read_frame(line) is None
 
 
-@pytest.mark.parametrize("line, frame", [
-    # "ok" decides first: any falsy ok is an error, and a malformed error object reads as {}
-    ('{"id": 1, "ok": false}', (ERROR, 1, {})),
-    ('{"id": 1, "ok": null, "error": "oops"}', (ERROR, 1, {})),
-    ('{"id": 1, "ok": 0, "error": {"code": "c"}, "items": 2}', (ERROR, 1, {"code": "c"})),
-    ('{"id": 1, "ok": true, "items": 2, "result": 9}', (END, 1, 2)),
-    ('{"id": 1, "ok": "yes"}', (RESULT, 1, None)),
-    ('{"id": 1, "ok": true, "item": 5}', (RESULT, 1, None)),
-    # without "ok": an item before a stream opening, and any "stream" value opens one
-    ('{"id": 1, "item": 5, "stream": true}', (ITEM, 1, 5)),
-    ('{"id": 1, "stream": false}', (OPEN, 1, None)),
-    ('{"id": null, "ok": false, "error": {"code": "parse", "message": "m"}}', (ERROR, None, {"code": "parse", "message": "m"})),
-    ('{"id": "7", "item": "x"}', (ITEM, "7", "x")),
-])
+@pytest.mark.parametrize(
+    "line, frame",
+    [
+        # "ok" decides first: any falsy ok is an error, and a malformed error object reads as {}
+        ('{"id": 1, "ok": false}', (ERROR, 1, {})),
+        ('{"id": 1, "ok": null, "error": "oops"}', (ERROR, 1, {})),
+        ('{"id": 1, "ok": 0, "error": {"code": "c"}, "items": 2}', (ERROR, 1, {"code": "c"})),
+        ('{"id": 1, "ok": true, "items": 2, "result": 9}', (END, 1, 2)),
+        ('{"id": 1, "ok": "yes"}', (RESULT, 1, None)),
+        ('{"id": 1, "ok": true, "item": 5}', (RESULT, 1, None)),
+        # without "ok": an item before a stream opening, and any "stream" value opens one
+        ('{"id": 1, "item": 5, "stream": true}', (ITEM, 1, 5)),
+        ('{"id": 1, "stream": false}', (OPEN, 1, None)),
+        (
+            '{"id": null, "ok": false, "error": {"code": "parse", "message": "m"}}',
+            (ERROR, None, {"code": "parse", "message": "m"}),
+        ),
+        ('{"id": "7", "item": "x"}', (ITEM, "7", "x")),
+    ],
+)
 def test_the_kind_of_a_frame(line, frame):
     assert read_frame(line) == frame
 
@@ -127,10 +150,19 @@ def test_frame_of_classifies_a_decoded_line_as_read_frame_does():
 # ---- the server's side ----
 
 
-@pytest.mark.parametrize("line, reply_id", [
-    ("ping", TEXT), (b"{\"id\": 1}", TEXT), ("{\"id\": 4, \"cmd\": \"x\"}", 4), ("{\"cmd\": \"x\"}", None),
-    ("{nope", None), ("[1]", TEXT), ("{}", None), ("{" + "[" * 100000, None),
-])
+@pytest.mark.parametrize(
+    "line, reply_id",
+    [
+        ("ping", TEXT),
+        (b'{"id": 1}', TEXT),
+        ('{"id": 4, "cmd": "x"}', 4),
+        ('{"cmd": "x"}', None),
+        ("{nope", None),
+        ("[1]", TEXT),
+        ("{}", None),
+        ("{" + "[" * 100000, None),
+    ],
+)
 def test_reply_id_of(line, reply_id):
     assert reply_id_of(line) == reply_id
 

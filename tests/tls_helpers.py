@@ -13,19 +13,39 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import reactor_mgmt
+from conftest import TIMEOUT, require_tool
 from reactor_mgmt._wire import challenge_digest
 
-from conftest import TIMEOUT, require_tool
 
-
-def make_cert(folder: Path, stem: str, cn: str = "localhost",
-              san: str = "IP:127.0.0.1,DNS:localhost") -> Tuple[str, str]:
+def make_cert(
+    folder: Path, stem: str, cn: str = "localhost", san: str = "IP:127.0.0.1,DNS:localhost"
+) -> Tuple[str, str]:
     """A self-signed certificate and its key, as (cert.pem, key.pem) paths."""
     openssl = require_tool("openssl")
     cert, key = folder / f"{stem}.pem", folder / f"{stem}.key"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={cn}",
-                    "-addext", f"subjectAltName={san}", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={cn}",
+            "-addext",
+            f"subjectAltName={san}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return str(cert), str(key)
 
 
@@ -111,7 +131,7 @@ class TlsFront:
         for thread in self._threads:
             thread.join(TIMEOUT)
 
-    def __enter__(self) -> "TlsFront":
+    def __enter__(self) -> TlsFront:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -159,8 +179,7 @@ def check_response(self: reactor_mgmt.Server, challenge: str, response: str) -> 
     token = self._token
     if token is None:
         return True
-    return hmac.compare_digest(response.encode("utf-8", "surrogatepass"),
-                               challenge_digest(token, challenge).encode())
+    return hmac.compare_digest(response.encode("utf-8", "surrogatepass"), challenge_digest(token, challenge).encode())
 
 
 def ensure_check_response(monkeypatch) -> None:

@@ -93,9 +93,14 @@ def build_server() -> Tuple[Server, Dict[str, Any]]:
 
     @server.command()
     def whoami(conn: Connection) -> Dict[str, Any]:
-        return {"id": conn.id, "level": conn.level_name, "peer": conn.peer,
-                "authenticated": conn.authenticated, "buffered": conn.buffered_output,
-                "closed": conn.closed or conn.closing}
+        return {
+            "id": conn.id,
+            "level": conn.level_name,
+            "peer": conn.peer,
+            "authenticated": conn.authenticated,
+            "buffered": conn.buffered_output,
+            "closed": conn.closed or conn.closing,
+        }
 
     @server.command
     def shout(conn: Connection, *words: str) -> object:
@@ -254,8 +259,12 @@ def use_start() -> None:
 
 def use_the_errors() -> None:
     errors: List[ReactorMgmtError] = [
-        CommandError("message", code="code"), UsageError("usage"), UnknownCommand("unknown"),
-        PermissionDenied("denied"), ConfigError("config"), RemoteError("code", "message"),
+        CommandError("message", code="code"),
+        UsageError("usage"),
+        UnknownCommand("unknown"),
+        PermissionDenied("denied"),
+        ConfigError("config"),
+        RemoteError("code", "message"),
     ]
     codes = [error.code for error in errors if isinstance(error, CommandError)]
     assert codes == ["code", "usage", "unknown_command", "denied"]

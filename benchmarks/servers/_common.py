@@ -4,6 +4,7 @@ Every peer is started as ``python benchmarks/servers/<peer>.py [--port 0]``.
 It binds 127.0.0.1 only, prints the bound port as the first line of stdout
 and then serves until it is killed.
 """
+
 import argparse
 import array
 import json
@@ -36,8 +37,9 @@ def parse_args(description, host_loop=False, extra=None):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--port", type=int, default=0)
     if host_loop:
-        p.add_argument("--host", action="store_true",
-                       help="run as a frame-based host loop (benchmarks/realistic.py host)")
+        p.add_argument(
+            "--host", action="store_true", help="run as a frame-based host loop (benchmarks/realistic.py host)"
+        )
         p.add_argument("--hz", type=float, default=60.0)
         p.add_argument("--work-ms", type=float, default=0.0)
     if extra is not None:
@@ -51,14 +53,13 @@ def announce(port):
     sys.stdout.flush()
 
 
-
 def proc_cpu_seconds():
     """This process's user + system CPU time, all threads."""
     t = os.times()
     return t.user + t.system
 
 
-class HostFrames(object):
+class HostFrames:
     """Frame bookkeeping for the Python host loops of benchmarks/realistic.py.
 
     Frames are due every 1/hz seconds on a fixed schedule; run_frame() records how late the
@@ -103,10 +104,18 @@ class HostFrames(object):
                 return None
             return late[min(len(late) - 1, int(round(q * (len(late) - 1))))] * 1e3
 
-        out = {"frames": len(late), "dropped": self.dropped, "wall_s": wall,
-               "late_p50_ms": pct(0.50), "late_p99_ms": pct(0.99), "late_max_ms": pct(1.0),
-               "cpu_s": cpu, "work_cpu_s": self.work_cpu, "io_cpu_s": self.io_cpu if self.times_io else None,
-               "late_ms": [round(x * 1e3, 4) for x in self.late]}  # in frame order (plots.py)
+        out = {
+            "frames": len(late),
+            "dropped": self.dropped,
+            "wall_s": wall,
+            "late_p50_ms": pct(0.50),
+            "late_p99_ms": pct(0.99),
+            "late_max_ms": pct(1.0),
+            "cpu_s": cpu,
+            "work_cpu_s": self.work_cpu,
+            "io_cpu_s": self.io_cpu if self.times_io else None,
+            "late_ms": [round(x * 1e3, 4) for x in self.late],
+        }  # in frame order (plots.py)
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 

@@ -2,6 +2,7 @@
 
 async_chat with terminator b"\\n"; each reply is push()ed. The loop uses
 asyncore.loop(use_poll=True) because select() cannot take fds >= 1024."""
+
 import socket
 import warnings
 
@@ -9,8 +10,8 @@ from _common import BACKLOG, HOST, announce, parse_args, raise_nofile
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import asyncore  # noqa: E402
     import asynchat  # noqa: E402
+    import asyncore  # noqa: E402
 
 
 class Handler(asynchat.async_chat):

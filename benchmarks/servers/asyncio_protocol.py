@@ -6,15 +6,16 @@ For benchmarks/realistic.py it also answers ``status`` (8 fields as aligned
 ``key: value`` lines) and JSON requests (``{"id": N, "cmd": "status"}``);
 ``--uvloop`` runs the same protocol on uvloop's loop, and ``--host`` adds a
 60 Hz frame callback (``loop.call_at``) doing ``--work-ms`` of busy work."""
+
 import asyncio
 import json
 
-from _common import (BACKLOG, HOST, MAX_LINE, HostFrames, announce, parse_args,
-                     raise_nofile)
+from _common import BACKLOG, HOST, MAX_LINE, HostFrames, announce, parse_args, raise_nofile
 
 
-class State(object):
+class State:
     """The host's state that ``status`` reports."""
+
     service = "reactor-bench"
     version = "2.3.1"
     state = "running"
@@ -27,9 +28,16 @@ class State(object):
 
 def status():
     st = State
-    return {"service": st.service, "version": st.version, "state": st.state,
-            "workers": st.workers, "queued": st.queued, "processed": st.processed,
-            "failed": st.failed, "load": st.load}
+    return {
+        "service": st.service,
+        "version": st.version,
+        "state": st.state,
+        "workers": st.workers,
+        "queued": st.queued,
+        "processed": st.processed,
+        "failed": st.failed,
+        "load": st.load,
+    }
 
 
 def render_text(d):
@@ -107,16 +115,17 @@ def start_frames(loop, frames):
 def main():
     def extra(p):
         p.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
+
     args = parse_args(__doc__, host_loop=True, extra=extra)
     raise_nofile()
     if args.uvloop:
         import uvloop
+
         loop = uvloop.new_event_loop()
     else:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(
-        loop.create_server(LineProtocol, HOST, args.port, backlog=BACKLOG))
+    server = loop.run_until_complete(loop.create_server(LineProtocol, HOST, args.port, backlog=BACKLOG))
     if args.host:  # the frames' signal handlers are in place before the port goes out
         start_frames(loop, HostFrames(args.hz, args.work_ms, times_io=False))
     announce(server.sockets[0].getsockname()[1])

@@ -1,5 +1,6 @@
 """asyncio streams peer: the documented pattern, one handler coroutine per
 connection: readline(), write() the reply, await drain()."""
+
 import asyncio
 
 from _common import BACKLOG, HOST, announce, parse_args, raise_nofile
@@ -33,8 +34,7 @@ def main():
     raise_nofile()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    server = loop.run_until_complete(
-        asyncio.start_server(handle, HOST, args.port, backlog=BACKLOG))
+    server = loop.run_until_complete(asyncio.start_server(handle, HOST, args.port, backlog=BACKLOG))
     announce(server.sockets[0].getsockname()[1])
     try:
         loop.run_forever()

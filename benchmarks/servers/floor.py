@@ -12,21 +12,22 @@ rendered as aligned ``key: value`` lines) and JSON requests
 and with ``--host`` runs inside a 60 Hz host loop (``--work-ms`` of busy work
 per frame) whose I/O tick is ``select(timeout=time left in the frame)``.
 """
+
 import json
 import selectors
 import socket
 import time
 
-from _common import (BACKLOG, HOST, MAX_LINE, HostFrames, announce, parse_args,
-                     raise_nofile)
+from _common import BACKLOG, HOST, MAX_LINE, HostFrames, announce, parse_args, raise_nofile
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
 HIGH_WATER = 1 << 20
 
 
-class State(object):
+class State:
     """The host's state that ``status`` reports."""
+
     service = "reactor-bench"
     version = "2.3.1"
     state = "running"
@@ -39,9 +40,16 @@ class State(object):
 
 def status():
     st = State
-    return {"service": st.service, "version": st.version, "state": st.state,
-            "workers": st.workers, "queued": st.queued, "processed": st.processed,
-            "failed": st.failed, "load": st.load}
+    return {
+        "service": st.service,
+        "version": st.version,
+        "state": st.state,
+        "workers": st.workers,
+        "queued": st.queued,
+        "processed": st.processed,
+        "failed": st.failed,
+        "load": st.load,
+    }
 
 
 def render_text(d):
@@ -63,7 +71,7 @@ def json_reply(line):
     return (json.dumps(reply, ensure_ascii=False, separators=(", ", ": ")) + "\n").encode()
 
 
-class Conn(object):
+class Conn:
     __slots__ = ("sock", "inbuf", "outbuf", "mask")
 
     def __init__(self, sock):

@@ -13,6 +13,7 @@ and a host ``status`` command that returns a dict of 8 fields.
 
 Run with the reactor_mgmt under test on PYTHONPATH (realistic.py --reactor-path).
 """
+
 import signal
 import sys
 import time
@@ -20,8 +21,9 @@ import time
 from _common import HOST, HostFrames, announce, parse_args, raise_nofile
 
 
-class State(object):
+class State:
     """The host's state that ``status`` reports."""
+
     service = "reactor-bench"
     version = "2.3.1"
     state = "running"
@@ -34,15 +36,23 @@ class State(object):
 
 def build_server():
     from reactor_mgmt import Server
+
     server = Server(host=HOST, port=0)
 
     @server.command
     def status():
         """Service state, queue and counters."""
         st = State
-        return {"service": st.service, "version": st.version, "state": st.state,
-                "workers": st.workers, "queued": st.queued, "processed": st.processed,
-                "failed": st.failed, "load": st.load}
+        return {
+            "service": st.service,
+            "version": st.version,
+            "state": st.state,
+            "workers": st.workers,
+            "queued": st.queued,
+            "processed": st.processed,
+            "failed": st.failed,
+            "load": st.load,
+        }
 
     return server
 
@@ -79,20 +89,24 @@ def main():
         p.add_argument("--budget", default="0.002")
         p.add_argument("--forever", action="store_true")
         p.add_argument("--profile", default=None)
+
     args = parse_args(__doc__, host_loop=True, extra=extra)
     raise_nofile()
     budget = None if args.budget.lower() == "none" else float(args.budget)
     server = build_server()
     import reactor_mgmt
+
     sys.stderr.write("reactor_mgmt from %s\n" % reactor_mgmt.__file__)  # realistic.py checks it
     sys.stderr.flush()
     profiler = None
     if args.profile:
         import cProfile
+
         profiler = cProfile.Profile()
 
         def on_term(signum, frame):
             raise SystemExit(0)
+
         signal.signal(signal.SIGTERM, on_term)
     frames = HostFrames(args.hz, args.work_ms)  # its signal handlers before the port goes out
     announce(server.addresses[0][1])

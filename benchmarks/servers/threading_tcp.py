@@ -1,6 +1,7 @@
 """socketserver.ThreadingTCPServer peer: one thread per connection, blocking
 recv() of up to 256 KiB, lines split and replies for one read sent with one
 sendall()."""
+
 import socket
 import socketserver
 

@@ -1,7 +1,7 @@
 """Twisted peer (only when Twisted is importable): LineOnlyReceiver with
 delimiter b"\\n" on the default reactor; replies via sendLine()."""
-from _common import BACKLOG, HOST, announce, parse_args, raise_nofile
 
+from _common import BACKLOG, HOST, announce, parse_args, raise_nofile
 from twisted.internet import protocol  # noqa: E402
 from twisted.protocols.basic import LineOnlyReceiver  # noqa: E402
 
@@ -34,6 +34,7 @@ def main():
     args = parse_args(__doc__)
     raise_nofile()
     from twisted.internet import reactor
+
     port = reactor.listenTCP(args.port, factory(), backlog=BACKLOG, interface=HOST)
     announce(port.getHost().port)
     reactor.run()

@@ -17,6 +17,7 @@ Try it::
     python -m reactor_mgmt.examples.asyncio_service
     printf 'submit backup --seconds 1\\nwait 1\\nshow jobs\\n' | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ class Job:
 
 class Service:
     def __init__(self) -> None:
-        self.queue: "asyncio.Queue[Job]" = asyncio.Queue()
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.jobs: Dict[int, Job] = {}
         self.ids = itertools.count(1)
         self.workers: List[asyncio.Task[None]] = []
@@ -118,8 +119,10 @@ def build_server(args: argparse.Namespace, service: Service) -> Server:
         """Every job and its state, as a table."""
         if not service.jobs:
             return "no jobs"
-        return [{"id": job.id, "name": job.name, "seconds": job.seconds, "state": job.state, "worker": job.worker}
-                for job in service.jobs.values()]
+        return [
+            {"id": job.id, "name": job.name, "seconds": job.seconds, "state": job.state, "worker": job.worker}
+            for job in service.jobs.values()
+        ]
 
     @server.command
     def wait(job_id: int, *, timeout: float = 60.0) -> Any:
@@ -179,8 +182,10 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.asyncio_service",
-                                     description="An asyncio job runner with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.asyncio_service",
+        description="An asyncio job runner with a management socket.",
+    )
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the address here once listening")
     parser.add_argument("--workers", type=int, default=2, help="worker tasks (default 2)")

@@ -22,6 +22,7 @@ Try it::
     python -m reactor_mgmt.examples.game_loop
     printf 'spawn alice 10 20\\nshow players\\nkick npc --force\\n' | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,10 @@ def build_server(args: argparse.Namespace, game: Game) -> Server:
         """Every player with its position, as a table."""
         if not game.players:
             return "no players"
-        return [{"name": p.name, "x": round(p.x, 1), "y": round(p.y, 1), "protected": p.protected}
-                for p in sorted(game.players.values(), key=lambda p: p.name)]
+        return [
+            {"name": p.name, "x": round(p.x, 1), "y": round(p.y, 1), "protected": p.protected}
+            for p in sorted(game.players.values(), key=lambda p: p.name)
+        ]
 
     @server.command(level="operator")
     def spawn(name: str, x: float = WORLD / 2, y: float = WORLD / 2) -> str:
@@ -149,8 +152,10 @@ def build_server(args: argparse.Namespace, game: Game) -> Server:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.game_loop",
-                                     description="A 60 Hz fixed-timestep game loop with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.game_loop",
+        description="A 60 Hz fixed-timestep game loop with a management socket.",
+    )
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the address here once listening")
     return parser.parse_args(argv)

@@ -32,6 +32,7 @@ Try it::
     python -m reactor_mgmt.examples.node_port
     printf 'set colour blue\\nget colour\\nstatus\\n' | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,8 +86,10 @@ def on_error(err: BaseException) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.node_port",
-                                     description="A Node.js-style management socket via reactor_mgmt.start().")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.node_port",
+        description="A Node.js-style management socket via reactor_mgmt.start().",
+    )
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the address here once listening")
     args = parser.parse_args(argv)

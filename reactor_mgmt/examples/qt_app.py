@@ -38,6 +38,7 @@ no display)::
     python -m reactor_mgmt.examples.qt_app
     printf 'click 3\\nset text hello from nc\\nstatus\\n' | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ from reactor_mgmt import CommandError, Pending, Server, command_options
 
 try:  # the one dependency outside the stdlib, and only this example's
     from PySide6.QtCore import QSocketNotifier, Qt, QTimer  # type: ignore[import-not-found, unused-ignore]
-    from PySide6.QtWidgets import (  # type: ignore[import-not-found, unused-ignore]
-        QApplication, QLabel, QPushButton, QVBoxLayout, QWidget)
+    from PySide6.QtWidgets import QApplication, QLabel, QPushButton, QVBoxLayout, QWidget  # type: ignore[import-not-found, unused-ignore]
 except ImportError as exc:  # said plainly, where a traceback would bury it
     print(f"qt_app: needs PySide6 (pip install 'PySide6-Essentials>=6.5'): {exc}", file=sys.stderr)
     raise SystemExit(2) from None
@@ -88,8 +88,9 @@ class Window:
 class QtDriver:
     """Calls server.poll() from Qt's loop when there is something to do, and only then."""
 
-    def __init__(self, server: Server, *, budget: float, should_stop: Callable[[], bool],
-                 stop: Callable[[], None]) -> None:
+    def __init__(
+        self, server: Server, *, budget: float, should_stop: Callable[[], bool], stop: Callable[[], None]
+    ) -> None:
         self.server, self.budget, self.should_stop, self.stop = server, budget, should_stop, stop
         self.polls = 0  # poll() calls: `status` reports it, so a test can see there is no polling
         self.in_poll = self.detached = False
@@ -161,8 +162,13 @@ class Commands:
     def status(self) -> Dict[str, Any]:
         """The window's title, label text and click count, and how often the app has polled."""
         window = self._window
-        return {"title": window.widget.windowTitle(), "text": window.message.text(), "clicks": window.clicks,
-                "driven_by": "socket notifier", "polls": self.driver.polls if self.driver else 0}
+        return {
+            "title": window.widget.windowTitle(),
+            "text": window.message.text(),
+            "clicks": window.clicks,
+            "driven_by": "socket notifier",
+            "polls": self.driver.polls if self.driver else 0,
+        }
 
     def click(self, times: int = 1, *, after: int = 0) -> str:
         """Presses the button TIMES times (1 to 1000), as a user would; --after MS from a Qt timer."""
@@ -210,12 +216,17 @@ class Commands:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.qt_app",
-                                     description="A Qt (PySide6) window with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.qt_app", description="A Qt (PySide6) window with a management socket."
+    )
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the address here once listening")
-    parser.add_argument("--budget", type=float, default=0.005,
-                        help="seconds of commands per poll() before the window gets a turn (default 0.005)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.005,
+        help="seconds of commands per poll() before the window gets a turn (default 0.005)",
+    )
     return parser.parse_args(argv)
 
 
@@ -259,10 +270,14 @@ def watch_signals(stopping: List[str], on_signal: Callable[[], None]) -> Callabl
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if sys.platform.startswith("linux") and not any(
-            os.environ.get(name) for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")):
+        os.environ.get(name) for name in ("QT_QPA_PLATFORM", "DISPLAY", "WAYLAND_DISPLAY")
+    ):
         # Qt would abort the process (SIGABRT, a core dump) rather than raise.
-        print("qt_app: cannot open a window: no DISPLAY or WAYLAND_DISPLAY "
-              "(QT_QPA_PLATFORM=offscreen runs it without one)", file=sys.stderr)
+        print(
+            "qt_app: cannot open a window: no DISPLAY or WAYLAND_DISPLAY "
+            "(QT_QPA_PLATFORM=offscreen runs it without one)",
+            file=sys.stderr,
+        )
         return 2
     app = QApplication(sys.argv[:1])
     app.setQuitOnLastWindowClosed(False)  # the loop decides when to quit, once replies are out

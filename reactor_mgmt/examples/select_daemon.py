@@ -22,6 +22,7 @@ Try it::
     printf 'hits:1\\nhits:2\\nbytes:512\\n' | nc -u -w1 127.0.0.1 8125
     echo "show counters" | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,8 +108,15 @@ def build_server(args: argparse.Namespace, collector: Collector, udp: socket.soc
         names = sorted(set(collector.total) | set(collector.last))
         if not names:
             return "no counters yet"
-        return [{"name": name, "current": collector.current.get(name, 0.0), "last": collector.last.get(name),
-                 "total": collector.total.get(name, 0.0)} for name in names]
+        return [
+            {
+                "name": name,
+                "current": collector.current.get(name, 0.0),
+                "last": collector.last.get(name),
+                "total": collector.total.get(name, 0.0),
+            }
+            for name in names
+        ]
 
     @server.command(level="operator")
     def reset(name: Optional[str] = None) -> str:
@@ -144,8 +152,10 @@ def build_server(args: argparse.Namespace, collector: Collector, udp: socket.soc
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.select_daemon",
-                                     description="A select() daemon (a UDP metrics collector) with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.select_daemon",
+        description="A select() daemon (a UDP metrics collector) with a management socket.",
+    )
     parser.add_argument("--port", type=int, default=8123, help="management TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the management address here once listening")
     parser.add_argument("--udp-port", type=int, default=8125, help="UDP port for metrics; 0 picks one (default 8125)")

@@ -18,6 +18,7 @@ Try it::
     python -m reactor_mgmt.examples.sleep_worker
     printf 'enqueue alpha beta gamma\\nwait idle\\nshow results\\n' | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,9 @@ class Worker:
         if not self.paused and self.queue:
             item = self.queue.popleft()
             self.processed += 1
-            self.results.append({"n": self.processed, "item": item,
-                                 "sha256": hashlib.sha256(item.encode()).hexdigest()[:16]})
+            self.results.append(
+                {"n": self.processed, "item": item, "sha256": hashlib.sha256(item.encode()).hexdigest()[:16]}
+            )
         if not self.queue and self.idle_waiters:
             for pending in self.idle_waiters:
                 pending.resolve(f"idle after {self.processed} items")
@@ -61,8 +63,12 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
     @server.command
     def status() -> Dict[str, Any]:
         """Items processed and queued, the interval, and whether the worker is paused."""
-        return {"processed": worker.processed, "queued": len(worker.queue),
-                "interval_s": worker.interval, "paused": worker.paused}
+        return {
+            "processed": worker.processed,
+            "queued": len(worker.queue),
+            "interval_s": worker.interval,
+            "paused": worker.paused,
+        }
 
     @server.command(level="operator")
     def enqueue(*items: str) -> str:
@@ -79,7 +85,7 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         """The last COUNT results (at most 100 are kept), as a table."""
         if not worker.results:
             return "no results yet"
-        return list(worker.results)[-max(count, 1):]
+        return list(worker.results)[-max(count, 1) :]
 
     @server.command(name="wait idle")
     def wait_idle(*, timeout: float = 30.0) -> Any:
@@ -116,8 +122,10 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.sleep_worker",
-                                     description="A time.sleep() worker loop with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.sleep_worker",
+        description="A time.sleep() worker loop with a management socket.",
+    )
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the address here once listening")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds to sleep per item (default 0.05)")

@@ -39,6 +39,7 @@ Try it (needs a display)::
     python -m reactor_mgmt.examples.tk_app
     printf 'click 3\\nset text hello from nc\\nstatus\\n' | nc -N 127.0.0.1 8123
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,9 @@ class App:
 class TkDriver:
     """Calls server.poll() from Tk's loop when there is something to do, and only then."""
 
-    def __init__(self, root: tkinter.Tk, server: Server, *, budget: float, interval_ms: int,
-                 should_stop: Callable[[], bool]) -> None:
+    def __init__(
+        self, root: tkinter.Tk, server: Server, *, budget: float, interval_ms: int, should_stop: Callable[[], bool]
+    ) -> None:
         self.root, self.server = root, server
         self.budget, self.interval_ms, self.should_stop = budget, interval_ms, should_stop
         self.polls = 0  # poll() calls: `status` reports it, so a test can see there is no polling
@@ -163,8 +165,13 @@ def build_server(args: argparse.Namespace, app: App, stopping: List[str]) -> Ser
     def status() -> Dict[str, Any]:
         """The window's title, label text and click count, and how the loop is driven."""
         driver = app.driver
-        return {"title": app.root.title(), "text": app.message.cget("text"), "clicks": app.clicks,
-                "driven_by": driver.mode if driver else "-", "polls": driver.polls if driver else 0}
+        return {
+            "title": app.root.title(),
+            "text": app.message.cget("text"),
+            "clicks": app.clicks,
+            "driven_by": driver.mode if driver else "-",
+            "polls": driver.polls if driver else 0,
+        }
 
     @server.command(level="operator")
     def click(times: int = 1, *, after: int = 0) -> str:
@@ -216,14 +223,23 @@ def build_server(args: argparse.Namespace, app: App, stopping: List[str]) -> Ser
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m reactor_mgmt.examples.tk_app",
-                                     description="A tkinter window with a management socket.")
+    parser = argparse.ArgumentParser(
+        prog="python -m reactor_mgmt.examples.tk_app", description="A tkinter window with a management socket."
+    )
     parser.add_argument("--port", type=int, default=8123, help="TCP port; 0 picks one (default 8123)")
     parser.add_argument("--address-file", help="write the address here once listening")
-    parser.add_argument("--budget", type=float, default=0.005,
-                        help="seconds of commands per poll() before the window gets a turn (default 0.005)")
-    parser.add_argument("--interval", type=int, default=20,
-                        help="milliseconds between polls, only where Tk cannot watch a descriptor (default 20)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=0.005,
+        help="seconds of commands per poll() before the window gets a turn (default 0.005)",
+    )
+    parser.add_argument(
+        "--interval",
+        type=int,
+        default=20,
+        help="milliseconds between polls, only where Tk cannot watch a descriptor (default 20)",
+    )
     return parser.parse_args(argv)
 
 
@@ -273,8 +289,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     app = App(root)
     stopping: List[str] = []
     server = build_server(args, app, stopping)
-    driver = app.driver = TkDriver(root, server, budget=args.budget, interval_ms=args.interval,
-                                   should_stop=lambda: bool(stopping))
+    driver = app.driver = TkDriver(
+        root, server, budget=args.budget, interval_ms=args.interval, should_stop=lambda: bool(stopping)
+    )
     unwatch = watch_signals(root, stopping, driver.kick)
 
     def window_closed() -> None:

@@ -46,7 +46,7 @@ def check(data: bytes) -> None:
         return
     max_line = 1 + data[0] % 96
     cut_count = data[1] % 8
-    cut_bytes, payload = data[2:2 + cut_count], data[2 + cut_count:]
+    cut_bytes, payload = data[2 : 2 + cut_count], data[2 + cut_count :]
     points = sorted({b * len(payload) // 255 for b in cut_bytes})
     chunks, start = [], 0
     for point in points:
@@ -56,7 +56,7 @@ def check(data: bytes) -> None:
 
     whole = _decode([payload], max_line)
     assert _decode(chunks, max_line) == whole, "output depends on how the reads were cut"
-    assert _decode([payload[i:i + 1] for i in range(len(payload))], max_line) == whole
+    assert _decode([payload[i : i + 1] for i in range(len(payload))], max_line) == whole
 
     lines = _protocol.LineBuffer(max_line)
     for chunk in chunks:
