@@ -72,6 +72,7 @@ if TYPE_CHECKING:
             slower_than: float = ...,
             at_or_above: Optional[int] = ...,
             names: Iterable[str] = ...,
+            prefixes: Tuple[str, ...] = ...,
         ) -> None: ...
 
     class Loop(Protocol):
@@ -148,23 +149,24 @@ def install_activity(
     )
     activity.register(server.registry)  # first: a name the host registered already raises here
     _installed.add(dispatcher)
-    if activity.active:
+    if activity.slow is not None or activity.audit is not None:
         # The dispatcher calls the observer only for what it records: a request slower than
         # slow_ms, or an audited one. Every other request costs a comparison, and the clock
         # reading it shares with poll()'s budget check. An observer installed before ours wants
-        # every request, so then ours is called for each and passes it on.
+        # every request, so then ours is called for each and passes it on. `clients` alone
+        # needs no observer: each connection keeps its last request (Connection.last_request).
         activity.previous = dispatcher.observer
         if activity.previous is not None:
             dispatcher.observe(activity.observe)
         else:
             # Audited: at or above the audit level, and the commands audited whatever their
             # level (observe() checks each with audited(), so the names may be a superset).
-            always = [name for name in server.registry.commands if name.startswith("auth ")]
             dispatcher.observe(
                 activity.observe,
                 slower_than=activity.slow_after,
                 at_or_above=audit_rank if audit else None,
-                names=[*ALWAYS_AUDITED, *always] if audit else (),
+                names=ALWAYS_AUDITED if audit else (),
+                prefixes=("auth ",) if audit else (),
             )
     if "gap" in parts:  # measured by poll() itself, with one clock read per call (see Loop.gap_from)
         server.stats.poll_gap_max = 0.0
@@ -341,10 +343,6 @@ class Activity:
         self.audit_rank = audit_rank
         self.audit: Optional[Deque[Dict[str, Any]]] = deque(maxlen=AUDIT_KEPT) if audit_rank is not None else None
 
-    @property
-    def active(self) -> bool:
-        return self.slow is not None or self.clients is not None or self.audit is not None
-
     def observe(self, conn: Connection, request: Optional[Request], outcome: str, seconds: float) -> None:
         """Dispatcher.observer: called only for a request slower than slow_ms or one that
         audited() says is audited (see install_activity), or for every request when another
@@ -458,7 +456,7 @@ class Activity:
         for conn in sorted(self.server.connections, key=lambda conn: conn.id):
             transport = conn.transport
             state = self.state(conn)
-            request = conn.last_request  # kept by the dispatcher while observed; masked when shown
+            request = conn.last_request  # kept by the dispatcher; masked when shown
             rows.append(
                 {
                     "id": conn.id,

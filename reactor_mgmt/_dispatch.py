@@ -120,6 +120,7 @@ class Dispatcher:
         self.report_after = -1.0  # seconds: a request that took longer is reported (-1: all)
         self.report_rank = _NEVER  # and a command of this level or above
         self.report_names: FrozenSet[str] = frozenset()  # and these commands
+        self.report_prefixes: Tuple[str, ...] = ()  # and commands named with these prefixes
         self.outcome = "ok"  # of the request running now, when observed
         self._http_log = Throttle()
         self._too_large_log = Throttle()
@@ -133,15 +134,18 @@ class Dispatcher:
         slower_than: float = -1.0,
         at_or_above: Optional[int] = None,
         names: Iterable[str] = (),
+        prefixes: Tuple[str, ...] = (),
     ) -> None:
         """Calls ``observer`` after each request that took more than ``slower_than`` seconds
         (-1, the default: every request), that ran a command of level rank ``at_or_above`` or
-        more, or one of the commands ``names``. The common request, fast and not asked about,
-        costs two comparisons: no call."""
+        more, one of the commands ``names``, or one whose name starts with one of ``prefixes``
+        (registered now or later). The common request, fast and not asked about, costs a few
+        comparisons: no call."""
         self.observer = observer
         self.report_after = slower_than
         self.report_rank = _NEVER if at_or_above is None else at_or_above
         self.report_names = frozenset(names)
+        self.report_prefixes = tuple(prefixes)
 
     def execute(self, conn: Connection, item: Any) -> None:
         self.stats.commands += 1
@@ -169,20 +173,28 @@ class Dispatcher:
                     self._execute_text(conn, item)
             else:
                 self._execute_event(conn, item)
+        except BaseException:  # KeyboardInterrupt from a handler: it did not end well
+            self.outcome = "error"
+            raise
         finally:
             end = self.clock()
             request = conn.last_request
             if (
                 end - start > self.report_after
                 or request is not before
-                and (request[0].rank >= self.report_rank or request[0].name in self.report_names)
+                and (
+                    request[0].rank >= self.report_rank
+                    or request[0].name in self.report_names
+                    or (self.report_prefixes and request[0].name.startswith(self.report_prefixes))
+                )
             ):
-                self.observer(
+                self.observer(  # type: ignore[misc]
                     conn,
-                    request if request is not before else None,  # type: ignore[misc]
+                    request if request is not before else None,
                     self.outcome,
                     end - start,
                 )
+                end = self.clock()  # what the observer took (an audit log's handlers) is no request's
         return end
 
     def _execute_event(self, conn: Connection, item: Any) -> None:

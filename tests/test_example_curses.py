@@ -222,8 +222,14 @@ def test_the_screen_shows_what_clients_do(terminal):
     # A connection that stays open is listed, with its port, until it leaves.
     with socket.create_connection((terminal.host, terminal.port), timeout=TIMEOUT) as held:
         port = held.getsockname()[1]
-        screen = terminal.wait_screen(lambda s: "connections: 1 open" in s, "the open connection")
-        assert any(f"127.0.0.1:{port}" in line and line.rstrip().endswith("operator") for line in lines_of(screen))
+        # Waited for whole: a screen captured mid-redraw may show the count before the row.
+        terminal.wait_screen(
+            lambda s: (
+                "connections: 1 open" in s
+                and any(f"127.0.0.1:{port}" in line and line.rstrip().endswith("operator") for line in lines_of(s))
+            ),
+            "the open connection, listed",
+        )
     terminal.wait_screen(lambda s: "connections: 0 open" in s and f":{port}" not in s, "the connection leave")
 
     # Keys: c clears the recent commands, n the note; status reports them to clients.

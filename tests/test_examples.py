@@ -529,8 +529,8 @@ def drive_gui_app(daemon: Daemon, driven_by: str) -> None:
     # client's Pending; only the driver's kick() makes the loop poll to send it.
     with raw(daemon) as waiter:
         waiter.sendall(b"wait click\n")
-        time.sleep(0.2)  # parked behind its Pending
-        assert nc(daemon, "click --after 300\n") == "clicking in 300 ms\n"
+        time.sleep(0.2)  # parked behind its Pending (the click below leaves it a second more)
+        assert nc(daemon, "click --after 1000\n") == "clicking in 1000 ms\n"
         started = time.monotonic()
         assert read_lines(waiter, 1) == ["4 clicks"]
         assert time.monotonic() - started < 5  # not at a timeout, nor at an unrelated event
