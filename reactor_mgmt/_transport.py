@@ -130,14 +130,20 @@ class Transport:
     # ---- events from the loop ----
 
     def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
-        if event & _READABLE and self.conn.wants_input() and (stop_at is None or self.loop.clock() < stop_at):
+        conn = self.conn
+        # conn.wants_input(), inlined for the common case of an empty queue: this runs per event
+        if (
+            event & _READABLE
+            and (not conn.queue or conn.subscribed())
+            and (stop_at is None or self.loop.clock() < stop_at)
+        ):
             # Past the budget, reads wait for the next poll (the event is level-triggered): decoding
             # one full recv of tiny commands costs milliseconds.
             self.read(now)
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()
-            self.loop.schedule(self.conn)
+            self.loop.schedule(conn)
 
     def read(self, now: float) -> None:
         if self.paused:  # above the high-water mark: the reply backlog must drain first
@@ -155,8 +161,9 @@ class Transport:
                 self.close_now()
             return
         if data:
-            self.bytes_in += len(data)
-            self.limits.stats.bytes_in += len(data)
+            size = len(data)
+            self.bytes_in += size
+            self.limits.stats.bytes_in += size
             self.conn.data_received(data)
         else:
             self.conn.eof_received()
@@ -247,12 +254,13 @@ class Transport:
             limits = self.limits
             limits.stats.bytes_out += sent
             self.bytes_out += sent
-            if sent == len(data):
+            size = len(data)
+            if sent == size:
                 self.out = None
                 self.out_size = 0
             else:
                 self.out = [memoryview(data)[sent:]]
-                self.out_size = len(data) - sent
+                self.out_size = size - sent
             if self.out_size < limits.low_water:
                 if self.paused:
                     self.paused = False
@@ -267,9 +275,10 @@ class Transport:
     def update_interest(self) -> None:
         """Asks the selector for exactly what this connection can use now."""
         want = _WRITE if self.out is not None else 0
+        conn = self.conn
         if (self.closing and self.out is None) or (
-            not self.closing and not self.paused and not self.conn.eof and self.conn.wants_input()
-        ):
+            not self.closing and not self.paused and not conn.eof and (not conn.queue or conn.subscribed())
+        ):  # the last test is conn.wants_input(), inlined: this runs after every turn
             want |= _READ
         if want != self.mask:
             self.set_interest(want)
