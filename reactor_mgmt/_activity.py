@@ -8,9 +8,9 @@
 #     from the clock readings the session takes anyway to check poll()'s budget, so a fast
 #     request costs a comparison. It keeps a ring of the last 128 slow commands and, with audit
 #     on, writes one record per audited command to the `reactor_mgmt.audit` logger and to a ring
-#     of 1,000 for `audit [N]`. Each connection's last request is kept on it by the dispatcher
-#     (Connection.last_request) and its name here, in a WeakKeyDictionary, so a departed client
-#     is forgotten with its Connection;
+#     of 1,000 for `audit [N]`. With `clients`, each connection's last request is kept on it
+#     by the dispatcher (Connection.last_request, Dispatcher.keep_last) and its name here, in a
+#     WeakKeyDictionary, so a departed client is forgotten with its Connection;
 #   * the gap between polls: poll() itself reads the clock once per call (Loop.gap_from) and
 #     keeps the longest gap between one poll() returning and the next one starting, which shows
 #     a host loop that blocked (`stats` gains poll_gap_max_ms). Under attach_asyncio() poll()
@@ -64,6 +64,7 @@ if TYPE_CHECKING:
 
     class Dispatcher(Protocol):
         observer: Optional[Callable[[Any, Any, str, float], None]]
+        keep_last: bool
 
         def observe(
             self,
@@ -149,12 +150,13 @@ def install_activity(
     )
     activity.register(server.registry)  # first: a name the host registered already raises here
     _installed.add(dispatcher)
-    if activity.slow is not None or activity.audit is not None:
+    if activity.slow is not None or activity.audit is not None or activity.clients is not None:
         # The dispatcher calls the observer only for what it records: a request slower than
         # slow_ms, or an audited one. Every other request costs a comparison, and the clock
         # reading it shares with poll()'s budget check. An observer installed before ours wants
-        # every request, so then ours is called for each and passes it on. `clients` alone
-        # needs no observer: each connection keeps its last request (Connection.last_request).
+        # every request, so then ours is called for each and passes it on. For `clients`, each
+        # connection keeps its last request (Connection.last_request, kept while observed).
+        dispatcher.keep_last = activity.clients is not None
         activity.previous = dispatcher.observer
         if activity.previous is not None:
             dispatcher.observe(activity.observe)
@@ -456,7 +458,7 @@ class Activity:
         for conn in sorted(self.server.connections, key=lambda conn: conn.id):
             transport = conn.transport
             state = self.state(conn)
-            request = conn.last_request  # kept by the dispatcher; masked when shown
+            request = conn.last_request  # kept by the dispatcher (keep_last); masked when shown
             rows.append(
                 {
                     "id": conn.id,

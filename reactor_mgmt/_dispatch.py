@@ -122,7 +122,11 @@ class Dispatcher:
         self.report_names: FrozenSet[str] = frozenset()  # and these commands
         self.report_prefixes: Tuple[str, ...] = ()  # and commands named with these prefixes
         self.report_commands = False  # whether any of the three above may report a command
-        self.outcome = "ok"  # of the request running now, when observed
+        self.request: Any = None  # (command, args, kwargs) of the request running now
+        self.outcome = "ok"  # and how it ended, when observed
+        # Whether each connection keeps its last request (Connection.last_request, for the
+        # toolkit's `clients`): off by default, as it holds a tuple and a list per connection.
+        self.keep_last = False
         self._http_log = Throttle()
         self._too_large_log = Throttle()
 
@@ -163,8 +167,9 @@ class Dispatcher:
         """execute() for a server with an observer: ``start`` is the clock reading taken just
         before it (the session's, which the budget check shares), and the reading taken after
         it is returned, to time the next request and check the budget. So a request costs one
-        clock read, as it does under a budget anyway, and no call unless it is reported."""
-        before = conn.last_request  # the request's own (command, args, kwargs) replaces it
+        clock read, as it does under a budget anyway, and no call unless it is reported. With
+        keep_last, the connection keeps the request as its last_request."""
+        self.request = None  # the request's (command, args, kwargs), once its command is known
         self.outcome = "ok"
         self.stats.commands += 1
         try:  # execute()'s body, inlined: a Python call is most of what observing would cost
@@ -180,11 +185,13 @@ class Dispatcher:
             raise
         finally:
             end = self.clock()
-            request = conn.last_request
+            request = self.request
+            if self.keep_last and request is not None:
+                conn.last_request = request
             if (
                 end - start > self.report_after
                 or self.report_commands  # False unless asked: then a fast request costs one test here
-                and request is not before
+                and request is not None
                 and (
                     request[0].rank >= self.report_rank
                     or request[0].name in self.report_names
@@ -193,7 +200,7 @@ class Dispatcher:
             ):
                 self.observer(  # type: ignore[misc]
                     conn,
-                    request if request is not before else None,
+                    request,
                     self.outcome,
                     end - start,
                 )
@@ -216,7 +223,7 @@ class Dispatcher:
                 command, args = self._unknown(conn, split_words(line), line, exc)
             if command is None:
                 return
-            conn.last_request = (command, args, None)
+            self.request = (command, args, None)
             check_permission(conn, command)
             result = command.call(args, conn)
         except (CommandError, ParseError) as exc:
@@ -250,7 +257,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, argv, " ".join(argv))
                 if command is None:
                     return
-                conn.last_request = (command, extra, None)
+                self.request = (command, extra, None)
                 check_permission(conn, command)
                 result = command.call(extra, conn)
             else:
@@ -264,7 +271,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, name.split(), name)
                 if command is None:
                     return
-                conn.last_request = (command, extra + args, kwargs)
+                self.request = (command, extra + args, kwargs)
                 check_permission(conn, command)
                 result = command.call_json(extra + args, kwargs, conn)
         except CommandError as exc:

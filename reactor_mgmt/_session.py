@@ -79,7 +79,7 @@ class Connection:
         self.auth_failures = 0
         self.eof = False  # the peer half-closed: finish the queue, flush, then close
         self.scheduled = False  # already in the loop's ready queue
-        self.last_request: Any = None  # (command, args, kwargs): what it ran last (`clients`)
+        self.last_request: Any = None  # (command, args, kwargs) it ran last, kept only for `clients`
 
     # ---- the public surface a handler uses ----
 

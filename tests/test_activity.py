@@ -221,14 +221,26 @@ def test_an_auth_command_registered_after_the_tools_is_audited(make_server):
     client.close()
 
 
-def test_clients_alone_installs_no_observer(make_server):
+def test_clients_alone_reports_nothing_and_keeps_each_last_request(make_server):
     server = make_server(level="admin")
     server.add_toolkit("clients")
-    assert server._dispatcher.observer is None
+    calls = []
+    observer = server._dispatcher.observer
+    server._dispatcher.observer = lambda *args: (calls.append(args), observer(*args))
     client = RawClient(server)
     assert client.request("echo hi") == ["hi"]
     rows = result(client, "clients")
-    assert rows[0]["last"] == "clients"
+    assert rows[0]["last"] == "echo hi"  # `clients` itself is recorded once it has run
+    assert calls == []
+    client.close()
+
+
+def test_without_clients_a_connection_keeps_no_request(make_server):
+    # Memory per idle connection: a request's tuple and argument list are not kept on it.
+    server = with_activity(make_server(), parts=("slow",))
+    client = RawClient(server)
+    assert client.request("echo hi") == ["hi"]
+    assert server.connections[0].last_request is None
     client.close()
 
 
@@ -652,7 +664,7 @@ def test_clients_lists_every_connection_and_its_state(make_server):
     }
     assert [by_client[name]["state"] for name in by_client] == ["idle", "tail", "watch", "pending", "stream", "idle"]
     assert by_client["me"]["name"] == "ops-console" and by_client["idle"]["name"] is None
-    assert by_client["me"]["last"] == "clients"  # as Redis's CLIENT LIST shows cmd=client|list
+    assert by_client["me"]["last"] == "client name ops-console"  # `clients` is recorded once it has run
     assert by_client["idle"]["last"] == "echo hello there"
     assert by_client["tail"]["last"] == "log tail" and by_client["watch"]["last"] == "watch 5 ping"
     host, port = idle.sock.getsockname()

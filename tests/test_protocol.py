@@ -575,3 +575,17 @@ def test_batch_decode_equals_per_line_decode(raw_lines):
     wire = b"".join(line.replace(b"\xff", b"\xff\xff") + b"\n" for line in raw_lines)
     assert decode([wire]) == per_line
     assert decode([wire[: len(wire) // 2], wire[len(wire) // 2 :]]) == per_line
+
+
+def test_a_decoder_fed_whole_lines_makes_no_layers():
+    # Idle memory per connection: a client that sends one line per read (nc, a script) leaves a
+    # decoder without its telnet and line layers; the first partial line makes them, and the
+    # lines that follow decode the same.
+    d = RequestDecoder()
+    assert d.feed(b"ping\n") == ["ping"] and d.feed(b"status\n") == ["status"]
+    assert d._telnet is None and d._lines is None and d.buffered == 0
+    assert d.feed(b"ec") == [] and d.buffered == 2
+    assert d._lines is not None
+    assert d.feed(b"ho hi\nping\n") == ["echo hi", "ping"]
+    assert RequestDecoder().feed_eof() == []
+    assert RequestDecoder().feed(b"x" * 10 + b"\n") == ["x" * 10]
