@@ -162,6 +162,7 @@ class Dispatcher:
                 self._execute_text(conn, item)
         else:
             self._execute_event(conn, item)
+        self.request = None  # not kept past its request: it may hold an `auth TOKEN`
 
     def execute_observed(self, conn: Connection, item: Any, start: float) -> float:
         """execute() for a server with an observer: ``start`` is the clock reading taken just
@@ -186,6 +187,7 @@ class Dispatcher:
         finally:
             end = self.clock()
             request = self.request
+            self.request = None  # not kept past its request: it may hold an `auth TOKEN`
             if self.keep_last and request is not None:
                 conn.last_request = request
             if (
