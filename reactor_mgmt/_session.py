@@ -162,17 +162,7 @@ class Connection:
         decoder = self.decoder
         if decoder is None:
             decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
-        items = decoder.feed(data)
-        if decoder.keep_blank:
-            self._take(items)
-            return
-        # _take()'s common case, inlined: this runs on every read
-        if items:
-            if self.queue is None:
-                self.queue = deque(items)
-            else:
-                self.queue.extend(items)
-        self.dispatcher.schedule(self)
+        self._take(decoder.feed(data))
 
     def eof_received(self) -> None:
         self.eof = True
