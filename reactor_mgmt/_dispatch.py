@@ -98,6 +98,7 @@ class Dispatcher:
         max_commands_per_tick: int,
         pending_timeout: float,
         cancel_timer: Optional[Callable[[Any], None]] = None,
+        defer: Optional[Callable[[Any], None]] = None,
     ) -> None:
         self.registry = registry
         self.stats = stats
@@ -105,7 +106,8 @@ class Dispatcher:
         self.call_later = call_later
         self.cancel_timer = cancel_timer or _no_timer
         self.wake = wake
-        self.schedule = schedule
+        self.schedule = schedule  # a turn for a session in this poll
+        self.defer = defer or schedule  # and in the next: it had one in this poll already
         self.max_line = max_line
         self.max_output = max_output
         self.max_commands_per_tick = max_commands_per_tick
@@ -468,7 +470,7 @@ class Dispatcher:
         sent = 0
         while transport.out_size < low_water:
             if sent & 63 == 63 and stop_at is not None and self.clock() >= stop_at:
-                self.schedule(conn)
+                self.defer(conn)
                 return False
             try:
                 item = next(iterator)

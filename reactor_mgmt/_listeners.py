@@ -104,7 +104,7 @@ class Acceptor:
         listener.close()
 
     def accept(self, listener: Listener, now: float) -> None:
-        if listener.paused_until:
+        if listener.paused_until or self.loop.stopped:  # a handler closed the server in this poll
             return
         limit = listener.accepts
         accepted = 0

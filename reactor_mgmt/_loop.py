@@ -47,7 +47,8 @@ class Loop:
         self.owners: Dict[int, Any] = {}  # fd -> Transport, Listener or Waker
         self.wait = make_wait(self.selector)
         self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
-        self.ready: Deque[Any] = deque()
+        self.ready: Deque[Any] = deque()  # sessions whose turn is due in this poll
+        self.later: List[Any] = []  # and those whose next turn waits for the next poll (defer)
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
         self._cancelled = 0  # cancelled entries still in the timer heap
@@ -87,11 +88,8 @@ class Loop:
     # ---- one tick ----
 
     def timeout_for(self, timeout: Optional[float]) -> Optional[float]:
-        """How long poll(timeout) may wait: 0 with work queued, else no later than the first timer."""
-        if timeout == 0 or self.ready or self.calls:
-            # The idle tick, which a host pays on every loop iteration: one non-blocking kernel
-            # call, and a clock read only when a timer is armed.
-            return 0
+        """How long poll(timeout) may wait with no work queued (poll() checks that, and the
+        common cases, itself): no later than the first timer, and at most LONGEST_WAIT."""
         if self.timers:
             wait = max(0.0, self.timers[0][0] - monotonic())
             timeout = wait if timeout is None else min(timeout, wait)
@@ -103,39 +101,41 @@ class Loop:
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
         stop_at = None if budget is None else start + budget
         handled = len(events)
-        owners = self.owners
-        for fd, event in events:
-            owner = owners.get(fd)
-            if owner is not None:
-                owner.handle_event(event, now, stop_at)
-        while self.calls and not self.stopped:  # a callback may close the server: then nothing runs
-            handled += 1
-            self.calls.popleft()()
-        if self.timers and self.timers[0][0] <= now and not self.stopped:
-            handled += self.run_timers(now)
-        if self.ready:
-            handled += self.run_ready(stop_at)
+        try:
+            owners = self.owners
+            for fd, event in events:
+                owner = owners.get(fd)
+                if owner is not None:
+                    owner.handle_event(event, now, stop_at)
+            while self.calls and not self.stopped:  # a callback may close the server: then nothing runs
+                handled += 1
+                self.calls.popleft()()
+            if self.timers and self.timers[0][0] <= now and not self.stopped:
+                handled += self.run_timers(now)
+            ready = self.ready
+            if ready:
+                # The sessions whose turn is due: a Pending answered, a stream to pump, output
+                # drained. (A read runs its session's turn at once, in the transport's handle_event.)
+                for _ in range(len(ready)):
+                    conn = ready.popleft()
+                    conn.scheduled = False
+                    if conn.transport.closed or self.stopped:  # closed by a handler: nothing more runs
+                        continue
+                    try:
+                        handled += conn.service(stop_at)
+                    except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
+                        self.schedule(conn)
+                        raise
+                    if stop_at is not None and monotonic() >= stop_at:
+                        break
+        finally:
+            if self.later:  # the sessions that had their turn in this poll and have more to do
+                self.ready.extend(self.later)
+                self.later.clear()
         stats = self.stats
         stats.busy_polls += 1
         stats.durations.append(monotonic() - start)
         return handled
-
-    def run_ready(self, stop_at: Optional[float]) -> int:
-        ready = self.ready
-        done = 0
-        for _ in range(len(ready)):  # one pass: a connection rescheduled now waits a tick
-            conn = ready.popleft()
-            conn.scheduled = False
-            if conn.closed or self.stopped:  # closed by a handler: nothing more runs
-                continue
-            try:
-                done += conn.service(stop_at)
-            except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
-                self.schedule(conn)
-                raise
-            if stop_at is not None and monotonic() >= stop_at:
-                break
-        return done
 
     def wake(self, conn: Any, on_owner_thread: bool) -> None:
         """Services ``conn`` in the next poll(), from the polling thread or any other."""
@@ -147,9 +147,16 @@ class Loop:
             self.call_soon_threadsafe(lambda: self.schedule(conn))
 
     def schedule(self, conn: Any) -> None:
-        if not conn.scheduled and not conn.closed:
+        """Gives ``conn`` a turn in this poll, or in the next when called between polls."""
+        if not conn.scheduled and not conn.transport.closed:
             conn.scheduled = True
             self.ready.append(conn)
+
+    def defer(self, conn: Any) -> None:
+        """Gives ``conn`` a turn in the next poll: it had one in this poll and reached a limit."""
+        if not conn.scheduled and not conn.transport.closed:
+            conn.scheduled = True
+            self.later.append(conn)
 
     # ---- timers and cross-thread calls ----
 
@@ -227,6 +234,7 @@ class Loop:
             transport.sock.close()  # a plain close: the parent's copy keeps the connection
         self.connections.clear()
         self.ready.clear()
+        self.later.clear()
         self.calls.clear()
         self.timers = []
         self.close()

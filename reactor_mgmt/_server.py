@@ -24,7 +24,7 @@ from ._dispatch import Dispatcher, Stats
 from ._errors import ConfigError, ReactorMgmtError
 from ._listeners import Listener, Listeners, peer_allowed
 from ._log import format_address, log
-from ._loop import IdleReaper, Loop
+from ._loop import LONGEST_WAIT, IdleReaper, Loop
 from ._protocol import DEFAULT_MAX_LINE
 from ._session import Connection
 from ._transport import Limits, Transport, drain, refuse
@@ -388,9 +388,15 @@ class Server:
         if watch is not None:
             watch.entered()
         # The idle tick, which a host pays on every loop iteration, is inlined here: one
-        # non-blocking kernel call, and a clock read only when a timer is armed.
+        # non-blocking kernel call, and a clock read only when a timer is armed. So is the wait
+        # of a host loop's poll(timeout=left) with no timer: loop.timeout_for() would return it.
+        if timeout != 0:
+            if loop.ready or loop.calls:
+                timeout = 0
+            elif loop.timers or (timeout is not None and timeout > LONGEST_WAIT):
+                timeout = loop.timeout_for(timeout)
         try:
-            events = loop.wait(0 if timeout == 0 or loop.ready or loop.calls else loop.timeout_for(timeout))
+            events = loop.wait(timeout)
         except (ValueError, OSError):
             if loop.stopped:  # a handler closed the server; the host's loop may poll once more
                 return 0
@@ -520,10 +526,10 @@ class Server:
         loop = self._loop
         if self._polling == _get_ident():
             self._stop()
-            # Later events find no owner, and queued requests are dropped (each client owed one
-            # is told, at the tear-down); the handler that called us returns into its session's
-            # loop, which stops.
-            loop.owners.clear()
+            # Nothing more runs, and queued requests are dropped: each client owed a reply is
+            # told, at the tear-down, including those whose requests the rest of this poll reads
+            # (every connection with an event in it is still read, no listener accepts). The
+            # handler that called us returns into its session's turn, which stops.
             for conn in self._close_owed or ():
                 conn.queue.clear()  # type: ignore[union-attr]  # owed a notice: its queue is not empty
             return
@@ -590,8 +596,11 @@ def _admit(server: Server, listener: Listener, sock: socket.socket, peer: Any, n
 def _tear_down(server: Server) -> None:
     """The end of close(): notices to the clients owed one, the grace for unsent output, then
     every connection, listener and the loop closed."""
-    owed, server._close_owed = server._close_owed or {}, None
     conns = list(server._loop.connections.values())
+    # Owed at close(), and since: a handler closed the server, and the poll read more requests.
+    owed = server._dispatcher.owed_a_notice(conns)
+    owed.update(server._close_owed or {})
+    server._close_owed = None
     server._dispatcher.say_goodbye(conns, owed)
     if server._close_grace > 0:
         drain([conn.transport for conn in conns], server._close_grace)
@@ -620,6 +629,7 @@ def _start_io(server: Server, address_file: Optional[str]) -> None:
     server._loop = loop = Loop(server.stats)
     dispatcher = server._dispatcher
     dispatcher.clock, dispatcher.call_later, dispatcher.schedule = loop.clock, loop.call_later, loop.schedule
+    dispatcher.defer = loop.defer
     dispatcher.cancel_timer, dispatcher.stopped = loop.cancel_timer, False
     server._listening = Listeners(
         loop, functools.partial(_admit, server), address_file, warn_remote=not (server._token or server.allow_remote)

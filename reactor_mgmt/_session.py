@@ -1,6 +1,6 @@
 # One client's session: the state between its bytes and its replies, with no socket in it.
 #
-# Bytes come in through data_received()/eof_received() (from the transport, or from a test),
+# Bytes come in through data_received() (from the transport, or from a test; b"" is the EOF),
 # go through the connection's RequestDecoder, and queue as requests; service() runs them, in
 # order and within this tick's limits, through the dispatcher, whose replies go to the
 # transport's write(). A Pending or Stream reply parks the session (``waiting``) and the
@@ -8,10 +8,11 @@
 # dispatcher and the output from the transport, both given, so a test drives a session with a
 # fake transport (a list of writes) and a fake clock, as h11's tests drive a Connection.
 #
-# Requests read in a poll run in that same poll, after every ready socket has been read (so a
-# handler that closes the server finds every request read in its tick, and each is told), and
-# their replies are sent at the end of the session's turn, at once, with no wait for a write
-# event ("try to send now", as asyncio's write() tries).
+# A read is the session's turn: its requests run as their bytes arrive (as an asyncio protocol
+# answers from data_received()), and their replies are sent at the end of that turn, at once,
+# with no wait for a write event ("try to send now", as asyncio's write() tries). What a turn
+# leaves for its limits waits for the next poll (the dispatcher's defer); a session with other
+# work due (a Pending answered, a stream to pump) has its turn in the loop's ready queue.
 # One object exists for every open client, often thousands of idle ones, so it uses __slots__
 # and allocates nothing until the client sends its first byte.
 from __future__ import annotations
@@ -23,9 +24,10 @@ from ._replies import Stream
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Deque, List, Optional
+    from typing import Any, Deque, Optional
 
-    from ._protocol import Item
+
+_QUEUE: Any = object()  # data_received()'s default: queue the requests and wait for service()
 
 
 class Connection:
@@ -158,22 +160,21 @@ class Connection:
     def streaming(self) -> bool:
         return self.waiting.__class__ is Stream
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes, stop_at: Any = _QUEUE) -> None:
+        """Bytes from the client; b"" is its EOF (a half-close), as recv() says it.
+
+        The transport passes the poll's ``stop_at`` (None without a budget): the requests then
+        run at once, unless this connection's turn is already due in the loop's ready queue.
+        Without it (sans-I/O, a test) they are queued and the connection is scheduled: service()
+        runs them."""
         decoder = self.decoder
         if decoder is None:
             decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
-        self._take(decoder.feed(data))
-
-    def eof_received(self) -> None:
-        self.eof = True
-        decoder = self.decoder
-        if decoder is None:
-            decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
-        self._take(decoder.feed_eof())
-
-    def _take(self, items: List[Item]) -> None:
-        decoder = self.decoder
-        assert decoder is not None
+        if data:
+            items = decoder.feed(data)
+        else:  # the client half-closed: what it sent runs, then the connection closes (service)
+            self.eof = True
+            items = decoder.feed_eof()
         if decoder.keep_blank:  # a subscription is running: any line, even a blank one, ends it
             if items or self.eof:
                 self.dispatcher.end_stream(self)
@@ -186,9 +187,22 @@ class Connection:
                 self.queue = deque(items)
             else:
                 self.queue.extend(items)
-        # Run in this same poll, once every ready socket has been read: the loop's ready queue
-        # runs sessions in the order they became ready, a tick's worth each.
-        self.dispatcher.schedule(self)
+        if self.scheduled:  # its turn is due in the ready queue already: the requests wait for it
+            return
+        if stop_at is _QUEUE:
+            self.dispatcher.schedule(self)
+            return
+        # The connection's turn, now: a request runs as its bytes arrive and its reply is sent
+        # at once, as an asyncio protocol answers from data_received() through write().
+        try:
+            self.service(stop_at)
+        except BaseException:  # KeyboardInterrupt from a handler: the rest of the queue runs later
+            self.dispatcher.schedule(self)
+            raise
+
+    def eof_received(self, stop_at: Any = _QUEUE) -> None:
+        """The client half-closed: data_received(b"")."""
+        self.data_received(b"", stop_at)
 
     # ---- running requests ----
 
@@ -221,7 +235,7 @@ class Connection:
             # Observed (the toolkit's slow log, audit, clients), that same reading times each
             # request: execute_observed() returns the one it took after the request.
             if ran >= limit or (stop_at is not None and ran and (now if observed else clock()) >= stop_at):
-                dispatcher.schedule(self)  # more next tick
+                dispatcher.defer(self)  # more in the next poll
                 break
             ran += 1
             if observed:

@@ -9,15 +9,16 @@
 # handshakes cannot hold the connection slots. Plaintext, an HTTP request or an untrusted
 # client certificate fails the handshake: the connection is closed, and nothing runs.
 #
-# After the handshake, reads and sends are the Transport's own (sends through its one send site);
-# records already decrypted sit in SSLSocket.pending() and raise no event, so a read drains
-# them, and whatever a tick cannot take is read again on the next poll through the loop's calls.
+# After the handshake, reads and sends are the Transport's own (one recv per readable event, and
+# sends through its one send site; a peer's close_notify reads as b"", an EOF). Records already
+# decrypted sit in SSLSocket.pending() and raise no event, so they are read on the next poll
+# through the loop's calls.
 from __future__ import annotations
 
 import ssl
 
 from ._log import Throttle, format_address, log
-from ._transport import RECV_SIZE, Transport, allow_would_block
+from ._transport import Transport, allow_would_block
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ allow_would_block(ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 _IN, _OUT = 0x001, 0x004
 _READ, _WRITE = 1, 2  # selectors.EVENT_READ, EVENT_WRITE
-_DRAIN_MAX = 4 * RECV_SIZE  # decrypted bytes taken in one read before the rest waits a poll
 HANDSHAKE_TIMEOUT = 10.0
 _refusals = Throttle()  # a client can fail handshakes at will: one log record per interval
 
@@ -116,18 +116,6 @@ class TlsTransport(Transport):
         self.read_queued = False
         if not self.closed:
             self.handle_event(_IN, self.loop.clock(), None)
-
-    def receive(self) -> Optional[bytes]:
-        sock = self.sock
-        try:
-            data = sock.recv(RECV_SIZE)
-            while sock.pending() and len(data) < _DRAIN_MAX:  # records already decrypted
-                data += sock.recv(RECV_SIZE)
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
-            return None
-        except ssl.SSLZeroReturnError:  # the peer's close_notify: an EOF
-            return b""
-        return data
 
     def close_now(self) -> None:
         if self.handshake_timer is not None:

@@ -131,49 +131,39 @@ class Transport:
 
     def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
         conn = self.conn
-        # conn.wants_input(), inlined for the common case of an empty queue: this runs per event
+        # One read, unless paused above high water (the backlog must drain first) or conn has
+        # requests queued (conn.wants_input(), inlined: this runs per event, as does the read,
+        # which is why it is written out here). Past the budget, reads wait for the next poll
+        # (the event is level-triggered): decoding one full recv of tiny commands costs
+        # milliseconds.
         if (
             event & _READABLE
+            and not self.paused
             and (not conn.queue or conn.subscribed())
             and (stop_at is None or self.loop.clock() < stop_at)
         ):
-            # Past the budget, reads wait for the next poll (the event is level-triggered): decoding
-            # one full recv of tiny commands costs milliseconds.
-            self.read(now)
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except _WOULD_BLOCK:  # not now (a spurious wake-up, or a TLS record not yet whole)
+                data = None
+            except OSError as exc:
+                self.abort(exc)
+                return
+            if data is not None:
+                self.last_active = now
+                if self.closing:  # lingering after our last reply: discard until the peer's EOF
+                    if not data:
+                        self.close_now()
+                    return
+                if data:
+                    size = len(data)
+                    self.bytes_in += size
+                    self.limits.stats.bytes_in += size
+                conn.data_received(data, stop_at)  # b"" is the client's EOF
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()
             self.loop.schedule(conn)
-
-    def read(self, now: float) -> None:
-        if self.paused:  # above the high-water mark: the reply backlog must drain first
-            return
-        try:
-            data = self.receive()
-        except OSError as exc:
-            self.abort(exc)
-            return
-        if data is None:
-            return
-        self.last_active = now
-        if self.closing:  # lingering after our last reply: discard until the peer's EOF
-            if not data:
-                self.close_now()
-            return
-        if data:
-            size = len(data)
-            self.bytes_in += size
-            self.limits.stats.bytes_in += size
-            self.conn.data_received(data)
-        else:
-            self.conn.eof_received()
-
-    def receive(self) -> Optional[bytes]:
-        """One read: the bytes, b"" at EOF, None when there is nothing to read yet."""
-        try:
-            return self.sock.recv(RECV_SIZE)
-        except _WOULD_BLOCK:
-            return None
 
     def peer_uid(self) -> Optional[int]:
         """The peer's uid on a Unix socket (SO_PEERCRED), else None."""
@@ -246,8 +236,10 @@ class Transport:
         out = self.out
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
-            try:
-                sent = _send_some(self.sock, data)
+            try:  # _send_some(), written out: this is the send of every reply
+                sent = self.sock.send(data)
+            except _WOULD_BLOCK:
+                sent = 0
             except OSError as exc:
                 self.abort(exc)
                 return
@@ -265,7 +257,7 @@ class Transport:
                 if self.paused:
                     self.paused = False
                     self.loop.schedule(self.conn)
-                elif self.conn.streaming():
+                elif self.conn.waiting is not None and self.conn.streaming():
                     # A stream pauses at the low-water mark; if the kernel took everything, no
                     # write event will come to resume it, so resume it next tick.
                     self.loop.schedule(self.conn)

@@ -653,8 +653,8 @@ def test_serve_forever_blocks_until_activity_and_stops_from_another_thread(serve
 
 
 def test_handler_closing_the_server_with_more_events_in_the_same_poll(server):
-    """A handler closes the server in a poll that read two connections: every request is read
-    before any runs, so the other connection, whose request was read but not run, is told."""
+    """A handler closes the server in a poll with two connections ready: the rest of the poll
+    still reads the other one, whose request then does not run, and it is told."""
     armed = []
 
     @server.command(name="shutdown")

@@ -376,9 +376,39 @@ def test_a_utf8_character_split_across_feeds(make):
 def test_pipelined_requests_in_one_feed_reply_in_order(make):
     s = make()
     s.feed(b"ping\necho one\n\n  echo  two  \r\nadd 2 3\nping\n")
-    assert s.scheduled == [s.conn]  # run in this same poll, once every socket is read
+    assert s.scheduled == [s.conn]  # queued (no stop_at given, as sans-I/O): service() runs them
     assert s.service() == 5
     assert s.take() == b"pong\none\ntwo\n5\npong\n"
+
+
+def test_a_read_is_the_sessions_turn(make):
+    """The transport passes the poll's stop_at: the requests run at once and their replies are
+    sent in that same call, with no turn in the ready queue."""
+    s = make()
+    s.conn.data_received(b"ping\necho hi\n", None)
+    assert s.take() == b"pong\nhi\n" and s.scheduled == [] and s.conn.queue is None
+    s.conn.data_received(b"", None)  # b"" is the EOF: the session closes once its output is out
+    assert s.conn.eof and s.transport.closed
+
+
+def test_a_read_turn_at_its_limit_leaves_the_rest_for_the_next_poll(make):
+    s = make(max_commands_per_tick=2)
+    deferred: List[Any] = []
+    s.dispatcher.defer = deferred.append
+    s.conn.data_received(b"ping\n" * 3, None)
+    assert s.take() == b"pong\npong\n" and deferred == [s.conn] and s.scheduled == []
+    assert s.service() == 1 and s.take() == b"pong\n"
+
+
+def test_a_read_waits_for_a_turn_already_due(make):
+    """A session already in the ready queue (a Pending answered, a stream to pump) runs its new
+    requests on that turn, so they cannot overtake what it is due to send."""
+    s = make()
+    s.conn.scheduled = True
+    s.conn.data_received(b"ping\n", None)
+    assert s.take() == b"" and list(s.conn.queue or ()) == ["ping"]
+    s.conn.scheduled = False
+    assert s.service() == 1 and s.take() == b"pong\n"
 
 
 def test_a_handler_writing_to_its_connection_comes_before_its_reply(make):
