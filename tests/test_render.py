@@ -272,3 +272,33 @@ def test_the_flat_dict_fast_path_renders_as_the_general_path(value):
     subclassed = {(_Str(k) if isinstance(k, str) else k): (_Int(v) if type(v) is int else v) for k, v in value.items()}
     assert render_text(subclassed) == render_text(value)
     assert json_line({"id": 1, "result": to_jsonable(subclassed)}) == json_line({"id": 1, "result": to_jsonable(value)})
+
+
+# ---- the format made once per set of keys, pinned to the line-by-line rendering ----
+
+_KEYED = _FLAT + [
+    {"pct%": "5%s", "%(x)s": 1, "w": "a%%b", "%d": 2.5},
+    {"only": "one"},
+    {"same": 1, "keys": 2},
+    {"same": "a\nb", "keys": 2},  # the same keys as above, a value with lines: indented, not cached text
+    {f"key{i}": i for i in range(70)},  # too many keys to keep a format for
+    {"a": _Str("s"), _Str("b"): _Int(3)},
+]
+
+
+@pytest.mark.parametrize("value", _KEYED)
+def test_the_format_made_once_per_set_of_keys_renders_as_line_by_line(value):
+    from reactor_mgmt._render import _render_mapping, _render_mapping_lines
+
+    first = _render_mapping(value)  # makes the format, where its keys allow one
+    assert _render_mapping(value) == first == _render_mapping_lines(value)  # and from the kept format
+
+
+def test_the_kept_formats_are_bounded():
+    from reactor_mgmt import _render
+
+    for i in range(3 * _render._FORMATS_MAX):
+        assert render_text({f"conn {i}": i}) == f"conn {i}: {i}\n"
+    assert 0 < len(_render._FORMATS) <= _render._FORMATS_MAX
+    render_text({f"key{i}": i for i in range(_render._FORMAT_KEYS_MAX + 1)})
+    assert not any(len(keys) > _render._FORMAT_KEYS_MAX for keys in _render._FORMATS)
