@@ -39,6 +39,7 @@ class Listener:
 
     __slots__ = (
         "sock",
+        "family",
         "address",
         "path",
         "file_id",
@@ -54,6 +55,10 @@ class Listener:
 
     def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
         self.sock = sock
+        # Read once here: socket.socket's ``family`` is a property that builds an enum on every
+        # read (0.65 us), and admission needs the family of every connection (TCP_NODELAY),
+        # which is its listener's.
+        self.family = sock.family
         self.address = address
         self.path = path
         self.file_id = file_id(path) if path is not None else None  # what close() may remove
@@ -291,6 +296,36 @@ class Listeners:
 # ---- binding ----
 
 
+class _ListeningSocket(socket.socket):
+    """A socket.socket whose accept() makes the accepted socket from the family, type and
+    protocol read once, when it was made; otherwise it is socket.socket.accept(). That one reads
+    them back through the ``family`` and ``type`` properties, which build an enum on every read:
+    about 1 us of the server's CPU per connection, which a one-shot client (``echo status | nc
+    -N``) pays for each request. Only the listeners bound here are made of it; a socket the host
+    hands over (adopt) keeps its own class and the plain accept()."""
+
+    __slots__ = ("_kind",)
+
+    def __init__(
+        self,
+        family: Union[socket.AddressFamily, int] = -1,
+        type: Union[socket.SocketKind, int] = -1,
+        proto: int = -1,
+        fileno: Optional[int] = None,
+    ) -> None:
+        super().__init__(family, type, proto, fileno)  # the signature dup() calls too
+        self._kind = (self.family, self.type, self.proto)
+
+    def accept(self) -> Tuple[socket.socket, Any]:
+        fd, address = self._accept()  # type: ignore[attr-defined]  # what socket.socket.accept() calls
+        sock = socket.socket(*self._kind, fileno=fd)
+        # As socket.socket.accept() does: a blocking listener with no default timeout makes its
+        # sockets blocking (ours are non-blocking, so this is one cheap test).
+        if socket.getdefaulttimeout() is None and self.gettimeout():
+            sock.setblocking(True)
+        return sock, address
+
+
 def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket.socket]:
     """Listening sockets for every address ``host`` resolves to; port 0 picks one free port
     for all of them. All or nothing: should another program hold the picked port on a later
@@ -303,7 +338,7 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
         socks: List[socket.socket] = []
         try:
             for family, kind, proto, _, sockaddr in infos:
-                sock = socket.socket(family, kind, proto)
+                sock: socket.socket = _ListeningSocket(family, kind, proto)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
@@ -330,7 +365,7 @@ def bind_unix(path: str, mode: int, group: Union[int, str, None], backlog: Optio
             "any local user could connect; use a path in a directory only you can reach"
         )
     _clear_unix_path(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _ListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         _bind_with_mode(sock, path, mode)
         # The system's maximum, not 128: a Unix connect does not queue and retry as TCP's does,

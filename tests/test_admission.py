@@ -1,0 +1,118 @@
+# Admission of an accepted socket (_server._admit) and the accept that hands it over
+# (_listeners._ListeningSocket): what a connection gets from them, on a bound TCP listener, a
+# Unix one and a listener the host adopts, since accept() and admission read the socket's family
+# from the listener rather than from each accepted socket (issue 17: one-shot connections).
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from typing import Iterator
+
+import pytest
+
+from conftest import TIMEOUT, RawClient
+from reactor_mgmt._listeners import _ListeningSocket
+
+
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    # AF_UNIX paths are limited to ~107 bytes; pytest's tmp_path can be longer than that.
+    path = tempfile.mkdtemp(prefix="rm-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _only_connection_socket(server) -> socket.socket:
+    (conn,) = server.connections
+    return conn.transport.sock
+
+
+def test_a_tcp_connection_is_non_blocking_with_nodelay(make_server):
+    server = make_server()
+    listener = server._listening.listeners[0]
+    assert isinstance(listener.sock, _ListeningSocket)
+    assert listener.family == socket.AF_INET == listener.sock.family
+    client = RawClient(server)
+    sock = _only_connection_socket(server)
+    assert type(sock) is socket.socket
+    assert (sock.family, sock.type, sock.proto) == (socket.AF_INET, socket.SOCK_STREAM, listener.sock.proto)
+    assert sock.gettimeout() == 0.0 and not sock.getblocking()
+    assert not sock.get_inheritable()  # accept4(SOCK_CLOEXEC), as socket.socket.accept()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert client.request("ping") == ["pong"]
+    client.close()
+
+
+def test_an_adopted_listener_keeps_its_class_and_its_connections_get_nodelay(make_server):
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    server = make_server(port=None)
+    server.listen_socket(plain)
+    listener = server._listening.listeners[0]
+    assert type(listener.sock) is socket.socket and listener.family == socket.AF_INET
+    client = RawClient(server)
+    sock = _only_connection_socket(server)
+    assert not sock.getblocking()
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert client.request("ping") == ["pong"]
+    client.close()
+
+
+def test_a_unix_connection_has_no_tcp_option_and_its_peer_credentials(make_server, short_dir):
+    server = make_server(port=None)
+    path = server.listen_unix(os.path.join(short_dir, "s"), check_peer=True)
+    listener = server._listening.listeners[0]
+    assert isinstance(listener.sock, _ListeningSocket) and listener.family == socket.AF_UNIX
+    client = RawClient(server, path)
+    (conn,) = server.connections
+    assert conn.transport.sock.family == socket.AF_UNIX and not conn.transport.sock.getblocking()
+    if hasattr(socket, "SO_PEERCRED"):
+        assert conn.transport.peer_uid() == os.getuid()
+    assert client.request("ping") == ["pong"]
+    client.close()
+
+
+def test_a_one_shot_connection_is_answered_and_closed(make_server, short_dir):
+    # `echo ping | nc -N host port`: connect, one line, SHUT_WR, read to EOF; TCP and Unix.
+    server = make_server()
+    path = server.listen_unix(os.path.join(short_dir, "s"))
+    for address in (server.addresses[0], path):
+        for _ in range(3):
+            client = RawClient(server, address)
+            client.send(b"ping\n")
+            client.shutdown()
+            assert client.read_until_closed() == b"pong\n"
+            client.close()
+    server.poll(0)
+    assert server.connections == []
+    assert server.stats.connections_total == 6
+
+
+def test_the_listening_socket_accepts_as_socket_accept_does():
+    with _ListeningSocket(socket.AF_INET, socket.SOCK_STREAM) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        listening.settimeout(TIMEOUT)  # a listener with a timeout and no default: blocking sockets
+        assert socket.getdefaulttimeout() is None
+        with socket.create_connection(listening.getsockname(), TIMEOUT) as client:
+            accepted, peer = listening.accept()
+            with accepted:
+                assert type(accepted) is socket.socket
+                assert peer == client.getsockname()
+                assert (accepted.family, accepted.type, accepted.proto) == (
+                    listening.family,
+                    listening.type,
+                    listening.proto,
+                )
+                assert accepted.getblocking() and accepted.gettimeout() is None
+        listening.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listening.accept()
+        copy = listening.dup()  # dup() calls the class with socket.socket's signature
+        with copy:
+            assert isinstance(copy, _ListeningSocket) and copy.getsockname() == listening.getsockname()
