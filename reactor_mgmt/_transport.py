@@ -1,10 +1,10 @@
 # The transport: the one place where the server's bytes meet a socket. Every send the server
-# makes goes through _send_some() below: replies (Transport.flush), a refusal at accept
-# (refuse), the last words at close (Transport.send_and_close, drain) and the cross-thread
-# waker's byte. Like asyncio's selector transports, a Transport owns its socket, its output
-# buffer and its flow control, and hands what it reads to its protocol, the session
-# (_session.Connection), which it knows only as an object with data_received(),
-# eof_received() and service().
+# makes goes through _send_some() below, or the same call written out in Transport.flush (the
+# send of every reply): a refusal at accept (refuse), the last words at close
+# (Transport.send_and_close, drain) and the cross-thread waker's byte. Like asyncio's selector
+# transports, a Transport owns its socket, its output buffer and its flow control, and hands
+# what it reads to its protocol, the session (_session.Connection), which it knows only as an
+# object with data_received() (b"" for the EOF, as recv() says it), service() and a few flags.
 #
 # The rules it keeps:
 #   * output is written to a buffer during a turn and sent at the end of it, at once, without
