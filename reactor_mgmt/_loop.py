@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _IN, _OUT = 0x001, 0x004  # epoll's bits, which poll() reads on every platform (see make_wait)
+_EPOLL_BITS = {_READ: _IN, _WRITE: _OUT, _READ | _WRITE: _IN | _OUT}  # a selectors mask in epoll's
 # epoll_wait takes whole milliseconds in a C int, which a wait of 24.8 days overflows (a 30-day
 # idle_timeout, or `watch 2200000 ping` from any client, made poll() raise); waking once a day
 # to find nothing due costs nothing.
@@ -46,6 +47,7 @@ class Loop:
         self.selector = selectors.DefaultSelector()
         self.owners: Dict[int, Any] = {}  # fd -> Transport, Listener or Waker
         self.wait = make_wait(self.selector)
+        self.epoll = _epoll_of(self.selector)  # the kernel poller, to (un)register with directly
         self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
         self.ready: Deque[Any] = deque()  # sessions whose turn is due in this poll
         self.later: List[Any] = []  # and those whose next turn waits for the next poll (defer)
@@ -67,17 +69,39 @@ class Loop:
         self.gap_from: Optional[float] = None
 
     # ---- the selector ----
+    # On epoll, (un)registration goes to the kernel poller the selector wraps, as poll()'s
+    # wait does (see make_wait): selectors' register() builds a SelectorKey and updates two maps
+    # of its own, which made it the costliest Python of accepting a one-shot client. The
+    # owners map is ours either way; elsewhere the selector does it all.
 
     def register(self, sock: Any, mask: int, owner: Any) -> None:
-        self.selector.register(sock, mask, owner)
-        self.owners[sock.fileno()] = owner
+        fd = sock.fileno()
+        if self.epoll is not None:
+            if fd in self.owners:
+                raise KeyError(f"{sock!r} is already registered")  # as selectors says it
+            self.epoll.register(fd, _EPOLL_BITS[mask])
+        else:
+            self.selector.register(sock, mask, owner)
+        self.owners[fd] = owner
 
     def modify(self, sock: Any, mask: int, owner: Any) -> None:
-        self.selector.modify(sock, mask, owner)
+        if self.epoll is not None:
+            self.epoll.modify(sock.fileno(), _EPOLL_BITS[mask])
+        else:
+            self.selector.modify(sock, mask, owner)
 
     def unregister(self, sock: Any) -> None:
-        self.selector.unregister(sock)
-        self.owners.pop(sock.fileno(), None)
+        fd = sock.fileno()
+        if self.epoll is not None:
+            if self.owners.pop(fd, None) is None:
+                raise KeyError(f"{sock!r} is not registered")  # as selectors says it
+            try:
+                self.epoll.unregister(fd)
+            except OSError:  # as selectors does: the descriptor is gone, and epoll with it
+                pass
+        else:
+            self.selector.unregister(sock)
+            self.owners.pop(fd, None)
 
     def forget(self, transport: Any) -> None:
         """A transport closed: its session is no longer one of our connections."""
@@ -247,20 +271,29 @@ class Loop:
         self.wait = wait
 
 
+def _epoll_of(selector: selectors.BaseSelector) -> Any:
+    """The select.epoll object an EpollSelector wraps (its documented-in-source ``_selector``),
+    or None for any other selector."""
+    raw = getattr(selector, "_selector", None)
+    if isinstance(selector, getattr(selectors, "EpollSelector", ())) and hasattr(raw, "poll"):
+        return raw
+    return None
+
+
 def make_wait(selector: selectors.BaseSelector) -> Callable[[Optional[float]], List[Tuple[int, int]]]:
     """Returns wait(timeout) -> [(fd, events)], the kernel call poll() makes, events in
     epoll's bits (_IN, _OUT).
 
     selectors.EpollSelector.select() spends more time wrapping results in SelectorKeys than
     epoll_wait() itself takes, and an idle poll(0) is nothing but that call. So on epoll we
-    let the selector do registration (its public API) and call the kernel poller it wraps
-    directly: its (fd, events) pairs are what poll() reads, mapped to owners by our own
-    dict. (epoll.poll already rounds a timeout up to whole milliseconds, so it never wakes
-    early and spins.) Elsewhere the selector's results are translated to the same shape.
+    call the kernel poller it wraps directly (the loop registers with it directly too): its
+    (fd, events) pairs are what poll() reads, mapped to owners by our own dict. (epoll.poll
+    already rounds a timeout up to whole milliseconds, so it never wakes early and spins.)
+    Elsewhere the selector's results are translated to the same shape.
     """
-    raw = getattr(selector, "_selector", None)  # the stdlib's documented-in-source epoll object
-    if isinstance(selector, getattr(selectors, "EpollSelector", ())) and hasattr(raw, "poll"):
-        return raw.poll  # type: ignore[union-attr, no-any-return]
+    raw = _epoll_of(selector)
+    if raw is not None:
+        return raw.poll  # type: ignore[no-any-return]
 
     def wait_generic(timeout: Optional[float]) -> List[Tuple[int, int]]:
         return [
