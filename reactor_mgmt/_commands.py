@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
     _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -294,7 +294,7 @@ class Signature:
             parts.append(text if param.required else f"[{text}]")
         return " ".join(parts)
 
-    def bind_text(self, words: List[str]) -> Tuple[List[Any], Dict[str, Any]]:
+    def bind_text(self, words: Sequence[str]) -> Tuple[List[Any], Dict[str, Any]]:
         """Converts the words after the command name into call arguments, or raises _BadValue."""
         positional: List[str] = []
         keywords: Dict[str, Any] = {}
@@ -407,7 +407,7 @@ class Command:
         self.signature = Signature(fn, connection_type)
         self.usage = f"{self.name} {self.signature.usage_args}".rstrip()
 
-    def call(self, args: List[str], connection: Any) -> Any:
+    def call(self, args: Sequence[str], connection: Any) -> Any:
         signature = self.signature
         mode = signature.mode
         if mode == "none":
@@ -529,15 +529,16 @@ class Registry:
             if not self._groups[words[0]]:
                 del self._groups[words[0]]
 
-    def parse(self, line: str, conn: Any = None) -> Tuple[Optional[Command], List[str]]:
+    def parse(self, line: str, conn: Any = None) -> Tuple[Optional[Command], Sequence[str]]:
         """The command a text request line names, and its argument words; (None, []) for a
         line with no words. Raises ParseError for an unbalanced quote and UnknownCommand (its
-        suggestions limited to what ``conn`` may run) for a name nobody registered."""
+        suggestions limited to what ``conn`` may run) for a name nobody registered. From the
+        cache, the words are its tuple (immutable: no caller can change the next request's)."""
         cache = self.line_cache
         if cache is not None:
             entry = cache.get(line)
             if entry is not None:
-                return entry[0], list(entry[1])
+                return entry
         plain = needs_quoting(line) is None  # then the same line always means the same words
         words = line.split() if plain else split_words(line)
         if not words:
@@ -547,11 +548,12 @@ class Registry:
             args = words[1:]
         else:
             command, args = self.resolve(words, conn)
-        if cache is not None and plain:
-            if len(cache) >= _CACHE_SIZE:
-                cache.clear()
-            cache[line] = (command, tuple(args))
-        return command, args
+        if cache is None or not plain:
+            return command, args
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        entry = cache[line] = (command, tuple(args))
+        return entry
 
     def resolve(self, words: List[str], conn: Any = None) -> Tuple[Command, List[str]]:
         """The command named by the first words, and the words left over as its arguments.

@@ -124,7 +124,9 @@ class Dispatcher:
         self.report_names: FrozenSet[str] = frozenset()  # and these commands
         self.report_prefixes: Tuple[str, ...] = ()  # and commands named with these prefixes
         self.report_commands = False  # whether any of the three above may report a command
-        self.request: Any = None  # (command, args, kwargs) of the request running now
+        # (command, args, kwargs) of the request running now, made only while observed (a tuple
+        # per request that no one else reads)
+        self.request: Any = None
         self.outcome = "ok"  # and how it ended, when observed
         # Whether each connection keeps its last request (Connection.last_request, for the
         # toolkit's `clients`): off by default, as it holds a tuple and a list per connection.
@@ -227,7 +229,8 @@ class Dispatcher:
                 command, args = self._unknown(conn, split_words(line), line, exc)
             if command is None:
                 return
-            self.request = (command, args, None)
+            if self.observer is not None:  # only an observer reads it
+                self.request = (command, args, None)
             check_permission(conn, command)
             result = command.call(args, conn)
         except (CommandError, ParseError) as exc:
@@ -261,7 +264,8 @@ class Dispatcher:
                 command, extra = self._resolve(conn, argv, " ".join(argv))
                 if command is None:
                     return
-                self.request = (command, extra, None)
+                if self.observer is not None:  # only an observer reads it
+                    self.request = (command, extra, None)
                 check_permission(conn, command)
                 result = command.call(extra, conn)
             else:
@@ -275,7 +279,8 @@ class Dispatcher:
                 command, extra = self._resolve(conn, name.split(), name)
                 if command is None:
                     return
-                self.request = (command, extra + args, kwargs)
+                if self.observer is not None:  # only an observer reads it
+                    self.request = (command, extra + args, kwargs)
                 check_permission(conn, command)
                 result = command.call_json(extra + args, kwargs, conn)
         except CommandError as exc:

@@ -438,13 +438,15 @@ def test_line_cache_stays_bounded(make_server):
     client.close()
 
 
-def test_line_cache_hands_out_a_fresh_argument_list_each_time(make_server):
-    """A caller that changes the words it was given must not change the next request's."""
+def test_line_cache_hands_out_words_no_caller_can_change(make_server):
+    """A caller must not be able to change the next request's words: the cache hands out its
+    own tuple, which cannot be changed, rather than copy a list per request."""
     registry = make_server("127.0.0.1").registry
     command, args = registry.parse("echo a b")
-    args.append("extra")
     assert "echo a b" in registry.line_cache
-    assert registry.parse("echo a b") == (command, ["a", "b"])
+    assert isinstance(args, tuple) and registry.parse("echo a b") == (command, ("a", "b"))
+    with pytest.raises(AttributeError):
+        args.append("extra")  # type: ignore[attr-defined]
 
 
 # ---- pipelines of identical and mixed requests, both ways ----
