@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from ._session import Connection
 
 _POLL_WINDOW = 1024
+# json.JSONDecoder().decode, made on the first JSON request: json.loads() checks its argument and
+# looks its decoder up on every call, and a JSON request line is a str that starts with "{".
+_decode_json: Optional[Callable[[str], Any]] = None
 _NEVER = 1 << 30  # a level rank no command has
 _NOT_OWED = object()
 
@@ -124,9 +127,7 @@ class Dispatcher:
         self.report_names: FrozenSet[str] = frozenset()  # and these commands
         self.report_prefixes: Tuple[str, ...] = ()  # and commands named with these prefixes
         self.report_commands = False  # whether any of the three above may report a command
-        # (command, args, kwargs) of the request running now, made only while observed (a tuple
-        # per request that no one else reads)
-        self.request: Any = None
+        self.request: Any = None  # (command, args, kwargs) running now; made only for an observer
         self.outcome = "ok"  # and how it ended, when observed
         # Whether each connection keeps its last request (Connection.last_request, for the
         # toolkit's `clients`): off by default, as it holds a tuple and a list per connection.
@@ -244,12 +245,15 @@ class Dispatcher:
         self.deliver(conn, result, TEXT)
 
     def _execute_json(self, conn: Connection, line: str) -> None:
-        import json
+        global _decode_json
+        if _decode_json is None:
+            import json  # lazily: a text-only server never pays json's import
 
+            _decode_json = json.JSONDecoder().decode
         request_id: Any = None
         try:
             try:
-                request = json.loads(line)
+                request = _decode_json(line)
             except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
                 raise CommandError(f"malformed JSON: {exc}", code="bad_request") from None
             if not isinstance(request, dict):
@@ -272,11 +276,11 @@ class Dispatcher:
                 name = request.get("cmd")
                 args = request.get("args", [])
                 kwargs = request.get("kwargs", {})
-                if not isinstance(name, str) or not name.split():
+                if not isinstance(name, str) or not (words := name.split()):
                     raise CommandError("'cmd' must be a non-empty string", code="bad_request")
                 if not isinstance(args, list) or not isinstance(kwargs, dict):
                     raise CommandError("'args' must be a list and 'kwargs' an object", code="bad_request")
-                command, extra = self._resolve(conn, name.split(), name)
+                command, extra = self._resolve(conn, words, name)
                 if command is None:
                     return
                 if self.observer is not None:  # only an observer reads it

@@ -302,3 +302,33 @@ def test_the_kept_formats_are_bounded():
     assert 0 < len(_render._FORMATS) <= _render._FORMATS_MAX
     render_text({f"key{i}": i for i in range(_render._FORMAT_KEYS_MAX + 1)})
     assert not any(len(keys) > _render._FORMAT_KEYS_MAX for keys in _render._FORMATS)
+
+
+# ---- the kept JSON encoder, pinned to the public one ----
+
+_PAYLOADS = [
+    {"id": 1, "ok": True, "result": {"service": "x", "load": 0.75, "n": 4, "none": None, "b": False}},
+    {"id": "é\u2028", "ok": True, "result": ["a\nb", {"nested": [1, 2.5, {"deep": "ü"}]}]},
+    {"id": None, "ok": False, "error": {"code": "internal", "message": 'quote " and \\ backslash'}},
+    {"id": 10**20, "item": [], "stream": True},
+]
+
+
+@pytest.mark.parametrize("payload", _PAYLOADS)
+def test_the_kept_encoder_writes_what_json_dumps_writes(payload):
+    expected = json.dumps(payload, ensure_ascii=False, allow_nan=False, separators=(", ", ": ")) + "\n"
+    assert json_line(payload) == expected.encode()
+    assert json_line(payload) == expected.encode()  # and again, with the encoder kept
+
+
+def test_the_kept_encoder_recovers_after_a_reply_it_cannot_encode():
+    """A failed encode leaves the C encoder's circular-reference markers behind (the ids of the
+    containers it was in), so a later reply holding one of them would look circular: a failure
+    makes a new encoder."""
+    from reactor_mgmt import _render
+
+    held = [object()]  # not JSON: the kept encoder fails inside this list
+    assert json_line({"id": 1, "ok": True, "result": held}).startswith(b'{"id": 1, "ok": true')  # degraded
+    held[0] = "fine"
+    encoder = _render._iterencode or _render._make_iterencode()  # what the next reply is encoded with
+    assert "".join(encoder({"id": 2, "result": held}, 0)) == '{"id": 2, "result": ["fine"]}'
