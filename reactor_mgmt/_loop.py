@@ -51,10 +51,13 @@ class Loop:
         self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
         self.ready: Deque[Any] = deque()  # sessions whose turn is due in this poll
         self.later: List[Any] = []  # and those whose next turn waits for the next poll (defer)
+        self.turn: Any = None  # the session having its read turn (see Transport.handle_event)
+        self.stop_at: Optional[float] = None  # the budget's end in the poll running now
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
         self._cancelled = 0  # cancelled entries still in the timer heap
         self.calls: Deque[Callable[[], Any]] = deque()
+        self.next_calls: List[Callable[[], Any]] = []  # call_next(): moved to calls as a poll ends
         self.waker: Optional[Waker] = None
         self.stopped = False  # the server closed: nothing more runs
         # attach_asyncio()/start_thread() handle: kicked when work is queued outside poll()
@@ -92,6 +95,8 @@ class Loop:
 
     def unregister(self, sock: Any) -> None:
         fd = sock.fileno()
+        if fd < 0:  # closed already (so out of epoll too): find the descriptor it had, by owner
+            fd = next((known for known, owner in self.owners.items() if getattr(owner, "sock", None) is sock), fd)
         if self.epoll is not None:
             if self.owners.pop(fd, None) is None:
                 raise KeyError(f"{sock!r} is not registered")  # as selectors says it
@@ -123,7 +128,9 @@ class Loop:
 
     def handle(self, events: List[Tuple[int, int]], budget: Optional[float]) -> int:
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
-        stop_at = None if budget is None else start + budget
+        self.stop_at = stop_at = None if budget is None else start + budget
+        stats = self.stats
+        commands = stats.commands
         handled = len(events)
         try:
             owners = self.owners
@@ -140,26 +147,30 @@ class Loop:
             if ready:
                 # The sessions whose turn is due: a Pending answered, a stream to pump, output
                 # drained. (A read runs its session's turn at once, in the transport's handle_event.)
-                for _ in range(len(ready)):
+                for _ in range(len(ready)):  # one pass: one scheduled during it waits a poll
                     conn = ready.popleft()
                     conn.scheduled = False
                     if conn.transport.closed or self.stopped:  # closed by a handler: nothing more runs
                         continue
                     try:
-                        handled += conn.service(stop_at)
+                        conn.service(stop_at)
                     except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
                         self.schedule(conn)
                         raise
                     if stop_at is not None and monotonic() >= stop_at:
                         break
         finally:
+            self.turn = None
             if self.later:  # the sessions that had their turn in this poll and have more to do
                 self.ready.extend(self.later)
                 self.later.clear()
-        stats = self.stats
+            if self.next_calls:
+                self.calls.extend(self.next_calls)
+                self.next_calls.clear()
         stats.busy_polls += 1
         stats.durations.append(monotonic() - start)
-        return handled
+        ran: int = stats.commands - commands
+        return handled + ran  # the events, calls and timers, and the requests run
 
     def wake(self, conn: Any, on_owner_thread: bool) -> None:
         """Services ``conn`` in the next poll(), from the polling thread or any other."""
@@ -171,10 +182,14 @@ class Loop:
             self.call_soon_threadsafe(lambda: self.schedule(conn))
 
     def schedule(self, conn: Any) -> None:
-        """Gives ``conn`` a turn in this poll, or in the next when called between polls."""
+        """Gives ``conn`` a turn: in this poll, unless it is having one now (its read turn, or
+        the ready queue's pass), or in the next when called between polls."""
         if not conn.scheduled and not conn.transport.closed:
             conn.scheduled = True
-            self.ready.append(conn)
+            if conn is self.turn:  # a handler woke its own connection, or its flush a stream
+                self.later.append(conn)
+            else:
+                self.ready.append(conn)
 
     def defer(self, conn: Any) -> None:
         """Gives ``conn`` a turn in the next poll: it had one in this poll and reached a limit."""
@@ -222,6 +237,10 @@ class Loop:
             callback(*args)
         return fired
 
+    def call_next(self, callback: Callable[[], Any]) -> None:
+        """Runs ``callback()`` in the next poll (from inside this one: not in the same poll)."""
+        self.next_calls.append(callback)
+
     def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
         if self.stopped:
             return
@@ -243,7 +262,7 @@ class Loop:
     def close(self) -> None:
         if self.waker is not None:
             self.waker.close()
-        self.owners.clear()  # a handler may close us mid-poll: its remaining events find no owner
+        self.owners.clear()  # an event still in this poll's list finds no owner
         self.selector.close()
 
     def abandon(self, reason: str) -> None:
@@ -260,6 +279,7 @@ class Loop:
         self.ready.clear()
         self.later.clear()
         self.calls.clear()
+        self.next_calls.clear()
         self.timers = []
         self.close()
 

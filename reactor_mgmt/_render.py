@@ -102,24 +102,29 @@ def _cell(value: Any) -> str:
 
 # The aligned-lines format of a mapping's keys, made once per set of keys: `status` returns the
 # same keys on every call, and a %-format of the whole reply replaces a ljust() and two
-# concatenations per line (8 fields: 3.8 -> 1.5 us a reply). Bounded: a host whose dicts have
-# ever-new keys (connection ids) clears it when full; big mappings are not kept at all.
-_FORMATS: Dict[Tuple[Any, ...], str] = {}
+# concatenations per line. Only for keys that are all exactly str (a str subclass or a StrEnum
+# equal to a cached key may print otherwise: see _cell), tested on every call. Bounded: a host
+# whose dicts have ever-new keys (connection ids) clears it when full, and a big mapping or a
+# long format (keys a client chose) is used once and not kept.
+_FORMATS: Dict[Tuple[str, ...], str] = {}
 _FORMATS_MAX = 256
 _FORMAT_KEYS_MAX = 64
+_FORMAT_CHARS_MAX = 4096
+_ONLY_STR = {str}
 
 
 def _render_mapping(mapping: Mapping[Any, Any]) -> str:
     keys = tuple(mapping)
+    if not keys or len(keys) > _FORMAT_KEYS_MAX or set(map(type, keys)) != _ONLY_STR:
+        return _render_mapping_lines(mapping)
     fmt = _FORMATS.get(keys)
     if fmt is None:
-        if not keys or len(keys) > _FORMAT_KEYS_MAX or not all(key.__class__ is str for key in keys):
-            return _render_mapping_lines(mapping)
         width = max(map(len, keys)) + 1
         fmt = "\n".join([(key + ":").ljust(width).replace("%", "%%") + " %s" for key in keys])
-        if len(_FORMATS) >= _FORMATS_MAX:
-            _FORMATS.clear()
-        _FORMATS[keys] = fmt
+        if len(fmt) <= _FORMAT_CHARS_MAX:
+            if len(_FORMATS) >= _FORMATS_MAX:
+                _FORMATS.clear()
+            _FORMATS[keys] = fmt
     text = fmt % tuple([value if value.__class__ is str else _cell(value) for value in mapping.values()])
     if text.count("\n") >= len(keys):  # a value has lines of its own: see _render_mapping_lines
         return _render_mapping_lines(mapping)

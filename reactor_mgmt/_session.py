@@ -80,7 +80,7 @@ class Connection:
         self.authenticated = authenticated
         self.auth_failures = 0
         self.eof = False  # the peer half-closed: finish the queue, flush, then close
-        self.scheduled = False  # already in the loop's ready queue
+        self.scheduled = False  # its next turn is due: in the loop's ready queue (or later, for the next poll)
         self.last_request: Any = None  # (command, args, kwargs) it ran last, kept only for `clients`
 
     # ---- the public surface a handler uses ----

@@ -11,8 +11,8 @@
 #
 # After the handshake, reads and sends are the Transport's own (one recv per readable event, and
 # sends through its one send site; a peer's close_notify reads as b"", an EOF). Records already
-# decrypted sit in SSLSocket.pending() and raise no event, so they are read on the next poll
-# through the loop's calls.
+# decrypted sit in SSLSocket.pending() and raise no event, so they are read in the next poll
+# (Loop.call_next), within its budget.
 from __future__ import annotations
 
 import ssl
@@ -110,12 +110,12 @@ class TlsTransport(Transport):
         if self.mask & _READ and not self.read_queued and self.sock.pending():
             # Decrypted bytes are waiting, and no event will say so: read them next poll.
             self.read_queued = True
-            self.loop.calls.append(self._read_pending)
+            self.loop.call_next(self._read_pending)
 
     def _read_pending(self) -> None:
         self.read_queued = False
         if not self.closed:
-            self.handle_event(_IN, self.loop.clock(), None)
+            self.handle_event(_IN, self.loop.clock(), self.loop.stop_at)  # within this poll's budget
 
     def close_now(self) -> None:
         if self.handshake_timer is not None:

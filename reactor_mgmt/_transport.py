@@ -159,7 +159,12 @@ class Transport:
                     size = len(data)
                     self.bytes_in += size
                     self.limits.stats.bytes_in += size
-                conn.data_received(data, stop_at)  # b"" is the client's EOF
+                loop = self.loop
+                loop.turn = conn  # its turn: schedule() then means the next poll (see Loop.schedule)
+                try:
+                    conn.data_received(data, stop_at)  # b"" is the client's EOF
+                finally:
+                    loop.turn = None
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()

@@ -579,6 +579,40 @@ def test_max_commands_per_tick_keeps_the_rest_for_later(make_server):
     client.close()
 
 
+def test_a_handler_waking_its_own_connection_does_not_get_it_a_second_turn(make_server):
+    """conn.write() asks for the connection to be serviced; during its own turn (a read runs the
+    requests at once) that is its next turn, in the next poll: K requests per poll still holds."""
+    server = make_server(max_commands_per_tick=4)
+
+    @server.command
+    def note(conn: reactor_mgmt.Connection) -> str:
+        conn.write("noted")
+        return "ok"
+
+    client = RawClient(server)
+    client.send("note\n" * 20)
+    time.sleep(0.05)
+    per_poll = []
+    while len(per_poll) < 100 and server.stats.commands < 20:
+        before = server.stats.commands
+        server.poll(0)
+        per_poll.append(server.stats.commands - before)
+    assert max(per_poll) == 4 and sum(per_poll) == 20
+    assert client.lines(40) == ["noted", "ok"] * 20
+    client.close()
+
+
+def test_poll_counts_the_requests_it_ran(make_server):
+    server = make_server()
+    client = RawClient(server)
+    server.poll(0.05)  # the accept
+    client.send("ping\n" * 10)
+    time.sleep(0.05)
+    assert server.poll(0) == 11  # one event, ten requests
+    assert client.lines(10) == ["pong"] * 10
+    client.close()
+
+
 def test_time_budget_returns_early_and_resumes_in_order(make_server):
     server = make_server()
 

@@ -762,3 +762,19 @@ def test_start_defaults_without_on_error():
         client.close()
     finally:
         server.close()
+
+
+def test_unregistering_a_socket_closed_first_forgets_its_descriptor(server):
+    """A socket closed before it is unregistered has no descriptor to name (fileno() is -1):
+    the loop still forgets the one it had, so a new socket given that number can register."""
+    client = RawClient(server)
+    assert client.request("ping") == ["pong"]
+    conn = server_conn(server)
+    transport = conn.transport
+    fd = transport.sock.fileno()
+    transport.sock.close()
+    server._loop.unregister(transport.sock)
+    assert fd not in server._loop.owners
+    transport.mask = 0
+    transport.close_now()
+    client.close()

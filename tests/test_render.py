@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Mapping
 
 import pytest
 
@@ -276,6 +277,16 @@ def test_the_flat_dict_fast_path_renders_as_the_general_path(value):
 
 # ---- the format made once per set of keys, pinned to the line-by-line rendering ----
 
+
+class _Shown(str):
+    def __str__(self) -> str:
+        return f"<{str.__str__(self)}>"
+
+
+class _Color(str, enum.Enum):
+    RED = "red"
+
+
 _KEYED = _FLAT + [
     {"pct%": "5%s", "%(x)s": 1, "w": "a%%b", "%d": 2.5},
     {"only": "one"},
@@ -283,6 +294,11 @@ _KEYED = _FLAT + [
     {"same": "a\nb", "keys": 2},  # the same keys as above, a value with lines: indented, not cached text
     {f"key{i}": i for i in range(70)},  # too many keys to keep a format for
     {"a": _Str("s"), _Str("b"): _Int(3)},
+    {_Shown("same"): 1, "keys": 2},  # equal to a cached set of keys, but not all exactly str
+    {_Color.RED: 1, "keys": 2},  # a StrEnum equal to "red"
+    {"red": 1, "keys": 2},
+    {_Color.RED: 1, "keys": 2},  # after "red" was cached
+    {"x" * 5000: 1},  # a format too long to keep
 ]
 
 
@@ -301,7 +317,26 @@ def test_the_kept_formats_are_bounded():
         assert render_text({f"conn {i}": i}) == f"conn {i}: {i}\n"
     assert 0 < len(_render._FORMATS) <= _render._FORMATS_MAX
     render_text({f"key{i}": i for i in range(_render._FORMAT_KEYS_MAX + 1)})
+    render_text({"k" * (_render._FORMAT_CHARS_MAX + 1): 1})
     assert not any(len(keys) > _render._FORMAT_KEYS_MAX for keys in _render._FORMATS)
+    assert all(len(fmt) <= _render._FORMAT_CHARS_MAX for fmt in _render._FORMATS.values())
+
+
+def test_a_mapping_with_unhashable_keys_still_renders():
+    class Pairs(Mapping):  # a host's own Mapping, whose keys are lists
+        def __init__(self) -> None:
+            self.items_ = [(["a"], 1), (["b"], 2)]
+
+        def __getitem__(self, key):
+            return dict((tuple(k), v) for k, v in self.items_)[tuple(key)]
+
+        def __iter__(self):
+            return iter([k for k, _ in self.items_])
+
+        def __len__(self) -> int:
+            return len(self.items_)
+
+    assert render_text(Pairs()) == "['a']: 1\n['b']: 2\n"
 
 
 # ---- the kept JSON encoder, pinned to the public one ----

@@ -314,6 +314,35 @@ def test_a_large_pipelined_batch_over_tls_is_answered_in_full(make_server, pki):
     sock.close()
 
 
+def test_decrypted_records_left_over_wait_for_the_next_poll_and_its_budget(make_server, pki):
+    """One TLS record holds more than one recv takes: the rest is read through the loop in the
+    next poll, within that poll's budget, not as a second turn of the same poll."""
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    ran = []
+
+    @server.command
+    def slow() -> str:
+        time.sleep(0.01)
+        ran.append(1)
+        return "ok"
+
+    sock = _tls_connect(server, _client_context(pki))
+    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
+    sock.setblocking(True)
+    sock.settimeout(TIMEOUT)
+    sock.sendall(first + b"slow\n" * 20)  # one record: no event for what the first recv leaves
+    time.sleep(0.1)
+    per_poll = []
+    deadline = time.monotonic() + TIMEOUT
+    while len(ran) < 20:
+        assert time.monotonic() < deadline, len(ran)
+        before = len(ran)
+        server.poll(0, budget=0.001)
+        per_poll.append(len(ran) - before)
+    assert max(per_poll) == 1  # each 10 ms handler spends a whole 1 ms budget
+    sock.close()
+
+
 def test_a_client_that_half_closes_mid_record_is_dropped_alone(make_server, pki):
     server = make_server("127.0.0.1", tls=_server_context(pki))
     victim = _tls_connect(server, _client_context(pki))
