@@ -564,16 +564,22 @@ def test_one_recv_per_connection_per_poll(make_server):
     client.close()
 
 
+def _requests_per_poll(server, total: int) -> list:
+    """How many requests each poll(0) runs until ``total`` have run (the client sent them all)."""
+    time.sleep(0.05)
+    per_poll: list = []
+    while len(per_poll) < 1000 and server.stats.commands < total:
+        before = server.stats.commands
+        server.poll(0)
+        per_poll.append(server.stats.commands - before)
+    return per_poll
+
+
 def test_max_commands_per_tick_keeps_the_rest_for_later(make_server):
     server = make_server(max_commands_per_tick=10)
     client = RawClient(server)
     client.send("".join(f"echo {i}\n" for i in range(100)))
-    time.sleep(0.05)
-    per_poll = []
-    while len(per_poll) < 1000 and server.stats.commands < 100:
-        before = server.stats.commands
-        server.poll(0)
-        per_poll.append(server.stats.commands - before)
+    per_poll = _requests_per_poll(server, 100)
     assert max(per_poll) == 10 and sum(per_poll) == 100
     assert client.lines(100) == [str(i) for i in range(100)]
     client.close()
@@ -591,12 +597,7 @@ def test_a_handler_waking_its_own_connection_does_not_get_it_a_second_turn(make_
 
     client = RawClient(server)
     client.send("note\n" * 20)
-    time.sleep(0.05)
-    per_poll = []
-    while len(per_poll) < 100 and server.stats.commands < 20:
-        before = server.stats.commands
-        server.poll(0)
-        per_poll.append(server.stats.commands - before)
+    per_poll = _requests_per_poll(server, 20)
     assert max(per_poll) == 4 and sum(per_poll) == 20
     assert client.lines(40) == ["noted", "ok"] * 20
     client.close()
