@@ -159,12 +159,12 @@ class Transport:
                     size = len(data)
                     self.bytes_in += size
                     self.limits.stats.bytes_in += size
+                # Its turn: schedule() then means the next poll (see Loop.schedule). Should a
+                # handler raise out of it (KeyboardInterrupt), Loop.handle resets turn on its way out.
                 loop = self.loop
-                loop.turn = conn  # its turn: schedule() then means the next poll (see Loop.schedule)
-                try:
-                    conn.data_received(data, stop_at)  # b"" is the client's EOF
-                finally:
-                    loop.turn = None
+                loop.turn = conn
+                conn.data_received(data, stop_at)  # b"" is the client's EOF
+                loop.turn = None
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()
