@@ -326,6 +326,11 @@ class _ListeningSocket(socket.socket):
         return sock, address
 
 
+# _ListeningSocket calls the _accept() that socket.socket.accept() is built on (CPython 3.9 to
+# 3.13); where a socket has none, listeners are plain sockets.
+_LISTENING_SOCKET = _ListeningSocket if hasattr(socket.socket, "_accept") else socket.socket
+
+
 def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket.socket]:
     """Listening sockets for every address ``host`` resolves to; port 0 picks one free port
     for all of them. All or nothing: should another program hold the picked port on a later
@@ -338,7 +343,7 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
         socks: List[socket.socket] = []
         try:
             for family, kind, proto, _, sockaddr in infos:
-                sock: socket.socket = _ListeningSocket(family, kind, proto)
+                sock: socket.socket = _LISTENING_SOCKET(family, kind, proto)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 if family == socket.AF_INET6:
@@ -365,7 +370,7 @@ def bind_unix(path: str, mode: int, group: Union[int, str, None], backlog: Optio
             "any local user could connect; use a path in a directory only you can reach"
         )
     _clear_unix_path(path)
-    sock = _ListeningSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _LISTENING_SOCKET(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         _bind_with_mode(sock, path, mode)
         # The system's maximum, not 128: a Unix connect does not queue and retry as TCP's does,

@@ -116,3 +116,15 @@ def test_the_listening_socket_accepts_as_socket_accept_does():
         copy = listening.dup()  # dup() calls the class with socket.socket's signature
         with copy:
             assert isinstance(copy, _ListeningSocket) and copy.getsockname() == listening.getsockname()
+
+
+def test_where_a_socket_has_no_accept_primitive_listeners_are_plain_sockets(make_server, monkeypatch):
+    from reactor_mgmt import _listeners
+
+    monkeypatch.setattr(_listeners, "_LISTENING_SOCKET", socket.socket)
+    server = make_server()
+    assert type(server._listening.listeners[0].sock) is socket.socket
+    client = RawClient(server)
+    assert client.request("ping") == ["pong"]
+    assert _only_connection_socket(server).getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    client.close()
