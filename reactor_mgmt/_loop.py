@@ -51,7 +51,9 @@ class Loop:
         self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
         self.ready: Deque[Any] = deque()  # sessions whose turn is due in this poll
         self.later: List[Any] = []  # and those whose next turn waits for the next poll (defer)
-        self.turn: Any = None  # the session having its read turn (see Transport.handle_event)
+        # Odd while a poll() handles its events, even between polls: a session's turn_at is set
+        # to it when its read runs its requests, so that schedule() can tell it had its turn.
+        self.polls = 0
         self.stop_at: Optional[float] = None  # the budget's end in the poll running now
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
@@ -95,7 +97,7 @@ class Loop:
 
     def unregister(self, sock: Any) -> None:
         fd = sock.fileno()
-        if fd < 0:  # closed already (so out of epoll too): find the descriptor it had, by owner
+        if fd < 0:  # closed already (out of epoll too, unless a fork holds a copy): find its old fd
             fd = next((known for known, owner in self.owners.items() if getattr(owner, "sock", None) is sock), fd)
         if self.epoll is not None:
             if self.owners.pop(fd, None) is None:
@@ -110,7 +112,10 @@ class Loop:
 
     def forget(self, transport: Any) -> None:
         """A transport closed: its session is no longer one of our connections."""
-        self.connections.pop(transport.sock.fileno(), None)
+        fd = transport.sock.fileno()
+        if fd < 0:  # its socket was closed first: find the descriptor it had
+            fd = next((known for known, conn in self.connections.items() if conn.transport is transport), fd)
+        self.connections.pop(fd, None)
         if self.reaper is not None:
             self.reaper.prune(len(self.connections))
 
@@ -129,6 +134,7 @@ class Loop:
     def handle(self, events: List[Tuple[int, int]], budget: Optional[float]) -> int:
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
         self.stop_at = stop_at = None if budget is None else start + budget
+        self.polls += 1
         stats = self.stats
         commands = stats.commands
         handled = len(events)
@@ -160,7 +166,7 @@ class Loop:
                     if stop_at is not None and monotonic() >= stop_at:
                         break
         finally:
-            self.turn = None
+            self.polls += 1
             if self.later:  # the sessions that had their turn in this poll and have more to do
                 self.ready.extend(self.later)
                 self.later.clear()
@@ -182,11 +188,13 @@ class Loop:
             self.call_soon_threadsafe(lambda: self.schedule(conn))
 
     def schedule(self, conn: Any) -> None:
-        """Gives ``conn`` a turn: in this poll, unless it is having one now (its read turn, or
-        the ready queue's pass), or in the next when called between polls."""
+        """Gives ``conn`` a turn: in this poll, unless it had one in it already (its read: a
+        handler then woke its own connection, its flush a stream, or another connection's
+        handler answered its Pending), or in the next when called between polls. So a
+        connection has at most one turn per poll, and at most K requests in it."""
         if not conn.scheduled and not conn.transport.closed:
             conn.scheduled = True
-            if conn is self.turn:  # a handler woke its own connection, or its flush a stream
+            if conn.turn_at == self.polls:
                 self.later.append(conn)
             else:
                 self.ready.append(conn)

@@ -104,8 +104,8 @@ def _cell(value: Any) -> str:
 # same keys on every call, and a %-format of the whole reply replaces a ljust() and two
 # concatenations per line. Only for keys that are all exactly str (a str subclass or a StrEnum
 # equal to a cached key may print otherwise: see _cell), tested on every call. Bounded: a host
-# whose dicts have ever-new keys (connection ids) clears it when full, and a big mapping or a
-# long format (keys a client chose) is used once and not kept.
+# whose dicts have ever-new keys (connection ids) clears it when full, a mapping of more than 64
+# keys renders line by line, and a long format (keys a client chose) is used once, not kept.
 _FORMATS: Dict[Tuple[str, ...], str] = {}
 _FORMATS_MAX = 256
 _FORMAT_KEYS_MAX = 64

@@ -55,6 +55,7 @@ class Connection:
         "auth_failures",
         "eof",
         "scheduled",
+        "turn_at",
         "id",
         "last_request",
         "__weakref__",  # a Pending's waiter and timeout hold the session weakly (see _dispatch)
@@ -81,6 +82,7 @@ class Connection:
         self.auth_failures = 0
         self.eof = False  # the peer half-closed: finish the queue, flush, then close
         self.scheduled = False  # its next turn is due: in the loop's ready queue (or later, for the next poll)
+        self.turn_at = 0  # the loop's poll count when a read last ran its requests (see Loop.schedule)
         self.last_request: Any = None  # (command, args, kwargs) it ran last, kept only for `clients`
 
     # ---- the public surface a handler uses ----

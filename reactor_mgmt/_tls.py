@@ -114,8 +114,16 @@ class TlsTransport(Transport):
 
     def _read_pending(self) -> None:
         self.read_queued = False
-        if not self.closed:
-            self.handle_event(_IN, self.loop.clock(), self.loop.stop_at)  # within this poll's budget
+        if self.closed:
+            return
+        loop = self.loop
+        if self.conn.turn_at == loop.polls:  # its socket's own event was read in this poll: one read a poll
+            self.read_queued = True
+            loop.call_next(self._read_pending)
+            return
+        self.handle_event(_IN, loop.clock(), loop.stop_at)  # within this poll's budget
+        # Past the budget the read waits, and records may still be pending: look again.
+        self.update_interest()
 
     def close_now(self) -> None:
         if self.handshake_timer is not None:

@@ -159,12 +159,8 @@ class Transport:
                     size = len(data)
                     self.bytes_in += size
                     self.limits.stats.bytes_in += size
-                # Its turn: schedule() then means the next poll (see Loop.schedule). Should a
-                # handler raise out of it (KeyboardInterrupt), Loop.handle resets turn on its way out.
-                loop = self.loop
-                loop.turn = conn
+                conn.turn_at = self.loop.polls  # its turn in this poll: see Loop.schedule
                 conn.data_received(data, stop_at)  # b"" is the client's EOF
-                loop.turn = None
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()

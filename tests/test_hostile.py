@@ -603,6 +603,35 @@ def test_a_handler_waking_its_own_connection_does_not_get_it_a_second_turn(make_
     client.close()
 
 
+def test_a_pending_answered_by_another_client_waits_for_the_next_poll(make_server):
+    """A connection whose read ran its requests in this poll, and whose Pending another client's
+    handler then answers, has its next turn in the next poll: still K requests per poll."""
+    server = make_server(max_commands_per_tick=4)
+    waiting = []
+
+    @server.command
+    def hold() -> reactor_mgmt.Pending:
+        waiting.append(reactor_mgmt.Pending())
+        return waiting[-1]
+
+    @server.command
+    def release() -> str:
+        waiting.pop().resolve("done")
+        return "released"
+
+    a = RawClient(server)
+    b = RawClient(server)
+    server.poll(0.05)
+    a.send("ping\n" * 3 + "hold\n" + "ping\n" * 10)
+    b.send("release\n")
+    per_poll = _requests_per_poll(server, 15)
+    assert sum(per_poll) == 15 and max(per_poll) <= 4 + 1, per_poll  # a's 4, and b's release
+    assert a.lines(14) == ["pong"] * 3 + ["done"] + ["pong"] * 10
+    assert b.lines(1) == ["released"]
+    a.close()
+    b.close()
+
+
 def test_poll_counts_the_requests_it_ran(make_server):
     server = make_server()
     client = RawClient(server)

@@ -777,4 +777,5 @@ def test_unregistering_a_socket_closed_first_forgets_its_descriptor(server):
     assert fd not in server._loop.owners
     transport.mask = 0
     transport.close_now()
+    assert fd not in server._loop.connections and server.connections == []  # forgotten too
     client.close()

@@ -343,6 +343,77 @@ def test_decrypted_records_left_over_wait_for_the_next_poll_and_its_budget(make_
     sock.close()
 
 
+def test_records_left_over_are_read_though_another_client_spent_the_budget(make_server, pki):
+    """The read of records already decrypted comes in the next poll; when another client's
+    handler has spent that poll's budget, it waits for a later poll rather than for good."""
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+
+    @server.command
+    def slow() -> str:
+        time.sleep(0.01)
+        return "ok"
+
+    a = _tls_connect(server, _client_context(pki))
+    b = _tls_connect(server, _client_context(pki))
+    for sock in (a, b):
+        sock.setblocking(True)
+        sock.settimeout(TIMEOUT)
+    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
+    a.sendall(first + b"ping\nping\nping\n")  # one record: 15 bytes stay decrypted after the recv
+    time.sleep(0.05)
+    server.poll(0, budget=0.001)
+    b.sendall(b"slow\n")
+    time.sleep(0.05)
+    server.poll(0, budget=0.001)  # b's handler spends the budget before a's records are read
+    a.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while data.count(b"\n") < 4:
+        assert time.monotonic() < deadline, data[-60:]
+        server.poll(0.01)
+        try:
+            data += a.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass
+    assert data.endswith(b"x\npong\npong\npong\n")
+    a.close()
+    b.close()
+
+
+def test_one_read_and_one_turn_per_poll_over_tls(make_server, pki):
+    server = make_server("127.0.0.1", tls=_server_context(pki), max_commands_per_tick=4)
+    sock = _tls_connect(server, _client_context(pki))
+    line = b"echo " + b"x" * 2042 + b"\n"  # 2048 bytes: four lines fill one recv
+    sock.setblocking(True)
+    sock.settimeout(TIMEOUT)
+    sock.sendall(line * 16)  # two 16 KiB records: more decrypted than one recv takes
+    time.sleep(0.1)
+    (conn,) = server.connections
+    recvs: list = []
+    real_recv = conn.transport.sock.recv
+
+    def counting_recv(*args):
+        recvs[-1] += 1
+        return real_recv(*args)
+
+    conn.transport.sock.recv = counting_recv
+    sock.setblocking(False)
+    per_poll = []
+    while server.stats.commands < 16 and len(per_poll) < 50:
+        recvs.append(0)
+        before = server.stats.commands
+        server.poll(0)
+        per_poll.append(server.stats.commands - before)
+        try:
+            while sock.recv(65536):
+                pass
+        except (ssl.SSLWantReadError, BlockingIOError):
+            pass
+        time.sleep(0.01)
+    assert sum(per_poll) == 16 and max(per_poll) == 4 and max(recvs) == 1, (per_poll, recvs)
+    sock.close()
+
+
 def test_a_client_that_half_closes_mid_record_is_dropped_alone(make_server, pki):
     server = make_server("127.0.0.1", tls=_server_context(pki))
     victim = _tls_connect(server, _client_context(pki))
