@@ -101,7 +101,6 @@ class Dispatcher:
         max_commands_per_tick: int,
         pending_timeout: float,
         cancel_timer: Optional[Callable[[Any], None]] = None,
-        defer: Optional[Callable[[Any], None]] = None,
     ) -> None:
         self.registry = registry
         self.stats = stats
@@ -109,8 +108,7 @@ class Dispatcher:
         self.call_later = call_later
         self.cancel_timer = cancel_timer or _no_timer
         self.wake = wake
-        self.schedule = schedule  # a turn for a session in this poll
-        self.defer = defer or schedule  # and in the next: it had one in this poll already
+        self.schedule = schedule  # a turn for a session (in the next poll, once it had one in this)
         self.max_line = max_line
         self.max_output = max_output
         self.max_commands_per_tick = max_commands_per_tick
@@ -479,7 +477,7 @@ class Dispatcher:
         sent = 0
         while transport.out_size < low_water:
             if sent & 63 == 63 and stop_at is not None and self.clock() >= stop_at:
-                self.defer(conn)
+                self.schedule(conn)
                 return False
             try:
                 item = next(iterator)

@@ -50,9 +50,10 @@ class Loop:
         self.epoll = _epoll_of(self.selector)  # the kernel poller, to (un)register with directly
         self.connections: Dict[int, Any] = {}  # fd -> Connection (the session)
         self.ready: Deque[Any] = deque()  # sessions whose turn is due in this poll
-        self.later: List[Any] = []  # and those whose next turn waits for the next poll (defer)
+        self.later: List[Any] = []  # and those whose next turn waits for the next poll
         # Odd while a poll() handles its events, even between polls: a session's turn_at is set
-        # to it when its read runs its requests, so that schedule() can tell it had its turn.
+        # to it when it has its turn (its read, or the ready queue's pass), so that schedule()
+        # can tell it had one in this poll.
         self.polls = 0
         self.stop_at: Optional[float] = None  # the budget's end in the poll running now
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
@@ -153,11 +154,12 @@ class Loop:
             if ready:
                 # The sessions whose turn is due: a Pending answered, a stream to pump, output
                 # drained. (A read runs its session's turn at once, in the transport's handle_event.)
-                for _ in range(len(ready)):  # one pass: one scheduled during it waits a poll
+                for _ in range(len(ready)):
                     conn = ready.popleft()
                     conn.scheduled = False
                     if conn.transport.closed or self.stopped:  # closed by a handler: nothing more runs
                         continue
+                    conn.turn_at = self.polls  # its turn in this poll: see schedule()
                     try:
                         conn.service(stop_at)
                     except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
@@ -188,22 +190,16 @@ class Loop:
             self.call_soon_threadsafe(lambda: self.schedule(conn))
 
     def schedule(self, conn: Any) -> None:
-        """Gives ``conn`` a turn: in this poll, unless it had one in it already (its read: a
-        handler then woke its own connection, its flush a stream, or another connection's
-        handler answered its Pending), or in the next when called between polls. So a
-        connection has at most one turn per poll, and at most K requests in it."""
+        """Gives ``conn`` a turn: in this poll, unless it had one in it already (its turn
+        reached its limits, a handler woke its own connection, its flush a stream, or another
+        connection's handler answered its Pending), or in the next when called between polls.
+        So a connection has at most one turn per poll, and at most K requests in it."""
         if not conn.scheduled and not conn.transport.closed:
             conn.scheduled = True
             if conn.turn_at == self.polls:
                 self.later.append(conn)
             else:
                 self.ready.append(conn)
-
-    def defer(self, conn: Any) -> None:
-        """Gives ``conn`` a turn in the next poll: it had one in this poll and reached a limit."""
-        if not conn.scheduled and not conn.transport.closed:
-            conn.scheduled = True
-            self.later.append(conn)
 
     # ---- timers and cross-thread calls ----
 

@@ -630,7 +630,6 @@ def _start_io(server: Server, address_file: Optional[str]) -> None:
     server._loop = loop = Loop(server.stats)
     dispatcher = server._dispatcher
     dispatcher.clock, dispatcher.call_later, dispatcher.schedule = loop.clock, loop.call_later, loop.schedule
-    dispatcher.defer = loop.defer
     dispatcher.cancel_timer, dispatcher.stopped = loop.cancel_timer, False
     server._listening = Listeners(
         loop, functools.partial(_admit, server), address_file, warn_remote=not (server._token or server.allow_remote)

@@ -11,7 +11,7 @@
 # A read is the session's turn: its requests run as their bytes arrive (as an asyncio protocol
 # answers from data_received()), and their replies are sent at the end of that turn, at once,
 # with no wait for a write event ("try to send now", as asyncio's write() tries). What a turn
-# leaves for its limits waits for the next poll (the dispatcher's defer); a session with other
+# leaves for its limits waits for the next poll (see _loop.Loop.schedule); a session with other
 # work due (a Pending answered, a stream to pump) has its turn in the loop's ready queue.
 # One object exists for every open client, often thousands of idle ones, so it uses __slots__
 # and allocates nothing until the client sends its first byte.
@@ -237,7 +237,7 @@ class Connection:
             # Observed (the toolkit's slow log, audit, clients), that same reading times each
             # request: execute_observed() returns the one it took after the request.
             if ran >= limit or (stop_at is not None and ran and (now if observed else clock()) >= stop_at):
-                dispatcher.defer(self)  # more in the next poll
+                dispatcher.schedule(self)  # more in the next poll: its turn was this poll's
                 break
             ran += 1
             if observed:
