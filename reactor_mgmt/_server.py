@@ -369,9 +369,11 @@ class Server:
     def poll(self, timeout: Optional[float] = 0.0, budget: Optional[float] = None) -> int:
         """Handles ready events and returns how many it handled.
 
-        ``timeout=0`` never blocks; a positive timeout waits at most that long for activity;
-        ``None`` waits until there is some. ``budget`` caps the seconds spent running commands
-        in this call; whatever is left resumes on the next call. Called from inside a handler,
+        ``timeout=0`` never blocks; a positive timeout waits at most that long for activity,
+        and the call returns by then: no request starts after it, so a host's
+        ``poll(timeout=time_left)`` starts its next frame on time. ``None`` waits until there
+        is some. ``budget`` caps the seconds spent running commands in this call; whatever is
+        left resumes on the next call. Called from inside a handler,
         it raises ReactorMgmtError rather than answer later requests before that handler's own.
         """
         loop = self._loop
@@ -391,13 +393,20 @@ class Server:
         # The idle tick, which a host pays on every loop iteration, is inlined here: one
         # non-blocking kernel call, and a clock read only when a timer is armed. So is the wait
         # of a host loop's poll(timeout=left) with no timer: loop.timeout_for() would return it.
+        wait = loop.wait
+        until = None
         if timeout != 0:
+            if timeout is not None:
+                until = _monotonic() + timeout
             if loop.ready or loop.calls:
                 timeout = 0
-            elif loop.timers or (timeout is not None and timeout > LONGEST_WAIT):
-                timeout = loop.timeout_for(timeout)
+            else:
+                if loop.timers or (timeout is not None and timeout > LONGEST_WAIT):
+                    timeout = loop.timeout_for(timeout)
+                if timeout:  # a wait that may block ends on time, not at the next millisecond
+                    wait = loop.wait_exactly
         try:
-            events = loop.wait(timeout)
+            events = wait(timeout)
         except (ValueError, OSError):
             if loop.stopped:  # a handler closed the server; the host's loop may poll once more
                 return 0
@@ -418,7 +427,7 @@ class Server:
         if watch is not None:
             watch.handling()
         try:
-            return loop.handle(events, budget)
+            return loop.handle(events, budget, until)
         finally:
             self._polling = 0
             if gap_from is not None:
