@@ -363,7 +363,6 @@ def make_exact_wait(
     def wait_exactly(timeout: Optional[float]) -> List[Tuple[int, int]]:
         if timeout is None:
             return poll(None)  # type: ignore[no-any-return]
-        deadline = monotonic() + timeout
         whole = int(timeout * 1000.0)
         if whole:
             # Half a millisecond under: rounded up, that is exactly `whole` ms, where
@@ -371,9 +370,9 @@ def make_exact_wait(
             events: List[Tuple[int, int]] = poll((whole - 0.5) * 1e-3)
             if events:
                 return events
-            timeout = deadline - monotonic()
-            if timeout <= 0.0:
-                return events
+            # epoll never returns early with nothing (a signal's EINTR is retried with the time
+            # left, PEP 475): what remains is the fraction, with no clock read.
+            timeout -= whole * 1e-3
         if _select((fd,), (), (), timeout)[0]:
             return poll(0)  # type: ignore[no-any-return]
         return []

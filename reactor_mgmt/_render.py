@@ -91,6 +91,8 @@ def _cell(value: Any) -> str:
             return str(value)
         except ValueError:  # an int past str()'s digit limit
             return _safe_str(value)
+    if cls is float:  # a status's load or uptime: before the Enum test, which a float never passes
+        return f"{value:.6g}"
     if value is None:
         return "-"
     if isinstance(value, enum.Enum):
@@ -125,8 +127,18 @@ def _render_mapping(mapping: Mapping[Any, Any]) -> str:
             if len(_FORMATS) >= _FORMATS_MAX:
                 _FORMATS.clear()
             _FORMATS[keys] = fmt
-    text = fmt % tuple([value if value.__class__ is str else _cell(value) for value in mapping.values()])
-    if text.count("\n") >= len(keys):  # a value has lines of its own: see _render_mapping_lines
+    # A str, int or bool is what %s prints of it, as _cell would (floats, None and the rest go
+    # through _cell); an int past str()'s digit limit makes % raise, and the lines path says so.
+    try:
+        text = fmt % tuple(
+            [
+                value if (cls := value.__class__) is str or cls is int or cls is bool else _cell(value)
+                for value in mapping.values()
+            ]
+        )
+    except ValueError:
+        text = ""  # (outside the handler: the lines path's own log has no chained traceback)
+    if not text or text.count("\n") >= len(keys):  # a value has lines of its own: see _render_mapping_lines
         return _render_mapping_lines(mapping)
     return text
 

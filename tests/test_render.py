@@ -299,6 +299,8 @@ _KEYED = _FLAT + [
     {"red": 1, "keys": 2},
     {_Color.RED: 1, "keys": 2},  # after "red" was cached
     {"x" * 5000: 1},  # a format too long to keep
+    {"yes": True, "no": False, "n": -7, "big": 2**70},  # given to % as they are
+    {"huge": 10**5000, "n": 1},  # past str()'s digit limit (3.11+): % raises, the lines say so
 ]
 
 
