@@ -141,10 +141,14 @@ class Loop:
 
     def handle(self, events: List[Tuple[int, int]], budget: Optional[float], until: Optional[float] = None) -> int:
         """Handles one poll's events, calls, timers and ready sessions; no request starts
-        after ``until`` (the end of poll's timeout) or after ``budget`` seconds of this."""
+        after ``until`` (the end of poll's timeout) or after ``budget`` seconds of this.
+
+        An ``until`` already past as the work starts does not count: events that came as the
+        wait ran out are handled as without it (within the budget), so that every poll() with
+        work makes progress, however short the timeouts a host passes."""
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
         stop_at = None if budget is None else start + budget
-        if until is not None and (stop_at is None or until < stop_at):
+        if until is not None and start < until and (stop_at is None or until < stop_at):
             stop_at = until
         self.stop_at = stop_at
         self.polls += 1
@@ -324,8 +328,9 @@ def make_wait(selector: selectors.BaseSelector) -> Callable[[Optional[float]], L
     epoll_wait() itself takes, and an idle poll(0) is nothing but that call. So on epoll we
     call the kernel poller it wraps directly (the loop registers with it directly too): its
     (fd, events) pairs are what poll() reads, mapped to owners by our own dict. (epoll.poll
-    already rounds a timeout up to whole milliseconds, so it never wakes early and spins.)
-    Elsewhere the selector's results are translated to the same shape.
+    rounds a timeout up to whole milliseconds, so it never wakes early and spins; a poll that
+    may block waits with make_exact_wait instead.) Elsewhere the selector's results are
+    translated to the same shape.
     """
     raw = _epoll_of(selector)
     if raw is not None:
