@@ -46,8 +46,8 @@ def render_text(value: Any) -> str:
     elif value is None:
         return "OK\n"
     else:
-        try:
-            text = _render_other(value)
+        try:  # a dict is what most commands return (`status`): straight to it, no ABC test
+            text = _render_mapping(value) if value.__class__ is dict else _render_other(value)
         except Exception:
             # The host's object is broken (a __str__ or items() that raises): say so in the
             # reply rather than raise out of poll() into the host's loop.

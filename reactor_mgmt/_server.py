@@ -401,7 +401,12 @@ class Server:
             if loop.ready or loop.calls:
                 timeout = 0
             else:
-                if loop.timers or (timeout is not None and timeout > LONGEST_WAIT):
+                # A timer due before the timeout ends shortens the wait (the idle reaper's, armed
+                # on any server with idle_timeout, is usually due long after it).
+                timers = loop.timers
+                if (timers and (until is None or timers[0][0] < until)) or (
+                    timeout is not None and timeout > LONGEST_WAIT
+                ):
                     timeout = loop.timeout_for(timeout)
                 if timeout:  # a wait that may block ends on time, not at the next millisecond
                     wait = loop.wait_exactly

@@ -179,7 +179,7 @@ def test_a_wait_ends_at_its_timeout_not_at_the_next_millisecond(make_server):
     start = time.monotonic()
     while not fired and time.monotonic() - start < TIMEOUT:
         server.poll(timeout=1.0)
-    assert fired and time.monotonic() - start >= 0.0025
+    assert fired and 0.0025 <= time.monotonic() - start < 0.5  # the timer shortened the 1 s wait
     client = RawClient(server)
     server.poll(0.05)  # accepted
     client.send(b"ping\n")
