@@ -62,7 +62,8 @@ class Loop:
         # to it when it has its turn (its read, or the ready queue's pass), so that schedule()
         # can tell it had one in this poll.
         self.polls = 0
-        self.stop_at: Optional[float] = None  # the budget's end in the poll running now
+        self.stop_at: Optional[float] = None  # the budget's or timeout's end in the poll running now
+        self.read_owed = False  # this poll started past stop_at and has not read yet: see handle()
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
         self._cancelled = 0  # cancelled entries still in the timer heap
@@ -141,16 +142,18 @@ class Loop:
 
     def handle(self, events: List[Tuple[int, int]], budget: Optional[float], until: Optional[float] = None) -> int:
         """Handles one poll's events, calls, timers and ready sessions; no request starts
-        after ``until`` (the end of poll's timeout) or after ``budget`` seconds of this.
+        after ``until`` (the end of poll's timeout) or after ``budget`` seconds of this, but
+        the first.
 
-        An ``until`` already past as the work starts does not count: events that came as the
-        wait ran out are handled as without it (within the budget), so that every poll() with
-        work makes progress, however short the timeouts a host passes."""
+        Every poll() with work makes progress, however short the timeouts or budget a host
+        passes: a session's turn runs at least one request, and a poll already past its end as
+        its work starts still reads once (take_owed_read)."""
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
         stop_at = None if budget is None else start + budget
-        if until is not None and start < until and (stop_at is None or until < stop_at):
+        if until is not None and (stop_at is None or until < stop_at):
             stop_at = until
         self.stop_at = stop_at
+        self.read_owed = stop_at is not None and stop_at <= start
         self.polls += 1
         stats = self.stats
         commands = stats.commands
@@ -195,6 +198,13 @@ class Loop:
         stats.durations.append(monotonic() - start)
         ran: int = stats.commands - commands
         return handled + ran  # the events, calls and timers, and the requests run
+
+    def take_owed_read(self) -> bool:
+        """True once in a poll that was past its end as its work started: the read (or TLS
+        handshake step) that the end would refuse goes ahead, so the poll makes progress."""
+        owed = self.read_owed
+        self.read_owed = False
+        return owed
 
     def wake(self, conn: Any, on_owner_thread: bool) -> None:
         """Services ``conn`` in the next poll(), from the polling thread or any other."""
@@ -378,6 +388,8 @@ def make_exact_wait(
             # epoll never returns early with nothing (a signal's EINTR is retried with the time
             # left, PEP 475): what remains is the fraction, with no clock read.
             timeout -= whole * 1e-3
+            if timeout <= 0.0:  # whole milliseconds (9 * 1e-3 is 0.009000000000000001): done
+                return events
         if _select((fd,), (), (), timeout)[0]:
             return poll(0)  # type: ignore[no-any-return]
         return []

@@ -369,13 +369,12 @@ class Server:
     def poll(self, timeout: Optional[float] = 0.0, budget: Optional[float] = None) -> int:
         """Handles ready events and returns how many it handled.
 
-        ``timeout=0`` never blocks; a positive timeout waits at most that long for activity,
-        and the call returns by then: no request starts after it, so a host's
-        ``poll(timeout=time_left)`` starts its next frame on time. ``None`` waits until there
-        is some. ``budget`` caps the seconds spent running commands in this call; whatever is
-        left resumes on the next call. Called from inside a handler,
-        it raises ReactorMgmtError rather than answer later requests before that handler's own.
-        """
+        ``timeout=0`` (or a negative one) never blocks; a positive timeout waits at most that
+        long for activity, and the call returns by then: no request starts after it but the
+        first, so a host's ``poll(timeout=time_left)`` starts its next frame on time. ``None``
+        waits until there is some. ``budget`` caps the seconds spent running commands in this
+        call; whatever is left resumes on the next call. Called from inside a handler, it
+        raises ReactorMgmtError rather than answer later requests before that handler's own."""
         loop = self._loop
         # The toolkit's gap watch costs one clock read per poll(), inlined here since the idle
         # tick is what a host pays most often. A handler's own poll() is not a gap.
@@ -391,24 +390,25 @@ class Server:
         if watch is not None:
             watch.entered()
         # The idle tick, which a host pays on every loop iteration, is inlined here: one
-        # non-blocking kernel call, and a clock read only when a timer is armed. So is the wait
-        # of a host loop's poll(timeout=left) with no timer: loop.timeout_for() would return it.
+        # non-blocking kernel call. So is a host loop's poll(timeout=left): a clock read for its
+        # end, and timeout_for() only when a timer is due sooner (the idle reaper's rarely is).
         wait = loop.wait
         until = None
         if timeout != 0:
             if timeout is not None:
-                until = _monotonic() + timeout
+                if timeout < 0:  # next_tick - monotonic() already past: poll(0), not epoll's "forever"
+                    timeout = 0.0
+                else:  # (NaN stays NaN: the wait raises ValueError, as ever)
+                    until = _monotonic() + timeout
             if loop.ready or loop.calls:
                 timeout = 0
             else:
-                # A timer due before the timeout ends shortens the wait (the idle reaper's, armed
-                # on any server with idle_timeout, is usually due long after it).
                 timers = loop.timers
                 if (timers and (until is None or timers[0][0] < until)) or (
                     timeout is not None and timeout > LONGEST_WAIT
                 ):
                     timeout = loop.timeout_for(timeout)
-                if timeout:  # a wait that may block ends on time, not at the next millisecond
+                if timeout is not None and timeout > 0:  # ends on time, not at epoll's next ms
                     wait = loop.wait_exactly
         try:
             events = wait(timeout)

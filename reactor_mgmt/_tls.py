@@ -56,7 +56,7 @@ class TlsTransport(Transport):
     def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
         if not self.handshaking:
             Transport.handle_event(self, event, now, stop_at)
-        elif stop_at is None or self.loop.clock() < stop_at:  # past the budget: next poll
+        elif stop_at is None or self.loop.clock() < stop_at or self.loop.take_owed_read():  # else next poll
             self._handshake_step(now)
 
     def _handshake_step(self, now: float) -> None:
@@ -122,7 +122,7 @@ class TlsTransport(Transport):
             loop.call_next(self._read_pending)
             return
         self.handle_event(_IN, loop.clock(), loop.stop_at)  # within this poll's budget
-        # Past the budget the read waits, and records may still be pending: look again.
+        # Past the poll's end the read waits, and records may still be pending: look again.
         self.update_interest()
 
     def close_now(self) -> None:

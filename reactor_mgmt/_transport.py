@@ -133,14 +133,14 @@ class Transport:
         conn = self.conn
         # One read, unless paused above high water (the backlog must drain first) or conn has
         # requests queued (conn.wants_input(), inlined: this runs per event, as does the read,
-        # which is why it is written out here). Past the budget, reads wait for the next poll
-        # (the event is level-triggered): decoding one full recv of tiny commands costs
-        # milliseconds.
+        # which is why it is written out here). Past the poll's end (its budget or timeout),
+        # reads wait for the next poll (the event is level-triggered): decoding one full recv
+        # of tiny commands costs milliseconds. A poll that started past its end reads once.
         if (
             event & _READABLE
             and not self.paused
             and (not conn.queue or conn.subscribed())
-            and (stop_at is None or self.loop.clock() < stop_at)
+            and (stop_at is None or self.loop.clock() < stop_at or self.loop.take_owed_read())
         ):
             try:
                 data = self.sock.recv(RECV_SIZE)

@@ -228,23 +228,66 @@ def test_a_polls_work_ends_by_its_timeout(make_server, budget):
     client.close()
 
 
-def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(make_server):
-    # A host's time_left can be a few microseconds, call after call: a timeout over before the
-    # work could start does not stop it (or such a host would never be answered).
+@pytest.mark.parametrize("budget", [None, 1.0, 1e-9])
+def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(make_server, budget):
+    # A host's time_left can be a few microseconds, call after call (and a budget can be tiny):
+    # a poll already past its end as its work starts still reads once and runs one request, or
+    # such a host would never be answered; and it runs no more than that.
     server = make_server()
+
+    @server.command
+    def slow() -> str:
+        time.sleep(0.002)
+        return "done"
+
     client = RawClient(server)
     server.poll(0.05)  # accepted
-    client.send(b"ping\n" * 3)
+    client.send(b"slow\n" * 5)
     time.sleep(0.02)
     deadline = time.monotonic() + TIMEOUT
     got = b""
-    while got.count(b"\n") < 3 and time.monotonic() < deadline:
-        server.poll(timeout=1e-7)
+    polls = 0
+    while got.count(b"\n") < 5 and time.monotonic() < deadline:
+        before = got.count(b"\n")
+        server.poll(timeout=1e-7, budget=budget)
+        polls += 1
         try:
             got += client.sock.recv(1 << 16, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
-    assert got == b"pong\n" * 3
+        assert got.count(b"\n") - before <= 1  # one request past the end, never the backlog
+    assert got == b"done\n" * 5
+    assert polls < 100
+    client.close()
+
+
+@pytest.mark.parametrize("timeout", [-0.0005, -5.0, -1e9])
+def test_a_negative_timeout_is_a_poll_that_does_not_wait(make_server, timeout):
+    # poll(timeout=next_tick - monotonic()) from a host running late: epoll read -5 s as
+    # "wait for good", and select() refuses any negative time.
+    server = make_server()
+    waker = threading.Timer(2.0, server.call_soon_threadsafe, (lambda: None,))
+    waker.start()  # without the fix, the wait would end only here
+    try:
+        start = time.monotonic()
+        assert server.poll(timeout=timeout) == 0
+        assert time.monotonic() - start < 1.0
+    finally:
+        waker.cancel()
+    with pytest.raises(ValueError):
+        server.poll(timeout=float("nan"))  # as before: not a time at all
+
+    @server.command
+    def slow() -> str:
+        time.sleep(0.002)
+        return "done"
+
+    client = RawClient(server)
+    server.poll(0.05)  # accepted
+    client.send(b"slow\n" * 5)
+    time.sleep(0.02)
+    server.poll(timeout=timeout)  # as poll(0): no end but the requests per tick
+    assert client.lines(5) == ["done"] * 5
     client.close()
 
 
@@ -274,6 +317,12 @@ def test_the_exact_wait_asks_epoll_for_whole_milliseconds_and_select_for_the_res
         fake.timeouts.clear()
         assert wait(0.0106) == []  # nothing in 10 ms, nor in select()'s 0.6 ms after it
         assert len(fake.timeouts) == 1
+        os.write(write_end, b"x")  # "readable": so a select() would go on to a second poll()
+        fake.results = [[], [(9, 4)]]
+        fake.timeouts.clear()
+        assert wait(0.009) == [] and len(fake.timeouts) == 1  # whole ms: no select() of the rest
+        os.read(read_end, 1)  # (9 * 1e-3 is 0.009000000000000001: the rest is below zero)
+        fake.results = []
         assert wait(None) == [] and fake.timeouts[-1] is None
         os.write(write_end, b"x")  # "readable": an event came in the sub-millisecond rest
         fake.results = [[(9, 4)]]
