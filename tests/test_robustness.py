@@ -190,22 +190,29 @@ def test_a_wait_ends_at_its_timeout_not_at_the_next_millisecond(make_server):
     client.close()
 
 
+def _slow_requests_queued(server, count, seconds):
+    """A client with ``count`` requests queued for a command that takes ``seconds`` each, all in
+    the server's socket before the next poll starts."""
+
+    @server.command
+    def slow() -> str:
+        time.sleep(seconds)
+        return "done"
+
+    client = RawClient(server)
+    server.poll(0.05)  # accepted
+    client.send(b"slow\n" * count)
+    time.sleep(0.05)
+    return client
+
+
 @pytest.mark.parametrize("budget", [None, 1.0])
 def test_a_polls_work_ends_by_its_timeout(make_server, budget):
     # poll(timeout=time_left) is a host's promise to start its next frame on time: work that
     # would run past the timeout waits for the next call, as work past a budget does. (A
     # flood's work ran past it: a 60 Hz host's frames started 1.3 ms late at p99; 0.2 ms now.)
     server = make_server()
-
-    @server.command
-    def slow() -> str:
-        time.sleep(0.004)
-        return "done"
-
-    client = RawClient(server)
-    server.poll(0.05)  # accepted
-    client.send(b"slow\n" * 10)
-    time.sleep(0.05)  # all ten are in the socket before the poll starts
+    client = _slow_requests_queued(server, 10, 0.004)
     start = time.monotonic()
     server.poll(timeout=0.010, budget=budget)
     try:
@@ -233,17 +240,8 @@ def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(mak
     # A host's time_left can be a few microseconds, call after call (and a budget can be tiny):
     # a poll already past its end as its work starts still reads once and runs one request, or
     # such a host would never be answered; and it runs no more than that.
-    server = make_server()
-
-    @server.command
-    def slow() -> str:
-        time.sleep(0.002)
-        return "done"
-
-    client = RawClient(server)
-    server.poll(0.05)  # accepted
-    client.send(b"slow\n" * 5)
-    time.sleep(0.02)
+    client = _slow_requests_queued(make_server(), 5, 0.002)
+    server = client.server
     deadline = time.monotonic() + TIMEOUT
     got = b""
     polls = 0
@@ -277,15 +275,7 @@ def test_a_negative_timeout_is_a_poll_that_does_not_wait(make_server, timeout):
     with pytest.raises(ValueError):
         server.poll(timeout=float("nan"))  # as before: not a time at all
 
-    @server.command
-    def slow() -> str:
-        time.sleep(0.002)
-        return "done"
-
-    client = RawClient(server)
-    server.poll(0.05)  # accepted
-    client.send(b"slow\n" * 5)
-    time.sleep(0.02)
+    client = _slow_requests_queued(server, 5, 0.002)
     server.poll(timeout=timeout)  # as poll(0): no end but the requests per tick
     assert client.lines(5) == ["done"] * 5
     client.close()
