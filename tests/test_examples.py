@@ -283,19 +283,28 @@ def test_game_loop_runs_with_no_arguments_on_port_8123():
     )
     try:
         deadline = time.monotonic() + TIMEOUT
-        while True:
+        sock = None
+        while proc.poll() is None:
             try:
                 sock = socket.create_connection(("127.0.0.1", 8123), timeout=TIMEOUT)
                 break
             except ConnectionRefusedError:
-                assert proc.poll() is None and time.monotonic() < deadline, "the game loop did not start"
+                assert time.monotonic() < deadline, "the game loop did not start"
                 time.sleep(0.05)
-        with sock:
-            sock.sendall(b"status\n")
-            assert read_lines(sock, 1)[0].startswith("frames:")
+        if sock is not None:
+            with sock:
+                sock.sendall(b"status\n")
+                status = read_lines(sock, 1)[0]
     finally:
+        running = proc.poll() is None  # then it was ours that answered
         proc.terminate()
         _, err = proc.communicate(timeout=TIMEOUT)
+    if not running and b"Address already in use" in err:
+        # Another process (CI runs the suite under several Pythons at once) took the port
+        # between the probe above and the example's bind: nothing of the example was tested.
+        pytest.skip("port 8123 was taken by another process as the example started")
+    assert running and sock is not None, err.decode()
+    assert status.startswith("frames:")
     assert proc.returncode == 0, err.decode()
     assert b"port 8123" in err
 
