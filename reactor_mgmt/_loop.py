@@ -63,7 +63,7 @@ class Loop:
         # can tell it had one in this poll.
         self.polls = 0
         self.stop_at: Optional[float] = None  # the budget's or timeout's end in the poll running now
-        self.read_owed = False  # this poll started past stop_at and has not read yet: see handle()
+        self.read_owed = False  # this poll has an end and has not read yet: see handle()
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
         self._cancelled = 0  # cancelled entries still in the timer heap
@@ -146,18 +146,24 @@ class Loop:
         the first.
 
         Every poll() with work makes progress, however short the timeouts or budget a host
-        passes: a session's turn runs at least one request, and a poll already past its end as
-        its work starts still reads once (take_owed_read)."""
+        passes: one read is owed to a poll with an end (take_owed_read), the first request a
+        read or the ready queue runs needs no time left, and with an end the events are taken
+        in an order that turns, so that an end reached early every time does not always leave
+        out the same connections."""
         start = now = monotonic()  # after the wait: a poll's recorded duration is its work
         stop_at = None if budget is None else start + budget
         if until is not None and (stop_at is None or until < stop_at):
             stop_at = until
         self.stop_at = stop_at
-        self.read_owed = stop_at is not None and stop_at <= start
         self.polls += 1
         stats = self.stats
         commands = stats.commands
         handled = len(events)
+        if stop_at is not None:
+            self.read_owed = True  # until a read happens (Transport.handle_event)
+            if handled > 1:
+                turn = (self.polls >> 1) % handled
+                events = events[turn:] + events[:turn]
         try:
             owners = self.owners
             for fd, event in events:
@@ -173,7 +179,10 @@ class Loop:
             if ready:
                 # The sessions whose turn is due: a Pending answered, a stream to pump, output
                 # drained. (A read runs its session's turn at once, in the transport's handle_event.)
+                served = stats.commands != commands  # a read's turn ran a request already
                 for _ in range(len(ready)):
+                    if served and stop_at is not None and monotonic() >= stop_at:
+                        break
                     conn = ready.popleft()
                     conn.scheduled = False
                     if conn.transport.closed or self.stopped:  # closed by a handler: nothing more runs
@@ -184,9 +193,9 @@ class Loop:
                     except BaseException:  # KeyboardInterrupt from a handler: finish this queue later
                         self.schedule(conn)
                         raise
-                    if stop_at is not None and monotonic() >= stop_at:
-                        break
+                    served = True
         finally:
+            self.read_owed = False
             self.polls += 1
             if self.later:  # the sessions that had their turn in this poll and have more to do
                 self.ready.extend(self.later)
@@ -200,8 +209,9 @@ class Loop:
         return handled + ran  # the events, calls and timers, and the requests run
 
     def take_owed_read(self) -> bool:
-        """True once in a poll that was past its end as its work started: the read (or TLS
-        handshake step) that the end would refuse goes ahead, so the poll makes progress."""
+        """True once in a poll with an end (a budget or timeout) that has not read yet: the
+        read (or TLS handshake step) that the end would refuse goes ahead, so the poll makes
+        progress however early its end comes."""
         owed = self.read_owed
         self.read_owed = False
         return owed

@@ -376,8 +376,7 @@ class Server:
         call; whatever is left resumes on the next call. Called from inside a handler, it
         raises ReactorMgmtError rather than answer later requests before that handler's own."""
         loop = self._loop
-        # The toolkit's gap watch costs one clock read per poll(), inlined here since the idle
-        # tick is what a host pays most often. A handler's own poll() is not a gap.
+        # The toolkit's gap watch: one clock read per poll(), inlined for the idle tick's sake.
         gap_from = loop.gap_from
         if gap_from is not None:
             if self._polling:
@@ -389,17 +388,18 @@ class Server:
         watch = loop.watch
         if watch is not None:
             watch.entered()
-        # The idle tick, which a host pays on every loop iteration, is inlined here: one
-        # non-blocking kernel call. So is a host loop's poll(timeout=left): a clock read for its
-        # end, and timeout_for() only when a timer is due sooner (the idle reaper's rarely is).
+        # Inlined for the idle tick (one non-blocking kernel call) and a host's poll(timeout=left):
+        # a clock read for its end, timeout_for() only for a timer due sooner (the reaper's rarely is).
         wait = loop.wait
         until = None
         if timeout != 0:
             if timeout is not None:
-                if timeout < 0:  # next_tick - monotonic() already past: poll(0), not epoll's "forever"
-                    timeout = 0.0
-                else:  # (NaN stays NaN: the wait raises ValueError, as ever)
+                if timeout > 0:
                     until = _monotonic() + timeout
+                elif timeout < 0:  # next_tick - monotonic() already past: poll(0), not epoll's "forever"
+                    timeout = 0.0
+                else:  # NaN, which epoll refused too; an end of NaN would stop every read
+                    raise ValueError(f"poll() takes a timeout in seconds, not {timeout!r}")
             if loop.ready or loop.calls:
                 timeout = 0
             else:

@@ -135,7 +135,7 @@ class Transport:
         # requests queued (conn.wants_input(), inlined: this runs per event, as does the read,
         # which is why it is written out here). Past the poll's end (its budget or timeout),
         # reads wait for the next poll (the event is level-triggered): decoding one full recv
-        # of tiny commands costs milliseconds. A poll that started past its end reads once.
+        # of tiny commands costs milliseconds. A poll with an end still reads once.
         if (
             event & _READABLE
             and not self.paused
@@ -151,6 +151,7 @@ class Transport:
                 return
             if data is not None:
                 self.last_active = now
+                self.loop.read_owed = False  # this poll has read: see Loop.take_owed_read
                 if self.closing:  # lingering after our last reply: discard until the peer's EOF
                     if not data:
                         self.close_now()

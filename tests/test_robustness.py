@@ -217,7 +217,7 @@ def test_a_polls_work_ends_by_its_timeout(make_server, budget):
     server.poll(timeout=0.010, budget=budget)
     try:
         first = client.sock.recv(1 << 16, socket.MSG_DONTWAIT).count(b"done\n")
-    except BlockingIOError:  # a machine so loaded that the 10 ms were up before the read
+    except BlockingIOError:  # (a poll still reads once and runs one request, however late)
         first = 0
     assert first <= 3, first  # each request starts before the 10 ms are up; no more do
     while first < 10 and time.monotonic() - start < TIMEOUT:  # the rest: in later polls, in order
@@ -235,8 +235,8 @@ def test_a_polls_work_ends_by_its_timeout(make_server, budget):
     client.close()
 
 
-@pytest.mark.parametrize("budget", [None, 1.0, 1e-9])
-def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(make_server, budget):
+@pytest.mark.parametrize("timeout, budget", [(1e-7, None), (1e-7, 1.0), (1e-7, 1e-9), (0, 1e-9), (1.0, 1e-9)])
+def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(make_server, timeout, budget):
     # A host's time_left can be a few microseconds, call after call (and a budget can be tiny):
     # a poll already past its end as its work starts still reads once and runs one request, or
     # such a host would never be answered; and it runs no more than that.
@@ -247,7 +247,7 @@ def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(mak
     polls = 0
     while got.count(b"\n") < 5 and time.monotonic() < deadline:
         before = got.count(b"\n")
-        server.poll(timeout=1e-7, budget=budget)
+        server.poll(timeout=timeout, budget=budget)
         polls += 1
         try:
             got += client.sock.recv(1 << 16, socket.MSG_DONTWAIT)
@@ -257,6 +257,60 @@ def test_polls_with_timeouts_too_short_to_start_any_work_still_make_progress(mak
     assert got == b"done\n" * 5
     assert polls < 100
     client.close()
+
+
+def test_a_poll_past_its_end_runs_one_request_of_all_its_connections(make_server):
+    # A read's turn ran one request past the end, and then the ready queue ran one more.
+    server = make_server()
+
+    @server.command
+    def slow() -> str:
+        time.sleep(0.002)
+        return "done"
+
+    first, second = RawClient(server), RawClient(server)
+    server.poll(0.05)  # both accepted
+    first.send(b"slow\n" * 5)
+    second.send(b"slow\n" * 5)
+    time.sleep(0.05)
+    per_poll = []
+    while sum(per_poll) < 10 and len(per_poll) < 100:
+        before = server.stats.commands
+        server.poll(timeout=1e-7)
+        per_poll.append(server.stats.commands - before)
+    assert sum(per_poll) == 10 and max(per_poll) == 1, per_poll
+    assert first.lines(5) == second.lines(5) == ["done"] * 5
+    first.close()
+    second.close()
+
+
+@pytest.mark.parametrize("budget", [None, 1e-9])
+def test_a_chatty_client_does_not_starve_the_others_when_every_poll_ends_early(make_server, budget):
+    # One read is owed to a poll past its end, and epoll lists ready sockets in the same order
+    # every time: the connection first in it, always readable, took every read.
+    server = make_server()
+    chatty, quiet = RawClient(server), RawClient(server)
+    server.poll(0.05)
+    chatty.send(b"ping\n")
+    time.sleep(0.01)
+    quiet.send(b"ping\n")
+    time.sleep(0.01)
+    answered = b""
+    for _ in range(200):
+        server.poll(timeout=1e-7, budget=budget)
+        try:
+            chatty.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            chatty.send(b"ping\n")  # one more request for every reply: always readable
+        except BlockingIOError:
+            pass
+        try:
+            answered += quiet.sock.recv(1 << 16, socket.MSG_DONTWAIT)
+            break
+        except BlockingIOError:
+            time.sleep(0.0001)
+    assert answered == b"pong\n"
+    chatty.close()
+    quiet.close()
 
 
 @pytest.mark.parametrize("timeout", [-0.0005, -5.0, -1e9])
@@ -276,7 +330,7 @@ def test_a_negative_timeout_is_a_poll_that_does_not_wait(make_server, timeout):
         server.poll(timeout=float("nan"))  # as before: not a time at all
 
     client = _slow_requests_queued(server, 5, 0.002)
-    server.poll(timeout=timeout)  # as poll(0): no end but the requests per tick
+    assert server.poll(timeout=timeout) >= 5  # as poll(0): no end but the requests per tick
     assert client.lines(5) == ["done"] * 5
     client.close()
 
