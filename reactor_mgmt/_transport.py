@@ -151,7 +151,8 @@ class Transport:
                 return
             if data is not None:
                 self.last_active = now
-                self.loop.read_owed = False  # this poll has read: see Loop.take_owed_read
+                if stop_at is not None:  # this poll has read: see Loop.take_owed_read
+                    self.loop.read_owed = False
                 if self.closing:  # lingering after our last reply: discard until the peer's EOF
                     if not data:
                         self.close_now()
