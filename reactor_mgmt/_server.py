@@ -375,6 +375,8 @@ class Server:
         waits until there is some. ``budget`` caps the seconds spent running commands in this
         call; whatever is left resumes on the next call. Called from inside a handler, it
         raises ReactorMgmtError rather than answer later requests before that handler's own."""
+        if budget is not None and budget != budget:  # NaN: every check of the end would say "go on"
+            raise ValueError(f"poll() takes a budget in seconds, not {budget!r}")
         loop = self._loop
         # The toolkit's gap watch: one clock read per poll(), inlined for the idle tick's sake.
         gap_from = loop.gap_from
@@ -425,8 +427,7 @@ class Server:
                 watch.exited()
             return 0
         if self._polling:
-            # A handler that polls would have the next request read and answered before its own
-            # reply: replies out of order. An idle nested poll above is harmless and allowed.
+            # A handler's poll() would answer the next request before its own (an idle one is harmless).
             raise ReactorMgmtError("poll() called from inside a command handler or callback")
         self._polling = _get_ident()
         if watch is not None:
@@ -541,10 +542,9 @@ class Server:
         loop = self._loop
         if self._polling == _get_ident():
             self._stop()
-            # Nothing more runs, and queued requests are dropped: each client owed a reply is
-            # told, at the tear-down, including those whose requests the rest of this poll reads
-            # (every connection with an event in it is still read, no listener accepts). The
-            # handler that called us returns into its session's turn, which stops.
+            # Nothing more runs and queued requests are dropped: each client owed a reply is told
+            # at the tear-down, including those whose requests the rest of this poll reads (every
+            # connection with an event is still read, no listener accepts). The handler returns.
             for conn in self._close_owed or ():
                 conn.queue.clear()  # type: ignore[union-attr]  # owed a notice: its queue is not empty
             return

@@ -165,8 +165,9 @@ class Connection:
     def data_received(self, data: bytes, stop_at: Any = _QUEUE) -> None:
         """Bytes from the client; b"" is its EOF (a half-close), as recv() says it.
 
-        The transport passes the poll's ``stop_at`` (None without a budget): the requests then
-        run at once, unless this connection's turn is already due in the loop's ready queue.
+        The transport passes the poll's ``stop_at`` (None without a budget or timeout): the
+        requests then run at once, unless this connection's turn is already due in the loop's
+        ready queue.
         Without it (sans-I/O, a test) they are queued and the connection is scheduled: service()
         runs them."""
         decoder = self.decoder

@@ -4,15 +4,16 @@
 # A TlsTransport is a Transport whose socket is an ssl.SSLSocket made with
 # do_handshake_on_connect=False. The handshake is driven by poll(): each readable or writable
 # event takes one non-blocking do_handshake() step, and SSLWantRead/WriteError become the
-# selector interest; a step is not taken once the poll's budget is spent (the event comes again
-# next poll). A deadline (default 10 s) closes a client that never finishes, so stalled
-# handshakes cannot hold the connection slots. Plaintext, an HTTP request or an untrusted
-# client certificate fails the handshake: the connection is closed, and nothing runs.
+# selector interest; past the poll's end (its budget or timeout) a step is not taken, unless the
+# poll has read nothing yet (the event comes again next poll). A deadline (default 10 s) closes
+# a client that never finishes, so stalled handshakes cannot hold the connection slots.
+# Plaintext, an HTTP request or an untrusted client certificate fails the handshake: the
+# connection is closed, and nothing runs.
 #
 # After the handshake, reads and sends are the Transport's own (one recv per readable event, and
 # sends through its one send site; a peer's close_notify reads as b"", an EOF). Records already
 # decrypted sit in SSLSocket.pending() and raise no event, so they are read in the next poll
-# (Loop.call_next), within its budget.
+# (Loop.call_next), before its end.
 from __future__ import annotations
 
 import ssl
@@ -57,6 +58,8 @@ class TlsTransport(Transport):
         if not self.handshaking:
             Transport.handle_event(self, event, now, stop_at)
         elif stop_at is None or self.loop.clock() < stop_at or self.loop.take_owed_read():  # else next poll
+            if stop_at is not None:
+                self.loop.read_owed = False  # a step is this poll's read (see Loop.take_owed_read)
             self._handshake_step(now)
 
     def _handshake_step(self, now: float) -> None:

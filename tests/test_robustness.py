@@ -328,6 +328,8 @@ def test_a_negative_timeout_is_a_poll_that_does_not_wait(make_server, timeout):
         waker.cancel()
     with pytest.raises(ValueError):
         server.poll(timeout=float("nan"))  # as before: not a time at all
+    with pytest.raises(ValueError):  # an end of NaN: every "is it past?" would say no
+        server.poll(timeout=0.01, budget=float("nan"))
 
     client = _slow_requests_queued(server, 5, 0.002)
     assert server.poll(timeout=timeout) >= 5  # as poll(0): no end but the requests per tick

@@ -292,6 +292,23 @@ def test_a_stalled_handshake_is_closed_at_the_deadline_and_does_not_block_poll(m
     ok.close()
 
 
+def test_a_handshake_step_is_its_polls_one_owed_read(make_server, pki):
+    # A poll with an end owes one read past it (Loop.take_owed_read) until it has read; a
+    # handshake step (an RSA signature: the dearest step there is) taken before the end is that
+    # read, or a step that ran past the end was followed by another client's read and request.
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    raw = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while not server._loop.connections and time.monotonic() < deadline:
+        server.poll(0.01)
+    (conn,) = server._loop.connections.values()
+    loop = server._loop
+    loop.read_owed = True  # as Loop.handle sets it for a poll with an end
+    conn.transport.handle_event(1, loop.clock(), loop.clock() + 60.0)  # readable, the end far off
+    assert loop.read_owed is False
+    raw.close()
+
+
 def test_a_large_pipelined_batch_over_tls_is_answered_in_full(make_server, pki):
     # Records decrypted but not yet read raise no event: the server must drain SSLSocket.pending().
     server = make_server("127.0.0.1", tls=_server_context(pki))
