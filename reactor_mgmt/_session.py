@@ -82,7 +82,7 @@ class Connection:
         self.auth_failures = 0
         self.eof = False  # the peer half-closed: finish the queue, flush, then close
         self.scheduled = False  # its next turn is due: in the loop's ready queue (or later, for the next poll)
-        self.turn_at = 0  # the loop's poll count when a read last ran its requests (see Loop.schedule)
+        self.turn_at = 0  # the loop's poll count at its last turn: a read, or the ready queue's (Loop.schedule)
         self.last_request: Any = None  # (command, args, kwargs) it ran last, kept only for `clients`
 
     # ---- the public surface a handler uses ----
