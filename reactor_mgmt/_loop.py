@@ -68,7 +68,8 @@ class Loop:
         self._timer_seq = 0
         self._cancelled = 0  # cancelled entries still in the timer heap
         self.calls: Deque[Callable[[], Any]] = deque()
-        self.next_calls: List[Callable[[], Any]] = []  # call_next(): moved to calls as a poll ends
+        # fd -> a TLS transport whose records wait decrypted (read_pending): the next poll's events
+        self.pending_reads: Dict[int, Any] = {}
         self.waker: Optional[Waker] = None
         self.stopped = False  # the server closed: nothing more runs
         # attach_asyncio()/start_thread() handle: kicked when work is queued outside poll()
@@ -158,6 +159,8 @@ class Loop:
         self.polls += 1
         stats = self.stats
         commands = stats.commands
+        if self.pending_reads:
+            events = self.with_pending_reads(events)
         handled = len(events)
         if stop_at is not None:
             self.read_owed = True  # until a read happens (Transport.handle_event)
@@ -200,13 +203,28 @@ class Loop:
             if self.later:  # the sessions that had their turn in this poll and have more to do
                 self.ready.extend(self.later)
                 self.later.clear()
-            if self.next_calls:
-                self.calls.extend(self.next_calls)
-                self.next_calls.clear()
         stats.busy_polls += 1
         stats.durations.append(monotonic() - start)
         ran: int = stats.commands - commands
         return handled + ran  # the events, calls and timers, and the requests run
+
+    def read_pending(self, transport: Any) -> None:
+        """Reads ``transport`` in the next poll as though its socket were readable: TLS records
+        already decrypted sit in the SSL object, and no event says so."""
+        self.pending_reads[transport.sock.fileno()] = transport
+
+    def with_pending_reads(self, events: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+        """This poll's events, and a readable one for each transport read_pending() named. They
+        join the list before it turns (see handle), so they take their share of a poll with an
+        end as a socket does: read after the events, a chatty client's read took every poll's
+        owed read and they waited for good. One whose socket has an event already reads there:
+        one read a poll."""
+        pending = self.pending_reads
+        self.pending_reads = {}  # what this poll's turns name again is for the next one
+        for fd, _ in events:
+            pending.pop(fd, None)
+        owners = self.owners
+        return events + [(fd, _IN) for fd, transport in pending.items() if owners.get(fd) is transport]
 
     def take_owed_read(self) -> bool:
         """True once in a poll with an end (a budget or timeout) that has not read yet: the
@@ -277,10 +295,6 @@ class Loop:
             callback(*args)
         return fired
 
-    def call_next(self, callback: Callable[[], Any]) -> None:
-        """Runs ``callback()`` in the next poll (from inside this one: not in the same poll)."""
-        self.next_calls.append(callback)
-
     def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
         if self.stopped:
             return
@@ -319,7 +333,7 @@ class Loop:
         self.ready.clear()
         self.later.clear()
         self.calls.clear()
-        self.next_calls.clear()
+        self.pending_reads.clear()
         self.timers = []
         self.close()
 

@@ -402,7 +402,7 @@ class Server:
                     timeout = 0.0
                 else:  # NaN, which epoll refused too; an end of NaN would stop every read
                     raise ValueError(f"poll() takes a timeout in seconds, not {timeout!r}")
-            if loop.ready or loop.calls:
+            if loop.ready or loop.calls or loop.pending_reads:
                 timeout = 0
             else:
                 timers = loop.timers
@@ -418,9 +418,8 @@ class Server:
             if loop.stopped:  # a handler closed the server; the host's loop may poll once more
                 return 0
             raise
-        if (
-            not events and not loop.ready and not loop.calls and not (loop.timers and loop.timers[0][0] <= _monotonic())
-        ):  # a timer may have come due
+        work = events or loop.ready or loop.calls or loop.pending_reads
+        if not work and not (loop.timers and loop.timers[0][0] <= _monotonic()):  # a timer may be due
             if gap_from is not None:  # poll(0) returns as it starts; a poll() that waited ends later
                 loop.gap_from = now if timeout == 0 else _monotonic()  # pyright: ignore[reportPossiblyUnboundVariable]
             if watch is not None:

@@ -12,8 +12,8 @@
 #
 # After the handshake, reads and sends are the Transport's own (one recv per readable event, and
 # sends through its one send site; a peer's close_notify reads as b"", an EOF). Records already
-# decrypted sit in SSLSocket.pending() and raise no event, so they are read in the next poll
-# (Loop.call_next), before its end.
+# decrypted sit in SSLSocket.pending() and raise no event, so the next poll's events get one
+# for them (Loop.read_pending), taken in its turn like any socket's.
 from __future__ import annotations
 
 import ssl
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 allow_would_block(ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
-_IN, _OUT = 0x001, 0x004
 _READ, _WRITE = 1, 2  # selectors.EVENT_READ, EVENT_WRITE
 HANDSHAKE_TIMEOUT = 10.0
 _refusals = Throttle()  # a client can fail handshakes at will: one log record per interval
@@ -36,7 +35,7 @@ _refusals = Throttle()  # a client can fail handshakes at will: one log record p
 class TlsTransport(Transport):
     """A Transport over TLS: the handshake first, then the Transport's reads and sends."""
 
-    __slots__ = ("handshaking", "handshake_timer", "cert_levels", "read_queued")
+    __slots__ = ("handshaking", "handshake_timer", "cert_levels")
     sock: ssl.SSLSocket  # for type checkers: the Transport's socket, wrapped
 
     def __init__(
@@ -51,12 +50,16 @@ class TlsTransport(Transport):
         super().__init__(sock, loop, limits, now)
         self.handshaking = True
         self.cert_levels = cert_levels
-        self.read_queued = False
         self.handshake_timer: Any = loop.call_later(timeout, self._handshake_expired)
 
     def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
         if not self.handshaking:
             Transport.handle_event(self, event, now, stop_at)
+            # A read the poll's end put off (or none at all, on a write event) leaves the
+            # records where no event will say so: look again next poll. A read that ran ends
+            # its turn in update_interest(), which looks too.
+            if not self.closed and self.mask & _READ and self.sock.pending():
+                self.loop.read_pending(self)
         elif stop_at is None or self.loop.clock() < stop_at or self.loop.take_owed_read():  # else next poll
             if stop_at is not None:
                 self.loop.read_owed = False  # a step is this poll's read (see Loop.take_owed_read)
@@ -110,23 +113,9 @@ class TlsTransport(Transport):
                 self._want(_READ)
             return
         Transport.update_interest(self)
-        if self.mask & _READ and not self.read_queued and self.sock.pending():
+        if self.mask & _READ and self.sock.pending():
             # Decrypted bytes are waiting, and no event will say so: read them next poll.
-            self.read_queued = True
-            self.loop.call_next(self._read_pending)
-
-    def _read_pending(self) -> None:
-        self.read_queued = False
-        if self.closed:
-            return
-        loop = self.loop
-        if self.conn.turn_at == loop.polls:  # its socket's own event was read in this poll: one read a poll
-            self.read_queued = True
-            loop.call_next(self._read_pending)
-            return
-        self.handle_event(_IN, loop.clock(), loop.stop_at)  # within this poll's budget
-        # Past the poll's end the read waits, and records may still be pending: look again.
-        self.update_interest()
+            self.loop.read_pending(self)
 
     def close_now(self) -> None:
         if self.handshake_timer is not None:

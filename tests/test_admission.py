@@ -128,3 +128,27 @@ def test_where_a_socket_has_no_accept_primitive_listeners_are_plain_sockets(make
     assert client.request("ping") == ["pong"]
     assert _only_connection_socket(server).getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     client.close()
+
+
+@pytest.mark.parametrize("end", ["budget", "timeout"])
+def test_past_the_polls_end_a_listener_accepts_only_its_first_connection(make_server, end):
+    # A connect flood's accepts cost 15-20 us each and a listener takes up to 512 a poll: past a
+    # host's budget or timeout only the first is taken, and the rest wait in the backlog.
+    server = make_server()
+    clients = [socket.create_connection(server.addresses[0], timeout=TIMEOUT) for _ in range(24)]
+    try:
+        counts = []
+        while len(server.connections) < 24 and len(counts) < 100:
+            if end == "budget":
+                server.poll(0, budget=1e-9)
+            else:
+                server.poll(1e-9)
+            counts.append(len(server.connections))
+        assert counts[:24] == list(range(1, 25)), counts
+        more = [socket.create_connection(server.addresses[0], timeout=TIMEOUT) for _ in range(20)]
+        clients.extend(more)
+        server.poll(0)  # no end: the listener's count (16 to start with) in one poll
+        assert len(server.connections) >= 24 + 16
+    finally:
+        for client in clients:
+            client.close()

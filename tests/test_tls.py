@@ -397,6 +397,48 @@ def test_records_left_over_are_read_though_another_client_spent_the_budget(make_
     b.close()
 
 
+def _drain_tls(sock: ssl.SSLSocket) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_records_left_over_take_their_turn_beside_a_client_that_is_always_readable(make_server, pki):
+    """Every poll's end is past before its work starts (a tiny budget), so each poll reads once,
+    and one client always has a request in flight. Records left decrypted raise no event; they
+    must still get their turn, as a socket would, not wait behind the chatty client for good."""
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    a = _tls_connect(server, _client_context(pki))
+    chatty = _tls_connect(server, _client_context(pki))
+    for sock in (a, chatty):
+        sock.setblocking(True)
+        sock.settimeout(TIMEOUT)
+    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
+    a.sendall(first + b"ping\n")  # one record: "ping\n" stays decrypted after the first recv
+    chatty.sendall(b"ping\n")
+    time.sleep(0.05)
+    for sock in (a, chatty):
+        sock.setblocking(False)
+    got = b""
+    for _ in range(200):
+        server.poll(0, budget=1e-9)
+        if _drain_tls(chatty):
+            chatty.sendall(b"ping\n")  # always one request in flight
+        got += _drain_tls(a)
+        if got.endswith(b"pong\n"):
+            break
+        time.sleep(0.001)
+    assert got.endswith(b"x\npong\n"), (len(got), got[-20:], server.stats.commands)
+    a.close()
+    chatty.close()
+
+
 def test_one_read_and_one_turn_per_poll_over_tls(make_server, pki):
     server = make_server("127.0.0.1", tls=_server_context(pki), max_commands_per_tick=4)
     sock = _tls_connect(server, _client_context(pki))
