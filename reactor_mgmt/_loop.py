@@ -23,6 +23,7 @@ import time
 from collections import deque
 
 from ._log import log
+from ._transport import RDHUP as _RDHUP
 from ._transport import Waker
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _IN, _OUT = 0x001, 0x004  # epoll's bits, which poll() reads on every platform (see make_wait)
-_EPOLL_BITS = {_READ: _IN, _WRITE: _OUT, _READ | _WRITE: _IN | _OUT}  # a selectors mask in epoll's
+# A selectors mask in epoll's bits. Reading asks for EPOLLRDHUP too: it says the peer has shut
+# down writing, so a read that empties the socket has read the EOF as well (_transport.RDHUP).
+_EPOLL_BITS = {_READ: _IN | _RDHUP, _WRITE: _OUT, _READ | _WRITE: _IN | _OUT | _RDHUP}
 # epoll_wait takes whole milliseconds in a C int, which a wait of 24.8 days overflows (a 30-day
 # idle_timeout, or `watch 2200000 ping` from any client, made poll() raise); waking once a day
 # to find nothing due costs nothing.

@@ -162,8 +162,9 @@ class Connection:
     def streaming(self) -> bool:
         return self.waiting.__class__ is Stream
 
-    def data_received(self, data: bytes, stop_at: Any = _QUEUE) -> None:
-        """Bytes from the client; b"" is its EOF (a half-close), as recv() says it.
+    def data_received(self, data: bytes, stop_at: Any = _QUEUE, eof: Any = False) -> None:
+        """Bytes from the client; b"" is its EOF (a half-close), as recv() says it, and so is
+        ``eof`` true: these bytes are its last (the transport can tell, see _transport._RDHUP).
 
         The transport passes the poll's ``stop_at`` (None without a budget or timeout): the
         requests then run at once, unless this connection's turn is already due in the loop's
@@ -175,6 +176,9 @@ class Connection:
             decoder = self.decoder = RequestDecoder(self.dispatcher.max_line)
         if data:
             items = decoder.feed(data)
+            if eof:
+                self.eof = True
+                items += decoder.feed_eof()
         else:  # the client half-closed: what it sent runs, then the connection closes (service)
             self.eof = True
             items = decoder.feed_eof()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ssl
 
 from ._log import Throttle, format_address, log
-from ._transport import Transport, allow_would_block
+from ._transport import RDHUP, Transport, allow_would_block
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
@@ -54,7 +54,9 @@ class TlsTransport(Transport):
 
     def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
         if not self.handshaking:
-            Transport.handle_event(self, event, now, stop_at)
+            # Without EPOLLRDHUP: a TLS read returns one record's bytes, so a short read does not
+            # mean that the socket is empty (see _transport.RDHUP); the EOF is read as b"".
+            Transport.handle_event(self, event & ~RDHUP, now, stop_at)
             # A read the poll's end put off (or none at all, on a write event) leaves the
             # records where no event will say so: look again next poll. A read that ran ends
             # its turn in update_interest(), which looks too.

@@ -35,6 +35,12 @@ _WRITE = selectors.EVENT_WRITE
 # readable and writable, as in selectors, so recv/send then report the error.
 _IN, _OUT = 0x001, 0x004
 _READABLE, _WRITABLE = ~_OUT, ~_IN
+# epoll's EPOLLRDHUP (the loop asks for it with every read interest): the peer has shut down
+# writing, and all it sent before that is queued already, in order. A recv that returns less than
+# it asked for has emptied the queue, so the EOF comes with those bytes: a one-shot client
+# (`echo cmd | nc -N`, connect, send, shut down, read) is answered and closed in the poll that
+# reads its request, not one poll later with a recv that returns b"".
+RDHUP = 0x2000
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
 # hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined requests took
 # up to 1.4 ms on a loaded 2-core machine, which pushed poll(budget=1 ms) past 3 ms.
@@ -153,8 +159,9 @@ class Transport:
                 self.last_active = now
                 if stop_at is not None:  # this poll has read: see Loop.take_owed_read
                     self.loop.read_owed = False
+                ended = event & RDHUP and len(data) < RECV_SIZE  # the EOF is read too (see RDHUP)
                 if self.closing:  # lingering after our last reply: discard until the peer's EOF
-                    if not data:
+                    if ended or not data:
                         self.close_now()
                     return
                 if data:
@@ -162,7 +169,7 @@ class Transport:
                     self.bytes_in += size
                     self.limits.stats.bytes_in += size
                 conn.turn_at = self.loop.polls  # its turn in this poll: see Loop.schedule
-                conn.data_received(data, stop_at)  # b"" is the client's EOF
+                conn.data_received(data, stop_at, ended)  # b"" is the client's EOF
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()

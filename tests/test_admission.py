@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from typing import Iterator
 
 import pytest
@@ -91,6 +92,86 @@ def test_a_one_shot_connection_is_answered_and_closed(make_server, short_dir):
     server.poll(0)
     assert server.connections == []
     assert server.stats.connections_total == 6
+
+
+def _wait_readable(sock: socket.socket) -> None:
+    import select
+
+    assert select.select([sock], [], [], TIMEOUT)[0]
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(TIMEOUT)
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_one_shot_client_is_answered_and_closed_in_the_poll_that_reads_its_request(make_server, short_dir, family):
+    # The request and the client's half-close are both waiting: epoll says so (EPOLLRDHUP), and a
+    # read that empties the socket has read the EOF, so no later poll and recv are needed for it.
+    server = make_server()
+    address = server.addresses[0] if family == "tcp" else server.listen_unix(os.path.join(short_dir, "s"))
+    sock = socket.socket(socket.AF_INET if family == "tcp" else socket.AF_UNIX)
+    sock.settimeout(TIMEOUT)
+    sock.connect(address)
+    with sock:
+        _wait_until(lambda: server.poll(0.01) is not None and len(server.connections) == 1)
+        sock.sendall(b"ping\necho last")  # the last line has no newline: the EOF ends it
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.02)  # both are in the server's socket before it polls
+        server.poll(0)
+        assert server.connections == []  # closed in that poll
+        _wait_readable(sock)
+        assert _read_to_eof(sock) == b"pong\nlast\n"
+
+
+def test_a_client_that_sends_more_than_one_read_then_half_closes_gets_every_reply(make_server):
+    # Reads that fill the buffer are not short: the EOF comes with the read that empties it.
+    server = make_server()
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    with sock:
+        count = 5000  # 5000 * 13 bytes: eight reads of 8 KiB and a short one
+        sock.sendall(b"".join(b"echo %08d\n" % i for i in range(count)))
+        sock.shutdown(socket.SHUT_WR)
+        sock.setblocking(False)
+        data = b""
+        deadline = time.monotonic() + TIMEOUT
+        while not data.endswith(b"%08d\n" % (count - 1)) or server.connections:
+            assert time.monotonic() < deadline, (len(data), server.connections)
+            server.poll(0.01)
+            try:
+                data += sock.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        assert data == b"".join(b"%08d\n" % i for i in range(count))
+
+
+def test_a_lingering_connection_closes_when_the_peers_last_bytes_come_with_its_eof(make_server):
+    # After `quit` the server shuts down writing and drains the client until its EOF: bytes and
+    # the half-close read together end that at once, not with the 2 s linger.
+    server = make_server()
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    with sock:
+        _wait_until(lambda: server.poll(0.01) is not None and len(server.connections) == 1)
+        (conn,) = server.connections
+        sock.sendall(b"quit\n")
+        _wait_until(lambda: server.poll(0.01) is not None and conn.transport.lingering)
+        sock.sendall(b"more after quit\n")
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.02)
+        server.poll(0)
+        assert server.connections == [] and conn.closed
+
+
+def _wait_until(condition) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline
 
 
 def test_the_listening_socket_accepts_as_socket_accept_does():

@@ -127,6 +127,8 @@ def _registered_events(server, sock) -> int:
             fields = line.split()
             if fields[:1] == ["tfd:"] and int(fields[1]) == sock.fileno():
                 bits = int(fields[3], 16)
+                # reading asks for the peer's half-close too (an EOF read with the last bytes)
+                assert bool(bits & select.EPOLLIN) == bool(bits & select.EPOLLRDHUP), hex(bits)
                 return (selectors.EVENT_READ if bits & select.EPOLLIN else 0) | (
                     selectors.EVENT_WRITE if bits & select.EPOLLOUT else 0
                 )

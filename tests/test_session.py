@@ -391,6 +391,23 @@ def test_a_read_is_the_sessions_turn(make):
     assert s.conn.eof and s.transport.closed
 
 
+def test_bytes_that_end_with_the_eof_run_and_close_in_one_turn(make):
+    """The transport knows the EOF came with these bytes (epoll's RDHUP and a short read): one
+    turn runs them, even the last line without its newline, and the session closes, as it
+    would have on a b"" read in the next poll."""
+    s = make()
+    s.conn.data_received(b"ping\necho last", None, True)
+    assert s.take() == b"pong\nlast\n" and s.conn.eof and s.transport.closed and s.scheduled == []
+
+
+def test_bytes_that_end_with_the_eof_wait_for_their_turn_and_for_the_limit(make):
+    s = make(max_commands_per_tick=2)
+    s.conn.data_received(b"ping\n" * 3, None, True)
+    assert s.take() == b"pong\npong\n" and s.conn.eof and not s.transport.closing
+    assert s.scheduled == [s.conn]  # the third waits for the next poll, then the session closes
+    assert s.service() == 1 and s.take() == b"pong\n" and s.transport.closed
+
+
 def test_a_read_turn_at_its_limit_leaves_the_rest_for_the_next_poll(make):
     s = make(max_commands_per_tick=2)
     s.conn.data_received(b"ping\n" * 3, None)
