@@ -272,7 +272,8 @@ class Signature:
             else:
                 self.positional.append(param)
         self.usage_args = self._usage()
-        # "none" and "raw" let Command.call skip binding entirely (see the module comment).
+        # "none" and "raw" let Command.call skip binding entirely, and "none" call_json too (see
+        # the module comment).
         if self.positional or self.options or self.inject is not None:
             self.mode = "full"
         elif self.var_positional is None:
@@ -423,6 +424,8 @@ class Command:
         return self._invoke(positional, keywords, connection)
 
     def call_json(self, args: List[Any], kwargs: Dict[str, Any], connection: Any) -> Any:
+        if not args and not kwargs and self.signature.mode == "none":  # as call(): nothing to bind
+            return self.fn()
         try:
             positional, keywords = self.signature.bind_json(args, kwargs)
         except _BadValue as exc:

@@ -355,14 +355,27 @@ class Dispatcher:
         """Writes a finished result, or parks the session behind a Pending or Stream."""
         if result.__class__ is str and reply_id is TEXT:
             data = text_reply(result)
-        elif result is NO_REPLY:
-            if reply_id is TEXT:
-                return
-            data = ok_frame(reply_id, None)
-        elif isinstance(result, Pending):
+        elif result.__class__ is not dict and self._special(conn, result, reply_id):
+            # (a dict, what a status returns, is none of them: it pays for no test of them)
+            return
+        elif reply_id is TEXT:
+            data = render_text(result).encode("utf-8", UNENCODABLE)
+        else:
+            data = ok_frame(reply_id, to_jsonable(result))
+        if len(data) > self.max_output:
+            data = self._too_large(conn, len(data), reply_id)
+        conn.transport.write(data)
+
+    def _special(self, conn: Connection, result: Any, reply_id: Any) -> bool:
+        """deliver() for NO_REPLY, a Pending and a stream: True once it is written or parked."""
+        if result is NO_REPLY:
+            if reply_id is not TEXT:
+                conn.transport.write(ok_frame(reply_id, None))
+            return True
+        if isinstance(result, Pending):
             if result.done:
                 self.finish_pending(conn, result, reply_id)
-                return
+                return True
             conn.waiting = result
             conn.waiting_id = reply_id
             waker = _Waker(self, conn)
@@ -373,22 +386,16 @@ class Dispatcher:
                 # client gone: neither its value (a big reply) nor the connection may stay alive
                 # in the timer heap until the timeout (the demo's `wait ... --timeout 3600`).
                 waker.timer = self.call_later(timeout, _expire_if_waiting, weakref.ref(conn), weakref.ref(result))
-            return
-        elif is_stream(result):
+            return True
+        if is_stream(result):
             conn.waiting = result if isinstance(result, Stream) else Stream(result)
             conn.waiting_id = reply_id
             if reply_id is not TEXT:
                 # Said at once: a client can then tell a stream that is quiet (a `log tail` of a
                 # quiet log, a `watch 60`) from a server that does not answer.
                 conn.transport.write(stream_open_frame(reply_id))
-            return
-        elif reply_id is TEXT:
-            data = render_text(result).encode("utf-8", UNENCODABLE)
-        else:
-            data = ok_frame(reply_id, to_jsonable(result))
-        if len(data) > self.max_output:
-            data = self._too_large(conn, len(data), reply_id)
-        conn.transport.write(data)
+            return True
+        return False
 
     def _too_large(self, conn: Connection, size: int, reply_id: Any) -> bytes:
         """The error sent in place of a reply larger than max_output. The client learns what
@@ -418,15 +425,6 @@ class Dispatcher:
             self.deliver(conn, pending.value, reply_id)
 
     # ---- the server closing ----
-
-    @staticmethod
-    def owed_a_notice(conns: Iterable[Connection]) -> Dict[Connection, Any]:
-        """The connections with requests queued, by the reply id of the first of them."""
-        return {
-            conn: reply_id_of(conn.queue[0])
-            for conn in conns
-            if conn.queue and not (conn.closing or conn.transport.cut_off)
-        }
 
     def say_goodbye(self, conns: Iterable[Connection], owed: Dict[Connection, Any]) -> None:
         """Tells each client owed a reply (a request queued at close(), or a reply it waits
@@ -567,6 +565,16 @@ class _Waker:
         conn = self.conn()
         if conn is not None:
             dispatcher.wake(conn)
+
+
+def owed_a_notice(conns: Iterable[Connection]) -> Dict[Connection, Any]:
+    """The connections with requests queued, by the reply id of the first of them (the
+    server's close tells each it is shutting down: Dispatcher.say_goodbye)."""
+    return {
+        conn: reply_id_of(conn.queue[0])
+        for conn in conns
+        if conn.queue and not (conn.closing or conn.transport.cut_off)
+    }
 
 
 def _no_timer(timer: Any) -> None:

@@ -21,7 +21,7 @@ import time
 import weakref
 
 from ._commands import Command, Registry, methods_as_commands
-from ._dispatch import Dispatcher, Stats
+from ._dispatch import Dispatcher, Stats, owed_a_notice
 from ._errors import ConfigError, ReactorMgmtError
 from ._listeners import Listener, Listeners, peer_allowed
 from ._log import format_address, log
@@ -554,7 +554,7 @@ class Server:
 
     def _stop(self) -> None:
         self._closed = self._loop.stopped = self._dispatcher.stopped = True
-        self._close_owed = self._dispatcher.owed_a_notice(self._loop.connections.values())
+        self._close_owed = owed_a_notice(self._loop.connections.values())
 
     @property
     def closed(self) -> bool:
@@ -612,7 +612,7 @@ def _tear_down(server: Server) -> None:
     every connection, listener and the loop closed."""
     conns = list(server._loop.connections.values())
     # Owed at close(), and since: a handler closed the server, and the poll read more requests.
-    owed = server._dispatcher.owed_a_notice(conns)
+    owed = owed_a_notice(conns)
     owed.update(server._close_owed or {})
     server._close_owed = None
     server._dispatcher.say_goodbye(conns, owed)

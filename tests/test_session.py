@@ -10,6 +10,7 @@
 # cache on and off (the ``line_cache`` fixture), since the replies must not depend on it.
 from __future__ import annotations
 
+import collections
 import gc
 import json
 import weakref
@@ -324,6 +325,7 @@ class Session:
         add("secret", lambda: "the secret", level="admin")
         add("hello", lambda: "hi", pre_auth=True)
         add("peek", lambda: "root's secret", pre_auth=True, level="admin")
+        add("ordered", lambda: collections.OrderedDict([("b", 1), ("a", "x")]))  # a dict, not exactly dict
 
 
 # Named apart from conftest's `caches` (which drives Server fixtures): this file builds no Server.
@@ -491,6 +493,29 @@ def test_json_requests_with_cmd_and_argv(make):
         b"pong\n"
     )
     assert frames(data) == [(RESULT, 1, 5), (RESULT, "two", "a --b"), (RESULT, 3, 3), (RESULT, 4, "pong"), None]
+
+
+def test_a_command_with_no_parameters_refuses_json_arguments_and_a_dict_subclass_renders(make):
+    """A JSON request to a command with no parameters binds nothing (as a text line does), so
+    arguments are still refused; a result that is a dict subclass, which deliver() tests as a
+    Pending or stream could be, still renders as a mapping."""
+    s = make()
+    s.feed(
+        b'{"id": 1, "cmd": "ping", "args": [1]}\n'
+        b'{"id": 2, "cmd": "ping", "kwargs": {"x": 1}}\n'
+        b'{"id": 3, "cmd": "ping", "args": [], "kwargs": {}}\n'
+        b'{"id": 4, "cmd": "ordered"}\n'
+        b"ordered\n"
+    )
+    s.service()
+    assert s.take() == (
+        b'{"id": 1, "ok": false, "error": {"code": "usage", '
+        b'"message": "usage: ping (too many arguments (expected at most 0))"}}\n'
+        b'{"id": 2, "ok": false, "error": {"code": "usage", "message": "usage: ping (unknown argument \'x\')"}}\n'
+        b'{"id": 3, "ok": true, "result": "pong"}\n'
+        b'{"id": 4, "ok": true, "result": {"b": 1, "a": "x"}}\n'
+        b"b: 1\na: x\n"
+    )
 
 
 def test_json_errors_are_framed_for_their_request(make):
