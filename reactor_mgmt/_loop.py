@@ -220,14 +220,18 @@ class Loop:
         """This poll's events, and a readable one for each transport read_pending() named. They
         join the list before it turns (see handle), so they take their share of a poll with an
         end as a socket does: read after the events, a chatty client's read took every poll's
-        owed read and they waited for good. One whose socket has an event already reads there:
-        one read a poll."""
+        owed read and they waited for good. One whose socket has an event already reads in that
+        event (a write event gains the readable bit): one read a poll."""
         pending = self.pending_reads
         self.pending_reads = {}  # what this poll's turns name again is for the next one
-        for fd, _ in events:
-            pending.pop(fd, None)
         owners = self.owners
-        return events + [(fd, _IN) for fd, transport in pending.items() if owners.get(fd) is transport]
+        merged = []
+        for fd, event in events:
+            if fd in pending and owners.get(fd) is pending.pop(fd):
+                event |= _IN  # a write event alone would not read: one event, and its one read
+            merged.append((fd, event))
+        merged.extend((fd, _IN) for fd, transport in pending.items() if owners.get(fd) is transport)
+        return merged
 
     def take_owed_read(self) -> bool:
         """True once in a poll with an end (a budget or timeout) that has not read yet: the
@@ -320,6 +324,7 @@ class Loop:
         if self.waker is not None:
             self.waker.close()
         self.owners.clear()  # an event still in this poll's list finds no owner
+        self.pending_reads.clear()
         self.selector.close()
 
     def abandon(self, reason: str) -> None:

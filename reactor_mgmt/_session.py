@@ -1,12 +1,13 @@
 # One client's session: the state between its bytes and its replies, with no socket in it.
 #
-# Bytes come in through data_received() (from the transport, or from a test; b"" is the EOF),
-# go through the connection's RequestDecoder, and queue as requests; service() runs them, in
-# order and within this tick's limits, through the dispatcher, whose replies go to the
-# transport's write(). A Pending or Stream reply parks the session (``waiting``) and the
-# requests behind it wait, so replies stay in request order. The clock comes from the
-# dispatcher and the output from the transport, both given, so a test drives a session with a
-# fake transport (a list of writes) and a fake clock, as h11's tests drive a Connection.
+# Bytes come in through data_received() (from the transport, or from a test; b"" is the EOF, and
+# so is its ``eof`` flag after the bytes it comes with), go through the connection's
+# RequestDecoder, and queue as requests; service() runs them, in order and within this tick's
+# limits, through the dispatcher, whose replies go to the transport's write(). A Pending or
+# Stream reply parks the session (``waiting``) and the requests behind it wait, so replies stay
+# in request order. The clock comes from the dispatcher and the output from the transport, both
+# given, so a test drives a session with a fake transport (a list of writes) and a fake clock,
+# as h11's tests drive a Connection.
 #
 # A read is the session's turn: its requests run as their bytes arrive (as an asyncio protocol
 # answers from data_received()), and their replies are sent at the end of that turn, at once,
@@ -164,7 +165,7 @@ class Connection:
 
     def data_received(self, data: bytes, stop_at: Any = _QUEUE, eof: Any = False) -> None:
         """Bytes from the client; b"" is its EOF (a half-close), as recv() says it, and so is
-        ``eof`` true: these bytes are its last (the transport can tell, see _transport._RDHUP).
+        ``eof`` true: these bytes are its last (the transport can tell, see _transport.RDHUP).
 
         The transport passes the poll's ``stop_at`` (None without a budget or timeout): the
         requests then run at once, unless this connection's turn is already due in the loop's

@@ -4,7 +4,8 @@
 # (Transport.send_and_close, drain) and the cross-thread waker's byte. Like asyncio's selector
 # transports, a Transport owns its socket, its output buffer and its flow control, and hands
 # what it reads to its protocol, the session (_session.Connection), which it knows only as an
-# object with data_received() (b"" for the EOF, as recv() says it), service() and a few flags.
+# object with data_received() (b"" for the EOF, as recv() says it, or an eof flag with the last
+# bytes: see RDHUP), service() and a few flags.
 #
 # The rules it keeps:
 #   * output is written to a buffer during a turn and sent at the end of it, at once, without
@@ -34,13 +35,15 @@ _WRITE = selectors.EVENT_WRITE
 # poll() reads events in epoll's bits on every platform (see _loop): HUP and ERR count as both
 # readable and writable, as in selectors, so recv/send then report the error.
 _IN, _OUT = 0x001, 0x004
-_READABLE, _WRITABLE = ~_OUT, ~_IN
 # epoll's EPOLLRDHUP (the loop asks for it with every read interest): the peer has shut down
 # writing, and all it sent before that is queued already, in order. A recv that returns less than
-# it asked for has emptied the queue, so the EOF comes with those bytes: a one-shot client
-# (`echo cmd | nc -N`, connect, send, shut down, read) is answered and closed in the poll that
-# reads its request, not one poll later with a recv that returns b"".
+# it asked for has then nearly always emptied the queue, so a second recv returns b"", the EOF,
+# at once: a one-shot client (`echo cmd | nc -N`: connect, send, shut down, read) is answered and
+# closed in the poll that reads its request, with no later poll for its EOF. (Only nearly: a recv
+# also stops at TCP's urgent mark and at an AF_UNIX message that carries descriptors or OOB data,
+# and then the second recv returns bytes, which are read as any are.)
 RDHUP = 0x2000
+_READABLE, _WRITABLE = ~_OUT, ~(_IN | RDHUP)  # the peer's half-close is no room to write
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
 # hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined requests took
 # up to 1.4 ms on a loaded 2-core machine, which pushed poll(budget=1 ms) past 3 ms.
@@ -159,7 +162,9 @@ class Transport:
                 self.last_active = now
                 if stop_at is not None:  # this poll has read: see Loop.take_owed_read
                     self.loop.read_owed = False
-                ended = event & RDHUP and len(data) < RECV_SIZE  # the EOF is read too (see RDHUP)
+                ended = False
+                if event & RDHUP and data and len(data) < RECV_SIZE:  # the EOF may be next (see RDHUP)
+                    data, ended = self.read_on(data)
                 if self.closing:  # lingering after our last reply: discard until the peer's EOF
                     if ended or not data:
                         self.close_now()
@@ -174,6 +179,16 @@ class Transport:
             self.last_active = now  # draining a long reply is not idleness
             self.flush()
             self.loop.schedule(conn)
+
+    def read_on(self, data: bytes) -> Tuple[bytes, bool]:
+        """After a short read of a peer that has shut down writing: one more recv, for the rest
+        of one read's size, says whether the EOF is next (see RDHUP). Returns the bytes read in
+        all, and whether they end with the EOF."""
+        try:
+            more = self.sock.recv(RECV_SIZE - len(data))
+        except OSError:  # would block (it never should), or an error that the next read reports
+            return data, False
+        return (data + more, False) if more else (data, True)
 
     def peer_uid(self) -> Optional[int]:
         """The peer's uid on a Unix socket (SO_PEERCRED), else None."""

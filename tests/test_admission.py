@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+import reactor_mgmt
 from conftest import TIMEOUT, RawClient
 from reactor_mgmt._listeners import _ListeningSocket
 
@@ -115,6 +116,7 @@ def test_a_one_shot_client_is_answered_and_closed_in_the_poll_that_reads_its_req
     # The request and the client's half-close are both waiting: epoll says so (EPOLLRDHUP), and a
     # read that empties the socket has read the EOF, so no later poll and recv are needed for it.
     server = make_server()
+    _needs_epoll(server)
     address = server.addresses[0] if family == "tcp" else server.listen_unix(os.path.join(short_dir, "s"))
     sock = socket.socket(socket.AF_INET if family == "tcp" else socket.AF_UNIX)
     sock.settimeout(TIMEOUT)
@@ -155,6 +157,7 @@ def test_a_lingering_connection_closes_when_the_peers_last_bytes_come_with_its_e
     # After `quit` the server shuts down writing and drains the client until its EOF: bytes and
     # the half-close read together end that at once, not with the 2 s linger.
     server = make_server()
+    _needs_epoll(server)
     sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
     with sock:
         _wait_until(lambda: server.poll(0.01) is not None and len(server.connections) == 1)
@@ -166,6 +169,88 @@ def test_a_lingering_connection_closes_when_the_peers_last_bytes_come_with_its_e
         time.sleep(0.02)
         server.poll(0)
         assert server.connections == [] and conn.closed
+
+
+def _needs_epoll(server) -> None:
+    if server._loop.epoll is None:  # only epoll says that the peer has shut down (EPOLLRDHUP)
+        pytest.skip("the EOF is read with the last bytes on epoll only")
+
+
+def _answers_until_eof(server, sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        assert time.monotonic() < deadline, data
+        server.poll(0.01)
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_read_that_stops_at_tcps_urgent_mark_is_not_taken_for_the_eof(make_server):
+    # recv stops at the urgent mark, so a short read with the peer's half-close waiting has not
+    # emptied the socket: the requests after the mark must run, and no reset may come.
+    server = make_server()
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    with sock:
+        _wait_until(lambda: server.poll(0.01) is not None and len(server.connections) == 1)
+        sock.sendall(b"echo one\n")
+        sock.send(b"!", socket.MSG_OOB)  # not inline: the server never reads it
+        sock.sendall(b"echo two\n")
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.02)
+        assert _answers_until_eof(server, sock) == b"one\ntwo\n"
+
+
+def test_a_read_that_stops_at_passed_descriptors_is_not_taken_for_the_eof(make_server, short_dir):
+    # On a Unix socket recv stops after a message that carried SCM_RIGHTS, as it does at a mark.
+    import array
+
+    server = make_server()
+    path = server.listen_unix(os.path.join(short_dir, "s"))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(TIMEOUT)
+    sock.connect(path)
+    read_end, write_end = os.pipe()
+    try:
+        with sock:
+            _wait_until(lambda: server.poll(0.01) is not None and len(server.connections) == 1)
+            sock.sendmsg([b"echo one\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [read_end]))])
+            sock.sendall(b"echo two\n")
+            sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.02)
+            assert _answers_until_eof(server, sock) == b"one\ntwo\n"
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_peers_half_close_is_no_write_event(make_server):
+    # EPOLLRDHUP comes with a read event; taken for room to write, it gave a session waiting on a
+    # Pending a turn in the next poll, which then did not wait.
+    server = make_server()
+    pending = []
+
+    @server.command
+    def slow() -> reactor_mgmt.Pending:
+        pending.append(reactor_mgmt.Pending(timeout=5))
+        return pending[-1]
+
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    with sock:
+        _wait_until(lambda: server.poll(0.01) is not None and len(server.connections) == 1)
+        sock.sendall(b"slow\n")
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.02)
+        server.poll(0)
+        assert pending and not server.busy  # no turn is due: the next poll may wait
+        pending[0].resolve("done")
+        assert _answers_until_eof(server, sock) == b"done\n"
 
 
 def _wait_until(condition) -> None:

@@ -125,8 +125,12 @@ def _client(argv, stdin=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _tls_connect(server, ctx: ssl.SSLContext) -> ssl.SSLSocket:
-    raw = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+def _tls_connect(server, ctx: ssl.SSLContext, rcvbuf: int = 0) -> ssl.SSLSocket:
+    raw = socket.socket()
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.settimeout(TIMEOUT)
+    raw.connect(server.addresses[0])
     raw.setblocking(False)
     sock = ctx.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False)
     deadline = time.monotonic() + TIMEOUT
@@ -437,6 +441,66 @@ def test_records_left_over_take_their_turn_beside_a_client_that_is_always_readab
     assert got.endswith(b"x\npong\n"), (len(got), got[-20:], server.stats.commands)
     a.close()
     chatty.close()
+
+
+def test_records_left_over_make_the_server_busy(make_server, pki):
+    # A host or event loop that waits for the server's descriptor asks `busy` first: records left
+    # decrypted raise no event, so they must count as work left over (attach_asyncio stalled).
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    sock = _tls_connect(server, _client_context(pki))
+    sock.setblocking(True)
+    sock.settimeout(TIMEOUT)
+    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
+    sock.sendall(first + b"ping\n")  # one record: "ping\n" stays decrypted after the first recv
+    time.sleep(0.05)
+    deadline = time.monotonic() + TIMEOUT
+    while server.stats.commands == 0:  # the read of the first 8 KiB (after the handshake's last events)
+        assert time.monotonic() < deadline
+        server.poll(0)
+    assert server.stats.commands == 1 and server.busy
+    server.poll(0)
+    assert server.stats.commands == 2 and not server.busy
+    sock.setblocking(False)
+    assert _drain_tls(sock).endswith(b"x\npong\n")
+    sock.close()
+
+
+def test_records_left_over_are_read_though_the_socket_has_only_a_write_event(make_server, pki):
+    """A subscription keeps its client's socket writable, poll after poll: the line that stops
+    it, left decrypted in the SSL object, must still be read in one of those polls."""
+    server = make_server("127.0.0.1", tls=_server_context(pki), high_water=1 << 16)
+
+    @server.command
+    def firehose() -> reactor_mgmt.Stream:
+        def items():
+            while True:
+                yield "y" * 100
+
+        return reactor_mgmt.Stream(items(), until_input=True)
+
+    sock = _tls_connect(server, _client_context(pki), rcvbuf=4096)  # small buffers: writable by turns
+    for _ in range(3):
+        server.poll(0.01)
+    (conn,) = server.connections
+    conn.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock.setblocking(True)
+    sock.settimeout(TIMEOUT)
+    sock.sendall(b"firehose\n")
+    for _ in range(200):
+        server.poll(0)  # the stream fills the kernel's buffers: output is left over
+    assert conn.waiting is not None
+    sock.sendall(b"x" * reactor_mgmt._transport.RECV_SIZE + b"\n")  # one record: "\n" stays decrypted
+    sock.setblocking(False)
+    time.sleep(0.05)
+    for _ in range(300):
+        _drain_tls(sock)  # the client keeps reading its subscription: the socket turns writable
+        time.sleep(0.002)
+        _drain_tls(sock)
+        server.poll(0)
+        if conn.waiting is None:
+            break
+    assert conn.waiting is None and not conn.closed
+    sock.close()
 
 
 def test_one_read_and_one_turn_per_poll_over_tls(make_server, pki):
