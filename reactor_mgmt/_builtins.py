@@ -18,6 +18,7 @@ import weakref
 from collections import deque
 
 from ._commands import LEVEL_RANK, LEVELS, Command, check_permission, may_run
+from ._dispatch import fallback_command
 from ._errors import CommandError, PermissionDenied, UnknownCommand, UsageError
 from ._log import Throttle
 from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, is_stream
@@ -177,7 +178,7 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
             if dispatcher.fallback is None:
                 raise
             # start()'s hosts answer every command through their fallback: watch it the same way
-            target, args = dispatcher.fallback_command(command[0]), list(command[1:])
+            target, args = fallback_command(dispatcher.fallback, command[0]), list(command[1:])
         check_permission(conn, target)
         if target.name == "watch":
             raise CommandError("cannot watch watch", code="usage")

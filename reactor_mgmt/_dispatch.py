@@ -310,21 +310,8 @@ class Dispatcher:
             self._reject_http(conn)
             return None, []
         if self.fallback is not None and words:
-            return self.fallback_command(words[0]), words[1:]
+            return fallback_command(self.fallback, words[0]), words[1:]
         raise exc
-
-    def fallback_command(self, name: str) -> Command:
-        """The host's fallback (see reactor_mgmt.start) as a command named ``name``."""
-        from ._session import Connection
-
-        fallback = self.fallback
-        assert fallback is not None
-
-        def run(*args: str, conn: Connection) -> Any:
-            result = fallback(name, list(args), conn)
-            return NO_REPLY if result is None else result
-
-        return Command(name, run, connection_type=Connection, help="")
 
     def _reject_http(self, conn: Connection) -> None:
         self.stats.http_closed += 1
@@ -355,9 +342,12 @@ class Dispatcher:
         """Writes a finished result, or parks the session behind a Pending or Stream."""
         if result.__class__ is str and reply_id is TEXT:
             data = text_reply(result)
-        elif result.__class__ is not dict and self._special(conn, result, reply_id):
-            # (a dict, what a status returns, is none of them: it pays for no test of them)
-            return
+        elif result is NO_REPLY:
+            if reply_id is TEXT:
+                return
+            data = ok_frame(reply_id, None)
+        elif result.__class__ is not dict and self._parks(conn, result, reply_id):
+            return  # (a dict, what a status returns, is neither: it pays for no test of them)
         elif reply_id is TEXT:
             data = render_text(result).encode("utf-8", UNENCODABLE)
         else:
@@ -366,12 +356,9 @@ class Dispatcher:
             data = self._too_large(conn, len(data), reply_id)
         conn.transport.write(data)
 
-    def _special(self, conn: Connection, result: Any, reply_id: Any) -> bool:
-        """deliver() for NO_REPLY, a Pending and a stream: True once it is written or parked."""
-        if result is NO_REPLY:
-            if reply_id is not TEXT:
-                conn.transport.write(ok_frame(reply_id, None))
-            return True
+    def _parks(self, conn: Connection, result: Any, reply_id: Any) -> bool:
+        """deliver() for a Pending or a stream: True once the session waits on it (or a Pending
+        already answered is delivered)."""
         if isinstance(result, Pending):
             if result.done:
                 self.finish_pending(conn, result, reply_id)
@@ -462,7 +449,7 @@ class Dispatcher:
     def _pump_stream(self, conn: Connection, stream: Stream, stop_at: Optional[float]) -> bool:
         transport = conn.transport
         if stream.until_input:
-            if conn.queue or conn.eof:  # a line pipelined behind the subscription stops it at once
+            if conn.queue:  # a line pipelined behind the subscription stops it at once
                 self.end_stream(conn)
                 if conn.queue and conn.queue[0].__class__ is str:
                     conn.queue.popleft()  # the line that stopped it is not a request; an event still counts
@@ -500,6 +487,8 @@ class Dispatcher:
                 transport.write(error_reply(reply_id, "internal", f"internal error ({type(exc).__name__})"))
                 raise
             if item.__class__ is Wait:
+                if stream.until_input and conn.eof:
+                    break  # its client has shut down: it ends below
                 if item.until is not None:  # weakly: a client that leaves is not kept till then
                     self.call_later(
                         max(0.0, item.until - self.clock()), _schedule_if_open, self.schedule, weakref.ref(conn)
@@ -519,6 +508,13 @@ class Dispatcher:
             transport.write(data)
             if transport.closed:
                 return False
+        if stream.until_input and conn.eof:
+            # A subscription whose client has shut down writing ends at its first pause (a Wait, or
+            # output up to low_water), not before it has sent anything: a one-shot `echo 'watch 5
+            # stats' | nc -N` gets one reply whether its EOF is read with its request or after it
+            # (data_received ends a subscription that has started when the EOF comes later).
+            self.end_stream(conn)
+            return True
         return False  # resumes when the client has drained below the low-water mark
 
     def end_stream(self, conn: Connection) -> None:
@@ -565,6 +561,17 @@ class _Waker:
         conn = self.conn()
         if conn is not None:
             dispatcher.wake(conn)
+
+
+def fallback_command(fallback: Callable[[str, List[str], Any], Any], name: str) -> Command:
+    """A host's fallback (see reactor_mgmt.start) as a command named ``name``."""
+    from ._session import Connection
+
+    def run(*args: str, conn: Connection) -> Any:
+        result = fallback(name, list(args), conn)
+        return NO_REPLY if result is None else result
+
+    return Command(name, run, connection_type=Connection, help="")
 
 
 def owed_a_notice(conns: Iterable[Connection]) -> Dict[Connection, Any]:

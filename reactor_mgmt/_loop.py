@@ -1,15 +1,18 @@
 # The loop: what one poll() does, with no knowledge of commands. It owns the selector and the
 # map from descriptors to the objects that handle their events (transports, listeners, the
 # waker: each has handle_event(event, now, stop_at)), the ready queue of sessions with work
-# left over, the timers, the calls queued from other threads, and the idle reaper.
+# left over, the TLS transports with records decrypted and unread (pending_reads: no event says
+# so), the timers, the calls queued from other threads, and the idle reaper.
 #
 # The rules that shape it:
 #   * poll(0) on an idle server is one non-blocking kernel call, plus a clock read when a timer
 #     is armed: no per-connection work happens unless the kernel, a timer or the ready queue
 #     says so;
-#   * work per poll() is bounded: accepts per listener, one recv per connection, K requests per
-#     connection, an optional time budget, and a positive timeout's end (a host's
-#     poll(timeout=time_left) is its next frame's start); what is left waits in the ready queue;
+#   * work per poll() is bounded: accepts per listener, one read of at most RECV_SIZE bytes per
+#     connection (one recv, or two when a short one may have met the peer's EOF: see
+#     _transport.RDHUP), K requests per connection, an optional time budget, and a positive
+#     timeout's end (a host's poll(timeout=time_left) is its next frame's start); past the end,
+#     a listener accepts one connection and a poll reads once; what is left waits for the next;
 #   * a wait ends when it should: epoll's whole milliseconds are topped up (make_exact_wait);
 #   * an event's owner is looked up when it is handled, not when the events were read: a
 #     handler run for an earlier event may have closed it (cpython#75114).

@@ -186,8 +186,8 @@ class Transport:
         all, and whether they end with the EOF."""
         try:
             more = self.sock.recv(RECV_SIZE - len(data))
-        except OSError:  # would block (it never should), or an error that the next read reports
-            return data, False
+        except OSError:  # would block (it never should), or a reset: these bytes run, and the
+            return data, False  # next read or send meets the end of the connection
         return (data + more, False) if more else (data, True)
 
     def peer_uid(self) -> Optional[int]:

@@ -132,6 +132,19 @@ def test_a_one_shot_client_is_answered_and_closed_in_the_poll_that_reads_its_req
         assert _read_to_eof(sock) == b"pong\nlast\n"
 
 
+def test_a_one_shot_subscription_sends_its_first_reply_then_closes(make_server):
+    # `echo 'watch 5 ping' | nc -N`: one reply, and the EOF at once, not after the 5 s interval.
+    server = make_server()
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    with sock:
+        sock.sendall(b"watch 5 ping\n")
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.02)
+        started = time.monotonic()
+        assert _answers_until_eof(server, sock) == b"pong\n"
+        assert time.monotonic() - started < 2.0
+
+
 def test_a_client_that_sends_more_than_one_read_then_half_closes_gets_every_reply(make_server):
     # Reads that fill the buffer are not short: the EOF comes with the read that empties it.
     server = make_server()
@@ -318,3 +331,24 @@ def test_past_the_polls_end_a_listener_accepts_only_its_first_connection(make_se
     finally:
         for client in clients:
             client.close()
+
+
+def test_the_eofs_second_recv_asks_only_for_the_rest_of_one_reads_size():
+    # A poll reads at most RECV_SIZE bytes per connection: the recv that looks for the EOF after
+    # a short read takes no more than the first left (bytes it returns are ordinary input).
+    from reactor_mgmt._transport import RECV_SIZE, Transport
+
+    asked = []
+
+    class Socket:
+        def __init__(self, reply: bytes) -> None:
+            self.reply = reply
+
+        def recv(self, size: int) -> bytes:
+            asked.append(size)
+            return self.reply[:size]
+
+    assert Transport(Socket(b""), None, None, 0.0).read_on(b"x" * 100) == (b"x" * 100, True)
+    more = b"y" * RECV_SIZE
+    assert Transport(Socket(more), None, None, 0.0).read_on(b"x" * 100) == (b"x" * 100 + more[: RECV_SIZE - 100], False)
+    assert asked == [RECV_SIZE - 100, RECV_SIZE - 100]

@@ -20,7 +20,7 @@ import pytest
 
 from reactor_mgmt._commands import Registry
 from reactor_mgmt._dispatch import Dispatcher, Stats
-from reactor_mgmt._replies import Pending, Stream, Wait
+from reactor_mgmt._replies import NO_REPLY, Pending, Stream, Wait
 from reactor_mgmt._session import Connection
 from reactor_mgmt._wire import END, ERROR, ITEM, OPEN, RESULT, read_frame
 
@@ -326,6 +326,7 @@ class Session:
         add("hello", lambda: "hi", pre_auth=True)
         add("peek", lambda: "root's secret", pre_auth=True, level="admin")
         add("ordered", lambda: collections.OrderedDict([("b", 1), ("a", "x")]))  # a dict, not exactly dict
+        add("quiet", lambda: NO_REPLY)
 
 
 # Named apart from conftest's `caches` (which drives Server fixtures): this file builds no Server.
@@ -516,6 +517,18 @@ def test_a_command_with_no_parameters_refuses_json_arguments_and_a_dict_subclass
         b'{"id": 4, "ok": true, "result": {"b": 1, "a": "x"}}\n'
         b"b: 1\na: x\n"
     )
+
+
+def test_every_json_reply_is_held_to_max_output_even_one_with_no_result(make):
+    # NO_REPLY's JSON frame echoes the request's id, which the client chooses: over max_output it
+    # is refused like any other reply (and text gets nothing, as always).
+    s = make(max_output=256, max_line=1024)
+    long_id = "i" * 300
+    s.feed(b'{"id": "' + long_id.encode() + b'", "cmd": "quiet"}\n{"id": 2, "cmd": "quiet"}\nquiet\nping\n')
+    s.service()
+    (too_large, ok, pong) = s.take().splitlines()
+    assert json.loads(too_large)["error"]["code"] == "too_large"
+    assert ok == b'{"id": 2, "ok": true, "result": null}' and pong == b"pong"
 
 
 def test_json_errors_are_framed_for_their_request(make):
@@ -773,6 +786,24 @@ def test_eof_stops_a_subscription_and_closes(make):
     s.eof()
     s.service()
     assert s.take() == b'{"id": 1, "ok": true, "result": null, "items": 0}\n'
+    assert s.streams_closed == 1 and s.transport.closed
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["eof-with-request", "eof-next-read"])
+def test_a_subscription_whose_client_has_shut_down_sends_what_it_has_then_ends(make, together):
+    """A one-shot `echo 'log tail' | nc -N`: the EOF may be read with the request or after it;
+    either way the subscription sends what it has at its start, then ends and the session closes."""
+    s = make()
+    s.events.extend(["first", "second"])
+    if together:
+        s.conn.data_received(b'{"id": 1, "cmd": "tail"}\n', None, True)
+    else:
+        s.conn.data_received(b'{"id": 1, "cmd": "tail"}\n', None)
+        s.conn.data_received(b"", None)
+    assert s.take() == (
+        b'{"id": 1, "stream": true}\n{"id": 1, "item": "first"}\n{"id": 1, "item": "second"}\n'
+        b'{"id": 1, "ok": true, "result": null, "items": 2}\n'
+    )
     assert s.streams_closed == 1 and s.transport.closed
 
 
