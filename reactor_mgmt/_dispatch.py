@@ -462,6 +462,8 @@ class Dispatcher:
         sent = 0
         while transport.out_size < low_water:
             if sent & 63 == 63 and stop_at is not None and self.clock() >= stop_at:
+                if stream.until_input and conn.eof:
+                    break  # the poll's end is a pause too: its client has shut down, it ends below
                 self.schedule(conn)
                 return False
             try:
@@ -488,7 +490,8 @@ class Dispatcher:
                 raise
             if item.__class__ is Wait:
                 if stream.until_input and conn.eof:
-                    break  # its client has shut down: it ends below
+                    self.end_stream(conn)  # its client has shut down: it ends at its first pause
+                    return True
                 if item.until is not None:  # weakly: a client that leaves is not kept till then
                     self.call_later(
                         max(0.0, item.until - self.clock()), _schedule_if_open, self.schedule, weakref.ref(conn)
@@ -508,11 +511,11 @@ class Dispatcher:
             transport.write(data)
             if transport.closed:
                 return False
-        if stream.until_input and conn.eof:
-            # A subscription whose client has shut down writing ends at its first pause (a Wait, or
-            # output up to low_water), not before it has sent anything: a one-shot `echo 'watch 5
-            # stats' | nc -N` gets one reply whether its EOF is read with its request or after it
-            # (data_received ends a subscription that has started when the EOF comes later).
+        if stream.until_input and conn.eof and sent:
+            # A subscription whose client has shut down writing ends at its first pause (a Wait,
+            # the poll's end, or output up to low_water once it has sent something): a one-shot
+            # `echo 'watch 5 stats' | nc -N` gets one reply whether its EOF is read with its
+            # request or after it (data_received ends one that has started when the EOF comes later).
             self.end_stream(conn)
             return True
         return False  # resumes when the client has drained below the low-water mark

@@ -807,6 +807,39 @@ def test_a_subscription_whose_client_has_shut_down_sends_what_it_has_then_ends(m
     assert s.streams_closed == 1 and s.transport.closed
 
 
+def _with_a_firehose(s: Session) -> Session:
+    def firehose() -> Any:  # a subscription that never waits: one fake millisecond a tiny item
+        while True:
+            s.clock.advance(0.001)
+            yield "t"
+
+    s.registry.add("hose", lambda: Stream(firehose(), until_input=True))
+    return s
+
+
+def test_a_subscription_that_never_waits_ends_at_the_polls_end_once_its_client_has_shut_down(make):
+    # No Wait ever comes, and the client drains every turn (as nc -N does) so low_water is never
+    # reached either: the poll's end is its pause, or it would stream on for good.
+    s = _with_a_firehose(make(high_water=1 << 16))
+    s.conn.data_received(b"hose\n", s.clock() + 0.01, True)
+    for _ in range(50):
+        if s.transport.closed:
+            break
+        s.scheduled.clear()
+        s.conn.service(s.clock() + 0.01)  # a fresh end each turn
+    assert s.transport.closed
+    assert 0 < s.take().count(b"t\n") < 1000
+
+
+def test_a_subscription_behind_output_over_low_water_sends_its_first_reply_before_the_eof_ends_it(make):
+    s = make(high_water=4096, low_water=1024)
+    s.events.append("first")
+    s.conn.data_received(b"big 2000\ntail\n", None, True)
+    s.run()
+    assert s.take()[2001:] == b"first\n"
+    assert s.transport.closed and s.streams_closed == 1
+
+
 @pytest.mark.parametrize(
     "reads",
     [[b"tail\n", b"\xff\xf4"], [b"tail\n", b"\x04"], [b"tail\n\x04"]],
