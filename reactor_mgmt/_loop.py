@@ -68,7 +68,6 @@ class Loop:
         # to it when it has its turn (its read, or the ready queue's pass), so that schedule()
         # can tell it had one in this poll.
         self.polls = 0
-        self.stop_at: Optional[float] = None  # the budget's or timeout's end in the poll running now
         self.read_owed = False  # this poll has an end and has not read yet: see handle()
         self.timers: List[List[Any]] = []  # [when, sequence, callback or None, args] heap
         self._timer_seq = 0
@@ -161,7 +160,6 @@ class Loop:
         stop_at = None if budget is None else start + budget
         if until is not None and (stop_at is None or until < stop_at):
             stop_at = until
-        self.stop_at = stop_at
         self.polls += 1
         stats = self.stats
         commands = stats.commands

@@ -163,7 +163,7 @@ class Connection:
     def streaming(self) -> bool:
         return self.waiting.__class__ is Stream
 
-    def data_received(self, data: bytes, stop_at: Any = _QUEUE, eof: Any = False) -> None:
+    def data_received(self, data: bytes, stop_at: Any = _QUEUE, eof: bool = False) -> None:
         """Bytes from the client; b"" is its EOF (a half-close), as recv() says it, and so is
         ``eof`` true: these bytes are its last (the transport can tell, see _transport.RDHUP).
 

@@ -125,6 +125,17 @@ def _client(argv, stdin=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+# A request line that one recv takes whole: what follows it in the same TLS record stays decrypted
+# in the SSL object, where no event says it is there.
+ONE_RECV = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"
+
+
+def _blocking(*socks: ssl.SSLSocket) -> None:
+    for sock in socks:
+        sock.setblocking(True)
+        sock.settimeout(TIMEOUT)
+
+
 def _tls_connect(server, ctx: ssl.SSLContext, rcvbuf: int = 0) -> ssl.SSLSocket:
     raw = socket.socket()
     if rcvbuf:
@@ -348,10 +359,9 @@ def test_decrypted_records_left_over_wait_for_the_next_poll_and_its_budget(make_
         return "ok"
 
     sock = _tls_connect(server, _client_context(pki))
-    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
     sock.setblocking(True)
     sock.settimeout(TIMEOUT)
-    sock.sendall(first + b"slow\n" * 20)  # one record: no event for what the first recv leaves
+    sock.sendall(ONE_RECV + b"slow\n" * 20)  # one record: no event for what the first recv leaves
     time.sleep(0.1)
     per_poll = []
     deadline = time.monotonic() + TIMEOUT
@@ -376,11 +386,8 @@ def test_records_left_over_are_read_though_another_client_spent_the_budget(make_
 
     a = _tls_connect(server, _client_context(pki))
     b = _tls_connect(server, _client_context(pki))
-    for sock in (a, b):
-        sock.setblocking(True)
-        sock.settimeout(TIMEOUT)
-    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
-    a.sendall(first + b"ping\nping\nping\n")  # one record: 15 bytes stay decrypted after the recv
+    _blocking(a, b)
+    a.sendall(ONE_RECV + b"ping\nping\nping\n")  # one record: 15 bytes stay decrypted after the recv
     time.sleep(0.05)
     server.poll(0, budget=0.001)
     b.sendall(b"slow\n")
@@ -420,11 +427,8 @@ def test_records_left_over_take_their_turn_beside_a_client_that_is_always_readab
     server = make_server("127.0.0.1", tls=_server_context(pki))
     a = _tls_connect(server, _client_context(pki))
     chatty = _tls_connect(server, _client_context(pki))
-    for sock in (a, chatty):
-        sock.setblocking(True)
-        sock.settimeout(TIMEOUT)
-    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
-    a.sendall(first + b"ping\n")  # one record: "ping\n" stays decrypted after the first recv
+    _blocking(a, chatty)
+    a.sendall(ONE_RECV + b"ping\n")  # one record: "ping\n" stays decrypted after the first recv
     chatty.sendall(b"ping\n")
     time.sleep(0.05)
     for sock in (a, chatty):
@@ -450,8 +454,7 @@ def test_records_left_over_make_the_server_busy(make_server, pki):
     sock = _tls_connect(server, _client_context(pki))
     sock.setblocking(True)
     sock.settimeout(TIMEOUT)
-    first = b"echo " + b"x" * (reactor_mgmt._transport.RECV_SIZE - 6) + b"\n"  # exactly one recv
-    sock.sendall(first + b"ping\n")  # one record: "ping\n" stays decrypted after the first recv
+    sock.sendall(ONE_RECV + b"ping\n")  # one record: "ping\n" stays decrypted after the first recv
     time.sleep(0.05)
     deadline = time.monotonic() + TIMEOUT
     while server.stats.commands == 0:  # the read of the first 8 KiB (after the handshake's last events)
