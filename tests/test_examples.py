@@ -6,6 +6,8 @@
 # signal: every example must exit 0 on SIGTERM and on Ctrl-C, so coverage data gets written.
 from __future__ import annotations
 
+import ast
+import glob
 import hashlib
 import importlib
 import importlib.util
@@ -22,6 +24,7 @@ import pytest
 
 from conftest import IN_CI, ROOT, TIMEOUT, Daemon, child_env, require_tool
 
+DEMO_SOURCE = os.path.join(ROOT, "reactor_mgmt", "_demo.py")
 EXAMPLES = ["select_daemon", "game_loop", "asyncio_service", "tk_app", "qt_app", "sleep_worker", "node_port"]
 
 
@@ -144,6 +147,38 @@ def test_module_docstring_and_options(name, capsys):
     assert exit_info.value.code == 0
     usage = capsys.readouterr().out
     assert "--port" in usage and "--address-file" in usage
+
+
+SIGNAL_INSTALLS = {"signal", "watch_signals", "add_signal_handler"}
+LISTENS = {"Server", "build_server", "start"}  # start: reactor_mgmt.start(), node_port's
+
+
+def call_name(node: ast.Call) -> str:
+    func = node.func
+    return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+
+@pytest.mark.parametrize(
+    "path", sorted(glob.glob(os.path.join(ROOT, "reactor_mgmt", "examples", "[!_]*.py"))) + [DEMO_SOURCE]
+)
+def test_signals_are_watched_before_the_address_file_is_written(path):
+    # Server() writes the address file, and whoever waits for it (a supervisor, conftest.Daemon)
+    # may send SIGTERM at once: with the default handler still in place, that kills the process
+    # (exit -15, no coverage data), as a CI run saw from tk_app. In each function that installs
+    # the handlers, they come before any server is made.
+    checked = 0
+    for function in ast.walk(ast.parse(open(path).read())):
+        if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        calls = sorted(
+            ((node.lineno, call_name(node)) for node in ast.walk(function) if isinstance(node, ast.Call)),
+        )
+        installs = [line for line, name in calls if name in SIGNAL_INSTALLS]
+        listens = [line for line, name in calls if name in LISTENS]
+        if installs and listens:
+            checked += 1
+            assert installs[0] < listens[0], f"{function.name}() makes its server before it watches signals"
+    assert checked == 1, f"expected one function that both watches signals and listens, found {checked}"
 
 
 @pytest.mark.parametrize("name", ["asyncio_service", "sleep_worker", "node_port"])

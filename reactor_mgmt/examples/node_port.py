@@ -95,6 +95,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
+    # Before the address file exists: whoever reads it may send SIGTERM at once.
+    stopping: List[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, frame: stopping.append(number))
+
     config = {"mgmt_host": "127.0.0.1", "mgmt_port": args.port}
     server = reactor_mgmt.start(config, on_command, on_error)
 
@@ -104,9 +109,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             handle.write(f"{config['mgmt_host']}:{server.port}\n")
         os.replace(temporary, args.address_file)
 
-    stopping: List[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda number, frame: stopping.append(number))
     try:
         while not stopping:
             server.poll(timeout=0.1)  # what Node's event loop did for us

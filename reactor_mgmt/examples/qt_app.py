@@ -284,25 +284,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     window = Window()
     stopping: List[str] = []
     commands = Commands(window, stopping)
-    server = Server("127.0.0.1", args.port, address_file=args.address_file)
-    server.add_commands(commands, level="operator")
 
-    def quit_app() -> None:
-        window.widget.close()
-        app.quit()  # exec() returns
+    def wake() -> None:
+        if commands.driver is not None:  # before the driver exists, its first tick sees `stopping`
+            commands.driver.kick()
 
-    driver = commands.driver = QtDriver(server, budget=args.budget, should_stop=lambda: bool(stopping), stop=quit_app)
-
-    def window_closed() -> None:  # by the window manager, or by the user
-        stopping.append("window closed")
-        driver.kick()
-
-    app.lastWindowClosed.connect(window_closed)
-    unwatch = watch_signals(stopping, driver.kick)
+    # Signals are watched before the server writes its address file: a supervisor that reads
+    # the file may send SIGTERM at once, and it must stop us cleanly, not kill us.
+    unwatch = watch_signals(stopping, wake)
     try:
-        app.exec()
+        server = Server("127.0.0.1", args.port, address_file=args.address_file)
+        try:
+            server.add_commands(commands, level="operator")
+
+            def quit_app() -> None:
+                window.widget.close()
+                app.quit()  # exec() returns
+
+            commands.driver = QtDriver(server, budget=args.budget, should_stop=lambda: bool(stopping), stop=quit_app)
+
+            def window_closed() -> None:  # by the window manager, or by the user
+                stopping.append("window closed")
+                wake()
+
+            app.lastWindowClosed.connect(window_closed)
+            app.exec()
+        finally:
+            server.close()  # detaches the driver if a stop did not already
     finally:
-        server.close()  # detaches the driver if a stop did not already
         unwatch()
     return 0
 

@@ -288,21 +288,30 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     app = App(root)
     stopping: List[str] = []
-    server = build_server(args, app, stopping)
-    driver = app.driver = TkDriver(
-        root, server, budget=args.budget, interval_ms=args.interval, should_stop=lambda: bool(stopping)
-    )
-    unwatch = watch_signals(root, stopping, driver.kick)
 
-    def window_closed() -> None:
-        stopping.append("window closed")
-        driver.kick()
+    def wake() -> None:
+        if app.driver is not None:  # before the driver exists, its first tick sees `stopping`
+            app.driver.kick()
 
-    root.protocol("WM_DELETE_WINDOW", window_closed)
+    # Signals are watched before the server writes its address file: a supervisor that reads
+    # the file may send SIGTERM at once, and it must stop us cleanly, not kill us.
+    unwatch = watch_signals(root, stopping, wake)
     try:
-        root.mainloop()
+        server = build_server(args, app, stopping)
+        try:
+            app.driver = TkDriver(
+                root, server, budget=args.budget, interval_ms=args.interval, should_stop=lambda: bool(stopping)
+            )
+
+            def window_closed() -> None:
+                stopping.append("window closed")
+                wake()
+
+            root.protocol("WM_DELETE_WINDOW", window_closed)
+            root.mainloop()
+        finally:
+            server.close()  # detaches the driver if a stop did not already
     finally:
-        server.close()  # detaches the driver if a stop did not already
         unwatch()
     return 0
 
