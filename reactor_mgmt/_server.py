@@ -574,7 +574,7 @@ class Server:
 # ---- the parts of Server's work kept out of the class: admission, building the I/O, and a fork ----
 
 
-def _admit(server: Server, listener: Listener, sock: socket.socket, peer: Any, now: float) -> None:
+def _admit(server: Server, listener: Listener, sock: socket.SocketType, peer: Any, now: float) -> None:
     sock.setblocking(False)
     loop = server._loop
     if len(loop.connections) >= server.max_connections:

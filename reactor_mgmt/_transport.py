@@ -63,7 +63,7 @@ def allow_would_block(*exception_types: Type[BaseException]) -> None:
     _WOULD_BLOCK = tuple(dict.fromkeys(_WOULD_BLOCK + exception_types))
 
 
-def _send_some(sock: socket.socket, data: Any) -> int:
+def _send_some(sock: socket.SocketType, data: Any) -> int:
     """The server's only send: as much of ``data`` as the kernel takes now, without blocking.
     Raises OSError when the peer is gone; a full socket is 0 bytes taken."""
     try:
@@ -118,7 +118,7 @@ class Transport:
         "bytes_out",
     )
 
-    def __init__(self, sock: socket.socket, loop: Any, limits: Limits, now: float) -> None:
+    def __init__(self, sock: socket.SocketType, loop: Any, limits: Limits, now: float) -> None:
         self.sock = sock
         self.conn: Any = None
         self.loop = loop
@@ -416,7 +416,7 @@ def drain(transports: List[Transport], seconds: float) -> None:
         selector.close()
 
 
-def refuse(sock: socket.socket, message: bytes) -> None:
+def refuse(sock: socket.SocketType, message: bytes) -> None:
     """Refuses a connection just accepted: its one line, then EOF."""
     sock.setblocking(False)
     try:
@@ -427,7 +427,7 @@ def refuse(sock: socket.socket, message: bytes) -> None:
     sock.close()
 
 
-def hang_up(sock: socket.socket, unsent: bool) -> None:
+def hang_up(sock: socket.SocketType, unsent: bool) -> None:
     """Readies a non-blocking socket for its final close().
 
     Closing a socket with unread input makes the kernel send a reset, and a reset can destroy
