@@ -392,6 +392,7 @@ class Dispatcher:
         answer; commands run only below high_water, so unsent output stays under
         high_water + max_output (the cap the transport enforces)."""
         self.stats.errors += 1
+        self.outcome = "error"  # what the observer (audit, slow log) records: the client got an error
         suffix = self._too_large_log.allow(self.clock())  # the client can repeat it at will
         if suffix is not None:
             log.warning(

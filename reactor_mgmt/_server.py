@@ -387,9 +387,10 @@ class Server:
                 now = _monotonic()
                 if now - gap_from > loop.stats.poll_gap_max:
                     loop.stats.poll_gap_max = now - gap_from
+        # A handler's own poll() leaves it alone: its exited() would disarm the outer's stall watchdog.
         watch = loop.watch
-        if watch is not None:
-            watch.entered()
+        if watch is not None and self._polling:
+            watch = None
         # Inlined for the idle tick (one non-blocking kernel call) and a host's poll(timeout=left):
         # a clock read for its end, timeout_for() only for a timer due sooner (the reaper's rarely is).
         wait = loop.wait
@@ -412,9 +413,13 @@ class Server:
                     timeout = loop.timeout_for(timeout)
                 if timeout is not None and timeout > 0:  # ends on time, not at epoll's next ms
                     wait = loop.wait_exactly
+        if watch is not None:  # after the checks that raise: every entered() has its exited()
+            watch.entered()
         try:
             events = wait(timeout)
         except (ValueError, OSError):
+            if watch is not None:
+                watch.exited()
             if loop.stopped:  # a handler closed the server; the host's loop may poll once more
                 return 0
             raise
@@ -540,7 +545,7 @@ class Server:
         self._close_grace = grace
         loop = self._loop
         if self._polling == _get_ident():
-            self._stop()
+            _stop(self)
             # Nothing more runs and queued requests are dropped: each client owed a reply is told
             # at the tear-down, including those whose requests the rest of this poll reads (every
             # connection with an event is still read, no listener accepts). The handler returns.
@@ -549,12 +554,8 @@ class Server:
             return
         if loop.integration is not None:  # before the selector closes under an event loop
             loop.integration.detach()
-        self._stop()
+        _stop(self)
         _tear_down(self)
-
-    def _stop(self) -> None:
-        self._closed = self._loop.stopped = self._dispatcher.stopped = True
-        self._close_owed = owed_a_notice(self._loop.connections.values())
 
     @property
     def closed(self) -> bool:
@@ -605,6 +606,11 @@ def _admit(server: Server, listener: Listener, sock: socket.SocketType, peer: An
     server.stats.connections_total += 1
     if server._reaper is not None:
         server._reaper.watch(conn.id, transport, now + server.idle_timeout)
+
+
+def _stop(server: Server) -> None:
+    server._closed = server._loop.stopped = server._dispatcher.stopped = True
+    server._close_owed = owed_a_notice(server._loop.connections.values())
 
 
 def _tear_down(server: Server) -> None:

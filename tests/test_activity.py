@@ -112,6 +112,25 @@ def test_an_observer_and_a_watch_already_there_still_run(make_server):
     client.close()
 
 
+def test_a_reply_replaced_by_the_too_large_error_is_observed_as_an_error(make_server):
+    # The client got an error line, not its reply: the audit log and the slow log must say so.
+    server = make_server(high_water=64, max_output=64)
+    seen = []
+
+    @server.command
+    def big(size: int) -> str:
+        return "x" * size
+
+    server._dispatcher.observer = lambda conn, request, outcome, seconds: seen.append((request[0].name, outcome))
+    with_activity(server)
+    client = RawClient(server)
+    assert client.request("big 10") == ["x" * 10]
+    (line,) = client.request("big 100")
+    assert line.startswith("ERR reply too large")
+    assert seen == [("big", "ok"), ("big", "error")]
+    client.close()
+
+
 def _pipelined_pings(server, count: int, budget) -> dict:
     """Pipelines ``count`` pings under poll(0, budget=...); counts the dispatcher's clock reads
     and the observer's calls."""
@@ -370,6 +389,49 @@ def test_a_stalled_poll_dumps_every_thread_to_the_stall_file(make_server, tmp_pa
     server.poll(0)
     assert path.read_text() == dump
     client.close()
+
+
+def test_a_handler_that_polls_leaves_the_stall_watchdog_armed(make_server, tmp_path):
+    path = tmp_path / "stall.txt"
+    server = with_activity(make_server(), stall_after=0.2, stall_file=str(path))
+
+    @server.command
+    def napping():
+        server.poll(0)  # idle: allowed, and it must not disarm the watchdog of the poll running us
+        time.sleep(0.5)
+        return "unstuck"
+
+    client = RawClient(server)
+    assert client.request("napping") == ["unstuck"]
+    assert "in napping" in path.read_text()
+    client.close()
+
+
+def test_every_watch_entered_has_its_exited(make_server):
+    server = make_server()
+    calls = []
+
+    class Watch:
+        def entered(self):
+            calls.append("entered")
+
+        def handling(self):
+            calls.append("handling")
+
+        def exited(self):
+            calls.append("exited")
+
+    server._loop.watch = Watch()
+    with pytest.raises(ValueError):
+        server.poll(float("nan"))
+    with pytest.raises(ValueError):
+        server.poll(0.0, budget=float("nan"))
+    server.poll(0)
+    client = RawClient(server)
+    assert client.request("ping") == ["pong"]
+    client.close()
+    assert calls.count("entered") == calls.count("exited") > 0
+    assert calls[0] == "entered"
 
 
 def test_stall_after_alone_installs_the_watchdog_without_the_gap(make_server, tmp_path):
