@@ -640,8 +640,8 @@ class _StallWatch:
     in a handler for stall_after seconds gets every thread's stack written out by a C-level
     watchdog. faulthandler has ONE such watchdog per process: a second server with
     stall_after, or the host's own dump_traceback_later() (pytest's faulthandler_timeout too),
-    replaces it, and every poll() here cancels whichever is armed. A handler's own idle poll()
-    ends here too, early: the watchdog is then cancelled for the rest of that poll().
+    replaces it, and every poll() here cancels whichever is armed. A handler's own poll() skips
+    the watch, so the watchdog stays armed for the handler that called it.
     """
 
     __slots__ = ("stall_after", "stall_out", "arm", "disarm", "previous", "__weakref__")

@@ -408,6 +408,7 @@ class Dispatcher:
     def finish_pending(self, conn: Connection, pending: Pending, reply_id: Any) -> None:
         if pending.error is not None:
             self.stats.errors += 1
+            self.outcome = "error"  # observed when a Pending failed already is returned
             conn.transport.write(error_reply(reply_id, pending.error.code, pending.error.message))
         else:
             self.deliver(conn, pending.value, reply_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -128,6 +129,24 @@ def test_a_reply_replaced_by_the_too_large_error_is_observed_as_an_error(make_se
     (line,) = client.request("big 100")
     assert line.startswith("ERR reply too large")
     assert seen == [("big", "ok"), ("big", "error")]
+    client.close()
+
+
+def test_a_pending_that_failed_before_it_was_returned_is_observed_as_an_error(make_server):
+    server = make_server()
+    seen = []
+
+    @server.command
+    def refused() -> Pending:
+        pending = Pending()
+        pending.fail("no such job")
+        return pending
+
+    server._dispatcher.observer = lambda conn, request, outcome, seconds: seen.append((request[0].name, outcome))
+    with_activity(server)
+    client = RawClient(server)
+    assert client.request("refused") == ["ERR no such job"]
+    assert seen == [("refused", "error")]
     client.close()
 
 
@@ -432,6 +451,25 @@ def test_every_watch_entered_has_its_exited(make_server):
     client.close()
     assert calls.count("entered") == calls.count("exited") > 0
     assert calls[0] == "entered"
+
+    # Ctrl-C in a blocking wait (what serve_forever() meets most): the exit is said too.
+    deadline = time.monotonic() + TIMEOUT
+    while server.poll(0.05) and time.monotonic() < deadline:  # the client's close, handled
+        pass
+    calls.clear()
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            server.poll(2.0)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert calls == ["entered", "exited"]
 
 
 def test_stall_after_alone_installs_the_watchdog_without_the_gap(make_server, tmp_path):
