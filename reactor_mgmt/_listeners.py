@@ -6,8 +6,9 @@
 # The Acceptor accepts for every listener of a server, a bounded and adaptive number per tick
 # (like Twisted: more while the backlog keeps it saturated, fewer after), and survives
 # descriptor exhaustion without spinning (libuv's reserve descriptor, then nginx's pause).
-# What to do with an accepted socket (admission, a session) is the server's: it is the
-# ``admit`` callback. Listeners holds one server's set of them, with its address file.
+# What to do with an accepted socket (admission, a session, its first read) is the server's:
+# it is the ``admit`` callback, and a request it reads may close the server, which stops the
+# accepting. Listeners holds one server's set of them, with its address file.
 from __future__ import annotations
 
 import errno
@@ -88,7 +89,9 @@ class Listener:
 class Acceptor:
     """Accepts connections on a server's listeners and hands each to ``admit``."""
 
-    def __init__(self, loop: Any, admit: Callable[[Listener, socket.SocketType, Any, float], None]) -> None:
+    def __init__(
+        self, loop: Any, admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float]], None]
+    ) -> None:
         self.loop = loop
         self.admit = admit
         self.reserve_fd: Optional[int] = _open_reserve_fd()
@@ -139,7 +142,9 @@ class Acceptor:
             if self.exhausted_logged:
                 self.exhausted_logged = False
                 log.warning("file descriptors available again; accepting connections")
-            self.admit(listener, sock, peer, now)
+            self.admit(listener, sock, peer, now, stop_at)  # which may read it at once
+            if self.loop.stopped:  # a request read there closed the server: no listener accepts
+                return
         if accepted == limit:
             listener.accepts = min(limit + _ACCEPTS_STEP, _ACCEPTS_MAX)
         else:
@@ -193,7 +198,7 @@ class Listeners:
     def __init__(
         self,
         loop: Any,
-        admit: Callable[[Listener, socket.SocketType, Any, float], None],
+        admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float]], None],
         address_file: Optional[str],
         warn_remote: bool,
     ) -> None:

@@ -575,7 +575,9 @@ class Server:
 # ---- the parts of Server's work kept out of the class: admission, building the I/O, and a fork ----
 
 
-def _admit(server: Server, listener: Listener, sock: socket.SocketType, peer: Any, now: float) -> None:
+def _admit(
+    server: Server, listener: Listener, sock: socket.SocketType, peer: Any, now: float, stop_at: Optional[float]
+) -> None:
     sock.setblocking(False)
     loop = server._loop
     if len(loop.connections) >= server.max_connections:
@@ -606,6 +608,9 @@ def _admit(server: Server, listener: Listener, sock: socket.SocketType, peer: An
     server.stats.connections_total += 1
     if server._reaper is not None:
         server._reaper.watch(conn.id, transport, now + server.idle_timeout)
+    # Not past the poll's end: the one read owed to such a poll is for the sockets with events.
+    if stop_at is None or loop.clock() < stop_at:
+        transport.read_first(now, stop_at)
 
 
 def _stop(server: Server) -> None:

@@ -354,3 +354,150 @@ def test_the_eofs_second_recv_asks_only_for_the_rest_of_one_reads_size():
     more = b"y" * RECV_SIZE
     assert Transport(Socket(more), None, None, 0.0).read_on(b"x" * 100) == (b"x" * 100 + more[: RECV_SIZE - 100], False)
     assert asked == [RECV_SIZE - 100, RECV_SIZE - 100]
+
+
+# ---- the first read, as the connection is accepted (Transport.read_first) ----
+
+
+def _sent_before_accept(server, data: bytes, shut: bool = True) -> socket.socket:
+    """A client that connects, sends ``data`` (and shuts down writing) before the server has
+    polled at all: the kernel completes the handshake, so all of it waits in the backlog."""
+    client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    client.sendall(data)
+    if shut:
+        client.shutdown(socket.SHUT_WR)
+    time.sleep(0.02)  # loopback: the bytes and the FIN are in the server's socket by now
+    return client
+
+
+def _read_to_eof(client: socket.socket) -> bytes:
+    data = b""
+    while True:
+        chunk = client.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_a_one_shot_client_is_answered_and_closed_in_the_poll_that_accepts_it(make_server):
+    # `echo ping | nc -N`: before, the accept was one poll and the request, with its EOF, the next.
+    server = make_server()
+    client = _sent_before_accept(server, b"ping\nstats\n")
+    assert server.poll(TIMEOUT) > 0
+    assert server.connections == []  # answered, and closed, in that one poll
+    client.settimeout(0)  # everything is in the client's socket already: no wait
+    reply = _read_to_eof(client)
+    assert reply.startswith(b"pong\n") and len(reply.splitlines()) > 5  # and the stats
+    client.close()
+
+
+def test_a_client_that_sends_nothing_yet_is_read_when_it_does(make_server):
+    server = make_server()
+    client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    time.sleep(0.02)
+    server.poll(TIMEOUT)
+    assert len(server.connections) == 1  # accepted; its first read found nothing (and said nothing)
+    client.settimeout(0.05)
+    with pytest.raises(socket.timeout):
+        client.recv(100)
+    client.settimeout(TIMEOUT)
+    client.sendall(b"ping\n")
+    deadline = time.monotonic() + TIMEOUT
+    while server.poll(0.01) == 0 and time.monotonic() < deadline:
+        pass
+    assert client.recv(100) == b"pong\n"
+    client.close()
+
+
+@pytest.mark.parametrize("end", ["budget", "timeout"])
+def test_past_the_polls_end_a_new_connection_is_read_in_the_next_poll(make_server, end):
+    # The poll's one owed read is for the sockets with events; a new connection's first read
+    # counts against the poll's end as any read does.
+    server = make_server()
+    client = _sent_before_accept(server, b"ping\n")
+    if end == "budget":
+        server.poll(0, budget=0)
+    else:
+        server.poll(1e-9)
+    assert len(server.connections) == 1
+    client.settimeout(0.05)
+    with pytest.raises(socket.timeout):
+        client.recv(100)  # not read yet
+    server.poll(0)
+    client.settimeout(TIMEOUT)
+    assert _read_to_eof(client) == b"pong\n"
+    client.close()
+
+
+INPUTS = [
+    b"ping\n",
+    b"ping\nhelp\n",
+    b"pi",  # an unfinished line, then the EOF
+    b"",  # connect and shut down at once (a port scan, a health check)
+    b"ping\r\n\xff\xf4\xff\xfd\x06help\n",  # telnet: CRLF, IP, DO TIMING-MARK
+    b"\xff\xfe\n",  # not UTF-8
+    b"x" * 70000 + b"\nping\n",  # over the line cap, then a good line: a read's worth at a time
+    b'{"id": 1, "cmd": "ping"}\n{"id": 2, "cmd": "nosuch"}\n',
+    b"ping\n\x04status\n",  # Ctrl-D ends the session
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", INPUTS, ids=range(len(INPUTS)))
+def test_the_first_read_answers_as_a_later_read_does(make_server, data):
+    # Pins the first read to the general path: the same bytes, sent before the accept (read as
+    # it is accepted) and after it (read on the poller's event), get the same replies.
+    def transcript(before: bool) -> bytes:
+        server = make_server()
+        if before:
+            client = _sent_before_accept(server, data)
+        else:
+            client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+            time.sleep(0.02)
+            server.poll(0)
+            assert len(server.connections) == 1
+            client.sendall(data)
+            client.shutdown(socket.SHUT_WR)
+        client.setblocking(False)
+        reply = b""
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            server.poll(0.01)
+            try:
+                chunk = client.recv(65536)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+        else:
+            raise AssertionError(f"never closed; got {reply[-200:]!r}")
+        client.close()
+        server.close()
+        return reply
+
+    assert transcript(before=True) == transcript(before=False)
+
+
+def test_a_request_read_as_it_is_accepted_that_closes_the_server_stops_the_accepting(make_server):
+    server = make_server()
+
+    @server.command
+    def halt() -> str:
+        server.close()
+        return "halting"
+
+    first = _sent_before_accept(server, b"halt\n")
+    second = _sent_before_accept(server, b"ping\n")
+    server.poll(TIMEOUT)
+    assert server.closed
+    assert _read_to_eof(first) == b"halting\n"
+    try:
+        late = _read_to_eof(second)
+    except ConnectionResetError:  # never accepted: the listener's close resets it
+        late = b""
+    assert late == b""
+    first.close()
+    second.close()
