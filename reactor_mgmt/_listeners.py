@@ -90,7 +90,7 @@ class Acceptor:
     """Accepts connections on a server's listeners and hands each to ``admit``."""
 
     def __init__(
-        self, loop: Any, admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float]], None]
+        self, loop: Any, admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float], bool], None]
     ) -> None:
         self.loop = loop
         self.admit = admit
@@ -142,7 +142,11 @@ class Acceptor:
             if self.exhausted_logged:
                 self.exhausted_logged = False
                 log.warning("file descriptors available again; accepting connections")
-            self.admit(listener, sock, peer, now, stop_at)  # which may read it at once
+            # The first connection an event accepts is read at once (see Transport.read_first);
+            # the rest of a burst wait for their own events, which take their turns in the next
+            # poll with every other client's: read here, a connect flood's requests ran ahead
+            # of a pipelining client's, which got a third of its replies.
+            self.admit(listener, sock, peer, now, stop_at, accepted == 1)
             if self.loop.stopped:  # a request read there closed the server: no listener accepts
                 return
         if accepted == limit:
@@ -198,7 +202,7 @@ class Listeners:
     def __init__(
         self,
         loop: Any,
-        admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float]], None],
+        admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float], bool], None],
         address_file: Optional[str],
         warn_remote: bool,
     ) -> None:

@@ -576,7 +576,13 @@ class Server:
 
 
 def _admit(
-    server: Server, listener: Listener, sock: socket.SocketType, peer: Any, now: float, stop_at: Optional[float]
+    server: Server,
+    listener: Listener,
+    sock: socket.SocketType,
+    peer: Any,
+    now: float,
+    stop_at: Optional[float],
+    read_now: bool,
 ) -> None:
     sock.setblocking(False)
     loop = server._loop
@@ -608,9 +614,12 @@ def _admit(
     server.stats.connections_total += 1
     if server._reaper is not None:
         server._reaper.watch(conn.id, transport, now + server.idle_timeout)
-    # Not past the poll's end: the one read owed to such a poll is for the sockets with events.
-    if stop_at is None or loop.clock() < stop_at:
+    # Only before the poll's end, so it never needs the read owed to a poll whose end has come
+    # (Loop.take_owed_read): that read stays for the sockets with events.
+    if read_now and (stop_at is None or loop.clock() < stop_at):
+        owed = loop.read_owed
         transport.read_first(now, stop_at)
+        loop.read_owed = owed
 
 
 def _stop(server: Server) -> None:

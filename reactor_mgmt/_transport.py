@@ -151,6 +151,8 @@ class Transport:
             event & _READABLE
             and not self.paused
             and (not conn.queue or conn.subscribed())
+            and conn.turn_at != self.loop.polls  # read already in this poll (read_first, then a
+            # stale event of a descriptor closed and reused in this poll): one read a poll
             and (stop_at is None or self.loop.clock() < stop_at or self.loop.take_owed_read())
         ):
             try:

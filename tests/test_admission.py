@@ -385,7 +385,6 @@ def test_a_one_shot_client_is_answered_and_closed_in_the_poll_that_accepts_it(ma
     client = _sent_before_accept(server, b"ping\nstats\n")
     assert server.poll(TIMEOUT) > 0
     assert server.connections == []  # answered, and closed, in that one poll
-    client.settimeout(0)  # everything is in the client's socket already: no wait
     reply = _read_to_eof(client)
     assert reply.startswith(b"pong\n") and len(reply.splitlines()) > 5  # and the stats
     client.close()
@@ -407,6 +406,23 @@ def test_a_client_that_sends_nothing_yet_is_read_when_it_does(make_server):
         pass
     assert client.recv(100) == b"pong\n"
     client.close()
+
+
+def test_of_a_burst_of_connections_only_the_first_is_read_as_it_is_accepted(make_server):
+    # The rest take their turns on their own events, in the next poll, with every other
+    # client's: read in the accept loop, a connect flood's requests ran ahead of everyone else's.
+    server = make_server()
+    clients = [_sent_before_accept(server, b"ping\n") for _ in range(3)]
+    server.poll(TIMEOUT)
+    assert len(server.connections) == 2  # all three accepted, the first answered and closed
+    for client in clients:
+        client.settimeout(TIMEOUT)
+    assert _read_to_eof(clients[0]) == b"pong\n"
+    server.poll(TIMEOUT)
+    assert server.connections == []
+    assert [_read_to_eof(client) for client in clients[1:]] == [b"pong\n", b"pong\n"]
+    for client in clients:
+        client.close()
 
 
 @pytest.mark.parametrize("end", ["budget", "timeout"])
@@ -501,3 +517,59 @@ def test_a_request_read_as_it_is_accepted_that_closes_the_server_stops_the_accep
     assert late == b""
     first.close()
     second.close()
+
+
+@pytest.mark.parametrize("listener_first", [True, False])
+def test_the_first_read_leaves_the_owed_read_to_the_sockets_with_events(make_server, listener_first):
+    # A poll whose end has come still reads one socket with an event (Loop.take_owed_read). A new
+    # connection's first read happens only before the end: it must not use that read up, or an
+    # existing client goes unread whenever the listener comes first in the poll's order.
+    server = make_server()
+
+    @server.command
+    def slow() -> str:
+        time.sleep(0.005)  # past the poll's 1 ms budget
+        return "done"
+
+    existing = RawClient(server)
+    existing.send("ping\n")
+    newcomer = _sent_before_accept(server, b"slow\n")
+    loop = server._loop
+    events = loop.wait(TIMEOUT)
+    assert len(events) == 2
+    listener_fd = server._listening.listeners[0].sock.fileno()
+    events.sort(key=lambda event: event[0] != listener_fd)  # the listener's event, then the client's
+    # Loop.handle turns the list by (polls + 1) >> 1 (two events: 0 keeps the order, 1 swaps it).
+    while ((loop.polls + 1) >> 1) % 2 != (0 if listener_first else 1):
+        loop.polls += 2
+    loop.handle(events, 0.001)
+    existing.sock.settimeout(TIMEOUT)
+    assert existing.sock.recv(100) == b"pong\n"  # in that poll: no later one runs here
+    existing.sock.setblocking(False)
+    assert _read_to_eof(newcomer) == b"done\n"
+    existing.close()
+    newcomer.close()
+
+
+def test_a_connection_is_read_once_a_poll(make_server):
+    # A descriptor closed in a poll and reused by a connection accepted in that poll brings the
+    # closed one's event along: the new connection, read as it was accepted, is not read again.
+    server = make_server()
+    client = RawClient(server)
+    (conn,) = server._loop.connections.values()
+    transport, loop = conn.transport, server._loop
+    loop.polls += 1  # inside a poll
+    client.send("ping\n")
+    time.sleep(0.02)
+    transport.handle_event(1, time.monotonic(), None)
+    client.send("ping\n")
+    time.sleep(0.02)
+    transport.handle_event(1, time.monotonic(), None)  # the same poll: no second read
+    assert transport.bytes_in == 5
+    client.sock.settimeout(TIMEOUT)
+    assert client.sock.recv(100) == b"pong\n"
+    client.sock.setblocking(False)  # as RawClient keeps it
+    loop.polls += 1
+    assert client.lines(1) == ["pong"]  # the second read, in a later poll (lines() polls)
+    assert transport.bytes_in == 10
+    client.close()
