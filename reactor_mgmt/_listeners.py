@@ -90,7 +90,7 @@ class Acceptor:
     """Accepts connections on a server's listeners and hands each to ``admit``."""
 
     def __init__(
-        self, loop: Any, admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float], bool], None]
+        self, loop: Any, admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float], bool], bool]
     ) -> None:
         self.loop = loop
         self.admit = admit
@@ -120,6 +120,7 @@ class Acceptor:
             return
         limit = listener.accepts
         accepted = 0
+        admitted = False
         clock = self.loop.clock
         listening = listener.sock
         # (an adopted listener, or a test's stand-in, has the plain accept())
@@ -145,8 +146,8 @@ class Acceptor:
             # The first connection an event accepts is read at once (see Transport.read_first);
             # the rest of a burst wait for their own events, which take their turns in the next
             # poll with every other client's: read here, a connect flood's requests ran ahead
-            # of a pipelining client's, which got a third of its replies.
-            self.admit(listener, sock, peer, now, stop_at, accepted == 1)
+            # of a pipelining client's, whose replies fell to a quarter (the 60 Hz host flood).
+            admitted = self.admit(listener, sock, peer, now, stop_at, not admitted) or admitted
             if self.loop.stopped:  # a request read there closed the server: no listener accepts
                 return
         if accepted == limit:
@@ -202,7 +203,7 @@ class Listeners:
     def __init__(
         self,
         loop: Any,
-        admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float], bool], None],
+        admit: Callable[[Listener, socket.SocketType, Any, float, Optional[float], bool], bool],
         address_file: Optional[str],
         warn_remote: bool,
     ) -> None:

@@ -583,19 +583,20 @@ def _admit(
     now: float,
     stop_at: Optional[float],
     read_now: bool,
-) -> None:
+) -> bool:
+    """Makes the accepted socket a connection, or refuses it (False)."""
     sock.setblocking(False)
     loop = server._loop
     if len(loop.connections) >= server.max_connections:
         server.stats.refused += 1
         log.debug("refusing connection from %s: %d connections open", format_address(peer), len(loop.connections))
         refuse(sock, b"ERR too many connections\n")
-        return
+        return False
     if listener.check_peer and not peer_allowed(sock, listener.allowed_uids):
         server.stats.refused += 1
         log.warning("refusing connection on %s: peer uid not allowed", listener.address)
         refuse(sock, b"ERR permission denied: peer uid not allowed\n")
-        return
+        return False
     if listener.family != socket.AF_UNIX:  # the listener's, read once (an adopted socket's family is an enum property)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server._next_id += 1
@@ -620,6 +621,7 @@ def _admit(
         owed = loop.read_owed
         transport.read_first(now, stop_at)
         loop.read_owed = owed
+    return True
 
 
 def _stop(server: Server) -> None:

@@ -370,15 +370,6 @@ def _sent_before_accept(server, data: bytes, shut: bool = True) -> socket.socket
     return client
 
 
-def _read_to_eof(client: socket.socket) -> bytes:
-    data = b""
-    while True:
-        chunk = client.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
-
-
 def test_a_one_shot_client_is_answered_and_closed_in_the_poll_that_accepts_it(make_server):
     # `echo ping | nc -N`: before, the accept was one poll and the request, with its EOF, the next.
     server = make_server()
