@@ -143,7 +143,7 @@ class Acceptor:
             if self.exhausted_logged:
                 self.exhausted_logged = False
                 log.warning("file descriptors available again; accepting connections")
-            # The first connection an event accepts is read at once (see Transport.read_first);
+            # The first connection an event admits is read at once (see Transport.read_first);
             # the rest of a burst wait for their own events, which take their turns in the next
             # poll with every other client's: read here, a connect flood's requests ran ahead
             # of a pipelining client's, whose replies fell to a quarter (the 60 Hz host flood).

@@ -8,8 +8,9 @@
 # bytes: see RDHUP), service() and a few flags.
 #
 # The rules it keeps:
-#   * a connection is read as it is accepted (read_first), not at the poller's first event
-#     for it: a one-shot client's request is nearly always there already;
+#   * the first connection a listener's event admits is read as it is accepted (read_first),
+#     not at the poller's first event for it: a one-shot client's request is nearly always
+#     there already (the rest of a burst wait for their events, to take turns fairly);
 #   * output is written to a buffer during a turn and sent at the end of it, at once, without
 #     waiting for a write event ("try to send now", as in asyncio's write()); EVENT_WRITE is
 #     registered only while output is left over;
