@@ -305,7 +305,33 @@ def test_game_loop_drops_the_backlog_after_a_stall(launch):
     stop_cleanly(daemon, signal.SIGINT)
 
 
-def test_game_loop_runs_with_no_arguments_on_port_8123():
+@pytest.fixture
+def port_8123() -> Iterator[None]:
+    """The port to itself: CI runs the suite under several Pythons at once, and each one's run
+    of the test below would otherwise take 8123 from the others (or talk to their example)."""
+    import fcntl
+    import tempfile
+
+    with open(os.path.join(tempfile.gettempdir(), "reactor_mgmt-tests-port-8123.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def _stderr_line(proc: subprocess.Popen, deadline: float) -> bytes:
+    """The child's first line on stderr, read with a deadline (b"" if it exits first)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no line on stderr yet: {line!r}"
+        if select.select([proc.stderr], [], [], left)[0]:
+            chunk = os.read(proc.stderr.fileno(), 1)
+            if not chunk:
+                break
+            line += chunk
+    return line
+
+
+def test_game_loop_runs_with_no_arguments_on_port_8123(port_8123):
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", 8123))
@@ -319,32 +345,24 @@ def test_game_loop_runs_with_no_arguments_on_port_8123():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    status = ""
     try:
-        deadline = time.monotonic() + TIMEOUT
-        sock = None
-        while proc.poll() is None:
-            try:
-                sock = socket.create_connection(("127.0.0.1", 8123), timeout=TIMEOUT)
-                break
-            except ConnectionRefusedError:
-                assert time.monotonic() < deadline, "the game loop did not start"
-                time.sleep(0.05)
-        if sock is not None:
-            with sock:
+        # Its line says that it listens: from then on, 8123 is ours and nobody else's.
+        announced = _stderr_line(proc, time.monotonic() + TIMEOUT)
+        if b"port 8123" in announced:
+            with socket.create_connection(("127.0.0.1", 8123), timeout=TIMEOUT) as sock:
                 sock.sendall(b"status\n")
                 status = read_lines(sock, 1)[0]
     finally:
-        running = proc.poll() is None  # then it was ours that answered
         proc.terminate()
         _, err = proc.communicate(timeout=TIMEOUT)
-    if not running and b"Address already in use" in err:
-        # Another process (CI runs the suite under several Pythons at once) took the port
-        # between the probe above and the example's bind: nothing of the example was tested.
+    if b"port 8123" not in announced and b"Address already in use" in err:
+        # Something outside this suite took the port between the probe above and the example's
+        # bind: nothing of the example was tested.
         pytest.skip("port 8123 was taken by another process as the example started")
-    assert running and sock is not None, err.decode()
+    assert b"management socket on port 8123" in announced, (announced + err).decode()
     assert status.startswith("frames:")
     assert proc.returncode == 0, err.decode()
-    assert b"port 8123" in err
 
 
 # ---- asyncio_service ----
