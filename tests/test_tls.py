@@ -299,7 +299,10 @@ def test_a_stalled_handshake_is_closed_at_the_deadline_and_does_not_block_poll(m
         longest = max(longest, time.monotonic() - t0)
         time.sleep(0.005)
     assert 0.25 <= time.monotonic() - started < 3
-    assert longest < 0.05  # no poll waited on a handshake
+    # No poll waited on a handshake: one that did would last until the stalled client's next
+    # bytes or the 0.3 s deadline. 50 ms was one preemption away on a loaded machine (a niced
+    # run, preempted mid-poll, took 76-80 ms), so the bound stays well under the deadline instead.
+    assert longest < 0.2, longest
     ok = _tls_connect(server, _client_context(pki))  # and the server still serves
     assert _request(server, ok, b"ping\n") == b"pong\n"
     for sock in stalled:
