@@ -70,7 +70,9 @@ def test_a_stream_is_waited_for_past_the_timeout_until_interrupted(slow_demo):
     # --timeout bounds the wait for the reply to begin; `watch` and `log tail` then run as long
     # as the user lets them (they used to die with "timed out" once items were further apart).
     with pytest.raises(subprocess.TimeoutExpired) as info:
-        run_cli("-c", slow_demo.address, "--timeout", "0.3", "watch", "0.5", "ping", timeout=2.5)
+        # Items 1 s apart, twice the timeout; 4 s leaves room for a start-up under coverage on
+        # a loaded machine (CI runs three Pythons' suites at once) before the second one.
+        run_cli("-c", slow_demo.address, "--timeout", "0.5", "watch", "1", "ping", timeout=4)
     out, err = (b.decode() if isinstance(b, bytes) else (b or "") for b in (info.value.stdout, info.value.stderr))
     assert out.count("pong\n") >= 2 and set(out.splitlines()) == {"pong"}, out
     assert err == ""
