@@ -162,14 +162,16 @@ def test_tiny_high_water_still_gets_a_low_water_that_resumes(make_server):
 
 
 def test_idle_timeout_reaps_silent_and_quiet_connections_but_not_active_ones(make_server):
-    server = make_server(idle_timeout=0.3)
+    # 1 s: `active` is reaped only if this thread stalls that long between two of its pings
+    # (CI runs three suites at once on two cores; 0.3 s left a 0.25 s margin).
+    server = make_server(idle_timeout=1.0)
     threads = threading.active_count()
     silent = raw_connect(server.addresses[0])  # never sends a byte
     quiet = RawClient(server)
     assert quiet.request("ping") == ["pong"]
     active = RawClient(server)
-    # `active` pings every 50 ms for 0.75 s; the idle ones must be gone by then.
-    end = time.monotonic() + 0.75
+    # `active` pings every 50 ms for 2 s; the idle ones must be gone by then.
+    end = time.monotonic() + 2.0
     while time.monotonic() < end:
         assert active.request("ping") == ["pong"]
         server.poll(0.05)
