@@ -154,7 +154,9 @@ class Transport:
             and (not conn.queue or conn.subscribed())
             and conn.turn_at != self.loop.polls  # read already in this poll (read_first, then a
             # stale event of a descriptor closed and reused in this poll): one read a poll
-            and (stop_at is None or self.loop.clock() < stop_at or self.loop.take_owed_read())
+            # The read owed to a poll with an end goes ahead with no clock read (see
+            # Loop.take_owed_read); it stays owed until a read brings something.
+            and (stop_at is None or self.loop.read_owed or self.loop.clock() < stop_at)
         ):
             try:
                 data = self.sock.recv(RECV_SIZE)
