@@ -597,7 +597,8 @@ def _admit(
         log.warning("refusing connection on %s: peer uid not allowed", listener.address)
         refuse(sock, b"ERR permission denied: peer uid not allowed\n")
         return False
-    if listener.family != socket.AF_UNIX:  # the listener's, read once (an adopted socket's family is an enum property)
+    nodelay = listener.nodelay  # TCP: see Listener.nodelay
+    if nodelay or (nodelay is None and listener.learn_nodelay(sock)):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server._next_id += 1
     if listener.tls is None:
@@ -611,16 +612,20 @@ def _admit(
         server, server._dispatcher, transport, listener, server._next_id, listener.rank, server._token is None
     )
     loop.connections[sock.fileno()] = conn
-    transport.update_interest()
     server.stats.connections_total += 1
-    if server._reaper is not None:
-        server._reaper.watch(conn.id, transport, now + server.idle_timeout)
     # Only before the poll's end, so it never needs the read owed to a poll whose end has come
     # (Loop.take_owed_read): that read stays for the sockets with events.
     if read_now and (stop_at is None or loop.clock() < stop_at):
         owed = loop.read_owed
+        # Before the poller knows the socket: a one-shot client (`echo status | nc -N`) is
+        # answered and closed in this read's turn, and then costs no epoll_ctl ADD and DEL.
         transport.read_first(now, stop_at)
         loop.read_owed = owed
+        if transport.closed:
+            return True
+    transport.update_interest()  # the poller watches it from now on (a turn that ran did already)
+    if server._reaper is not None:
+        server._reaper.watch(conn.id, transport, now + server.idle_timeout)
     return True
 
 

@@ -36,8 +36,11 @@ def _only_connection_socket(server) -> socket.socket:
 def test_a_tcp_connection_is_non_blocking_with_nodelay(make_server):
     server = make_server()
     listener = server._listening.listeners[0]
-    assert isinstance(listener.sock, _ListeningSocket)
-    assert listener.family == socket.AF_INET == listener.sock.family
+    assert isinstance(listener.sock, _ListeningSocket) and listener.sock.family == socket.AF_INET
+    # Set on the listening socket, which Linux's accepted sockets inherit: the first connection
+    # shows it, and later ones then cost no setsockopt of their own.
+    assert listener.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert listener.nodelay is None
     client = RawClient(server)
     sock = _only_connection_socket(server)
     # The C socket type (socket.SocketType) with no Python subclass: its making and closing run
@@ -47,8 +50,27 @@ def test_a_tcp_connection_is_non_blocking_with_nodelay(make_server):
     assert sock.gettimeout() == 0.0 and not sock.getblocking()
     assert not os.get_inheritable(sock.fileno())  # accept4(SOCK_CLOEXEC), as socket.socket.accept()
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-    assert client.request("ping") == ["pong"]
+    assert listener.nodelay is False  # inherited: the next connections are not set one by one
+    second = RawClient(server)
+    assert {c.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in server.connections} == {1}
+    assert client.request("ping") == ["pong"] and second.request("ping") == ["pong"]
     client.close()
+    second.close()
+
+
+def test_connections_get_nodelay_one_by_one_when_they_do_not_inherit_it(make_server):
+    # Where the platform does not copy the option to accepted sockets, admission learns it
+    # from the first connection and sets it on every connection from then on.
+    server = make_server()
+    listener = server._listening.listeners[0]
+    listener.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)  # as if not inherited
+    assert listener.nodelay is None
+    clients = [RawClient(server), RawClient(server)]
+    assert listener.nodelay is True
+    assert {c.transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in server.connections} == {1}
+    for client in clients:
+        assert client.request("ping") == ["pong"]
+        client.close()
 
 
 def test_an_adopted_listener_keeps_its_class_and_its_connections_get_nodelay(make_server):
@@ -58,7 +80,8 @@ def test_an_adopted_listener_keeps_its_class_and_its_connections_get_nodelay(mak
     server = make_server(port=None)
     server.listen_socket(plain)
     listener = server._listening.listeners[0]
-    assert type(listener.sock) is socket.socket and listener.family == socket.AF_INET
+    assert type(listener.sock) is socket.socket and listener.sock.family == socket.AF_INET
+    assert listener.nodelay is True  # the host's socket is left as it is: each connection is set
     client = RawClient(server)
     sock = _only_connection_socket(server)
     assert not sock.getblocking()
@@ -71,7 +94,8 @@ def test_a_unix_connection_has_no_tcp_option_and_its_peer_credentials(make_serve
     server = make_server(port=None)
     path = server.listen_unix(os.path.join(short_dir, "s"), check_peer=True)
     listener = server._listening.listeners[0]
-    assert isinstance(listener.sock, _ListeningSocket) and listener.family == socket.AF_UNIX
+    assert isinstance(listener.sock, _ListeningSocket) and listener.sock.family == socket.AF_UNIX
+    assert listener.nodelay is False  # no TCP option to set
     client = RawClient(server, path)
     (conn,) = server.connections
     assert conn.transport.sock.family == socket.AF_UNIX and not conn.transport.sock.getblocking()
@@ -79,6 +103,69 @@ def test_a_unix_connection_has_no_tcp_option_and_its_peer_credentials(make_serve
         assert conn.transport.peer_uid() == os.getuid()
     assert client.request("ping") == ["pong"]
     client.close()
+
+
+def test_a_one_shot_connection_answered_in_its_first_read_never_reaches_the_poller(make_server):
+    # `echo status | nc -N`: the request and the shutdown are in the socket when it is accepted,
+    # so it is answered and closed in that first read, with no epoll_ctl ADD and DEL for it.
+    # A client that has sent nothing yet is registered as before.
+    server = make_server()
+    loop = server._loop
+    registered = []
+    register = loop.register
+    loop.register = lambda sock, mask, owner: (registered.append(sock), register(sock, mask, owner))[1]
+    one_shot = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    one_shot.sendall(b"ping\n")
+    one_shot.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + TIMEOUT
+    while server.stats.connections_total < 1 and time.monotonic() < deadline:
+        server.poll(0.01)
+    assert server.stats.connections_total == 1 and not server.connections
+    assert registered == []
+    assert one_shot.recv(100) == b"pong\n" and one_shot.recv(100) == b""
+    one_shot.close()
+    quiet = RawClient(server)  # accepted, read (nothing yet), and then watched
+    assert [conn.transport.sock for conn in server.connections] == registered
+    assert quiet.request("ping") == ["pong"]
+    quiet.close()
+
+
+def test_one_waiting_connection_costs_one_accept_and_a_burst_is_taken_in_one_poll(make_server, monkeypatch):
+    # After an accept, a poll(0) of the listener says whether another connection waits: a lone
+    # client (`echo status | nc -N`) costs no accept that fails with EAGAIN (4 us here). A burst
+    # is still accepted in one poll, up to the EAGAIN that ends it.
+    server = make_server()
+    calls = []
+    accept_bare = _ListeningSocket.accept_bare
+
+    def counting(self):
+        calls.append(self)
+        return accept_bare(self)
+
+    monkeypatch.setattr(_ListeningSocket, "accept_bare", counting)
+    lone = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while not server.connections and time.monotonic() < deadline:
+        server.poll(0.01)
+    assert len(server.connections) == 1 and len(calls) == 1
+    burst = [socket.create_connection(server.addresses[0], timeout=TIMEOUT) for _ in range(5)]
+    time.sleep(0.05)  # every handshake done: all five wait in the backlog
+    calls.clear()
+    server.poll(0)
+    assert len(server.connections) == 6
+    assert len(calls) == 6  # five connections, then the EAGAIN
+    for client in [lone] + burst:
+        client.sendall(b"ping\n")
+    for client in [lone] + burst:
+        reply = b""
+        while not reply.endswith(b"\n"):
+            server.poll(0.01)
+            try:
+                reply += client.recv(100, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+        assert reply == b"pong\n"
+        client.close()
 
 
 def test_a_one_shot_connection_is_answered_and_closed(make_server, short_dir):
