@@ -4,8 +4,9 @@
 # These tests pin the two together: a mixed transcript, byte for byte, with the cache on and
 # off; the cache's own rules (levels and authentication per connection, cleared when commands
 # change, no quoted lines, bounded); and the other speed paths that stay, each against its
-# general path: the decoder's plain-read paths, the transport's try-send-now, and the direct
-# epoll wait against the selectors API.
+# general path: the decoder's plain-read paths, the transport's try-send-now, the direct
+# epoll wait against the selectors API, and JSON requests' direct scanner call against
+# json.loads.
 #
 # conftest.py runs every other module's fixture-served tests with the cache on and off
 # ([cached], [uncached]); this module builds both kinds of server itself, or asks for both
@@ -1029,3 +1030,63 @@ def test_a_one_line_read_after_a_read_that_left_state_takes_the_general_path(bef
     joined = RequestDecoder(max_line=64)
     for after in (b"!ping\n", b"ping\n", b"\xff\xf0ping\n", b"ping\n"):
         assert split.feed(before) + split.feed(after) == joined.feed(before + after)
+
+
+# ---- JSON requests: the scanner called directly (decode_json) against json.loads ----
+
+_JSON_LINES = [
+    '{"id": 1, "cmd": "status"}',
+    '{"id": 1, "cmd": "status"} ',
+    '{"id": 1, "cmd": "status"}{"id": 2}',
+    '{"id": 1, "cmd": "status"} x',
+    '{"id": NaN, "cmd": "ping"}',
+    '{"id": 1e400, "argv": ["echo", "a"]}',
+    '{"id": "\\ud800", "cmd": "echo"}',
+    '{"a": [1, 2, {"b": null}], "c": true, "d": false}',
+    '{"id": 1, "cmd": "status"',
+    '{"id": 1,, "cmd": "status"}',
+    "{id: 1}",
+    "{",
+    "{}",
+    '{"x": "\\q"}',
+    '{"x": 1}]',
+    '{"x": "' + "y" * 5000 + '"}',
+    '{"a": ' * 50 + "1" + "}" * 50,
+]
+
+
+def _outcome(decode, line):
+    try:
+        return ("value", repr(decode(line)))
+    except ValueError as exc:
+        return ("error", type(exc).__name__, str(exc))
+
+
+@pytest.mark.parametrize("line", _JSON_LINES)
+def test_json_requests_decode_as_json_loads_decodes_them(line):
+    import json
+
+    from reactor_mgmt._dispatch import decode_json
+
+    assert _outcome(decode_json, line) == _outcome(json.loads, line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+            max_leaves=12,
+        ).map(lambda value: __import__("json").dumps({"id": value})),
+        st.text(max_size=30).map(lambda text: "{" + text),
+    ),
+    st.sampled_from(["", " ", "x", "}", "{}", "\t"]),
+)
+def test_any_json_request_line_decodes_as_json_loads_decodes_it(line, tail):
+    import json
+
+    from reactor_mgmt._dispatch import decode_json
+
+    line += tail
+    assert _outcome(decode_json, line) == _outcome(json.loads, line)
