@@ -619,14 +619,23 @@ def _admit(
         owed = loop.read_owed
         # Before the poller knows the socket: a one-shot client (`echo status | nc -N`) is
         # answered and closed in this read's turn, and then costs no epoll_ctl ADD and DEL.
-        transport.read_first(now, stop_at)
-        loop.read_owed = owed
-        if transport.closed:
-            return True
-    transport.update_interest()  # the poller watches it from now on (a turn that ran did already)
-    if server._reaper is not None:
-        server._reaper.watch(conn.id, transport, now + server.idle_timeout)
+        try:
+            transport.read_first(now, stop_at)
+        finally:  # a handler's KeyboardInterrupt too: the connection is watched as any other
+            loop.read_owed = owed
+            if not transport.closed:
+                _watch(server, conn, now)
+        return True
+    _watch(server, conn, now)
     return True
+
+
+def _watch(server: Server, conn: Connection, now: float) -> None:
+    """The poller watches a new connection from now on (a turn that ran has registered it
+    already), and so does the idle reaper."""
+    conn.transport.update_interest()
+    if server._reaper is not None:
+        server._reaper.watch(conn.id, conn.transport, now + server.idle_timeout)
 
 
 def _stop(server: Server) -> None:

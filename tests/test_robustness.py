@@ -447,6 +447,37 @@ def test_keyboard_interrupt_from_on_cancel_still_releases_the_connection(server)
     assert server.poll(0) == 0  # nothing left registered to spin on
 
 
+def test_keyboard_interrupt_in_a_first_read_leaves_the_connection_watched(make_server):
+    # A connection's first read runs as it is accepted, before the poller knows its socket. A
+    # handler's KeyboardInterrupt there goes to the host, and the connection is still watched:
+    # its next request is answered, and the idle reaper has it.
+    server = make_server(idle_timeout=60)
+
+    @server.command
+    def interrupt() -> str:
+        raise KeyboardInterrupt
+
+    client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    client.sendall(b"interrupt\n")
+    deadline = time.monotonic() + TIMEOUT
+    with pytest.raises(KeyboardInterrupt):
+        while time.monotonic() < deadline:
+            server.poll(0.01)
+    (conn,) = server.connections
+    assert conn.transport.mask  # registered with the poller
+    assert any(entry[2] is conn.transport for entry in server._reaper.heap)
+    client.sendall(b"ping\n")
+    reply = b""
+    while not reply.endswith(b"pong\n") and time.monotonic() < deadline:
+        server.poll(0.01)
+        try:
+            reply += client.recv(100, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+    assert reply.endswith(b"pong\n")
+    client.close()
+
+
 def test_keyboard_interrupt_inside_a_stream_is_not_reported_as_its_end(server):
     @server.command
     def items():
