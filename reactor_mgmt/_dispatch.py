@@ -127,6 +127,9 @@ class Dispatcher:
         self.report_prefixes: Tuple[str, ...] = ()  # and commands named with these prefixes
         self.report_commands = False  # whether any of the three above may report a command
         self.request: Any = None  # (command, args, kwargs) running now; made only for an observer
+        # True inside execute_observed() alone: only then is the request recorded, so none is
+        # kept past its turn when an observer arrives in the middle of an unobserved one.
+        self.recording = False
         self.outcome = "ok"  # and how it ended, when observed
         # Whether each connection keeps its last request (Connection.last_request, for the
         # toolkit's `clients`): off by default, as it holds a tuple and a list per connection.
@@ -175,7 +178,7 @@ class Dispatcher:
                 command, args = self._unknown(conn, split_words(item), item, exc)
             if command is None:
                 return
-            if self.observer is not None:  # only an observer reads it (execute_observed)
+            if self.recording:  # only an observer reads it (execute_observed)
                 self.request = (command, args, None)
             check_permission(conn, command)
             result = command.call(args, conn)
@@ -197,12 +200,14 @@ class Dispatcher:
         keep_last, the connection keeps the request as its last_request."""
         self.request = None  # the request's (command, args, kwargs), once its command is known
         self.outcome = "ok"
+        self.recording = True
         try:
             self.execute(conn, item)
         except BaseException:  # KeyboardInterrupt from a handler: it did not end well
             self.outcome = "error"
             raise
         finally:
+            self.recording = False
             end = self.clock()
             request = self.request
             self.request = None  # not kept past its request: it may hold an `auth TOKEN`
@@ -254,7 +259,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, argv, " ".join(argv))
                 if command is None:
                     return
-                if self.observer is not None:  # only an observer reads it
+                if self.recording:  # only an observer reads it
                     self.request = (command, extra, None)
                 check_permission(conn, command)
                 result = command.call(extra, conn)
@@ -269,7 +274,7 @@ class Dispatcher:
                 command, extra = self._resolve(conn, words, name)
                 if command is None:
                     return
-                if self.observer is not None:  # only an observer reads it
+                if self.recording:  # only an observer reads it
                     self.request = (command, extra + args, kwargs)
                 check_permission(conn, command)
                 result = command.call_json(extra + args, kwargs, conn)
@@ -602,7 +607,8 @@ def _close_stream(stream: Stream) -> None:
 
 
 def decode_json(line: str) -> Any:
-    """A JSON request line's value, or the error, exactly as json.loads(line) gives them.
+    """A JSON request line's value, or the error, exactly as json.loads(line) gives them (for
+    the lines that come here: a str that starts with "{").
 
     Every JSON request (a script's, the CLI's) comes here. The C scanner that JSONDecoder.decode()
     runs is called directly: decode() wraps it in two Python frames and two regular-expression

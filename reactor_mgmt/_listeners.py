@@ -4,8 +4,10 @@
 # server has put there since), peer credentials, the address file, and the accept loop.
 #
 # The Acceptor accepts for every listener of a server, a bounded and adaptive number per tick
-# (like Twisted: more while the backlog keeps it saturated, fewer after), and survives
-# descriptor exhaustion without spinning (libuv's reserve descriptor, then nginx's pause).
+# (like Twisted: more while the backlog keeps it saturated, fewer after), asks the kernel
+# whether another connection waits after the first rather than fail an accept to find out, and
+# survives descriptor exhaustion without spinning (libuv's reserve descriptor, then nginx's
+# pause). TCP listeners carry TCP_NODELAY for the sockets they accept (see Listener.nodelay).
 # What to do with an accepted socket (admission, a session, its first read) is the server's:
 # it is the ``admit`` callback, and a request it reads may close the server, which stops the
 # accepting. Listeners holds one server's set of them, with its address file.
@@ -65,7 +67,10 @@ class Listener:
         # system call per connection. None: the next connection tells (learn_nodelay).
         self.nodelay: Optional[bool] = False
         if sock.family != socket.AF_UNIX:
-            self.nodelay = None if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) else True
+            try:
+                self.nodelay = None if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) else True
+            except OSError:  # an adopted stream socket that is not TCP (AF_VSOCK): nothing to set
+                pass
         # After an accept, whether another connection waits: a poll(0) of this socket alone
         # (0.3 us here) instead of the accept that fails with EAGAIN (4 us with its exception),
         # which every one-shot client (`echo status | nc -N`) would cost. None: no poll().

@@ -12,7 +12,8 @@
 #     connection (one recv, or two when a short one may have met the peer's EOF: see
 #     _transport.RDHUP), K requests per connection, an optional time budget, and a positive
 #     timeout's end (a host's poll(timeout=time_left) is its next frame's start); past the end,
-#     a listener accepts one connection and a poll reads once; what is left waits for the next;
+#     a listener accepts one connection and a poll reads only until one read brings bytes
+#     (the read owed to it: see handle); what is left waits for the next;
 #   * a wait ends when it should: epoll's whole milliseconds are topped up (make_exact_wait);
 #   * an event's owner is looked up when it is handled, not when the events were read: a
 #     handler run for an earlier event may have closed it (cpython#75114).
@@ -152,7 +153,8 @@ class Loop:
         the first.
 
         Every poll() with work makes progress, however short the timeouts or budget a host
-        passes: one read is owed to a poll with an end (take_owed_read), the first request a
+        passes: one read is owed to a poll with an end (read_owed: a socket's read goes ahead past
+        the end until one brings bytes, and a TLS handshake step takes it: take_owed_read), the first request a
         read or the ready queue runs needs no time left, and with an end the events are taken
         in an order that turns, so that an end reached early every time does not always leave
         out the same connections."""
@@ -235,9 +237,10 @@ class Loop:
         return merged
 
     def take_owed_read(self) -> bool:
-        """True once in a poll with an end (a budget or timeout) that has not read yet: the
-        read (or TLS handshake step) that the end would refuse goes ahead, so the poll makes
-        progress however early its end comes."""
+        """True once in a poll with an end (a budget or timeout) that has not read yet: the TLS
+        handshake step that the end would refuse goes ahead, so the poll makes progress however
+        early its end comes. (A plain read tests read_owed itself, and leaves it owed when the
+        socket had nothing: see Transport.handle_event.)"""
         owed = self.read_owed
         self.read_owed = False
         return owed

@@ -614,7 +614,7 @@ def _admit(
     loop.connections[sock.fileno()] = conn
     server.stats.connections_total += 1
     # Only before the poll's end, so it never needs the read owed to a poll whose end has come
-    # (Loop.take_owed_read): that read stays for the sockets with events.
+    # (Loop.read_owed): that read stays for the sockets with events.
     if read_now and (stop_at is None or loop.clock() < stop_at):
         owed = loop.read_owed
         # Before the poller knows the socket: a one-shot client (`echo status | nc -N`) is
@@ -631,8 +631,8 @@ def _admit(
 
 
 def _watch(server: Server, conn: Connection, now: float) -> None:
-    """The poller watches a new connection from now on (a turn that ran has registered it
-    already), and so does the idle reaper."""
+    """The poller watches a new connection from now on (update_interest registers it, unless
+    the turn of its first read has), and so does the idle reaper."""
     conn.transport.update_interest()
     if server._reaper is not None:
         server._reaper.watch(conn.id, conn.transport, now + server.idle_timeout)

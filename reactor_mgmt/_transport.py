@@ -9,8 +9,9 @@
 #
 # The rules it keeps:
 #   * the first connection a listener's event admits is read as it is accepted (read_first),
-#     not at the poller's first event for it: a one-shot client's request is nearly always
-#     there already (the rest of a burst wait for their events, to take turns fairly);
+#     before the poller knows its socket: a one-shot client's request is nearly always there
+#     already, and one answered and closed in that read never needs registering (the rest of
+#     a burst wait for their events, to take turns fairly);
 #   * output is written to a buffer during a turn and sent at the end of it, at once, without
 #     waiting for a write event ("try to send now", as in asyncio's write()); EVENT_WRITE is
 #     registered only while output is left over;
@@ -155,7 +156,7 @@ class Transport:
             and conn.turn_at != self.loop.polls  # read already in this poll (read_first, then a
             # stale event of a descriptor closed and reused in this poll): one read a poll
             # The read owed to a poll with an end goes ahead with no clock read (see
-            # Loop.take_owed_read); it stays owed until a read brings something.
+            # Loop.handle); it stays owed until a read brings something.
             and (stop_at is None or self.loop.read_owed or self.loop.clock() < stop_at)
         ):
             try:
@@ -167,7 +168,7 @@ class Transport:
                 return
             if data is not None:
                 self.last_active = now
-                if stop_at is not None:  # this poll has read: see Loop.take_owed_read
+                if stop_at is not None:  # this poll has read: see Loop.handle
                     self.loop.read_owed = False
                 ended = False
                 if event & RDHUP and data and len(data) < RECV_SIZE:  # the EOF may be next (see RDHUP)

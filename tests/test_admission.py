@@ -1,7 +1,10 @@
 # Admission of an accepted socket (_server._admit) and the accept that hands it over
-# (_listeners._ListeningSocket): what a connection gets from them, on a bound TCP listener, a
-# Unix one and a listener the host adopts, since accept() and admission read the socket's family
-# from the listener rather than from each accepted socket (issue 17: one-shot connections).
+# (_listeners._ListeningSocket, Acceptor): what a connection gets from them, on a bound TCP
+# listener, a Unix one and a listener the host adopts. accept() reads the socket's family from
+# the listener rather than from each accepted socket, TCP_NODELAY is inherited from the listener
+# where the platform copies it, the backlog is probed rather than emptied with a failing
+# accept, and a connection's first read comes before it is registered (issue 17: one-shot
+# connections).
 from __future__ import annotations
 
 import os
@@ -105,16 +108,20 @@ def test_a_unix_connection_has_no_tcp_option_and_its_peer_credentials(make_serve
     client.close()
 
 
-def test_a_one_shot_connection_answered_in_its_first_read_never_reaches_the_poller(make_server):
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_one_shot_connection_answered_in_its_first_read_never_reaches_the_poller(make_server, short_dir, family):
     # `echo status | nc -N`: the request and the shutdown are in the socket when it is accepted,
     # so it is answered and closed in that first read, with no epoll_ctl ADD and DEL for it.
     # A client that has sent nothing yet is registered as before.
-    server = make_server()
+    server = make_server(port=None) if family == "unix" else make_server()
+    address = server.listen_unix(os.path.join(short_dir, "s")) if family == "unix" else server.addresses[0]
     loop = server._loop
     registered = []
     register = loop.register
     loop.register = lambda sock, mask, owner: (registered.append(sock), register(sock, mask, owner))[1]
-    one_shot = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    one_shot = socket.socket(socket.AF_UNIX if family == "unix" else socket.AF_INET)
+    one_shot.settimeout(TIMEOUT)
+    one_shot.connect(address)
     one_shot.sendall(b"ping\n")
     one_shot.shutdown(socket.SHUT_WR)
     deadline = time.monotonic() + TIMEOUT
@@ -124,7 +131,7 @@ def test_a_one_shot_connection_answered_in_its_first_read_never_reaches_the_poll
     assert registered == []
     assert one_shot.recv(100) == b"pong\n" and one_shot.recv(100) == b""
     one_shot.close()
-    quiet = RawClient(server)  # accepted, read (nothing yet), and then watched
+    quiet = RawClient(server, address)  # accepted, read (nothing yet), and then watched
     assert [conn.transport.sock for conn in server.connections] == registered
     assert quiet.request("ping") == ["pong"]
     quiet.close()
@@ -166,6 +173,43 @@ def test_one_waiting_connection_costs_one_accept_and_a_burst_is_taken_in_one_pol
                 pass
         assert reply == b"pong\n"
         client.close()
+
+
+def test_without_poll_a_lone_connection_is_accepted_up_to_the_eagain(make_server, monkeypatch):
+    # Where select.poll() is missing, the backlog is emptied as before: accepts until EAGAIN.
+    server = make_server()
+    listener = server._listening.listeners[0]
+    listener.backlog_probe = None
+    calls = []
+    accept_bare = _ListeningSocket.accept_bare
+    monkeypatch.setattr(_ListeningSocket, "accept_bare", lambda self: (calls.append(1), accept_bare(self))[1])
+    one_shot = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    one_shot.sendall(b"ping\n")
+    one_shot.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + TIMEOUT
+    while server.stats.connections_total < 1 and time.monotonic() < deadline:
+        server.poll(0.01)
+    assert len(calls) == 2  # the connection, then the accept that fails with EAGAIN
+    assert one_shot.recv(100) == b"pong\n"
+    one_shot.close()
+
+
+def test_an_adopted_listener_with_nodelay_learns_from_its_first_connection(make_server):
+    # A socket handed over with TCP_NODELAY set (systemd's NoDelay=true): as for a bound
+    # listener, the first connection shows whether its connections inherit it.
+    plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    plain.bind(("127.0.0.1", 0))
+    plain.listen()
+    server = make_server(port=None)
+    server.listen_socket(plain)
+    listener = server._listening.listeners[0]
+    assert listener.nodelay is None
+    client = RawClient(server)
+    assert listener.nodelay is False
+    assert _only_connection_socket(server).getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert client.request("ping") == ["pong"]
+    client.close()
 
 
 def test_a_one_shot_connection_is_answered_and_closed(make_server, short_dir):
@@ -599,7 +643,7 @@ def test_a_request_read_as_it_is_accepted_that_closes_the_server_stops_the_accep
 
 @pytest.mark.parametrize("listener_first", [True, False])
 def test_the_first_read_leaves_the_owed_read_to_the_sockets_with_events(make_server, listener_first):
-    # A poll whose end has come still reads one socket with an event (Loop.take_owed_read). A new
+    # A poll whose end has come still reads one socket with an event (Loop.read_owed). A new
     # connection's first read happens only before the end: it must not use that read up, or an
     # existing client goes unread whenever the listener comes first in the poll's order.
     server = make_server()
@@ -628,6 +672,25 @@ def test_the_first_read_leaves_the_owed_read_to_the_sockets_with_events(make_ser
     assert _answers_until_eof(server, newcomer) == b"done\n"
     existing.close()
     newcomer.close()
+
+
+def test_a_read_that_finds_nothing_leaves_the_read_owed(make_server):
+    # Past a poll's end, a socket whose read would block (a spurious event) does not use up the
+    # read owed to the poll: the next socket with an event is read, so the poll makes progress.
+    server = make_server()
+    quiet, busy = RawClient(server), RawClient(server)
+    busy.send("ping\n")
+    time.sleep(0.02)
+    loop = server._loop
+    quiet_fd, busy_fd = (conn.transport.sock.fileno() for conn in sorted(server.connections, key=lambda c: c.id))
+    while (loop.polls + 1) >> 1 & 1:  # no turn of the two events' order: the quiet one first
+        loop.polls += 2
+    loop.handle([(quiet_fd, 1), (busy_fd, 1)], 0.0)  # a budget of 0: the end has come at once
+    busy.sock.settimeout(TIMEOUT)
+    assert busy.sock.recv(100) == b"pong\n"
+    busy.sock.setblocking(False)
+    quiet.close()
+    busy.close()
 
 
 def test_a_connection_is_read_once_a_poll(make_server):

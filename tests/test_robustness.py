@@ -447,10 +447,9 @@ def test_keyboard_interrupt_from_on_cancel_still_releases_the_connection(server)
     assert server.poll(0) == 0  # nothing left registered to spin on
 
 
-def test_keyboard_interrupt_in_a_first_read_leaves_the_connection_watched(make_server):
-    # A connection's first read runs as it is accepted, before the poller knows its socket. A
-    # handler's KeyboardInterrupt there goes to the host, and the connection is still watched:
-    # its next request is answered, and the idle reaper has it.
+def _interrupted_in_its_first_read(make_server, payload: bytes):
+    """A server whose `interrupt` command raises KeyboardInterrupt, and a client whose first
+    read (`payload`) ran it: the poll that accepted the client raised."""
     server = make_server(idle_timeout=60)
 
     @server.command
@@ -458,23 +457,65 @@ def test_keyboard_interrupt_in_a_first_read_leaves_the_connection_watched(make_s
         raise KeyboardInterrupt
 
     client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
-    client.sendall(b"interrupt\n")
+    client.sendall(payload)
     deadline = time.monotonic() + TIMEOUT
     with pytest.raises(KeyboardInterrupt):
         while time.monotonic() < deadline:
             server.poll(0.01)
-    (conn,) = server.connections
-    assert conn.transport.mask  # registered with the poller
-    assert any(entry[2] is conn.transport for entry in server._reaper.heap)
-    client.sendall(b"ping\n")
+    assert server.stats.connections_total == 1  # raised in the poll that accepted it: its first read
+    return server, client
+
+
+def _read_until(server, client, end: bytes) -> bytes:
     reply = b""
-    while not reply.endswith(b"pong\n") and time.monotonic() < deadline:
+    deadline = time.monotonic() + TIMEOUT
+    while not reply.endswith(end) and time.monotonic() < deadline:
         server.poll(0.01)
         try:
             reply += client.recv(100, socket.MSG_DONTWAIT)
         except BlockingIOError:
             pass
-    assert reply.endswith(b"pong\n")
+    return reply
+
+
+def test_keyboard_interrupt_in_a_first_read_leaves_the_connection_watched(make_server):
+    # A connection's first read runs as it is accepted, before the poller knows its socket. A
+    # handler's KeyboardInterrupt there goes to the host, and the connection is still watched:
+    # its next request is answered, and the idle reaper has it.
+    server, client = _interrupted_in_its_first_read(make_server, b"interrupt\n")
+    (conn,) = server.connections
+    assert conn.transport.mask  # registered with the poller
+    assert any(entry[2] is conn.transport for entry in server._reaper.heap)
+    client.sendall(b"ping\n")
+    assert _read_until(server, client, b"pong\n").endswith(b"pong\n")
+    client.close()
+
+
+def test_keyboard_interrupt_in_a_first_read_leaves_the_rest_of_that_read_to_run(make_server):
+    # The requests read with the one that raised run in a later poll, in order.
+    server, client = _interrupted_in_its_first_read(make_server, b"interrupt\nping\necho after\n")
+    assert _read_until(server, client, b"after\n").endswith(b"pong\nafter\n")
+    client.close()
+
+
+def test_a_request_is_not_kept_when_an_observer_arrives_in_the_middle_of_a_turn(make_server):
+    # Only an observed request is recorded (execute_observed): one that runs in the rest of the
+    # turn in which a handler installed an observer is not kept afterwards (it may hold a token).
+    server = make_server()
+
+    @server.command
+    def observe() -> str:
+        server._dispatcher.observe(lambda *args: None, slower_than=1e9)
+        return "on"
+
+    @server.command
+    def secret(token: str) -> str:
+        return "ok"
+
+    client = RawClient(server)
+    client.send("observe\nsecret hunter2\n")
+    assert client.lines(2) == ["on", "ok"]
+    assert server._dispatcher.request is None
     client.close()
 
 
