@@ -163,7 +163,7 @@ class Dispatcher:
     def execute(self, conn: Connection, item: Any) -> None:
         """Runs one request: a text line, a JSON line or a protocol event. A text line, what
         nearly every request is, runs here and not one call further down: it is the path of
-        every round trip, and a Python call is a fifth of what this body costs."""
+        every round trip, which pays for each Python call on it."""
         self.stats.commands += 1
         if item.__class__ is not str:
             self._execute_event(conn, item)
