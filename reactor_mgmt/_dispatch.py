@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 
 from ._commands import Command, check_permission
-from ._errors import CommandError, PermissionDenied
+from ._errors import CommandError, ConfigError, PermissionDenied
 from ._log import Throttle, format_address, log
 from ._protocol import EndSession, ParseError, looks_like_http, split_words
 from ._render import render_text, to_jsonable
@@ -112,6 +112,8 @@ class Dispatcher:
         self.schedule = schedule  # a turn for a session (in the next poll, once it had one in this)
         self.max_line = max_line
         self.max_output = max_output
+        if not max_commands_per_tick >= 1:  # 0 would leave every request queued for good, unanswered
+            raise ConfigError(f"max_commands_per_tick must be at least 1, not {max_commands_per_tick!r}")
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
         self.fallback: Optional[Callable[[str, List[str], Any], Any]] = None
@@ -189,6 +191,13 @@ class Dispatcher:
             return
         except Exception as exc:
             self._internal_error(conn, exc, TEXT)
+            return
+        if result.__class__ is str:  # deliver()'s first case and text_reply(), written out: most
+            # handlers return a str, and this is the path of every round trip
+            data = (result if result[-1:] == "\n" else result + "\n").encode("utf-8", UNENCODABLE)
+            if len(data) > self.max_output:
+                data = self._too_large(conn, len(data), TEXT)
+            conn.transport.write(data)
             return
         self.deliver(conn, result, TEXT)
 

@@ -191,6 +191,32 @@ class Connection:
                 if "" in items:
                     items = [item for item in items if item != ""]
         if items:
+            transport = self.transport
+            dispatcher = self.dispatcher
+            if (
+                len(items) == 1
+                and self.queue is None
+                and self.waiting is None
+                and not self.scheduled
+                and stop_at is not _QUEUE
+                and dispatcher.observer is None
+                and not dispatcher.stopped
+                and not transport.closing
+                and transport.out_size < transport.limits.high_water
+            ):
+                # One request in a read, nothing queued: what a client that waits for each reply
+                # sends (nc, a script, a probe; the round trip, fan-in and one-shot workloads).
+                # It runs here as service() would run it as the first request of its turn (no
+                # budget check, within every limit above), with no deque made for it and no pass
+                # of service()'s loop; service() then does the rest of the turn: a reply parked
+                # behind it, the EOF, the flush. tests/test_session.py pins this to the queued path.
+                try:
+                    dispatcher.execute(self, items[0])
+                    self.service(stop_at)
+                except BaseException:  # KeyboardInterrupt from a handler: as below
+                    dispatcher.schedule(self)
+                    raise
+                return
             if self.queue is None:
                 self.queue = deque(items)
             else:

@@ -149,15 +149,16 @@ class Transport:
         # which is why it is written out here). Past the poll's end (its budget or timeout),
         # reads wait for the next poll (the event is level-triggered): decoding one full recv
         # of tiny commands costs milliseconds. A poll with an end still reads once.
+        loop = self.loop
         if (
             event & _READABLE
             and not self.paused
             and (not conn.queue or conn.subscribed())
-            and conn.turn_at != self.loop.polls  # read already in this poll (read_first, then a
+            and conn.turn_at != loop.polls  # read already in this poll (read_first, then a
             # stale event of a descriptor closed and reused in this poll): one read a poll
             # The read owed to a poll with an end goes ahead with no clock read (see
             # Loop.handle); it stays owed until a read brings something.
-            and (stop_at is None or self.loop.read_owed or self.loop.clock() < stop_at)
+            and (stop_at is None or loop.read_owed or loop.clock() < stop_at)
         ):
             try:
                 data = self.sock.recv(RECV_SIZE)
@@ -169,7 +170,7 @@ class Transport:
             if data is not None:
                 self.last_active = now
                 if stop_at is not None:  # this poll has read: see Loop.handle
-                    self.loop.read_owed = False
+                    loop.read_owed = False
                 ended = False
                 if event & RDHUP and data and len(data) < RECV_SIZE:  # the EOF may be next (see RDHUP)
                     data, ended = self.read_on(data)
@@ -181,7 +182,7 @@ class Transport:
                     size = len(data)
                     self.bytes_in += size
                     self.limits.stats.bytes_in += size
-                conn.turn_at = self.loop.polls  # its turn in this poll: see Loop.schedule
+                conn.turn_at = loop.polls  # its turn in this poll: see Loop.schedule
                 conn.data_received(data, stop_at, ended)  # b"" is the client's EOF
         if event & _WRITABLE and not self.closed:
             self.last_active = now  # draining a long reply is not idleness
@@ -296,11 +297,11 @@ class Transport:
             else:
                 self.out = [memoryview(data)[sent:]]
                 self.out_size = size - sent
-            if self.out_size < limits.low_water:
+            if (self.paused or self.conn.waiting is not None) and self.out_size < limits.low_water:
                 if self.paused:
                     self.paused = False
                     self.loop.schedule(self.conn)
-                elif self.conn.waiting is not None and self.conn.streaming():
+                elif self.conn.streaming():
                     # A stream pauses at the low-water mark; if the kernel took everything, no
                     # write event will come to resume it, so resume it next tick.
                     self.loop.schedule(self.conn)

@@ -799,6 +799,13 @@ def test_a_port_out_of_range_is_refused(port):
         Server("127.0.0.1", port)
 
 
+@pytest.mark.parametrize("limit", [0, -1, float("nan")])
+def test_a_tick_limit_that_runs_nothing_is_refused(limit):
+    # At 0 every request would stay queued for good, its client never answered.
+    with pytest.raises(ConfigError, match="max_commands_per_tick must be at least 1"):
+        Server("127.0.0.1", 0, max_commands_per_tick=limit)
+
+
 @pytest.mark.parametrize("rate", ["0", "-1", "nan", "inf", "1001"])
 def test_demo_rate_outside_what_set_rate_allows_is_a_usage_error(rate, capsys):
     from reactor_mgmt._demo import parse_args

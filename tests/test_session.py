@@ -17,6 +17,8 @@ import weakref
 from typing import Any, Callable, List, Optional, Tuple
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from reactor_mgmt._commands import Registry
 from reactor_mgmt._dispatch import Dispatcher, Stats
@@ -309,6 +311,14 @@ class Session:
         def crash() -> str:
             raise ValueError("boom")
 
+        def leave(conn: Connection) -> str:
+            conn.close()
+            return "bye"
+
+        def halt() -> str:  # as Server.close() from a handler: no request runs after it
+            session.dispatcher.stopped = True
+            return "halting"
+
         add("ping", ping)
         add("echo", echo)
         add("add", add_numbers)
@@ -322,6 +332,8 @@ class Session:
         add("big stream", big_stream)
         add("greet", greet)
         add("crash", crash)
+        add("leave", leave)
+        add("halt", halt)
         add("secret", lambda: "the secret", level="admin")
         add("hello", lambda: "hi", pre_auth=True)
         add("peek", lambda: "root's secret", pre_auth=True, level="admin")
@@ -1072,3 +1084,143 @@ def test_a_reply_larger_than_max_output_becomes_the_too_large_error(make):
     too_large = {"code": "too_large", "message": "reply too large (136 bytes; max_output is 64)"}
     assert frames(data)[2] == (ERROR, 1, too_large)
     assert s.stats.errors == 2
+
+
+# ---- one request in a read: the turn without a queue, pinned to the queued path ----
+
+# Reads as a client that waits for each reply sends them, one request each (and one pipelined
+# read), and what the host does between them. Session.data_received runs a lone request without its queue (the round
+# trip's path); the same reads queued and then serviced must give the same bytes and state.
+_ONE_LINE_READS = [
+    b"ping\n",
+    b"ping\nping\nping\n",  # over max_commands_per_tick: one waits for the next turn
+    b"echo  a   b\r\n",
+    b"add 2 3\n",
+    b"add x\n",
+    b"nosuch\n",
+    b"secret\n",
+    b"later\n",
+    b"count 3\n",
+    b"tail\n",
+    b"greet\n",
+    b"crash\n",
+    b"leave\n",  # the handler closes its connection
+    b"halt\n",  # the handler closes the server
+    b"quiet\n",
+    b"big 5000\n",  # over high_water
+    b"big 70000\n",  # over max_output
+    b"ordered\n",
+    b'{"id": 1, "cmd": "ping"}\n',
+    b'{"id": 2, "cmd": "later"}\n',
+    b"echo " + b"y" * 80 + b"\n",  # over max_line: a protocol event
+    b"echo \xff\n",  # not UTF-8: a protocol event
+    b"\x04",  # Ctrl-D: the session ends
+    b"",  # the client's EOF
+]
+_HOST_STEPS = ["resolve", "event", "full", "drain"]
+
+
+def _replay(steps: List[Any], at_once: bool, observed: bool = False) -> Tuple[Any, ...]:
+    """Runs ``steps`` as the loop would: a host step (a Pending answered, an event for `tail`,
+    the kernel full or drained) between polls, each read in a poll of its own, and one turn a
+    poll. ``at_once``, a read is its session's turn, as the transport gives it, and a turn it
+    asks for is the next poll's; else its requests queue and the poll's ready pass runs them."""
+    s = Session(max_commands_per_tick=2)
+    conn = s.conn
+    seen: List[Any] = []
+    if observed:  # every request reported, as an audit log sees them
+        s.dispatcher.observe(lambda c, request, outcome, took: seen.append((request and request[0].name, outcome)))
+
+    def schedule(session: Any) -> None:  # Loop.schedule: a turn in the ready pass
+        if not session.scheduled and not session.transport.closed:
+            session.scheduled = True
+            s.scheduled.append(session)
+
+    s.dispatcher.schedule = s.transport.schedule = schedule
+    s.wake = schedule  # type: ignore[method-assign]  # Server.wake: conn.close() and write() wake it
+    s.dispatcher.wake = schedule  # a Pending answered wakes its session
+
+    def ready_pass() -> None:  # one turn a poll: what a turn leaves waits for the next poll
+        if s.scheduled and not s.transport.closed:
+            s.scheduled.clear()
+            conn.scheduled = False
+            conn.service(None)
+
+    for step in steps:
+        if s.transport.closed:  # the loop reads a closed connection no more
+            break
+        if step == "resolve":  # the host answers the oldest Pending
+            for pending in s.pendings:
+                if not pending.done:
+                    pending.resolve("answered")
+                    break
+        elif step == "event":
+            s.events.append("event")
+        elif step == "full":  # the kernel takes nothing for a while: output piles up
+            s.transport.kernel_full = True
+        elif step == "drain":
+            s.transport.kernel_full = False
+            s.transport.flush()
+        else:  # a poll that reads
+            read, eof = step
+            due = conn.scheduled  # a turn due before this poll: its ready pass runs it
+            if at_once:  # as the transport passes it: the poll's stop_at, and the turn at once
+                conn.data_received(read, None, eof)
+                if due:
+                    ready_pass()
+                continue  # a turn this read's turn asked for is the next poll's (Loop.schedule)
+            conn.data_received(read, eof=eof)  # queued, then its turn in this poll's ready pass
+        ready_pass()
+    return (
+        s.take(),
+        b"".join(s.transport.out),
+        s.stats.commands,
+        s.stats.errors,
+        s.transport.closing,
+        s.transport.closed,
+        s.transport.lingering,
+        conn.eof,
+        list(conn.queue or ()),
+        type(conn.waiting).__name__,
+        conn.scheduled and not s.transport.closed,  # a turn still asked for
+        seen,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(_ONE_LINE_READS), st.booleans()),
+            st.sampled_from(_HOST_STEPS),
+        ),
+        max_size=12,
+    )
+)
+# The states a short search may miss: a turn due (a paused session resumed) when the next read
+# comes, and the output at high_water (the kernel took nothing) when it comes.
+@example([(b"big 5000\n", False), (b"big 5000\n", False)])
+@example(["full", (b"big 5000\n", False), (b"ping\n", False)])
+def test_a_lone_request_runs_as_the_queued_path_runs_it(steps):
+    # (b"", True) would say the EOF twice: b"" is the EOF already
+    steps = [step if isinstance(step, str) else (step[0], step[1] and step[0] != b"") for step in steps]
+    assert _replay(steps, at_once=True) == _replay(steps, at_once=False)
+    assert _replay(steps, at_once=True, observed=True) == _replay(steps, at_once=False, observed=True)
+
+
+def test_a_lone_request_runs_without_a_queue(monkeypatch):
+    """The path the property above pins is the one taken: no deque is made, no turn scheduled."""
+    import reactor_mgmt._session as session_module
+
+    made: List[Any] = []
+
+    def watched_deque(*args: Any) -> Any:
+        made.append(args)
+        return collections.deque(*args)
+
+    monkeypatch.setattr(session_module, "deque", watched_deque)
+    s = Session()
+    s.conn.data_received(b"ping\n", None)
+    assert s.take() == b"pong\n" and made == [] and s.scheduled == [] and s.conn.queue is None
+    s.conn.data_received(b"ping\nping\n", None)  # two in a read: they queue
+    assert s.take() == b"pong\npong\n" and len(made) == 1
