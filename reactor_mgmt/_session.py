@@ -208,11 +208,14 @@ class Connection:
                 # sends (nc, a script, a probe; the round trip, fan-in and one-shot workloads).
                 # It runs here as service() would run it as the first request of its turn (no
                 # budget check, within every limit above), with no deque made for it and no pass
-                # of service()'s loop; service() then does the rest of the turn: a reply parked
-                # behind it, the EOF, the flush. tests/test_session.py pins this to the queued path.
+                # of service()'s loop; then the rest of the turn: a reply parked behind it, the
+                # EOF, the flush (end_turn). tests/test_session.py pins this to the queued path.
                 try:
                     dispatcher.execute(self, items[0])
-                    self.service(stop_at)
+                    if self.waiting is not None:  # a reply parked: service() moves it along
+                        self.service(stop_at)
+                    elif not transport.closed and not dispatcher.stopped:  # else the tear-down's
+                        self.end_turn()
                 except BaseException:  # KeyboardInterrupt from a handler: as below
                     dispatcher.schedule(self)
                     raise
@@ -280,14 +283,21 @@ class Connection:
             return ran
         if queue is not None and not queue:
             self.queue = None  # an empty deque still holds a 600-byte block: idle clients pay nothing
+        self.end_turn()
+        return ran
+
+    def end_turn(self) -> None:
+        """What ends every turn that leaves its queue empty or waiting: the EOF of a client with
+        nothing left to run closes it, output above high_water pauses reading, and the replies go
+        out now."""
+        transport = self.transport
         if self.eof and not self.queue and self.waiting is None:
             transport.closing = True
-        if transport.out_size >= high_water:
+        if transport.out_size >= transport.limits.high_water:
             transport.paused = True  # an empty queue must not let one more read in above high water
         transport.flush()
         if not transport.closed:
             transport.update_interest()
-        return ran
 
     # ---- ending ----
 
