@@ -105,7 +105,8 @@ def _cell(value: Any) -> str:
 # The aligned-lines format of a mapping's keys, made once per set of keys: `status` returns the
 # same keys on every call, and a %-format of the whole reply replaces a ljust() and two
 # concatenations per line. Only for keys that are all exactly str (a str subclass or a StrEnum
-# equal to a cached key may print otherwise: see _cell), tested on every call. Bounded: a host
+# equal to a cached key may print otherwise: see _cell): tested as the format is made, and on
+# every call by the pass over the values, which a key of another class drops out of. Bounded: a host
 # whose dicts have ever-new keys (connection ids) clears it when full, a mapping of more than 64
 # keys renders line by line, and a long format (keys a client chose) is used once, not kept.
 _FORMATS: Dict[Tuple[str, ...], str] = {}
@@ -117,10 +118,12 @@ _ONLY_STR = {str}
 
 def _render_mapping(mapping: Mapping[Any, Any]) -> str:
     keys = tuple(mapping)
-    if not keys or len(keys) > _FORMAT_KEYS_MAX or set(map(type, keys)) != _ONLY_STR:
-        return _render_mapping_lines(mapping)
-    fmt = _FORMATS.get(keys)
+    # Looked up before the keys are tested: a dict's keys hash (another mapping's may not), and
+    # the test of each key below is cheaper than a set of their types.
+    fmt = _FORMATS.get(keys) if mapping.__class__ is dict else None
     if fmt is None:
+        if not keys or len(keys) > _FORMAT_KEYS_MAX or set(map(type, keys)) != _ONLY_STR:
+            return _render_mapping_lines(mapping)
         width = max(map(len, keys)) + 1
         fmt = "\n".join([(key + ":").ljust(width).replace("%", "%%") + " %s" for key in keys])
         if len(fmt) <= _FORMAT_CHARS_MAX:
@@ -128,14 +131,16 @@ def _render_mapping(mapping: Mapping[Any, Any]) -> str:
                 _FORMATS.clear()
             _FORMATS[keys] = fmt
     # A str, int or bool is what %s prints of it, as _cell would (floats, None and the rest go
-    # through _cell); an int past str()'s digit limit makes % raise, and the lines path says so.
+    # through _cell). A key that is not exactly str drops out, and the lines path prints the
+    # mapping: one equal to a cached key (a StrEnum member) found that key's format. An int past
+    # str()'s digit limit makes % raise, and the lines path says so.
+    values = [
+        value if (cls := value.__class__) is str or cls is int or cls is bool else _cell(value)
+        for key, value in mapping.items()
+        if key.__class__ is str
+    ]
     try:
-        text = fmt % tuple(
-            [
-                value if (cls := value.__class__) is str or cls is int or cls is bool else _cell(value)
-                for value in mapping.values()
-            ]
-        )
+        text = fmt % tuple(values) if len(values) == len(keys) else ""
     except ValueError:
         text = ""  # (outside the handler: the lines path's own log has no chained traceback)
     if not text or text.count("\n") >= len(keys):  # a value has lines of its own: see _render_mapping_lines
