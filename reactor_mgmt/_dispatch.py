@@ -112,8 +112,9 @@ class Dispatcher:
         self.schedule = schedule  # a turn for a session (in the next poll, once it had one in this)
         self.max_line = max_line
         self.max_output = max_output
-        if not max_commands_per_tick >= 1:  # 0 would leave every request queued for good, unanswered
-            raise ConfigError(f"max_commands_per_tick must be at least 1, not {max_commands_per_tick!r}")
+        # 0 would leave every request queued for good, unanswered
+        if max_commands_per_tick.__class__ is not int or max_commands_per_tick < 1:
+            raise ConfigError(f"max_commands_per_tick must be an int of at least 1, not {max_commands_per_tick!r}")
         self.max_commands_per_tick = max_commands_per_tick
         self.pending_timeout = pending_timeout
         self.fallback: Optional[Callable[[str, List[str], Any], Any]] = None

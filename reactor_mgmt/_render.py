@@ -105,10 +105,11 @@ def _cell(value: Any) -> str:
 # The aligned-lines format of a mapping's keys, made once per set of keys: `status` returns the
 # same keys on every call, and a %-format of the whole reply replaces a ljust() and two
 # concatenations per line. Only for keys that are all exactly str (a str subclass or a StrEnum
-# equal to a cached key may print otherwise: see _cell): tested as the format is made, and on
-# every call by the pass over the values, which a key of another class drops out of. Bounded: a host
-# whose dicts have ever-new keys (connection ids) clears it when full, a mapping of more than 64
-# keys renders line by line, and a long format (keys a client chose) is used once, not kept.
+# equal to a cached key may print otherwise: see _cell): tested before the format is made or
+# (another Mapping) looked up, and for a dict on every call by the pass over its values, which
+# a key of another class drops out of. Bounded: a host whose dicts have ever-new keys
+# (connection ids) clears it when full, a mapping of more than 64 keys renders line by line,
+# and a long format (keys a client chose) is used once, not kept.
 _FORMATS: Dict[Tuple[str, ...], str] = {}
 _FORMATS_MAX = 256
 _FORMAT_KEYS_MAX = 64
@@ -118,22 +119,32 @@ _ONLY_STR = {str}
 
 def _render_mapping(mapping: Mapping[Any, Any]) -> str:
     keys = tuple(mapping)
-    # Looked up before the keys are tested: a dict's keys hash (another mapping's may not), and
-    # the test of each key below is cheaper than a set of their types.
-    fmt = _FORMATS.get(keys) if mapping.__class__ is dict else None
+    fmt = None
+    if mapping.__class__ is dict:
+        # Looked up before the keys are tested (the pass over the values below tests them for
+        # less than a set of their types costs): a dict's keys hash, but on a hash match a key
+        # that is not str compares itself with the cached str keys, and its __eq__ may raise.
+        try:
+            fmt = _FORMATS.get(keys)
+        except Exception:
+            fmt = None  # the lines path prints it
     if fmt is None:
         if not keys or len(keys) > _FORMAT_KEYS_MAX or set(map(type, keys)) != _ONLY_STR:
             return _render_mapping_lines(mapping)
-        width = max(map(len, keys)) + 1
-        fmt = "\n".join([(key + ":").ljust(width).replace("%", "%%") + " %s" for key in keys])
-        if len(fmt) <= _FORMAT_CHARS_MAX:
-            if len(_FORMATS) >= _FORMATS_MAX:
-                _FORMATS.clear()
-            _FORMATS[keys] = fmt
+        fmt = _FORMATS.get(keys)  # another Mapping's keys are tested first: they may not hash
+        if fmt is None:
+            width = max(map(len, keys)) + 1
+            fmt = "\n".join([(key + ":").ljust(width).replace("%", "%%") + " %s" for key in keys])
+            if len(fmt) <= _FORMAT_CHARS_MAX:
+                if len(_FORMATS) >= _FORMATS_MAX:
+                    _FORMATS.clear()
+                _FORMATS[keys] = fmt
     # A str, int or bool is what %s prints of it, as _cell would (floats, None and the rest go
     # through _cell). A key that is not exactly str drops out, and the lines path prints the
-    # mapping: one equal to a cached key (a StrEnum member) found that key's format. An int past
-    # str()'s digit limit makes % raise, and the lines path says so.
+    # mapping: one equal to a cached key (a StrEnum member) found that key's format. (Its other
+    # values that are neither str, int nor bool are then made text twice: a rare case, and a
+    # pure one but for a host's own __str__.) An int past str()'s digit limit makes % raise, and
+    # the lines path says so.
     values = [
         value if (cls := value.__class__) is str or cls is int or cls is bool else _cell(value)
         for key, value in mapping.items()

@@ -5,9 +5,10 @@
 #   _transport          each client socket, its output buffer and the only send;
 #   _session.Connection each client's requests and waiting reply, with no socket;
 #   _dispatch           a request to a reply, through the command registry (_commands).
-# A request's path: Loop.handle -> Transport.handle_event -> Connection.data_received -> service
-# (the read is the session's turn) -> Dispatcher.execute -> handler -> Transport.write, then
-# Transport.flush sends it at the end of that turn.
+# A request's path: Loop.handle -> Transport.handle_event -> Connection.data_received (the read is
+# the session's turn: a lone request runs there, several queue for service) ->
+# Dispatcher.execute -> handler -> Transport.write, then Transport.flush sends it at the end of
+# that turn (Connection.end_turn).
 #
 # poll() is re-entrancy-guarded: a handler that polls would answer later requests before its
 # own. close() from a handler or callback takes effect as that poll() returns (see close).

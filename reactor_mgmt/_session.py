@@ -3,7 +3,8 @@
 # Bytes come in through data_received() (from the transport, or from a test; b"" is the EOF, and
 # so is its ``eof`` flag after the bytes it comes with), go through the connection's
 # RequestDecoder, and queue as requests; service() runs them, in order and within this tick's
-# limits, through the dispatcher, whose replies go to the transport's write(). A Pending or
+# limits, through the dispatcher, whose replies go to the transport's write(). (A lone request
+# in a read with nothing queued runs without the queue, exactly as service() would run it.) A Pending or
 # Stream reply parks the session (``waiting``) and the requests behind it wait, so replies stay
 # in request order. The clock comes from the dispatcher and the output from the transport, both
 # given, so a test drives a session with a fake transport (a list of writes) and a fake clock,
@@ -202,6 +203,7 @@ class Connection:
                 and dispatcher.observer is None
                 and not dispatcher.stopped
                 and not transport.closing
+                and not transport.closed
                 and transport.out_size < transport.limits.high_water
             ):
                 # One request in a read, nothing queued: what a client that waits for each reply
@@ -287,9 +289,8 @@ class Connection:
         return ran
 
     def end_turn(self) -> None:
-        """What ends every turn that leaves its queue empty or waiting: the EOF of a client with
-        nothing left to run closes it, output above high_water pauses reading, and the replies go
-        out now."""
+        """What ends every turn the connection survives: the EOF of a client with nothing left
+        to run closes it, output above high_water pauses reading, and the replies go out now."""
         transport = self.transport
         if self.eof and not self.queue and self.waiting is None:
             transport.closing = True

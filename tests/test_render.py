@@ -2,6 +2,7 @@
 # real socket, where what matters is that every reply is whole and ends with a newline.
 from __future__ import annotations
 
+import collections
 import enum
 import json
 import math
@@ -322,6 +323,38 @@ def test_the_kept_formats_are_bounded():
     render_text({"k" * (_render._FORMAT_CHARS_MAX + 1): 1})
     assert not any(len(keys) > _render._FORMAT_KEYS_MAX for keys in _render._FORMATS)
     assert all(len(fmt) <= _render._FORMAT_CHARS_MAX for fmt in _render._FORMATS.values())
+
+
+def test_another_mapping_uses_the_kept_format_and_keeps_it():
+    from reactor_mgmt import _render
+
+    value = collections.OrderedDict([("ordered", 1), ("mapping", 2)])
+    assert render_text(value) == "ordered: 1\nmapping: 2\n"
+    kept = _render._FORMATS[("ordered", "mapping")]
+    assert render_text(value) == "ordered: 1\nmapping: 2\n"
+    assert _render._FORMATS[("ordered", "mapping")] is kept  # found, not made and stored again
+
+
+class _Named:
+    """A careless key: hashed as its name, so it meets the cached str keys, and an __eq__ that
+    raises against anything without a name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __eq__(self, other: object) -> bool:
+        return self.name == other.name  # type: ignore[attr-defined, no-any-return]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def test_a_dict_key_whose_eq_raises_on_a_cached_key_still_renders():
+    assert render_text({"cpu": 1, "mem": 2}) == "cpu: 1\nmem: 2\n"  # the format is kept
+    assert render_text({_Named("cpu"): 3, _Named("mem"): 4}) == "cpu: 3\nmem: 4\n"
 
 
 def test_a_mapping_with_unhashable_keys_still_renders():

@@ -315,6 +315,9 @@ class Session:
             conn.close()
             return "bye"
 
+        def interrupt() -> str:  # Ctrl-C while a handler runs
+            raise KeyboardInterrupt
+
         def halt() -> str:  # as Server.close() from a handler: no request runs after it
             session.dispatcher.stopped = True
             return "halting"
@@ -334,6 +337,7 @@ class Session:
         add("crash", crash)
         add("leave", leave)
         add("halt", halt)
+        add("interrupt", interrupt)
         add("secret", lambda: "the secret", level="admin")
         add("hello", lambda: "hi", pre_auth=True)
         add("peek", lambda: "root's secret", pre_auth=True, level="admin")
@@ -1106,6 +1110,7 @@ _ONE_LINE_READS = [
     b"crash\n",
     b"leave\n",  # the handler closes its connection
     b"halt\n",  # the handler closes the server
+    b"interrupt\n",  # KeyboardInterrupt out of the handler, and out of poll()
     b"quiet\n",
     b"big 5000\n",  # over high_water
     b"big 70000\n",  # over max_output
@@ -1120,7 +1125,9 @@ _ONE_LINE_READS = [
 _HOST_STEPS = ["resolve", "event", "full", "drain"]
 
 
-def _replay(steps: List[Any], at_once: bool, observed: bool = False) -> Tuple[Any, ...]:
+def _replay(
+    steps: List[Any], at_once: bool, observed: bool = False, stop_at: Optional[float] = None
+) -> Tuple[Any, ...]:
     """Runs ``steps`` as the loop would: a host step (a Pending answered, an event for `tail`,
     the kernel full or drained) between polls, each read in a poll of its own, and one turn a
     poll. ``at_once``, a read is its session's turn, as the transport gives it, and a turn it
@@ -1140,11 +1147,17 @@ def _replay(steps: List[Any], at_once: bool, observed: bool = False) -> Tuple[An
     s.wake = schedule  # type: ignore[method-assign]  # Server.wake: conn.close() and write() wake it
     s.dispatcher.wake = schedule  # a Pending answered wakes its session
 
+    interrupted: List[int] = []
+
     def ready_pass() -> None:  # one turn a poll: what a turn leaves waits for the next poll
         if s.scheduled and not s.transport.closed:
             s.scheduled.clear()
             conn.scheduled = False
-            conn.service(None)
+            try:
+                conn.service(stop_at)
+            except KeyboardInterrupt:  # the loop schedules the rest: see Loop.handle
+                interrupted.append(len(interrupted))
+                schedule(conn)
 
     for step in steps:
         if s.transport.closed:  # the loop reads a closed connection no more
@@ -1165,7 +1178,11 @@ def _replay(steps: List[Any], at_once: bool, observed: bool = False) -> Tuple[An
             read, eof = step
             due = conn.scheduled  # a turn due before this poll: its ready pass runs it
             if at_once:  # as the transport passes it: the poll's stop_at, and the turn at once
-                conn.data_received(read, None, eof)
+                try:
+                    conn.data_received(read, stop_at, eof)
+                except KeyboardInterrupt:  # out of poll(), into the host: the next poll goes on
+                    interrupted.append(len(interrupted))
+                    continue
                 if due:
                     ready_pass()
                 continue  # a turn this read's turn asked for is the next poll's (Loop.schedule)
@@ -1184,6 +1201,7 @@ def _replay(steps: List[Any], at_once: bool, observed: bool = False) -> Tuple[An
         type(conn.waiting).__name__,
         conn.scheduled and not s.transport.closed,  # a turn still asked for
         seen,
+        interrupted,
     )
 
 
@@ -1204,8 +1222,22 @@ def _replay(steps: List[Any], at_once: bool, observed: bool = False) -> Tuple[An
 def test_a_lone_request_runs_as_the_queued_path_runs_it(steps):
     # (b"", True) would say the EOF twice: b"" is the EOF already
     steps = [step if isinstance(step, str) else (step[0], step[1] and step[0] != b"") for step in steps]
-    assert _replay(steps, at_once=True) == _replay(steps, at_once=False)
+    # No end, an end already past (only a turn's first request runs), an end far off
+    for stop_at in (None, START - 1.0, START + 100.0):
+        assert _replay(steps, True, stop_at=stop_at) == _replay(steps, False, stop_at=stop_at)
     assert _replay(steps, at_once=True, observed=True) == _replay(steps, at_once=False, observed=True)
+
+
+def test_a_read_given_to_a_closed_connection_runs_nothing():
+    for at_once in (True, False):
+        s = Session()
+        s.transport.close_now()
+        if at_once:
+            s.conn.data_received(b"ping\n", None)
+        else:
+            s.conn.data_received(b"ping\n")
+            s.conn.service(None)
+        assert s.stats.commands == 0 and s.take() == b""
 
 
 def test_a_lone_request_runs_without_a_queue(monkeypatch):
@@ -1224,3 +1256,16 @@ def test_a_lone_request_runs_without_a_queue(monkeypatch):
     assert s.take() == b"pong\n" and made == [] and s.scheduled == [] and s.conn.queue is None
     s.conn.data_received(b"ping\nping\n", None)  # two in a read: they queue
     assert s.take() == b"pong\npong\n" and len(made) == 1
+
+
+def test_a_turn_that_ends_above_high_water_pauses_reading():
+    """The kernel took nothing of a reply past high_water: the session reads no more (the
+    transport drops READ) until its output drains below low_water, lone request or not."""
+    for read in (b"big 5000\n", b"ping\nbig 5000\n"):
+        s = Session()
+        s.transport.kernel_full = True
+        s.conn.data_received(read, None)
+        assert s.transport.paused and not s.conn.queue
+        s.transport.kernel_full = False
+        s.transport.flush()  # drained: reading resumes, and the session gets a turn
+        assert not s.transport.paused and s.scheduled == [s.conn]
