@@ -4,11 +4,11 @@
 # so is its ``eof`` flag after the bytes it comes with), go through the connection's
 # RequestDecoder, and queue as requests; service() runs them, in order and within this tick's
 # limits, through the dispatcher, whose replies go to the transport's write(). (A lone request
-# in a read with nothing queued runs without the queue, exactly as service() would run it.) A Pending or
-# Stream reply parks the session (``waiting``) and the requests behind it wait, so replies stay
-# in request order. The clock comes from the dispatcher and the output from the transport, both
-# given, so a test drives a session with a fake transport (a list of writes) and a fake clock,
-# as h11's tests drive a Connection.
+# in a read with nothing queued runs without the queue, exactly as service() would run it.) A
+# Pending or Stream reply parks the session (``waiting``) and the requests behind it wait, so
+# replies stay in request order. The clock comes from the dispatcher and the output from the
+# transport, both given, so a test drives a session with a fake transport (a list of writes)
+# and a fake clock, as h11's tests drive a Connection.
 #
 # A read is the session's turn: its requests run as their bytes arrive (as an asyncio protocol
 # answers from data_received()), and their replies are sent at the end of that turn, at once,
