@@ -271,13 +271,16 @@ def _raise_fd_limit(wanted: int) -> int:
         return wanted
     try:
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # the limit is unknown: as many as asked (a connect past it fails, and says so)
+        return wanted
+    try:
         if soft != resource.RLIM_INFINITY and soft < wanted:
             target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # not raised: the soft limit stands
         pass
-    return soft if soft != resource.RLIM_INFINITY else wanted  # pyright: ignore[reportPossiblyUnboundVariable]
+    return soft if soft != resource.RLIM_INFINITY else wanted
 
 
 def _status(outcomes: Sequence[str]) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import heapq
 import logging
 import signal
 import sys
@@ -37,7 +38,12 @@ class Worker:
         self.paused = False
         self.jobs: List[Dict[str, Any]] = []
         self.next_job = 1
-        self.waiting: List[Tuple[int, Pending]] = []  # (tick, Pending) for the deferred command
+        # The deferred command's replies: a heap of (tick, sequence, Pending). One its client left
+        # (or that timed out) stays until its tick or until such ones are half the heap, when they
+        # are swept out: a client that asks and leaves, again and again, cannot grow it for good.
+        self.waiting: List[Tuple[int, int, Pending]] = []
+        self.waits = 0  # the sequence: equal ticks answer in the order asked
+        self.waits_cancelled = 0
         for name in ("backup", "reindex", "thumbnails"):
             self.add(name, Priority.normal)
 
@@ -57,8 +63,24 @@ class Worker:
                     self.done += 1
                     log.info("job %d (%s) finished", job["id"], job["name"])
         while self.waiting and self.waiting[0][0] <= self.ticks:
-            _, pending = self.waiting.pop(0)
-            pending.resolve(f"tick {self.ticks} reached")
+            pending = heapq.heappop(self.waiting)[2]
+            if pending.cancelled:
+                self.waits_cancelled -= 1
+            else:
+                pending.resolve(f"tick {self.ticks} reached")
+
+    def wait(self, count: int, pending: Pending) -> None:
+        """Resolves ``pending`` once ``count`` more ticks have run."""
+        self.waits += 1
+        heapq.heappush(self.waiting, (self.ticks + max(count, 0), self.waits, pending))
+        pending.on_cancel(self._wait_cancelled)
+
+    def _wait_cancelled(self) -> None:
+        self.waits_cancelled += 1
+        if self.waits_cancelled * 2 > len(self.waiting):
+            self.waiting[:] = [entry for entry in self.waiting if not entry[2].cancelled]
+            heapq.heapify(self.waiting)
+            self.waits_cancelled = 0
 
 
 def build_server(args: argparse.Namespace, worker: Worker) -> Server:
@@ -153,11 +175,7 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         Requests sent after it wait for it, so replies stay in order.
         """
         pending = Pending(timeout=timeout)
-        entry = (worker.ticks + max(count, 0), pending)
-        worker.waiting.append(entry)
-        worker.waiting.sort(key=lambda waiting: waiting[0])
-        # Timed out, or its client left: forget it, or any client could grow the list for ever.
-        pending.on_cancel(lambda: worker.waiting.remove(entry))
+        worker.wait(count, pending)
         return pending
 
     @server.command

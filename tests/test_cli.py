@@ -315,3 +315,33 @@ def test_version_prints_the_package_version_and_exits_0():
     for argv in (["--version"], ["-c", "127.0.0.1:1", "--version"]):
         proc = run_cli(*argv)
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"reactor-mgmt {reactor_mgmt.__version__}\n", "")
+
+
+# ---- the file-descriptor limit for fan-out ----
+
+
+def test_the_fd_limit_when_getrlimit_fails_is_what_was_asked(monkeypatch):
+    import resource
+
+    from reactor_mgmt._cli import _raise_fd_limit
+
+    def refuse(*args: object) -> None:
+        raise OSError("not here")
+
+    monkeypatch.setattr(resource, "getrlimit", refuse)
+    assert _raise_fd_limit(300) == 300  # it raised UnboundLocalError
+
+
+def test_the_fd_limit_when_setrlimit_fails_is_the_soft_limit(monkeypatch):
+    import resource
+
+    from reactor_mgmt._cli import _raise_fd_limit
+
+    def refuse(*args: object) -> None:
+        raise ValueError("not allowed")
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64, 4096))
+    monkeypatch.setattr(resource, "setrlimit", refuse)
+    assert _raise_fd_limit(300) == 64
+    monkeypatch.setattr(resource, "setrlimit", lambda which, limits: None)
+    assert _raise_fd_limit(300) == 300 and _raise_fd_limit(9000) == 4096  # raised, up to the hard limit

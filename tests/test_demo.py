@@ -87,3 +87,55 @@ def test_demo_exits_0_on_ctrl_c(tmp_path):
     code, out, err = daemon.stop()
     assert code == 0
     assert "Traceback" not in err
+
+
+# ---- the demo's deferred command (`wait ticks`), without a socket ----
+
+
+def test_waits_are_answered_in_tick_order_then_in_the_order_asked():
+    from reactor_mgmt._demo import Worker
+    from reactor_mgmt._replies import Pending
+
+    order = []
+
+    class Recorded(Pending):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def resolve(self, value: object = None) -> None:
+            order.append(self.name)
+            super().resolve(value)
+
+    worker = Worker(50.0)
+    asked = [("three", 3), ("one", 1), ("two", 2), ("one again", 1), ("at once", -5)]
+    pendings = [Recorded(name) for name, _ in asked]
+    for (_, count), pending in zip(asked, pendings):
+        worker.wait(count, pending)
+    for _ in range(3):
+        worker.tick()
+    assert order == ["at once", "one", "one again", "two", "three"]
+    assert [pending.value for pending in pendings] == ["tick %d reached" % n for n in (3, 1, 2, 1, 1)]
+
+
+def test_waits_whose_clients_left_do_not_pile_up():
+    # A client that asks and leaves, again and again: the waits it left are swept out (the
+    # list once kept them sorted, and removed each with a scan: quadratic in the waiters).
+    from reactor_mgmt._demo import Worker
+    from reactor_mgmt._replies import Pending, cancel
+
+    worker = Worker(50.0)
+    kept = Pending()
+    worker.wait(2, kept)
+    for _ in range(1000):
+        pending = Pending()
+        worker.wait(10**9, pending)
+        cancel(pending)
+        assert len(worker.waiting) <= 3
+    left = Pending()
+    worker.wait(1, left)
+    cancel(left)  # its tick comes while it is still in the heap: skipped, not answered
+    worker.tick()
+    worker.tick()
+    assert kept.done and kept.value == "tick 2 reached" and not left.done
+    assert worker.waiting == [] and worker.waits_cancelled == 0  # the count follows the heap
