@@ -734,8 +734,13 @@ def _abandon(server: Server) -> None:
     if server._relisten is not None:  # the child gets a management socket of its own
         host, port, unix, level, tls, cert_levels, backlog, address_file = server._relisten
         server._pid = os.getpid()
+        old = server._loop
         try:
             _start_io(server, address_file)
+            # The toolkit's watches on poll() (the stall watchdog, the gap) are the server's, not
+            # the old loop's: the child's poll() keeps them. (Its stats are the server's already.)
+            server._loop.watch = old.watch
+            server._loop.gap_from = None if old.gap_from is None else float("inf")
             _listen_as_asked(server, host, port, unix, level, tls, cert_levels, backlog)
         except Exception:  # a fixed port is the parent's: relisten wants port=0 or unix="...{pid}..."
             log.exception("after_fork='relisten': the forked child could not listen; its server stays closed")

@@ -211,3 +211,28 @@ def test_a_child_forked_inside_a_handler_runs_none_of_the_parents_queued_request
                 pass
         except ChildProcessError:
             pass
+
+
+def test_a_relistening_child_keeps_the_toolkits_watches_on_poll(tmp_path):
+    # The stall watchdog and the gap watch live on the loop, which the child makes anew: they
+    # were left on the parent's, and the child's poll() measured no gap and watched no stall.
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten")
+    server.add_toolkit("gap", stall_after=30.0, stall_file=str(tmp_path / "stalls"))
+    try:
+        server.poll(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                server.poll(0)
+                time.sleep(0.05)
+                server.poll(0)  # after a gap of at least 50 ms in the host's loop
+                watched = server._loop.watch is not None
+                code = 0 if watched and server.stats.poll_gap_max >= 0.04 else 6
+                server.close()
+            except BaseException:
+                code = 7
+            os._exit(code)
+        assert _wait_child(pid) == 0
+    finally:
+        server.close()
