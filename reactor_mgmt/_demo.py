@@ -39,8 +39,8 @@ class Worker:
         self.jobs: List[Dict[str, Any]] = []
         self.next_job = 1
         # The deferred command's replies: a heap of (tick, sequence, Pending). One its client left
-        # (or that timed out) stays until its tick or until such ones are half the heap, when they
-        # are swept out: a client that asks and leaves, again and again, cannot grow it for good.
+        # (or that timed out) stays until its tick or until such ones are more than half the heap,
+        # when they are swept out: a client that asks and leaves, again and again, cannot grow it for good.
         self.waiting: List[Tuple[int, int, Pending]] = []
         self.waits = 0  # the sequence: equal ticks answer in the order asked
         self.waits_cancelled = 0
@@ -71,6 +71,8 @@ class Worker:
 
     def wait(self, count: int, pending: Pending) -> None:
         """Resolves ``pending`` once ``count`` more ticks have run."""
+        if pending.done or pending.cancelled:  # nothing to wait for: it would only be counted wrong
+            return
         self.waits += 1
         heapq.heappush(self.waiting, (self.ticks + max(count, 0), self.waits, pending))
         pending.on_cancel(self._wait_cancelled)

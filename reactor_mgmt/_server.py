@@ -734,11 +734,14 @@ def _abandon(server: Server) -> None:
     if server._relisten is not None:  # the child gets a management socket of its own
         host, port, unix, level, tls, cert_levels, backlog, address_file = server._relisten
         server._pid = os.getpid()
+        if server._polling != _get_ident():  # another thread was in poll(): it is not in this process
+            server._polling = 0  # (a handler that forked returns through that poll(), which resets it)
         old = server._loop
         try:
             _start_io(server, address_file)
             # The toolkit's watches on poll() (the stall watchdog, the gap) are the server's, not
-            # the old loop's: the child's poll() keeps them. (Its stats are the server's already.)
+            # the old loop's: the child's poll() keeps them (no watchdog is armed across the fork:
+            # see _quiet_before_fork). Its stats are the server's already.
             server._loop.watch = old.watch
             server._loop.gap_from = None if old.gap_from is None else float("inf")
             _listen_as_asked(server, host, port, unix, level, tls, cert_levels, backlog)
@@ -758,12 +761,39 @@ def _unset(*args: Any) -> Any:  # the dispatcher's loop callables, until _start_
 
 
 def _abandon_after_fork() -> None:
+    _REARM.clear()  # the child's watches start again with its own polls
     for server in list(_SERVERS):
         _abandon(server)
 
 
+_REARM: List[Any] = []  # the watches _quiet_before_fork disarmed in a running poll()
+
+
+def _quiet_before_fork() -> None:
+    """faulthandler's watchdog thread does not survive a fork, but its lock does: a child that
+    then arms or cancels it (its relistened poll(), or the parent's poll() that a handler forked
+    in, returning) hangs for good. A watch on poll() (the toolkit's stall watchdog) cancels the
+    watchdog at every poll() anyway: it is cancelled before the fork too, and re-armed in the
+    parent for a poll() that was running handlers."""
+    for server in list(_SERVERS):
+        watch = None if server._closed else server._loop.watch
+        if watch is not None:
+            watch.exited()
+            if server._polling:
+                _REARM.append(watch)
+
+
+def _rearm_after_fork() -> None:
+    watches = _REARM[:]
+    _REARM.clear()
+    for watch in watches:
+        watch.handling()
+
+
 if hasattr(os, "register_at_fork"):  # POSIX: a child must not touch its parent's server
-    os.register_at_fork(after_in_child=_abandon_after_fork)
+    os.register_at_fork(
+        before=_quiet_before_fork, after_in_parent=_rearm_after_fork, after_in_child=_abandon_after_fork
+    )
 
 
 def _check_options(

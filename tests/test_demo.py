@@ -139,3 +139,8 @@ def test_waits_whose_clients_left_do_not_pile_up():
     worker.tick()
     assert kept.done and kept.value == "tick 2 reached" and not left.done
     assert worker.waiting == [] and worker.waits_cancelled == 0  # the count follows the heap
+    gone = Pending()
+    cancel(gone)
+    worker.wait(5, gone)  # cancelled before it was asked for: nothing to wait for
+    worker.tick()
+    assert worker.waiting == [] and worker.waits_cancelled == 0

@@ -7,10 +7,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from typing import List
 
 import pytest
 
@@ -234,5 +237,126 @@ def test_a_relistening_child_keeps_the_toolkits_watches_on_poll(tmp_path):
                 code = 7
             os._exit(code)
         assert _wait_child(pid) == 0
+    finally:
+        server.close()
+
+
+def _child_status(pid: int) -> int:
+    """The child's exit code, or minus the signal that killed it (its alarm: it hung)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        time.sleep(0.01)
+    os.kill(pid, 9)
+    raise AssertionError("the child did not exit")
+
+
+def test_a_child_forked_while_a_host_watchdog_is_armed_polls(tmp_path):
+    # faulthandler's watchdog thread is not in the child, but its lock is: a child that cancels
+    # or arms it hangs. The stall watch does both in every poll(); the fork hook cancels it first.
+    import faulthandler
+
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten")
+    server.add_toolkit("gap", stall_after=30.0, stall_file=str(tmp_path / "stalls"))
+    try:
+        server.poll(0)
+        faulthandler.dump_traceback_later(600, exit=False)  # the host's own frame watchdog
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(5)  # kills the child if poll() hangs
+            server.poll(0)
+            server.poll(0)
+            os._exit(0)
+        assert _child_status(pid) == 0
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        server.close()
+
+
+def test_a_child_forked_by_a_handler_with_the_stall_watch_on_polls(tmp_path):
+    # The pre-fork worker: the child returns through the parent's poll(), whose watchdog was
+    # armed for the handler as it forked.
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten")
+    server.add_toolkit("gap", stall_after=30.0, stall_file=str(tmp_path / "stalls"))
+    parent = os.getpid()
+
+    @server.command
+    def spawn() -> str:
+        if os.fork() == 0:
+            signal.alarm(5)  # kills the child if a poll() hangs
+            return "child"
+        return "forked"
+
+    try:
+        client = RawClient(server)
+        client.send(b"spawn\n")
+        deadline = time.monotonic() + TIMEOUT
+        while b"\n" not in client.buffer and time.monotonic() < deadline:
+            try:
+                server.poll(0.05)
+            finally:
+                if os.getpid() != parent:  # the child, out of the parent's poll(): never back to pytest
+                    code = 0
+                    try:
+                        server.poll(0)
+                    except BaseException:
+                        code = 3
+                    os._exit(code)
+            client._drain()
+        assert client.buffer == b"forked\n"
+        _, status = os.wait()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    finally:
+        server.close()
+
+
+def test_a_child_forked_by_another_thread_while_a_handler_runs_serves():
+    # The thread in poll() is not in the child: its relistened server must not think it is
+    # still inside poll() (every poll() with work raised "called from inside a command handler").
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten")
+    started, forked = threading.Event(), threading.Event()
+    child: List[int] = []
+
+    @server.command
+    def slow() -> str:
+        started.set()
+        forked.wait(TIMEOUT)
+        return "ok"
+
+    def forker() -> None:
+        started.wait(TIMEOUT)
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(5)
+            code = 9
+            try:
+                with socket.create_connection(server.addresses[0], timeout=TIMEOUT) as sock:
+                    sock.sendall(b"ping\n")
+                    sock.settimeout(0.01)
+                    data = b""
+                    deadline = time.monotonic() + 3
+                    while b"\n" not in data and time.monotonic() < deadline:
+                        server.poll(0.01)
+                        try:
+                            data += sock.recv(100)
+                        except socket.timeout:
+                            pass
+                    code = 0 if data == b"pong\n" else 8
+            except BaseException:
+                code = 7
+            os._exit(code)
+        child.append(pid)
+        forked.set()
+
+    try:
+        client = RawClient(server)
+        client.send(b"slow\n")
+        thread = threading.Thread(target=forker)
+        thread.start()
+        assert client.lines(1) == ["ok"]  # the handler returns once the thread has forked
+        thread.join(TIMEOUT)
+        assert child and _child_status(child[0]) == 0
     finally:
         server.close()
