@@ -275,6 +275,9 @@ def test_a_child_forked_while_a_host_watchdog_is_armed_polls(tmp_path):
         server.close()
 
 
+# The fork this test is about is one in a process with threads (faulthandler's watchdog, or
+# the host's own): Python 3.12+ warns of it.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_child_forked_by_a_handler_with_the_stall_watch_on_polls(tmp_path):
     # The pre-fork worker: the child returns through the parent's poll(), whose watchdog was
     # armed for the handler as it forked.
@@ -312,6 +315,9 @@ def test_a_child_forked_by_a_handler_with_the_stall_watch_on_polls(tmp_path):
         server.close()
 
 
+# The fork this test is about is one in a process with threads (faulthandler's watchdog, or
+# the host's own): Python 3.12+ warns of it.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_child_forked_by_another_thread_while_a_handler_runs_serves():
     # The thread in poll() is not in the child: its relistened server must not think it is
     # still inside poll() (every poll() with work raised "called from inside a command handler").
