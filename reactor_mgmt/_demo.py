@@ -40,7 +40,8 @@ class Worker:
         self.next_job = 1
         # The deferred command's replies: a heap of (tick, sequence, Pending). One its client left
         # (or that timed out) stays until its tick or until such ones are more than half the heap,
-        # when they are swept out: a client that asks and leaves, again and again, cannot grow it for good.
+        # when they are swept out: a client that asks and leaves, again and again, cannot grow it
+        # for good.
         self.waiting: List[Tuple[int, int, Pending]] = []
         self.waits = 0  # the sequence: equal ticks answer in the order asked
         self.waits_cancelled = 0
