@@ -139,6 +139,8 @@ def install_activity(
         raise ConfigError(f"slow_ms must be a number of milliseconds >= 0, not {slow_ms!r}")
     if stall_after is not None and not 0 < stall_after < float("inf"):
         raise ConfigError(f"stall_after must be a number of seconds > 0, not {stall_after!r}")
+    if stall_file is not None and stall_after is None:  # it would be ignored: no watch, no file
+        raise ConfigError("stall_file needs stall_after, the seconds a poll() may run handlers before a dump")
     audit_rank = level_rank(audit_level)  # ConfigError for an unknown level
     activity = Activity(
         server,

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from ._errors import CommandError
+from ._errors import CommandError, ConfigError
 from ._replies import Pending
 from ._server import Server
 
@@ -306,8 +306,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         signal.signal(signum, lambda number, frame: stopping.append(number))
     try:
         server = build_server(args, worker)
-    except (OSError, ValueError) as exc:
-        print(f"demo: cannot listen: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # a setting the server refuses: its message names it
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # an address in use, a token or certificate file unreadable
+        print(f"demo: cannot start: {exc}", file=sys.stderr)
         return 2
     try:
         next_tick = time.monotonic()

@@ -397,6 +397,7 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
     tries = 1 if port else _EPHEMERAL_TRIES
     for attempt in range(tries):
         socks: List[socket.socket] = []
+        trying: Any = (host, port)
         try:
             for family, kind, proto, _, sockaddr in infos:
                 sock: socket.socket = _LISTENING_SOCKET(family, kind, proto)
@@ -407,6 +408,7 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if port == 0 and len(socks) > 1:  # one ephemeral port shared by all addresses
                     sockaddr = (sockaddr[0], socks[0].getsockname()[1]) + tuple(sockaddr[2:])  # type: ignore[assignment]
+                trying = sockaddr
                 sock.bind(sockaddr)
                 sock.listen(socket.SOMAXCONN if backlog is None else backlog)
         except BaseException as exc:
@@ -414,6 +416,10 @@ def bind_tcp(host: str, port: int, backlog: Optional[int] = None) -> List[socket
                 sock.close()
             if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE and len(socks) > 1 and attempt + 1 < tries:
                 continue
+            if isinstance(exc, OSError) and exc.errno is not None:
+                # Which address, as asyncio's create_server says it: a host binding several (or a
+                # name that resolves to several) cannot tell otherwise. The errno stays.
+                raise OSError(exc.errno, f"cannot listen on {format_address(trying)}: {exc.strerror}") from None
             raise
         return socks
     raise AssertionError("unreachable")  # pragma: no cover
@@ -433,8 +439,10 @@ def bind_unix(path: str, mode: int, group: Union[int, str, None], backlog: Optio
         # The system's maximum, not 128: a Unix connect does not queue and retry as TCP's does,
         # so a burst of scripts (a fleet fan-out) past the backlog fails with EAGAIN.
         sock.listen(socket.SOMAXCONN if backlog is None else backlog)
-    except BaseException:
+    except BaseException as exc:
         sock.close()
+        if isinstance(exc, OSError) and exc.errno is not None:  # which path, as for TCP
+            raise OSError(exc.errno, f"cannot listen on {path}: {exc.strerror}") from None
         raise
     try:
         if group is not None:

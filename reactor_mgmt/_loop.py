@@ -47,6 +47,7 @@ LONGEST_WAIT = 86400.0
 _WAKER_LOCK = threading.Lock()
 monotonic = time.monotonic
 _select = select.select
+_KEPT = True  # a timer's fifth item: see call_later_kept
 _FD_SETSIZE = 1024  # select()'s limit on Linux, where epoll is
 
 
@@ -277,6 +278,22 @@ class Loop:
             self.integration.kick()
         return timer
 
+    def call_later_kept(self, delay: float, callback: Callable[..., Any], *args: Any) -> List[Any]:
+        """call_later() for the server's own timers (the host's and the toolkit's, through
+        Server.call_later): a relistening child's new loop takes them over (adopt_timers). The
+        connections' timers stay behind with their connections."""
+        timer = self.call_later(delay, callback, *args)
+        timer.append(_KEPT)
+        return timer
+
+    def adopt_timers(self, timers: List[List[Any]]) -> None:
+        """Takes over the kept timers of a forked parent's loop, due when they were: the
+        monotonic clock is the machine's, the same in parent and child."""
+        for when, _, callback, args, *kept in timers:
+            if kept and callback is not None:
+                self._timer_seq += 1
+                heapq.heappush(self.timers, [when, self._timer_seq, callback, args, _KEPT])
+
     def cancel_timer(self, timer: Optional[List[Any]]) -> None:
         """Forgets a timer that is no longer needed (a Pending answered long before its timeout).
 
@@ -297,10 +314,11 @@ class Loop:
         timers = self.timers
         while timers and timers[0][0] <= now:
             timer = heapq.heappop(timers)
-            _, _, callback, args = timer
+            callback = timer[2]
             if callback is None:  # cancelled
                 self._cancelled -= 1
                 continue
+            args = timer[3]
             timer[2] = timer[3] = None  # fired: a cancel_timer() from now on does nothing
             fired += 1
             callback(*args)

@@ -465,7 +465,7 @@ class Server:
 
     def call_later(self, delay: float, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
         """Runs ``callback(*args)`` inside a poll() at least ``delay`` seconds from now."""
-        self._loop.call_later(delay, callback, *args)
+        self._loop.call_later_kept(delay, callback, *args)  # a relistening child keeps it
 
     def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
         """Runs ``callback()`` in the next poll(), waking a blocked poll(); safe from any thread.
@@ -726,6 +726,7 @@ def _abandon(server: Server) -> None:
     if server._closed:
         return
     server._closed = server._dispatcher.stopped = True
+    timers = server._loop.timers  # abandon() lets go of them: a relistening child keeps some
     server._loop.abandon(
         f"this server belongs to process {server._pid}; in this forked process "
         f"({os.getpid()}) it is closed: create a Server of its own here"
@@ -744,6 +745,9 @@ def _abandon(server: Server) -> None:
             # see _quiet_before_fork). Its stats are the server's already.
             server._loop.watch = old.watch
             server._loop.gap_from = None if old.gap_from is None else float("inf")
+            # And the server's timers (Server.call_later: the host's, a timed `log level`'s
+            # revert), due when they were; the connections' timers went with their connections.
+            server._loop.adopt_timers(timers)
             _listen_as_asked(server, host, port, unix, level, tls, cert_levels, backlog)
         except Exception:  # a fixed port is the parent's: relisten wants port=0 or unix="...{pid}..."
             log.exception("after_fork='relisten': the forked child could not listen; its server stays closed")

@@ -80,6 +80,8 @@ def test_bad_configuration_is_refused(make_server):
         with_activity(server, slow_ms=-1)
     with pytest.raises(reactor_mgmt.ConfigError, match="stall_after"):
         with_activity(server, stall_after=0)
+    with pytest.raises(reactor_mgmt.ConfigError, match="stall_file needs stall_after"):
+        with_activity(server, stall_file="/nonexistent/never-opened")  # ignored, it watched nothing
     with_activity(server)
     with_activity(server)  # installing again does nothing, as for every toolkit part
     assert "clients" in server.registry.commands

@@ -2,8 +2,11 @@
 # command work from a plain nc session (issue 3's "works from nc").
 from __future__ import annotations
 
+import errno
 import selectors
+import socket
 import subprocess
+import sys
 import time
 
 from conftest import TIMEOUT, require_tool
@@ -144,3 +147,30 @@ def test_waits_whose_clients_left_do_not_pile_up():
     worker.wait(5, gone)  # cancelled before it was asked for: nothing to wait for
     worker.tick()
     assert worker.waiting == [] and worker.waits_cancelled == 0
+
+
+def test_the_demo_names_a_bad_setting_and_an_address_in_use():
+    # A setting the server refuses is not an address problem: it used to say "cannot listen".
+    bad = subprocess.run(
+        [sys.executable, "-m", "reactor_mgmt", "demo", "--port", "0", "--max-commands-per-tick", "0"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "demo: max_commands_per_tick must be an int of at least 1, not 0"
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        taken = subprocess.run(
+            [sys.executable, "-m", "reactor_mgmt", "demo", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 4,
+        )
+    finally:
+        holder.close()
+    assert taken.returncode == 2
+    assert f"demo: cannot start: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}" in taken.stderr

@@ -366,3 +366,53 @@ def test_a_child_forked_by_another_thread_while_a_handler_runs_serves():
         assert child and _child_status(child[0]) == 0
     finally:
         server.close()
+
+
+def test_a_relistening_child_keeps_the_servers_timers(tmp_path):
+    # A timed `log level` reverts through the server's call_later: the child inherits the level
+    # (the logging module is copied with the process) and used to keep it for good, as the
+    # revert was left on the parent's loop. The host's own call_later timers came with it.
+    import logging
+
+    name = f"reactor_mgmt_fork_test_{os.getpid()}"
+    logging.getLogger(name).setLevel(logging.WARNING)
+    server = reactor_mgmt.Server("127.0.0.1", 0, level="admin", after_fork="relisten")
+    server.add_toolkit("log")
+    fired: List[str] = []
+    client = None
+    try:
+        client = RawClient(server)
+        assert client.request(f"log level {name} DEBUG --for 0.3")[0].endswith("then WARNING")
+        server.call_later(0.2, fired.append, "host")
+        # The idle reaper's timer for the connection is the parent's: it stays behind.
+        assert any(len(timer) == 4 and timer[2] is not None for timer in server._loop.timers)
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                if logging.getLogger(name).level != logging.DEBUG:
+                    code = 8
+                elif any(len(timer) != 5 for timer in server._loop.timers if timer[2] is not None):
+                    code = 9  # only the server's timers (kept) are in the child's new loop
+                else:
+                    deadline = time.monotonic() + 3.0
+                    while time.monotonic() < deadline and (
+                        logging.getLogger(name).level != logging.WARNING or fired != ["host"]
+                    ):
+                        server.poll(0.05)
+                    code = 0 if logging.getLogger(name).level == logging.WARNING and fired == ["host"] else 10
+                server.close()
+            except BaseException:
+                code = 11
+            os._exit(code)
+        assert _wait_child(pid) == 0
+        deadline = time.monotonic() + 3.0  # and the parent's own revert and timer still run
+        while time.monotonic() < deadline and (logging.getLogger(name).level != logging.WARNING or not fired):
+            server.poll(0.05)
+        assert logging.getLogger(name).level == logging.WARNING
+        assert fired == ["host"]
+    finally:
+        if client is not None:
+            client.close()
+        server.close()
+        logging.getLogger(name).setLevel(logging.NOTSET)

@@ -312,6 +312,28 @@ def test_listen_tcp_binds_every_address_of_the_host_or_none(make_server, monkeyp
             socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT).close()
 
 
+def test_a_failed_bind_names_the_address_and_keeps_its_errno(make_server, short_dir):
+    # A host that binds several addresses (or a name resolving to several) is told which one
+    # failed, as asyncio's create_server tells it; callers that test the errno still can.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(OSError) as info:
+            reactor_mgmt.Server("127.0.0.1", port)
+        assert info.value.errno == errno.EADDRINUSE
+        assert f"cannot listen on 127.0.0.1:{port}" in str(info.value)
+    finally:
+        holder.close()
+    missing = os.path.join(short_dir, "no-such-dir", "mgmt.sock")
+    server = make_server("127.0.0.1")
+    with pytest.raises(FileNotFoundError) as unix_info:  # the errno's own subclass, as bind() raised it
+        server.listen_unix(missing)
+    assert unix_info.value.errno == errno.ENOENT
+    assert f"cannot listen on {missing}" in str(unix_info.value)
+
+
 # ---- Unix sockets ----
 
 
