@@ -109,6 +109,7 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         tls=_tls_context(args),
         cert_levels={"admin": args.tls_admin} if args.tls_admin else None,
         toolkit=True,  # show threads, gc, tracemalloc, log level, config get/set/diff
+        audit=args.audit,
     )
     # What `config set` may change (operator level), and one setting shown but never changed.
     server.setting("tick_hz", worker, "rate", check=_check_rate, help="worker ticks per second, 1 to 1000")
@@ -261,6 +262,11 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
         metavar="NAME",
         action="append",
         help="a client certificate name (CN or SAN) that gets admin; repeatable",
+    )
+    parser.add_argument(
+        "--audit",
+        action="store_true",
+        help="keep the audit log: operator and admin commands and every auth, in the log and `audit`",
     )
     parser.add_argument("--verbose", "-v", action="store_true", help="also log the worker's progress")
     args = parser.parse_args(argv)

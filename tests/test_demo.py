@@ -174,3 +174,38 @@ def test_the_demo_names_a_bad_setting_and_an_address_in_use():
         holder.close()
     assert taken.returncode == 2
     assert f"demo: cannot start: [Errno {errno.EADDRINUSE}] cannot listen on 127.0.0.1:{port}" in taken.stderr
+
+
+def test_the_demo_keeps_an_audit_log_with_audit(tmp_path):
+    # The README's audit example, run against the demo as it says: the records come back from
+    # `audit`, with the secrets masked, and go to the demo's log.
+    from conftest import Daemon
+
+    address_file = str(tmp_path / "demo.addr")
+    daemon = Daemon(
+        ["-m", "reactor_mgmt", "demo", "--port", "0", "--address-file", address_file]
+        + ["--level", "admin", "--token", "s3cr3t", "--audit"],
+        address_file,
+    )
+    try:
+        nc = require_tool("nc.openbsd")
+        done = subprocess.run(
+            [nc, "-N", daemon.host, str(daemon.port)],
+            input=b"auth nope\nauth s3cr3t\njob cancel 3 --force\naudit 3\n",
+            capture_output=True,
+            timeout=TIMEOUT,
+        )
+        lines = done.stdout.decode().splitlines()
+        assert lines[:3] == ["ERR authentication failed", "OK", "cancelled job 3"]
+        assert lines[3].startswith("audit: 3 of the last 1000 records")
+        rows = [line.split() for line in lines[5:]]
+        assert [(row[6:-2], row[-2]) for row in rows] == [
+            (["auth", "***"], "denied"),
+            (["auth", "***"], "ok"),
+            (["job", "cancel", "3", "--force"], "ok"),
+        ]
+    finally:
+        code, out, err = daemon.stop()
+    assert code == 0
+    assert "outcome=ok ms=" in err and "command=job cancel 3 --force" in err
+    assert "s3cr3t" not in err
