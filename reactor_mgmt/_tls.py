@@ -37,6 +37,9 @@ class TlsTransport(Transport):
 
     __slots__ = ("handshaking", "handshake_timer", "cert_levels")
     sock: ssl.SSLSocket  # for type checkers: the Transport's socket, wrapped
+    # SSL_write takes a buffer whole or not at all, so sends go a record at a time (TLS's
+    # largest, 16 KiB), each counted as it goes out: see _transport._send_records.
+    record = 16384
 
     def __init__(
         self,

@@ -1,7 +1,8 @@
 # The transport: the one place where the server's bytes meet a socket. Every send the server
 # makes goes through _send_some() below, or the same call written out in Transport.flush (the
-# send of every reply): a refusal at accept (refuse), the last words at close
-# (Transport.send_and_close, drain) and the cross-thread waker's byte. Like asyncio's selector
+# send of every reply; over TLS, a record at a time: _send_records): a refusal at accept
+# (refuse), the last words at close (Transport.send_and_close, drain) and the cross-thread
+# waker's byte. Like asyncio's selector
 # transports, a Transport owns its socket, its output buffer and its flow control, and hands
 # what it reads to its protocol, the session (_session.Connection), which it knows only as an
 # object with data_received() (b"" for the EOF, as recv() says it, or an eof flag with the last
@@ -67,6 +68,22 @@ def allow_would_block(*exception_types: Type[BaseException]) -> None:
     _WOULD_BLOCK = tuple(dict.fromkeys(_WOULD_BLOCK + exception_types))
 
 
+def _send_records(sock: socket.SocketType, data: Any, record: int) -> int:
+    """Sends ``data`` a ``record`` at a time, for a socket that takes a send whole or not at all
+    (TLS): what went out is then counted as it goes, so a slow reader of a long reply is seen to
+    progress (the idle reaper, low water), where one send of it all says nothing until the end.
+    The send that would block is retried first, with the same bytes: the next flush starts
+    with them (see Transport.committed)."""
+    view = memoryview(data)
+    sent = 0
+    try:
+        while sent < len(data):
+            sent += sock.send(view[sent : sent + record])
+    except _WOULD_BLOCK:
+        pass
+    return sent
+
+
 def _send_some(sock: socket.SocketType, data: Any) -> int:
     """The server's only send: as much of ``data`` as the kernel takes now, without blocking.
     Raises OSError when the peer is gone; a full socket is 0 bytes taken."""
@@ -120,7 +137,12 @@ class Transport:
         "opened",
         "bytes_in",
         "bytes_out",
+        "in_flight",
     )
+
+    # The most one send() may be given, or 0 for all of it. A TLS socket takes a send whole or
+    # not at all, and one that would block may have taken part of it (TlsTransport sets it).
+    record = 0
 
     def __init__(self, sock: socket.SocketType, loop: Any, limits: Limits, now: float) -> None:
         self.sock = sock
@@ -139,6 +161,7 @@ class Transport:
         self.opened = now
         self.bytes_in = 0  # for `clients`; small ints are shared, so an idle client pays no object
         self.bytes_out = 0
+        self.in_flight = 0  # TLS: the bytes a send that would block holds (see committed)
 
     # ---- events from the loop ----
 
@@ -258,14 +281,7 @@ class Transport:
             self.out_size,
             cap,
         )
-        notice = err_line(f"too much unsent output ({self.out_size} bytes, cap {cap}): closing")
-        assert self.out is not None
-        head = self.out[0]
-        if head.__class__ is memoryview:  # part-sent: the client must get the rest of its line
-            whole: Any = head.obj  # the bytes write() queued (a memoryview's obj is typed as any buffer)
-            sent = len(whole) - len(head)
-            end = whole.find(b"\n", sent) + 1 or len(whole)
-            notice = bytes(head[: end - sent]) + notice
+        notice = self.committed() + err_line(f"too much unsent output ({self.out_size} bytes, cap {cap}): closing")
         self.out = [notice]
         self.out_size = len(notice)
         self.cut_off = True  # later writes, such as the rest of the handler's, are dropped
@@ -274,6 +290,28 @@ class Transport:
         # that paces it.
         self.conn.cancel_waiting()
 
+    def committed(self) -> bytes:
+        """The queued bytes that must go out before anything else: the rest of a line begun (a
+        part-sent head) and, over TLS, what a send that would block holds in flight, through
+        the end of its line: OpenSSL wants the same bytes again (fewer fail with BAD_LENGTH)."""
+        assert self.out is not None
+        if not self.in_flight:
+            head = self.out[0]
+            if head.__class__ is not memoryview:
+                return b""
+            whole: Any = head.obj  # the bytes write() queued (a memoryview's obj is typed as any buffer)
+            sent = len(whole) - len(head)
+            end = whole.find(b"\n", sent) + 1 or len(whole)
+            return bytes(head[: end - sent])
+        kept = bytearray()
+        for piece in self.out:
+            start = max(len(kept), self.in_flight - 1)
+            kept += piece
+            end = kept.find(b"\n", start) + 1
+            if end:
+                return bytes(kept[:end])
+        return bytes(kept)
+
     def flush(self) -> None:
         """Sends what is queued, as much as the kernel takes now; resumes a paused session
         below low_water; finishes a graceful close once everything is out."""
@@ -281,7 +319,11 @@ class Transport:
         if out:
             data = out[0] if len(out) == 1 else b"".join(out)
             try:  # _send_some(), written out: this is the send of every reply
-                sent = self.sock.send(data)
+                if self.record:
+                    sent = _send_records(self.sock, data, self.record)
+                    self.in_flight = min(self.record, len(data) - sent)  # 0 once all went
+                else:
+                    sent = self.sock.send(data)
             except _WOULD_BLOCK:
                 sent = 0
             except OSError as exc:

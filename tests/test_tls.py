@@ -650,3 +650,83 @@ def test_a_client_that_renegotiates_is_refused_alone(make_server, pki):
     other = _tls_connect(server, _client_context(pki))
     assert _request(server, other, b"ping\n") == b"pong\n"
     other.close()
+
+
+def _read_tls_to_eof(server, sock: ssl.SSLSocket, seconds: float = TIMEOUT) -> bytes:
+    sock.setblocking(False)
+    got = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        server.poll(0.005)
+        try:
+            data = sock.recv(65536)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            continue
+        if not data:
+            return got
+        got += data
+    raise AssertionError(f"no EOF after {len(got)} bytes")
+
+
+def test_a_tls_client_cut_off_gets_the_notice_after_whole_lines(make_server, pki):
+    # A TLS send that would block may hold a record in flight, and OpenSSL wants the same bytes
+    # again: the cut-off used to replace them with its notice, the retry failed (BAD_LENGTH),
+    # and the client met a bare EOF after whole lines, a cut reply that looked complete.
+    server = make_server("127.0.0.1", tls=_server_context(pki), high_water=64 << 10, max_output=128 << 10)
+    sock = _tls_connect(server, _client_context(pki), rcvbuf=16384)
+    try:
+        for _ in range(20):
+            server.poll(0.01)
+        (conn,) = server.connections
+        queued = 0
+        for _ in range(400):  # until a send would block: output stays queued after a flush
+            conn.write("".join(f"line {queued + i:06d} {'x' * 88}\n" for i in range(100)))
+            queued += 100
+            server.poll(0)
+            if conn.buffered_output:
+                break
+        assert conn.buffered_output
+        conn.write("y" * (256 << 10) + "\n")  # past high_water + max_output
+        assert conn.closing
+        lines = _read_tls_to_eof(server, sock).split(b"\n")
+    finally:
+        sock.close()
+    assert lines[-1] == b""
+    assert lines[-2].startswith(b"ERR too much unsent output")
+    numbers = [int(line[5:11]) for line in lines[:-2]]
+    assert numbers == list(range(len(numbers))) and len(numbers) > 100
+    assert all(len(line) == 100 for line in lines[:-2])
+
+
+def test_a_slow_tls_reader_of_a_long_reply_is_seen_to_progress(make_server, pki):
+    # A TLS send takes its buffer whole or not at all: sent in one go, an 8 MB reply counted
+    # nothing until its last byte, so the idle reaper reset a client reading it steadily, and
+    # high and low water saw all or nothing. Sent a record at a time, each is counted.
+    server = make_server("127.0.0.1", tls=_server_context(pki), idle_timeout=0.5, max_output=16 << 20)
+
+    @server.command
+    def big() -> str:
+        return "\n".join(f"{i:07d} {'z' * 92}" for i in range(80000))
+
+    sock = _tls_connect(server, _client_context(pki), rcvbuf=16384)
+    try:
+        sock.sendall(b"big\n")
+        sock.setblocking(False)
+        got = 0
+        counted = []
+        start = time.monotonic()
+        while time.monotonic() - start < 1.5:  # three idle timeouts, reading all the while
+            server.poll(0.005)
+            try:
+                data = sock.recv(16384)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue
+            assert data, f"closed after {got} bytes, {time.monotonic() - start:.2f} s in"
+            got += len(data)
+            counted.append(server.stats.bytes_out)
+            time.sleep(0.01)
+        assert 0 < got < 8_000_000  # still reading, and not at the end
+        assert server.connections  # not reaped
+        assert counted[len(counted) // 2] > 0 and counted[-1] > counted[len(counted) // 2]
+    finally:
+        sock.close()
