@@ -78,11 +78,21 @@ def _to_int(text: str) -> int:
         raise ValueError("expected an integer") from None
 
 
+_INF = float("inf")
+_INF_WORDS = frozenset(("inf", "infinity"))
+_OUT_OF_RANGE = "number out of range"
+
+
 def _to_float(text: str) -> float:
     try:
-        return float(text)
+        number = float(text)
     except ValueError:
         raise ValueError("expected a number") from None
+    # float() turns digits past a float's range (1e400, or 400 digits) into inf without a word.
+    # "inf" spelled out is still taken, as before: handlers that cannot use it check (watch does).
+    if abs(number) == _INF and text.strip().lower().lstrip("+-") not in _INF_WORDS:
+        raise ValueError(_OUT_OF_RANGE)
+    return number
 
 
 def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
@@ -186,7 +196,10 @@ class Param:
             if self.convert is _to_int and isinstance(value, int) and not isinstance(value, bool):
                 return value
             if self.convert is _to_float and isinstance(value, (int, float)) and not isinstance(value, bool):
-                return float(value)
+                try:
+                    return float(value)
+                except OverflowError:  # a JSON int past a float's range, as the same digits in text
+                    raise _BadValue(f"bad value for {self.metavar}: {value!r}: {_OUT_OF_RANGE}") from None
             if self.choices is None:
                 value = str(value)
         try:
