@@ -233,9 +233,13 @@ def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
 
 
 def _unwrap_optional(annotation: Any) -> Any:
+    import types
     import typing
 
-    if typing.get_origin(annotation) is typing.Union:
+    # `int | None` (Python 3.10+) is a types.UnionType, not a typing.Union; 3.9 has neither it
+    # nor the syntax.
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or (origin is not None and origin is getattr(types, "UnionType", None)):
         members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         if len(members) == 1:
             return members[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import json
 import subprocess
+import sys
 from typing import Any, Dict, List, Literal, Optional
 
 import pytest
@@ -1004,3 +1005,26 @@ def test_a_json_int_past_a_floats_range_over_the_socket(typed, caplog):
     assert typed.seen == []
     assert "Traceback" not in caplog.text
     assert one(client, "ping") == "pong"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="`int | None` needs Python 3.10")
+def test_x_or_none_is_optional_x():
+    # Only typing.Union was unwrapped: `int | None` was refused at registration as a container.
+    calls: List[Any] = []
+
+    def job(count: int | None, label: str | None = None, *, retries: int | None = None) -> None:
+        calls.append((count, label, retries))
+
+    command = Command("job", job, connection_type=Connection)
+    assert command.usage == "job COUNT [LABEL] [--retries RETRIES]"
+    command.call(["3", "x", "--retries=2"], None)
+    command.call_json([None, None], {"retries": None}, None)
+    command.call_json(["4"], {}, None)
+    assert calls == [(3, "x", 2), (None, None, None), (4, None, None)]
+    with pytest.raises(reactor_mgmt.UsageError, match=r"bad value for COUNT: 'x': expected an integer"):
+        command.call(["x"], None)
+
+    def whoami(conn: Connection | None = None) -> str:
+        return "injected" if conn is not None else "none"
+
+    assert Command("whoami", whoami, connection_type=Connection).signature.inject == "conn"
