@@ -95,14 +95,26 @@ def _to_float(text: str) -> float:
     return number
 
 
+_UNCLEAR = object()  # no choice, or more than one, for a text
+
+
 def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
-    by_text = {}
+    exact: Dict[str, Any] = {}
+    spellings: List[Tuple[str, Any]] = []
     for choice in choices:
         if isinstance(choice, enum.Enum):
-            by_text[choice.name.lower()] = choice
-            by_text[str(choice.value).lower()] = choice
+            spellings.append((choice.name, choice))
+            spellings.append((str(choice.value), choice))
         else:
-            by_text[str(choice).lower()] = choice
+            spellings.append((str(choice), choice))
+    # Any case is accepted, but only for a key that one choice alone lowers to: with both "B"
+    # and "b" as choices, each is taken as written, and "B" is not an arbitrary pick of the two.
+    by_lower: Dict[str, Any] = {}
+    for text, choice in spellings:
+        exact[text] = choice
+        key = text.lower()
+        by_lower[key] = choice if by_lower.get(key, choice) is choice else _UNCLEAR
+    expected = "expected one of: " + ", ".join(_choice_names(choices))
 
     def convert(text: Any) -> Any:
         if not isinstance(text, str):
@@ -112,17 +124,25 @@ def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
                     if candidate == text and isinstance(candidate, bool) is isinstance(text, bool):
                         return choice
             text = str(text)
-        try:
-            return by_text[text.lower()]
-        except KeyError:
-            names = ", ".join(_choice_name(choice) for choice in choices)
-            raise ValueError(f"expected one of: {names}") from None
+        choice = exact.get(text, _UNCLEAR)
+        if choice is _UNCLEAR:
+            choice = by_lower.get(text.lower(), _UNCLEAR)
+            if choice is _UNCLEAR:
+                raise ValueError(expected)
+        return choice
 
     return convert
 
 
 def _choice_name(choice: Any) -> str:
     return choice.name.lower() if isinstance(choice, enum.Enum) else str(choice)
+
+
+def _choice_names(choices: Sequence[Any]) -> List[str]:
+    names = [_choice_name(choice) for choice in choices]
+    if len(set(names)) < len(names):  # enum members named A and a: lowered, the list says "a, a"
+        names = [choice.name if isinstance(choice, enum.Enum) else str(choice) for choice in choices]
+    return names
 
 
 class Param:
@@ -157,7 +177,7 @@ class Param:
             return _to_float, "number"
         if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
             members = list(annotation)
-            self.choices = [_choice_name(member) for member in members]
+            self.choices = _choice_names(members)
             return _choice_converter(members), "choice"
         if typing.get_origin(annotation) is typing.Literal:
             values = list(typing.get_args(annotation))

@@ -22,6 +22,11 @@ class Color(enum.Enum):
     green = 2
 
 
+class Grade(enum.Enum):  # names that differ only in case
+    A = 1
+    a = 2
+
+
 def one(client: RawClient, line: str) -> str:
     (reply,) = client.request(line)
     return reply
@@ -1028,3 +1033,43 @@ def test_x_or_none_is_optional_x():
         return "injected" if conn is not None else "none"
 
     assert Command("whoami", whoami, connection_type=Connection).signature.inject == "conn"
+
+
+def test_choices_that_differ_only_in_case_are_each_taken_as_written():
+    # Choices were looked up lowercased only: of "B" and "b", one could never be chosen.
+    seen: List[Any] = []
+
+    def pick(letter: Literal["B", "b", "c"], grade: Grade = Grade.A, pair: Literal["Ab", "aB"] = "Ab") -> None:
+        seen.append((letter, grade, pair))
+
+    command = Command("pick", pick, connection_type=Connection)
+    command.call(["B", "A", "Ab"], None)
+    command.call(["b", "a", "aB"], None)
+    command.call(["C", "2"], None)  # any case still, where only one choice lowers to it
+    command.call_json(["b"], {"grade": "A", "pair": "aB"}, None)
+    command.call_json(["B", 2], {}, None)
+    assert seen == [
+        ("B", Grade.A, "Ab"),
+        ("b", Grade.a, "aB"),
+        ("c", Grade.a, "Ab"),
+        ("b", Grade.A, "aB"),
+        ("B", Grade.a, "Ab"),
+    ]
+    usage = "usage: pick LETTER [GRADE] [PAIR]"
+    # A spelling that is neither exactly, with two choices lowering to it: no arbitrary pick
+    for args, why in (
+        (["x"], "bad value for LETTER: 'x': expected one of: B, b, c"),
+        (["c", "x"], "bad value for GRADE: 'x': expected one of: A, a"),
+        (["c", "a", "ab"], "bad value for PAIR: 'ab': expected one of: Ab, aB"),
+        (["c", "a", "AB"], "bad value for PAIR: 'AB': expected one of: Ab, aB"),
+    ):
+        with pytest.raises(reactor_mgmt.UsageError) as caught:
+            command.call(args, None)
+        assert str(caught.value) == f"{usage} ({why})"
+    assert len(seen) == 5
+    assert command.help_text().splitlines()[:4] == [
+        usage,
+        "  LETTER: one of B, b, c",
+        "  GRADE: one of A, a",
+        "  PAIR: one of Ab, aB",
+    ]
