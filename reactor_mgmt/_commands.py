@@ -353,6 +353,8 @@ class Signature:
                 name = name.replace("-", "_")
                 param = options.get(name)
                 if param is None and name.startswith("no_") and name[3:] in options and options[name[3:]].flag:
+                    if has_value:  # --no-force=no, a double negative: refused, not read as false
+                        raise _BadValue(f"option --{name.replace('_', '-')} takes no value")
                     keywords[name[3:]] = False
                     continue
                 if param is None:

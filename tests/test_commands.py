@@ -411,6 +411,10 @@ def test_kick_from_the_brief(kick_server, calls):
         ("kick a b c", "too many arguments (expected at most 2)"),
         ("kick bob --forse", "unknown option --forse"),
         ("kick bob --force=maybe", "bad value for FORCE: 'maybe': expected true/false, yes/no, on/off or 1/0"),
+        # --no-force took its value as nothing: =no and =banana both meant false
+        ("kick bob --no-force=no", "option --no-force takes no value"),
+        ("kick bob --no-force=banana", "option --no-force takes no value"),
+        ("kick bob --no-force=", "option --no-force takes no value"),
         ('kick "bob', None),
     ],
 )
