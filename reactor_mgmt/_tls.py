@@ -11,9 +11,10 @@
 # connection is closed, and nothing runs.
 #
 # After the handshake, reads and sends are the Transport's own (one recv per readable event, and
-# sends through its one send site; a peer's close_notify reads as b"", an EOF). Records already
-# decrypted sit in SSLSocket.pending() and raise no event, so the next poll's events get one
-# for them (Loop.read_pending), taken in its turn like any socket's.
+# sends through its one send site; a peer's close_notify reads as b"", an EOF). A graceful
+# close sends our close_notify before the EOF. Records already decrypted sit in
+# SSLSocket.pending() and raise no event, so the next poll's events get one for them
+# (Loop.read_pending), taken in its turn like any socket's.
 from __future__ import annotations
 
 import ssl
@@ -121,6 +122,28 @@ class TlsTransport(Transport):
         if self.mask & _READ and self.sock.pending():
             # Decrypted bytes are waiting, and no event will say so: read them next poll.
             self.loop.read_pending(self)
+
+    def finish_close(self) -> None:
+        self._close_notify()
+        Transport.finish_close(self)
+
+    def send_and_close(self) -> None:
+        if self.out is None:  # else the close is a reset (hang_up): a cut reply must not look whole
+            self._close_notify()
+        Transport.send_and_close(self)
+
+    def _close_notify(self) -> None:
+        """Says the TLS close_notify before our EOF, so that the client can tell all of our
+        replies from replies cut short (a bare EOF may be an attacker's). Not waiting for the
+        client's own: unwrap() sends ours, then would wait, which a non-blocking socket
+        refuses; the linger reads the client's as plain bytes. Best effort: with the kernel
+        full, none is sent."""
+        if self.handshaking or self.closed or self.lingering:
+            return
+        try:
+            self.sock.unwrap()
+        except (OSError, ValueError):  # SSLWantReadError: ours went, theirs has not come yet
+            pass
 
     def close_now(self) -> None:
         if self.handshake_timer is not None:

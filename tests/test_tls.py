@@ -730,3 +730,26 @@ def test_a_slow_tls_reader_of_a_long_reply_is_seen_to_progress(make_server, pki)
         assert counted[len(counted) // 2] > 0 and counted[-1] > counted[len(counted) // 2]
     finally:
         sock.close()
+
+
+def test_a_graceful_close_over_tls_sends_close_notify(make_server, pki):
+    # A TLS client tells a whole reply from one cut short by the close_notify before the EOF
+    # (a truncation attack looks like a bare EOF). After `quit`, and at the server's close,
+    # the server says it, as HAProxy does; without it Python raises SSLEOFError here.
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    context = _client_context(pki)
+    quitting = _tls_connect(server, context)
+    closing = _tls_connect(server, context)
+    try:
+        for sock in (quitting, closing):
+            sock.suppress_ragged_eofs = False
+        assert _request(server, quitting, b"ping\nquit\n").startswith(b"pong\n")
+        _read_tls_to_eof(server, quitting)  # to b"": a bare EOF raises SSLEOFError
+        assert _request(server, closing, b"ping\n") == b"pong\n"
+        server.close()
+        closing.setblocking(True)
+        closing.settimeout(TIMEOUT)
+        assert closing.recv(65536) == b""
+    finally:
+        quitting.close()
+        closing.close()
