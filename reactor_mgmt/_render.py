@@ -82,6 +82,15 @@ def _safe_str(value: Any) -> str:
         return f"<unprintable {type(value).__name__} object>"
 
 
+def _float_text(value: float) -> str:
+    """Six significant digits for a load, a rate or a ratio; from a million up (an uptime in
+    seconds after 12 days, a timestamp, a byte count) the shortest exact form: %.6g would print
+    every such uptime as 1e+06 or so, and an operator reads a number that has stopped."""
+    if -1e6 < value < 1e6:
+        return f"{value:.6g}"
+    return repr(value)  # and NaN, which compares false: 'nan', as %.6g prints it
+
+
 def _cell(value: Any) -> str:
     cls = value.__class__
     if cls is str:
@@ -92,13 +101,13 @@ def _cell(value: Any) -> str:
         except ValueError:  # an int past str()'s digit limit
             return _safe_str(value)
     if cls is float:  # a status's load or uptime: before the Enum test, which a float never passes
-        return f"{value:.6g}"
+        return _float_text(value)
     if value is None:
         return "-"
     if isinstance(value, enum.Enum):
         return str(value.name)
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return _float_text(value)
     return _safe_str(value)
 
 
