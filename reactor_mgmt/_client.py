@@ -12,7 +12,9 @@
 # Abandoning a reply half-way (a timeout, Ctrl-C, leaving a stream early) closes the connection:
 # a plain stream only stops when its client goes away, and a late reply must never be mistaken
 # for the answer to the next request. The Client then reconnects on its next call, and
-# re-authenticates and lowers the level again (`level user` must outlive a reconnect).
+# re-authenticates and lowers the level again (`level user` must outlive a reconnect; so must
+# a token proved with an `auth TOKEN` request). A connection the server closed while it sat idle
+# is noticed before the next request goes out, and that request reconnects.
 #
 # TLS (tls=True, or cafile=/cert=/insecure=, or an ssl.SSLContext) wraps TCP endpoints; a Unix
 # socket is local and stays plain. The server's name for SNI and the certificate check is the
@@ -187,7 +189,14 @@ def remote_error(message: Dict[str, Any]) -> RemoteError:
 def request_line(request: Dict[str, Any], request_id: int) -> bytes:
     payload = dict(request)
     payload["id"] = request_id
-    return (json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":")) + "\n"
+    # Words from argv or stdin that were not UTF-8 arrive as lone surrogates: they go out as
+    # the bytes they were, and the server answers invalid UTF-8 with an error reply. Any other
+    # lone surrogate goes as surrogatepass makes it, just as invalid, rather than raise here.
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 _FOREVER = 1e9  # seconds; longer waits overflow select() and settimeout(), so they mean "none"
@@ -199,10 +208,36 @@ def _timeout_value(timeout: Optional[float]) -> Optional[float]:
     return float(timeout)
 
 
+def _command_words(request: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
+    """A request's words as the server resolves and binds them (argv, or the words of cmd and
+    then args), and its kwargs."""
+    argv = request.get("argv")
+    if argv is not None:
+        return (list(argv) if isinstance(argv, list) else []), {}
+    name, args, kwargs = request.get("cmd"), request.get("args") or [], request.get("kwargs") or {}
+    if not isinstance(name, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
+        return [], {}
+    return [*name.split(), *args], kwargs
+
+
 def _level_set_by(request: Dict[str, Any]) -> Optional[str]:
-    """The level a `level NAME` request asks for, so a reconnect can restore it."""
-    words = request.get("argv") or [request.get("cmd"), *request.get("args", ())]
-    if len(words) == 2 and words[0] == "level" and isinstance(words[1], str):
+    """The level a `level NAME` request asks for, so a reconnect can restore it: argv, cmd
+    "level NAME", cmd "level" with args, or kwargs new_level (the builtin's parameter)."""
+    words, kwargs = _command_words(request)
+    if words[:1] != ["level"]:
+        return None
+    given = words[1:] + ([kwargs["new_level"]] if "new_level" in kwargs else [])
+    if len(given) == 1 and isinstance(given[0], str):
+        return given[0]
+    return None
+
+
+def _token_sent_by(request: Dict[str, Any], result: Any) -> Optional[str]:
+    """The token of an `auth TOKEN` request that the server accepted ("OK"), so a reconnect
+    can authenticate again. `auth challenge` answers a challenge, not "OK", and `auth response
+    HMAC` has three words, so neither is taken for a token."""
+    words, _ = _command_words(request)
+    if result == "OK" and len(words) == 2 and words[0] == "auth" and isinstance(words[1], str):
         return words[1]
     return None
 
@@ -335,6 +370,11 @@ class Client:
         self.stream_timeout = _timeout_value(stream_timeout)
         self.token = token
         self.tls_context = context_for(tls, cafile, cert, key, insecure)
+        self._would_block = _WOULD_BLOCK
+        if self.tls_context is not None:
+            import ssl
+
+            self._would_block = _WOULD_BLOCK + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
         self._sock: Optional[socket.socket] = None
         self._reader = LineReader()
         self._next_id = 0
@@ -482,6 +522,13 @@ class Client:
         wait for each line from ``timeout`` to ``stream_timeout``."""
         if self._busy:
             raise ReactorMgmtError("one request at a time: finish the previous reply first")
+        if self._sock is not None and not self._still_open():
+            # Closed while idle (idle_timeout): reconnect rather than fail. A server that said
+            # why it closed (a refusal: too many connections) is reported, as it was before.
+            said = self._said_before_closing()
+            self._drop()
+            if _wire.read_err_line(said) is not None:
+                raise ConnectionFailed(_closed_message(self.address, said))
         self.connect()
         self._busy = True
         self._next_id += 1
@@ -512,12 +559,45 @@ class Client:
                 level = _level_set_by(request)
                 if level is not None:
                     self._level = level
+                # A token typed as `auth TOKEN` (the shell's prompt) is the session's token from
+                # now on, so a reconnect authenticates again as it lowers the level again.
+                token = _token_sent_by(request, value)
+                if token is not None:
+                    self.token = token
                 yield ("end" if kind == _wire.END else "result"), value
                 return
         finally:
             self._busy = False
             if not finished:
                 self._drop()
+
+    def _still_open(self) -> bool:
+        """Whether the idle connection is still there, as urllib3's is_connection_dropped asks.
+
+        One non-blocking read instead of select() and MSG_PEEK: it works alike for TLS (where
+        recv takes no flags, and the session tickets a TLS 1.3 server sends after the
+        handshake make the socket readable with no data for us) and for any descriptor
+        number. Would-block: open. EOF or an error (the idle reaper resets): closed. Bytes
+        that no request asked for are kept in the reader, where they come out as text before
+        the next reply (as they did before this check), or say why the server closed."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.settimeout(0.0)
+            while True:
+                data = sock.recv(_RECV_SIZE)
+                if not data:
+                    return False
+                self._reader.feed(data)
+        except self._would_block:
+            return True
+        except (OSError, ReplyTooLong):
+            return False
+        finally:
+            try:
+                sock.settimeout(self.timeout)
+            except OSError:
+                pass
 
     def _send(self, data: bytes) -> None:
         assert self._sock is not None

@@ -555,3 +555,118 @@ def test_a_refusal_before_the_request_went_still_reports_the_servers_reason(tmp_
     finally:
         server.close()
         os.rmdir(directory)
+
+
+@pytest.mark.parametrize(
+    "lower",
+    [
+        lambda client: client.call("level user"),  # cmd split into words by the server
+        lambda client: client.call("level", new_level="user"),  # the builtin's parameter, by name
+        lambda client: client._result({"argv": ["level", "user"]}),  # the shell's form
+    ],
+    ids=["cmd-words", "kwargs", "argv"],
+)
+def test_a_reconnect_keeps_the_level_however_the_request_lowered_it(lower):
+    srv = reactor_mgmt.Server("127.0.0.1", 0)
+    _add_commands(srv)
+    srv.add_command("restart", lambda: "restarted", level="operator")
+    with ServerThread(srv), reactor_mgmt.Client(("127.0.0.1", srv.port)) as client:
+        assert lower(client) == "user"
+        for _ in client.stream("count", 1000):
+            break
+        assert not client.connected
+        assert client.call("level") == "user"
+        with pytest.raises(RemoteError, match="needs operator"):
+            client.call("restart")
+
+
+@pytest.mark.parametrize(
+    "authenticate",
+    [
+        lambda client: client._result({"argv": ["auth", "s3cret"]}),  # what the shell sends
+        lambda client: client.call("auth", "s3cret"),
+        lambda client: client.call("auth s3cret"),
+    ],
+    ids=["argv", "args", "cmd-words"],
+)
+def test_a_token_proved_with_auth_outlives_a_reconnect(authenticate):
+    # The shell's `auth TOKEN` at the prompt, then Ctrl-C on a stream: the reconnect used to
+    # come back unauthenticated ("authentication required" for every command after).
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token="s3cret")
+    _add_commands(srv)
+    with ServerThread(srv), reactor_mgmt.Client(("127.0.0.1", srv.port)) as client:
+        with pytest.raises(RemoteError, match="authentication required"):
+            client.call("add", 1, 2)
+        assert authenticate(client) == "OK"
+        for _ in client.stream("count", 1000):
+            break
+        assert not client.connected
+        assert client.call("add", 1, 2) == 3
+        assert "s3cret" not in repr(client)
+        with pytest.raises(RemoteError, match="authentication failed"):
+            client.call("auth", "wrong")  # refused: the token proved before stays
+        assert client.call("add", 2, 2) == 4
+        assert client.call("auth challenge") != "OK"  # a challenge, not a token
+        assert client.token == "s3cret"
+
+
+def test_bytes_that_are_not_utf8_reach_the_server_instead_of_raising(served):
+    # A word from argv or stdin decoded with surrogateescape holds lone surrogates; encoding
+    # the request raised UnicodeEncodeError. The bytes go as they were, the server says why not.
+    with reactor_mgmt.Client(("127.0.0.1", served.port)) as client:
+        with pytest.raises(RemoteError, match="not valid UTF-8"):
+            client.call("add", "\udcff", "1")
+        with pytest.raises(RemoteError, match="not valid UTF-8"):
+            client.call("add", "\ud800", "1")  # not from surrogateescape: still sent, still refused
+        assert client.call("add", 1, 2) == 3
+
+
+def _wait_until_closed_by_server(srv: reactor_mgmt.Server) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while srv.connections:
+        assert time.monotonic() < deadline, "the server did not close the idle connection"
+        time.sleep(0.02)
+
+
+def test_a_connection_the_server_closed_while_idle_is_reopened_by_the_next_call():
+    # The idle reaper closes a quiet connection; the next call used to fail with "closed the
+    # connection before replying", and only the call after it reconnected.
+    srv = reactor_mgmt.Server("127.0.0.1", 0, idle_timeout=0.2)
+    _add_commands(srv)
+    with ServerThread(srv), reactor_mgmt.Client(("127.0.0.1", srv.port)) as client:
+        assert client.call("ping") == "pong"
+        _wait_until_closed_by_server(srv)
+        assert client.call("add", 1, 2) == 3
+        assert srv.stats.connections_total == 2
+
+
+def test_an_idle_tls_connection_closed_by_the_server_is_reopened(tmp_path):
+    # Over TLS too; and a fresh TLS connection, readable with the session tickets a TLS 1.3
+    # server sends after the handshake, is not taken for a closed one.
+    from tls_helpers import make_cert, server_context
+
+    cert, key = make_cert(tmp_path, "server")
+    srv = reactor_mgmt.Server("127.0.0.1", 0, tls=server_context(cert, key), idle_timeout=0.3)
+    _add_commands(srv)
+    with ServerThread(srv), reactor_mgmt.Client(("127.0.0.1", srv.port), cafile=cert) as client:
+        time.sleep(0.1)  # the tickets are in
+        assert client.call("ping") == "pong"
+        assert srv.stats.connections_total == 1
+        _wait_until_closed_by_server(srv)
+        assert client.call("add", 1, 2) == 3
+        assert srv.stats.connections_total == 2
+
+
+def test_text_sent_between_requests_is_kept_not_taken_for_a_closed_connection(served):
+    # Bytes that arrive while no request is in flight (a handler's late conn.write) are read
+    # by the liveness check; they come out as text before the next reply, as before the check.
+    @served.command
+    def later(conn: Connection) -> str:
+        served.call_later(0.05, conn.write, "late news")
+        return "soon"
+
+    with reactor_mgmt.Client(("127.0.0.1", served.port)) as client:
+        assert client.call("later") == "soon"
+        time.sleep(0.3)
+        assert list(client.exchange({"cmd": "add", "args": [1, 2]})) == [("text", "late news"), ("result", 3)]
+        assert served.stats.connections_total == 1
