@@ -137,6 +137,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
     token = args.token if args.token is not None else (os.environ.get("REACTOR_MGMT_TOKEN") or None)
+    # Bytes on stdin that are not in its encoding (a script line, a line typed at the prompt)
+    # become lone surrogates, as argv's do, rather than a UnicodeDecodeError; the request then
+    # carries the bytes as they were, and the server's error reply says what is wrong.
+    try:
+        sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]
+    except (AttributeError, OSError, ValueError):  # not a TextIOWrapper (replaced, or closed)
+        pass
     runner = _Runner(endpoints, token, args.timeout, args.json, tls)
     try:
         if command:
@@ -200,8 +207,6 @@ def _app_endpoints(name: str) -> List[Endpoint]:
 
 def list_instances(names: List[str], as_json: bool) -> int:
     """`reactor-mgmt ls [NAME...]`: the live servers registered for discovery."""
-    import time
-
     from ._discovery import instances
 
     try:
@@ -223,7 +228,7 @@ def list_instances(names: List[str], as_json: bool) -> int:
             "name": instance.name,
             "pid": instance.pid,
             "addresses": " ".join(instance.addresses) + (" (tls)" if instance.tls else ""),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(instance.started)),
+            "started": _local_time(instance.started),
             "token": "yes" if instance.token_required else "no",
         }
         for instance in found
@@ -231,6 +236,15 @@ def list_instances(names: List[str], as_json: bool) -> int:
     table = render_text(rows)
     print(table, end="" if table.endswith("\n") else "\n")
     return EXIT_OK
+
+
+def _local_time(when: float) -> str:
+    import time
+
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+    except (OverflowError, OSError, ValueError):  # a start time out of the platform's range
+        return "?"
 
 
 def _read_hosts_file(path: str) -> List[str]:
@@ -453,6 +467,13 @@ class Completer:
         return self.matches[state] if state < len(self.matches) else None
 
 
+def _is_auth_line(line: str) -> bool:
+    """Whether a line typed at the prompt is `auth ...`, judged without parsing it: its first
+    word with quotes and backslashes taken out."""
+    first = line.split(None, 1)[:1]
+    return bool(first) and first[0].replace('"', "").replace("'", "").replace("\\", "") == "auth"
+
+
 class _Shell:
     def __init__(self, runner: _Runner) -> None:
         self.runner = runner
@@ -482,6 +503,13 @@ class _Shell:
                 except KeyboardInterrupt:
                     print()
                     continue
+                except UnicodeDecodeError as exc:  # stdin could not take surrogateescape
+                    print(f"reactor-mgmt: cannot read the line: {exc.reason}", file=sys.stderr)
+                    continue
+                # A token stays out of the history file, decided from the raw text: a line that
+                # does not parse (`auth "s3cret`, an unbalanced quote) holds the token all the same.
+                if _is_auth_line(line) and self.readline is not None:
+                    self.readline.remove_history_item(self.readline.get_current_history_length() - 1)
                 try:
                     words = split_words(line)
                 except ParseError as exc:
@@ -489,8 +517,6 @@ class _Shell:
                     continue
                 if not words:
                     continue
-                if words[0] == "auth" and self.readline is not None:  # a token stays out of the history file
-                    self.readline.remove_history_item(self.readline.get_current_history_length() - 1)
                 if words in (["quit"], ["exit"]):
                     return EXIT_OK
                 self.run(words)

@@ -345,3 +345,74 @@ def test_the_fd_limit_when_setrlimit_fails_is_the_soft_limit(monkeypatch):
     assert _raise_fd_limit(300) == 64
     monkeypatch.setattr(resource, "setrlimit", lambda which, limits: None)
     assert _raise_fd_limit(300) == 300 and _raise_fd_limit(9000) == 4096  # raised, up to the hard limit
+
+
+# ---- bytes that are not UTF-8, and the shell's history ----
+
+
+def test_bytes_that_are_not_utf8_in_argv_or_on_stdin_get_the_servers_error_not_a_traceback():
+    srv = reactor_mgmt.Server("127.0.0.1", 0)
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        proc = run_cli("-c", address, "ping", "\udcff")  # argv's bytes, as surrogateescape decodes them
+        assert (proc.returncode, proc.stderr) == (1, "ERR request is not valid UTF-8\n")
+        # A pipe, with stdin read strictly (a UTF-8 locale that is not C.UTF-8) and not.
+        for errors in ("strict", "surrogateescape"):
+            piped = subprocess.run(
+                [sys.executable, "-m", "reactor_mgmt", "-c", address],
+                input=b"ping \xff\nping\n",
+                capture_output=True,
+                env=child_env({"PYTHONIOENCODING": f"utf-8:{errors}"}),
+                cwd=ROOT,
+                timeout=60,
+            )
+            assert (piped.returncode, piped.stdout, piped.stderr) == (
+                1,
+                b"pong\n",
+                b"ERR request is not valid UTF-8\n",
+            ), errors
+
+
+class _FakeReadline:
+    """What the shell uses of readline: a history that input() adds each line to."""
+
+    def __init__(self) -> None:
+        self.history: List[str] = []
+
+    def get_current_history_length(self) -> int:
+        return len(self.history)
+
+    def remove_history_item(self, index: int) -> None:
+        del self.history[index]
+
+    def write_history_file(self, path: str) -> None:
+        pass
+
+
+def test_an_auth_line_that_does_not_parse_is_kept_out_of_the_history(monkeypatch, capsys):
+    # `auth "s3cret` (an unbalanced quote) fails to parse; the scrub ran only after parsing, so
+    # the token stayed in ~/.reactor_mgmt_history.
+    from reactor_mgmt import _cli
+
+    fake = _FakeReadline()
+    typed = iter(["ping", 'auth "s3cret', "'auth' s3cret2", "stats"])
+
+    def fake_input(prompt: str) -> str:
+        try:
+            line = next(typed)
+        except StopIteration:
+            raise EOFError from None
+        fake.history.append(line)
+        return line
+
+    def fake_setup(shell: _cli._Shell) -> None:
+        shell.readline = fake
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    monkeypatch.setattr(_cli._Shell, "_setup_readline", fake_setup)
+    monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: None)
+    runner = _cli._Runner([_cli.Endpoint(f"[::1]:{free_port()}")] * 2, None, 1.0, False)  # fanned: no connection
+    assert _cli._Shell(runner).loop() == 0
+    assert fake.history == ["ping", "stats"]
+    err = capsys.readouterr().err
+    assert "No closing quotation" in err and "s3cret" not in err
