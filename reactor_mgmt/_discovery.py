@@ -22,6 +22,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 from ._errors import ReactorMgmtError
 
 _SUFFIX = ".json"
+_LATEST_START = 1e11  # seconds since the epoch (the year 5138): a later start time is corrupt
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _written: Dict[str, Tuple[int, int, bytes]] = {}  # path -> (st_dev, st_ino, contents) of the files written here
 
@@ -223,12 +224,16 @@ def _instance(record: Dict[str, Any], path: str) -> Optional[Instance]:
         return None
     if not isinstance(addresses, list) or not all(isinstance(address, str) for address in addresses):
         return None
-    started = record.get("started")
+    started = record.get("started", 0.0)
+    # time.time() as a server wrote it: anything else (1e300, a 400-digit int, NaN, a string) is
+    # no record of ours, and would overflow float() here or localtime() in `ls`.
+    if not isinstance(started, (int, float)) or isinstance(started, bool) or not 0 <= started < _LATEST_START:
+        return None
     return Instance(
         name,
         pid,
         addresses,
-        float(started) if isinstance(started, (int, float)) else 0.0,
+        float(started),
         bool(record.get("token")),
         bool(record.get("tls")),
         path,

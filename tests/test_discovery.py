@@ -304,3 +304,33 @@ def test_app_asks_a_forking_host_and_every_worker_at_once(runtime_dir):
         host.terminate()
         host.communicate(timeout=TIMEOUT)
     assert list(runtime_dir.glob("reactor_mgmt/forkapp.*.json")) == []  # each removed its own file
+
+
+@pytest.mark.parametrize(
+    "started",
+    ["1e300", "1" + "0" * 400, "NaN", "-5", '"yesterday"'],
+    ids=["1e300", "400-digits", "NaN", "negative", "string"],
+)
+def test_a_start_time_out_of_range_is_a_bad_record_not_a_crash(runtime_dir, started):
+    # 1e300 overflowed localtime() in `ls`, a 400-digit int overflowed float() in instances().
+    good = register("app", os.getpid(), [("127.0.0.1", 2)], 123.0, False)
+    folder = Path(good).parent
+    record = json.loads(Path(good).read_text())
+    bad = folder / f"bad.{os.getpid()}.json"
+    bad.write_text(json.dumps({**record, "name": "bad"}).replace('"started": 123.0', f'"started": {started}'))
+    assert f'"started": {started}' in bad.read_text()
+    assert [instance.name for instance in instances()] == ["app"]
+    assert bad.exists()  # not ours to remove: left alone, like other unreadable records
+    proc = run_cli("ls")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert [line.split()[0] for line in proc.stdout.splitlines()[1:]] == ["app"]
+
+
+def test_ls_shows_a_start_time_localtime_cannot_take(monkeypatch, capsys):
+    from reactor_mgmt._cli import main
+
+    record = _discovery.Instance("app", os.getpid(), ["127.0.0.1:2"], 1e300, False, False, "/nowhere")
+    monkeypatch.setattr(_discovery, "instances", lambda name=None: [record])
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:2] == ["app", str(os.getpid())] and " ? " in out
