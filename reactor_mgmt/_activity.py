@@ -127,7 +127,8 @@ def install_activity(
     parameter names whose values are masked, to SECRET_PARAMETERS. ``maskers`` maps a command's
     name to a function that takes its argument list and returns it with the secret values
     replaced by MASK, for commands whose secrets no parameter name tells (`config set NAME
-    VALUE` of a secret setting); the rules above still apply to what it returns.
+    VALUE` of a secret setting); a JSON request's kwargs go to it one [NAME, VALUE] pair at a
+    time. The rules above still apply to what it returns.
     """
     parts = tuple(parts)
     unknown = [part for part in parts if part not in PARTS]
@@ -217,9 +218,12 @@ def masked_words(
     if masker is not None:
         try:
             args = list(masker(list(args)))
+            if kwargs:  # a JSON request's named arguments, each read as a NAME VALUE pair
+                kwargs = {key: masker([key, value])[-1] for key, value in kwargs.items()}
         except Exception:  # a masker that fails shows nothing rather than everything
             log.exception("the masker of %r raised", command.name)
             args = [MASK] * len(args)
+            kwargs = None if kwargs is None else dict.fromkeys(kwargs, MASK)
     shown = _mask_arguments(command, args, kwargs, secrets)
     if command.name == "watch" and registry is not None and len(args) > 1:
         # watch SECONDS COMMAND...: the watched command's own secrets, by its own signature

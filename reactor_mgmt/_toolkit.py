@@ -749,11 +749,29 @@ class _Settings:
     """The declared settings and the `config` commands over them."""
 
     def masked(self, words: List[Any]) -> List[Any]:
-        """`config set`'s words as the audit log may show them: a secret setting's value as ***."""
-        return [
-            "***" if index % 2 and getattr(self.items.get(str(words[index - 1])), "secret", False) else word
-            for index, word in enumerate(words)
-        ]
+        """`config set`'s words as the audit log may show them: a secret setting's value as ***.
+
+        Not by position: `config set -- api_key VALUE` (the "--" is a word of its own) or a
+        value that names a setting would shift the pairs, so the word after ANY word naming a
+        secret setting is masked, and so is what follows "=" in a `NAME=VALUE` word, which
+        config set refuses but which a record would still show. Masking too much is safe.
+        """
+        shown: List[Any] = []
+        after_secret = False
+        for word in words:
+            name, has_value, _ = str(word).partition("=")
+            if after_secret:
+                shown.append("***")
+            elif has_value and self._secret(name):
+                shown.append(name + "=***")
+            else:
+                shown.append(word)
+            after_secret = self._secret(str(word))
+        return shown
+
+    def _secret(self, name: str) -> bool:
+        setting = self.items.get(name)
+        return setting is not None and setting.secret
 
     def __init__(self, toolkit: Toolkit) -> None:
         self.toolkit = toolkit

@@ -624,6 +624,45 @@ def test_a_masker_hides_what_no_parameter_name_tells(make_server):
     client.close()
 
 
+def test_a_secret_setting_is_masked_wherever_its_value_sits(make_server, caplog):
+    # The pairs of `config set` shift with a "--" word (text, JSON argv, under watch) or with a
+    # value that names a setting; a JSON kwargs or NAME=VALUE word is refused but still recorded.
+    caplog.set_level(logging.INFO, logger="reactor_mgmt.audit")
+    server = with_activity(make_server(level="admin"), audit=True, slow_ms=0)
+    config = type("Config", (), {"api_key": "k0", "rate": "r0"})()
+    server.setting("api_key", config, "api_key", secret=True)
+    server.setting("rate", config, "rate")
+    client, quiet = RawClient(server), RawClient(server)
+    (reply,) = quiet.request("config set -- api_key S3CRET-a")  # quiet's last request, for `clients`
+    assert reply.startswith("ERR usage: config set")
+    assert client.request("config set rate api_key S3CRET-b")[0].startswith("ERR usage: config set")
+    for request in (
+        {"argv": ["config", "set", "--", "api_key", "S3CRET-c"]},
+        {"cmd": "config set", "kwargs": {"api_key": "S3CRET-d"}},
+    ):
+        assert json.loads(client.request(json.dumps(request))[0])["ok"] is False
+    assert client.request("config set api_key=S3CRET-e x")[0].startswith("ERR usage: config set")
+    assert client.request("watch 0.1 config set -- api_key S3CRET-f")[0].startswith("ERR usage: config set")
+    shown = [
+        json.dumps(result(client, "audit", 100)),
+        json.dumps(result(client, "show slow")),
+        json.dumps(result(client, "clients")),
+        caplog.text,
+    ]
+    assert "S3CRET" not in "".join(shown)
+    commands = [record["command"] for record in result(client, "audit", 100)]
+    assert commands[:5] == [
+        "config set -- api_key ***",
+        "config set rate api_key ***",
+        "config set -- api_key ***",
+        "config set --api_key=***",
+        "config set api_key=*** x",
+    ]
+    assert (config.api_key, config.rate) == ("k0", "r0")
+    client.close()
+    quiet.close()
+
+
 def test_a_command_name_the_host_took_is_refused_and_nothing_is_hooked(make_server):
     server = make_server()
     server.add_command("clients", lambda: "mine")
