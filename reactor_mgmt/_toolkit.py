@@ -965,16 +965,21 @@ class _Settings:
             if name in seen:
                 raise usage(f"{name} given twice")
             seen.add(name)
+            # A secret's value is not echoed back: the reply may end up in a terminal's scrollback
+            # or the client's own log.
+            shown = "***" if setting.secret else repr(text)
             try:
                 value = setting.param.convert_value(text)
             except Exception as exc:
-                raise usage(str(exc)) from None
+                if not setting.secret:
+                    raise usage(str(exc)) from None
+                raise usage(f"bad value for {name}: ***: {_expected(setting.param, text)}") from None
             if setting.check is not None:
                 try:
                     setting.check(value)
                 except (ValueError, TypeError, CommandError) as exc:
                     reason = exc.message if isinstance(exc, CommandError) else str(exc)
-                    raise usage(f"bad value for {name}: {text!r}: {reason}") from None
+                    raise usage(f"bad value for {name}: {shown}: {reason}") from None
             changes.append((setting, value))
         return changes
 
@@ -985,3 +990,17 @@ class _Settings:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "'config get' lists them"
         return f"unknown setting '{name}'; {hint}"
+
+
+def _expected(param: Param, value: Any) -> str:
+    """What a secret setting expected, without its value: Param.convert_value's message quotes
+    the value, and a host's own type may quote it again (ipaddress.ip_address does)."""
+    if value is None and not param.nullable:
+        return "null is not allowed"
+    if param.choices is not None:
+        return f"expected one of: {', '.join(param.choices)}"
+    return {
+        "integer": "expected an integer",
+        "number": "expected a number",
+        "boolean": "expected true/false, yes/no, on/off or 1/0",
+    }.get(param.type_name, f"expected a value of type {param.type_name}")

@@ -675,6 +675,36 @@ def test_config_set_changes_nothing_if_any_pair_fails(configured):
     client.close()
 
 
+def test_a_secret_settings_refused_value_is_not_echoed(make_server):
+    import ipaddress
+
+    def no_x(value: str) -> None:
+        if value.startswith("x"):
+            raise ValueError("must not start with x")
+
+    server = make_server("127.0.0.1", level="admin")
+    config = type("Config", (), {"pin": 1234, "key": "k0", "peer": ipaddress.ip_address("127.0.0.1")})()
+    server.setting("pin", config, "pin", secret=True)
+    server.setting("key", config, "key", secret=True, check=no_x)
+    server.setting("peer", config, "peer", type=ipaddress.ip_address, secret=True)
+    client = RawClient(server)
+    usage = "ERR usage: config set NAME VALUE [NAME VALUE ...]"
+    cases = {
+        "config set pin 12S3CRET": f"{usage} (bad value for pin: ***: expected an integer)",
+        "config set key xS3CRET": f"{usage} (bad value for key: ***: must not start with x)",
+        "config set peer S3CRET": f"{usage} (bad value for peer: ***: expected a value of type ip_address)",
+    }
+    for line, error in cases.items():
+        assert ask(client, line) == error + "\n", line
+    reply = ask_json(client, {"cmd": "config set", "args": ["pin", "S3CRET"], "id": 1})
+    assert (
+        reply["error"]["message"]
+        == "usage: config set NAME VALUE [NAME VALUE ...] (bad value for pin: ***: expected an integer)"
+    )
+    assert (config.pin, config.key) == (1234, "k0")
+    client.close()
+
+
 def test_config_set_puts_back_what_it_changed_when_the_host_refuses_late(make_server):
     class Strict:
         def __init__(self) -> None:
