@@ -4,7 +4,8 @@
 #
 #   * an observer on the dispatcher (Dispatcher.observe), called only for a request slower than
 #     slow_ms or, with audit on, one run at or above audit_level (and every `auth` and `client
-#     kill`), with the command, its arguments, the outcome and the duration. The duration comes
+#     kill`, and a `watch` of any of these, checked by audited() when a `watch` is observed),
+#     with the command, its arguments, the outcome and the duration. The duration comes
 #     from the clock readings the session takes anyway to check poll()'s budget, so a fast
 #     request costs a comparison. It keeps a ring of the last 128 slow commands and, with audit
 #     on, writes one record per audited command to the `reactor_mgmt.audit` logger and to a ring
@@ -165,12 +166,13 @@ def install_activity(
             dispatcher.observe(activity.observe)
         else:
             # Audited: at or above the audit level, and the commands audited whatever their
-            # level (observe() checks each with audited(), so the names may be a superset).
+            # level (observe() checks each with audited(), so the names may be a superset):
+            # `watch` is audited when the command it re-runs is, so audited() looks inside it.
             dispatcher.observe(
                 activity.observe,
                 slower_than=activity.slow_after,
                 at_or_above=audit_rank if audit else None,
-                names=ALWAYS_AUDITED if audit else (),
+                names=ALWAYS_AUDITED | {"watch"} if audit else (),
                 prefixes=("auth ",) if audit else (),
             )
     if "gap" in parts:  # measured by poll() itself, with one clock read per call (see Loop.gap_from)
@@ -358,19 +360,31 @@ class Activity:
         if request is not None:
             if seconds > self.slow_after:
                 self.record_slow(conn, request, seconds)
-            if self.audit_rank is not None and self.audited(request[0]):
+            if self.audit_rank is not None and self.audited(request):
                 self.record_audit(conn, request, outcome, seconds)
         previous = self.previous
         if previous is not None:
             previous(conn, request, outcome, seconds)
 
-    def audited(self, command: Command) -> bool:
-        """Whether a run of ``command`` gets an audit record: at or above the audit level, and
-        every form of auth and `client kill` whatever the level."""
+    def audited(self, request: Request) -> bool:
+        """Whether a request gets an audit record: a command at or above the audit level, every
+        form of auth and `client kill` whatever the level, and a `watch` of any of these. The
+        watch is recorded once, as the watch request (masked_words masks what it re-runs): its
+        re-runs are not requests, and the dispatcher sees only the watch."""
         rank = self.audit_rank
-        return rank is not None and (
-            command.rank >= rank or command.name in ALWAYS_AUDITED or command.name.startswith("auth ")
-        )
+        if rank is None:
+            return False
+        command, args, _ = request
+        name = command.name
+        if command.rank >= rank or name in ALWAYS_AUDITED or name.startswith("auth "):
+            return True
+        if name == "watch" and len(args) > 1:  # watch SECONDS COMMAND..., resolved as masked_words does
+            try:
+                inner, inner_args = self.server.registry.resolve([str(arg) for arg in args[1:]])
+            except CommandError:
+                return False
+            return inner.name != "watch" and self.audited((inner, list(inner_args), None))
+        return False
 
     def words(self, request: Request) -> str:
         return join_words(

@@ -554,6 +554,32 @@ def test_audit_records_commands_at_the_level_and_every_auth(make_server, caplog)
     client.close()
 
 
+def test_a_watch_of_an_audited_command_is_audited_once_as_the_watch(make_server, caplog):
+    caplog.set_level(logging.INFO, logger="reactor_mgmt.audit")
+    server = _audited_server(make_server, audit_level="operator")
+    client = RawClient(server)
+    assert client.request(f"auth {TOKEN}") == ["OK"]
+    for request, first in (
+        ("watch 5 job cancel 3", "cancelled 3"),  # operator: at the audit level
+        ("watch 5 client kill --idle 100", "OK (0 killed)"),  # user level, but always audited
+        ("watch 5 ping", "pong"),  # user level: not audited, nor is its watch
+    ):
+        assert client.request(request) == [first]
+        client.send("\n")  # stops the watch
+    client.send(json.dumps({"id": 2, "cmd": "watch", "args": [5, "job", "cancel", "300"]}) + "\n")
+    assert json.loads(client.lines(2)[1])["error"]["message"] == "no such job"  # ends the stream
+    assert client.request("watch 5 auth wrong-tok-5") == ["ERR authentication failed"]
+    records = [record.audit for record in caplog.records if record.name == "reactor_mgmt.audit"]
+    assert [record["command"] for record in records] == [
+        "auth ***",
+        "watch 5 job cancel 3",
+        "watch 5 client kill --idle 100",
+        "watch 5 job cancel 300",
+        "watch 5 auth ***",
+    ]
+    client.close()
+
+
 def test_audit_shows_the_ring_and_checks_n(make_server):
     server = _audited_server(make_server)
     client = RawClient(server)
