@@ -116,6 +116,7 @@ def install_activity(
     stall_file: Optional[str] = None,
     secret_params: Iterable[str] = (),
     maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None,
+    rankers: Optional[Mapping[str, Callable[[List[Any]], int]]] = None,
 ) -> None:
     """Installs the activity tools on one server.
 
@@ -129,7 +130,10 @@ def install_activity(
     name to a function that takes its argument list and returns it with the secret values
     replaced by MASK, for commands whose secrets no parameter name tells (`config set NAME
     VALUE` of a secret setting); a JSON request's kwargs go to it one [NAME, VALUE] pair at a
-    time. The rules above still apply to what it returns.
+    time. The rules above still apply to what it returns. ``rankers`` maps a command's name to
+    a function that takes its argument list and returns the level rank that run acts at, for
+    commands whose own level is lower than what they may change (`config set` of an admin
+    setting): audit compares the higher of the two with ``audit_level``.
     """
     parts = tuple(parts)
     unknown = [part for part in parts if part not in PARTS]
@@ -151,6 +155,7 @@ def install_activity(
         audit_rank=audit_rank if audit else None,
         secret_params=secret_params,
         maskers=maskers,
+        rankers=rankers,
     )
     activity.register(server.registry)  # first: a name the host registered already raises here
     _installed.add(dispatcher)
@@ -167,12 +172,13 @@ def install_activity(
         else:
             # Audited: at or above the audit level, and the commands audited whatever their
             # level (observe() checks each with audited(), so the names may be a superset):
-            # `watch` is audited when the command it re-runs is, so audited() looks inside it.
+            # `watch` is audited when the command it re-runs is, so audited() looks inside it,
+            # and a command with a ranker may act above its own level.
             dispatcher.observe(
                 activity.observe,
                 slower_than=activity.slow_after,
                 at_or_above=audit_rank if audit else None,
-                names=ALWAYS_AUDITED | {"watch"} if audit else (),
+                names=ALWAYS_AUDITED | {"watch", *activity.rankers} if audit else (),
                 prefixes=("auth ",) if audit else (),
             )
     if "gap" in parts:  # measured by poll() itself, with one clock read per call (see Loop.gap_from)
@@ -336,9 +342,11 @@ class Activity:
         audit_rank: Optional[int],
         secret_params: Iterable[str],
         maskers: Optional[Mapping[str, Callable[[List[Any]], List[Any]]]] = None,
+        rankers: Optional[Mapping[str, Callable[[List[Any]], int]]] = None,
     ) -> None:
         self.server = server
         self.maskers = dict(maskers or {})
+        self.rankers = dict(rankers or {})
         self.previous: Optional[Callable[[Any, Any, str, float], None]] = None
         self.secret_params = frozenset(secret_params)  # with SECRET_PARAMETERS, as it is when shown
         self.slow_ms = slow_ms
@@ -367,8 +375,9 @@ class Activity:
             previous(conn, request, outcome, seconds)
 
     def audited(self, request: Request) -> bool:
-        """Whether a request gets an audit record: a command at or above the audit level, every
-        form of auth and `client kill` whatever the level, and a `watch` of any of these. The
+        """Whether a request gets an audit record: a command at or above the audit level (or
+        whose ranker says this run acts at or above it), every form of auth and `client kill`
+        whatever the level, and a `watch` of any of these. The
         watch is recorded once, as the watch request (masked_words masks what it re-runs): its
         re-runs are not requests, and the dispatcher sees only the watch."""
         rank = self.audit_rank
@@ -378,6 +387,14 @@ class Activity:
         name = command.name
         if command.rank >= rank or name in ALWAYS_AUDITED or name.startswith("auth "):
             return True
+        ranker = self.rankers.get(name)
+        if ranker is not None:
+            try:
+                if ranker(list(args)) >= rank:
+                    return True
+            except Exception:  # a ranker that fails audits rather than not
+                log.exception("the ranker of %r raised", name)
+                return True
         if name == "watch" and len(args) > 1:  # watch SECONDS COMMAND..., resolved as masked_words does
             try:
                 inner, inner_args = self.server.registry.resolve([str(arg) for arg in args[1:]])

@@ -94,8 +94,17 @@ class Toolkit:
             from ._activity import install_activity
 
             maskers = {"config set": self.settings.masked, **(activity_options.pop("maskers", None) or {})}
+            # `config set` runs at the lowest level of any writable setting: the audit log asks
+            # the level of the settings it names.
+            rankers = {"config set": self.settings.rank_of, **(activity_options.pop("rankers", None) or {})}
             install_activity(
-                self.server, self.dispatcher, self.loop, parts=activity, maskers=maskers, **activity_options
+                self.server,
+                self.dispatcher,
+                self.loop,
+                parts=activity,
+                maskers=maskers,
+                rankers=rankers,
+                **activity_options,
             )
             self.activity = True
 
@@ -768,6 +777,15 @@ class _Settings:
                 shown.append(word)
             after_secret = self._secret(str(word))
         return shown
+
+    def rank_of(self, words: List[Any]) -> int:
+        """The level rank a `config set` acts at, for the audit log: the highest level of the
+        settings any of its words names, wherever it sits (a value may be a name, and a word
+        too many shifts the pairs). Auditing too much is safe, too little is not."""
+        ranks = [
+            self.items[name].rank for name in (str(word).partition("=")[0] for word in words) if name in self.items
+        ]
+        return max(ranks, default=0)
 
     def _secret(self, name: str) -> bool:
         setting = self.items.get(name)

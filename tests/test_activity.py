@@ -580,6 +580,36 @@ def test_a_watch_of_an_audited_command_is_audited_once_as_the_watch(make_server,
     client.close()
 
 
+def test_config_set_is_audited_at_the_level_of_the_settings_it_names(make_server):
+    # With a user-level setting, `config set` itself is a user-level command; changing an admin
+    # setting with it is still an admin act.
+    server = with_activity(make_server(level="admin"), audit=True, audit_level="admin")
+    config = type("Config", (), {"rate": 1, "op": 1, "knob": 1})()
+    server.setting("rate", config, "rate", level="user")
+    server.setting("op", config, "op", level="operator")
+    server.setting("knob", config, "knob", level="admin")
+    assert server.registry.commands["config set"].level == "user"
+    admin, user = RawClient(server), RawClient(server)
+    assert user.request("level user") == ["user"]
+    assert text(admin, "config set rate 2 op 2") == "rate: 1 -> 2\nop: 1 -> 2\n"  # below admin: not audited
+    assert text(admin, "config set rate 3 knob 3") == "rate: 2 -> 3\nknob: 1 -> 3\n"
+    assert admin.request("config set -- knob 4")[0].startswith("ERR usage: config set")  # refused, still named
+    assert user.request("config set knob 5") == ["ERR permission denied: setting 'knob' needs admin"]
+    assert admin.request("watch 5 config set knob 6") == ["knob: 3 -> 6"]
+    admin.send("\n")
+    assert json.loads(admin.request(json.dumps({"cmd": "config set", "args": ["knob", 7]}))[0])["ok"]
+    records = [(record["command"], record["level"]) for record in result(admin, "audit", 100)]
+    assert records == [
+        ("config set rate 3 knob 3", "admin"),
+        ("config set -- knob 4", "admin"),
+        ("config set knob 5", "user"),
+        ("watch 5 config set knob 6", "admin"),
+        ("config set knob 7", "admin"),
+    ]
+    admin.close()
+    user.close()
+
+
 def test_audit_shows_the_ring_and_checks_n(make_server):
     server = _audited_server(make_server)
     client = RawClient(server)
