@@ -66,6 +66,8 @@ class Toolkit:
         self.dispatcher = dispatcher  # for the activity parts (_activity): its observer and poll watch
         self.loop = loop
         self.activity = False
+        self.activity_parts: Tuple[str, ...] = ()  # what the one install_activity() call was given
+        self.activity_options: Dict[str, Any] = {}
         self.installed: Set[str] = set()
         self.tracer = _Tracemalloc()
         self.log_levels = _LogLevels(server)
@@ -74,7 +76,9 @@ class Toolkit:
     def install(self, *parts: str, **activity_options: Any) -> None:
         """Installs ``parts`` (all of them when none is named). The activity parts ("slow",
         "clients", "gap", and the audit log with ``audit=True``) are installed once, in one go,
-        with ``activity_options`` (see _activity.install_activity)."""
+        with ``activity_options`` (see _activity.install_activity): a later call may name those
+        parts and options again, but one that asks for a part or an option value not installed
+        raises ConfigError rather than leave it out."""
         from ._activity import PARTS as ACTIVITY_PARTS
 
         # "audit" and "stall" name no command set of their own: the audit log (audit=True) and
@@ -85,14 +89,17 @@ class Toolkit:
             raise ConfigError(f"unknown toolkit part {unknown[0]!r}; the parts are: {', '.join(known)}")
         if "audit" in parts:
             activity_options.setdefault("audit", True)
+        activity = [part for part in parts if part in ACTIVITY_PARTS] if parts else list(ACTIVITY_PARTS)
+        if self.activity:  # checked first, so that a call refused installs none of its parts
+            self._check_activity(activity, activity_options)
         for part in [part for part in parts if part in PARTS] if parts else PARTS:
             if part not in self.installed:
                 getattr(self, "_install_" + part)()
                 self.installed.add(part)
-        activity = [part for part in parts if part in ACTIVITY_PARTS] if parts else list(ACTIVITY_PARTS)
         if (activity or activity_options) and not self.activity:
             from ._activity import install_activity
 
+            given = dict(activity_options)
             maskers = {"config set": self.settings.masked, **(activity_options.pop("maskers", None) or {})}
             # `config set` runs at the lowest level of any writable setting: the audit log asks
             # the level of the settings it names.
@@ -107,6 +114,23 @@ class Toolkit:
                 **activity_options,
             )
             self.activity = True
+            self.activity_parts, self.activity_options = tuple(activity), given
+
+    def _check_activity(self, parts: Iterable[str], options: Dict[str, Any]) -> None:
+        """Refuses a later call that asks the activity tools for more than they were installed
+        with: they hook the dispatcher once, so what it asks for would be left out, silently
+        (`Server(toolkit=True)` then `add_toolkit(audit=True)` had no audit log)."""
+        from ._activity import install_activity
+
+        installed = {**(install_activity.__kwdefaults__ or {}), **self.activity_options}
+        missing = [part for part in parts if part not in self.activity_parts]
+        changed = [key for key, value in options.items() if key not in installed or installed[key] != value]
+        if missing or changed:
+            asked = [f"part {part!r}" for part in missing] + [f"{key}={options[key]!r}" for key in changed]
+            raise ConfigError(
+                f"the activity tools are installed already, without {', '.join(asked)}: name every activity "
+                "part and option in one add_toolkit() call (or in Server(audit=...))"
+            )
 
     def add(self, name: str, fn: Callable[..., Any], level: str = "admin", usage: Optional[str] = None) -> Command:
         registry = self.server.registry

@@ -90,6 +90,32 @@ def test_add_toolkit_installs_only_the_named_parts_and_twice_is_harmless(make_se
         server.add_toolkit("memory")
 
 
+def test_a_later_add_toolkit_refuses_the_activity_tools_it_would_leave_out(make_server):
+    # The activity tools hook the dispatcher once: a later call asking for more raises rather
+    # than return with nothing installed; asking again for what is installed does nothing.
+    again = "the activity tools are installed already, without {}: name every activity part and option in one"
+    server = make_server("127.0.0.1", level="admin", toolkit=True)
+    for parts, options, missing in (
+        ((), {"audit": True}, "audit=True"),
+        (("audit", "gc"), {"stall_after": 1.0}, "stall_after=1.0, audit=True"),
+        (("slow",), {"slow_ms": 10}, "slow_ms=10"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(again.format(missing))):
+            server.add_toolkit(*parts, **options)
+    server.add_toolkit()
+    server.add_toolkit("slow", "clients", "gc", slow_ms=50, audit=False)  # what is installed
+    assert "audit" not in server.registry.commands
+    slow = make_server("127.0.0.1", level="admin")
+    slow.add_toolkit("slow", audit=True, slow_ms=10)
+    for parts, missing in ((("clients",), "part 'clients'"), ((), "part 'clients', part 'gap'")):
+        with pytest.raises(ConfigError, match=re.escape(again.format(missing))):
+            slow.add_toolkit(*parts)
+    slow.add_toolkit("slow", "audit", "threads", slow_ms=10)
+    assert "clients" not in slow.registry.commands and {"audit", "show slow", "show threads"} <= set(
+        slow.registry.commands
+    )
+
+
 def test_a_host_command_of_the_same_name_wins_either_way_round(make_server):
     before = make_server("127.0.0.1", level="admin")
     before.add_command("gc", lambda: "the host's gc")
