@@ -646,10 +646,13 @@ def _kill(server: Server, target: Connection, by: Connection) -> None:
         if target.closing:
             target.transport.reset()
             return
-    reply_id = target.waiting_id if target.waiting is not None else TEXT
-    target.cancel_waiting()
     if target is not by:
+        reply_id = target.waiting_id if target.waiting is not None else TEXT
+        target.cancel_waiting()
         target.write(error_reply(reply_id, "killed", "killed by admin"))
+    # else it kills itself, answered by its own error, and what it waits on, if anything, is
+    # the `watch` running this very kill: closing that generator from inside it raises
+    # ("generator already executing"); the error ends the stream instead.
     target.close()
     server.call_later(KILL_GRACE, _reset_if_open, weakref.ref(target))
 

@@ -998,6 +998,29 @@ def test_a_connection_may_kill_itself_at_user_level(make_server):
         server.poll(0.01)
 
 
+def test_a_connection_killing_itself_inside_watch_gets_the_notice_then_eof(make_server, caplog):
+    # The kill runs inside the watch's own generator, which must not be closed from there.
+    server = _clients_server(make_server, level="user")
+    client = RawClient(server)
+    own = client.request("client id")[0]
+    client.send(f"watch 5 client kill {own}\n")
+    assert closed_after(client) == b"ERR killed by admin\n"
+    client.close()
+    client = RawClient(server)
+    own = client.request("client id")[0]
+    client.send(json.dumps({"id": 7, "cmd": "watch", "args": [5, "client", "kill", own]}) + "\n")
+    assert [json.loads(line) for line in closed_after(client).splitlines()] == [
+        {"id": 7, "stream": True},
+        {"id": 7, "ok": False, "error": {"code": "killed", "message": "killed by admin"}},
+    ]
+    client.close()
+    deadline = time.monotonic() + TIMEOUT
+    while server.connections:
+        assert time.monotonic() < deadline
+        server.poll(0.01)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+
+
 def test_killing_another_connection_needs_admin(make_server):
     server = _clients_server(make_server)
     caller, other = RawClient(server), RawClient(server)
