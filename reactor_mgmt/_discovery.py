@@ -5,8 +5,9 @@
 # files, when another user owns it or anyone else may read or write it: a file there says where
 # to send a token.
 #
-# A file is named NAME.PID.json and written atomically (a hidden temporary file, then rename),
-# so readers never see half of one. A file whose pid no longer exists is stale: instances()
+# A file is named NAME.PID.json (NAME.PID.2.json for a second server of that name in one
+# process) and written atomically (a hidden temporary file, then rename), so readers never see
+# half of one. A file whose pid no longer exists is stale: instances()
 # skips it and removes it. unregister() removes a file only while it is still this process's
 # own (its pid inside, and the inode and contents this process wrote), so a forked child that
 # inherits the server never deletes its parent's entry, nor anyone a file written since.
@@ -106,18 +107,31 @@ def _safe_directory(create: bool) -> Optional[str]:
 
 
 def register(
-    name: str, pid: int, addresses: Iterable[Any], started: float, token_required: bool, *, tls: bool = False
+    name: str,
+    pid: int,
+    addresses: Iterable[Any],
+    started: float,
+    token_required: bool,
+    *,
+    tls: bool = False,
+    unique: bool = False,
 ) -> str:
     """Writes (or rewrites) this process's discovery file and returns its path.
 
     ``addresses`` may be ``(host, port)`` tuples, Unix socket paths or ``host:port`` strings.
-    Calling it again with the same name and pid replaces the file, as after a new listener.
+    Calling it again with the same name and pid replaces the file, as after a new listener;
+    with ``unique``, a file this process still has under that name is kept, and the new one is
+    NAME.PID.2.json (.3, ...): two servers of one process with the same name are both found.
     Raises DiscoveryError when the directory is not safe to use.
     """
     folder = _safe_directory(create=True)
     assert folder is not None
     safe_name = _UNSAFE_NAME.sub("_", name).strip(".") or "server"
     path = os.path.join(folder, f"{safe_name}.{pid}{_SUFFIX}")
+    copy = 1
+    while unique and path in _written:
+        copy += 1
+        path = os.path.join(folder, f"{safe_name}.{pid}.{copy}{_SUFFIX}")
     record = {
         "name": name,
         "pid": pid,
@@ -127,7 +141,7 @@ def register(
         "tls": bool(tls),
     }
     contents = (json.dumps(record) + "\n").encode()
-    temporary = os.path.join(folder, f".{safe_name}.{pid}.{os.getpid()}.tmp")
+    temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
         with os.fdopen(fd, "wb") as handle:

@@ -706,7 +706,7 @@ def _listen_as_asked(
     server._listening.writing = True
     if server._listening.listeners:
         server._listening.write_address_file()
-    if server._discover is not None:  # one file per process in the discovery directory
+    if server._discover is not None:  # one file per server in the discovery directory
         from ._discovery import default_name, register
 
         name, tls_on = server._discover
@@ -717,6 +717,7 @@ def _listen_as_asked(
             server.stats.started,
             server.auth_required,
             tls=tls_on,
+            unique=True,  # another Server of this process may have the name
         )
 
 

@@ -14,6 +14,7 @@ from typing import Iterator, List
 
 import pytest
 
+import reactor_mgmt
 from conftest import ROOT, TIMEOUT, child_env
 from reactor_mgmt import _discovery
 from reactor_mgmt._discovery import DiscoveryError, directory, instances, pick_address, register, unregister
@@ -105,6 +106,28 @@ def test_register_writes_a_private_file_in_a_private_directory(runtime_dir):
         "tls": True,
     }
     assert os.listdir(folder) == ["my_app_1.4242.json"]  # no temporary file left behind
+
+
+def test_two_servers_of_one_process_with_one_name_are_both_found(runtime_dir):
+    # One file per process and name: the second server's replaced the first's, so only one
+    # was listed, and closing the second unlisted both.
+    first = reactor_mgmt.Server("127.0.0.1", 0, name="twin", discover=True)
+    second = reactor_mgmt.Server("127.0.0.1", 0, name="twin", discover=True)
+    try:
+        found = instances("twin")
+        assert sorted(instance.addresses[0] for instance in found) == sorted(
+            f"127.0.0.1:{server.port}" for server in (first, second)
+        )
+        assert sorted(os.path.basename(instance.path) for instance in found) == [
+            f"twin.{os.getpid()}.2.json",
+            f"twin.{os.getpid()}.json",
+        ]
+        second.close()
+        assert [instance.addresses[0] for instance in instances("twin")] == [f"127.0.0.1:{first.port}"]
+    finally:
+        first.close()
+        second.close()
+    assert instances("twin") == []
 
 
 def test_directory_falls_back_to_tmp(monkeypatch):
