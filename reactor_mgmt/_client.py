@@ -380,6 +380,7 @@ class Client:
         self._next_id = 0
         self._closed = False
         self._busy = False
+        self._connecting = False  # connect()'s own requests (auth, level): see exchange()
         self._level: Optional[str] = None  # what `level NAME` lowered this session to
         self.connect()
 
@@ -421,6 +422,7 @@ class Client:
             raise ConnectionFailed(f"cannot connect to {self.address}: {_reason(last) if last else 'no address'}")
         # A reconnect must not undo the session's state: authenticate again, and lower the level
         # again, since a new connection starts at its listener's level.
+        self._connecting = True
         try:
             if self.token is not None:
                 follow_up = auth_requests(self._challenge(), self.token)
@@ -431,6 +433,8 @@ class Client:
         except BaseException:
             self._drop()
             raise
+        finally:
+            self._connecting = False
 
     def _handshake(self, sock: socket.socket) -> socket.socket:
         """The TLS handshake on a connected socket, within the connect timeout."""
@@ -522,9 +526,11 @@ class Client:
         wait for each line from ``timeout`` to ``stream_timeout``."""
         if self._busy:
             raise ReactorMgmtError("one request at a time: finish the previous reply first")
-        if self._sock is not None and not self._still_open():
+        if self._sock is not None and not self._connecting and not self._still_open():
             # Closed while idle (idle_timeout): reconnect rather than fail. A server that said
             # why it closed (a refusal: too many connections) is reported, as it was before.
+            # Not for connect()'s own requests: a peer that closes every new connection would
+            # have each of them reconnect, and so on without end.
             said = self._said_before_closing()
             self._drop()
             if _wire.read_err_line(said) is not None:

@@ -83,12 +83,12 @@ def _safe_str(value: Any) -> str:
 
 
 def _float_text(value: float) -> str:
-    """Six significant digits for a load, a rate or a ratio; from a million up (an uptime in
-    seconds after 12 days, a timestamp, a byte count) the shortest exact form: %.6g would print
-    every such uptime as 1e+06 or so, and an operator reads a number that has stopped."""
-    if -1e6 < value < 1e6:
-        return f"{value:.6g}"
-    return repr(value)  # and NaN, which compares false: 'nan', as %.6g prints it
+    """Six significant digits for a load, a rate or a ratio; where that takes an exponent to
+    the integer part (an uptime in seconds after 12 days, a timestamp, a byte count: 999999.7
+    and up), the shortest exact form: %.6g would print every such uptime as 1e+06 or so, and an
+    operator reads a number that has stopped."""
+    text = f"{value:.6g}"
+    return repr(value) if "e+" in text else text
 
 
 def _cell(value: Any) -> str:

@@ -127,10 +127,8 @@ class TlsTransport(Transport):
         self._close_notify()
         Transport.finish_close(self)
 
-    def send_and_close(self) -> None:
-        if self.out is None:  # else the close is a reset (hang_up): a cut reply must not look whole
-            self._close_notify()
-        Transport.send_and_close(self)
+    def end_of_output(self) -> None:
+        self._close_notify()
 
     def _close_notify(self) -> None:
         """Says the TLS close_notify before our EOF, so that the client can tell all of our

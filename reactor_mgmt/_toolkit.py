@@ -124,7 +124,7 @@ class Toolkit:
 
         installed = {**(install_activity.__kwdefaults__ or {}), **self.activity_options}
         missing = [part for part in parts if part not in self.activity_parts]
-        changed = [key for key, value in options.items() if key not in installed or installed[key] != value]
+        changed = [key for key, value in options.items() if key not in installed or not _same(installed[key], value)]
         if missing or changed:
             asked = [f"part {part!r}" for part in missing] + [f"{key}={options[key]!r}" for key in changed]
             raise ConfigError(
@@ -1021,6 +1021,9 @@ class _Settings:
                     setting.check(value)
                 except (ValueError, TypeError, CommandError) as exc:
                     reason = exc.message if isinstance(exc, CommandError) else str(exc)
+                    if setting.secret:  # a check may quote what it refused (int(value) does)
+                        for said in sorted({str(text), str(value), repr(value)} - {""}, key=len, reverse=True):
+                            reason = reason.replace(said, "***")
                     raise usage(f"bad value for {name}: {shown}: {reason}") from None
             changes.append((setting, value))
         return changes
@@ -1032,6 +1035,14 @@ class _Settings:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else "'config get' lists them"
         return f"unknown setting '{name}'; {hint}"
+
+
+def _same(installed: Any, asked: Any) -> bool:
+    """Whether an activity option asked for again is what was installed: equal, or both empty
+    (maskers={} is the default None, secret_params=[] the default ())."""
+    return bool(installed == asked) or (
+        not installed and not asked and isinstance(installed, (type(None), dict, list, tuple, set, frozenset))
+    )
 
 
 def _expected(param: Param, value: Any) -> str:

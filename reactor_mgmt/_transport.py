@@ -412,8 +412,14 @@ class Transport:
             unsent = sent < len(data)
             if unsent:
                 log.warning("connection #%d: closing with %d bytes of replies unsent", self.conn.id, len(data) - sent)
-        hang_up(self.sock, unsent)
+        if not unsent:
+            self.end_of_output()
+        hang_up(self.sock, unsent)  # with output unsent, a reset: a cut reply must not look whole
         self.close_now()
+
+    def end_of_output(self) -> None:
+        """All of our output is out, and the EOF comes next: over TCP the FIN says so (TLS adds
+        its close_notify: TlsTransport)."""
 
     def abort(self, exc: BaseException) -> None:
         log.debug("connection #%d dropped: %s", self.conn.id, exc)

@@ -202,6 +202,22 @@ def test_cannot_connect_is_a_connection_error():
         reactor_mgmt.Client("no.such.host.invalid:1")
 
 
+def test_the_requests_of_a_reconnect_do_not_reconnect_again(monkeypatch):
+    # The check for a connection closed while idle runs before a request; connect()'s own
+    # requests (auth, level) ran it too, so a peer that closed every new connection at once
+    # made each of them reconnect, without end (a RecursionError). Here every check says
+    # "closed", the strongest form of such a peer.
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token="s3cret")
+    with ServerThread(srv):
+        with reactor_mgmt.Client(f"127.0.0.1:{srv.port}", token="s3cret") as client:
+            assert client.call("level", "user") == "user"
+            checks = []
+            monkeypatch.setattr(reactor_mgmt.Client, "_still_open", lambda self: checks.append(1) and False)
+            assert client.call("ping") == "pong"  # reconnected, authenticated, level lowered
+            assert client.call("level") == "user"
+            assert len(checks) == 2  # one per call of the host's, none for connect()'s own
+
+
 def test_token_authenticates_every_connection():
     srv = reactor_mgmt.Server("127.0.0.1", 0, token="s3cret")
     _add_commands(srv)

@@ -80,12 +80,12 @@ def test_dict_float_and_enum_cells():
 def test_a_float_of_a_million_or_more_keeps_every_digit():
     # An uptime in seconds passes a million after 12 days: %.6g printed it as 1e+06, the same
     # for hours, and a timestamp as 1.7e+09. Below a million, six digits, as before.
-    status = {"uptime_s": 1000123.4, "started": 1700000000.125, "load": 0.75, "ratio": -1 / 3}
+    status = {"uptime_s": 1000123.4, "started": 1700000000.125, "load": 0.75, "ratio": -1 / 3, "near": 999999.7}
     assert render_text(status) == (
-        "uptime_s: 1000123.4\nstarted:  1700000000.125\nload:     0.75\nratio:    -0.333333\n"
+        "uptime_s: 1000123.4\nstarted:  1700000000.125\nload:     0.75\nratio:    -0.333333\nnear:     999999.7\n"
     )
-    table = render_text([{"bytes": 12345678.0}, {"bytes": float("inf")}, {"bytes": float("nan")}])
-    assert table == "bytes\n12345678.0\ninf\nnan\n"
+    table = render_text([{"bytes": 12345678.0}, {"bytes": float("inf")}, {"bytes": float("nan")}, {"bytes": 1e-7}])
+    assert table == "bytes\n12345678.0\ninf\nnan\n1e-07\n"
 
 
 def test_empty_containers_still_give_a_newline():

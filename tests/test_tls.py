@@ -737,19 +737,36 @@ def test_a_graceful_close_over_tls_sends_close_notify(make_server, pki):
     # (a truncation attack looks like a bare EOF). After `quit`, and at the server's close,
     # the server says it, as HAProxy does; without it Python raises SSLEOFError here.
     server = make_server("127.0.0.1", tls=_server_context(pki))
+
+    @server.command
+    def wait() -> reactor_mgmt.Pending:
+        return reactor_mgmt.Pending()
+
     context = _client_context(pki)
     quitting = _tls_connect(server, context)
     closing = _tls_connect(server, context)
+    owed = _tls_connect(server, context)  # waiting on a reply: the close tells it why, then ends
     try:
-        for sock in (quitting, closing):
+        for sock in (quitting, closing, owed):
             sock.suppress_ragged_eofs = False
         assert _request(server, quitting, b"ping\nquit\n").startswith(b"pong\n")
         _read_tls_to_eof(server, quitting)  # to b"": a bare EOF raises SSLEOFError
         assert _request(server, closing, b"ping\n") == b"pong\n"
+        assert _request(server, owed, b"ping\nwait\n") == b"pong\n"
+        for _ in range(5):
+            server.poll(0.01)
         server.close()
-        closing.setblocking(True)
-        closing.settimeout(TIMEOUT)
-        assert closing.recv(65536) == b""
+        for sock, rest in ((closing, b""), (owed, b"ERR server shutting down\n")):
+            sock.setblocking(True)
+            sock.settimeout(TIMEOUT)
+            got = b""
+            while True:
+                data = sock.recv(65536)  # a bare EOF raises SSLEOFError
+                if not data:
+                    break
+                got += data
+            assert got == rest
     finally:
         quitting.close()
         closing.close()
+        owed.close()

@@ -104,6 +104,7 @@ def test_a_later_add_toolkit_refuses_the_activity_tools_it_would_leave_out(make_
             server.add_toolkit(*parts, **options)
     server.add_toolkit()
     server.add_toolkit("slow", "clients", "gc", slow_ms=50, audit=False)  # what is installed
+    server.add_toolkit(maskers={}, secret_params=[])  # empty, as the defaults are
     assert "audit" not in server.registry.commands
     slow = make_server("127.0.0.1", level="admin")
     slow.add_toolkit("slow", audit=True, slow_ms=10)
@@ -707,6 +708,7 @@ def test_a_secret_settings_refused_value_is_not_echoed(make_server):
     def no_x(value: str) -> None:
         if value.startswith("x"):
             raise ValueError("must not start with x")
+        int(value)  # a check that quotes what it refused: "invalid literal for int() ...: 'yS3CRET'"
 
     server = make_server("127.0.0.1", level="admin")
     config = type("Config", (), {"pin": 1234, "key": "k0", "peer": ipaddress.ip_address("127.0.0.1")})()
@@ -718,6 +720,7 @@ def test_a_secret_settings_refused_value_is_not_echoed(make_server):
     cases = {
         "config set pin 12S3CRET": f"{usage} (bad value for pin: ***: expected an integer)",
         "config set key xS3CRET": f"{usage} (bad value for key: ***: must not start with x)",
+        "config set key yS3CRET": f"{usage} (bad value for key: ***: invalid literal for int() with base 10: ***)",
         "config set peer S3CRET": f"{usage} (bad value for peer: ***: expected a value of type ip_address)",
     }
     for line, error in cases.items():
