@@ -123,7 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if command[:1] == ["ls"] and not (args.connect or args.hosts_file or args.address_file or args.app):
-        return list_instances(command[1:], args.json)
+        # `ls --json` as well as `--json ls`: after `ls`, argparse has left it among the names.
+        names = [word for word in command[1:] if word != "--json"]
+        return list_instances(names, args.json or len(names) < len(command) - 1)
     try:
         endpoints = _endpoints(args)
         tls = context_for(args.tls, args.cafile, args.cert, args.key, args.insecure, warn=False)

@@ -236,6 +236,8 @@ def test_ls_lists_live_instances(workers):
     listed = [json.loads(line) for line in run_cli("--json", "ls", "other").stdout.splitlines()]
     assert [(entry["name"], entry["pid"]) for entry in listed] == [("other", workers[3].pid)]
     assert listed[0]["addresses"][0].startswith("127.0.0.1:")
+    # `ls --json` as well: it was taken for a name, and nothing was listed
+    assert [json.loads(line) for line in run_cli("ls", "--json", "other").stdout.splitlines()] == listed
 
     workers[3].stop(signal.SIGKILL)  # dies without unregistering: its file is stale
     assert os.path.exists(workers[3].path)
