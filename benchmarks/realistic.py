@@ -1,7 +1,7 @@
 """Realistic workloads, side by side (issue 17): one-shot connections, a real ``status``
 command in text and JSON, distinct pipelined ``echo``, and a 60 Hz host loop under a flood.
 
-    python benchmarks/realistic.py                          # full run, 5 rounds (~7 min on 2 cores)
+    python benchmarks/realistic.py                          # full run, 5 rounds (~5 min on 2 cores)
     python benchmarks/realistic.py --quick                  # smoke run, 1 short round (~35 s)
     python benchmarks/realistic.py --reactor-path /tmp/bench-base --output benchmarks/RESULTS-x.md
     python benchmarks/realistic.py --profile                # cProfile of reactor_mgmt on churn/pipe

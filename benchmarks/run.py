@@ -1,6 +1,6 @@
 """reactor_mgmt benchmark suite (stdlib only, Python 3.9+).
 
-    python benchmarks/run.py                 # full run, 3 runs per measurement (~10 min)
+    python benchmarks/run.py                 # full run, 3 runs per measurement (~5 min on 2 cores)
     python benchmarks/run.py --quick         # smoke run, small counts, 1 run (~1 min)
     python benchmarks/run.py --runs 5 --only pipeline,echo --peers floor,reactor_mgmt
 
