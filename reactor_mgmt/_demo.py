@@ -8,6 +8,7 @@ import argparse
 import enum
 import heapq
 import logging
+import os
 import signal
 import sys
 import time
@@ -102,7 +103,9 @@ def build_server(args: argparse.Namespace, worker: Worker) -> Server:
         pending_timeout=args.pending_timeout,
         token=args.token,
         token_file=args.token_file,
-        token_env="REACTOR_MGMT_TOKEN",
+        # The demo's own default: $REACTOR_MGMT_TOKEN when it is set (token_env= itself refuses
+        # to serve without the token it names).
+        token_env="REACTOR_MGMT_TOKEN" if os.environ.get("REACTOR_MGMT_TOKEN") else None,
         allow_remote=args.allow_remote,
         log_tail=True,
         address_file=args.address_file,

@@ -838,6 +838,14 @@ def _load_token(token: Optional[str], env: Optional[str], path: Optional[str]) -
     if token is None and path is not None:
         with open(path) as handle:
             token = handle.read().strip() or None
+    if token is None and (env is not None or path is not None):
+        # Asked for a token and given none: serving without one would open every command to
+        # whoever connects, silently (a variable not exported, a file emptied by a deploy).
+        where = " or ".join(
+            ([f"the environment variable {env} is unset or empty"] if env is not None else [])
+            + ([f"the token file {path} is empty"] if path is not None else [])
+        )
+        raise ConfigError(f"no token: {where}")
     if token is not None and not token.strip():
         raise ConfigError("the token is empty")
     return token

@@ -981,11 +981,17 @@ def test_token_from_constructor_env_or_file(make_server, tmp_path, monkeypatch):
     assert _auth_ok(both, "direct") and not _auth_ok(both, "from-env")
     monkeypatch.setenv("RM_HOSTILE_TOKEN", "")  # an empty variable means "not set"
     assert _auth_ok(make_server(token_env="RM_HOSTILE_TOKEN", token_file=str(token_file)), "from-file")
-    assert not make_server(token_env="RM_HOSTILE_UNSET_VARIABLE").auth_required
     with pytest.raises(ConfigError):
         Server("127.0.0.1", 0, token="   ")
+    # Asked for a token and given none, a server refuses to start: it used to serve every
+    # command to whoever connected (a variable not exported, a token file emptied by a deploy).
+    with pytest.raises(ConfigError, match="RM_HOSTILE_UNSET_VARIABLE is unset or empty"):
+        Server("127.0.0.1", 0, token_env="RM_HOSTILE_UNSET_VARIABLE")
     token_file.write_text("\n")
-    assert not make_server(token_file=str(token_file)).auth_required
+    with pytest.raises(ConfigError, match="is empty"):
+        Server("127.0.0.1", 0, token_file=str(token_file))
+    with pytest.raises(ConfigError, match="unset or empty or the token file .* is empty"):
+        Server("127.0.0.1", 0, token_env="RM_HOSTILE_TOKEN", token_file=str(token_file))
 
 
 def test_before_auth_only_help_ping_auth_and_quit_work(make_server):
