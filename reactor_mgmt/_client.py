@@ -314,15 +314,33 @@ def is_challenge(value: Any) -> bool:
     return isinstance(value, str) and _CHALLENGE.match(value) is not None
 
 
-def auth_requests(challenge: Any, token: str) -> Optional[Dict[str, Any]]:
+def auth_requests(challenge: Any, token: str, cleartext_ok: bool = True) -> Optional[Dict[str, Any]]:
     """What to send after `auth challenge` answered ``challenge``: `auth response` with the HMAC
     of a challenge, None when "OK" says the connection is already in, and the cleartext
-    `auth TOKEN` otherwise (a server that offers no challenge)."""
+    `auth TOKEN` otherwise (a server that offers no challenge), where ``cleartext_ok``;
+    else ConnectionFailed (see cleartext_safe)."""
     if is_challenge(challenge):
         return {"cmd": "auth response", "args": [_wire.challenge_digest(token, challenge)]}
     if challenge == "OK":
         return None
+    if not cleartext_ok:
+        raise ConnectionFailed(
+            "the server offers no challenge-response ('auth challenge'), and the token is not sent "
+            "in clear text over plain TCP: use TLS or a Unix socket"
+        )
     return {"cmd": "auth", "args": [token]}
+
+
+def cleartext_safe(endpoint: Endpoint, tls_context: Any) -> bool:
+    """Whether a token may go in clear text to a server that offers no challenge: over a Unix
+    socket (its file's mode says who listens) or TLS that checks the server's certificate.
+    Not over plain TCP, loopback included: whoever binds the port while the server is down (a
+    downgrade: answering `auth challenge` with an error) would collect it."""
+    if endpoint.path is not None:
+        return True
+    import ssl
+
+    return tls_context is not None and tls_context.verify_mode == ssl.CERT_REQUIRED
 
 
 # ---- the blocking client ----
@@ -425,7 +443,9 @@ class Client:
         self._connecting = True
         try:
             if self.token is not None:
-                follow_up = auth_requests(self._challenge(), self.token)
+                follow_up = auth_requests(
+                    self._challenge(), self.token, cleartext_safe(self.endpoint, self.tls_context)
+                )
                 if follow_up is not None:
                     self._result(follow_up)
             if self._level is not None:
@@ -1016,7 +1036,13 @@ class FanOut:
         if kind == _wire.ERROR and value.get("code") not in _NO_CHALLENGE:
             self._finish(job, ERROR, "error", _remote_error(value))
             return
-        follow_up = auth_requests(value if kind == _wire.RESULT else None, self.token)
+        try:
+            follow_up = auth_requests(
+                value if kind == _wire.RESULT else None, self.token, cleartext_safe(job.endpoint, self.tls_context)
+            )
+        except ConnectionFailed as exc:
+            self._fail(job, f"{job.endpoint.label}: {exc}")
+            return
         proof = b"" if follow_up is None else request_line(follow_up, _PROOF_ID)
         self._send_next(job, proof + self.command_line)
 

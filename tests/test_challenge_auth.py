@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import subprocess
+import tempfile
 import weakref
 from typing import Any, Iterator
 
@@ -15,7 +17,7 @@ import pytest
 import reactor_mgmt
 from conftest import RawClient, ServerThread, require_tool
 from reactor_mgmt._builtins import cleartext_allowed
-from reactor_mgmt._client import ERROR, OK, FanOut, auth_requests, is_challenge
+from reactor_mgmt._client import ERROR, OK, UNREACHABLE, ConnectionFailed, FanOut, auth_requests, is_challenge
 from reactor_mgmt._wire import challenge_digest
 from test_cli import run_cli
 from tls_helpers import ensure_check_response
@@ -240,24 +242,43 @@ def test_cli_uses_challenge_response(strict):
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "the plans\n", "")
 
 
-def test_clients_fall_back_to_cleartext_on_a_server_without_challenges():
+@pytest.fixture
+def short_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="rm-", dir="/tmp") as path:  # AF_UNIX paths: ~107 bytes at most
+        yield path
+
+
+def test_clients_fall_back_to_cleartext_on_a_server_without_challenges(short_dir):
     # An older server: `auth challenge` reads as `auth` with the token "challenge", which fails
-    # (one failure of three), and the cleartext token follows.
-    srv = reactor_mgmt.Server("127.0.0.1", 0, token=TOKEN)
+    # (one failure of three), and the cleartext token follows, over a Unix socket (its mode says
+    # who listens) or verified TLS. Over plain TCP the clients refuse: whoever binds the port
+    # while the server is down could answer `auth challenge` with an error and collect the token.
+    path = os.path.join(short_dir, "old.sock")
+    srv = reactor_mgmt.Server("127.0.0.1", 0, unix=path, token=TOKEN)
     srv.remove_command("auth challenge")
     srv.remove_command("auth response")
     srv.add_command("secret", lambda: "the plans")
     with ServerThread(srv):
-        address = f"127.0.0.1:{srv.port}"
-        with reactor_mgmt.Client(address, token=TOKEN) as client:
+        with reactor_mgmt.Client(path, token=TOKEN) as client:
             assert client.call("secret") == "the plans"
         events: list = []
         outcomes = FanOut(
-            [address], {"argv": ["secret"]}, token=TOKEN, on_event=lambda e, kind, value: events.append((kind, value))
+            [path], {"argv": ["secret"]}, token=TOKEN, on_event=lambda e, kind, value: events.append((kind, value))
         ).run()
         assert outcomes == [OK] and events == [("result", "the plans")]
-        proc = run_cli("-c", address, "--token", TOKEN, "secret")
+        proc = run_cli("-c", path, "--token", TOKEN, "secret")
         assert (proc.returncode, proc.stdout) == (0, "the plans\n")
+
+        address = f"127.0.0.1:{srv.port}"
+        with pytest.raises(ConnectionFailed, match="not sent in clear text over plain TCP"):
+            reactor_mgmt.Client(address, token=TOKEN).call("secret")
+        events.clear()
+        outcomes = FanOut(
+            [address], {"argv": ["secret"]}, token=TOKEN, on_event=lambda e, kind, value: events.append((kind, value))
+        ).run()
+        assert outcomes == [UNREACHABLE] and "not sent in clear text" in events[0][1]
+        proc = run_cli("-c", address, "--token", TOKEN, "secret")
+        assert proc.returncode == 2 and "not sent in clear text" in proc.stderr and TOKEN not in proc.stderr
 
 
 def test_auth_requests():
@@ -266,12 +287,15 @@ def test_auth_requests():
     assert auth_requests("OK", "t") is None  # an older server without a token let us in
     assert auth_requests(None, "t") == {"cmd": "auth", "args": ["t"]}
     assert auth_requests("something else", "t") == {"cmd": "auth", "args": ["t"]}
+    with pytest.raises(ConnectionFailed):
+        auth_requests(None, "t", cleartext_ok=False)
+    assert auth_requests("OK", "t", cleartext_ok=False) is None
 
 
-def test_clients_with_an_auth_challenge_that_is_not_ours():
+def test_clients_with_an_auth_challenge_that_is_not_ours(short_dir):
     # A host's own `auth challenge` that streams is no challenge: the clients wait for its end
-    # and fall back to cleartext; one that fails for another reason fails the endpoint.
-    srv = reactor_mgmt.Server("127.0.0.1", 0, token=TOKEN)
+    # and fall back to cleartext (on a Unix socket); one that fails for another reason fails the endpoint.
+    srv = reactor_mgmt.Server("127.0.0.1", 0, unix=os.path.join(short_dir, "own.sock"), token=TOKEN)
     srv.registry.add("auth challenge", lambda: iter(["a", "b"]), pre_auth=True)
     srv.add_command("secret", lambda: "the plans")
     failing = reactor_mgmt.Server("127.0.0.1", 0, token=TOKEN)
@@ -281,7 +305,7 @@ def test_clients_with_an_auth_challenge_that_is_not_ours():
 
     failing.registry.add("auth challenge", broken, pre_auth=True)
     with ServerThread(srv, failing):
-        address, broken_address = f"127.0.0.1:{srv.port}", f"127.0.0.1:{failing.port}"
+        address, broken_address = os.path.join(short_dir, "own.sock"), f"127.0.0.1:{failing.port}"
         with reactor_mgmt.Client(address, token=TOKEN) as client:
             assert client.call("secret") == "the plans"
         events: list = []
