@@ -22,7 +22,7 @@ import stat
 import sys
 
 from ._commands import LEVELS, level_rank
-from ._errors import ConfigError
+from ._errors import ConfigError, ReactorMgmtError
 from ._log import format_address, log
 from ._transport import refuse
 
@@ -197,6 +197,7 @@ class Acceptor:
                 pass
             else:
                 refuse(sock, b"ERR server out of file descriptors\n")
+                self.loop.stats.refused += 1
             self.reserve_fd = _open_reserve_fd()
             if self.reserve_fd is not None:
                 return
@@ -240,6 +241,7 @@ class Listeners:
         self.address_file_id: Optional[Tuple[int, int]] = None
         self.writing = False
         self.warn_remote = warn_remote
+        self.closed = False  # closed or abandoned: a listener added now would be bound for no one
 
     def tcp(
         self,
@@ -250,18 +252,31 @@ class Listeners:
         cert_levels: Optional[Dict[str, Sequence[str]]] = None,
         backlog: Optional[int] = None,
     ) -> List[Address]:
+        self._check_open()
         ranks = None
         if cert_levels:
             ranks = {name: level_rank(name_level) for name_level, names in cert_levels.items() for name in names}
             if tls is None:
                 raise ConfigError("cert_levels needs tls: client certificates come with a TLS handshake")
+        rank = level_rank(level or "operator")  # before binding: a refusal leaves nothing bound
         bound: List[Address] = []
-        for sock in bind_tcp(host, port, backlog):
-            address = sock.getsockname()[:2]
-            listener = Listener(sock, address, level_rank(level or "operator"))
-            listener.tls, listener.cert_levels = tls, ranks
-            self._add(listener)
-            bound.append(address)
+        socks = bind_tcp(host, port, backlog)
+        added: List[Listener] = []
+        try:
+            for sock in socks:
+                address = sock.getsockname()[:2]
+                listener = Listener(sock, address, rank)
+                listener.tls, listener.cert_levels = tls, ranks
+                self._add(listener)
+                added.append(listener)
+                bound.append(address)
+        except BaseException:  # all or nothing, as bind_tcp is
+            for listener in added:
+                self._remove(listener)
+            for sock in socks:
+                sock.close()
+            raise
+        for address in bound:
             self.warn_if_remote(address[0])
         self.write_address_file()
         return bound
@@ -276,16 +291,23 @@ class Listeners:
         allowed_uids: Sequence[int],
         backlog: Optional[int] = None,
     ) -> str:
+        self._check_open()
+        rank = level_rank(level or "admin")  # before binding: a refusal leaves no socket file
         sock = bind_unix(path, mode, group, backlog)
         # The file is removed at close() by its absolute path: the host may chdir meanwhile.
-        listener = Listener(sock, path, level_rank(level or "admin"), path=os.path.abspath(path))
+        listener = Listener(sock, path, rank, path=os.path.abspath(path))
         listener.check_peer = check_peer or bool(allowed_uids)
         listener.allowed_uids = frozenset(allowed_uids)
-        self._add(listener)
+        try:
+            self._add(listener)
+        except BaseException:
+            listener.close()  # and the file it made
+            raise
         self.write_address_file()
         return path
 
     def adopt(self, sock: socket.socket, level: Optional[str]) -> Address:
+        self._check_open()
         address, default = adopted_address(sock)
         if isinstance(address, tuple):
             self.warn_if_remote(address[0])
@@ -316,6 +338,14 @@ class Listeners:
         self.acceptor.add(listener)
         self.listeners.append(listener)
 
+    def _remove(self, listener: Listener) -> None:
+        self.listeners.remove(listener)
+        self.acceptor.remove(listener)
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ReactorMgmtError("the server is closed: it takes no new listener")
+
     def addresses(self) -> List[Address]:
         return [listener.address for listener in self.listeners]
 
@@ -326,12 +356,14 @@ class Listeners:
     def abandon(self) -> None:
         """In a forked child: closes this process's copies of the listening sockets, and
         removes no file: the socket file and the address file are the parent's."""
+        self.closed = True
         for listener in self.listeners:
             listener.sock.close()
         self.listeners = []
         self.acceptor.close()
 
     def close(self) -> None:
+        self.closed = True
         for listener in self.listeners:
             self.acceptor.remove(listener)
         self.listeners = []
@@ -493,10 +525,22 @@ def is_loopback(host: str) -> bool:
 
 def write_address_file(path: str, addresses: List[Any]) -> Optional[Tuple[int, int]]:
     """Writes one address per line, atomically; returns the file's identity (see unlink_if_ours)."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write("".join(format_address(a) + "\n" for a in addresses))
-    os.replace(temporary, path)
+    # A name no one can plant first, created only if it does not exist (O_EXCL, O_NOFOLLOW): in
+    # a directory others may write (/tmp), a symlink left at a predictable name would have had
+    # us truncate its target, and then put the planter's link in place of the address file.
+    temporary = f"{path}.tmp{os.getpid()}.{os.urandom(6).hex()}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(temporary, flags, 0o666)  # the umask applies, as open() applied it
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write("".join(format_address(a) + "\n" for a in addresses))
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
     return file_id(path)
 
 

@@ -347,6 +347,12 @@ class Loop:
             self.waker.close()
         self.owners.clear()  # an event still in this poll's list finds no owner
         self.pending_reads.clear()
+        # Nothing runs once closed: a host loop that waits on next_deadline() and busy (Tk's, Qt's)
+        # would otherwise be told of a timer due, or of work, for good, and spin on them.
+        self.timers = []
+        self.ready.clear()
+        self.later.clear()
+        self.calls.clear()
         self.selector.close()
 
     def abandon(self, reason: str) -> None:

@@ -135,11 +135,9 @@ class Server:
         self.address_file: Optional[str]
         self._listening: Listeners
         self._reaper: Optional[IdleReaper]
-        _start_io(self, address_file)
         self._next_id = 0
         self._closed = False
         self._pid = os.getpid()  # a forked child abandons the server (see _abandon)
-        _SERVERS.add(self)
         self._polling = 0  # the thread inside poll()'s handling: a nested poll() is refused
         # Set when a handler or callback closes the server (poll() finishes the close on its way
         # out): each connection owed a shutdown notice, by the notice's reply id.
@@ -149,14 +147,16 @@ class Server:
         # The thread that calls poll(); wake() from any other thread goes through the waker.
         self.owner_thread = threading.get_ident()
         self.log_tail_enabled = log_tail
-        if builtins:
-            from ._builtins import install_builtins  # lazily: it imports logging, ~4 ms
-
-            install_builtins(self, self._dispatcher)
         self._toolkit: Optional[Toolkit] = None  # the operator tools (_toolkit.Toolkit), made on first use
-        if toolkit or audit:  # Server(audit=True) alone installs the toolkit with its audit log
-            self.add_toolkit(audit=audit)
-        try:
+        _start_io(self, address_file)
+        _SERVERS.add(self)
+        try:  # from here, a failure closes what is open: the epoll, the reserve fd, listeners
+            if builtins:
+                from ._builtins import install_builtins  # lazily: it imports logging, ~4 ms
+
+                install_builtins(self, self._dispatcher)
+            if toolkit or audit:  # Server(audit=True) alone installs the toolkit with its audit log
+                self.add_toolkit(audit=audit)
             _listen_as_asked(self, host, port, unix, level, tls, cert_levels, backlog)
         except BaseException:
             self.close()

@@ -751,7 +751,7 @@ _EMFILE_CHILD = textwrap.dedent(r"""
         server.poll(0.05)
         polls += 1
     cpu = time.process_time() - cpu
-    exhausted = {"polls": polls, "cpu": cpu, "open": len(server.connections)}
+    exhausted = {"polls": polls, "cpu": cpu, "open": len(server.connections), "refused": server.stats.refused}
     for fd in hog[:16]:
         os.close(fd)
     del hog[:16]
@@ -797,6 +797,7 @@ def test_fd_exhaustion_does_not_spin_logs_once_and_recovers(mode):
             # Each waiting client was accepted on the reserve descriptor and told why.
             for sock in clients:
                 assert sock.recv(100) == b"ERR server out of file descriptors\n"
+            assert exhausted["refused"] == len(clients)  # counted, as other refusals are
         fresh = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         clients.append(fresh)
         fresh.sendall(b"ping\n")

@@ -383,6 +383,85 @@ def test_unix_socket_is_born_with_its_mode_without_touching_the_umask(short_dir,
         server.close()
 
 
+def test_a_closed_server_has_no_deadline_and_no_work():
+    # A host loop that waits until next_deadline() (the Tk and Qt drivers of the docs) and
+    # polls again while busy: a closed server kept the idle reaper's deadline, past and never
+    # popped, and such a loop re-armed a 0 ms timer for good (29,000 ticks a second).
+    server = reactor_mgmt.Server("127.0.0.1", 0, idle_timeout=0.3)
+    client = RawClient(server)
+    assert client.request("ping") == ["pong"]
+    server.call_later(60, lambda: None)
+    server.call_soon_threadsafe(lambda: None)
+    assert server.next_deadline() is not None and server.busy
+    server.close()
+    assert server.next_deadline() is None and not server.busy
+    time.sleep(0.35)  # past the reaper's deadline
+    assert server.poll(0) == 0 and server.next_deadline() is None and not server.busy
+    client.close()
+
+
+def test_a_constructor_that_fails_after_its_loop_is_made_closes_it(monkeypatch):
+    # The epoll descriptor and the reserve one were open before the constructor's try: a
+    # failure while installing the built-in commands or the toolkit left them open.
+    from reactor_mgmt import _builtins
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a builtin refused")
+
+    monkeypatch.setattr(_builtins, "install_builtins", broken)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="a builtin refused"):
+        reactor_mgmt.Server("127.0.0.1", 0)
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_listener_refused_leaves_nothing_bound_or_open(short_dir):
+    # The level was checked after the bind, and a closed server's epoll refused the listener
+    # after it too: each left a listening socket open (and a Unix socket file nobody removes).
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    path = os.path.join(short_dir, "late.sock")
+    server = reactor_mgmt.Server("127.0.0.1", 0)
+    try:
+        before = fds()
+        with pytest.raises(reactor_mgmt.ConfigError, match="unknown level"):
+            server.listen_tcp("127.0.0.1", 0, level="bogus")
+        with pytest.raises(reactor_mgmt.ConfigError, match="unknown level"):
+            server.listen_unix(path, level="bogus")
+        assert fds() == before and not os.path.exists(path)
+    finally:
+        server.close()
+    before = fds()
+    with pytest.raises(reactor_mgmt.ReactorMgmtError, match="closed"):
+        server.listen_tcp("127.0.0.1", 0)
+    with pytest.raises(reactor_mgmt.ReactorMgmtError, match="closed"):
+        server.listen_unix(path)
+    assert fds() == before and not os.path.exists(path)
+
+
+def test_the_address_file_is_written_through_no_planted_link(short_dir):
+    # In a directory others may write, a symlink left at the temporary name the address file
+    # was written through (PATH.tmpPID) made the server truncate its target and then move the
+    # link into the address file's place.
+    address_file = os.path.join(short_dir, "app.addr")
+    victim = os.path.join(short_dir, "victim")
+    with open(victim, "w") as handle:
+        handle.write("precious\n")
+    os.symlink(victim, f"{address_file}.tmp{os.getpid()}")
+    server = reactor_mgmt.Server("127.0.0.1", 0, address_file=address_file)
+    try:
+        with open(victim) as handle:
+            assert handle.read() == "precious\n"
+        assert not os.path.islink(address_file)
+        with open(address_file) as handle:
+            assert handle.read() == f"127.0.0.1:{server.port}\n"
+        leftovers = sorted(name for name in os.listdir(short_dir) if ".tmp" in name)
+        assert leftovers == [f"app.addr.tmp{os.getpid()}"]  # only the planted link
+    finally:
+        server.close()
+
+
 def test_close_removes_only_files_that_are_still_its_own(short_dir):
     # An overlapping restart: the new server takes over the socket path and the address file
     # while the old one is still shutting down. The old one's close() used to delete both.
