@@ -159,6 +159,11 @@ def install_activity(
     )
     activity.register(server.registry)  # first: a name the host registered already raises here
     _installed.add(dispatcher)
+    if audit and audit_log.level == logging.NOTSET:
+        # A level of its own, so that a level set on root or `reactor_mgmt` (by `log level`,
+        # which refuses this logger itself) cannot filter the audit trail out. A level the host
+        # gave it is the host's choice, and kept.
+        audit_log.setLevel(logging.INFO)
     if activity.slow is not None or activity.audit is not None or activity.clients is not None:
         # The dispatcher calls the observer only for what it records: a request slower than
         # slow_ms, or an audited one. Every other request costs a comparison, and the clock

@@ -566,6 +566,9 @@ class _Revert:
         self.due = due
 
 
+AUDIT_LOGGER = "reactor_mgmt.audit"  # the activity tools' audit log (_activity.audit_log)
+
+
 def _logger_label(name: str) -> str:
     return name or "root"
 
@@ -585,6 +588,13 @@ class _LogLevels:
             if seconds is not None:
                 raise UsageError(f"usage: {command.usage} (--for needs LEVEL)")
             return self.show(name)
+        if name == AUDIT_LOGGER:
+            # The audit trail: an operator who could raise its level could switch off the record
+            # of what they do next (the record of this very change would come after it).
+            raise CommandError(
+                f"the level of {AUDIT_LOGGER} is not set here: it is the audit log, "
+                "set it in the host's logging configuration"
+            )
         level = positional[1].upper()
         if level not in LOG_LEVELS:
             raise UsageError(

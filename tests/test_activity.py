@@ -610,6 +610,62 @@ def test_config_set_is_audited_at_the_level_of_the_settings_it_names(make_server
     user.close()
 
 
+@pytest.fixture
+def audit_logger_unset():
+    """The audit logger with no level of its own, as in a host that never configured it; the
+    levels the test changes are put back."""
+    loggers = [logging.getLogger(name) for name in ("reactor_mgmt.audit", "reactor_mgmt", "")]
+    levels = [logger.level for logger in loggers]
+    loggers[0].setLevel(logging.NOTSET)
+    yield loggers[0]
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+
+
+def test_an_operator_cannot_switch_the_audit_log_off(make_server, audit_logger_unset):
+    # `log level reactor_mgmt.audit CRITICAL` (operator) dropped every later record, the record
+    # of that change included (it is written after the change), and with the audit logger at
+    # NOTSET, `log level reactor_mgmt CRITICAL` or `log level root CRITICAL` did the same.
+    audit_log = audit_logger_unset
+    records: list = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    audit_log.addHandler(handler)
+    try:
+        server = make_server(level="admin", toolkit=True, audit=True)
+        assert audit_log.level == logging.INFO  # its own level: ancestors' do not filter it
+        client = RawClient(server)
+        assert client.request("level operator") == ["operator"]
+        for name in ("reactor_mgmt", "root"):
+            assert text(client, f"log level {name} CRITICAL").startswith(f"{name}: ")
+        for line in ("log level reactor_mgmt.audit CRITICAL", "log level reactor_mgmt.audit NOTSET --for 1"):
+            (reply,) = client.request(line)
+            assert reply.startswith("ERR the level of reactor_mgmt.audit is not set here: it is the audit log"), reply
+        assert audit_log.level == logging.INFO
+        assert text(client, "clients").startswith("id")  # operator level: audited
+        commands = [record.audit["command"] for record in records]
+        assert commands == [
+            "log level reactor_mgmt CRITICAL",
+            "log level root CRITICAL",
+            "log level reactor_mgmt.audit CRITICAL",
+            "log level reactor_mgmt.audit NOTSET --for 1",
+            "clients",
+        ], commands
+        # Reading its level still works, and the listing shows it.
+        shown = result(client, "log level", "reactor_mgmt.audit")
+        assert (shown["level"], shown["effective"]) == ("INFO", "INFO")
+        assert "reactor_mgmt.audit" in [row["logger"] for row in result(client, "log level")]
+        client.close()
+    finally:
+        audit_log.removeHandler(handler)
+
+
+def test_a_level_the_host_gave_the_audit_logger_is_kept(make_server, audit_logger_unset):
+    audit_logger_unset.setLevel(logging.DEBUG)
+    make_server(level="admin", audit=True)
+    assert audit_logger_unset.level == logging.DEBUG
+
+
 def test_audit_shows_the_ring_and_checks_n(make_server):
     server = _audited_server(make_server)
     client = RawClient(server)
