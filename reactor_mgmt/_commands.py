@@ -664,7 +664,10 @@ class Registry:
                 return self._listing(members, header=f"Subcommands of '{topic[0]}':")
         if command is not None and not command.hidden:
             raise PermissionDenied(f"no help for '{name}' at this connection's level")
-        for words in range(len(topic) - 1, 0, -1):  # `help ping extra`: a command, and more words
+        # `help ping extra`: a command, and more words. No name has more words than the longest,
+        # so only prefixes up to that are tried: joining every prefix of a long topic (help is
+        # pre-auth) cost O(n^2) in one request.
+        for words in range(min(len(topic) - 1, self._longest), 0, -1):
             prefix = self.commands.get(" ".join(topic[:words]))
             if prefix is not None and allowed(prefix) and not prefix.hidden:
                 raise CommandError(f"usage: help [COMMAND] (try 'help {prefix.name}')", code="usage")

@@ -7,6 +7,7 @@ import enum
 import json
 import subprocess
 import sys
+import time
 from typing import Any, Dict, List, Literal, Optional
 
 import pytest
@@ -656,6 +657,29 @@ def test_help_before_authentication(make_server):
     after = read_help(client)
     assert "status" in after.splitlines()[0].split()
     assert one(client, "statsu") == "ERR unknown command 'statsu'; did you mean 'status'?"
+
+
+def test_a_long_help_topic_is_answered_quickly_before_authentication(make_server):
+    # `help a a a ... a` (8,000 words, before auth) joined every prefix of the topic to look for
+    # a command in it: O(n^2), about 0.25 s of one poll() with no regard for its budget.
+    srv = make_server("127.0.0.1", token="s3cret")
+    srv.add_command("show job", lambda: "ok", help="Shows a job.")
+    registry, spent = srv.registry, []
+    real_help = registry.help
+
+    def timed_help(topic: List[str], allowed: Any) -> str:
+        start = time.perf_counter()
+        try:
+            return real_help(topic, allowed)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    registry.help = timed_help  # type: ignore[method-assign]
+    client = RawClient(srv)
+    assert one(client, "help " + " ".join(["a"] * 8000)) == "ERR unknown command 'a' (try 'help')"
+    assert one(client, "help ping " + " ".join(["a"] * 8000)) == "ERR usage: help [COMMAND] (try 'help ping')"
+    assert len(spent) == 2 and max(spent) < 0.02, spent
+    client.close()
 
 
 def test_level_can_only_go_down(server):
