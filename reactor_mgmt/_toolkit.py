@@ -798,18 +798,27 @@ class _Settings:
         value that names a setting would shift the pairs, so the word after ANY word naming a
         secret setting is masked, and so is what follows "=" in a `NAME=VALUE` word, which
         config set refuses but which a record would still show. Masking too much is safe.
+
+        A request whose pairs config set refuses (an odd number of words, or a NAME that is no
+        setting) may hold a secret after a name mistyped (`API_KEY VALUE`) or shifted out of
+        place: there, the word after any word that names no setting is masked too (a leading
+        "--" aside), and so is what follows "=" in any word. A refused request loses nothing
+        to masking that the audit needs.
         """
+        refused = len(words) % 2 == 1 or any(str(name) not in self.items for name in words[::2])
         shown: List[Any] = []
-        after_secret = False
-        for word in words:
-            name, has_value, _ = str(word).partition("=")
-            if after_secret:
+        after_secret = after_unknown = False
+        for index, word in enumerate(words):
+            text = str(word)
+            name, has_value, _ = text.partition("=")
+            if after_secret or after_unknown:
                 shown.append("***")
-            elif has_value and self._secret(name):
+            elif has_value and (self._secret(name) or (refused and name not in self.items)):
                 shown.append(name + "=***")
             else:
                 shown.append(word)
-            after_secret = self._secret(str(word))
+            after_secret = self._secret(text)
+            after_unknown = refused and name not in self.items and not (index == 0 and text == "--")
         return shown
 
     def rank_of(self, words: List[Any]) -> int:
@@ -1003,12 +1012,19 @@ class _Settings:
         if not words:
             raise usage("missing NAME VALUE")
         if len(words) % 2:
-            raise usage(f"{words[-1]!r} has no VALUE")
+            # Not quoting the odd word out: with the pairs shifted ("--", or a value left out),
+            # it may be a secret setting's value.
+            raise usage("an odd number of words: NAME VALUE pairs expected")
         changes: List[Tuple[Setting, Any]] = []
         seen: Set[str] = set()
-        for name, text in zip(words[::2], words[1::2]):
+        for index in range(0, len(words), 2):
+            name, text = words[index], words[index + 1]
             setting = self.items.get(name)
             if setting is None:
+                if index and self._secret(words[index - 1]):  # shifted pairs: maybe its value
+                    raise usage(
+                        f"unknown setting after '{words[index - 1]}', not shown: it may be that setting's value"
+                    )
                 raise usage(self._unknown(name, conn))
             if setting.rank > conn.level:
                 raise PermissionDenied(f"permission denied: setting '{name}' needs {setting.level}")

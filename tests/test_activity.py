@@ -775,6 +775,47 @@ def test_a_secret_setting_is_masked_wherever_its_value_sits(make_server, caplog)
     quiet.close()
 
 
+def test_a_value_after_an_unknown_setting_name_is_masked(make_server, caplog):
+    # `config set API_KEY S3CRET` (a case typo: no such setting) was refused, and recorded in
+    # clear: only the word after a secret setting's name was masked.
+    caplog.set_level(logging.INFO, logger="reactor_mgmt.audit")
+    server = with_activity(make_server(level="admin"), audit=True, slow_ms=0)
+    config = type("Config", (), {"api_key": "k0", "rate": "r0"})()
+    server.setting("api_key", config, "api_key", secret=True)
+    server.setting("rate", config, "rate")
+    client = RawClient(server)
+    for line in (
+        "config set API_KEY S3CRET-a",
+        "config set -- rate API_KEY S3CRET-b",  # the pairs: (--, rate) (API_KEY, S3CRET-b)
+        "config set rate r1 apikey S3CRET-c rate",
+        "config set API_KEY=S3CRET-d",
+        "watch 1 config set API_KEY S3CRET-e",
+    ):
+        assert client.request(line)[0].startswith("ERR usage: config set"), line
+    reply = client.request(json.dumps({"cmd": "config set", "kwargs": {"API_KEY": "S3CRET-f"}}))
+    assert json.loads(reply[0])["ok"] is False
+    assert text(client, "config set rate r2") == "rate: r0 -> r2\n"  # a request config set takes: as it was
+    shown = [
+        json.dumps(result(client, "audit", 100)),
+        json.dumps(result(client, "show slow")),
+        json.dumps(result(client, "clients")),
+        caplog.text,
+    ]
+    assert "S3CRET" not in "".join(shown)
+    commands = [record["command"] for record in result(client, "audit", 100)]
+    assert commands[:7] == [
+        "config set API_KEY ***",
+        "config set -- rate API_KEY ***",
+        "config set rate r1 *** *** ***",  # refused: the word after one naming no setting
+        "config set API_KEY=***",
+        "watch 1 config set API_KEY ***",
+        "config set --API_KEY=***",
+        "config set rate r2",
+    ]
+    assert config.api_key == "k0"
+    client.close()
+
+
 def test_a_command_name_the_host_took_is_refused_and_nothing_is_hooked(make_server):
     server = make_server()
     server.add_command("clients", lambda: "mine")

@@ -692,7 +692,7 @@ def test_config_set_changes_nothing_if_any_pair_fails(configured):
         "config set rate 10 nope 1": f"{usage} (unknown setting 'nope'; 'config get' lists them)",
         "config set rate 10 workrs 1": f"{usage} (unknown setting 'workrs'; did you mean 'workers'?)",
         "config set rate 10 rate 11": f"{usage} (rate given twice)",
-        "config set rate 10 workers": f"{usage} ('workers' has no VALUE)",
+        "config set rate 10 workers": f"{usage} (an odd number of words: NAME VALUE pairs expected)",
         "config set": f"{usage} (missing NAME VALUE)",
     }
     for line, error in cases.items():
@@ -731,6 +731,31 @@ def test_a_secret_settings_refused_value_is_not_echoed(make_server):
         == "usage: config set NAME VALUE [NAME VALUE ...] (bad value for pin: ***: expected an integer)"
     )
     assert (config.pin, config.key) == (1234, "k0")
+    client.close()
+
+
+def test_config_set_never_quotes_a_word_it_cannot_pair(make_server):
+    # `config set -- api_key S3CRET` answered "('S3CRET' has no VALUE)": the "--" shifts the
+    # pairs, and the word left over was the secret.
+    server = make_server("127.0.0.1", level="admin")
+    config = type("Config", (), {"api_key": "k0", "label": "main"})()
+    server.setting("api_key", config, "api_key", secret=True)
+    server.setting("label", config, "label")
+    client = RawClient(server)
+    usage = "ERR usage: config set NAME VALUE [NAME VALUE ...]"
+    cases = {
+        "config set -- api_key S3CRET-a": "an odd number of words: NAME VALUE pairs expected",
+        "config set api_key S3CRET-b label": "an odd number of words: NAME VALUE pairs expected",
+        "config set label api_key S3CRET-c x": (
+            "unknown setting after 'api_key', not shown: it may be that setting's value"
+        ),
+        "config set API_KEY S3CRET-d": "unknown setting 'API_KEY'; 'config get' lists them",  # a name, not a value
+    }
+    for line, error in cases.items():
+        assert ask(client, line) == f"{usage} ({error})\n", line
+    (reply,) = client.request(json.dumps({"id": 1, "cmd": "config set", "args": ["--", "api_key", "S3CRET-e"]}))
+    assert "S3CRET" not in reply and json.loads(reply)["ok"] is False
+    assert (config.api_key, config.label) == ("k0", "main")
     client.close()
 
 
