@@ -469,11 +469,12 @@ class Completer:
         return self.matches[state] if state < len(self.matches) else None
 
 
-def _is_auth_line(line: str) -> bool:
-    """Whether a line typed at the prompt is `auth ...`, judged without parsing it: its first
-    word with quotes and backslashes taken out."""
-    first = line.split(None, 1)[:1]
-    return bool(first) and first[0].replace('"', "").replace("'", "").replace("\\", "") == "auth"
+def _kept_out_of_history(line: str) -> bool:
+    """Whether a line typed at the prompt may hold a secret, judged without parsing it (on its
+    words with quotes and backslashes taken out): any `auth` word (`auth TOKEN`, `watch 1 auth
+    TOKEN`), and any `config set`, as the client cannot know which settings are secret."""
+    words = [word.replace('"', "").replace("'", "").replace("\\", "") for word in line.split()]
+    return "auth" in words or any(pair == ("config", "set") for pair in zip(words, words[1:]))
 
 
 class _Shell:
@@ -508,9 +509,10 @@ class _Shell:
                 except UnicodeDecodeError as exc:  # stdin could not take surrogateescape
                     print(f"reactor-mgmt: cannot read the line: {exc.reason}", file=sys.stderr)
                     continue
-                # A token stays out of the history file, decided from the raw text: a line that
-                # does not parse (`auth "s3cret`, an unbalanced quote) holds the token all the same.
-                if _is_auth_line(line) and self.readline is not None:
+                # A token or a secret setting's value stays out of the history file, decided from
+                # the raw text: a line that does not parse (`auth "s3cret`, an unbalanced quote)
+                # holds the token all the same.
+                if _kept_out_of_history(line) and self.readline is not None:
                     self.readline.remove_history_item(self.readline.get_current_history_length() - 1)
                 try:
                     words = split_words(line)
