@@ -497,9 +497,16 @@ class Dispatcher:
                 if stream.until_input and conn.eof:
                     self.end_stream(conn)  # its client has shut down: it ends at its first pause
                     return True
-                if item.until is not None:  # weakly: a client that leaves is not kept till then
+                stream.held = False  # parked by the stream itself: a flush must not resume it
+                until = item.until
+                wake_at = stream.wake_at
+                # One timer per stream, weakly holding the connection (a client that leaves is
+                # not kept till then): a stream pumped before its timer is due (a wake(), a write
+                # event) that waits again must not add an entry to the heap each time.
+                if until is not None and (wake_at is None or until < wake_at):
+                    stream.wake_at = until
                     self.call_later(
-                        max(0.0, item.until - self.clock()), _schedule_if_open, self.schedule, weakref.ref(conn)
+                        max(0.0, until - self.clock()), _wake_stream, self.schedule, weakref.ref(conn), until
                     )
                 return False
             if reply_id is TEXT:
@@ -516,6 +523,7 @@ class Dispatcher:
             transport.write(data)
             if transport.closed:
                 return False
+        stream.held = True  # stopped at low water: the flush that drains the output resumes it
         if stream.until_input and conn.eof and sent:
             # A subscription whose client has shut down writing ends at its first pause (a Wait,
             # the poll's end, or output up to low_water once it has sent something): a one-shot
@@ -596,9 +604,13 @@ def _no_timer(timer: Any) -> None:
     pass
 
 
-def _schedule_if_open(schedule: Callable[[Any], None], conn_ref: Callable[[], Any]) -> None:
+def _wake_stream(schedule: Callable[[Any], None], conn_ref: Callable[[], Any], until: float) -> None:
+    """A stream's Wait(until) timer: its next pump may arm another."""
     conn = conn_ref()
     if conn is not None:
+        waiting = conn.waiting
+        if waiting.__class__ is Stream and waiting.wake_at == until:
+            waiting.wake_at = None
         schedule(conn)
 
 

@@ -126,12 +126,17 @@ class Stream:
     subscription: it runs until the client sends any line (which is consumed) or leaves.
     """
 
-    __slots__ = ("iterator", "until_input", "count")
+    __slots__ = ("iterator", "until_input", "count", "held", "wake_at")
 
     def __init__(self, iterable: Iterable[Any], *, until_input: bool = False) -> None:
         self.iterator: Iterator[Any] = iter(iterable)
         self.until_input = until_input
         self.count = 0
+        # Its last pump stopped at the low-water mark, not at a Wait: output, not the stream,
+        # holds it back, so the flush that drains the output resumes it (Transport.flush).
+        self.held = False
+        # The deadline of the Wait(until) timer armed for it, or None: one timer at a time.
+        self.wake_at: Optional[float] = None
 
     def close(self) -> None:
         close = getattr(self.iterator, "close", None)

@@ -343,9 +343,10 @@ class Transport:
                 if self.paused:
                     self.paused = False
                     self.loop.schedule(self.conn)
-                elif self.conn.streaming():
+                elif self.conn.streaming() and self.conn.waiting.held:
                     # A stream pauses at the low-water mark; if the kernel took everything, no
-                    # write event will come to resume it, so resume it next tick.
+                    # write event will come to resume it, so resume it next tick. Not one parked
+                    # on a Wait: resumed on every flush, it would spin (pump, Wait, nothing sent).
                     self.loop.schedule(self.conn)
         if self.closing and self.out is None:
             self.finish_close()

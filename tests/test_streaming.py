@@ -344,6 +344,50 @@ def test_client_leaving_closes_the_generator(server):
     assert server.connections == []
 
 
+@pytest.mark.parametrize("request_line", ["blob", "watch 5 big"])
+def test_a_stream_parked_on_wait_does_not_spin_for_a_slow_reader(server, request_line):
+    # Output the client has not read stays below low water, but the stream is parked on a
+    # Wait, not held back by its output: flushing must not resume it on every poll (each pump
+    # yielding Wait again, and a Wait(until) adding a timer to the heap each time).
+    @server.command
+    def blob() -> Iterator[Any]:
+        yield "x" * 60000
+        while True:
+            yield Wait()  # nothing new until a wake()
+
+    @server.command
+    def big() -> str:
+        return "y" * 60000
+
+    sock, conn = small_window_client(server)
+    try:
+        sock.sendall(f"{request_line}\n".encode())  # and never reads
+        polls = 0
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            server.poll(0.05)
+            polls += 1
+        assert conn.transport.out is not None  # the client really is behind
+        assert conn.transport.out_size < server.low_water
+        assert polls < 100
+        assert len(server._loop.timers) < 10
+    finally:
+        sock.close()
+
+
+def test_a_watch_woken_early_keeps_one_timer(server, client):
+    # Each wake() pumps the watch before its interval is up, and it waits for the same
+    # deadline again: that deadline's timer is armed already, so the heap does not grow.
+    client.send("watch 5 ping\n")
+    assert client.lines(1) == ["pong"]
+    conn = server_conn(server)
+    for _ in range(200):
+        server.wake(conn)
+        server.poll(0)
+    assert len(server._loop.timers) < 10
+    assert client.buffer == b""  # and nothing more was sent early
+
+
 def test_a_million_lines_to_a_slow_client_with_bounded_output(make_server):
     total = 1_000_000
     srv = make_server("127.0.0.1", high_water=64 * 1024)  # low water: 16 KiB
