@@ -551,7 +551,7 @@ class Dispatcher:
                 waker = waiter_of(waiting)
                 if waker.__class__ is _Waker:
                     self.cancel_timer(waker.timer)
-                cancel(waiting)
+                cancel(waiting, _cancel_callback_raised)
             else:
                 waiting.close()
         except Exception:
@@ -618,7 +618,11 @@ def _expire_if_waiting(conn_ref: Callable[[], Any], pending_ref: Callable[[], Op
     conn = conn_ref()
     pending = pending_ref()
     if conn is not None and pending is not None and conn.waiting is pending and not pending.done:
-        expire(pending)
+        expire(pending, _cancel_callback_raised)
+
+
+def _cancel_callback_raised(exc: Exception) -> None:
+    log.error("a Pending's on_cancel callback raised", exc_info=exc)
 
 
 def _close_stream(stream: Stream) -> None:

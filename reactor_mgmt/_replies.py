@@ -71,23 +71,37 @@ class Pending:
         if waiter is not None:
             waiter()
 
-    def _cancel(self) -> None:
+    def _cancel(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         if self.done or self.cancelled:
             return
         self.cancelled = True
         self._waiter = None
         callbacks, self._cancel_callbacks = self._cancel_callbacks, []
+        # Each callback runs whatever the ones before it did: one that raises must not leave
+        # another's cleanup undone. Its error goes to on_error (this layer has no logger), or,
+        # without one, the first is raised once all have run.
+        first: Optional[Exception] = None
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)
+                elif first is None:
+                    first = exc
+        if first is not None:
+            raise first
 
-    def _expire(self) -> None:
+    def _expire(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         """The timeout passed: the client gets ERR timeout, and the host's work is cancelled."""
         waiter = self._waiter
-        self._cancel()
-        self.error = CommandError("timeout", code="timeout")
-        self.done = True
-        if waiter is not None:
-            waiter()
+        try:
+            self._cancel(on_error)
+        finally:  # whatever on_cancel raised: the client gets its ERR timeout and its later replies
+            self.error = CommandError("timeout", code="timeout")
+            self.done = True
+            if waiter is not None:
+                waiter()
 
 
 def watch(pending: Pending, waiter: Callable[[], None]) -> None:
@@ -100,13 +114,14 @@ def waiter_of(pending: Pending) -> Any:
     return pending._waiter
 
 
-def cancel(pending: Pending) -> None:
-    """The client went away (or nobody will wait for it): run its on_cancel callbacks."""
-    pending._cancel()
+def cancel(pending: Pending, on_error: Optional[Callable[[Exception], None]] = None) -> None:
+    """The client went away (or nobody will wait for it): run its on_cancel callbacks, each
+    one's error passed to ``on_error`` (without it, the first is raised after them all)."""
+    pending._cancel(on_error)
 
 
-def expire(pending: Pending) -> None:
-    pending._expire()
+def expire(pending: Pending, on_error: Optional[Callable[[Exception], None]] = None) -> None:
+    pending._expire(on_error)
 
 
 class Wait:

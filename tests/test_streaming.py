@@ -207,6 +207,26 @@ def test_server_close_cancels_the_pending(deferred):
     assert deferred.pendings[0].cancelled
 
 
+def test_an_on_cancel_that_raises_at_the_timeout_still_answers_the_client(server, caplog):
+    ran: List[str] = []
+
+    def fails() -> None:
+        raise RuntimeError("host cleanup failed")
+
+    @server.command
+    def later() -> Pending:
+        pending = Pending(timeout=0.1)
+        pending.on_cancel(fails)
+        pending.on_cancel(lambda: ran.append("second"))  # not skipped by the first's error
+        return pending
+
+    client = RawClient(server)
+    client.send("later\nping\n")
+    assert client.lines(2) == ["ERR timeout", "pong"]  # the poll did not raise, nothing was lost
+    assert ran == ["second"]
+    assert "on_cancel callback raised" in caplog.text
+
+
 def test_half_close_still_gets_the_deferred_reply(deferred):
     # `echo later | nc -N`: EOF from the client is not a reason to give up on its reply.
     client = RawClient(deferred)
