@@ -342,6 +342,27 @@ def test_stream_wait_for_wake(server):
     assert client.lines(1) == ["pong"]
 
 
+def test_a_poll_budget_bounds_a_slow_stream(server):
+    # Each item costs the host 1 ms: a poll with a 2 ms budget stops after a few of them, not
+    # after 64 (the end was checked every 64th item).
+    @server.command
+    def slow() -> Iterator[int]:
+        for i in range(200):
+            time.sleep(0.001)
+            yield i
+
+    client = RawClient(server)
+    client.pump()  # accepted
+    client.send("slow\n")
+    time.sleep(0.02)  # the request is in the socket: the first poll reads it
+    for _ in range(3):
+        started = time.monotonic()
+        server.poll(0, budget=0.002)
+        assert time.monotonic() - started < 0.03
+    client._drain()
+    assert 3 <= client.buffer.count(b"\n") < 40
+
+
 def test_client_leaving_closes_the_generator(server):
     finished = []
 
