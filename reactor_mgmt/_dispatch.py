@@ -454,9 +454,10 @@ class Dispatcher:
     def _pump_stream(self, conn: Connection, stream: Stream, stop_at: Optional[float]) -> bool:
         transport = conn.transport
         if stream.until_input:
-            if conn.queue:  # a line pipelined behind the subscription stops it at once
+            blank = _blank_line_after(conn)
+            if blank or conn.queue:  # a line (even a blank one) pipelined behind it stops it at once
                 self.end_stream(conn)
-                if conn.queue and conn.queue[0].__class__ is str:
+                if not blank and conn.queue and conn.queue[0].__class__ is str:
                     conn.queue.popleft()  # the line that stopped it is not a request; an event still counts
                 return True
             assert conn.decoder is not None
@@ -466,10 +467,7 @@ class Dispatcher:
         low_water = transport.limits.low_water
         sent = 0
         while transport.out_size < low_water:
-            # The poll's end is checked after every item, as service() checks it before every
-            # request after the first: an item may cost the host milliseconds, and checking every
-            # 64th overran a 2 ms budget by 63 of them. Without an end, no clock is read.
-            if stop_at is not None and sent and self.clock() >= stop_at:
+            if stop_at is not None and sent and self.clock() >= stop_at:  # per item, as service(): items may be slow
                 if stream.until_input and conn.eof:
                     break  # the poll's end is a pause too: its client has shut down, it ends below
                 self.schedule(conn)
@@ -501,16 +499,7 @@ class Dispatcher:
                     self.end_stream(conn)  # its client has shut down: it ends at its first pause
                     return True
                 stream.held = False  # parked by the stream itself: a flush must not resume it
-                until = item.until
-                wake_at = stream.wake_at
-                # One timer per stream, weakly holding the connection (a client that leaves is
-                # not kept till then): a stream pumped before its timer is due (a wake(), a write
-                # event) that waits again must not add an entry to the heap each time.
-                if until is not None and (wake_at is None or until < wake_at):
-                    stream.wake_at = until
-                    self.call_later(
-                        max(0.0, until - self.clock()), _wake_stream, self.schedule, weakref.ref(conn), until
-                    )
+                _wake_at(self, conn, stream, item.until)
                 return False
             if reply_id is TEXT:
                 data = render_text(item).encode("utf-8", UNENCODABLE)
@@ -605,6 +594,32 @@ def owed_a_notice(conns: Iterable[Connection]) -> Dict[Connection, Any]:
 
 def _no_timer(timer: Any) -> None:
     pass
+
+
+def _blank_line_after(conn: Connection) -> bool:
+    """Whether a blank line came right after the request that started conn's subscription, in
+    the same read (Enter typed before it ran): as many requests are queued behind it as came
+    after that blank line (see RequestDecoder.blank_after). Asked once, at its first pump."""
+    decoder = conn.decoder
+    assert decoder is not None
+    if decoder.keep_blank:  # pumped before: running, it sees blank lines as they come
+        return False
+    after, decoder.blank_after = decoder.blank_after, None
+    return after is not None and len(conn.queue or ()) in after
+
+
+def _wake_at(dispatcher: Dispatcher, conn: Connection, stream: Stream, until: Optional[float]) -> None:
+    """Pumps a stream again at ``until`` (None: only a wake() will), through one timer per
+    stream, weakly holding the connection (a client that leaves is not kept till then): a
+    stream pumped before its timer is due (a wake(), a write event) that waits again adds no
+    entry to the heap each time."""
+    if until is None:
+        return
+    wake_at = stream.wake_at
+    if wake_at is None or until < wake_at:
+        stream.wake_at = until
+        delay = max(0.0, until - dispatcher.clock())
+        dispatcher.call_later(delay, _wake_stream, dispatcher.schedule, weakref.ref(conn), until)
 
 
 def _wake_stream(schedule: Callable[[Any], None], conn_ref: Callable[[], Any], until: float) -> None:

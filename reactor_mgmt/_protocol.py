@@ -21,7 +21,7 @@ import re
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, List, Optional, Tuple, Union
+    from typing import Any, FrozenSet, List, Optional, Tuple, Union
 
 IAC = 0xFF
 _IAC_BYTE = b"\xff"
@@ -289,11 +289,12 @@ if TYPE_CHECKING:
 class RequestDecoder:
     """Bytes in, an ordered list of request lines (``str``) and ProtocolEvents out.
 
-    Lines are decoded as UTF-8 and stripped; blank lines are dropped. After END_SESSION the
+    Lines are decoded as UTF-8 and stripped; blank lines are dropped (``blank_after`` says
+    where a read had them). After END_SESSION the
     decoder swallows everything, because the session is over.
     """
 
-    __slots__ = ("_telnet", "_lines", "ended", "keep_blank", "_at_rest", "_max_line")
+    __slots__ = ("_telnet", "_lines", "ended", "keep_blank", "blank_after", "_at_rest", "_max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         # The layers are made on the first read that is not one whole plain line: a client that
@@ -311,6 +312,12 @@ class RequestDecoder:
         # Set while a subscription runs: pressing Enter must stop `log tail`, so a blank line
         # is delivered (as "") instead of dropped.
         self.keep_blank = False
+        # Where the last read had a blank line right after a line, or None: for each such blank
+        # line, how many of its items came after it. A subscription started by the line before
+        # one stops at once (Dispatcher: its first pump finds as many requests queued behind it),
+        # as Enter typed before it ran asks. It holds for the items of that read alone: set, it
+        # keeps the next read off the fast path, which clears it.
+        self.blank_after: Optional[FrozenSet[int]] = None
 
     @property
     def buffered(self) -> int:
@@ -330,6 +337,7 @@ class RequestDecoder:
             text = data[:-1].decode("ascii")
             if text.isprintable() and text and text[0] != " " and text[-1] != " ":
                 return [text]
+        self.blank_after = None  # it spoke of the read before this one
         items = self._feed(data)
         telnet, lines = self._layers()
         self._at_rest = (
@@ -338,6 +346,7 @@ class RequestDecoder:
             and not self.ended
             and telnet._state == _DATA
             and not telnet._after_cr
+            and self.blank_after is None
         )
         return items
 
@@ -410,13 +419,28 @@ class RequestDecoder:
                 items = text.split("\n")
                 maybe_blank = joined.find(b"\n\n") >= 0 or joined[:1] == b"\n" or joined[-1:] == b"\n" or not joined
         if maybe_blank and not self.keep_blank and "" in items:
-            items = [item for item in items if item != ""]
+            items = self._drop_blank(items)
         if maybe_ctrl_d and _CTRL_D_STR in items:
             index = items.index(_CTRL_D_STR)
             del items[index:]
             items.append(END_SESSION)
             self.ended = True
         return items
+
+    def _drop_blank(self, items: List[Any]) -> List[Any]:
+        """``items`` without their blank lines, noting in blank_after where one followed a line."""
+        kept: List[Any] = []
+        after = []  # the index in kept of the item after each blank line that followed a line
+        previous = ""
+        for item in items:
+            if item != "":
+                kept.append(item)
+            elif previous != "":
+                after.append(len(kept))
+            previous = item
+        if after:
+            self.blank_after = frozenset(len(kept) - index for index in after)
+        return kept
 
     def _decode_one(self, line: Union[bytes, _LineTooLongType]) -> Item:
         if isinstance(line, _LineTooLongType):

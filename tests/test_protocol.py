@@ -378,6 +378,18 @@ def test_blank_lines_dropped_and_lines_stripped():
     assert decode([b"\n\r\n  \n\t ping  \r\n\n"]) == ["ping"]
 
 
+def test_the_decoder_says_where_a_blank_line_followed_a_line():
+    # The blank lines are dropped, but blank_after says how many items came after each one
+    # that followed a line: a subscription the line before it starts stops at once (the
+    # dispatcher). It speaks of the last read alone.
+    d = RequestDecoder()
+    assert d.feed(b"\nwatch 1 ping\n\n \necho hi\nping\n\n") == ["watch 1 ping", "echo hi", "ping"]
+    assert d.blank_after == frozenset({2, 0})
+    assert d.feed(b"ping\n") == ["ping"] and d.blank_after is None
+    assert d.feed(b"\nping\n") == ["ping"] and d.blank_after is None  # no line before it
+    assert d.feed(b"ping\n") == ["ping"] and d.blank_after is None
+
+
 def test_decoder_buffered_reports_partial_line():
     d = RequestDecoder()
     d.feed(b"ping\nsta")

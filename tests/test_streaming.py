@@ -749,6 +749,32 @@ def test_a_line_pipelined_behind_a_subscription_stops_it_at_once(server, client)
     assert client.buffer == b""
 
 
+def test_a_blank_line_pipelined_behind_a_subscription_stops_it_at_once(server, client):
+    client.send("watch 0.1 ping\n\necho after\n")  # Enter typed before watch ran
+    assert client.lines(1) == ["after"]
+    client.send('{"cmd": "watch", "args": ["0.1", "ping"], "id": 4}\n\n')
+    assert json.loads(client.lines(1)[0]) == {"id": 4, "stream": True}
+    assert json.loads(client.lines(1)[0]) == {"id": 4, "ok": True, "result": None, "items": 0}
+    client.send("ping\n\nping\n")  # elsewhere a blank line is still nothing
+    assert client.lines(2) == ["pong", "pong"]
+    client.send("watch 0.1 ping\n")  # and a blank line of an earlier read stops nothing
+    assert client.lines(2) == ["pong", "pong"]
+    client.send("\n")
+    settle(client, 0.15)
+    client.buffer = client.buffer.replace(b"pong\n", b"", 1)  # one may have crossed the blank line
+    assert client.buffer == b""
+
+
+def test_a_blank_line_after_a_subscription_queued_behind_a_pending_stops_it(deferred):
+    client = RawClient(deferred)
+    client.send("later\nwatch 0.1 ping\n\necho after\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    deferred.pendings[0].resolve("done")
+    assert client.lines(2) == ["done", "after"]
+    settle(client, 0.15)
+    assert client.buffer == b""
+
+
 def test_a_finished_subscription_does_not_leave_blank_lines_on(server, client):
     import reactor_mgmt
 
