@@ -19,7 +19,7 @@ from ._errors import CommandError, ConfigError, PermissionDenied
 from ._log import Throttle, format_address, log
 from ._protocol import EndSession, ParseError, looks_like_http, split_words
 from ._render import render_text, to_jsonable
-from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, expire, is_stream, waiter_of, watch
+from ._replies import NO_REPLY, TIMED_OUT, Pending, Stream, Wait, expire, is_stream, unwatch, waiters_of, watch
 from ._wire import (
     TEXT,
     UNENCODABLE,
@@ -540,10 +540,10 @@ class Dispatcher:
         conn.waiting = None
         try:
             if isinstance(waiting, Pending):
-                waker = waiter_of(waiting)
-                if waker.__class__ is _Waker:
+                waker = _waker_of(waiting, conn)
+                if waker is not None:
                     self.cancel_timer(waker.timer)
-                cancel(waiting, _cancel_callback_raised)
+                unwatch(waiting, waker, _cancel_callback_raised)  # cancelled if nobody else waits
             else:
                 waiting.close()
         except Exception:
@@ -635,8 +635,24 @@ def _wake_stream(schedule: Callable[[Any], None], conn_ref: Callable[[], Any], u
 def _expire_if_waiting(conn_ref: Callable[[], Any], pending_ref: Callable[[], Optional[Pending]]) -> None:
     conn = conn_ref()
     pending = pending_ref()
-    if conn is not None and pending is not None and conn.waiting is pending and not pending.done:
+    if conn is None or pending is None or conn.waiting is not pending or pending.done:
+        return
+    waker = _waker_of(pending, conn)
+    if waker is not None and len(waiters_of(pending)) > 1:
+        # Other requests wait on it too: this one alone times out, and they wait on.
+        unwatch(pending, waker)
+        conn.waiting = TIMED_OUT
+        waker.dispatcher.wake(conn)
+    else:
         expire(pending, _cancel_callback_raised)
+
+
+def _waker_of(pending: Pending, conn: Connection) -> Optional[_Waker]:
+    """The waiter through which ``conn`` waits on ``pending``, if any."""
+    for waiter in waiters_of(pending):
+        if waiter.__class__ is _Waker and waiter.conn() is conn:
+            return waiter
+    return None
 
 
 def _cancel_callback_raised(exc: Exception) -> None:

@@ -36,9 +36,13 @@ class Pending:
     ``ERR timeout`` (``timeout=None`` takes the server's ``pending_timeout``, 30 s by default;
     0 waits forever); if the client goes away first, :attr:`cancelled` becomes true and the
     ``on_cancel`` callbacks run. Resolve it from the thread that calls ``poll()``.
+
+    Several requests may return the same Pending (everyone waiting for the next frame): each
+    gets the result. A timeout or a client leaving then concerns that request alone; the
+    Pending is cancelled only once no request waits on it any more.
     """
 
-    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiter", "_cancel_callbacks", "__weakref__")
+    __slots__ = ("timeout", "done", "value", "error", "cancelled", "_waiters", "_cancel_callbacks", "__weakref__")
 
     def __init__(self, timeout: Optional[float] = None) -> None:
         self.timeout = timeout
@@ -46,7 +50,7 @@ class Pending:
         self.value: Any = None
         self.error: Optional[CommandError] = None
         self.cancelled = False
-        self._waiter: Optional[Callable[[], None]] = None
+        self._waiters: List[Callable[[], None]] = []  # one per request waiting on it
         self._cancel_callbacks: List[Callable[[], None]] = []
 
     def resolve(self, value: Any = None) -> None:
@@ -67,15 +71,15 @@ class Pending:
         self._cancel_callbacks.append(callback)
 
     def _notify(self) -> None:
-        waiter, self._waiter = self._waiter, None  # once: and the waiter (a closure) is let go
-        if waiter is not None:
+        waiters, self._waiters = self._waiters, []  # once: and the waiters are let go
+        for waiter in waiters:
             waiter()
 
     def _cancel(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         if self.done or self.cancelled:
             return
         self.cancelled = True
-        self._waiter = None
+        self._waiters = []
         callbacks, self._cancel_callbacks = self._cancel_callbacks, []
         # Each callback runs whatever the ones before it did: one that raises must not leave
         # another's cleanup undone. Its error goes to on_error (this layer has no logger), or,
@@ -94,24 +98,33 @@ class Pending:
 
     def _expire(self, on_error: Optional[Callable[[Exception], None]] = None) -> None:
         """The timeout passed: the client gets ERR timeout, and the host's work is cancelled."""
-        waiter = self._waiter
+        waiters = self._waiters
         try:
             self._cancel(on_error)
         finally:  # whatever on_cancel raised: the client gets its ERR timeout and its later replies
             self.error = CommandError("timeout", code="timeout")
             self.done = True
-            if waiter is not None:
+            for waiter in waiters:
                 waiter()
 
 
 def watch(pending: Pending, waiter: Callable[[], None]) -> None:
     """Calls ``waiter()`` once, when ``pending`` is resolved, failed or expires."""
-    pending._waiter = waiter
+    pending._waiters.append(waiter)
 
 
-def waiter_of(pending: Pending) -> Any:
-    """The waiter ``watch`` set and nobody has called yet, or None."""
-    return pending._waiter
+def waiters_of(pending: Pending) -> List[Any]:
+    """The waiters ``watch`` added that nobody has called yet."""
+    return pending._waiters
+
+
+def unwatch(pending: Pending, waiter: Any, on_error: Optional[Callable[[Exception], None]] = None) -> None:
+    """``waiter`` no longer waits (its client left): once nobody does, ``pending`` is cancelled
+    (its on_cancel callbacks run; see cancel)."""
+    if waiter in pending._waiters:
+        pending._waiters.remove(waiter)
+    if not pending._waiters:
+        pending._cancel(on_error)
 
 
 def cancel(pending: Pending, on_error: Optional[Callable[[Exception], None]] = None) -> None:
@@ -122,6 +135,13 @@ def cancel(pending: Pending, on_error: Optional[Callable[[Exception], None]] = N
 
 def expire(pending: Pending, on_error: Optional[Callable[[Exception], None]] = None) -> None:
     pending._expire(on_error)
+
+
+# What a request whose own timeout passed waits on instead, while others still wait on its
+# Pending: answered already, with the ERR timeout.
+TIMED_OUT = Pending()
+TIMED_OUT.error = CommandError("timeout", code="timeout")
+TIMED_OUT.done = True
 
 
 class Wait:

@@ -227,6 +227,73 @@ def test_an_on_cancel_that_raises_at_the_timeout_still_answers_the_client(server
     assert "on_cancel callback raised" in caplog.text
 
 
+@pytest.fixture
+def shared(server):
+    """A `nextframe` command whose requests all wait on the same Pending (the next frame)."""
+    server.frame = Pending(timeout=0)  # type: ignore[attr-defined]
+    server.asked = []  # type: ignore[attr-defined]
+
+    @server.command
+    def nextframe() -> Pending:
+        server.asked.append(True)
+        return server.frame
+
+    return server
+
+
+def test_a_pending_returned_to_two_clients_answers_both(shared):
+    a, b = RawClient(shared), RawClient(shared)
+    a.send("nextframe\nping\n")
+    a.wait_for(lambda buffer: len(shared.asked) == 1)
+    b.send("nextframe\n")
+    b.wait_for(lambda buffer: len(shared.asked) == 2)
+    shared.frame.resolve("frame 7")
+    assert a.lines(2) == ["frame 7", "pong"]
+    assert b.lines(1) == ["frame 7"]
+
+
+def test_one_client_leaving_a_shared_pending_leaves_it_to_the_other(shared):
+    cancelled: List[bool] = []
+    shared.frame.on_cancel(lambda: cancelled.append(True))
+    a, b, c = RawClient(shared), RawClient(shared), RawClient(shared)
+    for number, client in enumerate((a, b, c), 1):
+        client.send("nextframe\n")
+        client.wait_for(lambda buffer, number=number: len(shared.asked) == number)
+    reset_connection(a)
+    b.wait_for(lambda buffer: len(shared.connections) == 2)
+    assert not shared.frame.cancelled and cancelled == []
+    shared.frame.resolve("frame 8")
+    assert b.lines(1) == ["frame 8"] and c.lines(1) == ["frame 8"]
+    # Once nobody waits on it any more, it is cancelled.
+    shared.frame = Pending(timeout=0)
+    shared.frame.on_cancel(lambda: cancelled.append(True))
+    b.send("nextframe\n")
+    c.send("nextframe\n")
+    c.wait_for(lambda buffer: len(shared.asked) == 5)
+    reset_connection(b)
+    c.wait_for(lambda buffer: len(shared.connections) == 1)
+    assert cancelled == []
+    reset_connection(c)
+    deadline = time.monotonic() + TIMEOUT
+    while not cancelled and time.monotonic() < deadline:
+        shared.poll(0.01)
+    assert cancelled == [True] and shared.frame.cancelled
+
+
+def test_a_shared_pending_times_out_for_each_client_on_its_own(shared):
+    shared.frame = Pending(timeout=0.3)
+    a, b = RawClient(shared), RawClient(shared)
+    a.send("nextframe\nping\n")
+    a.wait_for(lambda buffer: len(shared.asked) == 1)
+    time.sleep(0.15)
+    b.send("nextframe\n")
+    b.wait_for(lambda buffer: len(shared.asked) == 2)
+    assert a.lines(2) == ["ERR timeout", "pong"]  # its own 0.3 s passed
+    assert not shared.frame.done and not shared.frame.cancelled
+    shared.frame.resolve("frame 9")  # before b's 0.3 s
+    assert b.lines(1) == ["frame 9"]
+
+
 def test_half_close_still_gets_the_deferred_reply(deferred):
     # `echo later | nc -N`: EOF from the client is not a reason to give up on its reply.
     client = RawClient(deferred)
