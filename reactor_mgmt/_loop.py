@@ -27,6 +27,7 @@ import time
 from collections import deque
 
 from ._log import log
+from ._transport import ERRORS_ONLY as _ERRORS_ONLY
 from ._transport import RDHUP as _RDHUP
 from ._transport import Waker
 
@@ -39,7 +40,9 @@ _WRITE = selectors.EVENT_WRITE
 _IN, _OUT = 0x001, 0x004  # epoll's bits, which poll() reads on every platform (see make_wait)
 # A selectors mask in epoll's bits. Reading asks for EPOLLRDHUP too: it says the peer has shut
 # down writing, so a read that empties the socket has read the EOF as well (_transport.RDHUP).
-_EPOLL_BITS = {_READ: _IN | _RDHUP, _WRITE: _OUT, _READ | _WRITE: _IN | _OUT | _RDHUP}
+# ERRORS_ONLY asks for nothing: epoll reports a socket's errors and hang-ups whatever it is asked
+# (a transport registers it on epoll alone: see Transport.update_interest).
+_EPOLL_BITS = {_READ: _IN | _RDHUP, _WRITE: _OUT, _READ | _WRITE: _IN | _OUT | _RDHUP, _ERRORS_ONLY: 0}
 # epoll_wait takes whole milliseconds in a C int, which a wait of 24.8 days overflows (a 30-day
 # idle_timeout, or `watch 2200000 ping` from any client, made poll() raise); waking once a day
 # to find nothing due costs nothing.

@@ -49,6 +49,8 @@ _IN, _OUT = 0x001, 0x004
 # and then the second recv returns bytes, which are read as any are.)
 RDHUP = 0x2000
 _READABLE, _WRITABLE = ~_OUT, ~(_IN | RDHUP)  # the peer's half-close is no room to write
+# A mask beyond selectors' two bits: registered for errors alone (on epoll; see update_interest).
+ERRORS_ONLY = 4
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
 # hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined requests took
 # up to 1.4 ms on a loaded 2-core machine, which pushed poll(budget=1 ms) past 3 ms.
@@ -208,6 +210,9 @@ class Transport:
                 conn.turn_at = loop.polls  # its turn in this poll: see Loop.schedule
                 conn.data_received(data, stop_at, ended)  # b"" is the client's EOF
         if event & _WRITABLE and not self.closed:
+            if self.mask == ERRORS_ONLY:  # an error or hang-up (a reset) is all it can report
+                self.abort(ConnectionResetError("reset while its requests waited"))
+                return
             self.last_active = now  # draining a long reply is not idleness
             self.flush()
             self.loop.schedule(conn)
@@ -359,6 +364,13 @@ class Transport:
             not self.closing and not self.paused and not conn.eof and (not conn.queue or conn.subscribed())
         ):  # the last test is conn.wants_input(), inlined: this runs after every turn
             want |= _READ
+        elif not want and conn.waiting is not None and self.loop.epoll is not None:
+            # Waiting on a reply with requests queued behind it: nothing to read or send, but a
+            # reset must still be seen, or the Pending is never cancelled, the generator never
+            # closed and the connection held for good (the idle reaper counts it busy). epoll
+            # reports errors and hang-ups with no events asked for; select and poll cannot watch
+            # for them alone, so there it stays unregistered (a reset is met at the next send).
+            want = ERRORS_ONLY
         if want != self.mask:
             self.set_interest(want)
 

@@ -199,6 +199,66 @@ def test_connection_reset_cancels_the_pending(deferred):
     assert not pending.done
 
 
+def poll_until(server: reactor_mgmt.Server, done: Any) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not done() and time.monotonic() < deadline:
+        server.poll(0.01)
+
+
+def test_a_reset_with_requests_queued_behind_a_pending_cancels_it(deferred):
+    # Nothing to read (requests are queued) and nothing to send: the socket is watched for
+    # errors alone, and the reset is seen.
+    cancelled = []
+    client = RawClient(deferred)
+    client.send("later\nping\n")
+    client.wait_for(lambda buffer: bool(deferred.pendings))
+    deferred.pendings[0].on_cancel(lambda: cancelled.append(True))
+    client.pump(3)
+    reset_connection(client)
+    poll_until(deferred, lambda: cancelled)
+    assert cancelled == [True] and deferred.connections == []
+
+
+def test_a_reset_with_requests_queued_behind_a_stream_closes_it(server):
+    finished = []
+
+    @server.command
+    def events() -> Iterator[Any]:
+        try:
+            yield "first"
+            while True:
+                yield Wait()
+        finally:
+            finished.append(True)
+
+    client = RawClient(server)
+    client.send("events\nping\n")
+    assert client.lines(1) == ["first"]
+    client.pump(3)
+    reset_connection(client)
+    poll_until(server, lambda: finished)
+    assert finished == [True] and server.connections == []
+
+
+@pytest.mark.parametrize("selector", ["PollSelector", "SelectSelector"])
+def test_requests_queued_behind_a_pending_without_epoll(make_server, monkeypatch, selector):
+    # select and poll cannot watch a socket for errors alone: there it is unregistered while it
+    # waits, as before, and the replies still come.
+    import selectors
+
+    monkeypatch.setattr(selectors, "DefaultSelector", getattr(selectors, selector))
+    srv = make_server("127.0.0.1")
+    pendings: List[Pending] = []
+    srv.add_command("later", lambda: pendings.append(Pending()) or pendings[-1])
+    client = RawClient(srv)
+    client.send("later\nping\n")
+    client.wait_for(lambda buffer: bool(pendings))
+    client.pump(3)
+    assert server_conn(srv).transport.mask == 0
+    pendings[0].resolve("done")
+    assert client.lines(2) == ["done", "pong"]
+
+
 def test_server_close_cancels_the_pending(deferred):
     client = RawClient(deferred)
     client.send("later\n")
