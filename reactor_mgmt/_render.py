@@ -101,7 +101,8 @@ def _cell(value: Any) -> str:
         except ValueError:  # an int past str()'s digit limit
             return _safe_str(value)
     if cls is float:  # a status's load or uptime: before the Enum test, which a float never passes
-        return _float_text(value)
+        text = f"{value:.6g}"  # _float_text(), written out: a status has a float or two
+        return text if "e+" not in text else repr(value)
     if value is None:
         return "-"
     if isinstance(value, enum.Enum):
