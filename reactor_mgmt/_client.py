@@ -23,7 +23,7 @@
 # Authentication prefers challenge-response: `auth challenge`, then `auth response` with the
 # HMAC of the challenge under the token, so the token never crosses the wire. A server that
 # does not offer it (an older one, where `auth challenge` reads as a wrong token) gets the
-# cleartext `auth TOKEN` instead.
+# cleartext `auth TOKEN` instead, but only over a Unix socket or verified TLS (cleartext_safe).
 from __future__ import annotations
 
 import errno

@@ -650,7 +650,7 @@ def _expire_if_waiting(conn_ref: Callable[[], Any], pending_ref: Callable[[], Op
 def _waker_of(pending: Pending, conn: Connection) -> Optional[_Waker]:
     """The waiter through which ``conn`` waits on ``pending``, if any."""
     for waiter in waiters_of(pending):
-        if waiter.__class__ is _Waker and waiter.conn() is conn:
+        if isinstance(waiter, _Waker) and waiter.conn() is conn:
             return waiter
     return None
 

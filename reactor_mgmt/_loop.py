@@ -274,6 +274,8 @@ class Loop:
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> List[Any]:
         """Schedules ``callback(*args)``; returns the timer, for cancel_timer()."""
+        if self.stopped:  # closed: it would never run, and next_deadline() would report it for good
+            return [float("inf"), 0, None, ()]
         self._timer_seq += 1
         timer = [monotonic() + delay, self._timer_seq, callback, args]
         heapq.heappush(self.timers, timer)

@@ -51,6 +51,7 @@ RDHUP = 0x2000
 _READABLE, _WRITABLE = ~_OUT, ~(_IN | RDHUP)  # the peer's half-close is no room to write
 # A mask beyond selectors' two bits: registered for errors alone (on epoll; see update_interest).
 ERRORS_ONLY = 4
+_ERROR_OR_HANGUP = 0x008 | 0x010  # EPOLLERR, EPOLLHUP
 # One recv is the one piece of a poll() that its budget cannot split: decoding 64 KiB of tiny
 # hostile lines (32K lines of invalid UTF-8) took 34 ms, and 16 KiB of pipelined requests took
 # up to 1.4 ms on a loaded 2-core machine, which pushed poll(budget=1 ms) past 3 ms.
@@ -210,8 +211,11 @@ class Transport:
                 conn.turn_at = loop.polls  # its turn in this poll: see Loop.schedule
                 conn.data_received(data, stop_at, ended)  # b"" is the client's EOF
         if event & _WRITABLE and not self.closed:
-            if self.mask == ERRORS_ONLY:  # an error or hang-up (a reset) is all it can report
-                self.abort(ConnectionResetError("reset while its requests waited"))
+            if self.mask == ERRORS_ONLY:  # registered for errors alone: see update_interest
+                # An error or a hang-up is the reset it watches for. A write bit alone is stale:
+                # the read of this same event parked the connection and flushed its output.
+                if event & _ERROR_OR_HANGUP:
+                    self.abort(ConnectionResetError("reset while its requests waited"))
                 return
             self.last_active = now  # draining a long reply is not idleness
             self.flush()

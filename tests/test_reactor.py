@@ -397,6 +397,8 @@ def test_a_closed_server_has_no_deadline_and_no_work():
     assert server.next_deadline() is None and not server.busy
     time.sleep(0.35)  # past the reaper's deadline
     assert server.poll(0) == 0 and server.next_deadline() is None and not server.busy
+    server.call_later(0.1, lambda: None)  # after close: it would never run, nor be reported
+    assert server.next_deadline() is None
     client.close()
 
 

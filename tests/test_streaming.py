@@ -205,6 +205,56 @@ def poll_until(server: reactor_mgmt.Server, done: Any) -> None:
         server.poll(0.01)
 
 
+def test_a_write_event_with_the_read_that_parked_the_connection_is_no_reset():
+    # One epoll event both reads a request that parks the connection behind a Pending (with a
+    # request queued behind it: registered for errors alone) and finds room to write: the write
+    # bit is stale, and was taken for a reset, dropping a healthy client.
+    server = reactor_mgmt.Server("127.0.0.1", 0)
+    waiting: List[reactor_mgmt.Pending] = []
+
+    @server.command
+    def big() -> str:
+        return "x" * 72_000
+
+    @server.command
+    def later() -> reactor_mgmt.Pending:
+        waiting.append(reactor_mgmt.Pending(timeout=5))
+        return waiting[-1]
+
+    client = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        server.poll(0.05)
+        (conn,) = server.connections
+        conn.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.sendall(b"big\n")
+        for _ in range(5):
+            server.poll(0.01)
+        assert conn.buffered_output  # output left over: read and write are watched
+        client.sendall(b"later\nping\n")
+        got = b""
+        client.settimeout(0.3)
+        try:
+            while len(got) < 72_001:
+                got += client.recv(1 << 20)
+        except socket.timeout:
+            pass
+        for _ in range(10):
+            server.poll(0.01)
+        assert not conn.closed and waiting and not waiting[0].cancelled
+        waiting[0].resolve("done")
+        client.settimeout(TIMEOUT)
+        while not got.endswith(b"pong\n"):
+            data = client.recv(1 << 20)
+            assert data, got[-40:]
+            got += data
+            server.poll(0.01)
+        assert got == b"x" * 72_000 + b"\ndone\npong\n"
+    finally:
+        client.close()
+        server.close()
+
+
 def test_a_reset_with_requests_queued_behind_a_pending_cancels_it(deferred):
     # Nothing to read (requests are queued) and nothing to send: the socket is watched for
     # errors alone, and the reset is seen.
