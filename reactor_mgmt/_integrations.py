@@ -241,11 +241,16 @@ class ThreadHandle:
                 try:
                     server.poll(self.poll_interval)
                 except Exception:
-                    if self._stopping or server.closed:
-                        break
                     # A timer or call_soon_threadsafe callback raised: it has been consumed, so
-                    # carrying on cannot spin.
-                    log.exception("a callback raised in the %s thread; carrying on", self.thread.name)
+                    # carrying on cannot spin. Said even when the thread is ending anyway.
+                    ending = self._stopping or server.closed
+                    log.exception(
+                        "a callback raised in the %s thread; %s",
+                        self.thread.name,
+                        "ending" if ending else "carrying on",
+                    )
+                    if ending:
+                        break
         except BaseException as exc:
             # SystemExit or KeyboardInterrupt from a handler (a `shutdown` that calls sys.exit)
             # ends only this thread, not the process. Say so, and close the server, so its

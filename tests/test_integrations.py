@@ -578,6 +578,26 @@ def test_thread_survives_a_raising_callback(make_server, caplog):
         handle.stop(TIMEOUT)
 
 
+def test_a_callback_that_raises_as_the_thread_ends_is_logged(make_server, caplog):
+    # A callback that closes the server and then raises ended the thread, as it should, but
+    # its exception went nowhere: not logged, not raised.
+    server = make_server(idle_timeout=0)
+    handle = server.start_thread()
+
+    def close_then_fail() -> None:
+        server.close()
+        raise RuntimeError("after the close")
+
+    with caplog.at_level(logging.ERROR, logger="reactor_mgmt"):
+        server.call_soon_threadsafe(close_then_fail)
+        deadline = time.monotonic() + TIMEOUT
+        while handle.alive:
+            assert time.monotonic() < deadline, "the thread did not end"
+            time.sleep(0.01)
+    (record,) = [record for record in caplog.records if "a callback raised" in record.getMessage()]
+    assert record.getMessage().endswith("; ending") and "after the close" in str(record.exc_info[1])
+
+
 def test_thread_stopped_from_its_own_handler(make_server):
     server = make_server(idle_timeout=0)
     results = []
