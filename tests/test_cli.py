@@ -389,17 +389,17 @@ class _FakeReadline:
         pass
 
 
-def test_an_auth_line_that_does_not_parse_is_kept_out_of_the_history(monkeypatch, capsys):
-    # `auth "s3cret` (an unbalanced quote) fails to parse; the scrub ran only after parsing, so
-    # the token stayed in ~/.reactor_mgmt_history.
+def _history_after(monkeypatch, typed: List[str]) -> List[str]:
+    """The shell's history after the lines ``typed`` at its prompt, through a fake readline;
+    fanned out to two endpoints, so that no connection is made and no command runs."""
     from reactor_mgmt import _cli
 
     fake = _FakeReadline()
-    typed = iter(["ping", 'auth "s3cret', "'auth' s3cret2", "stats"])
+    lines = iter(typed)
 
     def fake_input(prompt: str) -> str:
         try:
-            line = next(typed)
+            line = next(lines)
         except StopIteration:
             raise EOFError from None
         fake.history.append(line)
@@ -411,9 +411,15 @@ def test_an_auth_line_that_does_not_parse_is_kept_out_of_the_history(monkeypatch
     monkeypatch.setattr("builtins.input", fake_input)
     monkeypatch.setattr(_cli._Shell, "_setup_readline", fake_setup)
     monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: None)
-    runner = _cli._Runner([_cli.Endpoint(f"[::1]:{free_port()}")] * 2, None, 1.0, False)  # fanned: no connection
+    runner = _cli._Runner([_cli.Endpoint(f"[::1]:{free_port()}")] * 2, None, 1.0, False)
     assert _cli._Shell(runner).loop() == 0
-    assert fake.history == ["ping", "stats"]
+    return fake.history
+
+
+def test_an_auth_line_that_does_not_parse_is_kept_out_of_the_history(monkeypatch, capsys):
+    # `auth "s3cret` (an unbalanced quote) fails to parse; the scrub ran only after parsing, so
+    # the token stayed in ~/.reactor_mgmt_history.
+    assert _history_after(monkeypatch, ["ping", 'auth "s3cret', "'auth' s3cret2", "stats"]) == ["ping", "stats"]
     err = capsys.readouterr().err
     assert "No closing quotation" in err and "s3cret" not in err
 
@@ -421,37 +427,15 @@ def test_an_auth_line_that_does_not_parse_is_kept_out_of_the_history(monkeypatch
 def test_config_set_and_any_auth_word_are_kept_out_of_the_history(monkeypatch, capsys):
     # Only lines starting with `auth` were dropped: `config set api_key NEW-SECRET` and
     # `watch 1 auth TOKEN` stayed in ~/.reactor_mgmt_history.
-    from reactor_mgmt import _cli
-
-    fake = _FakeReadline()
-    typed = iter(
-        [
-            "ping",
-            "config set api_key S3CRET-a",
-            'watch 1 "config set" api_key S3CRET-b',
-            "watch 1 auth S3CRET-c",
-            "watch 1 'auth' \"S3CRET-d",  # does not parse: judged on its raw words
-            "config   'set' x S3CRET-e",
-            "config get api_key",
-            "stats",
-        ]
-    )
-
-    def fake_input(prompt: str) -> str:
-        try:
-            line = next(typed)
-        except StopIteration:
-            raise EOFError from None
-        fake.history.append(line)
-        return line
-
-    def fake_setup(shell: _cli._Shell) -> None:
-        shell.readline = fake
-
-    monkeypatch.setattr("builtins.input", fake_input)
-    monkeypatch.setattr(_cli._Shell, "_setup_readline", fake_setup)
-    monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: None)
-    runner = _cli._Runner([_cli.Endpoint(f"[::1]:{free_port()}")] * 2, None, 1.0, False)  # fanned: no connection
-    assert _cli._Shell(runner).loop() == 0
-    assert fake.history == ["ping", "config get api_key", "stats"]
+    typed = [
+        "ping",
+        "config set api_key S3CRET-a",
+        'watch 1 "config set" api_key S3CRET-b',
+        "watch 1 auth S3CRET-c",
+        "watch 1 'auth' \"S3CRET-d",  # does not parse: judged on its raw words
+        "config   'set' x S3CRET-e",
+        "config get api_key",
+        "stats",
+    ]
+    assert _history_after(monkeypatch, typed) == ["ping", "config get api_key", "stats"]
     assert "S3CRET" not in capsys.readouterr().err
