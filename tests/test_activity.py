@@ -736,6 +736,19 @@ def test_a_masker_hides_what_no_parameter_name_tells(make_server):
     client.close()
 
 
+def _everything_shown(client: RawClient, caplog: pytest.LogCaptureFixture) -> str:
+    """What the activity tools show of past requests: the audit ring, `show slow`, `clients`
+    and the log."""
+    return "".join(
+        [
+            json.dumps(result(client, "audit", 100)),
+            json.dumps(result(client, "show slow")),
+            json.dumps(result(client, "clients")),
+            caplog.text,
+        ]
+    )
+
+
 def test_a_secret_setting_is_masked_wherever_its_value_sits(make_server, caplog):
     # The pairs of `config set` shift with a "--" word (text, JSON argv, under watch) or with a
     # value that names a setting; a JSON kwargs or NAME=VALUE word is refused but still recorded.
@@ -755,13 +768,7 @@ def test_a_secret_setting_is_masked_wherever_its_value_sits(make_server, caplog)
         assert json.loads(client.request(json.dumps(request))[0])["ok"] is False
     assert client.request("config set api_key=S3CRET-e x")[0].startswith("ERR usage: config set")
     assert client.request("watch 0.1 config set -- api_key S3CRET-f")[0].startswith("ERR usage: config set")
-    shown = [
-        json.dumps(result(client, "audit", 100)),
-        json.dumps(result(client, "show slow")),
-        json.dumps(result(client, "clients")),
-        caplog.text,
-    ]
-    assert "S3CRET" not in "".join(shown)
+    assert "S3CRET" not in _everything_shown(client, caplog)
     commands = [record["command"] for record in result(client, "audit", 100)]
     assert commands[:5] == [
         "config set -- api_key ***",
@@ -795,13 +802,7 @@ def test_a_value_after_an_unknown_setting_name_is_masked(make_server, caplog):
     reply = client.request(json.dumps({"cmd": "config set", "kwargs": {"API_KEY": "S3CRET-f"}}))
     assert json.loads(reply[0])["ok"] is False
     assert text(client, "config set rate r2") == "rate: r0 -> r2\n"  # a request config set takes: as it was
-    shown = [
-        json.dumps(result(client, "audit", 100)),
-        json.dumps(result(client, "show slow")),
-        json.dumps(result(client, "clients")),
-        caplog.text,
-    ]
-    assert "S3CRET" not in "".join(shown)
+    assert "S3CRET" not in _everything_shown(client, caplog)
     commands = [record["command"] for record in result(client, "audit", 100)]
     assert commands[:7] == [
         "config set API_KEY ***",
