@@ -123,14 +123,7 @@ class TlsTransport(Transport):
             # Decrypted bytes are waiting, and no event will say so: read them next poll.
             self.loop.read_pending(self)
 
-    def finish_close(self) -> None:
-        self._close_notify()
-        Transport.finish_close(self)
-
     def end_of_output(self) -> None:
-        self._close_notify()
-
-    def _close_notify(self) -> None:
         """Says the TLS close_notify before our EOF, so that the client can tell all of our
         replies from replies cut short (a bare EOF may be an attacker's). Not waiting for the
         client's own: unwrap() sends ours, then would wait, which a non-blocking socket

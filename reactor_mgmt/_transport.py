@@ -400,6 +400,8 @@ class Transport:
         """Our side is done. If the peer already sent EOF we close now; otherwise we shut down
         writing and drain what it still sends, so a close with unread input does not turn into
         an RST that could destroy the replies it has not read yet."""
+        if not self.closed and not self.lingering:
+            self.end_of_output()  # everything is out: flush() calls this only once it is
         if self.closed or self.conn.eof:
             self.close_now()
             return
