@@ -266,6 +266,10 @@ class Dispatcher:
                 # bound exactly as a text line's words, so `--force` is an option, not a value.
                 if not isinstance(argv, list) or not argv or not all(isinstance(w, str) for w in argv):
                     raise CommandError("'argv' must be a non-empty list of strings", code="bad_request")
+                if request.get("cmd") is not None or request.get("args") or request.get("kwargs"):
+                    # Not ignored: a `"kwargs": {"dry_run": true}` dropped would run the command
+                    # for real. Empty args/kwargs say nothing, so they may come along.
+                    raise CommandError("'argv' cannot be combined with 'cmd', 'args' or 'kwargs'", code="bad_request")
                 command, extra = self._resolve(conn, argv, " ".join(argv))
                 if command is None:
                     return
