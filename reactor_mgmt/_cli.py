@@ -523,6 +523,12 @@ class _Shell:
                     continue
                 if words in (["quit"], ["exit"]):
                     return EXIT_OK
+                if self.client is None and len(words) == 2 and words[0] == "auth":
+                    # Fanned out, each command connects to every endpoint anew: sent as a command,
+                    # the token would authenticate connections that close at once.
+                    runner.token = words[1]
+                    print("reactor-mgmt: token kept: the next commands authenticate with it", file=sys.stderr)
+                    continue
                 self.run(words)
         finally:
             self._save_history()

@@ -389,7 +389,7 @@ class _FakeReadline:
         pass
 
 
-def _history_after(monkeypatch, typed: List[str]) -> List[str]:
+def _history_after(monkeypatch, typed: List[str], run_patched: bool = False) -> List[str]:
     """The shell's history after the lines ``typed`` at its prompt, through a fake readline;
     fanned out to two endpoints, so that no connection is made and no command runs."""
     from reactor_mgmt import _cli
@@ -410,10 +410,24 @@ def _history_after(monkeypatch, typed: List[str]) -> List[str]:
 
     monkeypatch.setattr("builtins.input", fake_input)
     monkeypatch.setattr(_cli._Shell, "_setup_readline", fake_setup)
-    monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: None)
+    if not run_patched:
+        monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: None)
     runner = _cli._Runner([_cli.Endpoint(f"[::1]:{free_port()}")] * 2, None, 1.0, False)
     assert _cli._Shell(runner).loop() == 0
     return fake.history
+
+
+def test_a_fanned_out_shell_keeps_a_typed_auth_token_for_the_next_commands(monkeypatch, capsys):
+    # Each command of a fanned-out shell connects anew: `auth TOKEN` sent as a command
+    # authenticated connections that closed at once, and the next command was refused.
+    from reactor_mgmt import _cli
+
+    seen = []
+    monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: seen.append((shell.runner.token, words)))
+    assert _history_after(monkeypatch, ["ping", "auth s3cret", "status"], run_patched=True) == ["ping", "status"]
+    assert seen == [(None, ["ping"]), ("s3cret", ["status"])]
+    err = capsys.readouterr().err
+    assert "token kept" in err and "s3cret" not in err
 
 
 def test_an_auth_line_that_does_not_parse_is_kept_out_of_the_history(monkeypatch, capsys):
