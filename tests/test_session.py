@@ -603,7 +603,10 @@ def test_argv_with_cmd_args_or_kwargs_is_refused_not_half_run(make):
     # Ignoring kwargs beside argv dropped what they asked: a {"dry_run": true} lost runs the
     # command for real. Empty args and kwargs ask nothing, so they may come along.
     s = make(max_line=1024)
-    refused = b'"error": {"code": "bad_request", "message": "\'argv\' cannot be combined with \'cmd\', \'args\' or \'kwargs\'"}}'
+    refused = (
+        b'"error": {"code": "bad_request", '
+        b"\"message\": \"'argv' cannot be combined with 'cmd', 'args' or 'kwargs'\"}}"
+    )
     s.feed(
         b'{"id": 1, "argv": ["add", "1", "2"], "kwargs": {"b": 5}}\n'
         b'{"id": 2, "argv": ["add", "1"], "args": [2]}\n'
