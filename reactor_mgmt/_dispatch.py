@@ -255,6 +255,8 @@ class Dispatcher:
         try:
             try:
                 request = decode_json(line)
+            except NumberOutOfRange as exc:
+                raise CommandError(str(exc), code="bad_request") from None
             except (ValueError, RecursionError) as exc:  # deep nesting raises RecursionError
                 raise CommandError(f"malformed JSON: {exc}", code="bad_request") from None
             if not isinstance(request, dict):
@@ -670,6 +672,20 @@ def _close_stream(stream: Stream) -> None:
         log.exception("closing a stream raised")
 
 
+class NumberOutOfRange(ValueError):
+    """A JSON number literal past a float's range (1e400): json reads it as infinity."""
+
+
+def _finite_float(text: str) -> float:
+    """A JSON float literal's value; one past the range is refused, as the same digits are in
+    a text request, and not read as infinity (the literals `Infinity` and `NaN` stay what
+    they say)."""
+    value = float(text)
+    if value - value != 0.0:  # inf (NaN cannot come from digits)
+        raise NumberOutOfRange(f"number out of range: {text[:40]}")
+    return value
+
+
 def decode_json(line: str) -> Any:
     """A JSON request line's value, or the error, exactly as json.loads(line) gives them (for
     the lines that come here: a str that starts with "{").
@@ -686,7 +702,7 @@ def decode_json(line: str) -> Any:
         import json  # lazily: a text-only server never pays json's import
         from json.scanner import make_scanner
 
-        decoder = json.JSONDecoder()
+        decoder = json.JSONDecoder(parse_float=_finite_float)
         _decode_json = decoder.decode
         # (typeshed types make_scanner's context as itself; it is the decoder whose options it reads)
         scan = _scan_json = make_scanner(decoder)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]

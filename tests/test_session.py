@@ -599,6 +599,20 @@ def test_json_errors_are_framed_for_their_request(make):
     assert kinds[-1] is None
 
 
+def test_a_json_number_past_a_floats_range_is_refused_not_read_as_infinity(make):
+    # json reads 1e400 as inf, so a float parameter got infinity where the same digits in a
+    # text request are refused. The literal Infinity stays what it says.
+    s = make()
+    s.feed(b'{"id": 1, "cmd": "echo", "args": [1e400]}\n{"id": 2, "cmd": "echo", "args": [-2E+999, 1]}\n')
+    s.feed(b'{"id": 3, "cmd": "echo", "args": [Infinity, 1e308]}\n')
+    s.service()
+    assert [json.loads(line) for line in s.take().splitlines()] == [
+        {"id": None, "ok": False, "error": {"code": "bad_request", "message": "number out of range: 1e400"}},
+        {"id": None, "ok": False, "error": {"code": "bad_request", "message": "number out of range: -2E+999"}},
+        {"id": 3, "ok": True, "result": "inf 1e+308"},
+    ]
+
+
 def test_argv_with_cmd_args_or_kwargs_is_refused_not_half_run(make):
     # Ignoring kwargs beside argv dropped what they asked: a {"dry_run": true} lost runs the
     # command for real. Empty args and kwargs ask nothing, so they may come along.
