@@ -605,12 +605,14 @@ def _no_timer(timer: Any) -> None:
 def _blank_line_after(conn: Connection) -> bool:
     """Whether a blank line came right after the request that started conn's subscription, in
     the same read (Enter typed before it ran): as many requests are queued behind it as came
-    after that blank line (see RequestDecoder.blank_after). Asked once, at its first pump."""
+    after that blank line (see RequestDecoder.blank_after). Asked once, at its first pump. The
+    set is left for the next subscription of the same read, which asks it too (the counts
+    are from the read's end, so each matches one item alone); the next read replaces it."""
     decoder = conn.decoder
     assert decoder is not None
     if decoder.keep_blank:  # pumped before: running, it sees blank lines as they come
         return False
-    after, decoder.blank_after = decoder.blank_after, None
+    after = decoder.blank_after
     return after is not None and len(conn.queue or ()) in after
 
 

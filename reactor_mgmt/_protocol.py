@@ -53,7 +53,7 @@ class TelnetFilter:
     becomes CR (RFC 854), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
     dropped, since the session is over. IAC before a byte that is no telnet command is kept,
     with that byte, as data; so is a 0xFF in place of a subnegotiation that reaches
-    _SUBNEG_MAX bytes without its IAC SE.
+    _SUBNEG_MAX bytes without its IAC SE, followed by the byte that reached it.
     """
 
     __slots__ = ("_state", "_after_cr", "_subneg_bytes", "ended")
@@ -110,16 +110,22 @@ class TelnetFilter:
                     state = _DATA
             elif state == _OPTION:
                 state = _DATA
-            elif state == _SUBNEG:
+            else:  # in a block: every byte counts toward the cap, IAC pairs too (raw data full
+                # of 0xFF bytes is IAC pairs; uncounted, they swallowed the lines after them)
                 subneg_bytes += 1
-                if byte == IAC:
+                if state == _SUBNEG_IAC and byte == _SE:  # IAC SE closes the block
+                    state = _DATA
+                elif state == _SUBNEG and byte == IAC:  # an IAC SE may close it at the cap
                     state = _SUBNEG_IAC
                 elif subneg_bytes >= _SUBNEG_MAX:
+                    # The marker, then the byte that reached the cap as data: a line end there
+                    # still ends the line, and the next one runs.
                     out.append(IAC)
-                    after_cr = False
+                    out.append(byte)
+                    after_cr = byte == 13
                     state = _DATA
-            else:  # _SUBNEG_IAC: IAC SE closes the block, IAC IAC is an escaped byte inside it
-                state = _DATA if byte == _SE else _SUBNEG
+                else:  # IAC IAC is an escaped byte inside the block
+                    state = _SUBNEG
         self._state = state
         self._after_cr = after_cr
         self._subneg_bytes = subneg_bytes
@@ -419,7 +425,7 @@ class RequestDecoder:
                 items = text.split("\n")
                 maybe_blank = joined.find(b"\n\n") >= 0 or joined[:1] == b"\n" or joined[-1:] == b"\n" or not joined
         if maybe_blank and not self.keep_blank and "" in items:
-            items = self._drop_blank(items)
+            items = self.drop_blank(items)
         if maybe_ctrl_d and _CTRL_D_STR in items:
             index = items.index(_CTRL_D_STR)
             del items[index:]
@@ -427,7 +433,7 @@ class RequestDecoder:
             self.ended = True
         return items
 
-    def _drop_blank(self, items: List[Any]) -> List[Any]:
+    def drop_blank(self, items: List[Any]) -> List[Any]:
         """``items`` without their blank lines, noting in blank_after where one followed a line."""
         kept: List[Any] = []
         after = []  # the index in kept of the item after each blank line that followed a line

@@ -189,8 +189,8 @@ class Connection:
                 self.dispatcher.end_stream(self)
                 if items and items[0].__class__ is str:
                     del items[0]  # the line that stopped it is not a request; an event still counts
-                if "" in items:
-                    items = [item for item in items if item != ""]
+                if "" in items:  # noting where one follows a line: a subscription behind it stops
+                    items = decoder.drop_blank(items)
         if items:
             transport = self.transport
             dispatcher = self.dispatcher

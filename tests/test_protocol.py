@@ -101,10 +101,18 @@ def test_telnet_iac_before_a_byte_that_is_no_command_is_data(byte):
 
 def test_telnet_subnegotiation_that_never_ends_is_cut_short():
     # A raw client's IAC SB with no IAC SE swallowed the rest of its session, silently.
+    # The byte that reaches the cap stays, after the 0xFF put in the block's place.
     garbage = b"x" * 1024
-    assert telnet([b"a" + IAC + SB + garbage + b"b\nping\n"]) == b"a\xffb\nping\n"
-    assert telnet([b"a" + IAC + SB + garbage[:500], garbage[500:] + b"b\n"]) == b"a\xffb\n"
+    assert telnet([b"a" + IAC + SB + garbage + b"b\nping\n"]) == b"a\xffxb\nping\n"
+    assert telnet([b"a" + IAC + SB + garbage[:500], garbage[500:] + b"b\n"]) == b"a\xffxb\n"
     assert telnet([IAC + SB + garbage[:-1] + IAC + SE + b"ok"]) == b"ok"  # at the limit: still telnet
+    # A line end that reaches it still ends the line: the next request is not merged into it.
+    assert telnet([IAC + SB + garbage[:-1] + b"\nping\n"]) == b"\xff\nping\n"
+    # IAC pairs count too (raw data full of 0xFF bytes): uncounted, 1,200 bytes of them
+    # swallowed the line after them, and 200 KB left the filter inside the block.
+    pairs = (IAC + b"\x01") * 600
+    assert telnet([IAC + SB + pairs + b"\nping\n"]) == b"\xff\x01" + (IAC + b"\x01") * 88 + b"\nping\n"
+    assert telnet([IAC + SB + pairs[:1022] + IAC + SE + b"ok"]) == b"ok"  # at the limit: still telnet
 
 
 def test_telnet_cr_nul_becomes_cr():

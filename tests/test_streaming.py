@@ -942,6 +942,26 @@ def test_a_blank_line_pipelined_behind_a_subscription_stops_it_at_once(server, c
     assert client.buffer == b""
 
 
+def test_each_subscription_of_a_read_is_stopped_by_the_blank_line_behind_it(server, client):
+    # The first subscription of a read used up the note of where its blank lines were: the
+    # second ran on, and swallowed the next request as the line that stopped it.
+    client.send("watch 0.1 ping\n\nwatch 0.1 ping\n\n")
+    settle(client, 0.15)
+    assert client.buffer == b""
+    client.send("echo after\n")
+    assert client.lines(1) == ["after"]
+    # And the read that stops a running one: its blank lines are noted for what follows it.
+    client.send("watch 0.1 ping\n")
+    assert client.lines(1) == ["pong"]
+    client.send("\nwatch 0.1 ping\n\n")
+    settle(client, 0.15)
+    client.buffer = b""  # the first watch's last items
+    client.send("echo after\n")
+    assert client.lines(1) == ["after"]
+    settle(client, 0.15)
+    assert client.buffer == b""
+
+
 def test_a_blank_line_after_a_subscription_queued_behind_a_pending_stops_it(deferred):
     client = RawClient(deferred)
     client.send("later\nwatch 0.1 ping\n\necho after\n")
