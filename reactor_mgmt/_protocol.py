@@ -50,7 +50,7 @@ class TelnetFilter:
     """Removes telnet commands from a byte stream, keeping state across feeds.
 
     ``IAC IAC`` becomes a literal 0xFF, option negotiation and ``SB ... SE`` vanish, ``CR NUL``
-    becomes CR (RFC 854), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
+    becomes CR LF (the end of a line typed in character mode), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
     dropped, since the session is over. IAC before a byte that is no telnet command is kept,
     with that byte, as data; so is a 0xFF in place of a subnegotiation that reaches
     _SUBNEG_MAX bytes without its IAC SE, followed by the byte that reached it.
@@ -84,6 +84,9 @@ class TelnetFilter:
                 if byte == IAC:
                     state = _COMMAND
                 elif byte == 0 and after_cr:
+                    # CR NUL ends the line: telnet in character mode sends it for Enter, and
+                    # a line that waited for an LF would never be answered (RFC 1123 3.3.1).
+                    out.append(10)
                     after_cr = False
                 else:
                     out.append(byte)

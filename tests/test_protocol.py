@@ -115,13 +115,16 @@ def test_telnet_subnegotiation_that_never_ends_is_cut_short():
     assert telnet([IAC + SB + pairs[:1022] + IAC + SE + b"ok"]) == b"ok"  # at the limit: still telnet
 
 
-def test_telnet_cr_nul_becomes_cr():
-    assert telnet([b"a\r\x00b"]) == b"a\rb"
+def test_telnet_cr_nul_ends_the_line():
+    # What telnet sends for Enter in character mode: as CR NUL became a bare CR, no LF ever
+    # came and no request typed there was answered.
+    assert telnet([b"a\r\x00b"]) == b"a\r\nb"
+    assert decode([b"ping\r\x00echo x\r\x00"]) == ["ping", "echo x"]
 
 
 def test_telnet_cr_nul_split_across_feeds():
-    assert telnet([b"a\r", b"\x00b"]) == b"a\rb"
-    assert telnet([b"a\r", b"", b"\x00b"]) == b"a\rb"
+    assert telnet([b"a\r", b"\x00b"]) == b"a\r\nb"
+    assert telnet([b"a\r", b"", b"\x00b"]) == b"a\r\nb"
 
 
 def test_telnet_nul_not_after_cr_is_kept():
@@ -174,7 +177,7 @@ TELNET_SAMPLE = (
 
 
 def test_telnet_sample_whole():
-    assert telnet([TELNET_SAMPLE]) == b"ping\r\necho \xff\rz\r\nstatus\nx\n"
+    assert telnet([TELNET_SAMPLE]) == b"ping\r\necho \xff\r\nz\r\nstatus\nx\n"
 
 
 def test_telnet_split_at_every_single_cut():

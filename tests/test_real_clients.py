@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -151,6 +152,22 @@ def test_telnet_ping_then_quit(demo):
         child.sendline("quit")
         child.expect_exact("Connection closed by foreign host.")
         child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+
+
+def test_telnet_in_character_mode_is_answered(demo):
+    # In character mode telnet sends Enter as CR NUL, with no LF: the line was never answered.
+    pexpect, child = spawn_telnet(demo)
+    try:
+        child.sendline("ping")
+        child.expect_exact("pong\r\n")
+        child.sendcontrol("]")
+        child.expect_exact("telnet>")
+        child.sendline("mode character")
+        time.sleep(0.3)  # the mode's negotiation: no prompt says it is done
+        child.send("echo  in   character  mode\r")  # the reply is told from the typed line by its spaces
+        child.expect_exact("in character mode")
     finally:
         child.close(force=True)
 
