@@ -50,10 +50,11 @@ class TelnetFilter:
     """Removes telnet commands from a byte stream, keeping state across feeds.
 
     ``IAC IAC`` becomes a literal 0xFF, option negotiation and ``SB ... SE`` vanish, ``CR NUL``
-    becomes CR LF (the end of a line typed in character mode), and ``IAC IP`` / ``IAC EOF`` set :attr:`ended`; bytes after them are
-    dropped, since the session is over. IAC before a byte that is no telnet command is kept,
-    with that byte, as data; so is a 0xFF in place of a subnegotiation that reaches
-    _SUBNEG_MAX bytes without its IAC SE, followed by the byte that reached it.
+    becomes CR LF (the end of a line typed in character mode), and ``IAC IP`` / ``IAC EOF`` set
+    :attr:`ended`; bytes after them are dropped, since the session is over. IAC before a byte
+    that is no telnet command is kept, with that byte, as data; so is a 0xFF in place of a
+    subnegotiation that reaches _SUBNEG_MAX bytes without its IAC SE, followed by the byte
+    that reached it.
     """
 
     __slots__ = ("_state", "_after_cr", "_subneg_bytes", "ended")
