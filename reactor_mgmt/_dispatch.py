@@ -24,7 +24,6 @@ from ._wire import (
     TEXT,
     UNENCODABLE,
     end_frame,
-    err_line,
     error_reply,
     item_frame,
     ok_frame,
@@ -188,7 +187,7 @@ class Dispatcher:
         except (CommandError, ParseError) as exc:
             self.stats.errors += 1
             self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
-            conn.transport.write(err_line(str(exc) if isinstance(exc, ParseError) else exc.message))
+            _write_error(self, conn, TEXT, "error", str(exc) if isinstance(exc, ParseError) else exc.message)
             return
         except Exception as exc:
             self._internal_error(conn, exc, TEXT)
@@ -248,7 +247,7 @@ class Dispatcher:
         else:  # a protocol event: a line too long, or not UTF-8
             self.stats.errors += 1
             self.outcome = "error"
-            conn.transport.write(error_reply(None if item.json else TEXT, item.code, item.message))
+            _write_error(self, conn, None if item.json else TEXT, item.code, item.message)
 
     def _execute_json(self, conn: Connection, line: str) -> None:
         request_id: Any = None
@@ -297,7 +296,7 @@ class Dispatcher:
         except CommandError as exc:
             self.stats.errors += 1
             self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
-            conn.transport.write(error_reply(request_id, exc.code, exc.message))
+            _write_error(self, conn, request_id, exc.code, exc.message)
             return
         except Exception as exc:
             self._internal_error(conn, exc, request_id)
@@ -343,7 +342,7 @@ class Dispatcher:
                 self.on_error(exc)
             except Exception:
                 log.exception("on_error callback raised")
-        conn.transport.write(error_reply(reply_id, "internal", f"internal error ({type(exc).__name__})"))
+        _write_error(self, conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
 
     # ---- replies ----
 
@@ -402,23 +401,13 @@ class Dispatcher:
         high_water + max_output (the cap the transport enforces)."""
         self.stats.errors += 1
         self.outcome = "error"  # what the observer (audit, slow log) records: the client got an error
-        suffix = self._too_large_log.allow(self.clock())  # the client can repeat it at will
-        if suffix is not None:
-            log.warning(
-                "connection #%d: a reply of %d bytes is over max_output (%d): sent an error instead%s",
-                conn.id,
-                size,
-                self.max_output,
-                suffix,
-            )
-        message = f"reply too large ({size} bytes; max_output is {self.max_output})"
-        return error_reply(reply_id, "too_large", message)
+        return _too_large_reply(self, conn, size, reply_id)
 
     def finish_pending(self, conn: Connection, pending: Pending, reply_id: Any) -> None:
         if pending.error is not None:
             self.stats.errors += 1
             self.outcome = "error"  # observed when a Pending failed already is returned
-            conn.transport.write(error_reply(reply_id, pending.error.code, pending.error.message))
+            _write_error(self, conn, reply_id, pending.error.code, pending.error.message)
         else:
             self.deliver(conn, pending.value, reply_id)
 
@@ -438,7 +427,7 @@ class Dispatcher:
             # returned a Pending or a stream.
             reply_id = conn.waiting_id if conn.waiting is not None else owed.get(conn, _NOT_OWED)
             if reply_id is not _NOT_OWED:
-                conn.transport.write(error_reply(reply_id, "shutdown", "server shutting down"))
+                _write_error(self, conn, reply_id, "shutdown", "server shutting down")
 
     # ---- a parked reply ----
 
@@ -488,7 +477,7 @@ class Dispatcher:
             except CommandError as exc:
                 conn.waiting = None
                 self.stats.errors += 1
-                transport.write(error_reply(reply_id, exc.code, exc.message))
+                _write_error(self, conn, reply_id, exc.code, exc.message)
                 return True
             except Exception as exc:
                 conn.waiting = None
@@ -498,7 +487,7 @@ class Dispatcher:
                 conn.waiting = None
                 if conn.decoder is not None:
                     conn.decoder.keep_blank = False
-                transport.write(error_reply(reply_id, "internal", f"internal error ({type(exc).__name__})"))
+                _write_error(self, conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
                 raise
             if item.__class__ is Wait:
                 if stream.until_input and conn.eof:
@@ -665,6 +654,35 @@ def _waker_of(pending: Pending, conn: Connection) -> Optional[_Waker]:
 
 def _cancel_callback_raised(exc: Exception) -> None:
     log.error("a Pending's on_cancel callback raised", exc_info=exc)
+
+
+def _write_error(dispatcher: Dispatcher, conn: Connection, reply_id: Any, code: str, message: str) -> None:
+    """Writes an error reply (the caller counts it) under the rule a result is under: one over
+    max_output (a handler's CommandError quoting a whole file) is replaced by the too_large
+    error, and the connection carries on. Sent whole, it broke the promise that a reply is at
+    most max_output, and past high_water + max_output the transport cut the client off, with
+    the replies before it. Every error frame the dispatcher sends comes through here."""
+    data = error_reply(reply_id, code, message)
+    if len(data) > dispatcher.max_output:
+        data = _too_large_reply(dispatcher, conn, len(data), reply_id)
+    conn.transport.write(data)
+
+
+def _too_large_reply(dispatcher: Dispatcher, conn: Connection, size: int, reply_id: Any) -> bytes:
+    """The too_large error for a reply of ``size`` bytes, logged (throttled: a client can
+    repeat it at will) and not counted: a result replaced by it is counted by
+    Dispatcher._too_large, an error reply as the error it was, once."""
+    suffix = dispatcher._too_large_log.allow(dispatcher.clock())
+    if suffix is not None:
+        log.warning(
+            "connection #%d: a reply of %d bytes is over max_output (%d): sent an error instead%s",
+            conn.id,
+            size,
+            dispatcher.max_output,
+            suffix,
+        )
+    message = f"reply too large ({size} bytes; max_output is {dispatcher.max_output})"
+    return error_reply(reply_id, "too_large", message)
 
 
 def _close_stream(stream: Stream) -> None:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from reactor_mgmt._commands import Registry
 from reactor_mgmt._dispatch import Dispatcher, Stats
+from reactor_mgmt._errors import CommandError
 from reactor_mgmt._replies import NO_REPLY, Pending, Stream, Wait
 from reactor_mgmt._session import Connection
 from reactor_mgmt._wire import END, ERROR, ITEM, OPEN, RESULT, read_frame
@@ -1127,6 +1128,50 @@ def test_a_reply_larger_than_max_output_becomes_the_too_large_error(make):
     too_large = {"code": "too_large", "message": "reply too large (136 bytes; max_output is 64)"}
     assert frames(data)[2] == (ERROR, 1, too_large)
     assert s.stats.errors == 2
+
+
+def test_an_error_reply_larger_than_max_output_becomes_the_too_large_error(make):
+    """An error is a reply like a result: a CommandError, a failed Pending or the error that
+    ends a stream, over max_output, is replaced by too_large (counted once), in text and JSON,
+    and the connection carries on. Sent whole, it could pass high_water + max_output: cut off."""
+    s = make(max_output=64, high_water=64, max_line=128)
+
+    def fail_big(size: int) -> str:
+        raise CommandError("x" * size)
+
+    def pending_big(size: int) -> Pending:
+        pending = Pending()
+        pending.fail("y" * size)
+        return pending
+
+    def stream_big(size: int) -> Any:
+        yield "small"
+        raise CommandError("z" * size)
+
+    s.registry.add("failbig", fail_big)
+    s.registry.add("pendbig", pending_big)
+    s.registry.add("streambig", stream_big)
+    s.feed(
+        b"failbig 59\nfailbig 60\npendbig 100\nstreambig 100\n"
+        b'{"id": 1, "cmd": "failbig", "args": [100]}\n{"id": 2, "cmd": "pendbig", "args": [100]}\nping\n'
+    )
+    s.run()
+    assert (
+        s.take()
+        == (
+            b"ERR " + b"x" * 59 + b"\n"  # 64 bytes with its newline: exactly max_output is allowed
+            b"ERR reply too large (65 bytes; max_output is 64)\n"
+            b"ERR reply too large (105 bytes; max_output is 64)\n"
+            b"small\nERR reply too large (105 bytes; max_output is 64)\n"
+            b'{"id": 1, "ok": false, "error": {"code": "too_large", '
+            b'"message": "reply too large (166 bytes; max_output is 64)"}}\n'
+            b'{"id": 2, "ok": false, "error": {"code": "too_large", '
+            b'"message": "reply too large (166 bytes; max_output is 64)"}}\n'
+            b"pong\n"
+        )
+    )
+    assert not (s.transport.closing or s.transport.cut_off)
+    assert s.stats.errors == 6
 
 
 # ---- one request in a read: the turn without a queue, pinned to the queued path ----
