@@ -15,7 +15,7 @@ from __future__ import annotations
 import weakref
 
 from ._commands import Command, check_permission
-from ._errors import CommandError, ConfigError, PermissionDenied
+from ._errors import CommandError, ConfigError, PermissionDenied, error_parts
 from ._log import Throttle, format_address, log
 from ._protocol import EndSession, ParseError, looks_like_http, split_words
 from ._render import render_text, to_jsonable
@@ -187,7 +187,7 @@ class Dispatcher:
         except (CommandError, ParseError) as exc:
             self.stats.errors += 1
             self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
-            _write_error(self, conn, TEXT, "error", str(exc) if isinstance(exc, ParseError) else exc.message)
+            _write_error(self, conn, TEXT, "error", str(exc) if isinstance(exc, ParseError) else error_parts(exc)[1])
             return
         except Exception as exc:
             self._internal_error(conn, exc, TEXT)
@@ -296,7 +296,7 @@ class Dispatcher:
         except CommandError as exc:
             self.stats.errors += 1
             self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
-            _write_error(self, conn, request_id, exc.code, exc.message)
+            _write_error(self, conn, request_id, *error_parts(exc))
             return
         except Exception as exc:
             self._internal_error(conn, exc, request_id)
@@ -407,7 +407,7 @@ class Dispatcher:
         if pending.error is not None:
             self.stats.errors += 1
             self.outcome = "error"  # observed when a Pending failed already is returned
-            _write_error(self, conn, reply_id, pending.error.code, pending.error.message)
+            _write_error(self, conn, reply_id, *error_parts(pending.error))
         else:
             self.deliver(conn, pending.value, reply_id)
 
@@ -477,7 +477,7 @@ class Dispatcher:
             except CommandError as exc:
                 conn.waiting = None
                 self.stats.errors += 1
-                _write_error(self, conn, reply_id, exc.code, exc.message)
+                _write_error(self, conn, reply_id, *error_parts(exc))
                 return True
             except Exception as exc:
                 conn.waiting = None

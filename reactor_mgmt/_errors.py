@@ -25,6 +25,19 @@ class CommandError(ReactorMgmtError):
             self.code = code
 
 
+def error_parts(exc: CommandError) -> tuple[str, str]:
+    """A CommandError's ``(code, message)``, what a reply to its request says. A subclass whose
+    __init__ does not run CommandError.__init__ (calls Exception.__init__, or sets fields of
+    its own) has no ``message`` attribute: its str() says the same, and its code is the one its
+    class declares (``error`` if none). Read once a request has failed, so it costs the
+    success path nothing."""
+    message = getattr(exc, "message", None)
+    if not isinstance(message, str):
+        message = str(exc)
+    code = getattr(exc, "code", None)
+    return (code if isinstance(code, str) else CommandError.code), message
+
+
 class UsageError(CommandError):
     """The arguments did not fit the command's signature; the handler did not run."""
 

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Literal, Optional, Set, Tuple
 
 from ._commands import LEVELS, Command, Param, level_rank
-from ._errors import CommandError, ConfigError, PermissionDenied, UsageError
+from ._errors import CommandError, ConfigError, PermissionDenied, UsageError, error_parts
 from ._log import log
 from ._render import Report, render_table, render_text
 from ._session import Connection
@@ -1046,7 +1046,7 @@ class _Settings:
                 try:
                     setting.check(value)
                 except (ValueError, TypeError, CommandError) as exc:
-                    reason = exc.message if isinstance(exc, CommandError) else str(exc)
+                    reason = error_parts(exc)[1] if isinstance(exc, CommandError) else str(exc)
                     if setting.secret:  # a check may quote what it refused (int(value) does)
                         for said in sorted({str(text), str(value), repr(value)} - {""}, key=len, reverse=True):
                             reason = reason.replace(said, "***")

@@ -1174,6 +1174,48 @@ def test_an_error_reply_larger_than_max_output_becomes_the_too_large_error(make)
     assert s.stats.errors == 6
 
 
+class NoSuchPlayer(CommandError):
+    """A CommandError whose __init__ skips CommandError.__init__: no `message` attribute."""
+
+    code = "not_found"
+
+    def __init__(self, who: str) -> None:
+        Exception.__init__(self, f"no such player {who}")
+
+
+def test_a_command_error_without_its_message_attribute_is_still_answered(make):
+    """Its str() is the message, its class's code the code, wherever it is raised or failed
+    with: poll() raised AttributeError, and the request's reply was lost."""
+    s = make()
+
+    def kick(who: str) -> str:
+        raise NoSuchPlayer(who)
+
+    def kick_later(who: str) -> Pending:
+        pending = Pending()
+        pending.fail(NoSuchPlayer(who))
+        return pending
+
+    def kick_stream(who: str) -> Any:
+        yield "looking"
+        raise NoSuchPlayer(who)
+
+    s.registry.add("kick", kick)
+    s.registry.add("kicklater", kick_later)
+    s.registry.add("kickstream", kick_stream)
+    s.feed(
+        b'kick bob\nkicklater bob\nkickstream bob\n{"id": 1, "cmd": "kick", "args": ["bob"]}\n'
+        b'{"id": 2, "cmd": "kicklater", "args": ["bob"]}\nping\n'
+    )
+    s.run()
+    not_found = b'"error": {"code": "not_found", "message": "no such player bob"}}\n'
+    assert s.take() == (
+        b"ERR no such player bob\nERR no such player bob\nlooking\nERR no such player bob\n"
+        b'{"id": 1, "ok": false, ' + not_found + b'{"id": 2, "ok": false, ' + not_found + b"pong\n"
+    )
+    assert s.stats.errors == 5
+
+
 # ---- one request in a read: the turn without a queue, pinned to the queued path ----
 
 # Reads as a client that waits for each reply sends them, one request each (and one pipelined
