@@ -189,8 +189,10 @@ class Dispatcher:
             self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
             _write_error(self, conn, TEXT, "error", str(exc) if isinstance(exc, ParseError) else error_parts(exc)[1])
             return
-        except Exception as exc:
-            self._internal_error(conn, exc, TEXT)
+        except BaseException as exc:
+            _internal_error(self, conn, exc, TEXT)
+            if not isinstance(exc, Exception):  # KeyboardInterrupt: answered, and on to the host
+                raise
             return
         if result.__class__ is str:  # deliver()'s first case and text_reply(), written out: most
             # handlers return a str, and this is the path of every round trip
@@ -298,8 +300,10 @@ class Dispatcher:
             self.outcome = "denied" if isinstance(exc, PermissionDenied) else "error"
             _write_error(self, conn, request_id, *error_parts(exc))
             return
-        except Exception as exc:
-            self._internal_error(conn, exc, request_id)
+        except BaseException as exc:
+            _internal_error(self, conn, exc, request_id)
+            if not isinstance(exc, Exception):  # as in execute()
+                raise
             return
         self.deliver(conn, result, request_id)
 
@@ -332,17 +336,6 @@ class Dispatcher:
                 suffix,
             )
         conn.transport.send_and_close()  # the requests before it were real: their replies go out
-
-    def _internal_error(self, conn: Connection, exc: Exception, reply_id: Any) -> None:
-        self.stats.errors += 1
-        self.outcome = "error"
-        log.error("command handler raised on connection #%d", conn.id, exc_info=exc)
-        if self.on_error is not None:
-            try:
-                self.on_error(exc)
-            except Exception:
-                log.exception("on_error callback raised")
-        _write_error(self, conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
 
     # ---- replies ----
 
@@ -481,7 +474,7 @@ class Dispatcher:
                 return True
             except Exception as exc:
                 conn.waiting = None
-                self._internal_error(conn, exc, reply_id)
+                _internal_error(self, conn, exc, reply_id)
                 return True
             except BaseException as exc:  # KeyboardInterrupt: the generator is dead; say so, then go
                 conn.waiting = None
@@ -654,6 +647,23 @@ def _waker_of(pending: Pending, conn: Connection) -> Optional[_Waker]:
 
 def _cancel_callback_raised(exc: Exception) -> None:
     log.error("a Pending's on_cancel callback raised", exc_info=exc)
+
+
+def _internal_error(dispatcher: Dispatcher, conn: Connection, exc: BaseException, reply_id: Any) -> None:
+    """Answers a request whose handler raised. An Exception is logged and passed to on_error; a
+    KeyboardInterrupt or SystemExit goes on out of poll() (the caller re-raises it), the host's
+    to act on, but its request is answered first: a client reading replies in step would take
+    the next one for it."""
+    dispatcher.stats.errors += 1
+    dispatcher.outcome = "error"
+    if isinstance(exc, Exception):
+        log.error("command handler raised on connection #%d", conn.id, exc_info=exc)
+        if dispatcher.on_error is not None:
+            try:
+                dispatcher.on_error(exc)
+            except Exception:
+                log.exception("on_error callback raised")
+    _write_error(dispatcher, conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
 
 
 def _write_error(dispatcher: Dispatcher, conn: Connection, reply_id: Any, code: str, message: str) -> None:

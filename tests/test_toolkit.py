@@ -670,9 +670,7 @@ def test_config_set_converts_like_a_command_and_diff_shows_the_defaults(configur
     assert {"name": "workers", "value": 8, "default": 4} in diff and all(row["name"] != "rate" for row in diff)
     reply = ask_json(client, {"cmd": "config set", "args": ["workers", 3, "debug", False], "id": 2})
     assert reply["result"] == {"workers": 3, "debug": False}
-    assert ask_json(client, {"argv": ["config", "set", "password", "x"], "id": 3})["result"] == {
-        "password": "***"
-    }
+    assert ask_json(client, {"argv": ["config", "set", "password", "x"], "id": 3})["result"] == {"password": "***"}
     client.close()
 
 
