@@ -335,7 +335,15 @@ class Dispatcher:
                 format_address(conn.peer),
                 suffix,
             )
-        conn.transport.send_and_close()  # the requests before it were real: their replies go out
+        # The requests before it were real: their replies go out, and it closes at once if the
+        # kernel takes them now; else (a big one the client has not read yet) they drain first,
+        # with nothing more run or read, where a close now would cut them with a reset.
+        transport = conn.transport
+        transport.flush()
+        if transport.out_size:
+            transport.close()
+        elif not transport.closed:
+            transport.send_and_close()
 
     # ---- replies ----
 

@@ -266,7 +266,7 @@ class Connection:
                 continue
             if not queue or transport.closing:
                 break
-            if transport.out_size >= high_water:
+            if transport.paused or transport.out_size >= high_water:  # paused: till below low_water
                 transport.paused = True
                 break
             # The budget is checked before every request after the first: a clock read is cheap

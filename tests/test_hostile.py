@@ -27,7 +27,7 @@ import pytest
 
 import reactor_mgmt
 from conftest import ROOT, TIMEOUT, Daemon, RawClient
-from reactor_mgmt import ConfigError, Pending, Server, _demo
+from reactor_mgmt import ConfigError, Connection, Pending, Server, _demo
 
 LOGGER = "reactor_mgmt"
 NEWLINE = b"\n"
@@ -352,6 +352,69 @@ def test_one_big_reply_above_high_water_stops_reading_even_with_an_empty_queue(m
         server.poll(0)
     assert server.stats.bytes_in == bytes_in
     assert _read_lines(server, sock, 2) == [b"x" * 200000, b"pong"]
+    sock.close()
+
+
+def test_requests_paused_above_high_water_wait_until_below_low_water(make_server):
+    # Paused above high water, a connection's requests ran again as soon as a write event
+    # found its output below high water, not low water: the request after a big reply ran
+    # with most of it still unsent, and the one after it made the output grow again.
+    server = _blob_server(make_server, high_water=65536, low_water=16384, max_output=1 << 20)
+    unsent_when_run: List[int] = []
+
+    @server.command
+    def probe(conn: Connection) -> str:
+        unsent_when_run.append(conn.transport.out_size)
+        return "probe"
+
+    sock = raw_connect(server.addresses[0], rcvbuf=4096)
+    pump_until(server, lambda: len(server.connections) == 1)
+    _shrink_send_buffer(connection_of(server))
+    sock.sendall(b"blob 200000\nprobe\n")
+    pump_until(server, lambda: server.stats.commands == 1)
+    sock.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + 10
+    while not unsent_when_run and time.monotonic() < deadline:  # a slow reader: 4 KiB a poll
+        server.poll(0.002)
+        try:
+            data += sock.recv(4096)
+        except BlockingIOError:
+            pass
+    assert unsent_when_run and unsent_when_run[0] < 16384
+    expected = b"x" * 200000 + b"\nprobe\n"
+    while len(data) < len(expected) and time.monotonic() < deadline:
+        server.poll(0.002)
+        try:
+            data += sock.recv(65536)
+        except BlockingIOError:
+            pass
+    assert data == expected
+    sock.close()
+
+
+def test_replies_still_unsent_before_an_http_line_drain_before_the_close(make_server):
+    # The HTTP line closed the connection with one send of what was queued: a reply the
+    # client had not read yet was cut by a reset (the server logged it as unsent).
+    server = _blob_server(make_server)
+    sock = raw_connect(server.addresses[0], rcvbuf=4096)
+    pump_until(server, lambda: len(server.connections) == 1)
+    _shrink_send_buffer(connection_of(server))
+    sock.sendall(b"blob 100000\nGET / HTTP/1.1\r\n\r\nping\n")
+    pump_until(server, lambda: server.stats.http_closed == 1)
+    sock.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        server.poll(0.002)
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    assert data == b"x" * 100000 + b"\n"  # whole, then the EOF; nothing after the HTTP line ran
     sock.close()
 
 
