@@ -29,6 +29,7 @@ _AUTODOC = re.compile(r"^\.\. auto(?:class|function|data|exception|attribute)::\
 _CODE_PATTERNS = [
     re.compile(r"""\bcode\s*=\s*["'](\w+)["']"""),
     re.compile(r"""\berror_reply\([^,()]+,\s*["'](\w+)["']"""),
+    re.compile(r"""\b_write_error\((?:[^,()]+,\s*){3}["'](\w+)["']"""),  # (dispatcher, conn, id, code, ...)
     re.compile(r"""["']code["']\s*:\s*["'](\w+)["']"""),
 ]
 
