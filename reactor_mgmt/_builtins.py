@@ -19,7 +19,7 @@ from collections import deque
 
 from ._commands import LEVEL_RANK, LEVELS, Command, check_permission, may_run
 from ._dispatch import fallback_command
-from ._errors import CommandError, PermissionDenied, UnknownCommand, UsageError
+from ._errors import CommandError, PermissionDenied, UnknownCommand
 from ._log import Throttle
 from ._replies import NO_REPLY, Pending, Stream, Wait, cancel, is_stream
 from ._session import Connection
@@ -61,8 +61,12 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
     def add(name: str, fn: Any, **options: Any) -> Command:
         return server.registry.add(name, fn, builtin=True, **options)
 
+    # The handlers that check their own arguments raise their Command's usage_error (the
+    # commands are registered below, before any can run), and those whose signature cannot say
+    # what they take register with usage=: help and every usage error print one line.
+
     def help(*topic: str, conn: Connection) -> str:
-        """Lists the commands, or explains one: help [COMMAND]."""
+        """Lists the commands, or explains one."""
         try:
             return server.registry.help(list(topic), lambda command: may_run(conn, command))
         except PermissionDenied:
@@ -93,7 +97,7 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
         # *token rather than token: str, so that a token starting with "--" (token_urlsafe
         # makes those) is taken as it is instead of being parsed as an unknown option.
         if len(token) != 1:
-            raise UsageError(f"usage: auth TOKEN ({'missing TOKEN' if not token else 'one word expected'})")
+            raise auth_command.usage_error("missing TOKEN" if not token else "one word expected")
         if not cleartext_allowed(server.cleartext_auth, conn.listener):
             suffix = refusals.allow(time.monotonic())
             if suffix is not None:
@@ -149,7 +153,7 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
             return LEVELS[conn.level]
         rank = LEVEL_RANK.get(new_level)
         if rank is None:
-            raise CommandError(f"usage: level [user|operator|admin] (unknown level {new_level!r})", code="usage")
+            raise level_command.usage_error(f"unknown level {new_level!r}; the levels are {', '.join(LEVELS)}")
         if rank > conn.level:
             raise PermissionDenied(
                 f"permission denied: cannot raise the level from {LEVELS[conn.level]} to {new_level}"
@@ -167,11 +171,9 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
         Example: watch 1 stats
         """
         if not command:
-            raise CommandError("usage: watch SECONDS COMMAND... (missing COMMAND)", code="usage")
+            raise watch_command.usage_error("missing COMMAND")
         if not _MIN_WATCH_INTERVAL <= seconds < float("inf"):  # NaN too: it would re-run without pause
-            raise CommandError(
-                f"usage: watch SECONDS COMMAND... (SECONDS must be at least {_MIN_WATCH_INTERVAL})", code="usage"
-            )
+            raise watch_command.usage_error(f"SECONDS must be at least {_MIN_WATCH_INTERVAL}")
         try:
             target, args = server.registry.resolve(list(command), conn)
         except UnknownCommand:
@@ -188,12 +190,13 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
     add("ping", ping, pre_auth=True)
     add("echo", echo)
     add("quit", quit, pre_auth=True)
-    add("auth", auth, pre_auth=True, hidden=not server.auth_required)
+    # *token takes any number of words (see auth), but exactly one is meant
+    auth_command = add("auth", auth, pre_auth=True, hidden=not server.auth_required, usage="TOKEN")
     add("auth challenge", auth_challenge, pre_auth=True, hidden=not server.auth_required)
     add("auth response", auth_response, pre_auth=True, hidden=not server.auth_required)
-    add("level", level)
+    level_command = add("level", level, usage="[LEVEL]")  # new_level: the JSON name, kept
     add("stats", stats)
-    add("watch", watch)
+    watch_command = add("watch", watch, usage="SECONDS COMMAND...")  # COMMAND is required
     if server.log_tail_enabled:
         tail = _LogTail(server)
 
@@ -204,10 +207,10 @@ def install_builtins(server: Server, dispatcher: Dispatcher) -> None:
             """
             number = logging.getLevelName(level.upper())
             if not isinstance(number, int):
-                raise CommandError(f"usage: log tail [LEVEL] (unknown level {level!r})", code="usage")
+                raise log_tail_command.usage_error(f"unknown level {level!r}")
             return Stream(tail.subscribe(conn, number), until_input=True)
 
-        add("log tail", log_tail, level="operator")
+        log_tail_command = add("log tail", log_tail, level="operator")
 
 
 def cleartext_allowed(policy: str, listener: Any) -> bool:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     import inspect
 
-from ._errors import CommandError, ConfigError, PermissionDenied, UnknownCommand, UsageError
+from ._errors import ConfigError, PermissionDenied, UnknownCommand, UsageError
 from ._protocol import needs_quoting, split_words
 
 LEVELS = ("user", "operator", "admin")
@@ -429,6 +429,7 @@ class Command:
         hidden: bool = False,
         connection_type: type,
         pre_auth: bool = False,
+        usage: Optional[str] = None,
     ) -> None:
         words = name.split()
         if not words:
@@ -445,21 +446,31 @@ class Command:
         self.doc = (doc or "").strip()
         self.summary = self.doc.splitlines()[0] if self.doc else ""
         self.signature = Signature(fn, connection_type)
-        self.usage = f"{self.name} {self.signature.usage_args}".rstrip()
+        # ``usage``: the words after the name, for a handler that checks its arguments itself
+        # and so accepts more than it takes (auth declares *token, so that a token starting
+        # with "--" is not read as an option, yet needs exactly one). help, the binding errors
+        # and the handler's own (usage_error) then all print this one line.
+        arguments = self.signature.usage_args if usage is None else " ".join(usage.split())
+        self.usage = f"{self.name} {arguments}".rstrip()
+
+    def usage_error(self, detail: str) -> UsageError:
+        """The error for arguments that do not fit, ``usage: USAGE (detail)``, with the usage
+        line that help shows: for a handler's own checks, so that the two never differ."""
+        return UsageError(f"usage: {self.usage} ({detail})")
 
     def call(self, args: Sequence[str], connection: Any) -> Any:
         signature = self.signature
         mode = signature.mode
         if mode == "none":
             if args:
-                raise UsageError(f"usage: {self.usage} (takes no arguments)")
+                raise self.usage_error("takes no arguments")
             return self.fn()
         if mode == "raw":
             return self.fn(*args)
         try:
             positional, keywords = signature.bind_text(args)
         except _BadValue as exc:
-            raise UsageError(f"usage: {self.usage} ({exc})") from None
+            raise self.usage_error(str(exc)) from None
         return self._invoke(positional, keywords, connection)
 
     def call_json(self, args: List[Any], kwargs: Dict[str, Any], connection: Any) -> Any:
@@ -468,7 +479,7 @@ class Command:
         try:
             positional, keywords = self.signature.bind_json(args, kwargs)
         except _BadValue as exc:
-            raise UsageError(f"usage: {self.usage} ({exc})") from None
+            raise self.usage_error(str(exc)) from None
         return self._invoke(positional, keywords, connection)
 
     def _invoke(self, positional: List[Any], keywords: Dict[str, Any], connection: Any) -> Any:
@@ -670,7 +681,11 @@ class Registry:
         for words in range(min(len(topic) - 1, self._longest), 0, -1):
             prefix = self.commands.get(" ".join(topic[:words]))
             if prefix is not None and allowed(prefix) and not prefix.hidden:
-                raise CommandError(f"usage: help [COMMAND] (try 'help {prefix.name}')", code="usage")
+                # In the usage line of the help command registered (a host's own, if it
+                # replaced the builtin), as help shows it.
+                helper = self.commands.get("help")
+                detail = f"try 'help {prefix.name}'"
+                raise UsageError(detail) if helper is None else helper.usage_error(detail)
         raise self.unknown(topic, allowed)
 
     def _help_index(self, allowed: Callable[[Command], bool]) -> str:

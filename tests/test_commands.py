@@ -677,7 +677,7 @@ def test_a_long_help_topic_is_answered_quickly_before_authentication(make_server
     registry.help = timed_help  # type: ignore[method-assign]
     client = RawClient(srv)
     assert one(client, "help " + " ".join(["a"] * 8000)) == "ERR unknown command 'a' (try 'help')"
-    assert one(client, "help ping " + " ".join(["a"] * 8000)) == "ERR usage: help [COMMAND] (try 'help ping')"
+    assert one(client, "help ping " + " ".join(["a"] * 8000)) == "ERR usage: help [TOPIC...] (try 'help ping')"
     assert len(spent) == 2 and max(spent) < 0.02, spent
     client.close()
 
@@ -687,12 +687,55 @@ def test_level_can_only_go_down(server):
     client = RawClient(server)
     assert one(client, "level") == "operator"
     assert one(client, "level admin") == "ERR permission denied: cannot raise the level from operator to admin"
-    assert one(client, "level root") == "ERR usage: level [user|operator|admin] (unknown level 'root')"
+    assert one(client, "level root") == (
+        "ERR usage: level [LEVEL] (unknown level 'root'; the levels are user, operator, admin)"
+    )
     assert one(client, "restart") == "restarting"
     assert one(client, "level user") == "user"
     assert one(client, "restart") == "ERR permission denied: 'restart' needs operator"
     assert "restart" not in read_help(client)
     assert one(client, "level operator") == "ERR permission denied: cannot raise the level from user to operator"
+
+
+def test_the_builtins_usage_errors_print_the_usage_line_help_shows(make_server):
+    # help took its usage lines from the signatures (`watch SECONDS [COMMAND...]`, `auth
+    # [TOKEN...]`, `level [NEW_LEVEL]`) while the handlers' own errors spelled out others
+    # (`watch SECONDS COMMAND...`, `auth TOKEN`, `level [user|operator|admin]`, `help [COMMAND]`).
+    srv = make_server("127.0.0.1", token="s3cret", log_tail=True, level="admin")
+    client = RawClient(srv)
+    assert one(client, "auth s3cret") == "OK"
+    for line, topic in [
+        ("auth", "auth"),
+        ("auth a b", "auth"),
+        ("watch 1", "watch"),
+        ("watch 0 ping", "watch"),
+        ("watch soon ping", "watch"),
+        ("level root", "level"),
+        ("level a b", "level"),
+        ("help ping extra", "help"),
+        ("log tail loud", "log tail"),
+        ("ping now", "ping"),
+    ]:
+        shown = srv.registry.commands[topic].help_text().splitlines()
+        assert client.request("help " + topic, len(shown)) == shown
+        usage = shown[0]
+        assert one(client, line).startswith(f"ERR {usage} ("), (line, usage)
+
+
+def test_an_explicit_usage_is_the_one_help_and_binding_errors_print():
+    def handler(*words: str) -> str:
+        if len(words) != 2:
+            raise command.usage_error("two words expected")
+        return " ".join(words)
+
+    command = Command("pair", handler, connection_type=Connection, usage="  FIRST   SECOND ")
+    assert command.usage == "pair FIRST SECOND"
+    assert command.help_text() == "usage: pair FIRST SECOND"
+    with pytest.raises(reactor_mgmt.UsageError, match=r"^usage: pair FIRST SECOND \(two words expected\)$"):
+        command.call(["a"], None)
+    # A binding error of the signature's own is printed with it too
+    with pytest.raises(reactor_mgmt.UsageError, match=r"^usage: pair FIRST SECOND \(takes no arguments\)$"):
+        Command("pair", lambda: None, connection_type=Connection, usage="FIRST SECOND").call(["a"], None)
 
 
 def test_quit_sends_earlier_replies_then_closes(server):

@@ -85,6 +85,28 @@ def test_the_protocol_page_names_every_error_code():
     )
 
 
+def test_the_protocol_pages_builtin_table_gives_each_builtins_usage_line():
+    # The table is what a client author reads; help's usage lines are what a person at nc reads.
+    # They disagreed (`watch SECONDS COMMAND...` in the table, `watch SECONDS [COMMAND...]` in help).
+    text = PROTOCOL.read_text(encoding="utf-8")
+    table = text[text.index("## Builtin commands") :]
+    table = table[: table.index("\n## ", 1)]
+    documented = {}
+    for row in table.splitlines():
+        if row.startswith("| `"):
+            for form in re.findall(r"`([^`]+)`", row.split(" | ")[0]):
+                words = form.split()
+                name = " ".join(word for word in words if word.isidentifier() and word.islower())
+                documented[name] = form
+    server = reactor_mgmt.Server("127.0.0.1", 0, token="t", log_tail=True)
+    try:
+        usages = {name: command.usage for name, command in server.registry.commands.items()}
+    finally:
+        server.close()
+    assert sorted(documented) == sorted(usages), "the table lists other commands than the builtins"
+    assert documented == usages
+
+
 def test_the_changelog_is_in_the_site_and_names_this_version():
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "## [Unreleased]" in changelog

@@ -817,7 +817,7 @@ def test_demo_rate_outside_what_set_rate_allows_is_a_usage_error(rate, capsys):
 
 def test_help_with_words_after_a_command_points_at_it(server):
     client = RawClient(server)
-    assert client.request("help ping extra") == ["ERR usage: help [COMMAND] (try 'help ping')"]
+    assert client.request("help ping extra") == ["ERR usage: help [TOPIC...] (try 'help ping')"]
     assert client.request("help nosuch") == ["ERR unknown command 'nosuch' (try 'help')"]
     client.close()
 

@@ -884,7 +884,7 @@ def test_watch_in_json(counted):
     [
         ("watch 0.01 tick", "ERR usage: watch SECONDS COMMAND... (SECONDS must be at least 0.1)"),
         ("watch 1", "ERR usage: watch SECONDS COMMAND... (missing COMMAND)"),
-        ("watch soon tick", "ERR usage: watch SECONDS [COMMAND...] (bad value for SECONDS: 'soon': expected a number)"),
+        ("watch soon tick", "ERR usage: watch SECONDS COMMAND... (bad value for SECONDS: 'soon': expected a number)"),
         ("watch 1 tikc", "ERR unknown command 'tikc'; did you mean 'tick'?"),
         ("watch 1 watch 1 tick", "ERR cannot watch watch"),
         ("watch 1 secret", "ERR permission denied: 'secret' needs admin"),
