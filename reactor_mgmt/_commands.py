@@ -492,11 +492,13 @@ class Command:
 
     def help_text(self) -> str:
         lines = [f"usage: {self.usage}"]
-        choices = [
-            f"  {param.metavar}: one of {', '.join(param.choices)}"
-            for param in list(self.signature.positional) + list(self.signature.options.values())
-            if param.choices
-        ]
+        signature = self.signature
+        # In the usage line's order: positional, *args (`def pick(*modes: Mode)`), options
+        params = list(signature.positional)
+        if signature.var_positional is not None:
+            params.append(signature.var_positional)
+        params.extend(signature.options.values())
+        choices = [f"  {param.metavar}: one of {', '.join(param.choices)}" for param in params if param.choices]
         lines.extend(choices)
         if self.doc:
             lines.append("")

@@ -503,6 +503,21 @@ def test_enum_literal_optional(typed):
     assert client.request("help paint", 3) == [usage, "  COLOR: one of red, green", "  SPEED: one of fast, slow"]
 
 
+def test_help_gives_the_choices_of_a_choice_typed_star_args():
+    # help walked the positional parameters and the options only: `*modes: Color` had no line.
+    def pick(first: Literal["a", "b"], *modes: Color, speed: Literal["fast", "slow"] = "slow") -> None:
+        """Picks."""
+
+    assert Command("pick", pick, connection_type=Connection).help_text().splitlines() == [
+        "usage: pick FIRST [MODES...] [--speed SPEED]",
+        "  FIRST: one of a, b",
+        "  MODES: one of red, green",
+        "  SPEED: one of fast, slow",
+        "",
+        "Picks.",
+    ]
+
+
 def test_var_positional(typed):
     client = RawClient(typed)
     assert one(client, "total") == "0"
