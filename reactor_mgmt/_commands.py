@@ -98,22 +98,29 @@ def _to_float(text: str) -> float:
 _UNCLEAR = object()  # no choice, or more than one, for a text
 
 
-def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
+def _spellings(spellings: List[Tuple[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(exact, lowered) lookup tables for one tier of spellings."""
     exact: Dict[str, Any] = {}
-    spellings: List[Tuple[str, Any]] = []
-    for choice in choices:
-        if isinstance(choice, enum.Enum):
-            spellings.append((choice.name, choice))
-            spellings.append((str(choice.value), choice))
-        else:
-            spellings.append((str(choice), choice))
-    # Any case is accepted, but only for a key that one choice alone lowers to: with both "B"
-    # and "b" as choices, each is taken as written, and "B" is not an arbitrary pick of the two.
     by_lower: Dict[str, Any] = {}
     for text, choice in spellings:
         exact[text] = choice
+        # Any case is accepted, but only for a key that one choice alone lowers to: with both
+        # "B" and "b" as choices, each is taken as written, and "B" is not an arbitrary pick.
         key = text.lower()
         by_lower[key] = choice if by_lower.get(key, choice) is choice else _UNCLEAR
+    return exact, by_lower
+
+
+def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
+    # Two tiers: the names (what help lists), then the enum members' values. A name, in any
+    # case, is looked up before any value, so that a value spelled like another member's name
+    # (`oldest = "newest"`) does not take that name over: what help lists binds what it names.
+    names, names_lower = _spellings(
+        [(choice.name if isinstance(choice, enum.Enum) else str(choice), choice) for choice in choices]
+    )
+    values, values_lower = _spellings(
+        [(str(choice.value), choice) for choice in choices if isinstance(choice, enum.Enum)]
+    )
     expected = "expected one of: " + ", ".join(_choice_names(choices))
 
     def convert(text: Any) -> Any:
@@ -124,11 +131,17 @@ def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
                     if candidate == text and isinstance(candidate, bool) is isinstance(text, bool):
                         return choice
             text = str(text)
-        choice = exact.get(text, _UNCLEAR)
+        choice = names.get(text, _UNCLEAR)
+        if choice is not _UNCLEAR:  # the usual case: one lookup
+            return choice
+        lowered = text.lower()
+        choice = names_lower.get(lowered, _UNCLEAR)
         if choice is _UNCLEAR:
-            choice = by_lower.get(text.lower(), _UNCLEAR)
+            choice = values.get(text, _UNCLEAR)
             if choice is _UNCLEAR:
-                raise ValueError(expected)
+                choice = values_lower.get(lowered, _UNCLEAR)
+                if choice is _UNCLEAR:
+                    raise ValueError(expected)
         return choice
 
     return convert

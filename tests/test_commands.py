@@ -28,6 +28,12 @@ class Grade(enum.Enum):  # names that differ only in case
     a = 2
 
 
+class Sort(enum.Enum):  # a value spelled like another member's name
+    newest = "date"
+    date = "created"
+    oldest = "newest"
+
+
 def one(client: RawClient, line: str) -> str:
     (reply,) = client.request(line)
     return reply
@@ -1158,4 +1164,30 @@ def test_choices_that_differ_only_in_case_are_each_taken_as_written():
         "  LETTER: one of B, b, c",
         "  GRADE: one of A, a",
         "  PAIR: one of Ab, aB",
+    ]
+
+
+def test_a_members_name_wins_over_another_members_value():
+    # Values were entered after names in one table: `show newest` bound Sort.oldest (whose
+    # value is "newest"), though help lists newest as a choice of its own.
+    seen: List[Any] = []
+
+    def show(order: Sort, then: Optional[Sort] = None) -> None:
+        seen.append((order, then))
+
+    command = Command("show", show, connection_type=Connection)
+    assert command.help_text().splitlines() == [
+        "usage: show ORDER [THEN]",
+        "  ORDER: one of newest, date, oldest",
+        "  THEN: one of newest, date, oldest",
+    ]
+    command.call(["newest", "date"], None)
+    command.call(["oldest", "NEWEST"], None)  # a name in any case, still before a value
+    command.call(["created"], None)  # a value that is nobody's name: taken
+    command.call_json(["newest"], {"then": "date"}, None)
+    assert seen == [
+        (Sort.newest, Sort.date),
+        (Sort.oldest, Sort.newest),
+        (Sort.date, None),
+        (Sort.newest, Sort.date),
     ]
