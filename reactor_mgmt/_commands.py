@@ -98,6 +98,18 @@ def _to_float(text: str) -> float:
 _UNCLEAR = object()  # no choice, or more than one, for a text
 
 
+def _as_word(value: Any) -> str:
+    """A JSON request's non-string value as the word a text request carries for it: its JSON
+    spelling. JSON true is the word `true`, not Python's 'True', and {"a": null} stays that,
+    not "{'a': None}"; a number is its digits either way (5 is '5')."""
+    import json  # lazily, as _wire does; a JSON request has loaded it already
+
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):  # not from a JSON request: a direct call_json from Python
+        return str(value)
+
+
 def _spellings(spellings: List[Tuple[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """(exact, lowered) lookup tables for one tier of spellings."""
     exact: Dict[str, Any] = {}
@@ -130,7 +142,7 @@ def _choice_converter(choices: Sequence[Any]) -> Callable[[Any], Any]:
                     # True == 1 in Python, but JSON's true is not the number 1, nor 1 true
                     if candidate == text and isinstance(candidate, bool) is isinstance(text, bool):
                         return choice
-            text = str(text)
+            text = _as_word(text)
         choice = names.get(text, _UNCLEAR)
         if choice is not _UNCLEAR:  # the usual case: one lookup
             return choice
@@ -223,7 +235,10 @@ class Param:
                     return None
                 raise _BadValue(f"bad value for {self.metavar}: null is not allowed")
             if self.convert is str:
-                return str(value)
+                # As a text request's word is (protocol.md): JSON true is 'true', as `tag true`
+                # gives, never str(True). Refusing what is not a string would break JSON
+                # numbers and booleans sent to free-form words (*args: str, config set).
+                return _as_word(value)
             if self.convert is _to_bool and isinstance(value, bool):
                 return value
             if self.convert is _to_int and isinstance(value, int) and not isinstance(value, bool):
@@ -234,7 +249,7 @@ class Param:
                 except OverflowError:  # a JSON int past a float's range, as the same digits in text
                     raise _BadValue(f"bad value for {self.metavar}: {value!r}: {_OUT_OF_RANGE}") from None
             if self.choices is None:
-                value = str(value)
+                value = _as_word(value)
         try:
             return self.convert(value)
         except Exception as exc:  # any type's own complaint (Decimal raises InvalidOperation)

@@ -1191,3 +1191,29 @@ def test_a_members_name_wins_over_another_members_value():
         (Sort.date, None),
         (Sort.newest, Sort.date),
     ]
+
+
+def test_a_json_value_that_is_not_a_string_binds_as_its_json_spelling_would_as_a_word(make_server):
+    # A str parameter got Python's str() of a JSON value: true gave 'True' and {"a": null}
+    # gave "{'a': None}", where the text request `tag true` gives 'true'.
+    srv = make_server("127.0.0.1")
+
+    @srv.command
+    def tag(value: str, *more: str, count: int = 0) -> str:
+        return repr((value, more, count))
+
+    client = RawClient(srv)
+    for given in [True, False, {"a": None}, [1, "x"], 5, 2.5, "日本"]:
+        word = given if isinstance(given, str) else json.dumps(given, ensure_ascii=False)
+        expected = repr((word, (word,), 0))
+        request = {"cmd": "tag", "args": [given, given]}
+        assert ask_json(client, json.dumps(request, ensure_ascii=False))["result"] == expected, given
+    # The same as the text request with those words
+    assert one(client, """tag true '{"a": null}'""") == repr(("true", ('{"a": null}',), 0))
+    assert ask_json(client, {"cmd": "tag", "args": [True, {"a": None}]})["result"] == one(
+        client, """tag true '{"a": null}'"""
+    )
+    # A value refused by a converter is quoted as the word it was taken as
+    assert ask_json(client, {"cmd": "tag", "args": ["x"], "kwargs": {"count": True}})["error"]["message"] == (
+        "usage: tag VALUE [MORE...] [--count COUNT] (bad value for COUNT: 'true': expected an integer)"
+    )
