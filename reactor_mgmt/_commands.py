@@ -256,18 +256,57 @@ class Param:
             raise _BadValue(f"bad value for {self.metavar}: {value!r}: {exc}") from None
 
 
+def _python_call(obj: Any) -> Optional[Callable[..., Any]]:
+    """A callable object's __call__, when written in Python; else None. A C type's (and a
+    function's own) is a slot wrapper, with neither globals nor annotations."""
+    import inspect
+
+    if isinstance(obj, type) or inspect.isroutine(obj):
+        return None
+    call = inspect.getattr_static(type(obj), "__call__", None)
+    return call if inspect.isfunction(call) else None
+
+
+def _function_of(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function a registered callable runs, which holds its annotations' module
+    (__globals__): a functools.partial's func (however deeply nested) and a callable object's
+    __call__ have it; the partial and the object do not."""
+    import functools
+
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return _python_call(fn) or fn
+
+
+def _doc_of(fn: Callable[..., Any]) -> Optional[str]:
+    """A callable's docstring, for help: a partial's own is functools.partial's, so its
+    function's; a callable object's __call__'s, else its class's."""
+    import functools
+    import inspect
+
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    call = _python_call(fn)
+    # call.__doc__ itself: inspect.getdoc(call) would find "Call self as a function." (type's)
+    if call is not None and call.__doc__:
+        return inspect.cleandoc(call.__doc__)
+    return inspect.getdoc(fn)
+
+
 def _type_hints(fn: Callable[..., Any]) -> Dict[str, Any]:
     import inspect
     import typing
 
+    # By parameter name: those of a partial or a callable object are among its function's.
+    function = _function_of(fn)
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(function)
     except Exception:
         pass
     # One annotation that cannot be resolved (a class local to a function, under
     # `from __future__ import annotations`) makes get_type_hints give up on all of them, so
     # resolve the others one at a time; Param reports the one that failed by name.
-    namespace = getattr(inspect.unwrap(getattr(fn, "__func__", fn)), "__globals__", {})
+    namespace = getattr(inspect.unwrap(getattr(function, "__func__", function)), "__globals__", {})
     hints: Dict[str, Any] = {}
     for name, parameter in inspect.signature(fn).parameters.items():
         annotation = parameter.annotation
@@ -468,10 +507,7 @@ class Command:
         self.rank = level_rank(level)
         self.hidden = hidden
         self.pre_auth = pre_auth
-        import inspect
-
-        doc = help if help is not None else inspect.getdoc(fn)
-        self.doc = (doc or "").strip()
+        self.doc = (help if help is not None else _doc_of(fn) or "").strip()
         self.summary = self.doc.splitlines()[0] if self.doc else ""
         self.signature = Signature(fn, connection_type)
         # ``usage``: the words after the name, for a handler that checks its arguments itself

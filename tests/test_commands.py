@@ -1217,3 +1217,53 @@ def test_a_json_value_that_is_not_a_string_binds_as_its_json_spelling_would_as_a
     assert ask_json(client, {"cmd": "tag", "args": ["x"], "kwargs": {"count": True}})["error"]["message"] == (
         "usage: tag VALUE [MORE...] [--count COUNT] (bad value for COUNT: 'true': expected an integer)"
     )
+
+
+def paint_with(brush: str, color: Color, coats: int = 1) -> str:
+    """Paints with a brush."""
+    return f"{brush} {color.name} x{coats}"
+
+
+class Painter:
+    def __call__(self, color: Color, coats: int = 1) -> str:
+        """Paints."""
+        return f"{color.name} x{coats}"
+
+
+class Documented:
+    """Counts."""
+
+    def __call__(self, n: int) -> int:
+        return n
+
+
+def test_a_partial_or_a_callable_object_registers_with_its_functions_annotations_and_doc(make_server):
+    # Under `from __future__ import annotations` (as in this file) the annotations are strings,
+    # resolved in the function's module; a partial and a callable object have no __globals__,
+    # so `color: Color` was refused ("is it defined inside a function?"). A partial's help
+    # summary was functools.partial's own docstring.
+    import functools
+
+    srv = make_server("127.0.0.1")
+    srv.add_command("roller", functools.partial(functools.partial(paint_with, "roller"), coats=2))
+    srv.add_command("painter", Painter())
+    srv.add_command("count", Documented())
+    srv.add_command("bare", functools.partial(lambda word: word, "x"))
+    commands = srv.registry.commands
+    assert [commands[name].summary for name in ("roller", "painter", "count", "bare")] == [
+        "Paints with a brush.",
+        "Paints.",
+        "Counts.",  # __call__ has no docstring: the class's
+        "",  # the lambda has none: not functools.partial's
+    ]
+    client = RawClient(srv)
+    assert client.request("help roller", 4) == [
+        "usage: roller COLOR [--coats COATS]",
+        "  COLOR: one of red, green",
+        "",
+        "Paints with a brush.",
+    ]
+    assert one(client, "roller GREEN") == "roller green x2"
+    assert one(client, "painter red 3") == "red x3"
+    assert one(client, "painter blue").startswith("ERR usage: painter COLOR [COATS] (bad value for COLOR")
+    assert one(client, "count x") == "ERR usage: count N (bad value for N: 'x': expected an integer)"
