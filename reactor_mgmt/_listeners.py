@@ -259,6 +259,10 @@ class Listeners:
             if tls is None:
                 raise ConfigError("cert_levels needs tls: client certificates come with a TLS handshake")
         rank = level_rank(level or "operator")  # before binding: a refusal leaves nothing bound
+        if tls is not None:
+            from ._tls import tolerate_unexpected_eof  # only now: a plaintext server never imports ssl
+
+            tolerate_unexpected_eof(tls)  # a client's half-close still gets its replies
         bound: List[Address] = []
         socks = bind_tcp(host, port, backlog)
         added: List[Listener] = []

@@ -15,6 +15,11 @@
 # close sends our close_notify before the EOF. Records already decrypted sit in
 # SSLSocket.pending() and raise no event, so the next poll's events get one for them
 # (Loop.read_pending), taken in its turn like any socket's.
+#
+# A client that shuts down writing on the TCP socket with no close_notify first (`ncat --ssl` at
+# the end of its input) is a half-close like any other: its replies are still sent. OpenSSL 3
+# takes that EOF as fatal unless the context has OP_IGNORE_UNEXPECTED_EOF (see
+# tolerate_unexpected_eof), which the listener sets on the host's context.
 from __future__ import annotations
 
 import ssl
@@ -31,6 +36,10 @@ allow_would_block(ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _READ, _WRITE = 1, 2  # selectors.EVENT_READ, EVENT_WRITE
 HANDSHAKE_TIMEOUT = 10.0
 _refusals = Throttle()  # a client can fail handshakes at will: one log record per interval
+# OpenSSL 3.0 and later: Python names it when built with one (3.9 sets it on every context it
+# makes, 3.10 to 3.13 do not). OpenSSL 1.1.1 has no such option, and no need: a TCP EOF there
+# left later writes working.
+_IGNORE_UNEXPECTED_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
 
 
 class TlsTransport(Transport):
@@ -152,6 +161,21 @@ def level_of_certificate(cert: Any, cert_levels: Dict[str, int], default: int) -
     names.extend(value for _, value in (cert or {}).get("subjectAltName", ()))
     levels = [cert_levels[name] for name in names if name in cert_levels]
     return max(levels) if levels else default
+
+
+def tolerate_unexpected_eof(context: ssl.SSLContext) -> None:
+    """Sets OP_IGNORE_UNEXPECTED_EOF on the host's own ``context``: a TCP EOF with no
+    close_notify then reads as the peer's close_notify, a half-close. Without it, OpenSSL 3
+    answers such an EOF with a fatal alert and fails every later write, so a client that shuts
+    down writing after its requests (`ncat --ssl`) lost the rest of its replies; the read side
+    is unchanged (wrap's suppress_ragged_eofs read that EOF as b"" already).
+
+    The host's context, not a copy: an SSLContext cannot be copied (its certificates, session
+    ticket keys and callbacks live in OpenSSL), and the option is what OpenSSL 1.1.1 did and
+    what Python 3.9 sets on every context it makes. Set before the first connection, so it holds
+    for all of them."""
+    if _IGNORE_UNEXPECTED_EOF:
+        context.options |= _IGNORE_UNEXPECTED_EOF
 
 
 def wrap(sock: Any, context: ssl.SSLContext) -> ssl.SSLSocket:

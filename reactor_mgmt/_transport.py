@@ -28,7 +28,7 @@ import selectors
 import socket
 
 from ._errors import ConfigError
-from ._log import format_address, log
+from ._log import Throttle, format_address, log
 from ._wire import err_line
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
@@ -59,6 +59,8 @@ RECV_SIZE = 8192
 LINGER_SECONDS = 2.0  # after our last reply, how long we drain a client that keeps sending
 _LINGER_ZERO = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}: close() resets
 _DISCARD_AT_CLOSE = 1 << 20  # bytes of unread input read and dropped before a final close
+# A client can reset mid-reply at will: one warning per interval for replies dropped unsent.
+_DROPPED = Throttle()
 
 
 # What a non-blocking call raises for "not now": a TLS socket adds its want-read/want-write
@@ -441,7 +443,22 @@ class Transport:
         its close_notify: TlsTransport)."""
 
     def abort(self, exc: BaseException) -> None:
-        log.debug("connection #%d dropped: %s", self.conn.id, exc)
+        """Closes after a send or read failed. Replies still queued are lost with the
+        connection: said as a warning, so a reply cut short is never silent (a TLS session that
+        failed its writes once dropped them with a debug record alone)."""
+        if self.out_size:
+            suffix = _DROPPED.allow(self.loop.clock())
+            if suffix is not None:
+                log.warning(
+                    "connection #%d from %s dropped with %d bytes of replies unsent: %s%s",
+                    self.conn.id,
+                    format_address(self.conn.peer),
+                    self.out_size,
+                    exc,
+                    suffix,
+                )
+        else:
+            log.debug("connection #%d dropped: %s", self.conn.id, exc)
         self.close_now()
 
     def reset(self) -> None:

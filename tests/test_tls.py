@@ -770,3 +770,65 @@ def test_a_graceful_close_over_tls_sends_close_notify(make_server, pki):
         quitting.close()
         closing.close()
         owed.close()
+
+
+def test_a_tls_client_that_half_closes_gets_every_reply_whole(make_server, pki):
+    # `ncat --ssl` at the end of its input shuts down writing on the TCP socket and sends no
+    # close_notify. OpenSSL 3 takes that EOF as fatal: the read said b"" (suppress_ragged_eofs),
+    # every later SSL_write failed, and the rest of a long reply, or a deferred one, was dropped
+    # with a bare EOF (ncat printed 4,000 of 300,000 lines and exited 0).
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+    pendings = []
+
+    @server.command
+    def lines():  # a stream: made as the client drains it, with reads going on meanwhile
+        return (f"{i:07d} {'y' * 92}" for i in range(6000))  # 600 KB
+
+    @server.command
+    def later() -> reactor_mgmt.Pending:
+        pendings.append(reactor_mgmt.Pending())
+        return pendings[-1]
+
+    context = _client_context(pki)
+    long_reply = "".join(f"{i:07d} {'y' * 92}\n" for i in range(6000)).encode()
+    for request, expected in ((b"lines\n", long_reply), (b"ping\nlater\n", b"pong\nat last\n")):
+        sock = _tls_connect(server, context, rcvbuf=16384)
+        try:
+            sock.suppress_ragged_eofs = False  # only our close_notify ends the reply: no bare EOF
+            sock.sendall(request)
+            # The TCP half-close under the TLS session, as ncat makes it (SSLSocket.shutdown
+            # would drop the TLS layer, so the plain socket's is called on the same descriptor).
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+            for _ in range(20):
+                server.poll(0.005)  # the server reads the EOF while the replies are unsent
+            if request.endswith(b"later\n"):
+                pendings[-1].resolve("at last")
+            assert _read_tls_to_eof(server, sock) == expected
+        finally:
+            sock.close()
+
+
+def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog, monkeypatch):
+    # A send that fails drops the replies still queued: that used to be a debug record alone,
+    # so a reply cut short (as the half-close above once was) went unseen in the host's log.
+    monkeypatch.setattr(reactor_mgmt._transport, "_DROPPED", reactor_mgmt._log.Throttle(), raising=False)
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+
+    @server.command
+    def lines():
+        return (f"{i:07d} {'y' * 92}" for i in range(60000))
+
+    sock = _tls_connect(server, _client_context(pki), rcvbuf=16384)
+    sock.sendall(b"lines\n")
+    for _ in range(20):
+        server.poll(0.005)
+    assert server.connections[0].buffered_output
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()  # a reset, with the reply half read
+    deadline = time.monotonic() + TIMEOUT
+    with caplog.at_level("DEBUG", logger="reactor_mgmt"):
+        while server.connections:
+            assert time.monotonic() < deadline
+            server.poll(0.01)
+    dropped = [r for r in caplog.records if "bytes of replies unsent" in r.getMessage()]
+    assert [r.levelname for r in dropped] == ["WARNING"], caplog.text
