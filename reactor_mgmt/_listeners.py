@@ -24,11 +24,11 @@ import sys
 from ._commands import LEVELS, level_rank
 from ._errors import ConfigError, ReactorMgmtError
 from ._log import format_address, log
-from ._transport import refuse
+from ._transport import hang_up, refuse
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple, Union
+    from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Set, Tuple, Union
 
     Address = Union[str, Tuple[str, int]]
 
@@ -56,6 +56,7 @@ class Listener:
         "cert_levels",
         "nodelay",
         "backlog_probe",
+        "refusals",
     )
 
     def __init__(self, sock: socket.socket, address: Any, rank: int, path: Optional[str] = None) -> None:
@@ -90,6 +91,9 @@ class Listener:
         self.acceptor: Optional[Acceptor] = None
         self.tls: Any = None  # an ssl.SSLContext: connections start with a TLS handshake (_tls)
         self.cert_levels: Optional[Dict[str, int]] = None  # client certificate name -> level rank
+        # TLS: the refused clients told so inside TLS, until each is done (_tls.TlsRefusal);
+        # they are closed with the listener.
+        self.refusals: Set[Any] = set()
 
     @property
     def level(self) -> str:
@@ -106,6 +110,8 @@ class Listener:
         self.acceptor.accept(self, now, stop_at)
 
     def close(self) -> None:
+        for refusal in list(self.refusals):
+            refusal.close()
         self.sock.close()
         if self.path is not None:
             unlink_if_ours(self.path, self.file_id)
@@ -196,7 +202,12 @@ class Acceptor:
             except OSError:
                 pass
             else:
-                refuse(sock, b"ERR server out of file descriptors\n")
+                if listener.tls is None:
+                    refuse(sock, b"ERR server out of file descriptors\n")
+                else:  # no plaintext on a TLS port, and no time for a handshake: a bare close
+                    sock.setblocking(False)
+                    hang_up(sock, False)
+                    sock.close()
                 self.loop.stats.refused += 1
             self.reserve_fd = _open_reserve_fd()
             if self.reserve_fd is not None:
@@ -362,6 +373,8 @@ class Listeners:
         removes no file: the socket file and the address file are the parent's."""
         self.closed = True
         for listener in self.listeners:
+            for refusal in list(listener.refusals):
+                refusal.abandon()
             listener.sock.close()
         self.listeners = []
         self.acceptor.close()

@@ -591,7 +591,12 @@ def _admit(
     if len(loop.connections) >= server.max_connections:
         server.stats.refused += 1
         log.debug("refusing connection from %s: %d connections open", format_address(peer), len(loop.connections))
-        refuse(sock, b"ERR too many connections\n")
+        if listener.tls is None:
+            refuse(sock, b"ERR too many connections\n")
+        else:  # the line inside TLS: as plaintext, a TLS client reports "wrong version number"
+            from ._tls import refuse as refuse_over_tls
+
+            refuse_over_tls(sock, listener, loop, b"ERR too many connections\n", server.tls_handshake_timeout)
         return False
     if listener.check_peer and not peer_allowed(sock, listener.allowed_uids):
         server.stats.refused += 1

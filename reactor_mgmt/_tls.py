@@ -20,16 +20,24 @@
 # the end of its input) is a half-close like any other: its replies are still sent. OpenSSL 3
 # takes that EOF as fatal unless the context has OP_IGNORE_UNEXPECTED_EOF (see
 # tolerate_unexpected_eof), which the listener sets on the host's context.
+#
+# A connection refused at max_connections gets its line inside TLS, never as plaintext (which
+# a TLS client reports as "wrong version number"): a TlsRefusal takes the handshake, sends the
+# line and our close_notify, drains the client until its EOF, and closes. It is no connection
+# (no session, no slot, no id), and a listener keeps at most REFUSALS_IN_HANDSHAKE of them:
+# past that, a refused client is closed with nothing sent, so a flood at the limit costs a
+# bounded number of sockets and handshakes.
 from __future__ import annotations
 
+import socket
 import ssl
 
 from ._log import Throttle, format_address, log
-from ._transport import RDHUP, Transport, allow_would_block
+from ._transport import LINGER_SECONDS, RDHUP, Transport, allow_would_block, hang_up, send_some
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional
+    from typing import Any, Dict, List, Optional, Set
 
 allow_would_block(ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
@@ -40,6 +48,10 @@ _refusals = Throttle()  # a client can fail handshakes at will: one log record p
 # makes, 3.10 to 3.13 do not). OpenSSL 1.1.1 has no such option, and no need: a TCP EOF there
 # left later writes working.
 _IGNORE_UNEXPECTED_EOF = getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+# Refused clients a listener takes through a handshake at once: few, as each holds a socket
+# until it is done (at most the handshake timeout, then LINGER_SECONDS), and a flood at the
+# limit only needs to be told, not told at any price.
+REFUSALS_IN_HANDSHAKE = 16
 
 
 class TlsTransport(Transport):
@@ -180,3 +192,100 @@ def tolerate_unexpected_eof(context: ssl.SSLContext) -> None:
 
 def wrap(sock: Any, context: ssl.SSLContext) -> ssl.SSLSocket:
     return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+
+
+def refuse(sock: Any, listener: Any, loop: Any, message: bytes, timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Refuses a connection just accepted on a TLS listener: ``message`` inside TLS (a
+    TlsRefusal), or, with the listener's REFUSALS_IN_HANDSHAKE taken, a close with nothing sent.
+    Never plaintext: a TLS client cannot read it, and reports a protocol error instead."""
+    if len(listener.refusals) >= REFUSALS_IN_HANDSHAKE:
+        hang_up(sock, False)
+        sock.close()
+        return
+    TlsRefusal(wrap(sock, listener.tls), loop, message, listener.refusals, timeout)
+
+
+class TlsRefusal:
+    """A refused TLS client: the handshake, ``message``, our close_notify, then the client's
+    input drained until its EOF (closing over unread input would reset the line away), all
+    non-blocking and driven by the loop's events, within ``timeout`` for the handshake and
+    LINGER_SECONDS after it. It is in ``refusals`` (the listener's) until it closes."""
+
+    __slots__ = ("sock", "loop", "message", "refusals", "timer", "mask", "handshaking")
+
+    def __init__(self, sock: ssl.SSLSocket, loop: Any, message: bytes, refusals: Set[Any], timeout: float) -> None:
+        self.sock = sock
+        self.loop = loop
+        self.message: Optional[bytes] = message  # None once sent
+        self.refusals = refusals
+        self.handshaking = True
+        self.mask = _READ  # the ClientHello comes first
+        refusals.add(self)
+        loop.register(sock, _READ, self)
+        self.timer: Any = loop.call_later(timeout, self.close)
+
+    def handle_event(self, event: int, now: float, stop_at: Optional[float]) -> None:
+        if self.message is None:  # said: read and drop what the client still sends, to its EOF
+            try:
+                if self.sock.recv(65536):  # one read an event, as a connection's
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                pass
+            self.close()
+            return
+        if stop_at is not None and self.loop.clock() >= stop_at and not self.loop.take_owed_read():
+            return  # past the poll's end, as a connection's handshake step (the event comes again)
+        try:
+            if self.handshaking:
+                self.sock.do_handshake()
+                self.handshaking = False
+            if not send_some(self.sock, self.message):  # SSL_write takes it whole or not at all
+                self._want(_WRITE)  # the kernel is full: a write event says when it has room
+                return
+        except ssl.SSLWantReadError:
+            self._want(_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._want(_WRITE)
+            return
+        except OSError:  # the handshake failed, or the client is gone: nothing can reach it
+            self.close()
+            return
+        self.message = None
+        try:
+            self.sock.unwrap()  # sends our close_notify; the client's is drained as bytes
+        except (OSError, ValueError):  # SSLWantReadError: ours went, theirs has not come yet
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # (SSLSocket's: the TLS layer is done with too)
+        except OSError:
+            self.close()
+            return
+        self.loop.cancel_timer(self.timer)
+        self.timer = self.loop.call_later(LINGER_SECONDS, self.close)
+        self._want(_READ)
+
+    def _want(self, mask: int) -> None:
+        if mask != self.mask:
+            self.loop.modify(self.sock, mask, self)
+            self.mask = mask
+
+    def close(self) -> None:
+        if self not in self.refusals:
+            return
+        self.refusals.discard(self)
+        self.loop.cancel_timer(self.timer)
+        self.timer = None
+        try:
+            self.loop.unregister(self.sock)
+        except (KeyError, ValueError):  # pragma: no cover - defensive
+            pass
+        self.sock.close()
+
+    def abandon(self) -> None:
+        """In a forked child: this process's copy of the socket is closed, with nothing sent
+        and the poller left alone (the parent's epoll is the same)."""
+        self.refusals.discard(self)
+        self.sock.close()

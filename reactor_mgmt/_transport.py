@@ -1,8 +1,8 @@
 # The transport: the one place where the server's bytes meet a socket. Every send the server
 # makes goes through _send_some() below, or the same call written out in Transport.flush (the
 # send of every reply; over TLS, a record at a time: _send_records): a refusal at accept
-# (refuse), the last words at close (Transport.send_and_close, drain) and the cross-thread
-# waker's byte. Like asyncio's selector
+# (refuse; over TLS, send_some for _tls.TlsRefusal), the last words at close
+# (Transport.send_and_close, drain) and the cross-thread waker's byte. Like asyncio's selector
 # transports, a Transport owns its socket, its output buffer and its flow control, and hands
 # what it reads to its protocol, the session (_session.Connection), which it knows only as an
 # object with data_received() (b"" for the EOF, as recv() says it, or an eof flag with the last
@@ -517,6 +517,12 @@ def drain(transports: List[Transport], seconds: float) -> None:
                 selector.unregister(transport.sock)
     finally:
         selector.close()
+
+
+def send_some(sock: socket.SocketType, data: Any) -> int:
+    """_send_some() for a sender with no Transport: a refused TLS client's line, sent after
+    its handshake (_tls.TlsRefusal), where refuse() would send plaintext before it."""
+    return _send_some(sock, data)
 
 
 def refuse(sock: socket.SocketType, message: bytes) -> None:

@@ -832,3 +832,66 @@ def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog,
             server.poll(0.01)
     dropped = [r for r in caplog.records if "bytes of replies unsent" in r.getMessage()]
     assert [r.levelname for r in dropped] == ["WARNING"], caplog.text
+
+
+def test_a_tls_client_refused_at_max_connections_reads_the_refusal_inside_tls(make_server, pki):
+    # The refusal used to go out as plaintext before any handshake: ncat, socat and s_client
+    # reported "wrong version number" or an I/O error, never the line.
+    server = make_server("127.0.0.1", tls=_server_context(pki), max_connections=1)
+    context = _client_context(pki)
+    holder = _tls_connect(server, context)
+    try:
+        assert _request(server, holder, b"ping\n") == b"pong\n"
+        proc = _client([require_tool("ncat"), "--ssl", "127.0.0.1", str(server.port)])
+        proc.stdin.write(b"ping\n")
+        proc.stdin.close()
+        assert _serve_while(server, proc) == b"ERR too many connections\n"
+        refused = _tls_connect(server, context)  # a Python client: the line, then close_notify
+        refused.suppress_ragged_eofs = False
+        assert _read_tls_to_eof(server, refused) == b"ERR too many connections\n"
+        refused.close()
+        assert len(server.connections) == 1 and server.stats.refused == 2
+        (listener,) = server._listening.listeners
+        for _ in range(20):
+            if not listener.refusals:
+                break
+            server.poll(0.01)
+        assert not listener.refusals  # each closed once told: nothing held
+        assert _request(server, holder, b"ping\n") == b"pong\n"
+    finally:
+        holder.close()
+
+
+def test_refused_tls_clients_in_handshake_are_capped_and_never_sent_plaintext(make_server, pki):
+    # A flood at the limit: each refused client takes a handshake and a socket until it is told,
+    # so only REFUSALS_IN_HANDSHAKE wait at once; the rest are closed with nothing sent, and the
+    # ones that never finish their handshake are closed at its deadline.
+    from reactor_mgmt._tls import REFUSALS_IN_HANDSHAKE
+
+    server = make_server("127.0.0.1", tls=_server_context(pki), max_connections=1, tls_handshake_timeout=1.0)
+    holder = _tls_connect(server, _client_context(pki))
+    stalled = []
+    try:
+        for _ in range(REFUSALS_IN_HANDSHAKE + 3):
+            stalled.append(socket.create_connection(server.addresses[0], timeout=TIMEOUT))
+            server.poll(0.005)
+        (listener,) = server._listening.listeners
+        assert len(listener.refusals) == REFUSALS_IN_HANDSHAKE
+        assert len(server.connections) == 1
+        started = time.monotonic()
+        while listener.refusals:
+            assert time.monotonic() - started < TIMEOUT, "refusals held past the handshake deadline"
+            server.poll(0.01)
+        for sock in stalled:
+            sock.settimeout(TIMEOUT)
+            try:
+                got = sock.recv(100)
+            except ConnectionResetError:
+                got = b""
+            assert got == b"", got  # no plaintext on a TLS port
+        assert server.stats.refused == REFUSALS_IN_HANDSHAKE + 3
+        assert _request(server, holder, b"ping\n") == b"pong\n"
+    finally:
+        holder.close()
+        for sock in stalled:
+            sock.close()
