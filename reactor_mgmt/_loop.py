@@ -317,7 +317,9 @@ class Loop:
     def run_timers(self, now: float) -> int:
         fired = 0
         timers = self.timers
-        while timers and timers[0][0] <= now:
+        # A callback may close the server (close() takes effect as the poll returns): then
+        # nothing more runs, the timers due with it neither.
+        while timers and timers[0][0] <= now and not self.stopped:
             timer = heapq.heappop(timers)
             callback = timer[2]
             if callback is None:  # cancelled

@@ -1147,6 +1147,22 @@ def test_nothing_runs_in_the_poll_after_a_callback_closes_the_server(server):
     assert server.closed and ran == []
 
 
+def test_a_timer_that_closes_the_server_is_the_last_timer_to_run(server):
+    # close() from a callback: "nothing else runs". The timers due in the same poll ran on.
+    ran = []
+
+    def closer() -> None:
+        ran.append("closer")
+        server.close()
+
+    server.call_later(0, closer)
+    server.call_later(0, ran.append, "second")
+    server.call_later(0, ran.append, "third")
+    server.poll(0)
+    assert server.closed and ran == ["closer"]
+    assert server.next_deadline() is None and server.poll(0) == 0
+
+
 def test_a_run_of_pings_cut_to_no_room_sends_no_blank_line(make_server):
     server = make_server("127.0.0.1", high_water=8)
     lines = _lines_after_half_close(server, b"ping\n" * 10)
