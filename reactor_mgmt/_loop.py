@@ -169,7 +169,8 @@ class Loop:
         self.polls += 1
         stats = self.stats
         commands = stats.commands
-        if self.pending_reads:
+        taken = self.pending_reads  # kept whole: see keep_pending_reads
+        if taken:
             events = self.with_pending_reads(events)
         handled = len(events)
         if stop_at is not None:
@@ -177,12 +178,18 @@ class Loop:
             if handled > 1:
                 turn = (self.polls >> 1) % handled
                 events = events[turn:] + events[:turn]
+        fd = -1  # the walk's place, for keep_pending_reads: -1 before it starts
         try:
             owners = self.owners
-            for fd, event in events:
-                owner = owners.get(fd)
-                if owner is not None:
-                    owner.handle_event(event, now, stop_at)
+            try:
+                for fd, event in events:
+                    owner = owners.get(fd)
+                    if owner is not None:
+                        owner.handle_event(event, now, stop_at)
+            except BaseException:  # KeyboardInterrupt from a handler: the host's, not the clients'
+                if taken:
+                    self.keep_pending_reads(taken, events, fd)
+                raise
             while self.calls and not self.stopped:  # a callback may close the server: then nothing runs
                 handled += 1
                 self.calls.popleft()()
@@ -229,7 +236,7 @@ class Loop:
         end as a socket does: read after the events, a chatty client's read took every poll's
         owed read and they waited for good. One whose socket has an event already reads in that
         event (a write event gains the readable bit): one read a poll."""
-        pending = self.pending_reads
+        pending = dict(self.pending_reads)  # handle() keeps the original: see keep_pending_reads
         self.pending_reads = {}  # what this poll's turns name again is for the next one
         owners = self.owners
         merged = []
@@ -239,6 +246,20 @@ class Loop:
             merged.append((fd, event))
         merged.extend((fd, _IN) for fd, transport in pending.items() if owners.get(fd) is transport)
         return merged
+
+    def keep_pending_reads(self, taken: Dict[int, Any], events: List[Tuple[int, int]], at: int) -> None:
+        """An exception (a handler's KeyboardInterrupt) ended handle()'s walk of ``events`` at
+        descriptor ``at``'s: the transports of ``taken`` (the read_pending() entries this poll
+        took into its events) from there on hold their records still, and no event will say so,
+        so the next poll reads them. The interrupted one is kept too: the exception may have cut
+        its turn short before its transport looked for records left over, and a read that finds
+        none costs one recv. (``at`` is -1, or not found: the walk had not started; all are kept.)"""
+        start = next((i for i, (fd, _) in enumerate(events) if fd == at), 0)
+        owners = self.owners
+        for fd, _ in events[start:]:
+            transport = taken.get(fd)
+            if transport is not None and owners.get(fd) is transport:  # still open: not closed by a handler
+                self.pending_reads[fd] = transport
 
     def take_owed_read(self) -> bool:
         """True once in a poll with an end (a budget or timeout) that has not read yet: the TLS

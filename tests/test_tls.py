@@ -411,6 +411,41 @@ def test_records_left_over_are_read_though_another_client_spent_the_budget(make_
     b.close()
 
 
+def test_records_left_over_survive_a_keyboard_interrupt_from_another_clients_handler(make_server, pki):
+    """A poll takes the records left decrypted into its events; a KeyboardInterrupt from a
+    handler run before their turn must leave them for the next poll: no event will ever say
+    they are there (the client's last requests were never answered)."""
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+
+    @server.command
+    def stop() -> str:
+        raise KeyboardInterrupt  # Ctrl-C landing in a handler
+
+    a = _tls_connect(server, _client_context(pki))
+    b = _tls_connect(server, _client_context(pki))
+    _blocking(a, b)
+    a.sendall(ONE_RECV + b"ping\nping\nping\n")  # one record: the pings stay decrypted after the recv
+    time.sleep(0.05)
+    deadline = time.monotonic() + TIMEOUT
+    while server.stats.commands == 0:  # a's first 8 KiB (after the handshakes' last events)
+        assert time.monotonic() < deadline
+        server.poll(0)
+    assert server.busy  # a's pings wait decrypted: the next poll reads them
+    b.sendall(b"stop\n")
+    time.sleep(0.05)
+    with pytest.raises(KeyboardInterrupt):
+        server.poll(0)  # b's socket event comes before a's records, and its handler raises
+    a.setblocking(False)
+    data = b""
+    while data.count(b"\n") < 4:
+        assert time.monotonic() < deadline, data[-60:]
+        server.poll(0.01)
+        data += _drain_tls(a)
+    assert data.endswith(b"x\npong\npong\npong\n")
+    a.close()
+    b.close()
+
+
 def _drain_tls(sock: ssl.SSLSocket) -> bytes:
     data = b""
     while True:
