@@ -19,6 +19,7 @@ import pytest
 import reactor_mgmt
 from conftest import TIMEOUT, RawClient
 from reactor_mgmt import CommandError, ConfigError, Pending, ReactorMgmtError, Server
+from reactor_mgmt._loop import REAP_BATCH
 from reactor_mgmt._render import json_line
 
 
@@ -422,6 +423,55 @@ def test_a_stream_whose_client_stopped_reading_is_reaped(make_server):
         server.poll(0.02)
     assert server.connections == []
     client.close()
+
+
+def test_timers_due_together_stop_at_the_polls_end_and_the_rest_stay_due(make_server):
+    # A poll's end holds for timers too: past it, one runs (progress) and the rest wait, due, for
+    # the next poll, which must not wait for them (nor may a host that asks next_deadline()).
+    server = make_server("127.0.0.1")
+    ran = []
+    for i in range(5):
+        server.call_later(0, ran.append, i)
+    server.poll(0, budget=1e-9)  # past its end as its work starts
+    assert ran == [0]
+    assert server.next_deadline() <= time.monotonic()
+    start = time.monotonic()
+    server.poll(timeout=TIMEOUT, budget=1e-9)  # does not wait: a timer is due
+    assert ran == [0, 1] and time.monotonic() - start < TIMEOUT / 2
+    server.poll(0)  # no end: every timer due runs
+    assert ran == [0, 1, 2, 3, 4]
+
+
+def test_idle_connections_due_together_are_reaped_a_batch_per_poll(make_server):
+    # A thousand idle connections that came due together were all reaped in one poll, 12 ms
+    # past its 2 ms timeout. Past a poll's end the reaper closes one; with no end, a batch.
+    count = 150
+    server = make_server("127.0.0.1", idle_timeout=1.0, max_connections=count + 10)
+    clients = []
+    deadline = time.monotonic() + TIMEOUT
+    for _ in range(count):
+        clients.append(socket.create_connection(server.addresses[0], timeout=TIMEOUT))
+        server.poll(0)
+    while len(server.connections) < count:
+        assert time.monotonic() < deadline
+        server.poll(0.01)
+    time.sleep(1.2)  # every one of them is due
+    server.poll(0, budget=1e-9)  # past its end as its work starts: one, for progress
+    assert len(server.connections) == count - 1
+    assert server.next_deadline() <= time.monotonic()  # the rest are due: a host must not wait
+    server.poll(0)  # no end: one batch
+    assert len(server.connections) == count - 1 - REAP_BATCH
+    start = time.monotonic()
+    polls = 0
+    while server.connections:
+        left = len(server.connections)
+        server.poll(timeout=TIMEOUT)  # does not wait: the reaper's next batch is due at once
+        assert 0 < left - len(server.connections) <= REAP_BATCH
+        polls += 1
+    assert polls == -(-(count - 1 - REAP_BATCH) // REAP_BATCH)
+    assert time.monotonic() - start < TIMEOUT / 2
+    for sock in clients:
+        sock.close()
 
 
 def test_keyboard_interrupt_from_on_cancel_still_releases_the_connection(server):
