@@ -149,6 +149,32 @@ def test_decoder_caps_and_events_whatever_the_cuts(data, max_line, draw):
         assert decoder.feed(b"ping\n") == [] and decoder.feed_eof() == []
 
 
+# Bytes a line may hold that no other layer acts on (no LF, CR, NUL, IAC, Ctrl-D): what is
+# left to the UTF-8 check alone, valid or not, with the ends stripping would take off.
+_LINE_BYTES = st.lists(
+    st.sampled_from(
+        [b"a", b"{", b" ", b"\t", b"\x80", b"\xc3\xa9", b"\xc3", b"\xe2\x82\xac", b"\xed\xa0\x80", b"\xf0\x9f"]
+    ),
+    max_size=6,
+).map(b"".join)
+
+
+@given(st.lists(_LINE_BYTES, min_size=1, max_size=12))
+def test_each_line_is_its_text_or_bad_encoding_as_a_strict_decode_says(lines):
+    # The decoder decodes a read with a bad line in it once, with surrogateescape, and tells
+    # the bad lines by their escaped bytes; a strict decode of each line must agree.
+    from reactor_mgmt._protocol import BAD_ENCODING, BAD_ENCODING_JSON
+
+    def strict(line: bytes):
+        try:
+            return line.decode().strip()
+        except UnicodeDecodeError:
+            return BAD_ENCODING_JSON if line.lstrip()[:1] == b"{" else BAD_ENCODING
+
+    expected = [item for item in map(strict, lines) if item != ""]
+    assert RequestDecoder().feed(b"\n".join(lines) + b"\n") == expected
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=40))
 def test_request_parsing_of_any_text_fails_only_with_parse_error(line):
