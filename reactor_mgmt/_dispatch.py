@@ -194,8 +194,8 @@ class Dispatcher:
             if not isinstance(exc, Exception):  # KeyboardInterrupt: answered, and on to the host
                 raise
             return
-        if result.__class__ is str:  # deliver()'s first case and text_reply(), written out: most
-            # handlers return a str, and this is the path of every round trip
+        if result.__class__ is str and "\r" not in result:  # deliver()'s first case and text_reply(),
+            # written out: most handlers return a str, and this is the path of every round trip
             data = (result if result[-1:] == "\n" else result + "\n").encode("utf-8", UNENCODABLE)
             if len(data) > self.max_output:
                 data = self._too_large(conn, len(data), TEXT)

@@ -39,10 +39,27 @@ class Report:
         return self.text
 
 
+# A text reply's lines end in LF (docs/protocol.md, Text replies), and a raw CR would have a
+# terminal write over what it just showed: in a result's text, CRLF and a lone CR are line
+# breaks, as LF is, and are laid out as LF is (a table cell's lines joined with a space, a
+# mapping value's under its value column), whichever path the text takes: render_text here,
+# _wire.text_reply for a str reply, and the dispatcher's str fast path, which leaves a str
+# with a CR to text_reply. Each renderer below returns text with no CR; the layouts find one
+# with one scan of their own text, so a result with none pays no more than that scan.
+def lf_text(text: str) -> str:
+    """``text`` with each CRLF and each lone CR turned into LF."""
+    if "\r" in text:
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
 def render_text(value: Any) -> str:
-    """The text form of a result; always ends with exactly one newline per line."""
+    """The text form of a result; always ends with exactly one newline per line, and holds no
+    CR (a CRLF or a lone CR in the result is a line break: see lf_text)."""
     if value.__class__ is str:  # the common case first, and without isinstance's MRO walk
         text: str = value
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
     elif value is None:
         return "OK\n"
     else:
@@ -52,24 +69,22 @@ def render_text(value: Any) -> str:
             # The host's object is broken (a __str__ or items() that raises): say so in the
             # reply rather than raise out of poll() into the host's loop.
             log.exception("cannot render a %s result", type(value).__name__)
-            text = f"<unprintable {type(value).__name__} object>"
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+            text = lf_text(f"<unprintable {type(value).__name__} object>")
     return text if text.endswith("\n") else text + "\n"
 
 
 def _render_other(value: Any) -> str:
     if isinstance(value, str):
-        return str.__str__(value)
+        return lf_text(str.__str__(value))
     if isinstance(value, Mapping):
         return _render_mapping(value)
     if isinstance(value, (list, tuple)):
         return _render_sequence(value)
     if isinstance(value, enum.Enum):
-        return str(value.name)
+        return lf_text(str(value.name))
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
+        return lf_text(value.decode("utf-8", "replace"))
+    return lf_text(str(value))
 
 
 def _safe_str(value: Any) -> str:
@@ -164,7 +179,7 @@ def _render_mapping(mapping: Mapping[Any, Any]) -> str:
         text = fmt % tuple(values) if len(values) == len(keys) else ""
     except ValueError:
         text = ""  # (outside the handler: the lines path's own log has no chained traceback)
-    if not text or text.count("\n") >= len(keys):  # a value has lines of its own: see _render_mapping_lines
+    if not text or text.count("\n") >= len(keys) or "\r" in text:  # a value has lines: _render_mapping_lines
         return _render_mapping_lines(mapping)
     return text
 
@@ -178,6 +193,11 @@ def _render_mapping_lines(mapping: Mapping[Any, Any]) -> str:
     values = [_cell(value) for value in mapping.values()]
     width = max(map(len, keys))
     text = "\n".join([key.ljust(width) + " " + value for key, value in zip(keys, values)])
+    if "\r" in text:  # a CRLF or a lone CR: a line break, laid out as LF is (see lf_text)
+        keys = [lf_text(key) for key in keys]
+        values = [lf_text(value) for value in values]
+        width = max(map(len, keys))
+        text = "\n".join([key.ljust(width) + " " + value for key, value in zip(keys, values)])
     if text.count("\n") >= len(keys):  # a value has lines of its own: keep them under the value column
         indent = "\n" + " " * (width + 1)
         text = "\n".join([key.ljust(width) + " " + value.replace("\n", indent) for key, value in zip(keys, values)])
@@ -188,7 +208,9 @@ def _render_sequence(items: Iterable[Any]) -> str:
     items = list(items)
     if items and all(isinstance(item, Mapping) for item in items):
         return render_table(items)
-    return "\n".join(_cell(item).rstrip("\n") for item in items)
+    # An item's trailing line breaks (LF, CR or both) are dropped, as its join adds one; a CR
+    # within is a line break (see lf_text), found with one scan of the whole text.
+    return lf_text("\n".join(_cell(item).rstrip("\r\n") for item in items))
 
 
 def render_table(rows: Sequence[Mapping[Any, Any]], columns: Optional[List[str]] = None) -> str:
@@ -201,9 +223,21 @@ def render_table(rows: Sequence[Mapping[Any, Any]], columns: Optional[List[str]]
                 if key not in seen:
                     seen.add(key)
                     columns.append(key)
-    cells = [[_cell(column) for column in columns]]
+    cells = [[_cell(column).replace("\n", " ") for column in columns]]
     cells += [[_cell(row.get(column)).replace("\n", " ") for column in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    text = _aligned(cells, len(columns))
+    if "\r" in text:
+        # A cell with a CRLF or a lone CR (rare): made again with those as line breaks, joined
+        # with a space as LF is (see lf_text). A cell that is not a str, number or None is then
+        # made text twice, as in _render_mapping; a table with no CR pays one scan of its text.
+        lines = [columns] + [[row.get(column) for column in columns] for row in rows]
+        cells = [[lf_text(_cell(value)).replace("\n", " ") for value in line] for line in lines]
+        text = _aligned(cells, len(columns))
+    return text
+
+
+def _aligned(cells: List[List[str]], count: int) -> str:
+    widths = [max(len(line[i]) for line in cells) for i in range(count)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
 
 

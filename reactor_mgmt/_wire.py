@@ -8,7 +8,7 @@
 # `ERR message` line. A JSON request's reply id is its "id" (None when unreadable).
 from __future__ import annotations
 
-from ._render import json_line
+from ._render import json_line, lf_text
 
 TYPE_CHECKING = False  # typing is not imported at run time: it costs import time
 if TYPE_CHECKING:
@@ -41,7 +41,10 @@ def error_reply(reply_id: Any, code: str, message: str) -> bytes:
 
 
 def text_reply(text: str) -> bytes:
-    """A str reply to a text request, as bytes that end with a newline."""
+    """A str reply to a text request, as bytes that end with a newline; a CRLF or a lone CR in
+    it is a line break, sent as LF (see _render.lf_text), as render_text sends it."""
+    if "\r" in text:
+        text = lf_text(text)
     return (text if text[-1:] == "\n" else text + "\n").encode("utf-8", UNENCODABLE)
 
 

@@ -651,7 +651,8 @@ def test_identical_lines_behind_a_subscription_stop_it_and_the_rest_run(make_ser
 
 @CACHE_MODES
 def test_a_str_subclass_is_rendered_pipelined_or_one_at_a_time(make_server):
-    """A str reply is sent as it is; a str subclass is rendered, so its CR becomes a LF."""
+    """A str reply is sent as it is and a str subclass is rendered; either way its CR is a line
+    break, sent as LF (docs/protocol.md, Text replies)."""
     server = make_server("127.0.0.1")
 
     class Text(str):
@@ -662,7 +663,7 @@ def test_a_str_subclass_is_rendered_pipelined_or_one_at_a_time(make_server):
         return "plain\rcr" if kind == ("p",) else Text("sub\rcr")
 
     kinds = "psppssp"
-    expected = b"".join(b"plain\rcr\n" if kind == "p" else b"sub\ncr\n" for kind in kinds)
+    expected = b"".join(b"plain\ncr\n" if kind == "p" else b"sub\ncr\n" for kind in kinds)
     client = RawClient(server)
     client.send("".join(f"mixed {kind}\n" for kind in kinds))
     client.wait_for(lambda buf: len(buf) >= len(expected))

@@ -13,6 +13,7 @@ import pytest
 from conftest import RawClient
 from reactor_mgmt import CommandError
 from reactor_mgmt._render import json_line, render_table, render_text, to_jsonable
+from reactor_mgmt._wire import text_reply
 
 
 class Color(enum.Enum):
@@ -110,6 +111,66 @@ def test_list_of_dicts_is_a_table_with_header():
 def test_table_cells_with_newlines_stay_on_their_row():
     out = render_table([{"a": "x\ny", "b": 1}])
     assert out.splitlines() == ["a    b", "x y  1"]
+
+
+# A CRLF or a lone CR in a result is a line break, laid out as LF is, on every path: a text
+# reply's lines end in LF (docs/protocol.md), and a raw CR would have a terminal write over
+# what it showed. Each value below holds CRs; the same value with LF in their place is what it
+# must render as.
+class _Text(str):
+    pass
+
+
+def _with_lf(value):
+    if isinstance(value, str):
+        return value.replace("\r\n", "\n").replace("\r", "\n")
+    if isinstance(value, bytes):
+        return value.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if isinstance(value, dict):
+        return {_with_lf(key): _with_lf(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_lf(item) for item in value]
+    return value
+
+
+_WITH_CR = [
+    "a\r\nb\rc\r",
+    _Text("a\rb"),
+    b"a\r\nb\rc",
+    {"key": "a\rb", "k2": 1},  # the fast path (a format per set of keys)
+    {"key": "a\r\nb\r\n\rc", "k2": "d"},
+    {1: "a\rb", "k": 2},  # the lines path (a key that is not str)
+    {"ke\ry": 1, "k": 2},  # a key's CR too
+    {f"k{i}": f"v\r{i}" for i in range(70)},  # the lines path (too many keys to keep a format for)
+    ["a\r\n", "b\rc", "d\r"],  # list items: trailing CRLF dropped as a trailing LF is
+    [{"a": "x\r\ny", "b": 1}, {"a": "zz", "b": "p\rq"}],  # a table: each row one line
+    [{"col\r\numn": 1}],  # a header cell
+]
+
+
+@pytest.mark.parametrize("value", _WITH_CR)
+def test_a_carriage_return_is_a_line_break_laid_out_as_lf_is(value):
+    text = render_text(value)
+    assert "\r" not in text
+    assert text == render_text(_with_lf(value))
+
+
+def test_table_cells_with_carriage_returns_stay_on_their_row():
+    out = render_table([{"a": "x\r\ny", "b": 1}, {"a": "zz", "b": "p\rq"}])
+    assert out.splitlines() == ["a    b", "x y  1", "zz   p q"]
+    assert "\r" not in out
+    assert render_table([{"a\rb": 1}]) == "a b\n1"
+
+
+def test_mapping_values_with_carriage_returns_keep_their_lines_under_the_value_column():
+    assert render_text({"key": "a\rb", "k2": 1}) == "key: a\n     b\nk2:  1\n"
+    assert render_text({"key": "a\r\nb", 2: 1}) == "key: a\n     b\n2:   1\n"
+
+
+def test_a_str_reply_has_its_carriage_returns_as_line_breaks_as_render_text_does():
+    for text in ["a\rb", "a\r\nb\r", "a\r\n", "\r"]:
+        assert text_reply(text) == render_text(text).encode() == render_text(_Text(text)).encode()
+    assert text_reply("a\r\nb\rc") == b"a\nb\nc\n"
 
 
 def test_table_with_explicit_columns():

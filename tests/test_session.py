@@ -640,6 +640,29 @@ def test_argv_with_cmd_args_or_kwargs_is_refused_not_half_run(make):
 # ---- a Pending reply ----
 
 
+def test_a_carriage_return_in_a_result_is_sent_as_lf_on_every_path(make):
+    """A text reply's lines end in LF: a CRLF or a lone CR in a result is a line break, the same
+    bytes whether the str is returned (the fast path), a str subclass, a Pending's answer or a
+    stream's item; a table row stays one line and a mapping value's lines stay under its
+    column. JSON keeps the CR, escaped."""
+
+    class Name(str):
+        pass
+
+    s = make()
+    s.registry.add("plain", lambda: "a\rb\r\nc")
+    s.registry.add("subclass", lambda: Name("a\rb\r\nc"))
+    s.registry.add("items", lambda: iter(["a\rb\r\nc"]))
+    s.registry.add("table", lambda: [{"a": "x\r\ny", "b": 1}, {"a": "zz", "b": 2}])
+    s.registry.add("mapping", lambda: {"key": "a\rb", "k2": 1})
+    assert s.exchange(b"plain\nsubclass\nitems\nlater\n") == b"a\nb\nc\n" * 3
+    s.pendings[0].resolve("a\rb\r\nc")
+    s.service()
+    assert s.take() == b"a\nb\nc\n"
+    assert s.exchange(b"table\nmapping\n") == b"a    b\nx y  1\nzz   2\nkey: a\n     b\nk2:  1\n"
+    assert frames(s.exchange(b'{"id": 1, "cmd": "plain"}\n')) == [(RESULT, 1, "a\rb\r\nc")]
+
+
 def test_later_requests_wait_behind_a_pending_then_follow_it_in_order(make):
     s = make()
     assert s.exchange(b"later\nping\necho after\n") == b""
