@@ -148,6 +148,13 @@ class Loop:
 
     # ---- one tick ----
 
+    def work_left(self) -> bool:
+        """Work the next poll() has without a socket event: sessions whose turn is due, calls,
+        TLS records read and not yet decoded, or a timer already due (a poll that reached its
+        end leaves the rest of the due ones)."""
+        timers = self.timers
+        return bool(self.ready or self.calls or self.pending_reads or (timers and timers[0][0] <= monotonic()))
+
     def timeout_for(self, timeout: Optional[float]) -> Optional[float]:
         """How long poll(timeout) may wait with no work queued (poll() checks that, and the
         common cases, itself): no later than the first timer, and at most LONGEST_WAIT."""

@@ -360,7 +360,7 @@ class Server:
     @property
     def busy(self) -> bool:
         """True when poll() has work left over that does not wait for a socket event."""
-        return bool(self._loop.ready or self._loop.calls or self._loop.pending_reads)
+        return self._loop.work_left()
 
     def next_deadline(self) -> Optional[float]:
         """The time.monotonic() at which the next timer (idle reap, pending timeout) fires."""

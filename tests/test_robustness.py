@@ -435,11 +435,12 @@ def test_timers_due_together_stop_at_the_polls_end_and_the_rest_stay_due(make_se
     server.poll(0, budget=1e-9)  # past its end as its work starts
     assert ran == [0]
     assert server.next_deadline() <= time.monotonic()
+    assert server.busy  # a host that asks busy before it waits is told too
     start = time.monotonic()
     server.poll(timeout=TIMEOUT, budget=1e-9)  # does not wait: a timer is due
     assert ran == [0, 1] and time.monotonic() - start < TIMEOUT / 2
     server.poll(0)  # no end: every timer due runs
-    assert ran == [0, 1, 2, 3, 4]
+    assert ran == [0, 1, 2, 3, 4] and not server.busy
 
 
 def test_idle_connections_due_together_are_reaped_a_batch_per_poll(make_server):
