@@ -156,6 +156,8 @@ def _render_mapping(mapping: Mapping[Any, Any]) -> str:
     if fmt is None:
         if not keys or len(keys) > _FORMAT_KEYS_MAX or set(map(type, keys)) != _ONLY_STR:
             return _render_mapping_lines(mapping)
+        if not all(key.isascii() for key in keys):  # padded by display width: the lines path
+            return _render_mapping_lines(mapping)
         fmt = _FORMATS.get(keys)  # another Mapping's keys are tested first: they may not hash
         if fmt is None:
             width = max(map(len, keys)) + 1
@@ -191,17 +193,15 @@ def _render_mapping_lines(mapping: Mapping[Any, Any]) -> str:
         return ""
     keys = [key + ":" if key.__class__ is str else _cell(key) + ":" for key in mapping]
     values = [_cell(value) for value in mapping.values()]
-    width = max(map(len, keys))
-    text = "\n".join([key.ljust(width) + " " + value for key, value in zip(keys, values)])
-    if "\r" in text:  # a CRLF or a lone CR: a line break, laid out as LF is (see lf_text)
-        keys = [lf_text(key) for key in keys]
+    if any("\r" in text for text in keys) or any("\r" in text for text in values):
+        keys = [lf_text(key) for key in keys]  # a CRLF or a lone CR: a line break (see lf_text)
         values = [lf_text(value) for value in values]
-        width = max(map(len, keys))
-        text = "\n".join([key.ljust(width) + " " + value for key, value in zip(keys, values)])
-    if text.count("\n") >= len(keys):  # a value has lines of its own: keep them under the value column
-        indent = "\n" + " " * (width + 1)
-        text = "\n".join([key.ljust(width) + " " + value.replace("\n", indent) for key, value in zip(keys, values)])
-    return text
+    sizes = [display_width(key) for key in keys]  # the columns a terminal gives each key
+    width = max(sizes)
+    indent = "\n" + " " * (width + 1)  # a value's own lines stay under the value column
+    return "\n".join(
+        [key + " " * (width - size + 1) + value.replace("\n", indent) for key, size, value in zip(keys, sizes, values)]
+    )
 
 
 def _render_sequence(items: Iterable[Any]) -> str:
@@ -237,8 +237,36 @@ def render_table(rows: Sequence[Mapping[Any, Any]], columns: Optional[List[str]]
 
 
 def _aligned(cells: List[List[str]], count: int) -> str:
+    if not all(cell.isascii() for line in cells for cell in line):
+        return _aligned_wide(cells, count)
     widths = [max(len(line[i]) for line in cells) for i in range(count)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+
+
+def _aligned_wide(cells: List[List[str]], count: int) -> str:
+    """_aligned() padded by the columns a terminal gives each cell, not its length: a CJK
+    character takes two, a combining accent none, and padded by len() a column after them
+    came out of line."""
+    sized = [[(cell, display_width(cell)) for cell in line] for line in cells]
+    widths = [max(line[i][1] for line in sized) for i in range(count)]
+    return "\n".join(
+        "  ".join(cell + " " * (width - size) for (cell, size), width in zip(line, widths)).rstrip() for line in sized
+    )
+
+
+def display_width(text: str) -> int:
+    """How many columns a terminal gives ``text``: two for a wide (East Asian) character, none
+    for a combining mark or a format character (a zero-width joiner), one for the rest."""
+    if text.isascii():
+        return len(text)
+    import unicodedata  # lazily: only a result with non-ASCII text pays for it
+
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
 
 
 def to_jsonable(value: Any) -> Any:

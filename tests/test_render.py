@@ -173,6 +173,15 @@ def test_a_str_reply_has_its_carriage_returns_as_line_breaks_as_render_text_does
     assert text_reply("a\r\nb\rc") == b"a\nb\nc\n"
 
 
+def test_tables_and_mappings_align_by_the_columns_a_terminal_gives_each_character():
+    # Padded by len(), a CJK name (two columns a character) or an accent written as a
+    # combining mark (none) pushed the next column out of line.
+    rows = [{"name": "日本語", "score": 1}, {"name": "bob", "score": 2}, {"name": "e\u0301mile", "score": 3}]
+    assert render_table(rows) == "name    score\n日本語  1\nbob     2\ne\u0301mile   3"
+    assert render_text({"名前": "x", "id": "y"}) == "名前: x\nid:   y\n"
+    assert render_text({"名前": "a\nb", "id": 1}) == "名前: a\n      b\nid:   1\n"  # a value's lines too
+
+
 def test_table_with_explicit_columns():
     assert render_table([{"a": 1, "b": 2}], columns=["b", "a"]) == "b  a\n2  1"
 
