@@ -660,8 +660,8 @@ def _cancel_callback_raised(exc: Exception) -> None:
 def _internal_error(dispatcher: Dispatcher, conn: Connection, exc: BaseException, reply_id: Any) -> None:
     """Answers a request whose handler raised. An Exception is logged and passed to on_error; a
     KeyboardInterrupt or SystemExit goes on out of poll() (the caller re-raises it), the host's
-    to act on, but its request is answered first: a client reading replies in step would take
-    the next one for it."""
+    to act on, but its request is answered first (a SystemExit's as the server's close answers
+    what it leaves): a client reading replies in step would take the next one for it."""
     dispatcher.stats.errors += 1
     dispatcher.outcome = "error"
     if isinstance(exc, Exception):
@@ -671,7 +671,10 @@ def _internal_error(dispatcher: Dispatcher, conn: Connection, exc: BaseException
                 dispatcher.on_error(exc)
             except Exception:
                 log.exception("on_error callback raised")
-    _write_error(dispatcher, conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
+    if isinstance(exc, SystemExit):  # sys.exit() in a handler: the host is leaving, on purpose
+        _write_error(dispatcher, conn, reply_id, "shutdown", "server shutting down")
+    else:
+        _write_error(dispatcher, conn, reply_id, "internal", f"internal error ({type(exc).__name__})")
 
 
 def _write_error(dispatcher: Dispatcher, conn: Connection, reply_id: Any, code: str, message: str) -> None:

@@ -612,7 +612,10 @@ def _admit(
     else:
         from ._tls import TlsTransport, wrap  # lazily: a plaintext server never imports ssl
 
-        sock = wrap(sock, listener.tls)
+        tls_sock = wrap(sock, listener.tls)
+        if tls_sock is None:  # the client reset before the accept
+            return False
+        sock = tls_sock
         transport = TlsTransport(sock, loop, server._limits, now, listener.cert_levels, server.tls_handshake_timeout)
     conn = transport.conn = Connection(
         server, server._dispatcher, transport, listener, server._next_id, listener.rank, server._token is None

@@ -190,8 +190,17 @@ def tolerate_unexpected_eof(context: ssl.SSLContext) -> None:
         context.options |= _IGNORE_UNEXPECTED_EOF
 
 
-def wrap(sock: Any, context: ssl.SSLContext) -> ssl.SSLSocket:
-    return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+def wrap(sock: Any, context: ssl.SSLContext) -> Optional[ssl.SSLSocket]:
+    """The accepted socket as a TLS one, its handshake to come; None when the client is gone
+    already. wrap_socket() asks the socket's peer, and on ENOTCONN (a client that reset before
+    the accept) reads it: either raises, which out of poll() would stop the host's loop on any
+    client's whim. The socket it took is closed when that error is dropped."""
+    try:
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except OSError as exc:  # ssl.SSLError too
+        log.debug("connection dropped before its TLS handshake: %s", exc)
+        sock.close()  # (a no-op once wrap_socket has taken its descriptor)
+        return None
 
 
 def refuse(sock: Any, listener: Any, loop: Any, message: bytes, timeout: float = HANDSHAKE_TIMEOUT) -> None:
@@ -202,7 +211,9 @@ def refuse(sock: Any, listener: Any, loop: Any, message: bytes, timeout: float =
         hang_up(sock, False)
         sock.close()
         return
-    TlsRefusal(wrap(sock, listener.tls), loop, message, listener.refusals, timeout)
+    tls_sock = wrap(sock, listener.tls)
+    if tls_sock is not None:
+        TlsRefusal(tls_sock, loop, message, listener.refusals, timeout)
 
 
 class TlsRefusal:

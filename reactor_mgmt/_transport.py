@@ -444,9 +444,10 @@ class Transport:
 
     def abort(self, exc: BaseException) -> None:
         """Closes after a send or read failed. Replies still queued are lost with the
-        connection: said as a warning, so a reply cut short is never silent (a TLS session that
-        failed its writes once dropped them with a debug record alone)."""
-        if self.out_size:
+        connection: unless the client reset it or went away (its own choice, and a common one:
+        a debug record), said as a warning, so a reply cut short by a failure of ours is never
+        silent (a TLS session that failed its writes once dropped them with a debug record)."""
+        if self.out_size and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             suffix = _DROPPED.allow(self.loop.clock())
             if suffix is not None:
                 log.warning(

@@ -635,7 +635,7 @@ def test_thread_handler_raising_system_exit_closes_the_server_and_says_so(make_s
         handle = server.start_thread()
         client = blocking_client(server)
         client.sendall(b"ping\nshutdown\n")
-        assert recv_lines(client, 2) == ["pong"]  # then EOF, not silence
+        assert recv_lines(client, 3) == ["pong", "ERR server shutting down"]  # then EOF, not silence
         handle.thread.join(TIMEOUT)
     assert not handle.alive and server.closed and server.integration is None
     assert any("thread ended on SystemExit; closing the server" in r.getMessage() for r in caplog.records)

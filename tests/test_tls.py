@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import struct
 import subprocess
 import time
 
@@ -284,6 +285,28 @@ def test_plaintext_http_or_garbage_on_a_tls_port_is_closed_and_runs_nothing(make
     assert _closed_by_server(server, sock)
     assert ran == [] and server.connections == []
     sock.close()
+
+
+@pytest.mark.parametrize("limit", [1, 10], ids=["refused", "admitted"])
+@pytest.mark.parametrize("early", [b"", b"\x16\x03\x01"], ids=["silent", "hello-begun"])
+def test_a_client_that_resets_before_its_accept_does_not_stop_poll(make_server, pki, limit, early):
+    # wrap_socket() asks the peer's name and, as it is gone, reads the socket: both raised out
+    # of poll() (ConnectionResetError, or an SSLError for bytes sent first), stopping the host.
+    import warnings
+
+    server = make_server("127.0.0.1", tls=_server_context(pki), max_connections=limit)
+    holder = _tls_connect(server, _client_context(pki))  # at limit 1, the next is refused
+    gone = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    if early:
+        gone.sendall(early)
+    gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    gone.close()  # a reset, before the server accepts it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the socket wrap_socket took, freed
+        for _ in range(5):
+            server.poll(0.01)
+    assert _request(server, holder, b"ping\n") == b"pong\n"
+    holder.close()
 
 
 def test_a_stalled_handshake_is_closed_at_the_deadline_and_does_not_block_poll(make_server, pki):

@@ -200,8 +200,8 @@ def use_the_host_loop(server: Server) -> None:
     assert server.port is not None and server.addresses
     fd: int = server.fileno()
     deadline: Optional[float] = server.next_deadline()
-    busy: bool = server.busy
     handled: int = server.poll(0.0, budget=0.005)
+    busy: bool = server.busy  # the poll ran what was due (build_server's Pending resolves at once)
     assert fd >= 0 and (deadline is None or deadline > 0) and not busy and handled >= 0
     server.call_soon_threadsafe(lambda: None)
     server.ensure_waker()
