@@ -523,7 +523,7 @@ class _Shell:
                     continue
                 if words in (["quit"], ["exit"]):
                     return EXIT_OK
-                if self.client is None and len(words) == 2 and words[0] == "auth":
+                if self.client is None and len(words) == 2 and words[0] == "auth" and words[1] != "challenge":
                     # Fanned out, each command connects to every endpoint anew: sent as a command,
                     # the token would authenticate connections that close at once.
                     runner.token = words[1]

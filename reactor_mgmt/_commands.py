@@ -778,7 +778,7 @@ _OPTIONS_ATTRIBUTE = "_reactor_mgmt_options"
 
 
 def command_options(**options: Any) -> Callable[[_F], _F]:
-    """Sets registration options (name, level, hidden, help) on a method for add_commands()."""
+    """Sets registration options (name, level, hidden, help, usage) on a method for add_commands()."""
 
     def decorate(fn: _F) -> _F:
         setattr(fn, _OPTIONS_ATTRIBUTE, options)

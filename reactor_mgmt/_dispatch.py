@@ -729,7 +729,8 @@ def _finite_float(text: str) -> float:
 
 def decode_json(line: str) -> Any:
     """A JSON request line's value, or the error, exactly as json.loads(line) gives them (for
-    the lines that come here: a str that starts with "{").
+    the lines that come here: a str that starts with "{"), but for a number past a float's
+    range, which is NumberOutOfRange where json reads infinity.
 
     Every JSON request (a script's, the CLI's) comes here. The C scanner that JSONDecoder.decode()
     runs is called directly: decode() wraps it in two Python frames and two regular-expression

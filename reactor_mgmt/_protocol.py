@@ -57,18 +57,19 @@ class TelnetFilter:
     that reached it.
     """
 
-    __slots__ = ("_state", "_after_cr", "_subneg_bytes", "ended")
+    __slots__ = ("_state", "_after_cr", "_after_cr_nul", "_subneg_bytes", "ended")
 
     def __init__(self) -> None:
         self._state = _DATA
         self._after_cr = False
+        self._after_cr_nul = False  # a CR NUL ended the line: an LF right after it is the same end
         self._subneg_bytes = 0
         self.ended = False
 
     def feed(self, data: bytes) -> bytes:
         if self.ended:
             return b""
-        if self._state == _DATA and data.find(_IAC_BYTE) < 0 and data.find(_NUL_BYTE) < 0:
+        if self._state == _DATA and not self._after_cr_nul and data.find(_IAC_BYTE) < 0 and data.find(_NUL_BYTE) < 0:
             # Plain text from nc or a script: nothing to rewrite, so no per-byte loop.
             if data:
                 self._after_cr = data[-1] == 13
@@ -79,8 +80,13 @@ class TelnetFilter:
         out = bytearray()
         state = self._state
         after_cr = self._after_cr
+        after_cr_nul = self._after_cr_nul
         subneg_bytes = self._subneg_bytes
         for byte in data:
+            if after_cr_nul:
+                after_cr_nul = False
+                if byte == 10 and state == _DATA:  # CR NUL LF: not telnet, but one line end, not two
+                    continue
             if state == _DATA:
                 if byte == IAC:
                     state = _COMMAND
@@ -89,6 +95,7 @@ class TelnetFilter:
                     # a line that waited for an LF would never be answered (RFC 1123 3.3.1).
                     out.append(10)
                     after_cr = False
+                    after_cr_nul = True
                 else:
                     out.append(byte)
                     after_cr = byte == 13
@@ -132,6 +139,7 @@ class TelnetFilter:
                     state = _SUBNEG
         self._state = state
         self._after_cr = after_cr
+        self._after_cr_nul = after_cr_nul
         self._subneg_bytes = subneg_bytes
         return bytes(out)
 
@@ -347,6 +355,8 @@ class RequestDecoder:
             text = data[:-1].decode("ascii")
             if text.isprintable() and text and text[0] != " " and text[-1] != " ":
                 return [text]
+        if not data:  # nothing read: no state changes (a layer's fast path would clear a flag)
+            return []
         self.blank_after = None  # it spoke of the read before this one
         items = self._feed(data)
         telnet, lines = self._layers()
@@ -356,6 +366,7 @@ class RequestDecoder:
             and not self.ended
             and telnet._state == _DATA
             and not telnet._after_cr
+            and not telnet._after_cr_nul
             and self.blank_after is None
         )
         return items
@@ -378,7 +389,7 @@ class RequestDecoder:
                     lines._partial = bytearray(tail.encode("ascii"))
                 elif lines._partial:
                     lines._partial = bytearray()
-                telnet._after_cr = False
+                telnet._after_cr = telnet._after_cr_nul = False
                 return items
             if lines._partial:
                 data = data[len(lines._partial) :]
@@ -458,6 +469,7 @@ class RequestDecoder:
             previous = item
         if after:
             self.blank_after = frozenset(len(kept) - index for index in after)
+            self._at_rest = False  # the next read's slow path replaces it: the fast one keeps it
         return kept
 
     def _decode_one(self, line: Union[bytes, _LineTooLongType]) -> Item:

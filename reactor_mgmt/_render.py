@@ -237,10 +237,9 @@ def render_table(rows: Sequence[Mapping[Any, Any]], columns: Optional[List[str]]
 
 
 def _aligned(cells: List[List[str]], count: int) -> str:
-    if not all(cell.isascii() for line in cells for cell in line):
-        return _aligned_wide(cells, count)
     widths = [max(len(line[i]) for line in cells) for i in range(count)]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+    text = "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in cells)
+    return text if text.isascii() else _aligned_wide(cells, count)  # one scan, not a test per cell
 
 
 def _aligned_wide(cells: List[List[str]], count: int) -> str:

@@ -201,6 +201,7 @@ class Server:
             hidden: bool = False,
             help: Optional[str] = None,
             replace: bool = False,
+            usage: Optional[str] = None,
         ) -> Callable[[_F], _F]: ...
 
     def command(
@@ -212,17 +213,19 @@ class Server:
         hidden: bool = False,
         help: Optional[str] = None,
         replace: bool = False,
+        usage: Optional[str] = None,
     ) -> Any:
         """Registers a handler; use as ``@server.command`` or ``@server.command(name="show x")``.
 
         The command name defaults to the function name, with underscores read as spaces, so
         ``def show_stats()`` answers ``show stats``. A name already registered by the host raises
-        ConfigError unless ``replace`` is true; a builtin's name is simply taken over.
+        ConfigError unless ``replace`` is true; a builtin's name is simply taken over. ``usage``,
+        the words after the name, replaces the signature's usage line (help, usage errors).
         """
 
         def register(function: Callable[..., Any]) -> Callable[..., Any]:
             command_name = name if name is not None else function.__name__.replace("_", " ")
-            self.add_command(command_name, function, help=help, level=level, hidden=hidden, replace=replace)
+            self.add_command(command_name, function, help, level=level, hidden=hidden, replace=replace, usage=usage)
             return function
 
         if fn is not None:
@@ -238,8 +241,9 @@ class Server:
         level: str = "user",
         hidden: bool = False,
         replace: bool = False,
+        usage: Optional[str] = None,
     ) -> Command:
-        return self.registry.add(name, fn, help=help, level=level, hidden=hidden, replace=replace)
+        return self.registry.add(name, fn, help=help, level=level, hidden=hidden, replace=replace, usage=usage)
 
     def remove_command(self, name: str) -> None:
         self.registry.remove(name)
@@ -344,8 +348,6 @@ class Server:
     @property
     def connections(self) -> List[Connection]:
         return list(self._loop.connections.values())
-
-    # ---- admission ----
 
     # ---- the tick ----
 

@@ -424,8 +424,10 @@ def test_a_fanned_out_shell_keeps_a_typed_auth_token_for_the_next_commands(monke
 
     seen = []
     monkeypatch.setattr(_cli._Shell, "run", lambda shell, words: seen.append((shell.runner.token, words)))
-    assert _history_after(monkeypatch, ["ping", "auth s3cret", "status"], run_patched=True) == ["ping", "status"]
-    assert seen == [(None, ["ping"]), ("s3cret", ["status"])]
+    typed = ["ping", "auth s3cret", "status", "auth challenge"]
+    assert _history_after(monkeypatch, typed, run_patched=True) == ["ping", "status"]
+    # `auth challenge` is the command that asks for a nonce, not a token: it is sent.
+    assert seen == [(None, ["ping"]), ("s3cret", ["status"]), ("s3cret", ["auth", "challenge"])]
     err = capsys.readouterr().err
     assert "token kept" in err and "s3cret" not in err
 

@@ -759,6 +759,26 @@ def test_an_explicit_usage_is_the_one_help_and_binding_errors_print():
         Command("pair", lambda: None, connection_type=Connection, usage="FIRST SECOND").call(["a"], None)
 
 
+def test_usage_can_be_given_through_every_public_way_to_register(make_server):
+    # Command took usage=, but add_command(), @command(...) and @command_options refused it.
+    srv = make_server("127.0.0.1")
+    srv.add_command("pair", lambda *words: " ".join(words), usage="FIRST SECOND")
+    srv.command(name="trio", usage="A B C")(lambda *words: "ok")
+
+    class Tools:
+        @reactor_mgmt.command_options(usage="KEY VALUE")
+        def put(self, *words: str) -> str:
+            """Stores a value."""
+            return "stored"
+
+    srv.add_commands(Tools())
+    assert [srv.registry.commands[name].usage for name in ("pair", "trio", "put")] == [
+        "pair FIRST SECOND",
+        "trio A B C",
+        "put KEY VALUE",
+    ]
+
+
 def test_quit_sends_earlier_replies_then_closes(server):
     client = RawClient(server)
     client.send("echo a\nquit\necho b\n")

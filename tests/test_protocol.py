@@ -122,6 +122,17 @@ def test_telnet_cr_nul_ends_the_line():
     assert decode([b"ping\r\x00echo x\r\x00"]) == ["ping", "echo x"]
 
 
+@pytest.mark.parametrize("chunks", [[b"ping\r\x00\n"], [b"ping\r\x00", b"\n"], [b"ping\r\x00", b"", b"\necho x\n"]])
+@pytest.mark.parametrize("keep_blank", [False, True], ids=["", "subscribed"])
+def test_telnet_cr_nul_lf_is_one_line_end_not_two(chunks, keep_blank):
+    # Not telnet, but it was one line end before CR NUL ended lines: a blank line after it would
+    # stop a subscription the line started (noted in blank_after, or, one running, delivered).
+    decoder = RequestDecoder()
+    decoder.keep_blank = keep_blank
+    items = [item for chunk in chunks for item in decoder.feed(chunk)]
+    assert items == ["ping", "echo x"][: 1 + (len(chunks) == 3)] and decoder.blank_after is None
+
+
 def test_telnet_cr_nul_split_across_feeds():
     assert telnet([b"a\r", b"\x00b"]) == b"a\r\nb"
     assert telnet([b"a\r", b"", b"\x00b"]) == b"a\r\nb"

@@ -960,6 +960,12 @@ def test_each_subscription_of_a_read_is_stopped_by_the_blank_line_behind_it(serv
     assert client.lines(1) == ["after"]
     settle(client, 0.15)
     assert client.buffer == b""
+    # The note of that read's blank line is its own: a subscription of a later one-line read
+    # (the decoder's fast path) runs. It found the note left over and stopped at once.
+    client.send("watch 0.1 echo tick\n")
+    assert client.lines(2) == ["tick", "tick"]
+    client.send("\n")
+    settle(client, 0.15)
 
 
 def test_a_blank_line_after_a_subscription_queued_behind_a_pending_stops_it(deferred):
