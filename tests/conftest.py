@@ -205,6 +205,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def default_sigint() -> None:
+    """A child's preexec_fn: Ctrl-C at its default, whatever the test run inherited. A run
+    started in the background by a non-interactive shell ignores SIGINT, children inherit that,
+    and Python then installs no handler: a child sent Ctrl-C by a test would go on for good."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def child_env(extra: Optional[dict] = None) -> dict:
     """Environment for a child process that runs this checkout's reactor_mgmt."""
     env = dict(os.environ)

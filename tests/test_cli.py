@@ -10,7 +10,7 @@ from typing import Iterator, List
 import pytest
 
 import reactor_mgmt
-from conftest import ROOT, Daemon, ServerThread, child_env, free_port
+from conftest import ROOT, Daemon, ServerThread, child_env, default_sigint, free_port
 from reactor_mgmt import Pending
 from reactor_mgmt._cli import Completer, main, parse_help
 from reactor_mgmt._errors import CommandError
@@ -224,6 +224,7 @@ def test_ctrl_c_ends_a_one_shot_stream_quietly(slow_demo):
         stderr=subprocess.PIPE,
         env=env,
         cwd=ROOT,
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout.readline() == b"line 1\n"

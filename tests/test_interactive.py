@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import ROOT, TIMEOUT, child_env, free_port
+from conftest import ROOT, TIMEOUT, child_env, default_sigint, free_port
 
 pexpect = pytest.importorskip("pexpect")
 
@@ -24,6 +24,7 @@ def spawn(home: str, *args: str, env: dict | None = None):
         encoding="utf-8",
         timeout=3 * TIMEOUT,
         dimensions=(40, 200),
+        preexec_fn=default_sigint,  # Ctrl-C is sent to it
     )
     return child
 
