@@ -115,6 +115,7 @@ def register(
     *,
     tls: bool = False,
     unique: bool = False,
+    path: Optional[str] = None,
 ) -> str:
     """Writes (or rewrites) this process's discovery file and returns its path.
 
@@ -122,16 +123,18 @@ def register(
     Calling it again with the same name and pid replaces the file, as after a new listener;
     with ``unique``, a file this process still has under that name is kept, and the new one is
     NAME.PID.2.json (.3, ...): two servers of one process with the same name are both found.
+    ``path``, a file an earlier call returned, is rewritten (a server's new listener).
     Raises DiscoveryError when the directory is not safe to use.
     """
     folder = _safe_directory(create=True)
     assert folder is not None
-    safe_name = _UNSAFE_NAME.sub("_", name).strip(".") or "server"
-    path = os.path.join(folder, f"{safe_name}.{pid}{_SUFFIX}")
-    copy = 1
-    while unique and path in _written:
-        copy += 1
-        path = os.path.join(folder, f"{safe_name}.{pid}.{copy}{_SUFFIX}")
+    if path is None:
+        safe_name = _UNSAFE_NAME.sub("_", name).strip(".") or "server"
+        path = os.path.join(folder, f"{safe_name}.{pid}{_SUFFIX}")
+        copy = 1
+        while unique and path in _written:
+            copy += 1
+            path = os.path.join(folder, f"{safe_name}.{pid}.{copy}{_SUFFIX}")
     record = {
         "name": name,
         "pid": pid,

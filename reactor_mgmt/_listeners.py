@@ -251,6 +251,9 @@ class Listeners:
         self.address_file = address_file
         self.address_file_id: Optional[Tuple[int, int]] = None
         self.writing = False
+        # Called after the address file, whenever the addresses change once writing: the
+        # server's discovery entry (set by the server when it has one).
+        self.on_publish: Optional[Callable[[], None]] = None
         self.warn_remote = warn_remote
         self.closed = False  # closed or abandoned: a listener added now would be bound for no one
 
@@ -293,7 +296,7 @@ class Listeners:
             raise
         for address in bound:
             self.warn_if_remote(address[0])
-        self.write_address_file()
+        self.publish()
         return bound
 
     def unix(
@@ -318,7 +321,7 @@ class Listeners:
         except BaseException:
             listener.close()  # and the file it made
             raise
-        self.write_address_file()
+        self.publish()
         return path
 
     def adopt(self, sock: socket.socket, level: Optional[str]) -> Address:
@@ -327,7 +330,7 @@ class Listeners:
         if isinstance(address, tuple):
             self.warn_if_remote(address[0])
         self._add(Listener(sock, address, level_rank(level or default)))
-        self.write_address_file()
+        self.publish()
         return address
 
     def adopt_fd(self, fd: int, level: Optional[str]) -> Address:
@@ -364,9 +367,16 @@ class Listeners:
     def addresses(self) -> List[Address]:
         return [listener.address for listener in self.listeners]
 
-    def write_address_file(self) -> None:
-        if self.address_file is not None and self.writing:
+    def publish(self) -> None:
+        """Writes the addresses where they are published, once ``writing`` (after the listeners
+        the constructor asked for): the address file, and the discovery entry (on_publish). A
+        listener added later is published too, so `reactor-mgmt --app` finds it."""
+        if not self.writing:
+            return
+        if self.address_file is not None:
             self.address_file_id = write_address_file(self.address_file, self.addresses())
+        if self.on_publish is not None:
+            self.on_publish()
 
     def abandon(self) -> None:
         """In a forked child: closes this process's copies of the listening sockets, and

@@ -714,21 +714,28 @@ def _listen_as_asked(
     # Written once every listener asked for here is up: a second copy of a daemon that fails
     # on its Unix socket must not first replace the running copy's address file.
     server._listening.writing = True
-    if server._listening.listeners:
-        server._listening.write_address_file()
     if server._discover is not None:  # one file per server in the discovery directory
-        from ._discovery import default_name, register
+        server._listening.on_publish = functools.partial(_publish_discovery, server)
+    if server._listening.listeners:
+        server._listening.publish()
 
-        name, tls_on = server._discover
-        server._discovery_path = register(
-            name or default_name(),
-            os.getpid(),
-            server.addresses,
-            server.stats.started,
-            server.auth_required,
-            tls=tls_on,
-            unique=True,  # another Server of this process may have the name
-        )
+
+def _publish_discovery(server: Server) -> None:
+    """Writes the server's discovery entry, or rewrites it with a listener added later."""
+    from ._discovery import default_name, register
+
+    assert server._discover is not None
+    name, tls_on = server._discover
+    server._discovery_path = register(
+        name or default_name(),
+        os.getpid(),
+        server.addresses,
+        server.stats.started,
+        server.auth_required,
+        tls=tls_on or any(listener.tls is not None for listener in server._listening.listeners),
+        unique=True,  # another Server of this process may have the name
+        path=server._discovery_path,  # this server's file once written
+    )
 
 
 def _abandon(server: Server) -> None:
@@ -746,6 +753,7 @@ def _abandon(server: Server) -> None:
     if server._relisten is not None:  # the child gets a management socket of its own
         host, port, unix, level, tls, cert_levels, backlog, address_file = server._relisten
         server._pid = os.getpid()
+        server._discovery_path = None  # the parent's file stays the parent's: the child writes its own
         if server._polling != _get_ident():  # another thread was in poll(): it is not in this process
             server._polling = 0  # (a handler that forked returns through that poll(), which resets it)
         old = server._loop

@@ -130,6 +130,28 @@ def test_two_servers_of_one_process_with_one_name_are_both_found(runtime_dir):
     assert instances("twin") == []
 
 
+def test_a_listener_added_later_is_published_in_the_discovery_file(runtime_dir, tmp_path):
+    # The entry was written once, in the constructor: a server made with no listener, then
+    # given a Unix socket (the systemd or privileged-bind paths), was listed with no address,
+    # though its address file had the socket. With two of one name, each keeps its own file.
+    unix = str(tmp_path / "app.sock")
+    first = reactor_mgmt.Server(None, None, name="later", discover=True)
+    second = reactor_mgmt.Server("127.0.0.1", 0, name="later", discover=True)
+    try:
+        assert [instance.addresses for instance in instances("later")] == [[f"127.0.0.1:{second.port}"]]
+        first.listen_unix(unix)
+        first.listen_tcp("127.0.0.1", 0)
+        found = {os.path.basename(instance.path): instance.addresses for instance in instances("later")}
+        assert found == {
+            f"later.{os.getpid()}.2.json": [unix, f"127.0.0.1:{first.port}"],
+            f"later.{os.getpid()}.json": [f"127.0.0.1:{second.port}"],
+        }
+    finally:
+        first.close()
+        second.close()
+    assert instances("later") == []
+
+
 def test_directory_falls_back_to_tmp(monkeypatch):
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert directory() == f"/tmp/reactor_mgmt-{os.getuid()}"
