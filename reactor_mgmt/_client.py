@@ -1042,7 +1042,7 @@ class FanOut:
                 value if kind == _wire.RESULT else None, self.token, cleartext_safe(job.endpoint, self.tls_context)
             )
         except ConnectionFailed as exc:
-            self._fail(job, f"{job.endpoint.label}: {exc}")
+            self._fail(job, str(exc))  # the printer prefixes the endpoint's label itself
             return
         proof = b"" if follow_up is None else request_line(follow_up, _PROOF_ID)
         self._send_next(job, proof + self.command_line)

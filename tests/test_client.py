@@ -701,3 +701,19 @@ def test_text_sent_between_requests_is_kept_not_taken_for_a_closed_connection(se
         time.sleep(0.3)
         assert list(client.exchange({"cmd": "add", "args": [1, 2]})) == [("text", "late news"), ("result", 3)]
         assert served.stats.connections_total == 1
+
+
+def test_fan_out_names_the_endpoint_of_a_cleartext_refusal_once():
+    # The refusal's message carried the label, and the CLI prefixes every message with it too:
+    # `127.0.0.1:41043: 127.0.0.1:41043: the server offers no challenge-response...`
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token="t")
+    srv.remove_command("auth challenge")
+    srv.remove_command("auth response")
+    _add_commands(srv)
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        outcomes, events = _run([address], {"argv": ["add", "1", "2"]}, token="t", timeout=5)
+    assert outcomes == [UNREACHABLE]
+    ((label, kind, message),) = events
+    assert (label, kind) == (address, "failed")
+    assert message.startswith("the server offers no challenge-response") and address not in message
