@@ -997,13 +997,15 @@ class FanOut:
         except ReplyTooLong as exc:
             self._fail(job, str(exc))
             return
-        self._touch(job)
         emit = self.on_event
         endpoint = job.endpoint
         while job.sock is not None:
             line = job.reader.next_line()
             if line is None:
                 return
+            # The timeout bounds the wait for each whole line, as Client._read_line's does: bytes
+            # that do not finish one (a peer trickling a byte at a time) do not re-arm it.
+            self._touch(job)
             frame = _wire.read_frame(line)
             if frame is None or frame[1] not in (_COMMAND_ID, _AUTH_ID, _PROOF_ID, None):
                 job.last_text = line

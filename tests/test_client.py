@@ -717,3 +717,84 @@ def test_fan_out_names_the_endpoint_of_a_cleartext_refusal_once():
     ((label, kind, message),) = events
     assert (label, kind) == (address, "failed")
     assert message.startswith("the server offers no challenge-response") and address not in message
+
+
+class _FakeServer:
+    """A listening socket on 127.0.0.1 whose every connection ``serve(sock)`` answers, on a
+    thread of its own; for replies no real server sends. Every socket has a timeout."""
+
+    def __init__(self, serve) -> None:
+        import threading
+
+        self.serve = serve
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.threads: List = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.stopping.is_set():
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                continue
+            sock.settimeout(TIMEOUT)
+            thread = threading.Thread(target=self._one, args=(sock,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _one(self, sock: socket.socket) -> None:
+        try:
+            self.serve(sock, self.stopping)
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    def __enter__(self) -> _FakeServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopping.set()
+        self.thread.join(TIMEOUT)
+        for thread in self.threads:
+            thread.join(TIMEOUT)
+        self.listener.close()
+
+
+def _read_request_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_fan_out_timeout_bounds_a_reply_line_that_trickles_in():
+    # The deadline was re-armed by every recv, so a server sending a byte every 0.1 s held a
+    # fan-out with timeout=0.5 until its line was done (here 4 s); Client(timeout=) raises.
+    line = b'{"id": 2, "ok": true, "result": "' + b"z" * 10 + b'"}\n'
+
+    def trickle(sock: socket.socket, stopping) -> None:
+        _read_request_line(sock)
+        for byte in line:
+            if stopping.is_set():
+                return
+            sock.sendall(bytes([byte]))
+            time.sleep(0.1)
+
+    with _FakeServer(trickle) as fake:
+        began = time.monotonic()
+        outcomes, events = _run([fake.address], {"argv": ["who"]}, timeout=0.5)
+        took = time.monotonic() - began
+    assert outcomes == [UNREACHABLE] and events == [(fake.address, "failed", "timed out: no reply within 0.5 s")]
+    assert took < 2.0, took
