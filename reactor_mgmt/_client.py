@@ -721,6 +721,7 @@ class _Job:
         "streaming",
         "send_error",
         "handshaking",
+        "auth_step",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -736,6 +737,9 @@ class _Job:
         self.streaming = False  # the reply began as a stream: stream_timeout bounds each wait
         self.send_error = ""  # our request could not be sent: said if the server says nothing
         self.handshaking = False  # connected over TCP, the TLS handshake not finished yet
+        # The id of the auth request whose answer is outstanding (_AUTH_ID, then _PROOF_ID), or
+        # None: a frame with a reserved id is an answer only then, and otherwise a handler's text.
+        self.auth_step: Optional[int] = None
 
 
 class FanOut:
@@ -898,7 +902,7 @@ class FanOut:
                     self._start_tls(job)
                     return
             job.connected = True
-            job.out = self.payload
+            self._send_payload(job)
             self._touch(job)
         try:
             sent = sock.send(job.out)
@@ -954,9 +958,14 @@ class FanOut:
             self._fail(job, f"cannot connect: TLS handshake failed: {_tls_reason(exc)}")
             return
         job.handshaking = False
-        job.out = self.payload
+        self._send_payload(job)
         self._touch(job)
         self._selector.modify(sock, selectors.EVENT_WRITE, job)
+
+    def _send_payload(self, job: _Job) -> None:
+        """What a new connection sends first: `auth challenge` with a token, else the command."""
+        job.out = self.payload
+        job.auth_step = _AUTH_ID if self.token is not None else None
 
     def _send_next(self, job: _Job, data: bytes) -> None:
         """Queues more requests on a connection that is waiting for replies."""
@@ -1007,7 +1016,9 @@ class FanOut:
             # that do not finish one (a peer trickling a byte at a time) do not re-arm it.
             self._touch(job)
             frame = _wire.read_frame(line)
-            if frame is None or frame[1] not in (_COMMAND_ID, _AUTH_ID, _PROOF_ID, None):
+            # The auth ids answer only the auth step in flight: before it and after it, a line
+            # with such an id is a handler's own output (conn.write), as any other id's is.
+            if frame is None or (frame[1] not in (_COMMAND_ID, None) and frame[1] != job.auth_step):
                 job.last_text = line
                 emit(endpoint, "text", line)
                 continue
@@ -1018,6 +1029,8 @@ class FanOut:
                 # Only a success answers the token: anything else for it fails the endpoint.
                 if kind not in (_wire.RESULT, _wire.END):
                     self._finish(job, ERROR, "error", _remote_error(value if kind == _wire.ERROR else {}))
+                else:
+                    job.auth_step = None
             elif kind == _wire.ITEM:
                 emit(endpoint, "item", value)
             elif kind == _wire.OPEN:
@@ -1033,20 +1046,21 @@ class FanOut:
     def _on_challenge(self, job: _Job, kind: str, value: Any) -> None:
         """`auth challenge` answered: send the proof (or, from a server without challenges, the
         cleartext token) and then the command, pipelined."""
-        assert self.token is not None
-        if kind in (_wire.OPEN, _wire.ITEM):  # not an answer to `auth challenge`: wait for its end
+        token = self.token
+        if token is None or kind in (_wire.OPEN, _wire.ITEM):  # no answer to `auth challenge` yet
             return
         if kind == _wire.ERROR and value.get("code") not in _NO_CHALLENGE:
             self._finish(job, ERROR, "error", _remote_error(value))
             return
         try:
             follow_up = auth_requests(
-                value if kind == _wire.RESULT else None, self.token, cleartext_safe(job.endpoint, self.tls_context)
+                value if kind == _wire.RESULT else None, token, cleartext_safe(job.endpoint, self.tls_context)
             )
         except ConnectionFailed as exc:
             self._fail(job, str(exc))  # the printer prefixes the endpoint's label itself
             return
         proof = b"" if follow_up is None else request_line(follow_up, _PROOF_ID)
+        job.auth_step = None if follow_up is None else _PROOF_ID
         self._send_next(job, proof + self.command_line)
 
     def _touch(self, job: _Job) -> None:

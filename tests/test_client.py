@@ -798,3 +798,23 @@ def test_fan_out_timeout_bounds_a_reply_line_that_trickles_in():
         took = time.monotonic() - began
     assert outcomes == [UNREACHABLE] and events == [(fake.address, "failed", "timed out: no reply within 0.5 s")]
     assert took < 2.0, took
+
+
+@pytest.mark.parametrize("token", [None, "t"])
+def test_fan_out_takes_a_handlers_json_line_with_an_auth_id_for_text(token):
+    # Ids 1 and 3 are FanOut's `auth challenge` and proof. A handler's own output that looked
+    # like a reply with one of them crashed the run (an AssertionError with no token) or was
+    # swallowed: they answer only the auth step in flight.
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token=token)
+    relayed = ['{"id": 3, "ok": true, "result": "job 3 done"}', '{"id": 1, "ok": true, "result": "job 1 done"}']
+
+    @srv.command
+    def relay(conn: Connection) -> str:
+        conn.write("\n".join(relayed) + "\n")
+        return "relayed"
+
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        outcomes, events = _run([address], {"argv": ["relay"]}, token=token, timeout=5)
+    assert outcomes == [OK]
+    assert events == [(address, "text", relayed[0]), (address, "text", relayed[1]), (address, "result", "relayed")]
