@@ -186,8 +186,9 @@ def _endpoints(args: argparse.Namespace) -> List[Endpoint]:
 
 
 def _app_endpoints(name: str) -> List[Endpoint]:
-    """One endpoint per live instance registered as ``name``, labelled NAME[PID]."""
-    from ._discovery import instances, pick_address
+    """One endpoint per live instance registered as ``name``, labelled NAME[PID] (NAME[PID.2]
+    for a second server of that name in one process)."""
+    from ._discovery import instances, label, pick_address
 
     endpoints = []
     for instance in instances(name):
@@ -198,7 +199,7 @@ def _app_endpoints(name: str) -> List[Endpoint]:
             endpoint = Endpoint(address)
         except ValueError:
             continue
-        endpoint.label = f"{instance.name}[{instance.pid}]"
+        endpoint.label = label(instance)
         endpoints.append(endpoint)
     if not endpoints:
         from ._discovery import directory

@@ -709,6 +709,7 @@ EventSink = Callable[[Endpoint, str, Any], None]
 
 class _Job:
     __slots__ = (
+        "index",
         "endpoint",
         "candidates",
         "sock",
@@ -724,7 +725,8 @@ class _Job:
         "auth_step",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, index: int, endpoint: Endpoint) -> None:
+        self.index = index  # its place in FanOut.endpoints: two endpoints may share a label
         self.endpoint = endpoint
         self.candidates: Optional[List[Tuple[int, Any]]] = None
         self.sock: Optional[socket.socket] = None
@@ -794,12 +796,14 @@ class FanOut:
         self.command_line = request_line(request, _COMMAND_ID)
         # With a token, `auth challenge` goes first; what follows it is sent when it answers.
         self.payload = request_line({"cmd": "auth challenge"}, _AUTH_ID) if token is not None else self.command_line
-        self.outcomes: Dict[Endpoint, str] = {}
+        # By the endpoint's place in the list, not by Endpoint, which compares by label: two
+        # servers with one label would have had one outcome between them.
+        self.outcomes: Dict[int, str] = {}
         self._selector: Optional[selectors.BaseSelector] = None
         self._active: Dict[int, _Job] = {}
 
     def run(self) -> List[str]:
-        waiting: Deque[_Job] = deque(_Job(endpoint) for endpoint in self.endpoints)
+        waiting: Deque[_Job] = deque(_Job(index, endpoint) for index, endpoint in enumerate(self.endpoints))
         self._selector = selector = selectors.DefaultSelector()
         active = self._active
         try:
@@ -846,7 +850,7 @@ class FanOut:
                 self._close(job)
             selector.close()
             self._selector = None
-        return [self.outcomes.get(endpoint, UNREACHABLE) for endpoint in self.endpoints]
+        return [self.outcomes.get(index, UNREACHABLE) for index in range(len(self.endpoints))]
 
     # ---- per-endpoint steps ----
 
@@ -1069,7 +1073,7 @@ class FanOut:
 
     def _finish(self, job: _Job, outcome: str, kind: str, value: Any) -> None:
         self._close(job)
-        self.outcomes[job.endpoint] = outcome
+        self.outcomes[job.index] = outcome
         self.on_event(job.endpoint, kind, value)
 
     def _fail(self, job: _Job, message: str) -> None:

@@ -106,6 +106,11 @@ def _safe_directory(create: bool) -> Optional[str]:
     return path
 
 
+def _safe_name(name: str) -> str:
+    """The name as it goes into a file name."""
+    return _UNSAFE_NAME.sub("_", name).strip(".") or "server"
+
+
 def register(
     name: str,
     pid: int,
@@ -129,7 +134,7 @@ def register(
     folder = _safe_directory(create=True)
     assert folder is not None
     if path is None:
-        safe_name = _UNSAFE_NAME.sub("_", name).strip(".") or "server"
+        safe_name = _safe_name(name)
         path = os.path.join(folder, f"{safe_name}.{pid}{_SUFFIX}")
         copy = 1
         while unique and path in _written:
@@ -255,6 +260,16 @@ def _instance(record: Dict[str, Any], path: str) -> Optional[Instance]:
         bool(record.get("tls")),
         path,
     )
+
+
+def label(instance: Union[Instance, Any]) -> str:
+    """How `--app` names an instance: NAME[PID], and NAME[PID.2] (.3, ...) for the second
+    server of that name in one process (its file NAME.PID.2.json), so that each has a label of
+    its own."""
+    stem = os.path.basename(instance.path)[: -len(_SUFFIX)]
+    prefix = f"{_safe_name(instance.name)}.{instance.pid}."
+    copy = stem[len(prefix) :] if stem.startswith(prefix) else ""
+    return f"{instance.name}[{instance.pid}.{copy}]" if copy.isdigit() else f"{instance.name}[{instance.pid}]"
 
 
 def pick_address(instance: Union[Instance, Any]) -> Optional[str]:

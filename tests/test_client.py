@@ -818,3 +818,23 @@ def test_fan_out_takes_a_handlers_json_line_with_an_auth_id_for_text(token):
         outcomes, events = _run([address], {"argv": ["relay"]}, token=token, timeout=5)
     assert outcomes == [OK]
     assert events == [(address, "text", relayed[0]), (address, "text", relayed[1]), (address, "result", "relayed")]
+
+
+def test_fan_out_keeps_an_outcome_for_each_of_two_endpoints_with_one_label():
+    # Outcomes were keyed by Endpoint, which compares by label: the ERR of one was overwritten
+    # by the other's OK, and the run said 2 ok.
+    good = reactor_mgmt.Server("127.0.0.1", 0)
+    erring = reactor_mgmt.Server("127.0.0.1", 0)
+    good.add_command("who", lambda: "good")
+
+    @erring.command
+    def who() -> str:
+        raise CommandError("erring")
+
+    endpoints = [Endpoint(f"127.0.0.1:{good.port}"), Endpoint(f"127.0.0.1:{erring.port}")]
+    for endpoint in endpoints:
+        endpoint.label = "twin[1]"
+    with ServerThread(good, erring):
+        for order in (endpoints, endpoints[::-1]):
+            outcomes, events = _run(order, {"argv": ["who"]}, timeout=5)
+            assert outcomes == ([OK, ERROR] if order is endpoints else [ERROR, OK]), events

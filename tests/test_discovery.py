@@ -15,9 +15,10 @@ from typing import Iterator, List
 import pytest
 
 import reactor_mgmt
-from conftest import ROOT, TIMEOUT, child_env
+from conftest import ROOT, TIMEOUT, ServerThread, child_env
 from reactor_mgmt import _discovery
 from reactor_mgmt._discovery import DiscoveryError, directory, instances, pick_address, register, unregister
+from reactor_mgmt._errors import CommandError
 from test_cli import run_cli
 
 WORKER = r"""
@@ -381,3 +382,37 @@ def test_ls_shows_a_start_time_localtime_cannot_take(monkeypatch, capsys):
     assert main(["ls"]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[:2] == ["app", str(os.getpid())] and " ? " in out
+
+
+def test_app_labels_two_servers_of_one_process_with_one_name_apart(runtime_dir):
+    # Both were labelled twin[PID], and the fan-out kept one outcome for the two: `2 ok`, exit 0
+    # though one answered ERR.
+    first = reactor_mgmt.Server("127.0.0.1", 0, name="twin", discover=True)
+    second = reactor_mgmt.Server("127.0.0.1", 0, name="twin", discover=True)
+    first.add_command("who", lambda: "first")
+
+    @second.command
+    def who() -> str:
+        raise CommandError("second fails")
+
+    pid = os.getpid()
+    assert [_discovery.label(instance) for instance in instances("twin")] == [f"twin[{pid}.2]", f"twin[{pid}]"]
+    with ServerThread(first, second):
+        proc = run_cli("--app", "twin", "who")
+    assert proc.stdout == f"twin[{pid}]: first\n", proc.stderr
+    assert proc.stderr == f"twin[{pid}.2]: ERR second fails\n1 ok, 1 error, 0 unreachable\n"
+    assert proc.returncode == 1
+
+
+@pytest.mark.parametrize("name", ["app", "app.2", "my app/1", "x.9"])
+def test_the_label_of_an_instance_names_its_copy_whatever_its_name(runtime_dir, name):
+    paths = [register(name, 2, [("127.0.0.1", port)], time.time(), False, unique=True) for port in (1, 2, 3)]
+    try:
+        labels = {
+            path: _discovery.label(_discovery._instance(json.loads(Path(path).read_text()), path)) for path in paths
+        }
+        assert [labels[path] for path in paths] == [f"{name}[2]", f"{name}[2.2]", f"{name}[2.3]"]
+    finally:
+        for path in paths:
+            os.unlink(path)
+            _discovery._written.pop(path, None)
