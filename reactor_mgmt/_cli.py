@@ -10,7 +10,8 @@
 # One-shot runs, fan-out and script lines all go through the non-blocking FanOut engine, even
 # for a single endpoint, so there is one timeout and exit-status policy. The interactive shell
 # keeps one blocking Client connection instead, so connection state (auth, `level`) persists
-# between the commands a person types.
+# between the commands a person types; fanned out, it keeps a typed `auth TOKEN` and `level NAME`
+# and has FanOut apply them to each command's new connections.
 #
 # `reactor-mgmt ls` lists the servers on this machine that registered for discovery, and
 # `--app NAME` fans out to every live one called NAME (see _discovery.py). `ls` is ours only
@@ -35,6 +36,7 @@ from ._client import (
     Endpoint,
     FanOut,
     context_for,
+    level_set_by,
 )
 from ._errors import ReactorMgmtError, RemoteError
 from ._protocol import ParseError, split_words
@@ -368,6 +370,7 @@ class _Runner:
         self.tls = tls  # an ssl.SSLContext, or None for plain TCP
         self.timeout = timeout
         self.as_json = as_json
+        self.level: Optional[str] = None  # a level the fanned-out shell lowered to: each connection's
         self.fanned = len(endpoints) > 1
         self.max_parallel = max(1, _raise_fd_limit(len(endpoints) + _FD_RESERVE) - _FD_RESERVE)
 
@@ -382,6 +385,7 @@ class _Runner:
             max_parallel=self.max_parallel,
             after_batch=printer.flush,
             tls=self.tls,
+            level=self.level,
         )
         outcomes = engine.run()
         printer.flush()
@@ -530,19 +534,26 @@ class _Shell:
                     runner.token = words[1]
                     print("reactor-mgmt: token kept: the next commands authenticate with it", file=sys.stderr)
                     continue
-                self.run(words)
+                level = level_set_by({"argv": words}) if self.client is None else None
+                if self.run(words) == EXIT_OK and level is not None:
+                    # Likewise `level NAME` (not the query `level`): it is sent now, and once every
+                    # endpoint has agreed, each later connection lowers itself to it first, as a
+                    # Client does when it reconnects.
+                    runner.level = level
+                    print(f"reactor-mgmt: level kept: the next commands run at {level}", file=sys.stderr)
         finally:
             self._save_history()
             if self.client is not None:
                 self.client.close()
 
-    def run(self, words: List[str]) -> None:
+    def run(self, words: List[str]) -> Optional[int]:
+        """Runs one command typed at the prompt; fanned out, returns its exit status."""
         if self.client is None:
             try:
-                self.runner.one_shot(words)
+                return self.runner.one_shot(words)
             except KeyboardInterrupt:
                 print("\r^C (interrupted)", file=sys.stderr)
-            return
+                return EXIT_INTERRUPTED
         printer = _Printer(False, self.runner.as_json, sys.stdout, sys.stderr)
         endpoint = self.client.endpoint
         events = self.client.exchange({"argv": words})
@@ -564,6 +575,7 @@ class _Shell:
         finally:
             events.close()
             printer.flush()
+        return None
 
     # ---- readline ----
 

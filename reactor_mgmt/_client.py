@@ -52,6 +52,7 @@ _RECV_SIZE = 65536
 _AUTH_ID = 1  # `auth challenge`
 _COMMAND_ID = 2
 _PROOF_ID = 3  # `auth response HMAC`, or the cleartext `auth TOKEN` when no challenge is offered
+_LEVEL_ID = 4  # `level NAME`: FanOut's level= (a level the shell lowered to), before the command
 _CHALLENGE = re.compile(r"^[0-9a-f]{16,256}$")
 _NO_CHALLENGE = ("unknown_command", "denied")  # how a server without `auth challenge` answers it
 _WOULD_BLOCK: Tuple[Type[BaseException], ...] = (BlockingIOError, InterruptedError)
@@ -221,7 +222,7 @@ def _command_words(request: Dict[str, Any]) -> Tuple[List[Any], Dict[str, Any]]:
     return [*name.split(), *args], kwargs
 
 
-def _level_set_by(request: Dict[str, Any]) -> Optional[str]:
+def level_set_by(request: Dict[str, Any]) -> Optional[str]:
     """The level a `level NAME` request asks for, so a reconnect can restore it: argv, cmd
     "level NAME", cmd "level" with args, or kwargs new_level (the builtin's parameter)."""
     words, kwargs = _command_words(request)
@@ -231,6 +232,11 @@ def _level_set_by(request: Dict[str, Any]) -> Optional[str]:
     if len(given) == 1 and isinstance(given[0], str):
         return given[0]
     return None
+
+
+def _level_request(level: str) -> Dict[str, Any]:
+    """What lowers a new connection to ``level`` again: the session's, as level_set_by read it."""
+    return {"cmd": "level", "args": [level]}
 
 
 def _token_sent_by(request: Dict[str, Any], result: Any) -> Optional[str]:
@@ -450,7 +456,7 @@ class Client:
                 if follow_up is not None:
                     self._result(follow_up)
             if self._level is not None:
-                self._result({"cmd": "level", "args": [self._level]})
+                self._result(_level_request(self._level))
         except BaseException:
             self._drop()
             raise
@@ -583,7 +589,7 @@ class Client:
                 self._busy = False
                 if kind == _wire.ERROR:
                     raise _remote_error(value)
-                level = _level_set_by(request)
+                level = level_set_by(request)
                 if level is not None:
                     self._level = level
                 # A token typed as `auth TOKEN` (the shell's prompt) is the session's token from
@@ -722,7 +728,7 @@ class _Job:
         "streaming",
         "send_error",
         "handshaking",
-        "auth_step",
+        "setup_step",
     )
 
     def __init__(self, index: int, endpoint: Endpoint) -> None:
@@ -739,9 +745,10 @@ class _Job:
         self.streaming = False  # the reply began as a stream: stream_timeout bounds each wait
         self.send_error = ""  # our request could not be sent: said if the server says nothing
         self.handshaking = False  # connected over TCP, the TLS handshake not finished yet
-        # The id of the auth request whose answer is outstanding (_AUTH_ID, then _PROOF_ID), or
-        # None: a frame with a reserved id is an answer only then, and otherwise a handler's text.
-        self.auth_step: Optional[int] = None
+        # The id of the request before the command whose answer is outstanding (_AUTH_ID, then
+        # _PROOF_ID, then _LEVEL_ID), or None: a frame with a reserved id is an answer only then,
+        # and otherwise a handler's text.
+        self.setup_step: Optional[int] = None
 
 
 class FanOut:
@@ -761,6 +768,9 @@ class FanOut:
 
     ``token``, ``tls``, ``cafile``, ``cert``, ``key`` and ``insecure`` are :class:`Client`'s:
     challenge-response when offered, and TLS on TCP endpoints, its handshake non-blocking too.
+    ``level`` lowers each connection to that level (``level NAME``, after authenticating) and
+    sends the request only once the server has agreed, as a Client restores the level its
+    session lowered to when it reconnects; a refusal is the endpoint's ERROR.
     """
 
     def __init__(
@@ -779,6 +789,7 @@ class FanOut:
         cert: Optional[str] = None,
         key: Optional[str] = None,
         insecure: bool = False,
+        level: Optional[str] = None,
     ) -> None:
         self.endpoints = [Endpoint(address) for address in endpoints]
         self.on_event = on_event
@@ -793,9 +804,13 @@ class FanOut:
             import ssl
 
             self._would_block = _WOULD_BLOCK + (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+        self.level = level
         self.command_line = request_line(request, _COMMAND_ID)
+        # With a level, `level NAME` goes before the command, which waits for its answer: sent
+        # with it, the command would run at the listener's level if the level were refused.
+        self.first_line = self.command_line if level is None else request_line(_level_request(level), _LEVEL_ID)
         # With a token, `auth challenge` goes first; what follows it is sent when it answers.
-        self.payload = request_line({"cmd": "auth challenge"}, _AUTH_ID) if token is not None else self.command_line
+        self.payload = request_line({"cmd": "auth challenge"}, _AUTH_ID) if token is not None else self.first_line
         # By the endpoint's place in the list, not by Endpoint, which compares by label: two
         # servers with one label would have had one outcome between them.
         self.outcomes: Dict[int, str] = {}
@@ -969,7 +984,11 @@ class FanOut:
     def _send_payload(self, job: _Job) -> None:
         """What a new connection sends first: `auth challenge` with a token, else the command."""
         job.out = self.payload
-        job.auth_step = _AUTH_ID if self.token is not None else None
+        job.setup_step = _AUTH_ID if self.token is not None else self._level_step()
+
+    def _level_step(self) -> Optional[int]:
+        """The setup step after authentication: `level NAME`, if there is a level to restore."""
+        return None if self.level is None else _LEVEL_ID
 
     def _send_next(self, job: _Job, data: bytes) -> None:
         """Queues more requests on a connection that is waiting for replies."""
@@ -1022,7 +1041,7 @@ class FanOut:
             frame = _wire.read_frame(line)
             # The auth ids answer only the auth step in flight: before it and after it, a line
             # with such an id is a handler's own output (conn.write), as any other id's is.
-            if frame is None or (frame[1] not in (_COMMAND_ID, None) and frame[1] != job.auth_step):
+            if frame is None or (frame[1] not in (_COMMAND_ID, None) and frame[1] != job.setup_step):
                 job.last_text = line
                 emit(endpoint, "text", line)
                 continue
@@ -1034,7 +1053,13 @@ class FanOut:
                 if kind not in (_wire.RESULT, _wire.END):
                     self._finish(job, ERROR, "error", _remote_error(value if kind == _wire.ERROR else {}))
                 else:
-                    job.auth_step = None
+                    job.setup_step = self._level_step()
+            elif frame_id == _LEVEL_ID:
+                if kind == _wire.ERROR:  # the command has not gone: it must not run above the level
+                    self._finish(job, ERROR, "error", _remote_error(value))
+                elif kind in (_wire.RESULT, _wire.END):
+                    job.setup_step = None
+                    self._send_next(job, self.command_line)
             elif kind == _wire.ITEM:
                 emit(endpoint, "item", value)
             elif kind == _wire.OPEN:
@@ -1049,7 +1074,7 @@ class FanOut:
 
     def _on_challenge(self, job: _Job, kind: str, value: Any) -> None:
         """`auth challenge` answered: send the proof (or, from a server without challenges, the
-        cleartext token) and then the command, pipelined."""
+        cleartext token) and then the command (or first `level NAME`), pipelined."""
         token = self.token
         if token is None or kind in (_wire.OPEN, _wire.ITEM):  # no answer to `auth challenge` yet
             return
@@ -1064,8 +1089,8 @@ class FanOut:
             self._fail(job, str(exc))  # the printer prefixes the endpoint's label itself
             return
         proof = b"" if follow_up is None else request_line(follow_up, _PROOF_ID)
-        job.auth_step = None if follow_up is None else _PROOF_ID
-        self._send_next(job, proof + self.command_line)
+        job.setup_step = self._level_step() if follow_up is None else _PROOF_ID
+        self._send_next(job, proof + self.first_line)
 
     def _touch(self, job: _Job) -> None:
         timeout = self.stream_timeout if job.streaming else self.timeout

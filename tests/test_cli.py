@@ -456,3 +456,30 @@ def test_config_set_and_any_auth_word_are_kept_out_of_the_history(monkeypatch, c
     ]
     assert _history_after(monkeypatch, typed) == ["ping", "config get api_key", "stats"]
     assert "S3CRET" not in capsys.readouterr().err
+
+
+def test_a_fanned_out_shell_keeps_a_level_it_lowered_to_for_the_next_commands(monkeypatch, capsys):
+    # Each command of a fanned-out shell connects anew: `level user` lowered connections that
+    # closed at once, and the next command ran at the listener's level again.
+    from reactor_mgmt import _cli
+
+    servers = [reactor_mgmt.Server("127.0.0.1", 0) for _ in range(2)]
+    lines = iter(["level", "level user", "level", "level operator", "level"])
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    monkeypatch.setattr(_cli._Shell, "_setup_readline", lambda shell: None)
+    with ServerThread(*servers):
+        endpoints = [_cli.Endpoint(f"127.0.0.1:{srv.port}") for srv in servers]
+        assert _cli._Shell(_cli._Runner(endpoints, None, 5.0, False)).loop() == 0
+    out, err = capsys.readouterr()
+    answers = [line.split(": ", 1)[1] for line in out.splitlines() if line]  # the last: EOF's newline
+    # operator (the listener's), then user for the rest: `level operator` cannot raise it again.
+    assert answers == ["operator"] * 2 + ["user"] * 6, out
+    assert "level kept: the next commands run at user" in err
+    assert "cannot raise the level from user to operator" in err and "run at operator" not in err

@@ -838,3 +838,21 @@ def test_fan_out_keeps_an_outcome_for_each_of_two_endpoints_with_one_label():
         for order in (endpoints, endpoints[::-1]):
             outcomes, events = _run(order, {"argv": ["who"]}, timeout=5)
             assert outcomes == ([OK, ERROR] if order is endpoints else [ERROR, OK]), events
+
+
+@pytest.mark.parametrize("token", [None, "t"])
+def test_fan_out_lowers_each_connection_to_its_level_before_the_command(token):
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token=token)
+    ran: List[str] = []
+
+    @srv.command(level="user")
+    def mark() -> str:
+        ran.append("mark")
+        return "marked"
+
+    with ServerThread(srv):
+        address = f"127.0.0.1:{srv.port}"
+        assert _run([address], {"argv": ["level"]}, token=token, level="user") == ([OK], [(address, "result", "user")])
+        # A level the server refuses is the endpoint's error, and the command never went.
+        outcomes, events = _run([address], {"argv": ["mark"]}, token=token, level="bogus")
+    assert outcomes == [ERROR] and events[0][2].code == "usage" and ran == []
