@@ -202,6 +202,9 @@ def _app_endpoints(name: str) -> List[Endpoint]:
         except ValueError:
             continue
         endpoint.label = label(instance)
+        # A socket whose server could not be told from a later process that took its pid (no
+        # /proc) gets no cleartext token: whoever holds the path now could ask for it.
+        endpoint.vouched = instance.verified
         endpoints.append(endpoint)
     if not endpoints:
         from ._discovery import directory
@@ -223,6 +226,7 @@ def list_instances(names: List[str], as_json: bool) -> int:
         for instance in found:
             record = instance._asdict()
             record.pop("path")
+            record.pop("verified")
             print(json.dumps(record))
         return EXIT_OK
     if not found:

@@ -80,17 +80,23 @@ class ReplyTooLong(ReactorMgmtError):
 
 class Endpoint:
     """Where a server listens: TCP ``host:port`` / ``[v6]:port`` / ``(host, port)``, or a Unix
-    socket path (any string with a ``/`` in it, or that is not ``host:port``)."""
+    socket path (any string with a ``/`` in it, or that is not ``host:port``).
 
-    __slots__ = ("label", "host", "port", "path")
+    ``vouched`` (true unless set otherwise) says a Unix socket may be sent the token in clear
+    text (see cleartext_safe); `--app` clears it for a socket whose server discovery could not
+    verify."""
+
+    __slots__ = ("label", "host", "port", "path", "vouched")
 
     def __init__(self, address: AddressLike) -> None:
         self.label: str
         self.host: Optional[str] = None
         self.port = 0
         self.path: Optional[str] = None
+        self.vouched = True
         if isinstance(address, Endpoint):
             self.label, self.host, self.port, self.path = address.label, address.host, address.port, address.path
+            self.vouched = address.vouched
             return
         if isinstance(address, tuple):
             host, port = address[0], int(address[1])
@@ -342,9 +348,10 @@ def cleartext_safe(endpoint: Endpoint, tls_context: Any) -> bool:
     """Whether a token may go in clear text to a server that offers no challenge: over a Unix
     socket (its file's mode says who listens) or TLS that checks the server's certificate.
     Not over plain TCP, loopback included: whoever binds the port while the server is down (a
-    downgrade: answering `auth challenge` with an error) would collect it."""
+    downgrade: answering `auth challenge` with an error) would collect it. Nor to a Unix socket
+    that is not ``vouched`` for: one that discovery found but could not tell was its server's."""
     if endpoint.path is not None:
-        return True
+        return endpoint.vouched
     import ssl
 
     return tls_context is not None and tls_context.verify_mode == ssl.CERT_REQUIRED

@@ -7,8 +7,21 @@
 #
 # A file is named NAME.PID.json (NAME.PID.2.json for a second server of that name in one
 # process) and written atomically (a hidden temporary file, then rename), so readers never see
-# half of one. A file whose pid no longer exists is stale: instances()
-# skips it and removes it. unregister() removes a file only while it is still this process's
+# half of one. A file whose pid no longer exists is stale: instances() skips it and removes it.
+#
+# So is a file whose pid now belongs to another process (the server was SIGKILLed, the pid
+# reused): trusting it would send the command, an HMAC proof, or over a Unix socket even the
+# token, to whoever now holds the recorded address. On Linux the file records its process's
+# start as /proc/PID/stat gives it (field 22: clock ticks since boot) and the boot's id, and a
+# process whose start differs is another one. A file without them (an older writer) is checked
+# by wall clock: a process that started more than _SLACK after the record's "started" (the
+# Server's time.time() at construction, after its process began) is not its writer; such a file
+# is skipped, not removed, as a clock stepped forward since would make the check misjudge a live
+# server. Where /proc is not there (macOS, the BSDs), only the pid's existence is checked, as
+# before: the instance is then not "verified", and the CLI sends no cleartext token to its Unix
+# socket (see _cli._app_endpoints).
+#
+# unregister() removes a file only while it is still this process's
 # own (its pid inside, and the inode and contents this process wrote), so a forked child that
 # inherits the server never deletes its parent's entry, nor anyone a file written since.
 from __future__ import annotations
@@ -24,6 +37,7 @@ from ._errors import ReactorMgmtError
 
 _SUFFIX = ".json"
 _LATEST_START = 1e11  # seconds since the epoch (the year 5138): a later start time is corrupt
+_SLACK = 2.0  # seconds: /proc/stat's btime is whole seconds, and the start is in clock ticks
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 _written: Dict[str, Tuple[int, int, bytes]] = {}  # path -> (st_dev, st_ino, contents) of the files written here
 
@@ -42,6 +56,9 @@ class Instance(NamedTuple):
     token_required: bool
     tls: bool
     path: str  # the discovery file
+    # Whether the process at pid was checked to be the one that wrote the file (its start time,
+    # on Linux); False where only the pid's existence could be checked.
+    verified: bool = True
 
 
 def directory() -> str:
@@ -140,7 +157,7 @@ def register(
         while unique and path in _written:
             copy += 1
             path = os.path.join(folder, f"{safe_name}.{pid}.{copy}{_SUFFIX}")
-    record = {
+    record: Dict[str, Any] = {
         "name": name,
         "pid": pid,
         "addresses": [format_address(address) for address in addresses],
@@ -148,6 +165,9 @@ def register(
         "token": bool(token_required),
         "tls": bool(tls),
     }
+    identity = _identity(pid) if pid == os.getpid() else None
+    if identity is not None:  # which process this is, beyond its pid (see the top of this file)
+        record["proc_start"], record["boot_id"] = identity
     contents = (json.dumps(record) + "\n").encode()
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
@@ -209,13 +229,83 @@ def _alive(pid: int) -> bool:
         return True
     except (OSError, OverflowError, ValueError):
         return False
-    return True
+    return _proc_stat(pid)[:1] != ["Z"]  # a zombie has closed its sockets; it is gone but for wait()
+
+
+def _proc_stat(pid: int) -> List[str]:
+    """The fields of /proc/PID/stat from the state (field 3) on, or [] where it cannot be read
+    (not Linux, no such process). The command name before them may hold spaces and parens."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except (OSError, ValueError):
+        return []
+    return data.rpartition(b")")[2].decode("ascii", "replace").split()
+
+
+def _start_ticks(pid: int) -> Optional[int]:
+    """When the process began, in clock ticks since boot (field 22), or None."""
+    fields = _proc_stat(pid)
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _read_proc(path: str) -> Optional[str]:
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except (OSError, ValueError):
+        return None
+
+
+def _identity(pid: int) -> Optional[Tuple[int, str]]:
+    """(start ticks, boot id): the same pid on the same boot with the same start is the same
+    process; None where /proc does not tell."""
+    ticks, boot_id = _start_ticks(pid), _read_proc("/proc/sys/kernel/random/boot_id")
+    if ticks is None or not boot_id:
+        return None
+    return ticks, boot_id.strip()
+
+
+def _start_time(pid: int) -> Optional[float]:
+    """When the process began, by the wall clock (boot time plus its start ticks), or None."""
+    ticks, stat_text = _start_ticks(pid), _read_proc("/proc/stat")
+    if ticks is None or stat_text is None:
+        return None
+    try:
+        hertz = os.sysconf("SC_CLK_TCK")
+        boot = next(float(line.split()[1]) for line in stat_text.splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / hertz if hertz > 0 else None
+
+
+_SAME, _OTHER, _OTHER_BY_CLOCK, _UNKNOWN = "same", "other", "other by clock", "unknown"
+
+
+def _writer_check(record: Dict[str, Any], pid: int) -> str:
+    """Whether the live process at ``pid`` wrote ``record``: _SAME, _OTHER, _OTHER_BY_CLOCK (it
+    began after the record's "started", by the wall clock) or _UNKNOWN."""
+    ticks, boot_id = record.get("proc_start"), record.get("boot_id")
+    if isinstance(ticks, int) and not isinstance(ticks, bool) and isinstance(boot_id, str):
+        identity = _identity(pid)
+        if identity is not None:
+            return _SAME if identity == (ticks, boot_id) else _OTHER
+    started = record.get("started")
+    if isinstance(started, (int, float)) and not isinstance(started, bool):
+        began = _start_time(pid)
+        if began is not None:
+            return _OTHER_BY_CLOCK if began > started + _SLACK else _SAME
+    return _UNKNOWN
 
 
 def instances(name: Optional[str] = None) -> List[Instance]:
     """The live servers registered in the discovery directory (only those called ``name``,
-    when given), by name then pid. Stale files, whose pid is gone, are removed on the way.
-    Raises DiscoveryError when the directory is not safe to read."""
+    when given), by name then pid. Stale files, whose pid is gone or is another process's now,
+    are removed on the way (see the top of this module). Raises DiscoveryError when the
+    directory is not safe to read."""
     folder = _safe_directory(create=False)
     if folder is None:
         return []
@@ -226,14 +316,18 @@ def instances(name: Optional[str] = None) -> List[Instance]:
         path = os.path.join(folder, entry)
         record = _read(path)
         instance = None if record is None else _instance(record, path)
-        if instance is None:
+        if instance is None or record is None:
             continue  # not one of ours, or unreadable: leave it
-        if not _alive(instance.pid):
+        writer = _writer_check(record, instance.pid) if _alive(instance.pid) else _OTHER
+        if writer == _OTHER_BY_CLOCK:
+            continue  # not trusted; kept, as the clock may have been stepped since it was written
+        if writer == _OTHER:
             try:
                 os.unlink(path)
             except OSError:
                 pass
             continue
+        instance = instance._replace(verified=writer == _SAME)
         if name is None or instance.name == name:
             found.append(instance)
     found.sort(key=lambda instance: (instance.name, instance.pid))

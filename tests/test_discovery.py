@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, List
@@ -416,3 +418,135 @@ def test_the_label_of_an_instance_names_its_copy_whatever_its_name(runtime_dir, 
         for path in paths:
             os.unlink(path)
             _discovery._written.pop(path, None)
+
+
+# ---- a pid that another process has taken since ----
+
+REGISTER_AND_DIE = r"""
+import sys, time
+from reactor_mgmt._discovery import register
+print(register("reused", __import__("os").getpid(), [sys.argv[1]], time.time(), True), flush=True)
+"""
+
+
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.DEVNULL)
+
+
+def _left_behind(address: str) -> subprocess.Popen:
+    """A server's file left behind (it died without removing it), its pid since taken by a
+    process started after it: that process, which the caller stops."""
+    proc = subprocess.run(
+        [sys.executable, "-c", REGISTER_AND_DIE, address],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=ROOT,
+        timeout=TIMEOUT,
+        check=True,
+    )
+    old = proc.stdout.strip()
+    record = json.loads(Path(old).read_text())
+    os.unlink(old)
+    time.sleep(0.1)  # start times are in clock ticks (10 ms): the next process starts in a later one
+    other = _sleeper()
+    record["pid"] = other.pid
+    (Path(old).parent / f"reused.{other.pid}.json").write_text(json.dumps(record))
+    return other
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+def test_a_file_whose_pid_another_process_took_since_is_stale(runtime_dir):
+    # The file was trusted while its pid existed: `--app` sent the command and an HMAC proof
+    # (over a Unix socket, the token itself) to whoever held the recorded address by then.
+    impostor = socket.socket()
+    impostor.bind(("127.0.0.1", 0))
+    impostor.listen(1)
+    impostor.setblocking(False)
+    other = _left_behind("127.0.0.1:%d" % impostor.getsockname()[1])
+    path = os.path.join(directory(), f"reused.{other.pid}.json")
+    try:
+        recorded = json.loads(Path(path).read_text())
+        proc = run_cli("--app", "reused", "--token", "T0KEN", "--timeout", "1", "stats")
+        with pytest.raises(BlockingIOError):
+            impostor.accept()  # nobody came
+        assert proc.returncode == 2 and "no live instance of 'reused'" in proc.stderr
+        assert instances() == [] and not os.path.exists(path)  # removed on the way
+        assert "proc_start" in recorded and "boot_id" in recorded  # what told them apart
+    finally:
+        other.kill()
+        other.wait()
+        impostor.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+def test_a_file_without_the_process_start_is_checked_by_the_wall_clock(runtime_dir):
+    # An older writer's file: a process that began after the file's "started" did not write it.
+    other = _sleeper()
+    try:
+        time.sleep(0.2)
+        folder = Path(register("mine", os.getpid(), [("127.0.0.1", 1)], time.time(), False)).parent
+        for pid, started in ((os.getpid(), time.time()), (other.pid, time.time() - 60)):
+            record = {"name": "old", "pid": pid, "addresses": ["127.0.0.1:2"], "started": started}
+            (folder / f"old.{pid}.json").write_text(json.dumps(record))
+        found = {(instance.name, instance.pid): instance.verified for instance in instances()}
+        assert found == {("mine", os.getpid()): True, ("old", os.getpid()): True}
+        assert (folder / f"old.{other.pid}.json").exists()  # skipped, not removed: the clock may have moved
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_no_cleartext_token_to_a_unix_socket_discovery_could_not_verify(runtime_dir, monkeypatch):
+    # Without /proc (macOS, the BSDs) only the pid's existence is checked: a server that gives
+    # no challenge at a socket found so does not get the token in clear text.
+    import threading
+
+    from reactor_mgmt import _cli
+    from reactor_mgmt._client import UNREACHABLE, FanOut
+
+    monkeypatch.setattr(_discovery, "_identity", lambda pid: None)
+    monkeypatch.setattr(_discovery, "_start_time", lambda pid: None)
+    short = tempfile.mkdtemp(prefix="rm-", dir="/tmp")  # AF_UNIX paths: ~107 bytes at most
+    sock_path = os.path.join(short, "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(sock_path)
+    listener.listen(1)
+    listener.settimeout(TIMEOUT)
+    received: List[bytes] = []
+
+    def no_challenge() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(TIMEOUT)
+            reader = conn.makefile("rb")
+            received.append(reader.readline())
+            conn.sendall(b'{"id":1,"ok":false,"error":{"code":"unknown_command","message":"unknown command"}}\n')
+            conn.settimeout(1.0)
+            try:
+                received.append(reader.readline())
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=no_challenge, daemon=True)
+    thread.start()
+    try:
+        register("unsure", os.getpid(), [sock_path], time.time(), True)
+        (instance,) = instances("unsure")
+        assert instance.verified is False
+        (endpoint,) = _cli._app_endpoints("unsure")
+        events: list = []
+        outcomes = FanOut(
+            [endpoint], {"argv": ["stats"]}, token="T0KEN", on_event=lambda e, kind, value: events.append(value)
+        ).run()
+        thread.join(TIMEOUT)
+        assert outcomes == [UNREACHABLE] and "not sent in clear text" in events[0]
+        assert len(received) >= 1 and not any(b"T0KEN" in line for line in received)
+    finally:
+        listener.close()
+        thread.join(TIMEOUT)
+        os.unlink(sock_path)
+        os.rmdir(short)
