@@ -235,6 +235,11 @@ class Toolkit:
             CRITICAL ERROR WARNING INFO DEBUG NOTSET. A revert happens in poll(), and only if
             the logger still has the level set here: a change made since is kept. A later
             'log level' on the same logger replaces a pending revert.
+
+            A LOGGER that does not exist yet is made (so a level can be set before the module
+            that logs is imported), but logging never frees a logger: this server makes at most
+            64, counting the dotted parents it makes with them, and then sets only loggers that
+            exist.
             """
             return levels.command(words, conn, command)
 
@@ -567,6 +572,11 @@ class _Revert:
 
 
 AUDIT_LOGGER = "reactor_mgmt.audit"  # the activity tools' audit log (_activity.audit_log)
+# logging never frees a logger: `log level NAME LEVEL` for a NAME that does not exist makes one
+# (and a placeholder for each missing dotted parent), there for the life of the process. Setting
+# a level before the module that logs is imported is worth keeping, but a client sending new names
+# would grow logging's registry without end; so this many entries, and then only names that exist.
+MAX_MADE_LOGGERS = 64
 
 
 def _logger_label(name: str) -> str:
@@ -578,6 +588,7 @@ class _LogLevels:
         self.server = server
         self.reverts: Dict[str, _Revert] = {}  # logger name ("" for root) -> its pending revert
         self.seconds: Optional[Param] = None
+        self.made = 0  # entries this server's `log level` added to logging's registry (MAX_MADE_LOGGERS)
 
     def command(self, words: Iterable[str], conn: Connection, command: Command) -> Any:
         positional, seconds = self._parse(list(words), command)
@@ -685,9 +696,37 @@ class _LogLevels:
     def show(self, name: str) -> Dict[str, Any]:
         return self._row(name, self._existing(name))
 
+    def _entries_for(self, name: str) -> int:
+        """How many entries logging.getLogger(name) would add to logging's registry: the logger
+        and a placeholder for each dotted parent not there yet. A logger that exists adds none,
+        nor, usually, a placeholder (the parent of a logger the host made, so bounded)."""
+        import logging
+
+        registry = logging.Logger.manager.loggerDict
+        if not name or isinstance(registry.get(name), logging.Logger):
+            return 0
+        new = 0 if name in registry else 1  # a placeholder becomes the logger in its place
+        end = name.rfind(".")
+        while end > 0:  # the walk of logging's Manager._fixupParents, up to the first logger
+            parent = registry.get(name[:end])
+            if parent is None:
+                new += 1
+            elif isinstance(parent, logging.Logger):
+                break
+            end = name.rfind(".", 0, end - 1)
+        return new
+
     def set(self, name: str, level_name: str, seconds: Optional[float], conn: Connection) -> Report:
         import logging
 
+        new = self._entries_for(name)
+        if new and self.made + new > MAX_MADE_LOGGERS:
+            needs = "" if new == 1 else f"; this name needs {new}"
+            raise CommandError(
+                f"no logger named {name!r} (log level makes at most {MAX_MADE_LOGGERS}, "
+                f"counting the parents it makes, and has made {self.made}{needs})"
+            )
+        self.made += new
         logger = logging.getLogger(name) if name else logging.getLogger()
         old = logger.level
         level = logging.getLevelName(level_name)

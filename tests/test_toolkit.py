@@ -544,6 +544,39 @@ def test_a_timed_change_over_a_timed_change_goes_back_to_the_level_before_both(a
     assert logger.level == logging.WARNING
 
 
+def test_log_level_makes_a_bounded_number_of_loggers(admin, logger_name):
+    # logging never frees a logger: 5,000 new names from an operator grew its registry by 10,000
+    # entries (each name's dotted parent too) and 4.3 MB. Names that exist are always set.
+    from reactor_mgmt._toolkit import MAX_MADE_LOGGERS
+
+    registry = logging.Logger.manager.loggerDict
+    logging.getLogger(logger_name)  # the host's logger: its children need no placeholder
+    deep = logger_name + ".d" * (MAX_MADE_LOGGERS + 1)  # a logger and 64 placeholders
+    made = [f"{logger_name}.made{i}" for i in range(MAX_MADE_LOGGERS)]
+    try:
+        before = len(registry)
+        assert ask(admin, f"log level {deep} DEBUG") == (
+            f"ERR no logger named {deep!r} (log level makes at most {MAX_MADE_LOGGERS}, counting the "
+            f"parents it makes, and has made 0; this name needs {MAX_MADE_LOGGERS + 1})\n"
+        )
+        assert len(registry) == before
+        for name in made:
+            assert ask(admin, f"log level {name} DEBUG") == f"{name}: NOTSET -> DEBUG\n"
+        assert len(registry) == before + MAX_MADE_LOGGERS
+        extra = logger_name + ".one_too_many"
+        assert ask(admin, f"log level {extra} DEBUG") == (
+            f"ERR no logger named {extra!r} (log level makes at most {MAX_MADE_LOGGERS}, counting the "
+            f"parents it makes, and has made {MAX_MADE_LOGGERS})\n"
+        )
+        assert extra not in registry
+        assert ask(admin, f"log level {made[0]} INFO") == f"{made[0]}: DEBUG -> INFO\n"
+        assert ask(admin, f"log level {logger_name} INFO") == f"{logger_name}: NOTSET -> INFO\n"
+        assert ask(admin, f"log level {logger_name}.made9 --for 5 NOTSET").endswith("then DEBUG\n")
+    finally:  # the next test's server may make its own
+        for name in [name for name in registry if name.startswith(logger_name + ".")]:
+            del registry[name]
+
+
 def test_log_level_changes_are_logged_with_the_connection(admin, logger_name, caplog):
     with caplog.at_level(logging.INFO, logger="reactor_mgmt"):
         ask(admin, f"log level {logger_name} INFO --for 60")
