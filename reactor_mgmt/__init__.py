@@ -33,6 +33,7 @@ from ._errors import (
     UnknownCommand,
     UsageError,
 )
+from ._loop import TimerHandle
 from ._replies import NO_REPLY, Pending, Stream, Wait
 from ._server import Server
 from ._session import Connection
@@ -55,6 +56,7 @@ __all__ = [
     "RemoteError",
     "Server",
     "Stream",
+    "TimerHandle",
     "UnknownCommand",
     "UsageError",
     "Wait",

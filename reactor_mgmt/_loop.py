@@ -51,11 +51,33 @@ LONGEST_WAIT = 86400.0
 _WAKER_LOCK = threading.Lock()
 monotonic = time.monotonic
 _select = select.select
-_KEPT = True  # a timer's fifth item: see call_later_kept
 _FD_SETSIZE = 1024  # select()'s limit on Linux, where epoll is
 # The idle connections one reap() closes at most, end or no end: closing one costs about 13 us
 # of CPU (a reset and its epoll_ctl DEL), and a thousand connections can come due together.
 REAP_BATCH = 64
+
+
+class TimerHandle:
+    """What :meth:`Server.call_later` returns: ``cancel()`` forgets the callback, and lets go of
+    it and its arguments, if it has not run yet; after it ran, or a second time, it does nothing.
+
+    After a fork, a relistening child (``after_fork="relisten"``) takes the server's timers over
+    and their handles with them: ``cancel()`` in the child cancels the child's timer, in the
+    parent the parent's. In a child that does not relisten the server is closed, and its timers
+    with it: ``cancel()`` does nothing there. Call it on the thread that polls (from a handler,
+    a timer or the host's loop), as the heap it changes is that thread's."""
+
+    __slots__ = ("_entry",)
+
+    def __init__(self, entry: List[Any]) -> None:
+        # The heap entry [when, sequence, callback, args, loop]: its loop is the one whose heap
+        # holds it (adopt_timers moves it to a relistening child's loop), so the handle follows.
+        self._entry = entry
+
+    def cancel(self) -> None:
+        """Cancels the call, if it has not run yet."""
+        entry = self._entry
+        entry[4].cancel_timer(entry)
 
 
 class Loop:
@@ -318,21 +340,24 @@ class Loop:
             self.integration.kick()
         return timer
 
-    def call_later_kept(self, delay: float, callback: Callable[..., Any], *args: Any) -> List[Any]:
+    def call_later_kept(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         """call_later() for the server's own timers (the host's and the toolkit's, through
         Server.call_later): a relistening child's new loop takes them over (adopt_timers). The
-        connections' timers stay behind with their connections."""
+        connections' timers stay behind with their connections. The timer's fifth item, the loop
+        that holds it, marks it kept and is where its handle cancels it."""
         timer = self.call_later(delay, callback, *args)
-        timer.append(_KEPT)
-        return timer
+        timer.append(self)
+        return TimerHandle(timer)
 
     def adopt_timers(self, timers: List[List[Any]]) -> None:
         """Takes over the kept timers of a forked parent's loop, due when they were: the
-        monotonic clock is the machine's, the same in parent and child."""
-        for when, _, callback, args, *kept in timers:
-            if kept and callback is not None:
+        monotonic clock is the machine's, the same in parent and child. The entries themselves
+        move (this process's copies), so the handles made before the fork cancel them here."""
+        for timer in timers:
+            if len(timer) > 4 and timer[2] is not None:
                 self._timer_seq += 1
-                heapq.heappush(self.timers, [when, self._timer_seq, callback, args, _KEPT])
+                timer[1], timer[4] = self._timer_seq, self
+                heapq.heappush(self.timers, timer)
 
     def cancel_timer(self, timer: Optional[List[Any]]) -> None:
         """Forgets a timer that is no longer needed (a Pending answered long before its timeout).

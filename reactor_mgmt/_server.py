@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
     from ._integrations import AsyncioHandle, ThreadHandle
     from ._listeners import Address
+    from ._loop import TimerHandle
     from ._toolkit import Toolkit
 
     _F = TypeVar("_F", bound=Callable[..., Any])  # a handler: @server.command gives it back unchanged
@@ -465,9 +466,10 @@ class Server:
 
     # ---- timers and cross-thread calls ----
 
-    def call_later(self, delay: float, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> None:
-        """Runs ``callback(*args)`` inside a poll() at least ``delay`` seconds from now."""
-        self._loop.call_later_kept(delay, callback, *args)  # a relistening child keeps it
+    def call_later(self, delay: float, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]) -> TimerHandle:
+        """Runs ``callback(*args)`` inside a poll() at least ``delay`` seconds from now; the
+        handle's ``cancel()`` forgets it (see :class:`TimerHandle`)."""
+        return self._loop.call_later_kept(delay, callback, *args)  # a relistening child keeps it
 
     def call_soon_threadsafe(self, callback: Callable[[], Any]) -> None:
         """Runs ``callback()`` in the next poll(), waking a blocked poll(); safe from any thread.

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from ._commands import Registry
     from ._dispatch import Stats
+    from ._loop import TimerHandle
 
     class Server(Protocol):
         """What the toolkit uses of the server: its public surface, nothing private."""
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
         @property
         def connections(self) -> List[Connection]: ...
 
-        def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> None: ...
+        # A TimerHandle; Any, as this server also goes to _activity, whose protocol keeps none.
+        def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any: ...
 
 
 PARTS = ("threads", "gc", "tracemalloc", "log", "config")
@@ -234,7 +236,8 @@ class Toolkit:
             ("root" or "" for the root logger) alone shows that logger's level. LEVEL is one of
             CRITICAL ERROR WARNING INFO DEBUG NOTSET. A revert happens in poll(), and only if
             the logger still has the level set here: a change made since is kept. A later
-            'log level' on the same logger replaces a pending revert.
+            'log level' on the same logger replaces a pending revert. SECONDS is at most 86400
+            (a day): a level meant to stay is set without --for.
 
             A LOGGER that does not exist yet is made (so a level can be set before the module
             that logs is imported), but logging never frees a logger: this server makes at most
@@ -561,14 +564,16 @@ def _where(traceback: Any, by: str) -> str:
 
 
 class _Revert:
-    """A pending revert of a timed `log level`: the level it set, the one to restore, when."""
+    """A pending revert of a timed `log level`: the level it set, the one to restore, when, and
+    its timer (cancelled when a later `log level` replaces it)."""
 
-    __slots__ = ("level", "restore", "due")
+    __slots__ = ("level", "restore", "due", "timer")
 
     def __init__(self, level: int, restore: int, due: float) -> None:
         self.level = level
         self.restore = restore
         self.due = due
+        self.timer: Optional[TimerHandle] = None
 
 
 AUDIT_LOGGER = "reactor_mgmt.audit"  # the activity tools' audit log (_activity.audit_log)
@@ -577,6 +582,10 @@ AUDIT_LOGGER = "reactor_mgmt.audit"  # the activity tools' audit log (_activity.
 # a level before the module that logs is imported is worth keeping, but a client sending new names
 # would grow logging's registry without end; so this many entries, and then only names that exist.
 MAX_MADE_LOGGERS = 64
+# --for is the safety net that puts a noisy level back; a revert further away than a day is a slip
+# (milliseconds for seconds, `--for 1e300`) that leaves DEBUG on for good while the listing says it
+# reverts. A replaced revert's timer is cancelled, so this bound is not about memory.
+MAX_FOR = 86400.0
 
 
 def _logger_label(name: str) -> str:
@@ -650,6 +659,11 @@ class _LogLevels:
             raise UsageError(f"usage: {command.usage} ({exc})") from None
         if not 0 < seconds < float("inf"):
             raise UsageError(f"usage: {command.usage} (SECONDS must be more than 0)")
+        if seconds > MAX_FOR:
+            raise UsageError(
+                f"usage: {command.usage} (SECONDS must be at most {MAX_FOR:g}, a day: "
+                "a level meant to stay is set without --for)"
+            )
         return float(seconds)
 
     @staticmethod
@@ -731,6 +745,10 @@ class _LogLevels:
         old = logger.level
         level = logging.getLevelName(level_name)
         pending = self.reverts.pop(name, None)  # this change replaces it
+        if pending is not None and pending.timer is not None:
+            # Or its timer would stay in the heap, holding the revert, until due: a client
+            # repeating a timed change piled up one per request (5,000 for 5,000).
+            pending.timer.cancel()
         logger.setLevel(level)
         label = _logger_label(name)
         data: Dict[str, Any] = {
@@ -747,7 +765,7 @@ class _LogLevels:
             restore = pending.restore if pending is not None and old == pending.level else old
             revert = _Revert(level, restore, time.monotonic() + seconds)
             self.reverts[name] = revert
-            self.server.call_later(seconds, self._revert, name, revert)
+            revert.timer = self.server.call_later(seconds, self._revert, name, revert)
             data["reverts_to"], data["reverts_in_s"] = logging.getLevelName(restore), seconds
             text += f" for {seconds:g} s, then {data['reverts_to']}"
         log.info(

@@ -368,6 +368,38 @@ def test_a_child_forked_by_another_thread_while_a_handler_runs_serves():
         server.close()
 
 
+def test_a_timer_handle_made_before_a_fork_cancels_the_relistening_childs_timer():
+    # The child's new loop takes the server's timers over (adopt_timers), and the handles with
+    # them: a cancel() in the child must reach the child's timer, and leave the parent's be.
+    server = reactor_mgmt.Server("127.0.0.1", 0, after_fork="relisten")
+    fired: List[str] = []
+    try:
+        handle = server.call_later(0.2, fired.append, "timer")
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                handle.cancel()
+                if any(timer[2] is not None for timer in server._loop.timers):
+                    code = 8  # the child's timer is still armed
+                deadline = time.monotonic() + 0.5
+                while time.monotonic() < deadline:
+                    server.poll(0.05)
+                if fired:
+                    code = 9
+                server.close()
+            except BaseException:
+                code = 11
+            os._exit(code)
+        assert _wait_child(pid) == 0
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and not fired:
+            server.poll(0.05)
+        assert fired == ["timer"]  # the parent's runs
+    finally:
+        server.close()
+
+
 def test_a_relistening_child_keeps_the_servers_timers(tmp_path):
     # A timed `log level` reverts through the server's call_later: the child inherits the level
     # (the logging module is copied with the process) and used to keep it for good, as the

@@ -12,7 +12,7 @@ import threading
 import time
 import weakref
 from decimal import Decimal
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
 
@@ -158,6 +158,34 @@ def test_timers_weeks_away_do_not_overflow_the_wait(make_server):
     assert server.poll(3e6) >= 1  # returns at once: the request is already there
     assert client.lines(1) == ["pong"]
     client.close()
+
+
+class Held:
+    """An argument a timer holds (weakly referable)."""
+
+
+def test_call_later_returns_a_handle_that_cancels_the_call(make_server):
+    server = make_server()
+    fired: List[object] = []
+    held = Held()
+    freed = weakref.ref(held)
+    cancelled = server.call_later(0.0, fired.append, held)
+    ran = server.call_later(0.0, fired.append, "ran")
+    assert isinstance(cancelled, reactor_mgmt.TimerHandle)
+    del held
+    cancelled.cancel()
+    cancelled.cancel()  # a second time does nothing
+    assert freed() is None  # the timer let go of its arguments
+    server.poll(0)
+    assert fired == ["ran"]
+    ran.cancel()  # after it ran: nothing, and the heap's count of cancelled entries stays right
+    handles = [server.call_later(3600.0, fired.append, "never") for _ in range(1000)]
+    for handle in handles:
+        handle.cancel()
+    assert len(server._loop.timers) < 100  # rebuilt once cancelled entries are most of it
+    server.close()
+    server.call_later(0.0, fired.append, "closed").cancel()  # a closed server's handle: nothing
+    assert fired == ["ran"]
 
 
 def test_a_wait_ends_at_its_timeout_not_at_the_next_millisecond(make_server):

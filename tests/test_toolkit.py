@@ -577,6 +577,27 @@ def test_log_level_makes_a_bounded_number_of_loggers(admin, logger_name):
             del registry[name]
 
 
+def test_a_replaced_timed_change_cancels_its_timer(admin, logger_name):
+    # Each replaced revert's timer stayed in the heap until due, holding the revert: 5,000
+    # repeats of a timed change left 5,001 timers (1.9 MB), for as long as --for said.
+    timers = admin.server._loop.timers
+    live = sum(1 for timer in timers if timer[2] is not None)
+    for level in ["DEBUG", "INFO"] * 100:
+        assert ask(admin, f"log level {logger_name} {level} --for 86400").endswith("then NOTSET\n")
+    assert sum(1 for timer in admin.server._loop.timers if timer[2] is not None) == live + 1
+    assert len(admin.server._loop.timers) < live + 100  # the cancelled ones are swept out too
+    assert ask(admin, f"log level {logger_name} WARNING") == f"{logger_name}: INFO -> WARNING\n"
+    assert sum(1 for timer in admin.server._loop.timers if timer[2] is not None) == live
+
+
+def test_log_level_for_is_at_most_a_day(admin, logger_name):
+    assert ask(admin, f"log level {logger_name} DEBUG --for 86401") == (
+        "ERR usage: log level [LOGGER [LEVEL]] [--for SECONDS] "
+        "(SECONDS must be at most 86400, a day: a level meant to stay is set without --for)\n"
+    )
+    assert logging.getLogger(logger_name).level == logging.NOTSET
+
+
 def test_log_level_changes_are_logged_with_the_connection(admin, logger_name, caplog):
     with caplog.at_level(logging.INFO, logger="reactor_mgmt"):
         ask(admin, f"log level {logger_name} INFO --for 60")

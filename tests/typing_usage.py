@@ -33,6 +33,7 @@ from reactor_mgmt import (
     RemoteError,
     Server,
     Stream,
+    TimerHandle,
     UnknownCommand,
     UsageError,
     Wait,
@@ -207,6 +208,12 @@ def use_the_host_loop(server: Server) -> None:
     server.ensure_waker()
     server.poll(0)
     assert server.connections == [] and not server.closed
+    fired: List[str] = []
+    timer = server.call_later(0.0, fired.append, "cancelled, so never")
+    assert_type(timer, TimerHandle)
+    timer.cancel()
+    server.poll(0)
+    assert fired == []
     assert server.auth_required is False and server.check_token("anything")
 
 
