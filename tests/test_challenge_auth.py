@@ -88,6 +88,36 @@ def test_wrong_answers_count_towards_the_failure_limit(authed):
     assert client.read_until_closed().endswith(b"") and client.eof
 
 
+def test_failed_authentications_are_logged_with_rate_limiting(authed, caplog, monkeypatch):
+    # Every failure made a WARNING: 1,000 connections with 3 bad tokens each, 3,000 records in
+    # 0.4 s. As for HTTP probes: one per 10 s, with the count of the rest.
+    import logging
+
+    from reactor_mgmt import _builtins
+
+    now = [1000.0]
+    monkeypatch.setattr(_builtins, "time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
+    with caplog.at_level(logging.WARNING, "reactor_mgmt"):
+        for _ in range(2):
+            client = RawClient(authed)
+            assert client.request("auth wrong") == ["ERR authentication failed"]
+            _challenge(client)
+            assert client.request("auth response 00") == ["ERR authentication failed"]
+            assert client.request("auth wrong") == ["ERR authentication failed; closing"]
+            client.read_until_closed()
+            client.close()
+        now[0] += 10.0
+        client = RawClient(authed)
+        assert client.request("auth wrong") == ["ERR authentication failed"]
+        client.close()
+    failed = [record.getMessage() for record in caplog.records if "failed authentication" in record.getMessage()]
+    assert len(failed) == 2
+    assert re.fullmatch(r"failed authentication on connection #\d+ \(1 of 3\)", failed[0])
+    assert re.fullmatch(
+        r"failed authentication on connection #\d+ \(1 of 3\) \(5 more since the last report\)", failed[1]
+    )
+
+
 def test_json_form_and_help(authed):
     client = RawClient(authed)
     client.send('{"cmd": "auth challenge", "id": 1}\n')
