@@ -43,8 +43,7 @@ if TYPE_CHECKING:
         @property
         def connections(self) -> List[Connection]: ...
 
-        # A TimerHandle; Any, as this server also goes to _activity, whose protocol keeps none.
-        def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Any: ...
+        def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
 PARTS = ("threads", "gc", "tracemalloc", "log", "config")
