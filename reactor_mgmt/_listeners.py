@@ -367,16 +367,25 @@ class Listeners:
     def addresses(self) -> List[Address]:
         return [listener.address for listener in self.listeners]
 
-    def publish(self) -> None:
+    def publish(self, strict: bool = False) -> None:
         """Writes the addresses where they are published, once ``writing`` (after the listeners
         the constructor asked for): the address file, and the discovery entry (on_publish). A
-        listener added later is published too, so `reactor-mgmt --app` finds it."""
+        listener added later is published too, so `reactor-mgmt --app` finds it. A failure
+        raises for the constructor's (``strict``: the server is not made); for a listener added
+        later, which serves already, it is logged: raised, it left the listener bound."""
         if not self.writing:
             return
-        if self.address_file is not None:
-            self.address_file_id = write_address_file(self.address_file, self.addresses())
-        if self.on_publish is not None:
-            self.on_publish()
+        try:
+            if self.address_file is not None:
+                self.address_file_id = write_address_file(self.address_file, self.addresses())
+            if self.on_publish is not None:
+                self.on_publish()
+        except (OSError, ReactorMgmtError) as exc:
+            if strict:
+                raise
+            log.error(
+                "listening on %s, but its address could not be published: %s", format_address(self.addresses()[-1]), exc
+            )
 
     def abandon(self) -> None:
         """In a forked child: closes this process's copies of the listening sockets, and

@@ -719,7 +719,7 @@ def _listen_as_asked(
     if server._discover is not None:  # one file per server in the discovery directory
         server._listening.on_publish = functools.partial(_publish_discovery, server)
     if server._listening.listeners:
-        server._listening.publish()
+        server._listening.publish(strict=True)
 
 
 def _publish_discovery(server: Server) -> None:

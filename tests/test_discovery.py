@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -153,6 +154,39 @@ def test_a_listener_added_later_is_published_in_the_discovery_file(runtime_dir, 
         first.close()
         second.close()
     assert instances("later") == []
+
+
+def test_a_later_listener_that_cannot_be_published_still_serves_and_says_so(runtime_dir, tmp_path, caplog):
+    # Its publishing raised after it was bound and serving: listen_unix() failed with the
+    # listener left up, and listen_fd() detached a socket still registered (poll() spun).
+    server = reactor_mgmt.Server("127.0.0.1", 0, name="half", discover=True)
+    try:
+        os.chmod(runtime_dir / "reactor_mgmt", 0o755)  # the directory is no longer safe
+        unix = str(tmp_path / "later.sock")
+        with caplog.at_level(logging.ERROR, logger="reactor_mgmt"):
+            assert server.listen_unix(unix) == unix
+        assert unix in server.addresses
+        assert any("could not be published" in record.getMessage() for record in caplog.records)
+        extra = socket.socket()
+        extra.bind(("127.0.0.1", 0))
+        extra.listen()
+        port = extra.getsockname()[1]
+        assert server.listen_fd(extra.detach()) == ("127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as client:
+            client.sendall(b"ping\n")
+            deadline = time.monotonic() + TIMEOUT
+            reply = b""
+            client.setblocking(False)
+            while not reply.endswith(b"\n"):
+                assert time.monotonic() < deadline
+                server.poll(0.01)
+                try:
+                    reply += client.recv(100)
+                except BlockingIOError:
+                    pass
+            assert reply == b"pong\n"
+    finally:
+        server.close()
 
 
 def test_directory_falls_back_to_tmp(monkeypatch):
