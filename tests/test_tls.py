@@ -4,11 +4,13 @@
 # and client certificates map to levels. Certificates are made at run time with `openssl req`.
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
 import struct
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -881,15 +883,35 @@ def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog,
     for _ in range(20):
         server.poll(0.005)
     assert server.connections[0].buffered_output
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()  # a reset, with the reply half read
+    transport = server.connections[0].transport
+    transport.sock = _FailingSends(transport.sock)  # a failure of ours: not the client's reset
+    sock.setblocking(False)
     deadline = time.monotonic() + TIMEOUT
     with caplog.at_level("DEBUG", logger="reactor_mgmt"):
         while server.connections:
             assert time.monotonic() < deadline
             server.poll(0.01)
+            try:
+                sock.recv(65536)  # room for the next send, which fails
+            except (ssl.SSLWantReadError, BlockingIOError):
+                pass
     dropped = [r for r in caplog.records if "bytes of replies unsent" in r.getMessage()]
     assert [r.levelname for r in dropped] == ["WARNING"], caplog.text
+    sock.close()
+
+
+class _FailingSends:
+    """A socket whose sends fail with EIO, as a broken TLS session's once did; the rest is the
+    socket's own."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def send(self, data: Any) -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def test_a_tls_client_refused_at_max_connections_reads_the_refusal_inside_tls(make_server, pki):
