@@ -59,6 +59,9 @@ class TlsTransport(Transport):
 
     __slots__ = ("handshaking", "handshake_timer", "cert_levels")
     sock: ssl.SSLSocket  # for type checkers: the Transport's socket, wrapped
+    # A client that resets mid-reply: some Pythons' ssl say so as an EOF "in violation of
+    # protocol" (an unexpected EOF is no error here, see tolerate_unexpected_eof: it is a reset).
+    PEER_LEFT = (*Transport.PEER_LEFT, ssl.SSLEOFError)
     # SSL_write takes a buffer whole or not at all, so sends go a record at a time (TLS's
     # largest, 16 KiB), each counted as it goes out: see _transport._send_records.
     record = 16384

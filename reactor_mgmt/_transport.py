@@ -144,6 +144,9 @@ class Transport:
         "bytes_out",
         "in_flight",
     )
+    # What a send or read raises when the client has reset the connection or gone away: its
+    # own doing, and common, where any other failure is ours (see abort).
+    PEER_LEFT: Tuple[Type[BaseException], ...] = (ConnectionResetError, BrokenPipeError)
 
     # The most one send() may be given, or 0 for all of it. A TLS socket takes a send whole or
     # not at all, and one that would block may have taken part of it (TlsTransport sets it).
@@ -447,7 +450,7 @@ class Transport:
         connection: unless the client reset it or went away (its own choice, and a common one:
         a debug record), said as a warning, so a reply cut short by a failure of ours is never
         silent (a TLS session that failed its writes once dropped them with a debug record)."""
-        if self.out_size and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        if self.out_size and not isinstance(exc, self.PEER_LEFT):
             suffix = _DROPPED.allow(self.loop.clock())
             if suffix is not None:
                 log.warning(

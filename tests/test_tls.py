@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 import struct
@@ -898,6 +899,31 @@ def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog,
     dropped = [r for r in caplog.records if "bytes of replies unsent" in r.getMessage()]
     assert [r.levelname for r in dropped] == ["WARNING"], caplog.text
     sock.close()
+
+
+def test_a_tls_client_that_resets_mid_reply_is_a_debug_record(make_server, pki, caplog):
+    # The client's own doing, as over TCP: Python 3.11's ssl reports it as an EOF "in violation
+    # of protocol", which the warning for replies lost to our own failures took for one.
+    server = make_server("127.0.0.1", tls=_server_context(pki))
+
+    @server.command
+    def lines():
+        return (f"{i:07d} {'y' * 92}" for i in range(60000))
+
+    sock = _tls_connect(server, _client_context(pki), rcvbuf=16384)
+    sock.sendall(b"lines\n")
+    for _ in range(20):
+        server.poll(0.005)
+    assert server.connections[0].buffered_output
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset, with the reply half read
+    deadline = time.monotonic() + TIMEOUT
+    with caplog.at_level("DEBUG", logger="reactor_mgmt"):
+        while server.connections:
+            assert time.monotonic() < deadline
+            server.poll(0.01)
+    assert any("dropped" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
 class _FailingSends:
