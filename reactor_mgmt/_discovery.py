@@ -13,13 +13,17 @@
 # reused): trusting it would send the command, an HMAC proof, or over a Unix socket even the
 # token, to whoever now holds the recorded address. On Linux the file records its process's
 # start as /proc/PID/stat gives it (field 22: clock ticks since boot) and the boot's id, and a
-# process whose start differs is another one. A file without them (an older writer) is checked
-# by wall clock: a process that started more than _SLACK after the record's "started" (the
-# Server's time.time() at construction, after its process began) is not its writer; such a file
-# is skipped, not removed, as a clock stepped forward since would make the check misjudge a live
-# server. Where /proc is not there (macOS, the BSDs), only the pid's existence is checked, as
-# before: the instance is then not "verified", and the CLI sends no cleartext token to its Unix
-# socket (see _cli._app_endpoints).
+# process whose start differs is another one, as is one on another boot; where either side
+# cannot read the boot id, the start ticks are compared alone. A file without them (an older
+# writer, or one that could not read /proc) is checked by wall clock: a process that started
+# more than _SLACK after the record's "registered" (the writer's time.time() when it wrote the
+# file, after its process began; an older writer's file has only "started", its Server's time at
+# construction) is not its writer; such a file is skipped, not removed, as a clock stepped
+# forward since would make the check misjudge a live server. ("started" is not the writer's own
+# time: a relistening forked child registers with its parent's Server.) Where /proc is not
+# there (macOS, the BSDs), only the pid's existence is checked, as before: the instance is then
+# not "verified", and the CLI sends no cleartext token to its Unix socket (see
+# _cli._app_endpoints).
 #
 # unregister() removes a file only while it is still this process's
 # own (its pid inside, and the inode and contents this process wrote), so a forked child that
@@ -31,6 +35,7 @@ import os
 import re
 import stat
 import sys
+import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 from ._errors import ReactorMgmtError
@@ -165,9 +170,16 @@ def register(
         "token": bool(token_required),
         "tls": bool(tls),
     }
-    identity = _identity(pid) if pid == os.getpid() else None
-    if identity is not None:  # which process this is, beyond its pid (see the top of this file)
-        record["proc_start"], record["boot_id"] = identity
+    if pid == os.getpid():  # which process this is, beyond its pid (see the top of this file)
+        ticks, boot_id = _start_ticks(pid), _boot_id()
+        if ticks is not None:
+            record["proc_start"] = ticks
+        if boot_id is not None:
+            record["boot_id"] = boot_id
+        # For the wall-clock check where the start ticks cannot be compared: this process began
+        # before now. (``started`` may be older than this process: a relistening forked child
+        # registers with its parent's Server.)
+        record["registered"] = time.time()
     contents = (json.dumps(record) + "\n").encode()
     temporary = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
@@ -260,13 +272,12 @@ def _read_proc(path: str) -> Optional[str]:
         return None
 
 
-def _identity(pid: int) -> Optional[Tuple[int, str]]:
-    """(start ticks, boot id): the same pid on the same boot with the same start is the same
-    process; None where /proc does not tell."""
-    ticks, boot_id = _start_ticks(pid), _read_proc("/proc/sys/kernel/random/boot_id")
-    if ticks is None or not boot_id:
+def _boot_id() -> Optional[str]:
+    """This boot's id, or None where /proc does not tell."""
+    boot_id = _read_proc("/proc/sys/kernel/random/boot_id")
+    if boot_id is None:
         return None
-    return ticks, boot_id.strip()
+    return boot_id.strip() or None
 
 
 def _start_time(pid: int) -> Optional[float]:
@@ -285,19 +296,37 @@ def _start_time(pid: int) -> Optional[float]:
 _SAME, _OTHER, _OTHER_BY_CLOCK, _UNKNOWN = "same", "other", "other by clock", "unknown"
 
 
-def _writer_check(record: Dict[str, Any], pid: int) -> str:
+def _time_in(record: Dict[str, Any], key: str) -> Optional[float]:
+    """A time.time() value the record holds under ``key``, or None (missing, out of range)."""
+    value = record.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < _LATEST_START:
+        return float(value)
+    return None
+
+
+def _writer_check(record: Dict[str, Any], pid: int, boot_id: Optional[str]) -> str:
     """Whether the live process at ``pid`` wrote ``record``: _SAME, _OTHER, _OTHER_BY_CLOCK (it
-    began after the record's "started", by the wall clock) or _UNKNOWN."""
-    ticks, boot_id = record.get("proc_start"), record.get("boot_id")
-    if isinstance(ticks, int) and not isinstance(ticks, bool) and isinstance(boot_id, str):
-        identity = _identity(pid)
-        if identity is not None:
-            return _SAME if identity == (ticks, boot_id) else _OTHER
-    started = record.get("started")
-    if isinstance(started, (int, float)) and not isinstance(started, bool):
+    began after the record was written, by the wall clock) or _UNKNOWN. ``boot_id`` is this
+    boot's, or None where it cannot be read."""
+    ticks = record.get("proc_start")
+    if isinstance(ticks, int) and not isinstance(ticks, bool):
+        current = _start_ticks(pid)
+        if current is not None:
+            if current != ticks:
+                return _OTHER
+            recorded_boot = record.get("boot_id")
+            if isinstance(recorded_boot, str) and boot_id is not None and recorded_boot != boot_id:
+                return _OTHER  # a file from before a reboot, whose start ticks happen to match
+            return _SAME  # the ticks alone when either side has no boot id
+    # "registered": when the writer wrote it (its process began before); an older writer's
+    # file has only "started", its Server's construction time.
+    written = _time_in(record, "registered")
+    if written is None:
+        written = _time_in(record, "started")
+    if written is not None:
         began = _start_time(pid)
         if began is not None:
-            return _OTHER_BY_CLOCK if began > started + _SLACK else _SAME
+            return _OTHER_BY_CLOCK if began > written + _SLACK else _SAME
     return _UNKNOWN
 
 
@@ -310,6 +339,7 @@ def instances(name: Optional[str] = None) -> List[Instance]:
     if folder is None:
         return []
     found: List[Instance] = []
+    boot_id = _boot_id()
     for entry in sorted(os.listdir(folder)):
         if entry.startswith(".") or not entry.endswith(_SUFFIX):
             continue
@@ -318,7 +348,7 @@ def instances(name: Optional[str] = None) -> List[Instance]:
         instance = None if record is None else _instance(record, path)
         if instance is None or record is None:
             continue  # not one of ours, or unreadable: leave it
-        writer = _writer_check(record, instance.pid) if _alive(instance.pid) else _OTHER
+        writer = _writer_check(record, instance.pid, boot_id) if _alive(instance.pid) else _OTHER
         if writer == _OTHER_BY_CLOCK:
             continue  # not trusted; kept, as the clock may have been stepped since it was written
         if writer == _OTHER:

@@ -531,6 +531,50 @@ def test_a_file_without_the_process_start_is_checked_by_the_wall_clock(runtime_d
         other.wait()
 
 
+def _without_boot_id(monkeypatch) -> None:
+    real = _discovery._read_proc
+    monkeypatch.setattr(_discovery, "_read_proc", lambda path: None if path.endswith("boot_id") else real(path))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+@pytest.mark.parametrize("side", ["writer", "reader"])
+def test_a_relistening_childs_file_is_found_where_the_boot_id_cannot_be_read(runtime_dir, monkeypatch, side):
+    # A relistening forked child registers with its parent's Server, whose "started" is older
+    # than the child: where the boot id could not be read (by the writer or the reader), the
+    # wall clock was asked instead, and the live child's file was skipped as another process's.
+    began = _discovery._start_time(os.getpid())
+    assert began is not None
+    with monkeypatch.context() as patched:
+        if side == "writer":
+            _without_boot_id(patched)
+        path = register("child", os.getpid(), [("127.0.0.1", 1)], began - 60, False)
+    if side == "reader":
+        _without_boot_id(monkeypatch)
+    try:
+        assert [(instance.pid, instance.verified) for instance in instances("child")] == [(os.getpid(), True)]
+        if side == "writer":
+            assert "proc_start" in json.loads(Path(path).read_text())  # recorded all the same
+    finally:
+        unregister(path)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+def test_the_wall_clock_check_uses_when_the_writer_wrote_its_file_not_its_servers_start(runtime_dir, monkeypatch):
+    # A writer that could not read its own start ticks: the reader compares the wall clock with
+    # the time the file was written ("registered"), which follows the writer's start, not with
+    # "started", which for a relistening child is its parent's.
+    began = _discovery._start_time(os.getpid())
+    assert began is not None
+    with monkeypatch.context() as patched:
+        patched.setattr(_discovery, "_proc_stat", lambda pid: [])
+        path = register("child", os.getpid(), [("127.0.0.1", 1)], began - 60, False)
+    try:
+        assert "proc_start" not in json.loads(Path(path).read_text())
+        assert [(instance.pid, instance.verified) for instance in instances("child")] == [(os.getpid(), True)]
+    finally:
+        unregister(path)
+
+
 def test_no_cleartext_token_to_a_unix_socket_discovery_could_not_verify(runtime_dir, monkeypatch):
     # Without /proc (macOS, the BSDs) only the pid's existence is checked: a server that gives
     # no challenge at a socket found so does not get the token in clear text.
@@ -539,8 +583,8 @@ def test_no_cleartext_token_to_a_unix_socket_discovery_could_not_verify(runtime_
     from reactor_mgmt import _cli
     from reactor_mgmt._client import UNREACHABLE, FanOut
 
-    monkeypatch.setattr(_discovery, "_identity", lambda pid: None)
-    monkeypatch.setattr(_discovery, "_start_time", lambda pid: None)
+    monkeypatch.setattr(_discovery, "_start_ticks", lambda pid: None)
+    monkeypatch.setattr(_discovery, "_boot_id", lambda: None)
     short = tempfile.mkdtemp(prefix="rm-", dir="/tmp")  # AF_UNIX paths: ~107 bytes at most
     sock_path = os.path.join(short, "s")
     listener = socket.socket(socket.AF_UNIX)
