@@ -25,6 +25,11 @@
 # not "verified", and the CLI sends no cleartext token to its Unix socket (see
 # _cli._app_endpoints).
 #
+# A pid is only a pid in its PID namespace: a directory shared between containers holds files
+# whose pids mean other processes here, or none. So a file records its writer's namespace
+# (/proc/self/ns/pid), and a reader in another one, or one that cannot tell its own, lists the
+# file as not verified and never judges it stale: nothing is removed but what is proven stale.
+#
 # unregister() removes a file only while it is still this process's
 # own (its pid inside, and the inode and contents this process wrote), so a forked child that
 # inherits the server never deletes its parent's entry, nor anyone a file written since.
@@ -171,11 +176,15 @@ def register(
         "tls": bool(tls),
     }
     if pid == os.getpid():  # which process this is, beyond its pid (see the top of this file)
-        ticks, boot_id = _start_ticks(pid), _boot_id()
+        # /proc/self, not /proc/PID: in a PID namespace whose /proc is another namespace's (a
+        # container without a /proc of its own), /proc/PID is some other process.
+        ticks, boot_id, namespace = _start_ticks("self"), _boot_id(), _pid_namespace()
         if ticks is not None:
             record["proc_start"] = ticks
         if boot_id is not None:
             record["boot_id"] = boot_id
+        if namespace is not None:
+            record["pid_ns"] = namespace
         # For the wall-clock check where the start ticks cannot be compared: this process began
         # before now. (``started`` may be older than this process: a relistening forked child
         # registers with its parent's Server.)
@@ -244,7 +253,7 @@ def _alive(pid: int) -> bool:
     return _proc_stat(pid)[:1] != ["Z"]  # a zombie has closed its sockets; it is gone but for wait()
 
 
-def _proc_stat(pid: int) -> List[str]:
+def _proc_stat(pid: Union[int, str]) -> List[str]:
     """The fields of /proc/PID/stat from the state (field 3) on, or [] where it cannot be read
     (not Linux, no such process). The command name before them may hold spaces and parens."""
     try:
@@ -255,7 +264,7 @@ def _proc_stat(pid: int) -> List[str]:
     return data.rpartition(b")")[2].decode("ascii", "replace").split()
 
 
-def _start_ticks(pid: int) -> Optional[int]:
+def _start_ticks(pid: Union[int, str]) -> Optional[int]:
     """When the process began, in clock ticks since boot (field 22), or None."""
     fields = _proc_stat(pid)
     try:
@@ -270,6 +279,27 @@ def _read_proc(path: str) -> Optional[str]:
             return handle.read()
     except (OSError, ValueError):
         return None
+
+
+def _pid_namespace() -> Optional[str]:
+    """This process's PID namespace, as /proc/self/ns/pid names it ("pid:[4026531836]"), or
+    None where /proc does not tell."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except (OSError, ValueError):
+        return None
+
+
+def _readers_namespace() -> Optional[str]:
+    """The PID namespace whose pids this process's /proc and kill() go by, or None where that
+    cannot be told: no /proc, or a /proc mounted for another namespace (/proc/self is then not
+    os.getpid(), and /proc/PID shows some other process)."""
+    try:
+        if os.readlink("/proc/self") != str(os.getpid()):
+            return None
+    except (OSError, ValueError):
+        return None
+    return _pid_namespace()
 
 
 def _boot_id() -> Optional[str]:
@@ -339,7 +369,7 @@ def instances(name: Optional[str] = None) -> List[Instance]:
     if folder is None:
         return []
     found: List[Instance] = []
-    boot_id = _boot_id()
+    boot_id, namespace = _boot_id(), _readers_namespace()
     for entry in sorted(os.listdir(folder)):
         if entry.startswith(".") or not entry.endswith(_SUFFIX):
             continue
@@ -348,7 +378,14 @@ def instances(name: Optional[str] = None) -> List[Instance]:
         instance = None if record is None else _instance(record, path)
         if instance is None or record is None:
             continue  # not one of ours, or unreadable: leave it
-        writer = _writer_check(record, instance.pid, boot_id) if _alive(instance.pid) else _OTHER
+        recorded_namespace = record.get("pid_ns")
+        if isinstance(recorded_namespace, str) and recorded_namespace != namespace:
+            # Written in another PID namespace (a container sharing the directory), or here
+            # where this process cannot tell its own: its pid names nothing here, so nothing
+            # proves the file stale, and nothing that its server wrote it.
+            writer = _UNKNOWN
+        else:
+            writer = _writer_check(record, instance.pid, boot_id) if _alive(instance.pid) else _OTHER
         if writer == _OTHER_BY_CLOCK:
             continue  # not trusted; kept, as the clock may have been stepped since it was written
         if writer == _OTHER:

@@ -575,6 +575,92 @@ def test_the_wall_clock_check_uses_when_the_writer_wrote_its_file_not_its_server
         unregister(path)
 
 
+# A directory shared between PID namespaces (containers): simulated by the namespace the writer
+# records; the real thing (unshare --pid) is too much for a test to require.
+
+ANOTHER_NAMESPACE = "pid:[4000000001]"
+
+
+def _ticks_of(pid: object) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[19])
+
+
+def _written_in(namespace: str, pid: int, monkeypatch) -> Path:
+    """A live server's file as a writer in ``namespace`` leaves it, its pid ``pid`` (what that
+    pid means here is another matter)."""
+    with monkeypatch.context() as patched:
+        patched.setattr(_discovery, "_pid_namespace", lambda: namespace, raising=False)
+        path = Path(register("ctr", os.getpid(), ["/tmp/ctr.sock"], time.time(), True))
+    record = json.loads(path.read_text())
+    os.unlink(path)
+    _discovery._written.pop(str(path), None)
+    assert record["pid_ns"] == namespace
+    record["pid"] = pid
+    moved = path.parent / f"ctr.{pid}.json"
+    moved.write_text(json.dumps(record))
+    return moved
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="PID namespaces are Linux's")
+@pytest.mark.parametrize("pid_here", ["another process", "none"])
+def test_a_file_from_another_pid_namespace_is_listed_unverified_and_never_removed(runtime_dir, monkeypatch, pid_here):
+    # A reader on the host saw the container's server's pid (1, say) belong to another live
+    # process, or to none, and deleted the live server's file.
+    from reactor_mgmt import _cli
+
+    other = _sleeper()
+    if pid_here == "none":
+        other.kill()
+        other.wait()
+    try:
+        path = _written_in(ANOTHER_NAMESPACE, other.pid, monkeypatch)
+        assert [(instance.pid, instance.verified) for instance in instances("ctr")] == [(other.pid, False)]
+        assert path.exists()
+        (endpoint,) = _cli._app_endpoints("ctr")
+        assert endpoint.vouched is False  # no cleartext token to its socket
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="PID namespaces are Linux's")
+@pytest.mark.parametrize("why", ["namespace unreadable", "/proc of another namespace"])
+def test_a_reader_that_cannot_tell_its_pid_namespace_removes_nothing(runtime_dir, monkeypatch, why):
+    other = _sleeper()
+    try:
+        path = _written_in(os.readlink("/proc/self/ns/pid"), other.pid, monkeypatch)
+        if why == "namespace unreadable":
+            monkeypatch.setattr(_discovery, "_pid_namespace", lambda: None, raising=False)
+        else:  # a container without a /proc of its own: /proc/self is not getpid()
+            real = os.getpid()
+            monkeypatch.setattr(os, "getpid", lambda: real + 1 if real + 1 != other.pid else real + 2)
+        assert [(instance.pid, instance.verified) for instance in instances("ctr")] == [(other.pid, False)]
+        assert path.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+def test_a_writer_records_its_own_start_from_proc_self(runtime_dir, monkeypatch):
+    # In a PID namespace whose /proc is another one's, /proc/{getpid()} is some other process:
+    # simulated here by a getpid() that answers another live pid.
+    other = _sleeper()
+    try:
+        time.sleep(0.05)
+        mine, theirs = _ticks_of("self"), _ticks_of(other.pid)
+        assert mine != theirs
+        with monkeypatch.context() as patched:
+            patched.setattr(os, "getpid", lambda: other.pid)
+            path = register("ns", os.getpid(), [("127.0.0.1", 1)], time.time(), False)
+        assert json.loads(Path(path).read_text())["proc_start"] == mine
+        os.unlink(path)
+        _discovery._written.pop(path, None)
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_no_cleartext_token_to_a_unix_socket_discovery_could_not_verify(runtime_dir, monkeypatch):
     # Without /proc (macOS, the BSDs) only the pid's existence is checked: a server that gives
     # no challenge at a socket found so does not get the token in clear text.
