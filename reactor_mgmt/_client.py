@@ -23,7 +23,7 @@
 # Authentication prefers challenge-response: `auth challenge`, then `auth response` with the
 # HMAC of the challenge under the token, so the token never crosses the wire. A server that
 # does not offer it (an older one, where `auth challenge` reads as a wrong token) gets the
-# cleartext `auth TOKEN` instead, but only over a Unix socket or verified TLS (cleartext_safe).
+# cleartext `auth TOKEN` instead, but only over a Unix socket or verified TLS (cleartext_refusal).
 from __future__ import annotations
 
 import errno
@@ -83,7 +83,7 @@ class Endpoint:
     socket path (any string with a ``/`` in it, or that is not ``host:port``).
 
     ``vouched`` (true unless set otherwise) says a Unix socket may be sent the token in clear
-    text (see cleartext_safe); `--app` clears it for a socket whose server discovery could not
+    text (see cleartext_refusal); `--app` clears it for a socket whose server discovery could not
     verify."""
 
     __slots__ = ("label", "host", "port", "path", "vouched")
@@ -327,34 +327,53 @@ def is_challenge(value: Any) -> bool:
     return isinstance(value, str) and _CHALLENGE.match(value) is not None
 
 
-def auth_requests(challenge: Any, token: str, cleartext_ok: bool = True) -> Optional[Dict[str, Any]]:
+_NO_CHALLENGE_OFFERED = "the server offers no challenge-response ('auth challenge'), and the token is not sent "
+_OVER_PLAIN_TCP = _NO_CHALLENGE_OFFERED + "in clear text over plain TCP: use TLS or a Unix socket"
+_TO_AN_UNVOUCHED_SOCKET = _NO_CHALLENGE_OFFERED + (
+    "in clear text to this Unix socket: discovery could not verify that the server listening on it "
+    "is the one that registered it (use a server that offers 'auth challenge', or connect with "
+    "-c PATH to trust the socket)"
+)
+
+
+def auth_requests(
+    challenge: Any, token: str, cleartext_ok: bool = True, refusal: str = _OVER_PLAIN_TCP
+) -> Optional[Dict[str, Any]]:
     """What to send after `auth challenge` answered ``challenge``: `auth response` with the HMAC
     of a challenge, None when "OK" says the connection is already in, and the cleartext
     `auth TOKEN` otherwise (a server that offers no challenge), where ``cleartext_ok``;
-    else ConnectionFailed (see cleartext_safe)."""
+    else ConnectionFailed, saying ``refusal`` (see cleartext_refusal)."""
     if is_challenge(challenge):
         return {"cmd": "auth response", "args": [_wire.challenge_digest(token, challenge)]}
     if challenge == "OK":
         return None
     if not cleartext_ok:
-        raise ConnectionFailed(
-            "the server offers no challenge-response ('auth challenge'), and the token is not sent "
-            "in clear text over plain TCP: use TLS or a Unix socket"
-        )
+        raise ConnectionFailed(refusal)
     return {"cmd": "auth", "args": [token]}
 
 
-def cleartext_safe(endpoint: Endpoint, tls_context: Any) -> bool:
-    """Whether a token may go in clear text to a server that offers no challenge: over a Unix
-    socket (its file's mode says who listens) or TLS that checks the server's certificate.
-    Not over plain TCP, loopback included: whoever binds the port while the server is down (a
-    downgrade: answering `auth challenge` with an error) would collect it. Nor to a Unix socket
-    that is not ``vouched`` for: one that discovery found but could not tell was its server's."""
+def cleartext_refusal(endpoint: Endpoint, tls_context: Any) -> Optional[str]:
+    """Why a token may not go in clear text to ``endpoint``, a server that offers no challenge,
+    or None where it may: over a Unix socket (its file's mode says who listens) or TLS that
+    checks the server's certificate. Not over plain TCP, loopback included: whoever binds the
+    port while the server is down (a downgrade: answering `auth challenge` with an error) would
+    collect it. Nor to a Unix socket that is not ``vouched`` for: one that discovery found but
+    could not tell was its server's."""
     if endpoint.path is not None:
-        return endpoint.vouched
+        return None if endpoint.vouched else _TO_AN_UNVOUCHED_SOCKET
     import ssl
 
-    return tls_context is not None and tls_context.verify_mode == ssl.CERT_REQUIRED
+    if tls_context is not None and tls_context.verify_mode == ssl.CERT_REQUIRED:
+        return None
+    return _OVER_PLAIN_TCP
+
+
+def _auth_follow_up(challenge: Any, token: str, endpoint: Endpoint, tls_context: Any) -> Optional[Dict[str, Any]]:
+    """auth_requests for ``endpoint``: the cleartext token only where cleartext_refusal allows."""
+    refusal = cleartext_refusal(endpoint, tls_context)
+    if refusal is None:
+        return auth_requests(challenge, token)
+    return auth_requests(challenge, token, cleartext_ok=False, refusal=refusal)
 
 
 # ---- the blocking client ----
@@ -457,9 +476,7 @@ class Client:
         self._connecting = True
         try:
             if self.token is not None:
-                follow_up = auth_requests(
-                    self._challenge(), self.token, cleartext_safe(self.endpoint, self.tls_context)
-                )
+                follow_up = _auth_follow_up(self._challenge(), self.token, self.endpoint, self.tls_context)
                 if follow_up is not None:
                     self._result(follow_up)
             if self._level is not None:
@@ -1089,9 +1106,7 @@ class FanOut:
             self._finish(job, ERROR, "error", _remote_error(value))
             return
         try:
-            follow_up = auth_requests(
-                value if kind == _wire.RESULT else None, token, cleartext_safe(job.endpoint, self.tls_context)
-            )
+            follow_up = _auth_follow_up(value if kind == _wire.RESULT else None, token, job.endpoint, self.tls_context)
         except ConnectionFailed as exc:
             self._fail(job, str(exc))  # the printer prefixes the endpoint's label itself
             return

@@ -719,6 +719,31 @@ def test_fan_out_names_the_endpoint_of_a_cleartext_refusal_once():
     assert message.startswith("the server offers no challenge-response") and address not in message
 
 
+def test_a_cleartext_refusal_to_a_unix_socket_discovery_could_not_verify_says_so():
+    # Refused for a Unix socket that `--app` could not vouch for, the token was "not sent in
+    # clear text over plain TCP: use TLS or a Unix socket": it was a Unix socket.
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="rm-", dir="/tmp") as folder:  # AF_UNIX: ~107 bytes at most
+        path = os.path.join(folder, "s")
+        srv = reactor_mgmt.Server(unix=path, token="t")
+        srv.remove_command("auth challenge")
+        srv.remove_command("auth response")
+        _add_commands(srv)
+        endpoint = Endpoint(path)
+        endpoint.vouched = False  # as --app marks an instance it could not verify
+        with ServerThread(srv):
+            outcomes, events = _run([endpoint], {"argv": ["add", "1", "2"]}, token="t", timeout=5)
+            with pytest.raises(ConnectionFailed) as raised:
+                reactor_mgmt.Client(endpoint, token="t", timeout=5)
+    assert outcomes == [UNREACHABLE]
+    ((_, kind, message),) = events
+    assert kind == "failed" and message == str(raised.value)
+    assert "plain TCP" not in message and "use TLS or a Unix socket" not in message
+    assert "not sent in clear text to this Unix socket" in message
+    assert "discovery could not verify" in message and "-c PATH" in message
+
+
 class _FakeServer:
     """A listening socket on 127.0.0.1 whose every connection ``serve(sock)`` answers, on a
     thread of its own; for replies no real server sends. Every socket has a timeout."""
