@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Dict, Generator, List, Optional, Sequence, TextIO, Tuple
 
 from . import __version__
 from ._client import (
@@ -486,6 +486,17 @@ def _kept_out_of_history(line: str) -> bool:
     return "auth" in words or any(pair == ("config", "set") for pair in zip(words, words[1:]))
 
 
+def _typed_token(words: List[str]) -> Optional[str]:
+    """The token of an `auth TOKEN` typed at the prompt, or None (`auth challenge` asks for a
+    challenge: it is a command, sent as one)."""
+    return words[1] if len(words) == 2 and words[0] == "auth" and words[1] != "challenge" else None
+
+
+def _authenticated(client: Client, token: str) -> Generator[Tuple[str, Any], None, None]:
+    """A typed `auth TOKEN` as the events of an exchange: Client.authenticate's answer."""
+    yield "result", client.authenticate(token)
+
+
 class _Shell:
     def __init__(self, runner: _Runner) -> None:
         self.runner = runner
@@ -532,10 +543,10 @@ class _Shell:
                     continue
                 if words in (["quit"], ["exit"]):
                     return EXIT_OK
-                if self.client is None and len(words) == 2 and words[0] == "auth" and words[1] != "challenge":
+                if self.client is None and _typed_token(words) is not None:
                     # Fanned out, each command connects to every endpoint anew: sent as a command,
                     # the token would authenticate connections that close at once.
-                    runner.token = words[1]
+                    runner.token = _typed_token(words)
                     print("reactor-mgmt: token kept: the next commands authenticate with it", file=sys.stderr)
                     continue
                 level = level_set_by({"argv": words}) if self.client is None else None
@@ -560,7 +571,11 @@ class _Shell:
                 return EXIT_INTERRUPTED
         printer = _Printer(False, self.runner.as_json, sys.stdout, sys.stderr)
         endpoint = self.client.endpoint
-        events = self.client.exchange({"argv": words})
+        token = _typed_token(words)
+        # A typed token goes as the --token one does (challenge-response when offered, else in
+        # clear text only where that is safe: not to a socket --app could not verify), and is
+        # the session's token once accepted.
+        events = self.client.exchange({"argv": words}) if token is None else _authenticated(self.client, token)
         try:
             for kind, value in events:
                 printer(endpoint, kind, value)

@@ -476,9 +476,7 @@ class Client:
         self._connecting = True
         try:
             if self.token is not None:
-                follow_up = _auth_follow_up(self._challenge(), self.token, self.endpoint, self.tls_context)
-                if follow_up is not None:
-                    self._result(follow_up)
+                self._prove(self.token)
             if self._level is not None:
                 self._result(_level_request(self._level))
         except BaseException:
@@ -502,6 +500,20 @@ class Client:
             raise ConnectionFailed(
                 f"cannot connect to {self.address}: TLS handshake failed: {_tls_reason(exc)}"
             ) from None
+
+    def authenticate(self, token: str) -> Any:
+        """Authenticates the connection with ``token`` as the constructor's ``token=`` does: by
+        challenge-response when the server offers it, else with `auth TOKEN` only where the
+        token may go in clear text (else ConnectionFailed, and the token is not sent). Raises
+        RemoteError when the server refuses it. Once accepted it is the session's token: a
+        reconnect authenticates with it. Returns the server's answer ("OK")."""
+        result = self._prove(token)
+        self.token = token
+        return result
+
+    def _prove(self, token: str) -> Any:
+        follow_up = _auth_follow_up(self._challenge(), token, self.endpoint, self.tls_context)
+        return "OK" if follow_up is None else self._result(follow_up)
 
     def _challenge(self) -> Any:
         """The server's answer to `auth challenge`, or None when it offers none."""

@@ -483,3 +483,80 @@ def test_a_fanned_out_shell_keeps_a_level_it_lowered_to_for_the_next_commands(mo
     assert answers == ["operator"] * 2 + ["user"] * 6, out
     assert "level kept: the next commands run at user" in err
     assert "cannot raise the level from user to operator" in err and "run at operator" not in err
+
+
+def _shell_typing(monkeypatch, endpoint, typed: List[str]) -> int:
+    """Runs the one-endpoint interactive shell on ``endpoint`` with ``typed`` at its prompt."""
+    from reactor_mgmt import _cli
+
+    lines = iter(typed)
+
+    def fake_input(prompt: str) -> str:
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    monkeypatch.setattr(_cli._Shell, "_setup_readline", lambda shell: None)
+    return _cli._Shell(_cli._Runner([endpoint], None, 5.0, False)).loop()
+
+
+def test_the_one_endpoint_shell_authenticates_a_typed_token_by_challenge_response(monkeypatch, capsys):
+    # A typed `auth TOKEN` went to the server as it was, in clear text (over plain TCP too),
+    # where --token proves the token by challenge-response: a server that takes no cleartext
+    # token refused it.
+    from reactor_mgmt import _cli
+
+    srv = reactor_mgmt.Server("127.0.0.1", 0, token="s3cret", cleartext_auth="never")
+    srv.add_command("secret", lambda: "the plans")
+    with ServerThread(srv):
+        endpoint = _cli.Endpoint(f"127.0.0.1:{srv.port}")
+        assert _shell_typing(monkeypatch, endpoint, ["secret", "auth wrong", "auth s3cret", "secret"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines()[:2] == ["OK", "the plans"], out
+    assert err.count("ERR ") == 2 and "cleartext auth refused" not in err, err
+
+
+def test_the_one_endpoint_shell_sends_no_typed_token_in_clear_text_to_an_unverified_socket(monkeypatch, capsys):
+    # `--app NAME` with one instance: a typed `auth TOKEN` went as is to a Unix socket whose
+    # server discovery could not verify, where --token and the fanned-out shell refuse to.
+    import os
+    import socket
+    import tempfile
+    import threading
+
+    from reactor_mgmt import _cli
+
+    received: List[bytes] = []
+    with tempfile.TemporaryDirectory(prefix="rm-", dir="/tmp") as folder:  # AF_UNIX: ~107 bytes at most
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(os.path.join(folder, "s"))
+        listener.listen(1)
+        listener.settimeout(10)
+
+        def impostor() -> None:  # offers no challenge, and would take a token
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                for line in conn.makefile("rb"):
+                    received.append(line)
+                    request_id = json.loads(line).get("id")
+                    error = {"code": "unknown_command", "message": "unknown command"}
+                    conn.sendall(json.dumps({"id": request_id, "ok": False, "error": error}).encode() + b"\n")
+
+        thread = threading.Thread(target=impostor, daemon=True)
+        thread.start()
+        endpoint = _cli.Endpoint(os.path.join(folder, "s"))
+        endpoint.label, endpoint.vouched = "app[123]", False  # as --app marks it
+        try:
+            assert _shell_typing(monkeypatch, endpoint, ["auth s3cret"]) == 0
+        finally:
+            listener.close()
+            thread.join(10)
+    assert received and not any(b"s3cret" in line for line in received), received
+    err = capsys.readouterr().err
+    assert "discovery could not verify" in err and "s3cret" not in err, err
