@@ -363,8 +363,9 @@ def _writer_check(record: Dict[str, Any], pid: int, boot_id: Optional[str]) -> s
 def instances(name: Optional[str] = None) -> List[Instance]:
     """The live servers registered in the discovery directory (only those called ``name``,
     when given), by name then pid. Stale files, whose pid is gone or is another process's now,
-    are removed on the way (see the top of this module). Raises DiscoveryError when the
-    directory is not safe to read."""
+    are removed on the way (see the top of this module); with ``name``, only that name's files
+    are checked, as /proc is read for each one. Raises DiscoveryError when the directory is
+    not safe to read."""
     folder = _safe_directory(create=False)
     if folder is None:
         return []
@@ -378,6 +379,8 @@ def instances(name: Optional[str] = None) -> List[Instance]:
         instance = None if record is None else _instance(record, path)
         if instance is None or record is None:
             continue  # not one of ours, or unreadable: leave it
+        if name is not None and instance.name != name:
+            continue  # another app's: not worth its /proc reads here (`ls` checks every file)
         recorded_namespace = record.get("pid_ns")
         if isinstance(recorded_namespace, str) and recorded_namespace != namespace:
             # Written in another PID namespace (a container sharing the directory), or here
@@ -394,9 +397,7 @@ def instances(name: Optional[str] = None) -> List[Instance]:
             except OSError:
                 pass
             continue
-        instance = instance._replace(verified=writer == _SAME)
-        if name is None or instance.name == name:
-            found.append(instance)
+        found.append(instance._replace(verified=writer == _SAME))
     found.sort(key=lambda instance: (instance.name, instance.pid))
     return found
 

@@ -575,6 +575,21 @@ def test_the_wall_clock_check_uses_when_the_writer_wrote_its_file_not_its_server
         unregister(path)
 
 
+def test_instances_of_one_name_read_no_proc_for_other_names(runtime_dir, monkeypatch):
+    # `--app NAME` checked every app's files against /proc (500 of them: 6 ms to 26 ms) before
+    # keeping NAME's; another app's stale file is left for `ls`, which checks them all.
+    paths = [register(f"other{n}", os.getpid(), [("127.0.0.1", n + 1)], time.time(), False) for n in range(5)]
+    mine = register("mine", os.getpid(), [("127.0.0.1", 9)], time.time(), False)
+    reads: List[object] = []
+    real = _discovery._proc_stat
+    monkeypatch.setattr(_discovery, "_proc_stat", lambda pid: reads.append(pid) or real(pid))
+    assert instances("nosuch") == [] and reads == []
+    assert [instance.name for instance in instances("mine")] == ["mine"]
+    assert set(reads) == {os.getpid()}
+    for path in [*paths, mine]:
+        unregister(path)
+
+
 # A directory shared between PID namespaces (containers): simulated by the namespace the writer
 # records; the real thing (unshare --pid) is too much for a test to require.
 
