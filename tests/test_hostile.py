@@ -372,25 +372,29 @@ def test_requests_paused_above_high_water_wait_until_below_low_water(make_server
     _shrink_send_buffer(connection_of(server))
     sock.sendall(b"blob 200000\nprobe\n")
     pump_until(server, lambda: server.stats.commands == 1)
+    data = _read_while(server, sock, lambda data: not unsent_when_run, 4096)  # a slow reader: 4 KiB a poll
+    assert unsent_when_run and unsent_when_run[0] < 16384
+    expected = b"x" * 200000 + b"\nprobe\n"
+    assert _read_while(server, sock, lambda more: len(data + more) < len(expected)) == expected[len(data) :]
+    sock.close()
+
+
+def _read_while(server: Server, sock: socket.socket, going_on: Callable[[bytes], bool], size: int = 65536) -> bytes:
+    """Polls the server and reads the client's socket, ``size`` bytes at a time at most, while
+    ``going_on(what was read)`` holds, until the EOF, or for 10 s; returns what was read."""
     sock.setblocking(False)
     data = b""
     deadline = time.monotonic() + 10
-    while not unsent_when_run and time.monotonic() < deadline:  # a slow reader: 4 KiB a poll
+    while going_on(data) and time.monotonic() < deadline:
         server.poll(0.002)
         try:
-            data += sock.recv(4096)
+            chunk = sock.recv(size)
         except BlockingIOError:
-            pass
-    assert unsent_when_run and unsent_when_run[0] < 16384
-    expected = b"x" * 200000 + b"\nprobe\n"
-    while len(data) < len(expected) and time.monotonic() < deadline:
-        server.poll(0.002)
-        try:
-            data += sock.recv(65536)
-        except BlockingIOError:
-            pass
-    assert data == expected
-    sock.close()
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def test_replies_still_unsent_before_an_http_line_drain_before_the_close(make_server):
@@ -402,19 +406,9 @@ def test_replies_still_unsent_before_an_http_line_drain_before_the_close(make_se
     _shrink_send_buffer(connection_of(server))
     sock.sendall(b"blob 100000\nGET / HTTP/1.1\r\n\r\nping\n")
     pump_until(server, lambda: server.stats.http_closed == 1)
-    sock.setblocking(False)
-    data = b""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        server.poll(0.002)
-        try:
-            chunk = sock.recv(65536)
-        except BlockingIOError:
-            continue
-        if not chunk:
-            break
-        data += chunk
-    assert data == b"x" * 100000 + b"\n"  # whole, then the EOF; nothing after the HTTP line ran
+    data = _read_while(server, sock, lambda data: True)  # to the EOF
+    assert data == b"x" * 100000 + b"\n"  # whole; nothing after the HTTP line ran
+    assert sock.recv(1) == b""  # then the EOF, not a reset (and not nothing: it would raise here)
     sock.close()
 
 

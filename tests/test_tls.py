@@ -869,10 +869,9 @@ def test_a_tls_client_that_half_closes_gets_every_reply_whole(make_server, pki):
             sock.close()
 
 
-def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog, monkeypatch):
-    # A send that fails drops the replies still queued: that used to be a debug record alone,
-    # so a reply cut short (as the half-close above once was) went unseen in the host's log.
-    monkeypatch.setattr(reactor_mgmt._transport, "_DROPPED", reactor_mgmt._log.Throttle(), raising=False)
+def _a_long_reply_half_read(make_server: Any, pki: Any) -> Any:
+    """A TLS server and a client that asked for a 6 MB reply and reads none of it: the server
+    holds replies it has not sent yet."""
     server = make_server("127.0.0.1", tls=_server_context(pki))
 
     @server.command
@@ -884,6 +883,14 @@ def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog,
     for _ in range(20):
         server.poll(0.005)
     assert server.connections[0].buffered_output
+    return server, sock
+
+
+def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog, monkeypatch):
+    # A send that fails drops the replies still queued: that used to be a debug record alone,
+    # so a reply cut short (as the half-close above once was) went unseen in the host's log.
+    monkeypatch.setattr(reactor_mgmt._transport, "_DROPPED", reactor_mgmt._log.Throttle(), raising=False)
+    server, sock = _a_long_reply_half_read(make_server, pki)
     transport = server.connections[0].transport
     transport.sock = _FailingSends(transport.sock)  # a failure of ours: not the client's reset
     sock.setblocking(False)
@@ -904,17 +911,7 @@ def test_replies_lost_with_a_failed_send_are_a_warning(make_server, pki, caplog,
 def test_a_tls_client_that_resets_mid_reply_is_a_debug_record(make_server, pki, caplog):
     # The client's own doing, as over TCP: Python 3.11's ssl reports it as an EOF "in violation
     # of protocol", which the warning for replies lost to our own failures took for one.
-    server = make_server("127.0.0.1", tls=_server_context(pki))
-
-    @server.command
-    def lines():
-        return (f"{i:07d} {'y' * 92}" for i in range(60000))
-
-    sock = _tls_connect(server, _client_context(pki), rcvbuf=16384)
-    sock.sendall(b"lines\n")
-    for _ in range(20):
-        server.poll(0.005)
-    assert server.connections[0].buffered_output
+    server, sock = _a_long_reply_half_read(make_server, pki)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()  # a reset, with the reply half read
     deadline = time.monotonic() + TIMEOUT
