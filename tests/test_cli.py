@@ -464,19 +464,10 @@ def test_a_fanned_out_shell_keeps_a_level_it_lowered_to_for_the_next_commands(mo
     from reactor_mgmt import _cli
 
     servers = [reactor_mgmt.Server("127.0.0.1", 0) for _ in range(2)]
-    lines = iter(["level", "level user", "level", "level operator", "level"])
-
-    def fake_input(prompt: str) -> str:
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-
-    monkeypatch.setattr("builtins.input", fake_input)
-    monkeypatch.setattr(_cli._Shell, "_setup_readline", lambda shell: None)
+    typed = ["level", "level user", "level", "level operator", "level"]
     with ServerThread(*servers):
         endpoints = [_cli.Endpoint(f"127.0.0.1:{srv.port}") for srv in servers]
-        assert _cli._Shell(_cli._Runner(endpoints, None, 5.0, False)).loop() == 0
+        assert _shell_typing(monkeypatch, endpoints, typed) == 0
     out, err = capsys.readouterr()
     answers = [line.split(": ", 1)[1] for line in out.splitlines() if line]  # the last: EOF's newline
     # operator (the listener's), then user for the rest: `level operator` cannot raise it again.
@@ -486,7 +477,8 @@ def test_a_fanned_out_shell_keeps_a_level_it_lowered_to_for_the_next_commands(mo
 
 
 def _shell_typing(monkeypatch, endpoint, typed: List[str]) -> int:
-    """Runs the one-endpoint interactive shell on ``endpoint`` with ``typed`` at its prompt."""
+    """Runs the interactive shell on ``endpoint`` (a list of them: fanned out) with ``typed`` at
+    its prompt."""
     from reactor_mgmt import _cli
 
     lines = iter(typed)
@@ -499,7 +491,8 @@ def _shell_typing(monkeypatch, endpoint, typed: List[str]) -> int:
 
     monkeypatch.setattr("builtins.input", fake_input)
     monkeypatch.setattr(_cli._Shell, "_setup_readline", lambda shell: None)
-    return _cli._Shell(_cli._Runner([endpoint], None, 5.0, False)).loop()
+    endpoints = endpoint if isinstance(endpoint, list) else [endpoint]
+    return _cli._Shell(_cli._Runner(endpoints, None, 5.0, False)).loop()
 
 
 def test_the_one_endpoint_shell_authenticates_a_typed_token_by_challenge_response(monkeypatch, capsys):
