@@ -27,6 +27,9 @@ IAC = 0xFF
 _IAC_BYTE = b"\xff"
 _NUL_BYTE = b"\x00"
 _CTRL_D = b"\x04"
+_TLS_HANDSHAKE = b"\x16\x03"  # a TLS record's first bytes: content type 22 (handshake), version 3.x
+_TLS_FIRST, _TLS_SECOND = _TLS_HANDSHAKE[:1], _TLS_HANDSHAKE[1:]
+_TLS_AFTER_LF = b"\n" + _TLS_HANDSHAKE
 _NEGOTIATE = frozenset((0xFB, 0xFC, 0xFD, 0xFE))  # WILL WONT DO DONT: one option byte follows
 _SB = 0xFA
 _SE = 0xF0
@@ -195,6 +198,10 @@ class LineBuffer:
     def at_line_start(self) -> bool:
         return not self._partial and not self._discarding
 
+    def holds_only(self, start: bytes) -> bool:
+        """Whether the unfinished line so far is exactly ``start``."""
+        return self._partial == start and not self._discarding
+
     def feed(self, data: bytes) -> List[Union[bytes, _LineTooLongType]]:
         lines: List[Any] = data.split(b"\n")
         tail = lines.pop()
@@ -296,6 +303,17 @@ class EndSession(ProtocolEvent):
         return "EndSession()"
 
 
+class TlsOnPlainPort(ProtocolEvent):
+    """A TLS ClientHello where a plain-text session begins (`openssl s_client`, a TLS client
+    pointed at the wrong port). Its bytes hold no line end for sure (an IAC SB among its random
+    ones swallowed the rest), so it was left waiting for one, and its client for a ServerHello,
+    until a timeout: it is answered at once, and the session ends."""
+
+    __slots__ = ()
+    message = "this port speaks plain text, not TLS"
+
+
+TLS_ON_PLAIN_PORT = TlsOnPlainPort()
 END_SESSION = EndSession()
 BAD_ENCODING = BadEncoding()
 BAD_ENCODING_JSON = BadEncoding(json=True)
@@ -396,6 +414,12 @@ class RequestDecoder:
         if self.ended:
             return []
         data = telnet.feed(data)
+        if data.find(_TLS_FIRST) >= 0 or data[:1] == _TLS_SECOND:  # one C scan: 0x16 is rare in a request
+            cut = _tls_record_at(data, lines)
+            if cut >= 0:  # see TlsOnPlainPort: the lines before it still run
+                items = self._decode(lines.feed(data[:cut]))
+                self.ended = True
+                return [*items, TLS_ON_PLAIN_PORT, END_SESSION]
         if data.find(_CTRL_D) >= 0:
             # Ctrl-D as the first byte of a line ends the session wherever the reads happen to
             # split the input, so one inside this chunk (after a LF) counts as well.
@@ -489,6 +513,19 @@ def _bad_or_stripped(line: str) -> Item:
     return BAD_ENCODING_JSON if line.lstrip()[:1] == "{" else BAD_ENCODING
 
 
+def _tls_record_at(data: bytes, lines: LineBuffer) -> int:
+    """Where in ``data`` (telnet's output, about to go to ``lines``) a line begins with a TLS
+    handshake record's bytes, or -1: at its start, as the rest of a line begun with 0x16 in
+    the read before (the two bytes may come in two reads), or after a line end. No request
+    line starts with these two control bytes."""
+    if lines.at_line_start and data[:2] == _TLS_HANDSHAKE:
+        return 0
+    if data[:1] == _TLS_SECOND and lines.holds_only(_TLS_FIRST):
+        return 0
+    index = data.find(_TLS_AFTER_LF)
+    return index + 1 if index >= 0 else -1
+
+
 def _is_plain(data: bytes, max_line: int) -> bool:
     """Whether ``data`` is lines of ASCII that the telnet filter, the line cap, strip() and the
     blank-line filter would all leave as they are: no IAC, NUL, Ctrl-D, CR or other whitespace
@@ -506,9 +543,10 @@ def _is_plain(data: bytes, max_line: int) -> bool:
 
 
 _CTRL_D_STR = "\x04"
-# Bytes that keep a feed off RequestDecoder's fast path: telnet IAC, NUL (CR NUL), Ctrl-D, and
-# the whitespace that strip() would remove besides space and LF.
-_NOT_PLAIN = b"\xff\x00\x04\t\r\x0b\x0c\x1c\x1d\x1e\x1f"
+# Bytes that keep a feed off RequestDecoder's fast path: telnet IAC, NUL (CR NUL), Ctrl-D, a TLS
+# record's first byte (see TlsOnPlainPort), and the whitespace that strip() would remove
+# besides space and LF.
+_NOT_PLAIN = b"\xff\x00\x04\x16\t\r\x0b\x0c\x1c\x1d\x1e\x1f"
 _SPACE_TO_LF = bytes.maketrans(b" ", b"\n")
 # Bytes that str.strip() would remove from the end of an ASCII line, besides space.
 _ASCII_SPACE = b"\t\r\x0b\x0c\x1c\x1d\x1e\x1f"

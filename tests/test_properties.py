@@ -23,6 +23,7 @@ from reactor_mgmt._protocol import (
     ParseError,
     RequestDecoder,
     TelnetFilter,
+    TlsOnPlainPort,
     looks_like_http,
     split_words,
 )
@@ -139,7 +140,7 @@ def test_decoder_caps_and_events_whatever_the_cuts(data, max_line, draw):
     items.extend(decoder.feed_eof())
     assert items == whole  # the same lines and events however the reads were cut
     for item in items:
-        assert isinstance(item, (str, LineTooLong, BadEncoding, EndSession)), item
+        assert isinstance(item, (str, LineTooLong, BadEncoding, EndSession, TlsOnPlainPort)), item
         if isinstance(item, str):
             assert item and item == item.strip() and "\n" not in item
             assert len(item.encode()) <= max_line

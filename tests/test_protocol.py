@@ -115,6 +115,29 @@ def test_telnet_subnegotiation_that_never_ends_is_cut_short():
     assert telnet([IAC + SB + pairs[:1022] + IAC + SE + b"ok"]) == b"ok"  # at the limit: still telnet
 
 
+@pytest.mark.parametrize("before", [b"", b"ping\n", b"pi", b"ping\r\n"], ids=["first", "line", "half-line", "crlf"])
+def test_a_tls_client_hello_on_the_plain_port_is_told_at_once(before):
+    # Its random bytes may hold an IAC SB that swallows the rest, and it holds no sure line end:
+    # it waited for one, and its client for a ServerHello, until a timeout. At a line's start
+    # only, however the reads cut it (the two bytes too).
+    from reactor_mgmt._protocol import TLS_ON_PLAIN_PORT
+
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\xff\xfa" + bytes(range(200))
+    data = before + hello
+    expected = ["ping"] if before.endswith(b"\n") else []
+    if before == b"pi":  # within a line: part of that line, which never ends
+        expected, hello_told = [], False
+    else:
+        expected, hello_told = expected + [TLS_ON_PLAIN_PORT, END_SESSION], True
+    for cut in range(1, len(before) + 3):
+        decoder = RequestDecoder()
+        items = decoder.feed(data[:cut]) + decoder.feed(data[cut:])
+        assert items == expected, cut
+        if hello_told:
+            assert decoder.feed(b"ping\n") == [] and decoder.feed_eof() == []
+    assert RequestDecoder().feed(b"echo \x16\x03\n") == ["echo \x16\x03"]  # within a line: a line
+
+
 def test_telnet_cr_nul_ends_the_line():
     # What telnet sends for Enter in character mode: as CR NUL became a bare CR, no LF ever
     # came and no request typed there was answered.

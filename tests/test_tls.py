@@ -312,6 +312,40 @@ def test_a_client_that_resets_before_its_accept_does_not_stop_poll(make_server, 
     holder.close()
 
 
+def test_a_tls_client_on_the_plain_port_is_told_and_closed_at_once(make_server, pki):
+    # A ClientHello holds no sure line end (an IAC SB in its random bytes swallowed the rest):
+    # the plain server waited for one, and the client for a ServerHello, until its timeout.
+    server = make_server("127.0.0.1")
+    sock = socket.create_connection(server.addresses[0], timeout=TIMEOUT)
+    sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\xff\xfa" + b"\x00" * 200)
+    sock.setblocking(False)
+    data = b""
+    deadline = time.monotonic() + TIMEOUT
+    while not data.endswith(b"\n"):
+        assert time.monotonic() < deadline
+        server.poll(0.01)
+        try:
+            data += sock.recv(100)
+        except BlockingIOError:
+            pass
+    assert data == b"ERR this port speaks plain text, not TLS\n"
+    sock.close()
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    client = context.wrap_socket(socket.socket(), do_handshake_on_connect=False)
+    client.settimeout(TIMEOUT)
+    client.connect(server.addresses[0])
+    client.setblocking(False)
+    with pytest.raises(ssl.SSLError, match="WRONG_VERSION_NUMBER|wrong version number"):
+        while time.monotonic() < deadline:  # a real handshake fails on that line, not a timeout
+            server.poll(0.01)
+            try:
+                client.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
+    client.close()
+
+
 def test_a_stalled_handshake_is_closed_at_the_deadline_and_does_not_block_poll(make_server, pki):
     server = make_server("127.0.0.1", tls=_server_context(pki), tls_handshake_timeout=0.3)
     stalled = [socket.create_connection(server.addresses[0], timeout=TIMEOUT) for _ in range(5)]
