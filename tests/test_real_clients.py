@@ -141,6 +141,14 @@ def spawn_telnet(demo):
     return pexpect, child
 
 
+def ping_then_escape(child) -> None:
+    """A first round trip, then telnet's own prompt (^])."""
+    child.sendline("ping")
+    child.expect_exact("pong\r\n")
+    child.sendcontrol("]")
+    child.expect_exact("telnet>")
+
+
 def test_telnet_ping_then_quit(demo):
     pexpect, child = spawn_telnet(demo)
     try:
@@ -160,10 +168,7 @@ def test_telnet_in_character_mode_is_answered(demo):
     # In character mode telnet sends Enter as CR NUL, with no LF: the line was never answered.
     pexpect, child = spawn_telnet(demo)
     try:
-        child.sendline("ping")
-        child.expect_exact("pong\r\n")
-        child.sendcontrol("]")
-        child.expect_exact("telnet>")
+        ping_then_escape(child)
         child.sendline("mode character")
         time.sleep(0.3)  # the mode's negotiation: no prompt says it is done
         child.send("echo  in   character  mode\r")  # the reply is told from the typed line by its spaces
@@ -201,10 +206,7 @@ def test_telnet_ctrl_d_on_empty_line_ends_session(demo):
 def test_telnet_escape_and_quit(demo):
     pexpect, child = spawn_telnet(demo)
     try:
-        child.sendline("ping")
-        child.expect_exact("pong\r\n")
-        child.sendcontrol("]")
-        child.expect_exact("telnet>")
+        ping_then_escape(child)
         child.sendline("quit")
         child.expect(pexpect.EOF)
     finally:
